@@ -1,0 +1,235 @@
+//! `pgkill demo`: a throw-away PostgreSQL full of realistic sessions to practise on.
+//!
+//! Starts a sandbox server (the newest version installed), creates a `shop` database with
+//! a few application roles, opens the kinds of sessions DBAs meet (idle, idle in
+//! transaction, a long report, a lock chain behind a migration, a reconnecting pool of
+//! superuser clients), prints how to connect and what to try, reports each session that
+//! gets ended, and cleans everything up on Ctrl-C.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use pgkill_core::quote_ident;
+use pgkill_sandbox::sim::{self, PoolOptions, Session};
+use pgkill_sandbox::{roles, Installation, Options, Sandbox};
+
+/// Arguments of `pgkill demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// PostgreSQL major version to run (default: the newest installed).
+    #[arg(long = "pg-version", value_name = "MAJOR")]
+    pg_version: Option<u32>,
+}
+
+const DB: &str = "shop";
+/// Application roles of the demo shop, each with its own application_name.
+const APP_ROLES: [&str; 4] = ["shop_web", "shop_worker", "reporting", "migrations"];
+
+/// Runs the demo until Ctrl-C or SIGTERM.
+pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
+    let installation = match args.pg_version {
+        Some(major) => Installation::for_major(major)?,
+        None => Installation::newest()?,
+    };
+    println!("Starting a throw-away {installation} ...");
+    let options = Options::default().logical_wal();
+    let sandbox = Sandbox::start(&installation, &options).context("starting the demo server")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(&sandbox));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    println!(
+        "Stopping the demo server and removing {} ...",
+        sandbox.socket_dir().display()
+    );
+    sandbox.stop();
+    println!("Done.");
+    result.map(|()| 0)
+}
+
+struct DemoSession {
+    label: String,
+    session: Session,
+    reported: bool,
+}
+
+async fn serve(sandbox: &Sandbox) -> anyhow::Result<()> {
+    setup_database(sandbox).await?;
+    let config = |role: &str, app: &str| {
+        let mut c = sandbox.config(DB, role);
+        c.application_name(app);
+        c
+    };
+
+    let mut sessions = Vec::new();
+    let mut add = |label: &str, session: Session| {
+        sessions.push(DemoSession {
+            label: label.to_owned(),
+            session,
+            reported: false,
+        })
+    };
+    for _ in 0..3 {
+        add(
+            "idle web session",
+            sim::idle(&config("shop_web", "shop-web")).await?,
+        );
+    }
+    add(
+        "worker idle in transaction (holds a row lock)",
+        sim::idle_in_transaction(
+            &config("shop_worker", "shop-worker"),
+            Some("UPDATE orders SET status = 'packing' WHERE id = 1"),
+        )
+        .await?,
+    );
+    add(
+        "worker idle in transaction",
+        sim::idle_in_transaction(
+            &config("shop_worker", "shop-worker"),
+            Some("SELECT count(*) FROM orders"),
+        )
+        .await?,
+    );
+    add(
+        "long report query",
+        sim::running(
+            &config("reporting", "nightly-report"),
+            "SELECT sum(total), pg_sleep(86400) FROM orders /* nightly revenue report */",
+        )
+        .await?,
+    );
+    let chain = sim::lock_chain(&config("migrations", "shop-migrations"), "customers", 2).await?;
+    add("migration holding a lock on customers", chain.holder);
+    for waiter in chain.waiters {
+        add("query waiting for the migration's lock", waiter);
+    }
+    let pool = sim::pool(
+        &config(roles::SUPERUSER, "shop-pool"),
+        PoolOptions {
+            clients: 5,
+            reconnect_delay: Duration::from_millis(1),
+        },
+    )
+    .await?;
+
+    print_instructions(sandbox, &sessions);
+
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    let mut last_pool = pool.stats();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = ticker.tick() => {
+                for s in sessions.iter_mut().filter(|s| !s.reported) {
+                    if let Some(ending) = s.session.ended() {
+                        s.reported = true;
+                        println!(
+                            "demo: session {} ({}) ended: {} {}",
+                            s.session.pid(),
+                            s.label,
+                            ending.sqlstate.as_deref().unwrap_or("-"),
+                            ending.message
+                        );
+                    }
+                }
+                let now = pool.stats();
+                if now.connects != last_pool.connects || now.refused != last_pool.refused {
+                    println!(
+                        "demo: pool: {} connected, {} connections so far, lost {:?}, refused {:?}",
+                        now.connected, now.connects, now.ended, now.refused
+                    );
+                    last_pool = now;
+                }
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+    println!();
+    pool.stop().await;
+    drop(sessions);
+    Ok(())
+}
+
+async fn setup_database(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let admin = sandbox.admin("postgres").await?;
+    for role in APP_ROLES {
+        admin
+            .batch_execute(&format!("CREATE ROLE {} LOGIN", quote_ident(role)))
+            .await
+            .with_context(|| format!("creating role {role}"))?;
+    }
+    sandbox.create_database(DB, None).await?;
+    let shop = sandbox.admin(DB).await?;
+    shop.batch_execute(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers, total numeric, status text);
+         INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 100) g;
+         INSERT INTO orders SELECT g, 1 + g % 100, round((random() * 200)::numeric, 2), 'new' FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .context("creating the shop tables")?;
+    for role in APP_ROLES {
+        shop.batch_execute(&format!(
+            "GRANT ALL ON ALL TABLES IN SCHEMA public TO {r}; GRANT CREATE, USAGE ON SCHEMA public TO {r}",
+            r = quote_ident(role)
+        ))
+        .await
+        .with_context(|| format!("granting {role} access"))?;
+    }
+    Ok(())
+}
+
+fn print_instructions(sandbox: &Sandbox, sessions: &[DemoSession]) {
+    let (host, port) = (sandbox.host(), sandbox.port());
+    println!();
+    println!(
+        "PostgreSQL {} is running on {host}:{port} (data in {}).",
+        sandbox.version(),
+        sandbox.data_dir().display()
+    );
+    println!("Database `{DB}` has these sessions:");
+    for s in sessions {
+        println!("  pid {:>6}  {}", s.session.pid(), s.label);
+    }
+    println!("  and a pool of 5 superuser clients (application_name shop-pool) that reconnect within 1 ms.");
+    println!();
+    println!("Connect:");
+    println!("  psql -h {host} -p {port} -U {} {DB}", roles::ADMIN);
+    println!(
+        "  export PGHOST={host} PGPORT={port} PGUSER={}",
+        roles::ADMIN
+    );
+    println!();
+    println!("Try:");
+    println!("  psql -h {host} -p {port} -U {} -c \"SELECT pid, usename, application_name, state, query FROM pg_stat_activity WHERE datname = '{DB}'\"", roles::ADMIN);
+    println!(
+        "  pgkill -h {host} -p {port} -U {} ls --db {DB}",
+        roles::ADMIN
+    );
+    println!(
+        "  pgkill -h {host} -p {port} -U {} kill --db {DB} --state idle-in-transaction --dry-run",
+        roles::ADMIN
+    );
+    println!(
+        "  pgkill -h {host} -p {port} -U {} kill --db {DB} --blocking",
+        roles::ADMIN
+    );
+    println!(
+        "  pgkill -h {host} -p {port} -U {} drop {DB}      # beats the reconnecting pool",
+        roles::ADMIN
+    );
+    println!();
+    println!(
+        "Sessions that get ended are reported below. Press Ctrl-C to stop and remove everything."
+    );
+    println!("Ready.");
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,43 @@
+//! Errors from talking to PostgreSQL, with the SQLSTATEs users meet named.
+
+use tokio_postgres::error::SqlState;
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A failure talking to PostgreSQL. Matched on SQLSTATE, never on message text (the
+/// wording changes between server versions).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 42501: the role lacks a privilege.
+    #[error("permission denied: {0}")]
+    PermissionDenied(#[source] tokio_postgres::Error),
+    /// 55006: the object is in use (e.g. other sessions are connected to the database).
+    #[error("object in use: {0}")]
+    ObjectInUse(#[source] tokio_postgres::Error),
+    /// 3D000: no such database.
+    #[error("no such database: {0}")]
+    NoSuchDatabase(#[source] tokio_postgres::Error),
+    /// 57014: the statement was cancelled (or hit statement_timeout).
+    #[error("statement cancelled: {0}")]
+    Cancelled(#[source] tokio_postgres::Error),
+    /// 57P01: the session was terminated by an administrator.
+    #[error("session terminated: {0}")]
+    Terminated(#[source] tokio_postgres::Error),
+    /// Anything else.
+    #[error(transparent)]
+    Other(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.code() {
+            Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => Error::PermissionDenied(e),
+            Some(c) if *c == SqlState::OBJECT_IN_USE => Error::ObjectInUse(e),
+            Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Error::NoSuchDatabase(e),
+            Some(c) if *c == SqlState::QUERY_CANCELED => Error::Cancelled(e),
+            Some(c) if *c == SqlState::ADMIN_SHUTDOWN => Error::Terminated(e),
+            _ => Error::Other(e),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! pgkill's PostgreSQL-facing library: the one place that talks to servers.
+//!
+//! Front-ends build requests with `pgkill-core` and hand them here; this crate connects,
+//! detects what the server and the caller can do, runs the planned SQL and maps the
+//! SQLSTATEs users meet to named errors.
+
+pub mod error;
+
+pub use error::{Error, Result};
