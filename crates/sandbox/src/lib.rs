@@ -24,4 +24,4 @@ mod template;
 
 pub use error::{Error, Result};
 pub use install::{Installation, Source};
-pub use server::{Auth, Options, Sandbox, StartTiming};
+pub use server::{process_alive, Auth, Options, Sandbox, StartTiming};

@@ -131,11 +131,8 @@ impl Sandbox {
 
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
-            .tempdir()
-            .map_err(Error::io(
-                "create sandbox directory in",
-                std::env::temp_dir(),
-            ))?;
+            .tempdir_in(sandbox_root())
+            .map_err(Error::io("create sandbox directory in", sandbox_root()))?;
         std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
             .map_err(Error::io("write", dir.path().join("owner.pid")))?;
         let copy_began = Instant::now();
@@ -227,21 +224,26 @@ impl Sandbox {
 
     /// Connection settings for `role` on database `db`, over TCP on loopback.
     pub fn config(&self, db: &str, role: &str) -> Config {
-        let mut config = Config::new();
-        config
-            .host(self.host())
-            .port(self.port)
-            .user(role)
-            .password(roles::password(role))
-            .dbname(db)
-            .connect_timeout(Duration::from_secs(10));
+        let mut config = self.config_without_host(db, role);
+        config.host(self.host());
         config
     }
 
     /// Connection settings over the Unix socket (sessions show `client_addr` NULL).
     pub fn socket_config(&self, db: &str, role: &str) -> Config {
-        let mut config = self.config(db, role);
+        let mut config = self.config_without_host(db, role);
         config.host_path(self.socket_dir());
+        config
+    }
+
+    fn config_without_host(&self, db: &str, role: &str) -> Config {
+        let mut config = Config::new();
+        config
+            .port(self.port)
+            .user(role)
+            .password(roles::password(role))
+            .dbname(db)
+            .connect_timeout(Duration::from_secs(10));
         config
     }
 
@@ -516,15 +518,11 @@ fn keep(
         }
     };
     let _ = started.send(Ok(child.id()));
-    loop {
-        match stop.recv_timeout(Duration::from_millis(100)) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    let _ = exited.send(());
-                    return;
-                }
-            }
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+    // Until told to stop (or the sandbox is dropped), watch for the server dying alone.
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(20)) {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = exited.send(());
+            return;
         }
     }
     shut_down(&mut child);
@@ -592,10 +590,29 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// Where sandbox directories go: `$PGKILL_SANDBOX_DIR`, else `/dev/shm` when it is a
+/// writable directory (a server on tmpfs starts faster and its copy of the template
+/// costs no disk writes), else the system temp directory.
+fn sandbox_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PGKILL_SANDBOX_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let shm = Path::new("/dev/shm");
+    if nix::unistd::access(
+        shm,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_ok()
+    {
+        return shm.to_path_buf();
+    }
+    std::env::temp_dir()
+}
+
 /// Removes sandbox directories whose owning process is gone (it was killed before it
 /// could clean up), stopping any server still running in them.
 fn sweep_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+    let Ok(entries) = std::fs::read_dir(sandbox_root()) else {
         return;
     };
     for entry in entries.flatten() {

@@ -145,6 +145,11 @@ impl Session {
     }
 
     /// The connection, to run more SQL on this very session.
+    ///
+    /// Prefer simple queries (`batch_execute`, `simple_query`) or statements prepared once:
+    /// a statement prepared per call is closed when dropped, and a `FATAL` that arrives
+    /// while that `Close` is in flight is swallowed by it (the session then shows as
+    /// closed without a SQLSTATE).
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -156,9 +161,7 @@ impl Session {
         let record = self.record.borrow();
         let connection = record.connection.clone()?;
         match &record.statement {
-            Statement::Failed(e) if e.is_fatal() || connection.sqlstate.is_none() => {
-                Some(e.clone())
-            }
+            Statement::Failed(e) if e.is_fatal() => Some(e.clone()),
             Statement::Running => None,
             _ => Some(connection),
         }
@@ -275,13 +278,12 @@ pub struct LockChain {
 pub async fn lock_chain(config: &Config, table: &str, waiters: usize) -> Result<LockChain> {
     let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", quote_ident(table));
     let (holder, _) = Session::open("lock holder", config).await?;
-    let setup = format!(
-        "CREATE TABLE IF NOT EXISTS {} (id int); BEGIN; {lock}",
-        quote_ident(table)
-    );
+    // Separate statements: in one multi-statement query, BEGIN would pull the CREATE
+    // into the transaction and the waiters would not see the table.
+    create_table(&holder.client, table, "id int").await?;
     holder
         .client
-        .batch_execute(&setup)
+        .batch_execute(&format!("BEGIN; {lock}"))
         .await
         .map_err(Error::sql("simulated lock holder"))?;
     let mut blocked = Vec::with_capacity(waiters);
@@ -317,6 +319,25 @@ pub async fn prepared(config: &Config, gid: &str, statement: Option<&str>) -> Re
         .await
         .map_err(Error::sql("simulated session preparing a transaction"))?;
     Ok(session)
+}
+
+/// Creates `table` unless it exists (`CREATE TABLE IF NOT EXISTS` would demand the
+/// CREATE privilege on the schema even when the table is there, which plain roles lack
+/// on PostgreSQL 15+).
+async fn create_table(client: &Client, table: &str, columns: &str) -> Result<()> {
+    let quoted = quote_ident(table);
+    let exists: Option<String> = client
+        .query_one("SELECT to_regclass($1)::text", &[&quoted])
+        .await
+        .map_err(Error::sql(format!("looking up table {table}")))?
+        .get(0);
+    if exists.is_none() {
+        client
+            .batch_execute(&format!("CREATE TABLE IF NOT EXISTS {quoted} ({columns})"))
+            .await
+            .map_err(Error::sql(format!("creating table {table}")))?;
+    }
+    Ok(())
 }
 
 /// Waits until every pid in `pids` satisfies `condition` in `pg_stat_activity`.
@@ -413,20 +434,33 @@ static NEXT_WRITER: AtomicI32 = AtomicI32::new(1);
 pub async fn committing_writer(config: &Config, options: WriterOptions) -> Result<Writer> {
     let (session, _) = Session::open("committing writer", config).await?;
     let table = quote_ident(&options.table);
-    session
-        .client
-        .batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {table} (writer int, seq bigint, at timestamptz DEFAULT now(), PRIMARY KEY (writer, seq))"
-        ))
-        .await
-        .map_err(Error::sql("simulated writer creating its table"))?;
+    create_table(
+        &session.client,
+        &options.table,
+        "writer int, seq bigint, at timestamptz DEFAULT now(), PRIMARY KEY (writer, seq)",
+    )
+    .await?;
     let id = NEXT_WRITER.fetch_add(1, Ordering::Relaxed);
     let log = Arc::new(Mutex::new(WriterLog::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let pid = session.pid;
+    // Prepared once and kept for the session's life: a statement prepared per call is
+    // closed when dropped, and a FATAL arriving while that `Close` is in flight would be
+    // swallowed instead of being recorded as how the writer ended.
+    let insert = session
+        .client
+        .prepare(&format!(
+            "INSERT INTO {table} (writer, seq) VALUES ($1, $2)"
+        ))
+        .await
+        .map_err(Error::sql("simulated writer preparing its insert"))?;
+    let pause = session
+        .client
+        .prepare("SELECT pg_sleep($1::float8)")
+        .await
+        .map_err(Error::sql("simulated writer preparing its pause"))?;
     let task = {
         let (log, stop) = (Arc::clone(&log), Arc::clone(&stop));
-        let insert = format!("INSERT INTO {table} (writer, seq) VALUES ($1, $2)");
         let sleep = options.transaction_time.as_secs_f64();
         tokio::spawn(async move {
             let client = &session.client;
@@ -437,10 +471,8 @@ pub async fn committing_writer(config: &Config, options: WriterOptions) -> Resul
                 let mut in_commit = false;
                 let result = async {
                     client.batch_execute("BEGIN").await?;
-                    client.execute(insert.as_str(), &[&id, &seq]).await?;
-                    client
-                        .execute("SELECT pg_sleep($1::float8)", &[&sleep])
-                        .await?;
+                    client.execute(&insert, &[&id, &seq]).await?;
+                    client.execute(&pause, &[&sleep]).await?;
                     in_commit = true;
                     client.batch_execute("COMMIT").await
                 }
