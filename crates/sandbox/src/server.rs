@@ -46,6 +46,10 @@ pub struct Options {
     pub auth: Auth,
     /// Any other server settings, passed as `-c name=value`.
     pub settings: Vec<(String, String)>,
+    /// Files written into the data directory before the server starts (name relative to
+    /// the data directory, contents, Unix mode), e.g. `server.crt`/`server.key` for TLS
+    /// tests together with the setting `ssl=on`.
+    pub data_files: Vec<(String, Vec<u8>, u32)>,
 }
 
 impl Default for Options {
@@ -56,6 +60,7 @@ impl Default for Options {
             logical_wal: false,
             auth: Auth::Trust,
             settings: Vec::new(),
+            data_files: Vec::new(),
         }
     }
 }
@@ -74,6 +79,11 @@ impl Options {
     /// Sets how TCP clients authenticate.
     pub fn auth(mut self, auth: Auth) -> Self {
         self.auth = auth;
+        self
+    }
+    /// Writes a file into the data directory before the server starts.
+    pub fn data_file(mut self, name: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
+        self.data_files.push((name.to_owned(), contents.into(), mode));
         self
     }
     /// Adds a server setting.
@@ -139,6 +149,12 @@ impl Sandbox {
         let data = dir.path().join("data");
         template::copy_data_dir(&template, &data)?;
         write_hba(&data, options.auth)?;
+        for (name, contents, mode) in &options.data_files {
+            let path = data.join(name);
+            std::fs::write(&path, contents).map_err(Error::io("write", &path))?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(*mode))
+                .map_err(Error::io("chmod", &path))?;
+        }
         run_as.chown_tree(dir.path())?;
         let copy = copy_began.elapsed();
 
