@@ -3,23 +3,80 @@
 //! Exit codes (the CLI contract): 0 acted on or listed at least one session, 1 nothing
 //! matched, 2 error (bad input, connection, privilege), 3 partial failure.
 
+mod args;
+mod conn;
 mod demo;
+mod output;
+mod sessions_cmd;
 
 use clap::{Parser, Subcommand};
+use pgkill_core::planner::Signal;
 
 /// Exit code for errors (bad input, connection failures, refused privileges).
 pub const EXIT_ERROR: i32 = 2;
 
+/// How a command ended, as an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 0: acted on (or listed) at least one session.
+    Ok,
+    /// 1: nothing matched.
+    NothingMatched,
+    /// 2: error.
+    Error,
+    /// 3: some targets could not be signalled or did not go away.
+    Partial,
+}
+
+impl Outcome {
+    fn code(self) -> i32 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::NothingMatched => 1,
+            Outcome::Error => EXIT_ERROR,
+            Outcome::Partial => 3,
+        }
+    }
+
+    pub(crate) fn from_code(code: i32) -> Outcome {
+        match code {
+            0 => Outcome::Ok,
+            1 => Outcome::NothingMatched,
+            3 => Outcome::Partial,
+            _ => Outcome::Error,
+        }
+    }
+}
+
+/// A mistake in what the user asked for (exit 2, message only).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// Get people out of PostgreSQL databases safely.
 #[derive(Debug, Parser)]
-#[command(name = "pgkill", version, about, long_about = None)]
+#[command(name = "pgkill", version, about, long_about = None, disable_help_flag = true)]
 pub struct Cli {
+    #[command(flatten)]
+    conn: args::ConnArgs,
+    /// A libpq connection string (`host=… port=…`) or URI (`postgresql://…`).
+    #[arg(value_name = "CONNINFO")]
+    conninfo: Option<String>,
+    /// Print help.
+    #[arg(long = "help", action = clap::ArgAction::Help, global = true)]
+    help: Option<bool>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// List sessions (client sessions by default).
+    Ls(sessions_cmd::LsArgs),
+    /// Terminate the matching sessions, verified.
+    Kill(sessions_cmd::SignalArgs),
+    /// Cancel the running statement of the matching sessions.
+    Cancel(sessions_cmd::SignalArgs),
     /// Start a throw-away local PostgreSQL full of realistic sessions to practise on.
     Demo(demo::DemoArgs),
 }
@@ -37,14 +94,55 @@ pub fn main() -> i32 {
     init_tracing();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        command => run_async(cli.conn, cli.conninfo, command),
     };
     match result {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            eprintln!("pgkill: {e:#}");
+            eprintln!("pgkill: {}", describe(&e));
             EXIT_ERROR
         }
     }
+}
+
+fn run_async(
+    conn: args::ConnArgs,
+    conninfo: Option<String>,
+    command: Command,
+) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let conninfo = conninfo.as_deref();
+    let outcome = runtime.block_on(async {
+        match &command {
+            Command::Ls(a) => sessions_cmd::ls(&conn, conninfo, a).await,
+            Command::Kill(a) => sessions_cmd::signal(&conn, conninfo, a, Signal::Terminate).await,
+            Command::Cancel(a) => sessions_cmd::signal(&conn, conninfo, a, Signal::Cancel).await,
+            Command::Demo(_) => Ok(Outcome::Error),
+        }
+    })?;
+    Ok(outcome.code())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// One line: the error and its causes, without a backtrace.
+fn describe(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 fn init_tracing() {

@@ -4,8 +4,16 @@
 //! The PostgreSQL-facing crate (`pgkill-pg`), the front-ends and the sandbox build on it,
 //! and it is unit-tested exhaustively because every destructive decision starts here.
 
+pub mod duration;
+pub mod filter;
+pub mod plan;
+pub mod planner;
 pub mod quote;
+pub mod session;
 pub mod version;
 
+pub use duration::{format_duration, parse_duration};
+pub use filter::{ClientMatch, Filter, State};
 pub use quote::{quote_ident, quote_literal};
+pub use session::Session;
 pub use version::{ServerVersion, VersionError};

@@ -24,6 +24,15 @@ pub enum Error {
     /// 57P01: the session was terminated by an administrator.
     #[error("session terminated: {0}")]
     Terminated(#[source] tokio_postgres::Error),
+    /// 2201B: a `--query` pattern is not a valid regular expression.
+    #[error("invalid regular expression in --query: {}", .0.as_db_error().map(|d| d.message()).unwrap_or("rejected by the server"))]
+    InvalidRegex(tokio_postgres::Error),
+    /// The server is older than pgkill supports.
+    #[error(transparent)]
+    Version(pgkill_core::VersionError),
+    /// The server answered something pgkill did not expect.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(&'static str),
     /// Anything else.
     #[error(transparent)]
     Other(tokio_postgres::Error),
@@ -37,6 +46,7 @@ impl From<tokio_postgres::Error> for Error {
             Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Error::NoSuchDatabase(e),
             Some(c) if *c == SqlState::QUERY_CANCELED => Error::Cancelled(e),
             Some(c) if *c == SqlState::ADMIN_SHUTDOWN => Error::Terminated(e),
+            Some(c) if *c == SqlState::INVALID_REGULAR_EXPRESSION => Error::InvalidRegex(e),
             _ => Error::Other(e),
         }
     }

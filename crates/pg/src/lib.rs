@@ -5,5 +5,6 @@
 //! SQLSTATEs users meet to named errors.
 
 pub mod error;
+pub mod sessions;
 
 pub use error::{Error, Result};

@@ -83,7 +83,8 @@ impl Options {
     }
     /// Writes a file into the data directory before the server starts.
     pub fn data_file(mut self, name: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
-        self.data_files.push((name.to_owned(), contents.into(), mode));
+        self.data_files
+            .push((name.to_owned(), contents.into(), mode));
         self
     }
     /// Adds a server setting.

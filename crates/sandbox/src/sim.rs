@@ -347,6 +347,9 @@ async fn wait_until(config: &Config, pids: &[i32], condition: &str) -> Result<()
     }
     let mut probe_config = config.clone();
     probe_config.application_name("pgkill-sim-probe");
+    // From the `postgres` database: the probe's backend exits a moment after it is
+    // dropped, and must not show up among the sessions of the database under test.
+    probe_config.dbname("postgres");
     let probe = crate::server::connect(&probe_config).await?;
     let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) AND {condition}");
     let began = Instant::now();

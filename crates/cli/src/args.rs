@@ -1,0 +1,114 @@
+//! Command-line arguments shared by the session commands: connection and filters.
+
+use std::time::Duration;
+
+use pgkill_core::{parse_duration, ClientMatch, Filter, State};
+
+/// How to connect, as libpq tools do (see `pgkill_pg::connect`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnArgs {
+    /// Database server host or socket directory.
+    #[arg(short = 'h', long = "host", global = true, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Database server port.
+    #[arg(short = 'p', long = "port", global = true, value_name = "PORT")]
+    pub port: Option<String>,
+    /// Role to connect as.
+    #[arg(short = 'U', long = "username", global = true, value_name = "USER")]
+    pub user: Option<String>,
+    /// Always prompt for the password.
+    #[arg(short = 'W', long = "password", global = true)]
+    pub password_prompt: bool,
+    /// Database pgkill connects to (default: postgres).
+    #[arg(long = "maintenance-db", global = true, value_name = "DB")]
+    pub maintenance_db: Option<String>,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn client(s: &str) -> Result<ClientMatch, String> {
+    s.parse()
+        .map_err(|e: pgkill_core::filter::ClientMatchError| e.to_string())
+}
+
+fn state(s: &str) -> Result<State, String> {
+    s.parse()
+        .map_err(|e: pgkill_core::filter::StateError| e.to_string())
+}
+
+/// Which sessions (repeated filters of one kind are OR-ed, different kinds AND-ed).
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Filters")]
+pub struct FilterArgs {
+    /// Sessions of this database.
+    #[arg(long = "db", value_name = "NAME")]
+    pub databases: Vec<String>,
+    /// Sessions of this role.
+    #[arg(long = "user", value_name = "ROLE")]
+    pub users: Vec<String>,
+    /// Sessions whose application_name matches this glob (`*`, `?`).
+    #[arg(long = "app", value_name = "GLOB")]
+    pub apps: Vec<String>,
+    /// Sessions from this address or network (CIDR), or `local` for Unix sockets.
+    #[arg(long = "client", value_name = "CIDR", value_parser = client)]
+    pub clients: Vec<ClientMatch>,
+    /// Sessions in this state: active, idle, idle-in-transaction, idle-in-transaction-aborted, fastpath, disabled, starting.
+    #[arg(long = "state", value_name = "STATE", value_parser = state)]
+    pub states: Vec<State>,
+    /// This process id.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<i32>,
+    /// Not running a statement (idle or idle in transaction) for at least DUR.
+    #[arg(long = "idle-for", value_name = "DUR", value_parser = duration)]
+    pub idle_for: Option<Duration>,
+    /// Transaction open for at least DUR.
+    #[arg(long = "xact-older", value_name = "DUR", value_parser = duration)]
+    pub xact_older: Option<Duration>,
+    /// Statement running for at least DUR.
+    #[arg(long = "query-older", value_name = "DUR", value_parser = duration)]
+    pub query_older: Option<Duration>,
+    /// Connected for at least DUR.
+    #[arg(long = "backend-older", value_name = "DUR", value_parser = duration)]
+    pub backend_older: Option<Duration>,
+    /// Query text matches this regular expression (PostgreSQL syntax).
+    #[arg(long = "query", value_name = "REGEX")]
+    pub queries: Vec<String>,
+    /// Sessions that other sessions wait for (lock holders).
+    #[arg(long = "blocking")]
+    pub blocking: bool,
+    /// Only the N most recently connected of the matching sessions.
+    #[arg(long = "newest", value_name = "N", conflicts_with = "oldest")]
+    pub newest: Option<u32>,
+    /// Only the N longest connected of the matching sessions.
+    #[arg(long = "oldest", value_name = "N")]
+    pub oldest: Option<u32>,
+    /// Also signal sessions of superusers (protected by default).
+    #[arg(long = "include-superusers")]
+    pub include_superusers: bool,
+}
+
+impl FilterArgs {
+    /// The filter these arguments describe.
+    pub fn to_filter(&self, all_backends: bool) -> Filter {
+        Filter {
+            databases: self.databases.clone(),
+            users: self.users.clone(),
+            apps: self.apps.clone(),
+            clients: self.clients.clone(),
+            states: self.states.clone(),
+            pids: self.pids.clone(),
+            idle_for: self.idle_for,
+            xact_older: self.xact_older,
+            query_older: self.query_older,
+            backend_older: self.backend_older,
+            queries: self.queries.clone(),
+            blocking: self.blocking,
+            newest: self.newest,
+            oldest: self.oldest,
+            include_superusers: self.include_superusers,
+            all_backends,
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! Rendering sessions, plans and outcomes: psql-like tables for people, JSON and CSV for
+//! scripts. Unknown values (least privilege) are shown as `?` in tables and `null` in JSON.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use pgkill_core::plan::{Outcome, Plan};
+use pgkill_core::{format_duration, Session};
+use serde::Serialize;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+
+/// One session as scripts see it: stable keys, times in RFC 3339, durations in seconds.
+#[derive(Debug, Serialize)]
+pub struct SessionJson<'a> {
+    pid: i32,
+    backend_start: Option<String>,
+    database: Option<&'a str>,
+    user: Option<&'a str>,
+    application_name: Option<&'a str>,
+    client_addr: Option<String>,
+    client_hostname: Option<&'a str>,
+    client_port: Option<i32>,
+    state: Option<&'a str>,
+    wait_event_type: Option<&'a str>,
+    wait_event: Option<&'a str>,
+    backend_type: Option<&'a str>,
+    xact_start: Option<String>,
+    query_start: Option<String>,
+    state_change: Option<String>,
+    backend_age_s: Option<f64>,
+    xact_age_s: Option<f64>,
+    query_age_s: Option<f64>,
+    state_age_s: Option<f64>,
+    query: Option<&'a str>,
+    superuser: Option<bool>,
+    blocked_by: &'a [i32],
+    blocking: i32,
+    can_signal: bool,
+}
+
+fn rfc3339(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
+    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+fn secs(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+impl<'a> From<&'a Session> for SessionJson<'a> {
+    fn from(s: &'a Session) -> Self {
+        SessionJson {
+            pid: s.pid,
+            backend_start: rfc3339(s.backend_start),
+            database: s.database.as_deref(),
+            user: s.user.as_deref(),
+            application_name: s.application_name.as_deref(),
+            client_addr: s.client_addr.map(|a| a.to_string()),
+            client_hostname: s.client_hostname.as_deref(),
+            client_port: s.client_port,
+            state: s.state.as_deref(),
+            wait_event_type: s.wait_event_type.as_deref(),
+            wait_event: s.wait_event.as_deref(),
+            backend_type: s.backend_type.as_deref(),
+            xact_start: rfc3339(s.xact_start),
+            query_start: rfc3339(s.query_start),
+            state_change: rfc3339(s.state_change),
+            backend_age_s: secs(s.backend_age()),
+            xact_age_s: secs(s.xact_age()),
+            query_age_s: secs(s.query_age()),
+            state_age_s: secs(s.state_age()),
+            query: s.visible_query(),
+            superuser: s.superuser,
+            blocked_by: &s.blocked_by,
+            blocking: s.blocking,
+            can_signal: s.can_signal,
+        }
+    }
+}
+
+fn unknown(v: Option<&str>) -> String {
+    v.map(str::to_owned).unwrap_or_else(|| "?".into())
+}
+
+fn client_text(s: &Session) -> String {
+    match (s.client_addr, s.client_port) {
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => a.to_string(),
+        (None, Some(-1)) => "local".into(),
+        _ => "?".into(),
+    }
+}
+
+fn age(d: Option<Duration>) -> String {
+    d.map(format_duration).unwrap_or_default()
+}
+
+/// A psql-like aligned table; the last column is cut to fit `width` (if any).
+pub fn table(
+    out: &mut dyn Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+    width: Option<usize>,
+) -> io::Result<()> {
+    let n = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate().take(n) {
+            widths[i] = widths[i].max(cell.width());
+        }
+    }
+    if let Some(total) = width {
+        // Separators, the leading space and the separator line's trailing dash.
+        let fixed: usize = widths[..n - 1].iter().sum::<usize>() + 3 * (n - 1) + 2;
+        widths[n - 1] = widths[n - 1].min(total.saturating_sub(fixed).max(header[n - 1].width()));
+    }
+    let line = |cells: Vec<String>| -> String {
+        let mut s = String::new();
+        for (i, cell) in cells.into_iter().enumerate() {
+            if i > 0 {
+                s.push_str(" | ");
+            } else {
+                s.push(' ');
+            }
+            let cell = truncate(&cell, widths[i]);
+            let pad = widths[i].saturating_sub(cell.width());
+            s.push_str(&cell);
+            if i + 1 < n {
+                s.push_str(&" ".repeat(pad));
+            }
+        }
+        s
+    };
+    writeln!(
+        out,
+        "{}",
+        line(header.iter().map(|h| (*h).to_owned()).collect())
+    )?;
+    let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    writeln!(out, "-{}-", sep.join("-+-"))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.clone()))?;
+    }
+    writeln!(
+        out,
+        "({} {})",
+        rows.len(),
+        if rows.len() == 1 { "row" } else { "rows" }
+    )
+}
+
+/// Cuts `s` to `max` display columns, ending with `…` when cut; newlines become spaces.
+pub fn truncate(s: &str, max: usize) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.width() <= max {
+        return flat;
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in flat.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > max {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out
+}
+
+const SESSION_HEADER: [&str; 11] = [
+    "pid",
+    "user",
+    "database",
+    "application",
+    "client",
+    "state",
+    "wait",
+    "connected",
+    "xact",
+    "query age",
+    "query",
+];
+
+fn session_row(s: &Session) -> Vec<String> {
+    let wait = match (&s.wait_event_type, &s.wait_event) {
+        (Some(t), Some(e)) => format!("{t}:{e}"),
+        _ if s.state.is_none() => "?".into(),
+        _ => String::new(),
+    };
+    vec![
+        s.pid.to_string(),
+        unknown(s.user.as_deref()),
+        unknown(s.database.as_deref()),
+        unknown(s.application_name.as_deref()),
+        client_text(s),
+        unknown(s.state.as_deref()),
+        wait,
+        age(s.backend_age()),
+        age(s.xact_age()),
+        age(s.query_age()),
+        s.visible_query()
+            .map(str::to_owned)
+            .unwrap_or_else(|| "?".into()),
+    ]
+}
+
+/// Sessions as a table.
+pub fn sessions_table(
+    out: &mut dyn Write,
+    sessions: &[Session],
+    width: Option<usize>,
+) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = sessions.iter().map(session_row).collect();
+    table(out, &SESSION_HEADER, &rows, width)
+}
+
+/// Sessions as one JSON document.
+pub fn sessions_json(
+    out: &mut dyn Write,
+    server: &ServerJson,
+    sessions: &[Session],
+) -> io::Result<()> {
+    #[derive(Serialize)]
+    struct Doc<'a> {
+        server: &'a ServerJson,
+        sessions: Vec<SessionJson<'a>>,
+    }
+    let doc = Doc {
+        server,
+        sessions: sessions.iter().map(SessionJson::from).collect(),
+    };
+    serde_json::to_writer_pretty(&mut *out, &doc).map_err(io::Error::other)?;
+    writeln!(out)
+}
+
+fn csv_error(e: csv::Error) -> io::Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(io) => io,
+        other => io::Error::other(format!("{other:?}")),
+    }
+}
+
+/// Sessions as CSV with a header line (same keys as JSON).
+pub fn sessions_csv(out: &mut dyn Write, sessions: &[Session]) -> io::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    let header = [
+        "pid",
+        "backend_start",
+        "database",
+        "user",
+        "application_name",
+        "client_addr",
+        "client_port",
+        "state",
+        "wait_event_type",
+        "wait_event",
+        "backend_type",
+        "xact_start",
+        "query_start",
+        "state_change",
+        "backend_age_s",
+        "xact_age_s",
+        "query_age_s",
+        "state_age_s",
+        "query",
+    ];
+    w.write_record(header).map_err(csv_error)?;
+    for s in sessions {
+        let j = SessionJson::from(s);
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        let f = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        w.write_record([
+            s.pid.to_string(),
+            opt(j.backend_start),
+            opt(j.database.map(str::to_owned)),
+            opt(j.user.map(str::to_owned)),
+            opt(j.application_name.map(str::to_owned)),
+            opt(j.client_addr),
+            opt(j.client_port.map(|p| p.to_string())),
+            opt(j.state.map(str::to_owned)),
+            opt(j.wait_event_type.map(str::to_owned)),
+            opt(j.wait_event.map(str::to_owned)),
+            opt(j.backend_type.map(str::to_owned)),
+            opt(j.xact_start),
+            opt(j.query_start),
+            opt(j.state_change),
+            f(j.backend_age_s),
+            f(j.xact_age_s),
+            f(j.query_age_s),
+            f(j.state_age_s),
+            opt(j.query.map(str::to_owned)),
+        ])
+        .map_err(csv_error)?;
+    }
+    w.flush()
+}
+
+/// The server part of JSON documents.
+#[derive(Debug, Serialize)]
+pub struct ServerJson {
+    /// Server version (`15.18`).
+    pub version: String,
+    /// The role pgkill connected as.
+    pub user: String,
+    /// Whether that role is a superuser.
+    pub superuser: bool,
+}
+
+/// A plan as a table: who would be signalled, why, and who would be refused.
+pub fn plan_table(out: &mut dyn Write, plan: &Plan, width: Option<usize>) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = plan
+        .targets
+        .iter()
+        .map(|t| {
+            let s = &t.session;
+            vec![
+                s.pid.to_string(),
+                unknown(s.user.as_deref()),
+                unknown(s.database.as_deref()),
+                unknown(s.application_name.as_deref()),
+                unknown(s.state.as_deref()),
+                match &t.refused {
+                    Some(why) => format!("SKIP: {why}"),
+                    None => t.reason.clone(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["pid", "user", "database", "application", "state", "why"],
+        &rows,
+        width,
+    )
+}
+
+/// Outcomes as a table.
+pub fn outcomes_table(
+    out: &mut dyn Write,
+    outcomes: &[Outcome],
+    width: Option<usize>,
+) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = outcomes
+        .iter()
+        .map(|o| {
+            vec![
+                o.pid.to_string(),
+                unknown(o.user.as_deref()),
+                unknown(o.database.as_deref()),
+                unknown(o.application_name.as_deref()),
+                o.outcome.as_str().to_owned(),
+                o.detail.clone(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "pid",
+            "user",
+            "database",
+            "application",
+            "outcome",
+            "detail",
+        ],
+        &rows,
+        width,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_aligned_and_cut_to_width() {
+        let mut out = Vec::new();
+        let rows = vec![
+            vec![
+                "1".into(),
+                "alice".into(),
+                "SELECT * FROM a_rather_long_table_name WHERE x = 1".into(),
+            ],
+            vec!["12345".into(), "bo".into(), "SELECT 1".into()],
+        ];
+        table(&mut out, &["pid", "user", "query"], &rows, Some(30)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], " pid   | user  | query");
+        assert_eq!(lines[1], "-------+-------+--------------");
+        assert_eq!(lines[2], " 1     | alice | SELECT * FR…");
+        assert_eq!(lines[3], " 12345 | bo    | SELECT 1");
+        assert_eq!(lines[4], "(2 rows)");
+        assert!(lines.iter().all(|l| l.width() <= 30), "{lines:?}");
+    }
+
+    #[test]
+    fn truncate_handles_wide_and_control_characters() {
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("abcd", 3), "ab…");
+        assert_eq!(truncate("a\nb", 5), "a b");
+        assert_eq!(truncate("日本語テキスト", 7), "日本語…");
+    }
+}

@@ -1,0 +1,228 @@
+//! `pgkill ls`, `pgkill kill` and `pgkill cancel`.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use pgkill_core::plan::{exit_code, Outcome};
+use pgkill_core::planner::Signal;
+use pgkill_pg::sessions::{self, Capabilities};
+use serde::Serialize;
+
+use crate::args::{ConnArgs, FilterArgs};
+use crate::output::{self, ServerJson};
+use crate::{conn, Outcome as Exit};
+
+/// Arguments of `pgkill ls`.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// Print one JSON document.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print CSV with a header line.
+    #[arg(long)]
+    csv: bool,
+    /// Not only client sessions: also walsenders, autovacuum and other background processes.
+    #[arg(long = "all-backends")]
+    all_backends: bool,
+}
+
+/// Arguments of `pgkill kill` and `pgkill cancel`.
+#[derive(Debug, clap::Args)]
+pub struct SignalArgs {
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long = "yes")]
+    yes: bool,
+    /// Print the plan and change nothing.
+    #[arg(long = "dry-run")]
+    dry_run: bool,
+    /// How long to wait for terminated sessions to be gone (kill only).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = |s: &str| pgkill_core::parse_duration(s).map_err(|e| e.to_string()))]
+    timeout: Duration,
+    /// Print one JSON document (the plan and each session's outcome).
+    #[arg(long)]
+    json: bool,
+    /// Also act on walsenders and background processes (deliberate use only).
+    #[arg(long = "all-backends")]
+    all_backends: bool,
+}
+
+fn width() -> Option<usize> {
+    if std::io::stdout().is_terminal() {
+        terminal_size::terminal_size().map(|(w, _)| w.0 as usize)
+    } else {
+        None
+    }
+}
+
+fn server_json(caps: &Capabilities) -> ServerJson {
+    ServerJson {
+        version: caps.version.to_string(),
+        user: caps.caller.user.clone(),
+        superuser: caps.caller.superuser,
+    }
+}
+
+/// `pgkill ls`.
+pub async fn ls(
+    conn_args: &ConnArgs,
+    conninfo: Option<&str>,
+    args: &LsArgs,
+) -> anyhow::Result<Exit> {
+    let filter = args.filters.to_filter(args.all_backends);
+    let client = conn::connect(conn_args, conninfo).await?;
+    let caps = sessions::capabilities(&client).await?;
+    let list = sessions::list(&client, &caps, &filter).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        output::sessions_json(&mut out, &server_json(&caps), &list)?;
+    } else if args.csv {
+        output::sessions_csv(&mut out, &list)?;
+    } else {
+        output::sessions_table(&mut out, &list, width())?;
+        if !caps.read_all_stats && !caps.caller.superuser && list.iter().any(|s| s.state.is_none())
+        {
+            writeln!(
+                out,
+                "(? = not visible to role {}: grant it pg_read_all_stats to see every session's details)",
+                caps.caller.user
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(if list.is_empty() {
+        Exit::NothingMatched
+    } else {
+        Exit::Ok
+    })
+}
+
+#[derive(Serialize)]
+struct SignalDoc<'a> {
+    server: ServerJson,
+    action: &'static str,
+    dry_run: bool,
+    plan: Vec<PlanEntry<'a>>,
+    outcomes: &'a [Outcome],
+}
+
+#[derive(Serialize)]
+struct PlanEntry<'a> {
+    pid: i32,
+    backend_start: Option<String>,
+    user: Option<&'a str>,
+    database: Option<&'a str>,
+    reason: &'a str,
+    refused: Option<&'a str>,
+}
+
+/// `pgkill kill` / `pgkill cancel`.
+pub async fn signal(
+    conn_args: &ConnArgs,
+    conninfo: Option<&str>,
+    args: &SignalArgs,
+    signal: Signal,
+) -> anyhow::Result<Exit> {
+    let filter = args.filters.to_filter(args.all_backends);
+    let action = match signal {
+        Signal::Terminate => "terminate",
+        Signal::Cancel => "cancel",
+    };
+    // Refuse before touching anything when nobody can confirm.
+    if !args.yes && !args.dry_run && !std::io::stdin().is_terminal() {
+        anyhow::bail!(crate::UsageError(format!(
+            "refusing to {action} sessions without confirmation: no terminal to ask on. Pass -y to proceed, or --dry-run to only see the plan"
+        )));
+    }
+    let client = conn::connect(conn_args, conninfo).await?;
+    let caps = sessions::capabilities(&client).await?;
+    let plan = sessions::plan(&client, &caps, &filter, signal).await?;
+    let mut out = std::io::stdout().lock();
+
+    let doc = |outcomes: &[Outcome], dry_run: bool, out: &mut dyn Write| -> anyhow::Result<()> {
+        let entries = plan
+            .targets
+            .iter()
+            .map(|t| PlanEntry {
+                pid: t.session.pid,
+                backend_start: t
+                    .session
+                    .backend_start
+                    .map(|b| b.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                user: t.session.user.as_deref(),
+                database: t.session.database.as_deref(),
+                reason: &t.reason,
+                refused: t.refused.as_deref(),
+            })
+            .collect();
+        let d = SignalDoc {
+            server: server_json(&caps),
+            action,
+            dry_run,
+            plan: entries,
+            outcomes,
+        };
+        serde_json::to_writer_pretty(&mut *out, &d)?;
+        writeln!(out)?;
+        Ok(())
+    };
+
+    if plan.targets.is_empty() {
+        if args.json {
+            doc(&[], args.dry_run, &mut out)?;
+        } else {
+            writeln!(out, "No session matched.")?;
+        }
+        return Ok(Exit::NothingMatched);
+    }
+    if !args.json {
+        writeln!(
+            out,
+            "Plan: {action} {} session(s) on PostgreSQL {} as {}:",
+            plan.to_signal().count(),
+            caps.version,
+            caps.caller.user
+        )?;
+        output::plan_table(&mut out, &plan, width())?;
+    }
+    if args.dry_run {
+        if args.json {
+            doc(&[], true, &mut out)?;
+        } else {
+            writeln!(out, "Dry run: nothing was changed.")?;
+        }
+        return Ok(Exit::Ok);
+    }
+    if !args.yes {
+        out.flush()?;
+        let n = plan.to_signal().count();
+        eprint!(
+            "{} {n} session(s)? [y/N] ",
+            if signal == Signal::Terminate {
+                "Terminate"
+            } else {
+                "Cancel the running statement of"
+            }
+        );
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .context("reading the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            writeln!(out, "Nothing was changed.")?;
+            return Ok(Exit::Error);
+        }
+    }
+    let outcomes = sessions::execute(&client, &caps, &filter, &plan, args.timeout).await?;
+    if args.json {
+        doc(&outcomes, false, &mut out)?;
+    } else {
+        output::outcomes_table(&mut out, &outcomes, width())?;
+    }
+    out.flush()?;
+    Ok(Exit::from_code(exit_code(&outcomes)))
+}

@@ -1,0 +1,332 @@
+//! Which sessions a command is about: the filters of the CLI contract.
+//!
+//! Repeated filters of one kind are OR-ed, different kinds AND-ed. A [`Filter`] is plain
+//! data; the planner turns it into SQL evaluated on the server (so the signalling
+//! statement can re-check it), and [`Filter::matches_row`] evaluates the same rules in
+//! process (used by `top` and by tests as an independent check).
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::session::Session;
+
+/// A client-address filter: a network (`10.0.0.0/8`, `::1/128`, a bare address) or
+/// `local` for Unix-socket sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMatch {
+    /// Sessions connected over a Unix socket.
+    Local,
+    /// Sessions whose client address is inside this network.
+    Net(ipnet::IpNet),
+}
+
+/// A client filter that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid client address {0:?}: use an address or network such as 10.0.0.0/8, 192.168.1.7, ::1/128, or `local` for Unix-socket sessions")]
+pub struct ClientMatchError(pub String);
+
+impl FromStr for ClientMatch {
+    type Err = ClientMatchError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        if text.eq_ignore_ascii_case("local") {
+            return Ok(ClientMatch::Local);
+        }
+        if let Ok(net) = text.parse::<ipnet::IpNet>() {
+            return Ok(ClientMatch::Net(net.trunc()));
+        }
+        match text.parse::<IpAddr>() {
+            Ok(addr) => Ok(ClientMatch::Net(ipnet::IpNet::from(addr))),
+            Err(_) => Err(ClientMatchError(s.to_owned())),
+        }
+    }
+}
+
+impl ClientMatch {
+    /// Whether a session with this client address / port matches.
+    pub fn matches(&self, addr: Option<IpAddr>, port: Option<i32>) -> bool {
+        match self {
+            ClientMatch::Local => addr.is_none() && port == Some(-1),
+            ClientMatch::Net(net) => addr.is_some_and(|a| net.contains(&a)),
+        }
+    }
+}
+
+/// A session state as the CLI names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// `active`: running a statement.
+    Active,
+    /// `idle`: waiting for a command.
+    Idle,
+    /// `idle in transaction`.
+    IdleInTransaction,
+    /// `idle in transaction (aborted)`.
+    IdleInTransactionAborted,
+    /// `fastpath function call`.
+    Fastpath,
+    /// `disabled` (track_activities off).
+    Disabled,
+    /// `starting` (PostgreSQL 18: still connecting).
+    Starting,
+}
+
+impl State {
+    /// Every state, for help texts.
+    pub const ALL: [State; 7] = [
+        State::Active,
+        State::Idle,
+        State::IdleInTransaction,
+        State::IdleInTransactionAborted,
+        State::Fastpath,
+        State::Disabled,
+        State::Starting,
+    ];
+
+    /// The CLI name (`idle-in-transaction`).
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Idle => "idle",
+            State::IdleInTransaction => "idle-in-transaction",
+            State::IdleInTransactionAborted => "idle-in-transaction-aborted",
+            State::Fastpath => "fastpath",
+            State::Disabled => "disabled",
+            State::Starting => "starting",
+        }
+    }
+
+    /// The value of `pg_stat_activity.state`.
+    pub fn server_name(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Idle => "idle",
+            State::IdleInTransaction => "idle in transaction",
+            State::IdleInTransactionAborted => "idle in transaction (aborted)",
+            State::Fastpath => "fastpath function call",
+            State::Disabled => "disabled",
+            State::Starting => "starting",
+        }
+    }
+}
+
+/// A state name that is not one of [`State::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {0:?}: use one of active, idle, idle-in-transaction, idle-in-transaction-aborted, fastpath, disabled, starting")]
+pub struct StateError(pub String);
+
+impl FromStr for State {
+    type Err = StateError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let norm = s.trim().to_ascii_lowercase().replace(['_', ' '], "-");
+        let norm = norm.replace("(aborted)", "aborted");
+        State::ALL
+            .into_iter()
+            .find(|st| st.cli_name() == norm || st.server_name() == s.trim())
+            .ok_or_else(|| StateError(s.to_owned()))
+    }
+}
+
+/// Translates a shell-style glob (`*`, `?`) into an anchored POSIX regular expression
+/// that PostgreSQL's `~` evaluates the same way (every other character is literal).
+pub fn glob_to_regex(glob: &str) -> String {
+    let mut re = String::with_capacity(glob.len() + 2);
+    re.push('^');
+    for ch in glob.chars() {
+        match ch {
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            c if c.is_ascii_alphanumeric() || !c.is_ascii() || c == ' ' || c == '_' => re.push(c),
+            c => {
+                re.push('\\');
+                re.push(c);
+            }
+        }
+    }
+    re.push('$');
+    re
+}
+
+/// Matches a glob against text in process (same rules as [`glob_to_regex`]).
+pub fn glob_matches(glob: &str, text: &str) -> bool {
+    fn go(p: &[char], t: &[char]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some(('*', rest)) => (0..=t.len()).any(|i| go(rest, &t[i..])),
+            Some(('?', rest)) => !t.is_empty() && go(rest, &t[1..]),
+            Some((c, rest)) => t.first() == Some(c) && go(rest, &t[1..]),
+        }
+    }
+    let p: Vec<char> = glob.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    go(&p, &t)
+}
+
+/// The selection of a command. Empty means "every client session".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// `--db`: database names.
+    pub databases: Vec<String>,
+    /// `--user`: role names.
+    pub users: Vec<String>,
+    /// `--app`: application_name globs.
+    pub apps: Vec<String>,
+    /// `--client`: client networks or `local`.
+    pub clients: Vec<ClientMatch>,
+    /// `--state`.
+    pub states: Vec<State>,
+    /// `--pid`.
+    pub pids: Vec<i32>,
+    /// `--idle-for`: not running a statement (idle, or idle in a transaction) for at least this long.
+    pub idle_for: Option<Duration>,
+    /// `--xact-older`: transaction open for at least this long.
+    pub xact_older: Option<Duration>,
+    /// `--query-older`: statement running for at least this long.
+    pub query_older: Option<Duration>,
+    /// `--backend-older`: connected for at least this long.
+    pub backend_older: Option<Duration>,
+    /// `--query`: regular expressions (PostgreSQL's syntax) on the query text.
+    pub queries: Vec<String>,
+    /// `--blocking`: sessions that others wait for.
+    pub blocking: bool,
+    /// `--newest N`.
+    pub newest: Option<u32>,
+    /// `--oldest N`.
+    pub oldest: Option<u32>,
+    /// `--include-superusers`: signal sessions of superusers too (protected by default).
+    pub include_superusers: bool,
+    /// `--all-backends`: not only client backends (walsenders, workers, …).
+    pub all_backends: bool,
+}
+
+/// States in which a session is not running a statement (for `--idle-for`).
+pub const IDLE_STATES: [&str; 3] = [
+    "idle",
+    "idle in transaction",
+    "idle in transaction (aborted)",
+];
+
+impl Filter {
+    /// Evaluates the per-row filters in process, against `now` (the server's clock).
+    /// `--newest/--oldest` are set-level and applied by [`Filter::limit`]; `--blocking`
+    /// uses the session's `blocking` count.
+    pub fn matches_row(&self, s: &Session) -> bool {
+        let older = |at: Option<chrono::DateTime<chrono::Utc>>, d: Option<Duration>| match d {
+            None => true,
+            Some(d) => at.is_some_and(|at| {
+                s.now
+                    .signed_duration_since(at)
+                    .to_std()
+                    .is_ok_and(|age| age >= d)
+            }),
+        };
+        let any = |list: &[String], v: &Option<String>| {
+            list.is_empty() || v.as_ref().is_some_and(|v| list.contains(v))
+        };
+        (self.all_backends || s.is_client())
+            && any(&self.databases, &s.database)
+            && any(&self.users, &s.user)
+            && (self.apps.is_empty()
+                || s.application_name
+                    .as_deref()
+                    .is_some_and(|a| self.apps.iter().any(|g| glob_matches(g, a))))
+            && (self.clients.is_empty()
+                || self
+                    .clients
+                    .iter()
+                    .any(|c| c.matches(s.client_addr, s.client_port)))
+            && (self.states.is_empty()
+                || s.state
+                    .as_deref()
+                    .is_some_and(|st| self.states.iter().any(|w| w.server_name() == st)))
+            && (self.pids.is_empty() || self.pids.contains(&s.pid))
+            && (self.idle_for.is_none()
+                || (s
+                    .state
+                    .as_deref()
+                    .is_some_and(|st| IDLE_STATES.contains(&st))
+                    && older(s.state_change, self.idle_for)))
+            && older(s.xact_start, self.xact_older)
+            && (self.query_older.is_none()
+                || (s.state.as_deref() == Some("active") && older(s.query_start, self.query_older)))
+            && older(s.backend_start, self.backend_older)
+            && (!self.blocking || s.blocking > 0)
+    }
+
+    /// Applies `--newest/--oldest` to sessions already filtered, keeping backend-start order.
+    pub fn limit(&self, mut sessions: Vec<Session>) -> Vec<Session> {
+        sessions.sort_by_key(|s| (s.backend_start, s.pid));
+        if let Some(n) = self.oldest {
+            sessions.truncate(n as usize);
+        }
+        if let Some(n) = self.newest {
+            let n = n as usize;
+            if sessions.len() > n {
+                sessions.drain(..sessions.len() - n);
+            }
+        }
+        sessions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_matches() {
+        let net: ClientMatch = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(net, ClientMatch::Net("10.0.0.0/8".parse().unwrap()));
+        assert!(net.matches(Some("10.200.0.1".parse().unwrap()), Some(5000)));
+        assert!(!net.matches(Some("11.0.0.1".parse().unwrap()), Some(5000)));
+        assert!(!net.matches(None, Some(-1)));
+        let one: ClientMatch = "127.0.0.1".parse().unwrap();
+        assert!(one.matches(Some("127.0.0.1".parse().unwrap()), Some(1)));
+        let v6: ClientMatch = "::1/128".parse().unwrap();
+        assert!(v6.matches(Some("::1".parse().unwrap()), Some(1)));
+        assert!(!v6.matches(Some("127.0.0.1".parse().unwrap()), Some(1)));
+        let local: ClientMatch = "LOCAL".parse().unwrap();
+        assert!(local.matches(None, Some(-1)));
+        assert!(
+            !local.matches(None, None),
+            "no address and no port is a background process or hidden"
+        );
+        for bad in ["300.1.1.1/8", "10.0.0.0/33", "abc", "", "10.0.0.0/"] {
+            assert!(bad.parse::<ClientMatch>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn states() {
+        assert_eq!("idle-in-transaction".parse(), Ok(State::IdleInTransaction));
+        assert_eq!("idle in transaction".parse(), Ok(State::IdleInTransaction));
+        assert_eq!("IDLE_IN_TRANSACTION".parse(), Ok(State::IdleInTransaction));
+        assert_eq!(
+            "idle in transaction (aborted)".parse(),
+            Ok(State::IdleInTransactionAborted)
+        );
+        assert_eq!("active".parse(), Ok(State::Active));
+        assert!("sleeping".parse::<State>().is_err());
+        for st in State::ALL {
+            assert_eq!(st.cli_name().parse(), Ok(st));
+            assert_eq!(st.server_name().parse(), Ok(st));
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert_eq!(glob_to_regex("shop-*"), r"^shop\-.*$");
+        assert_eq!(glob_to_regex("a.b?"), r"^a\.b.$");
+        assert_eq!(glob_to_regex("x(1)|[y]"), r"^x\(1\)\|\[y\]$");
+        assert!(glob_matches("shop-*", "shop-web"));
+        assert!(glob_matches("shop-*", "shop-"));
+        assert!(!glob_matches("shop-*", "shop"));
+        assert!(glob_matches("?sql", "psql"));
+        assert!(!glob_matches("?sql", "sql"));
+        assert!(glob_matches("*", ""));
+        assert!(glob_matches("a*b*c", "aXXbYYc"));
+        assert!(!glob_matches("a*b*c", "aXXbYY"));
+        assert!(glob_matches("日本*", "日本語"));
+    }
+}

@@ -1,0 +1,105 @@
+//! The session model: one row of `pg_stat_activity` as pgkill understands it.
+//!
+//! Fields the caller may not see (least privilege) are `None` and shown as unknown;
+//! a NULL `backend_type` is "unknown", never "not a client".
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// `query` as the server shows it to roles without the privilege to see it.
+pub const INSUFFICIENT_PRIVILEGE: &str = "<insufficient privilege>";
+
+/// One server process as seen in `pg_stat_activity`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Session {
+    /// Process id.
+    pub pid: i32,
+    /// When the backend started; with `pid` it identifies the session (pids are reused).
+    pub backend_start: Option<DateTime<Utc>>,
+    /// Database name.
+    pub database: Option<String>,
+    /// Role name.
+    pub user: Option<String>,
+    /// `application_name`.
+    pub application_name: Option<String>,
+    /// Client address (`None` for Unix sockets and for hidden rows).
+    pub client_addr: Option<IpAddr>,
+    /// Client host name (only with `log_hostname`).
+    pub client_hostname: Option<String>,
+    /// Client port (`-1` for Unix sockets).
+    pub client_port: Option<i32>,
+    /// `state` (`active`, `idle`, …).
+    pub state: Option<String>,
+    /// `wait_event_type`.
+    pub wait_event_type: Option<String>,
+    /// `wait_event`.
+    pub wait_event: Option<String>,
+    /// `backend_type` (`client backend`, `walsender`, …).
+    pub backend_type: Option<String>,
+    /// Start of the open transaction.
+    pub xact_start: Option<DateTime<Utc>>,
+    /// Start of the current or last statement.
+    pub query_start: Option<DateTime<Utc>>,
+    /// Last change of `state`.
+    pub state_change: Option<DateTime<Utc>>,
+    /// Query text (`None` when hidden).
+    pub query: Option<String>,
+    /// Leader of a parallel worker (PostgreSQL 13+).
+    pub leader_pid: Option<i32>,
+    /// Whether the session's role is a superuser (`None`: role-less process).
+    pub superuser: Option<bool>,
+    /// Pids this session waits for (only computed for sessions waiting on a lock).
+    pub blocked_by: Vec<i32>,
+    /// How many sessions wait for this one.
+    pub blocking: i32,
+    /// Whether the caller may signal this session.
+    pub can_signal: bool,
+    /// The server's clock when the row was read (ages are relative to it).
+    #[serde(skip)]
+    pub now: DateTime<Utc>,
+}
+
+impl Session {
+    /// Whether this is (or may be, when hidden) a client session.
+    pub fn is_client(&self) -> bool {
+        match self.backend_type.as_deref() {
+            Some(t) => t == "client backend",
+            None => self.user.is_some() && self.database.is_some() && self.leader_pid.is_none(),
+        }
+    }
+
+    fn age(&self, at: Option<DateTime<Utc>>) -> Option<Duration> {
+        at.and_then(|at| self.now.signed_duration_since(at).to_std().ok())
+    }
+
+    /// Time since the backend started.
+    pub fn backend_age(&self) -> Option<Duration> {
+        self.age(self.backend_start)
+    }
+    /// Time since the transaction started.
+    pub fn xact_age(&self) -> Option<Duration> {
+        self.age(self.xact_start)
+    }
+    /// Time since the current statement started (only while active).
+    pub fn query_age(&self) -> Option<Duration> {
+        if self.state.as_deref() == Some("active") {
+            self.age(self.query_start)
+        } else {
+            None
+        }
+    }
+    /// Time in the current state.
+    pub fn state_age(&self) -> Option<Duration> {
+        self.age(self.state_change)
+    }
+
+    /// The query text, or `None` when the caller may not see it.
+    pub fn visible_query(&self) -> Option<&str> {
+        self.query
+            .as_deref()
+            .filter(|q| *q != INSUFFICIENT_PRIVILEGE)
+    }
+}

@@ -1,0 +1,242 @@
+//! The executor for sessions: reads what the caller may do, lists sessions, and carries
+//! out a [`Plan`] (signal in one re-checking statement, then verify each target).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use pgkill_core::plan::{Caller, Outcome, OutcomeKind, Plan, Target};
+use pgkill_core::planner::{self, Identity, Param, Query, Signal};
+use pgkill_core::{Filter, ServerVersion, Session};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+
+use crate::{Error, Result};
+
+/// What the server is and what the connected role may do, read once per connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The server version.
+    pub version: ServerVersion,
+    /// The role and its signalling privileges.
+    pub caller: Caller,
+    /// Whether the role can read every session's details (`pg_read_all_stats`).
+    pub read_all_stats: bool,
+    /// pgkill's own backend pid on this connection.
+    pub own_pid: i32,
+}
+
+/// Runs `query` with its bound parameters.
+pub async fn query(client: &Client, q: &Query) -> Result<Vec<Row>> {
+    let boxed: Vec<Box<dyn ToSql + Sync + Send>> = q
+        .params
+        .iter()
+        .map(|p| -> Box<dyn ToSql + Sync + Send> {
+            match p {
+                Param::TextArray(v) => Box::new(v.clone()),
+                Param::OptTextArray(v) => Box::new(v.clone()),
+                Param::IntArray(v) => Box::new(v.clone()),
+                Param::TimestampArray(v) => Box::new(v.clone()),
+                Param::Float(v) => Box::new(*v),
+                Param::Bool(v) => Box::new(*v),
+            }
+        })
+        .collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = boxed
+        .iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    Ok(client.query(q.sql.as_str(), &refs).await?)
+}
+
+/// Reads the server version and the caller's privileges.
+pub async fn capabilities(client: &Client) -> Result<Capabilities> {
+    let rows = query(client, &planner::capabilities()).await?;
+    let row = rows
+        .first()
+        .ok_or(Error::Protocol("capabilities query returned no row"))?;
+    let num: i32 = row.try_get(0)?;
+    let version = ServerVersion::from_num(num as u32).map_err(Error::Version)?;
+    Ok(Capabilities {
+        version,
+        caller: Caller {
+            user: row.try_get(1)?,
+            superuser: row.try_get::<_, Option<bool>>(2)?.unwrap_or(false),
+            signal_backend: row.try_get(3)?,
+        },
+        read_all_stats: row.try_get(4)?,
+        own_pid: row.try_get(5)?,
+    })
+}
+
+fn session_from_row(row: &Row) -> Result<Session> {
+    let addr: Option<String> = row.try_get(5)?;
+    Ok(Session {
+        pid: row.try_get(0)?,
+        backend_start: row.try_get(1)?,
+        database: row.try_get(2)?,
+        user: row.try_get(3)?,
+        application_name: row.try_get(4)?,
+        client_addr: addr.and_then(|a| a.parse::<IpAddr>().ok()),
+        client_hostname: row.try_get(6)?,
+        client_port: row.try_get(7)?,
+        state: row.try_get(8)?,
+        wait_event_type: row.try_get(9)?,
+        wait_event: row.try_get(10)?,
+        backend_type: row.try_get(11)?,
+        xact_start: row.try_get(12)?,
+        query_start: row.try_get(13)?,
+        state_change: row.try_get(14)?,
+        query: row.try_get(15)?,
+        leader_pid: row.try_get(16)?,
+        superuser: row.try_get(17)?,
+        blocked_by: row.try_get::<_, Option<Vec<i32>>>(18)?.unwrap_or_default(),
+        blocking: row.try_get(19)?,
+        can_signal: row.try_get::<_, Option<bool>>(20)?.unwrap_or(false),
+        now: row.try_get(21)?,
+    })
+}
+
+/// Lists the sessions matching `filter` (with `--newest/--oldest` applied), oldest first.
+pub async fn list(client: &Client, caps: &Capabilities, filter: &Filter) -> Result<Vec<Session>> {
+    let rows = query(client, &planner::list_sessions(caps.version, filter)).await?;
+    let sessions = rows
+        .iter()
+        .map(session_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(filter.limit(sessions))
+}
+
+/// Builds the plan for `signal` over the sessions matching `filter`.
+pub async fn plan(
+    client: &Client,
+    caps: &Capabilities,
+    filter: &Filter,
+    signal: Signal,
+) -> Result<Plan> {
+    let sessions = list(client, caps, filter).await?;
+    Ok(Plan::build(signal, sessions, filter, &caps.caller))
+}
+
+/// Carries out `plan`: signals every target that still matches `filter` (same pid and
+/// backend start) in one statement, then, for terminations, waits up to `timeout` until
+/// each is really gone. Returns one outcome per target, in plan order.
+pub async fn execute(
+    client: &Client,
+    caps: &Capabilities,
+    filter: &Filter,
+    plan: &Plan,
+    timeout: Duration,
+) -> Result<Vec<Outcome>> {
+    let wanted: Vec<&Target> = plan.to_signal().collect();
+    let identities: Vec<Identity> = wanted.iter().map(|t| t.identity()).collect();
+    let mut signalled: Vec<(i32, Option<bool>, bool)> = Vec::new(); // pid, signal result, allowed
+    if !identities.is_empty() {
+        let q = planner::signal(caps.version, filter, plan.signal, &identities);
+        let rows = match query(client, &q).await {
+            Ok(rows) => rows,
+            // A privilege changed between plan and signal: fall back to one at a time so
+            // that one refusal does not stop the others.
+            Err(Error::PermissionDenied(_)) => {
+                let mut rows = Vec::new();
+                for id in &identities {
+                    let one = planner::signal(
+                        caps.version,
+                        filter,
+                        plan.signal,
+                        std::slice::from_ref(id),
+                    );
+                    match query(client, &one).await {
+                        Ok(mut r) => rows.append(&mut r),
+                        Err(Error::PermissionDenied(_)) => signalled.push((id.pid, None, false)),
+                        Err(e) => return Err(e),
+                    }
+                }
+                rows
+            }
+            Err(e) => return Err(e),
+        };
+        for row in rows {
+            let pid: i32 = row.try_get(0)?;
+            let allowed: Option<bool> = row.try_get(1)?;
+            let result: Option<bool> = row.try_get(2)?;
+            signalled.push((pid, result, allowed.unwrap_or(false)));
+        }
+    }
+
+    // Verify terminations: poll (autocommit, so each poll sees a fresh snapshot) until
+    // every terminated target has left pg_stat_activity or the timeout runs out.
+    let mut still: Vec<i32> = Vec::new();
+    if plan.signal == Signal::Terminate {
+        let sent: Vec<Identity> = identities
+            .iter()
+            .filter(|id| {
+                signalled
+                    .iter()
+                    .any(|(p, r, _)| *p == id.pid && *r == Some(true))
+            })
+            .cloned()
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if sent.is_empty() {
+                break;
+            }
+            let rows = query(client, &planner::still_present(&sent)).await?;
+            still = rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
+            if still.is_empty() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    let outcomes = plan
+        .targets
+        .iter()
+        .map(|t| {
+            if let Some(why) = &t.refused {
+                return Outcome::new(t, OutcomeKind::NotPermitted, why.clone());
+            }
+            let pid = t.session.pid;
+            match signalled.iter().find(|(p, _, _)| *p == pid) {
+                None => Outcome::new(
+                    t,
+                    OutcomeKind::AlreadyGone,
+                    "ended (or no longer matched the selection) before the signal",
+                ),
+                Some((_, _, false)) => Outcome::new(
+                    t,
+                    OutcomeKind::NotPermitted,
+                    "the server refused: you lack the privileges to signal it",
+                ),
+                Some((_, Some(false), true)) | Some((_, None, true)) => Outcome::new(
+                    t,
+                    OutcomeKind::AlreadyGone,
+                    "the process was gone when signalled",
+                ),
+                Some((_, Some(true), true)) => match plan.signal {
+                    Signal::Cancel => Outcome::new(
+                        t,
+                        OutcomeKind::Cancelled,
+                        "running statement cancelled; the session stays",
+                    ),
+                    Signal::Terminate if still.contains(&pid) => Outcome::new(
+                        t,
+                        OutcomeKind::StillAlive,
+                        format!(
+                            "signalled but still present after {}",
+                            pgkill_core::format_duration(timeout)
+                        ),
+                    ),
+                    Signal::Terminate => Outcome::new(t, OutcomeKind::Terminated, "session ended"),
+                },
+            }
+        })
+        .collect();
+    Ok(outcomes)
+}
