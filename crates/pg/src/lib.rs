@@ -4,6 +4,7 @@
 //! detects what the server and the caller can do, runs the planned SQL and maps the
 //! SQLSTATEs users meet to named errors.
 
+pub mod connect;
 pub mod error;
 pub mod sessions;
 

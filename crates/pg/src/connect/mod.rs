@@ -1,0 +1,339 @@
+//! Connecting the way libpq tools do: `-h -p -U -W --maintenance-db`, a connection string
+//! or URI, `pg_service.conf`, the `PG*` environment variables, `~/.pgpass`, and TLS up to
+//! `sslmode=verify-full`.
+//!
+//! Two steps, so the rules are unit-tested without a server:
+//!
+//! 1. [`resolve`] turns [`ConnectArgs`] (what the CLI parsed) and an [`Env`] (environment
+//!    variables and files; [`SystemEnv`] in real use) into [`Settings`]. It does no
+//!    network I/O. Each setting comes from the first of: explicit flags; the connection
+//!    string or URI; the service-file entry (`service=` or `PGSERVICE`); the `PG*`
+//!    environment variables; the defaults. Defaults: host = the Unix-socket directory
+//!    `/var/run/postgresql` if it exists, else `/tmp`; port 5432; user = the OS user;
+//!    database = `postgres` (like `dropdb`, pgkill connects to a maintenance database,
+//!    not to one named after the user); sslmode `prefer`; connect_timeout 10 s. With no
+//!    password given, `~/.pgpass` (or `passfile`/`PGPASSFILE`) is searched.
+//! 2. [`connect`] opens the connection, prompting for a password with `-W`, or when the
+//!    server asks for one that pgkill does not have and stdin is a terminal.
+//!
+//! `application_name` is always [`APPLICATION_NAME`] (`pgkill`), whatever `PGAPPNAME` or
+//! the connection string say: pgkill recognises and protects its own sessions by it.
+//!
+//! Differences from libpq worth knowing: flags rank above the connection string (psql
+//! lets the string win); one host only (comma lists are refused); `allow` behaves like
+//! `prefer`; `prefer` never verifies certificates; options that would weaken security if
+//! silently ignored (client certificates, CRLs, `require_auth`, ...) are refused in a
+//! connection string and warned about in the environment; an empty value counts as unset.
+
+mod client;
+mod conninfo;
+mod env;
+mod error;
+mod pgpass;
+mod resolve;
+mod service;
+mod tls;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+
+pub use client::{connect, ConnectionTask, NoPrompt, PasswordPrompt, TerminalPrompt};
+pub use env::{Env, FileInfo, MemoryEnv, SystemEnv};
+pub use error::{ConnectError, Result};
+pub use resolve::resolve;
+
+/// The `application_name` of every connection pgkill opens. Not configurable (not even by
+/// `PGAPPNAME`): pgkill finds and protects its own sessions by it.
+pub const APPLICATION_NAME: &str = "pgkill";
+
+/// The default `connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database pgkill connects to when none is given (like `dropdb`).
+pub const DEFAULT_DATABASE: &str = "postgres";
+
+/// The connection options of the command line, as parsed (plain data).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ConnectArgs {
+    /// `-h HOST`: a host name, an IP address, or a Unix-socket directory (`/...`).
+    pub host: Option<String>,
+    /// `-p PORT`.
+    pub port: Option<String>,
+    /// `-U USER`.
+    pub user: Option<String>,
+    /// `-W`: ask for the password before connecting.
+    pub force_password_prompt: bool,
+    /// `--maintenance-db DB`: the database to connect to.
+    pub maintenance_db: Option<String>,
+    /// The positional connection string: `key=value ...`, a `postgres://` or
+    /// `postgresql://` URI, or a plain database name. May hold a password.
+    pub conninfo: Option<String>,
+}
+
+impl fmt::Debug for ConnectArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectArgs")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("force_password_prompt", &self.force_password_prompt)
+            .field("maintenance_db", &self.maintenance_db)
+            // May contain a password.
+            .field(
+                "conninfo",
+                &self.conninfo.as_ref().map(|_| format_args!("<hidden>")),
+            )
+            .finish()
+    }
+}
+
+/// A password. Its `Debug` never shows it and it has no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Wraps a password.
+    pub fn new(password: impl Into<String>) -> Self {
+        Password(password.into())
+    }
+    /// The password itself, to hand to the server and nowhere else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<hidden>)")
+    }
+}
+
+/// Where the password came from (said when the server rejects it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// The connection string or URI.
+    ConnectionString,
+    /// A service-file entry.
+    ServiceFile(PathBuf),
+    /// `PGPASSWORD`.
+    Environment,
+    /// The password file (`~/.pgpass`, `PGPASSFILE`, `passfile`).
+    PasswordFile(PathBuf),
+    /// Typed at the prompt.
+    Prompt,
+}
+
+impl fmt::Display for PasswordSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PasswordSource::ConnectionString => f.write_str("the connection string"),
+            PasswordSource::ServiceFile(p) => write!(f, "service file \"{}\"", p.display()),
+            PasswordSource::Environment => f.write_str("PGPASSWORD"),
+            PasswordSource::PasswordFile(p) => write!(f, "password file \"{}\"", p.display()),
+            PasswordSource::Prompt => f.write_str("the prompt"),
+        }
+    }
+}
+
+/// Where the server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A host name or IP address (TCP).
+    Tcp(String),
+    /// A directory holding the server's Unix socket `.s.PGSQL.<port>`.
+    Socket(PathBuf),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Tcp(h) => f.write_str(h),
+            Host::Socket(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// Treated like `prefer` (libpq tries without TLS first; pgkill tries TLS first).
+    Allow,
+    /// TLS if the server offers it, without verifying the certificate (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS always; the certificate is verified against the root certificate only if one
+    /// is available (`sslrootcert` or `~/.postgresql/root.crt`), like libpq.
+    Require,
+    /// TLS; the certificate must chain to a trusted root; the host name is not checked.
+    VerifyCa,
+    /// TLS; the certificate must chain to a trusted root and name the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether this mode verifies certificates whatever files exist.
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SslMode {
+    type Err = ConnectError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => {
+                return Err(ConnectError::InvalidSslMode {
+                    value: s.to_owned(),
+                })
+            }
+        })
+    }
+}
+
+/// libpq's `channel_binding` (SCRAM over TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelBinding {
+    /// Never.
+    Disable,
+    /// When the server supports it.
+    #[default]
+    Prefer,
+    /// Always: refuse servers (or authentication methods) without it.
+    Require,
+}
+
+/// The certificates a server's certificate is verified against.
+#[derive(Clone, Default)]
+pub enum RootCerts {
+    /// None available: no verification possible.
+    #[default]
+    None,
+    /// Read from a PEM file (`sslrootcert` or `~/.postgresql/root.crt`).
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Its certificates (DER).
+        certs: Vec<CertificateDer<'static>>,
+    },
+    /// The operating system's trusted CAs (`sslrootcert=system`).
+    System,
+}
+
+impl fmt::Debug for RootCerts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RootCerts::None => f.write_str("None"),
+            RootCerts::File { path, certs } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("certs", &certs.len())
+                .finish(),
+            RootCerts::System => f.write_str("System"),
+        }
+    }
+}
+
+/// Resolved connection settings: what [`connect`] uses. `Debug` and `Display` never show
+/// the password.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the server is.
+    pub host: Host,
+    /// `hostaddr`: the IP address to connect to, skipping name lookup (`host` is then
+    /// still the name for TLS verification and `.pgpass`).
+    pub hostaddr: Option<IpAddr>,
+    /// TCP port (also names the Unix socket).
+    pub port: u16,
+    /// The role to log in as.
+    pub user: String,
+    /// The password, if one was found before connecting.
+    pub password: Option<Password>,
+    /// Where [`Settings::password`] came from.
+    pub password_source: Option<PasswordSource>,
+    /// The database to connect to.
+    pub dbname: String,
+    /// True when nobody named the database: [`connect`] then falls back to `template1` if
+    /// `postgres` does not exist (like `dropdb`).
+    pub dbname_is_default: bool,
+    /// TLS mode (not used on Unix sockets).
+    pub ssl_mode: SslMode,
+    /// Certificates to verify the server's against.
+    pub root_certs: RootCerts,
+    /// Give up connecting after this long (`None`: wait forever).
+    pub connect_timeout: Option<Duration>,
+    /// `options`/`PGOPTIONS`: server settings for the session (`-c name=value`).
+    pub options: Option<String>,
+    /// `channel_binding`.
+    pub channel_binding: ChannelBinding,
+    /// `-W`: ask for the password before connecting.
+    pub force_password_prompt: bool,
+    /// Things the user should hear about (e.g. a `.pgpass` others can read, an ignored
+    /// environment variable). The front-end prints them.
+    pub warnings: Vec<String>,
+}
+
+impl Settings {
+    /// Where pgkill connects, for messages: `host=/var/run/postgresql port=5432 user=bob
+    /// dbname=postgres`. Never contains the password.
+    pub fn describe(&self) -> String {
+        self.describe_with_dbname(&self.dbname)
+    }
+
+    pub(crate) fn describe_with_dbname(&self, dbname: &str) -> String {
+        use conninfo::quote_value as q;
+        let mut s = format!("host={}", q(&self.host.to_string()));
+        if let Some(addr) = self.hostaddr {
+            s.push_str(&format!(" hostaddr={addr}"));
+        }
+        s.push_str(&format!(
+            " port={} user={} dbname={}",
+            self.port,
+            q(&self.user),
+            q(dbname)
+        ));
+        s
+    }
+
+    /// Whether the connection is over a Unix socket (never TLS).
+    pub fn is_unix_socket(&self) -> bool {
+        matches!(self.host, Host::Socket(_))
+    }
+}
+
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}

@@ -1,0 +1,953 @@
+//! From command-line options, connection string, service file, environment and defaults
+//! to [`Settings`]: pure apart from reading files through [`Env`].
+
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use super::conninfo::{self, Params, Support, KEYWORDS};
+use super::env::Env;
+use super::error::{ConnectError, Result};
+use super::{
+    pgpass, service, ChannelBinding, ConnectArgs, Host, Password, PasswordSource, RootCerts,
+    Settings, SslMode, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DATABASE,
+};
+
+/// Unix-socket directories tried when no host is given, as Debian's libpq (first) and
+/// upstream libpq (second) default to.
+const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
+
+/// Which layer a value came from, best first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Origin {
+    Flag,
+    Conninfo,
+    Service(PathBuf),
+    Env(&'static str),
+}
+
+struct Layers<'a> {
+    flags: Params,
+    conninfo: Params,
+    service: Option<(PathBuf, Params)>,
+    env: &'a dyn Env,
+}
+
+impl Layers<'_> {
+    /// The value of `key` from the best layer that has a non-empty one.
+    fn get(&self, key: &str) -> Option<(String, Origin)> {
+        let nonempty = |v: Option<&String>| v.filter(|v| !v.is_empty()).cloned();
+        if let Some(v) = nonempty(self.flags.get(key)) {
+            return Some((v, Origin::Flag));
+        }
+        if let Some(v) = nonempty(self.conninfo.get(key)) {
+            return Some((v, Origin::Conninfo));
+        }
+        if let Some((path, params)) = &self.service {
+            if let Some(v) = nonempty(params.get(key)) {
+                return Some((v, Origin::Service(path.clone())));
+            }
+        }
+        let var = conninfo::keyword(key)?.env?;
+        let v = self.env.var(var).filter(|v| !v.is_empty())?;
+        Some((v, Origin::Env(var)))
+    }
+}
+
+fn invalid(name: &str, value: &str, expected: &str) -> ConnectError {
+    ConnectError::InvalidValue {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        expected: expected.to_owned(),
+    }
+}
+
+/// Resolves the connection settings from the command line (`args`) and the machine
+/// (`env`): flags > connection string/URI > service file > `PG*` variables > defaults.
+/// See the [module documentation](super) for the details.
+pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
+    let mut warnings = Vec::new();
+
+    let mut flags = Params::new();
+    for (key, value) in [
+        ("host", &args.host),
+        ("port", &args.port),
+        ("user", &args.user),
+        ("dbname", &args.maintenance_db),
+    ] {
+        if let Some(v) = value {
+            flags.insert(key.to_owned(), v.clone());
+        }
+    }
+    let conninfo = match &args.conninfo {
+        Some(s) => conninfo::parse(s)?,
+        None => Params::new(),
+    };
+    let from_conninfo_or_env = |key: &str, var: &str| {
+        conninfo
+            .get(key)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .or_else(|| env.var(var).filter(|v| !v.is_empty()))
+    };
+    let service = match from_conninfo_or_env("service", "PGSERVICE") {
+        Some(name) => {
+            let file = from_conninfo_or_env("servicefile", "PGSERVICEFILE");
+            Some(service::find(&name, file.as_deref(), env)?)
+        }
+        None => None,
+    };
+    let layers = Layers {
+        flags,
+        conninfo,
+        service,
+        env,
+    };
+
+    check_values(&layers, &mut warnings)?;
+
+    // Host, hostaddr, port.
+    let host_v = layers.get("host");
+    let hostaddr_v = layers.get("hostaddr");
+    let port_v = layers.get("port");
+    for v in [&host_v, &hostaddr_v, &port_v].into_iter().flatten() {
+        if v.0.contains(',') {
+            return Err(ConnectError::MultipleHosts);
+        }
+    }
+    let mut hostaddr = match hostaddr_v {
+        // A host given more explicitly than hostaddr wins (e.g. -h over PGHOSTADDR).
+        Some((_, origin)) if host_v.as_ref().is_some_and(|(_, o)| *o < origin) => None,
+        Some((v, _)) => Some(
+            v.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| invalid("hostaddr", &v, "an IPv4 or IPv6 address"))?,
+        ),
+        None => None,
+    };
+    let mut host = match host_v {
+        Some((h, _)) if h.starts_with('/') => Host::Socket(PathBuf::from(h)),
+        Some((h, _)) if h.starts_with('@') => {
+            return Err(invalid(
+                "host",
+                &h,
+                "a host name, an IP address or a Unix-socket directory \
+                 (abstract Unix sockets are not supported)",
+            ))
+        }
+        Some((h, _)) => Host::Tcp(h),
+        None => match hostaddr.take() {
+            Some(addr) => Host::Tcp(addr.to_string()),
+            None => Host::Socket(default_socket_dir(env)),
+        },
+    };
+    if let (Host::Socket(_), Some(addr)) = (&host, hostaddr) {
+        // hostaddr means TCP; a socket directory has no name to verify or look up.
+        host = Host::Tcp(addr.to_string());
+        hostaddr = None;
+    }
+    let port = match port_v {
+        Some((v, _)) => v
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid("port", &v, "a TCP port number from 1 to 65535"))?,
+        None => 5432,
+    };
+
+    let user = match layers.get("user") {
+        Some((u, _)) => u,
+        None => env.os_user().ok_or(ConnectError::NoUser)?,
+    };
+    let (dbname, dbname_is_default) = match layers.get("dbname") {
+        Some((d, _)) => (d, false),
+        None => (DEFAULT_DATABASE.to_owned(), true),
+    };
+
+    // Password: given, else the password file.
+    let (password, password_source) = match layers.get("password") {
+        Some((p, origin)) => {
+            let source = match origin {
+                Origin::Flag | Origin::Conninfo => PasswordSource::ConnectionString,
+                Origin::Service(path) => PasswordSource::ServiceFile(path),
+                Origin::Env(_) => PasswordSource::Environment,
+            };
+            (Some(Password::new(p)), Some(source))
+        }
+        None => {
+            let passfile = match layers.get("passfile") {
+                Some((f, _)) => Some(PathBuf::from(f)),
+                None => env.home_dir().map(|h| h.join(".pgpass")),
+            };
+            let port_text = port.to_string();
+            let pgpass_host = match &host {
+                Host::Socket(_) => "localhost".to_owned(),
+                Host::Tcp(h) => h.clone(),
+            };
+            let key = pgpass::Key {
+                host: &pgpass_host,
+                port: &port_text,
+                dbname: &dbname,
+                user: &user,
+            };
+            match passfile.and_then(|f| {
+                pgpass::lookup(&f, key, env, &mut warnings)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| (p, f))
+            }) {
+                Some((p, f)) => (
+                    Some(Password::new(p)),
+                    Some(PasswordSource::PasswordFile(f)),
+                ),
+                None => (None, None),
+            }
+        }
+    };
+
+    // TLS.
+    let sslrootcert = layers.get("sslrootcert");
+    let ssl_mode = match layers.get("sslmode") {
+        Some((m, _)) => {
+            let mode: SslMode = m.parse()?;
+            if sslrootcert.as_ref().is_some_and(|(r, _)| r == "system")
+                && mode != SslMode::VerifyFull
+            {
+                return Err(ConnectError::WeakSslModeWithSystemRoots { mode });
+            }
+            mode
+        }
+        None if sslrootcert.as_ref().is_some_and(|(r, _)| r == "system") => SslMode::VerifyFull,
+        None => SslMode::Prefer,
+    };
+    let root_certs = if matches!(host, Host::Socket(_)) {
+        RootCerts::None
+    } else {
+        root_certs(ssl_mode, sslrootcert.map(|(r, _)| r), env)?
+    };
+
+    let connect_timeout = match layers.get("connect_timeout") {
+        Some((v, _)) => parse_connect_timeout(&v)?,
+        None => Some(DEFAULT_CONNECT_TIMEOUT),
+    };
+    let channel_binding = match layers.get("channel_binding") {
+        Some((v, _)) => match v.as_str() {
+            "disable" => ChannelBinding::Disable,
+            "prefer" => ChannelBinding::Prefer,
+            "require" => ChannelBinding::Require,
+            _ => return Err(invalid("channel_binding", &v, "disable, prefer or require")),
+        },
+        None => ChannelBinding::Prefer,
+    };
+    if let Some((name, origin)) = layers.get("application_name") {
+        if !matches!(origin, Origin::Env(_)) && name != super::APPLICATION_NAME {
+            warnings.push(format!(
+                "application_name={} ignored: pgkill always connects as application_name={} \
+                 so that it can recognise its own sessions",
+                conninfo::quote_value(&name),
+                super::APPLICATION_NAME
+            ));
+        }
+    }
+
+    Ok(Settings {
+        host,
+        hostaddr,
+        port,
+        user,
+        password,
+        password_source,
+        dbname,
+        dbname_is_default,
+        ssl_mode,
+        root_certs,
+        connect_timeout,
+        options: layers.get("options").map(|(o, _)| o),
+        channel_binding,
+        force_password_prompt: args.force_password_prompt,
+        warnings,
+    })
+}
+
+/// `/var/run/postgresql` if it is a directory, else `/tmp`.
+fn default_socket_dir(env: &dyn Env) -> PathBuf {
+    DEFAULT_SOCKET_DIRS
+        .iter()
+        .map(PathBuf::from)
+        .find(|d| env.file_info(d).is_ok_and(|i| i.is_dir))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIRS[1]))
+}
+
+/// libpq: whole seconds; zero or negative waits forever; 1 counts as 2.
+fn parse_connect_timeout(v: &str) -> Result<Option<Duration>> {
+    let secs: i64 = v.trim().parse().map_err(|_| {
+        invalid(
+            "connect_timeout",
+            v,
+            "whole seconds, e.g. 10 (0 waits forever)",
+        )
+    })?;
+    Ok(match secs {
+        s if s <= 0 => None,
+        1 => Some(Duration::from_secs(2)),
+        s => Some(Duration::from_secs(s.unsigned_abs())),
+    })
+}
+
+/// Keywords pgkill accepts only with some values; and `PG*` variables of keywords pgkill
+/// does not support. Refused in a connection string or service file; ignored with a
+/// warning in the environment (a variable set for other tools should not stop pgkill).
+fn check_values(layers: &Layers<'_>, warnings: &mut Vec<String>) -> Result<()> {
+    for k in KEYWORDS {
+        if let (Support::Unsupported(why), Some(var)) = (k.support, k.env) {
+            if layers.env.var(var).is_some_and(|v| !v.is_empty()) {
+                warnings.push(format!("{var} is set but ignored: {why}"));
+            }
+        }
+    }
+    // (keyword, accepted values, valid values pgkill refuses, why)
+    let checks: [(&str, &[&str], &[&str], &str); 4] = [
+        (
+            "gssencmode",
+            &["disable", "prefer"],
+            &["require"],
+            "pgkill does not support GSSAPI encryption",
+        ),
+        (
+            "sslnegotiation",
+            &["postgres"],
+            &["direct"],
+            "pgkill uses the standard PostgreSQL TLS negotiation",
+        ),
+        (
+            "target_session_attrs",
+            &["any"],
+            &[
+                "read-write",
+                "read-only",
+                "primary",
+                "standby",
+                "prefer-standby",
+            ],
+            "pgkill connects to the one server given",
+        ),
+        (
+            "sslcertmode",
+            &["disable", "allow"],
+            &["require"],
+            "pgkill does not support TLS client certificates yet",
+        ),
+    ];
+    for (name, accepted, refused, why) in checks {
+        let Some((value, origin)) = layers.get(name) else {
+            continue;
+        };
+        if accepted.contains(&value.as_str()) {
+            continue;
+        }
+        if !refused.contains(&value.as_str()) {
+            let mut all: Vec<&str> = accepted.to_vec();
+            all.extend_from_slice(refused);
+            return Err(invalid(name, &value, &format!("one of {}", all.join(", "))));
+        }
+        match origin {
+            Origin::Env(var) => {
+                warnings.push(format!("{var}={value} is set but ignored: {why}"));
+            }
+            _ => {
+                return Err(ConnectError::UnsupportedOption {
+                    name: format!("{name}={value}"),
+                    why: why.to_owned(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The root certificates for `mode`: `sslrootcert` (a file, or `system`), else
+/// `~/.postgresql/root.crt`. Needed for `verify-ca`/`verify-full`; used by `require`
+/// when present (like libpq); not read for the modes that never verify.
+fn root_certs(mode: SslMode, sslrootcert: Option<String>, env: &dyn Env) -> Result<RootCerts> {
+    if matches!(mode, SslMode::Disable | SslMode::Allow | SslMode::Prefer) {
+        return Ok(RootCerts::None);
+    }
+    let path = match sslrootcert {
+        Some(r) if r == "system" => return Ok(RootCerts::System),
+        Some(r) => PathBuf::from(r),
+        None => match env.home_dir() {
+            Some(home) => home.join(".postgresql").join("root.crt"),
+            None if mode.verifies() => {
+                return Err(ConnectError::RootCertMissing {
+                    mode,
+                    path: PathBuf::from("~/.postgresql/root.crt"),
+                })
+            }
+            None => return Ok(RootCerts::None),
+        },
+    };
+    match env.read_file(&path) {
+        Ok(bytes) => Ok(RootCerts::File {
+            certs: parse_pem(&path, &bytes)?,
+            path,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if mode.verifies() {
+                Err(ConnectError::RootCertMissing { mode, path })
+            } else {
+                Ok(RootCerts::None)
+            }
+        }
+        Err(source) => Err(ConnectError::RootCertUnreadable { path, source }),
+    }
+}
+
+fn parse_pem(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| ConnectError::RootCertInvalid {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(ConnectError::RootCertInvalid {
+            path: path.to_path_buf(),
+            detail: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect::MemoryEnv;
+
+    fn base_env() -> MemoryEnv {
+        MemoryEnv::new().user("osuser").home("/home/osuser")
+    }
+
+    fn args() -> ConnectArgs {
+        ConnectArgs::default()
+    }
+
+    fn conn(s: &str) -> ConnectArgs {
+        ConnectArgs {
+            conninfo: Some(s.to_owned()),
+            ..ConnectArgs::default()
+        }
+    }
+
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn defaults() {
+        let s = resolve(&args(), &base_env()).unwrap();
+        assert_eq!(s.host, Host::Socket("/tmp".into()));
+        assert_eq!(s.port, 5432);
+        assert_eq!(s.user, "osuser");
+        assert_eq!(s.dbname, "postgres");
+        assert!(s.dbname_is_default);
+        assert_eq!(s.ssl_mode, SslMode::Prefer);
+        assert_eq!(s.connect_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(s.password, None);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert_eq!(
+            s.describe(),
+            "host=/tmp port=5432 user=osuser dbname=postgres"
+        );
+        // Debian's socket directory when it exists.
+        let s = resolve(&args(), &base_env().dir("/var/run/postgresql")).unwrap();
+        assert_eq!(s.host, Host::Socket("/var/run/postgresql".into()));
+    }
+
+    #[test]
+    fn no_os_user_and_no_user_given() {
+        let e = resolve(&args(), &MemoryEnv::new()).unwrap_err();
+        assert!(matches!(e, ConnectError::NoUser), "{e:?}");
+        let s = resolve(
+            &ConnectArgs {
+                user: Some("bob".into()),
+                ..args()
+            },
+            &MemoryEnv::new(),
+        )
+        .unwrap();
+        assert_eq!(s.user, "bob");
+    }
+
+    #[test]
+    fn precedence_flags_conninfo_service_env_default() {
+        let env = base_env()
+            .var("PGHOST", "env-host")
+            .var("PGPORT", "1001")
+            .var("PGUSER", "env-user")
+            .var("PGDATABASE", "env-db")
+            .var("PGSERVICE", "svc")
+            .file(
+                "/home/osuser/.pg_service.conf",
+                "[svc]\nhost=svc-host\nport=1002\nuser=svc-user\ndbname=svc-db\n",
+                0o600,
+            );
+        // Environment only (service not consulted for keys absent from it).
+        let only_env = base_env()
+            .var("PGHOST", "env-host")
+            .var("PGPORT", "1001")
+            .var("PGUSER", "env-user")
+            .var("PGDATABASE", "env-db");
+        let s = resolve(&args(), &only_env).unwrap();
+        assert_eq!(
+            (s.host, s.port, s.user.as_str(), s.dbname.as_str()),
+            (Host::Tcp("env-host".into()), 1001, "env-user", "env-db")
+        );
+        assert!(!s.dbname_is_default);
+        // The service beats the environment.
+        let s = resolve(&args(), &env).unwrap();
+        assert_eq!(
+            (s.host, s.port, s.user.as_str(), s.dbname.as_str()),
+            (Host::Tcp("svc-host".into()), 1002, "svc-user", "svc-db")
+        );
+        // The connection string beats the service.
+        let s = resolve(&conn("host=ci-host port=1003 user=ci-user"), &env).unwrap();
+        assert_eq!(
+            (s.host, s.port, s.user.as_str(), s.dbname.as_str()),
+            (Host::Tcp("ci-host".into()), 1003, "ci-user", "svc-db")
+        );
+        // Flags beat everything; --maintenance-db is the database.
+        let a = ConnectArgs {
+            host: Some("flag-host".into()),
+            port: Some("1004".into()),
+            user: Some("flag-user".into()),
+            maintenance_db: Some("flag-db".into()),
+            conninfo: Some("postgresql://uri-user@uri-host:1005/uri-db".into()),
+            force_password_prompt: true,
+        };
+        let s = resolve(&a, &env).unwrap();
+        assert_eq!(
+            (s.host, s.port, s.user.as_str(), s.dbname.as_str()),
+            (Host::Tcp("flag-host".into()), 1004, "flag-user", "flag-db")
+        );
+        assert!(s.force_password_prompt);
+        // A URI's parts beat the environment.
+        let s = resolve(
+            &conn("postgresql://uri-user@uri-host:1005/uri-db"),
+            &only_env,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.host, s.port, s.user.as_str(), s.dbname.as_str()),
+            (Host::Tcp("uri-host".into()), 1005, "uri-user", "uri-db")
+        );
+    }
+
+    #[test]
+    fn service_named_in_the_connection_string() {
+        let env = base_env().var("PGSERVICE", "from-env").file(
+            "/home/osuser/.pg_service.conf",
+            "[from-env]\nhost=a\n[from-conninfo]\nhost=b\nsslmode=disable\n",
+            0o600,
+        );
+        let s = resolve(&conn("service=from-conninfo"), &env).unwrap();
+        assert_eq!(s.host, Host::Tcp("b".into()));
+        assert_eq!(s.ssl_mode, SslMode::Disable);
+        let e = resolve(&conn("service=nope"), &env).unwrap_err();
+        assert!(matches!(e, ConnectError::ServiceNotFound { .. }), "{e:?}");
+        // servicefile= and PGSERVICEFILE pick the user's file.
+        let env = base_env().var("PGSERVICEFILE", "/srv/pg.conf").file(
+            "/srv/pg.conf",
+            "[s]\nport=7000\n",
+            0o644,
+        );
+        assert_eq!(resolve(&conn("service=s"), &env).unwrap().port, 7000);
+    }
+
+    #[test]
+    fn plain_database_name_as_the_positional() {
+        let s = resolve(&conn("shop"), &base_env()).unwrap();
+        assert_eq!(s.dbname, "shop");
+        assert!(!s.dbname_is_default);
+    }
+
+    #[test]
+    fn hosts_sockets_and_hostaddr() {
+        let s = resolve(&conn("host=/run/pg port=6000"), &base_env()).unwrap();
+        assert_eq!(s.host, Host::Socket("/run/pg".into()));
+        assert!(s.is_unix_socket());
+        let s = resolve(&conn("hostaddr=10.0.0.1"), &base_env()).unwrap();
+        assert_eq!((s.host, s.hostaddr), (Host::Tcp("10.0.0.1".into()), None));
+        let s = resolve(&conn("host=db.example.com hostaddr=10.0.0.1"), &base_env()).unwrap();
+        assert_eq!(s.host, Host::Tcp("db.example.com".into()));
+        assert_eq!(s.hostaddr, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            s.describe(),
+            "host=db.example.com hostaddr=10.0.0.1 port=5432 user=osuser dbname=postgres"
+        );
+        // -h beats a PGHOSTADDR from the environment.
+        let env = base_env().var("PGHOSTADDR", "10.0.0.9");
+        let a = ConnectArgs {
+            host: Some("flag-host".into()),
+            ..args()
+        };
+        let s = resolve(&a, &env).unwrap();
+        assert_eq!((s.host, s.hostaddr), (Host::Tcp("flag-host".into()), None));
+        let e = resolve(&conn("hostaddr=not-an-ip"), &base_env()).unwrap_err();
+        assert!(e.to_string().contains("hostaddr"), "{e}");
+        let e = resolve(&conn("host=@abstract"), &base_env()).unwrap_err();
+        assert!(e.to_string().contains("abstract"), "{e}");
+    }
+
+    #[test]
+    fn several_hosts_are_refused() {
+        for c in ["host=a,b", "port=1,2", "postgresql://a:1,b:2/db"] {
+            let e = resolve(&conn(c), &base_env()).unwrap_err();
+            assert!(matches!(e, ConnectError::MultipleHosts), "{c}: {e:?}");
+            assert!(e.to_string().contains("one server"), "{e}");
+        }
+        let e = resolve(&args(), &base_env().var("PGHOST", "a,b")).unwrap_err();
+        assert!(matches!(e, ConnectError::MultipleHosts), "{e:?}");
+    }
+
+    #[test]
+    fn bad_ports() {
+        for p in ["0", "65536", "abc", "-1"] {
+            let a = ConnectArgs {
+                port: Some(p.into()),
+                ..args()
+            };
+            let e = resolve(&a, &base_env()).unwrap_err();
+            assert!(
+                matches!(&e, ConnectError::InvalidValue { name, .. } if name == "port"),
+                "{p}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let env = base_env().var("PGHOST", "env-host");
+        let a = ConnectArgs {
+            host: Some(String::new()),
+            ..args()
+        };
+        assert_eq!(
+            resolve(&a, &env).unwrap().host,
+            Host::Tcp("env-host".into())
+        );
+    }
+
+    #[test]
+    fn connect_timeouts() {
+        let t = |v: &str| {
+            resolve(&conn(&format!("connect_timeout={v}")), &base_env()).map(|s| s.connect_timeout)
+        };
+        assert_eq!(t("30").unwrap(), Some(Duration::from_secs(30)));
+        assert_eq!(t("1").unwrap(), Some(Duration::from_secs(2)));
+        assert_eq!(t("0").unwrap(), None);
+        assert_eq!(t("-5").unwrap(), None);
+        assert!(t("1.5").is_err());
+        let env = base_env().var("PGCONNECT_TIMEOUT", "3");
+        assert_eq!(
+            resolve(&args(), &env).unwrap().connect_timeout,
+            Some(Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn sslmodes() {
+        for (v, m) in [
+            ("disable", SslMode::Disable),
+            ("allow", SslMode::Allow),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
+            ("verify-full", SslMode::VerifyFull),
+        ] {
+            assert_eq!(v.parse::<SslMode>().unwrap(), m);
+            assert_eq!(m.to_string(), v);
+        }
+        for bad in ["", "Require", "verify_full", "on", "true"] {
+            let e = bad.parse::<SslMode>().unwrap_err();
+            assert!(matches!(e, ConnectError::InvalidSslMode { .. }));
+            assert!(e.to_string().contains("verify-full"), "{e}");
+        }
+        let e = resolve(&args(), &base_env().var("PGSSLMODE", "bogus")).unwrap_err();
+        assert!(e.to_string().contains("invalid sslmode \"bogus\""), "{e}");
+        let s = resolve(&args(), &base_env().var("PGSSLMODE", "require")).unwrap();
+        assert_eq!(s.ssl_mode, SslMode::Require);
+        assert!(matches!(s.root_certs, RootCerts::None));
+    }
+
+    #[test]
+    fn root_certificates() {
+        let tcp = "host=db ";
+        // verify-* need a CA.
+        let e = resolve(&conn(&format!("{tcp}sslmode=verify-full")), &base_env()).unwrap_err();
+        assert!(
+            matches!(&e, ConnectError::RootCertMissing { path, .. }
+                if path == Path::new("/home/osuser/.postgresql/root.crt")),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("sslrootcert"), "{e}");
+        // The default file is used when present, also by require.
+        let env = base_env().file("/home/osuser/.postgresql/root.crt", CA_PEM, 0o644);
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let s = resolve(&conn(&format!("{tcp}sslmode={mode}")), &env).unwrap();
+            assert!(
+                matches!(&s.root_certs, RootCerts::File { certs, .. } if certs.len() == 1),
+                "{mode}: {:?}",
+                s.root_certs
+            );
+        }
+        // An explicit file.
+        let env = base_env().file("/etc/ca.pem", CA_PEM, 0o644);
+        let s = resolve(
+            &conn(&format!("{tcp}sslmode=verify-ca sslrootcert=/etc/ca.pem")),
+            &env,
+        )
+        .unwrap();
+        assert!(matches!(s.root_certs, RootCerts::File { .. }));
+        // Missing explicit file: an error for verify-*, no verification for require.
+        let e = resolve(
+            &conn(&format!("{tcp}sslmode=verify-ca sslrootcert=/nope.pem")),
+            &env,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("/nope.pem"), "{e}");
+        let s = resolve(
+            &conn(&format!("{tcp}sslmode=require sslrootcert=/nope.pem")),
+            &env,
+        )
+        .unwrap();
+        assert!(matches!(s.root_certs, RootCerts::None));
+        // Unreadable (here: a directory) and not PEM.
+        let env = base_env()
+            .dir("/etc/ca-dir")
+            .file("/etc/garbage.pem", "hello", 0o644);
+        let e = resolve(
+            &conn(&format!("{tcp}sslmode=verify-full sslrootcert=/etc/ca-dir")),
+            &env,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ConnectError::RootCertUnreadable { .. }),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("cannot read the TLS root certificate file \"/etc/ca-dir\""),
+            "{e}"
+        );
+        let e = resolve(
+            &conn(&format!(
+                "{tcp}sslmode=verify-full sslrootcert=/etc/garbage.pem"
+            )),
+            &env,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConnectError::RootCertInvalid { .. }), "{e:?}");
+        // Modes that never verify do not read anything.
+        let s = resolve(
+            &conn(&format!("{tcp}sslmode=prefer sslrootcert=/etc/ca-dir")),
+            &env,
+        )
+        .unwrap();
+        assert!(matches!(s.root_certs, RootCerts::None));
+        // Unix sockets never use TLS, so verify-full needs no CA there.
+        let s = resolve(&conn("host=/tmp sslmode=verify-full"), &base_env()).unwrap();
+        assert!(matches!(s.root_certs, RootCerts::None));
+    }
+
+    #[test]
+    fn system_roots() {
+        let s = resolve(&conn("host=db sslrootcert=system"), &base_env()).unwrap();
+        assert_eq!(s.ssl_mode, SslMode::VerifyFull);
+        assert!(matches!(s.root_certs, RootCerts::System));
+        let e = resolve(
+            &conn("host=db sslrootcert=system sslmode=require"),
+            &base_env(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ConnectError::WeakSslModeWithSystemRoots { .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn password_from_conninfo_env_service_and_pgpass() {
+        let s = resolve(
+            &conn("password=from-ci"),
+            &base_env().var("PGPASSWORD", "from-env"),
+        )
+        .unwrap();
+        assert_eq!(s.password.unwrap().expose(), "from-ci");
+        assert_eq!(s.password_source, Some(PasswordSource::ConnectionString));
+        let env = base_env().var("PGPASSWORD", "from-env").file(
+            "/home/osuser/.pgpass",
+            "*:*:*:*:from-pgpass\n",
+            0o600,
+        );
+        let s = resolve(&args(), &env).unwrap();
+        assert_eq!(s.password.unwrap().expose(), "from-env");
+        assert_eq!(s.password_source, Some(PasswordSource::Environment));
+        let env = base_env().file("/home/osuser/.pgpass", "*:*:*:*:from-pgpass\n", 0o600);
+        let s = resolve(&args(), &env).unwrap();
+        assert_eq!(s.password.unwrap().expose(), "from-pgpass");
+        assert_eq!(
+            s.password_source,
+            Some(PasswordSource::PasswordFile("/home/osuser/.pgpass".into()))
+        );
+        let env = base_env().file(
+            "/home/osuser/.pg_service.conf",
+            "[s]\npassword=svc\n",
+            0o600,
+        );
+        let s = resolve(&conn("service=s"), &env).unwrap();
+        assert_eq!(s.password.unwrap().expose(), "svc");
+    }
+
+    #[test]
+    fn pgpass_matching_uses_the_resolved_settings() {
+        let pgpass = "\
+localhost:5432:postgres:osuser:socket-default
+db.example.com:6432:shop:bob:shop-pw
+10.0.0.1:5432:*:bob:by-address
+";
+        let env = base_env().file("/home/osuser/.pgpass", pgpass, 0o600);
+        // A Unix-socket host matches as "localhost".
+        let s = resolve(&args(), &env).unwrap();
+        assert_eq!(s.password.unwrap().expose(), "socket-default");
+        let s = resolve(&conn("host=/some/dir"), &env).unwrap();
+        assert_eq!(s.password.unwrap().expose(), "socket-default");
+        let s = resolve(&conn("postgresql://bob@db.example.com:6432/shop"), &env).unwrap();
+        assert_eq!(s.password.unwrap().expose(), "shop-pw");
+        // Port and database must match too.
+        let s = resolve(&conn("postgresql://bob@db.example.com:6432/other"), &env).unwrap();
+        assert_eq!(s.password, None);
+        let s = resolve(&conn("postgresql://bob@db.example.com/shop"), &env).unwrap();
+        assert_eq!(s.password, None);
+        // --maintenance-db is what is matched.
+        let a = ConnectArgs {
+            maintenance_db: Some("shop".into()),
+            ..conn("postgresql://bob@db.example.com:6432/ignored")
+        };
+        assert_eq!(
+            resolve(&a, &env).unwrap().password.unwrap().expose(),
+            "shop-pw"
+        );
+        // hostaddr when there is no host.
+        let s = resolve(&conn("hostaddr=10.0.0.1 user=bob"), &env).unwrap();
+        assert_eq!(s.password.unwrap().expose(), "by-address");
+        // PGPASSFILE and passfile= pick another file.
+        let env = env.file("/srv/pass", "*:*:*:*:other-file\n", 0o600);
+        let s = resolve(&args(), &env.clone().var("PGPASSFILE", "/srv/pass")).unwrap();
+        assert_eq!(s.password.unwrap().expose(), "other-file");
+        let s = resolve(&conn("passfile=/srv/pass"), &env).unwrap();
+        assert_eq!(s.password.unwrap().expose(), "other-file");
+    }
+
+    #[test]
+    fn readable_pgpass_is_ignored_with_a_warning() {
+        let env = base_env().file("/home/osuser/.pgpass", "*:*:*:*:pw\n", 0o644);
+        let s = resolve(&args(), &env).unwrap();
+        assert_eq!(s.password, None);
+        assert_eq!(s.warnings.len(), 1);
+        assert!(
+            s.warnings[0].contains("/home/osuser/.pgpass"),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn application_name_is_always_pgkill() {
+        let s = resolve(&conn("application_name=mine"), &base_env()).unwrap();
+        assert_eq!(s.warnings.len(), 1);
+        assert!(
+            s.warnings[0].contains("application_name=mine ignored"),
+            "{:?}",
+            s.warnings
+        );
+        // PGAPPNAME is ignored silently (it is often set for every tool).
+        let s = resolve(&args(), &base_env().var("PGAPPNAME", "mine")).unwrap();
+        assert!(s.warnings.is_empty());
+    }
+
+    #[test]
+    fn unsupported_settings() {
+        let e = resolve(&conn("gssencmode=require"), &base_env()).unwrap_err();
+        assert!(matches!(e, ConnectError::UnsupportedOption { .. }), "{e:?}");
+        let e = resolve(&conn("target_session_attrs=read-write"), &base_env()).unwrap_err();
+        assert!(matches!(e, ConnectError::UnsupportedOption { .. }), "{e:?}");
+        let e = resolve(&conn("gssencmode=sometimes"), &base_env()).unwrap_err();
+        assert!(matches!(e, ConnectError::InvalidValue { .. }), "{e:?}");
+        assert!(resolve(
+            &conn("gssencmode=disable target_session_attrs=any"),
+            &base_env()
+        )
+        .is_ok());
+        // From the environment: warnings, not errors.
+        let env = base_env()
+            .var("PGSSLCERT", "/c.crt")
+            .var("PGGSSENCMODE", "require");
+        let s = resolve(&args(), &env).unwrap();
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(s
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("PGSSLCERT is set but ignored")));
+        assert!(s
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("PGGSSENCMODE=require")));
+    }
+
+    #[test]
+    fn options_and_channel_binding() {
+        let s = resolve(
+            &conn("options='-c statement_timeout=5s' channel_binding=require"),
+            &base_env(),
+        )
+        .unwrap();
+        assert_eq!(s.options.as_deref(), Some("-c statement_timeout=5s"));
+        assert_eq!(s.channel_binding, ChannelBinding::Require);
+        assert!(resolve(&conn("channel_binding=maybe"), &base_env()).is_err());
+    }
+
+    #[test]
+    fn password_never_shown() {
+        let secret = "Sup3r-S3cret";
+        let env = base_env().var("PGPASSWORD", secret);
+        let a = conn(&format!("postgresql://bob:{secret}@db.example.com/shop"));
+        assert!(!format!("{a:?}").contains(secret), "{a:?}");
+        for s in [resolve(&a, &env).unwrap(), resolve(&args(), &env).unwrap()] {
+            assert_eq!(s.password.as_ref().unwrap().expose(), secret);
+            for shown in [
+                format!("{s:?}"),
+                format!("{s:#?}"),
+                s.describe(),
+                s.to_string(),
+            ] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+            assert!(format!("{s:?}").contains("Password(<hidden>)"));
+        }
+        // Errors after the password was parsed do not show it either.
+        for bad in [
+            format!("postgresql://bob:{secret}@db/shop?sslmode=bogus"),
+            format!("postgresql://bob:{secret}@db:99999/shop"),
+            format!("postgresql://bob:{secret}@db/shop?sslcert=x"),
+            format!("password={secret} host=a,b"),
+            format!("password={secret} {secret}"),
+        ] {
+            let e = resolve(&conn(&bad), &base_env()).unwrap_err();
+            for shown in [e.to_string(), format!("{e:?}")] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+        }
+    }
+}
