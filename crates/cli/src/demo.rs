@@ -121,11 +121,14 @@ async fn serve(sandbox: &Sandbox) -> anyhow::Result<()> {
 
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     let mut last_pool = pool.stats();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    // Both listeners are created once, before the loop: a `ctrl_c()` future made anew in
+    // every iteration would miss a SIGINT that arrives while a tick is being handled.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = ticker.tick() => {
                 for s in sessions.iter_mut().filter(|s| !s.reported) {

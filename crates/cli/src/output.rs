@@ -244,7 +244,7 @@ fn csv_error(e: csv::Error) -> io::Error {
     }
 }
 
-/// Sessions as CSV with a header line (same keys as JSON).
+/// Sessions as CSV with a header line (a subset of the JSON keys, scalar ones only).
 pub fn sessions_csv(out: &mut dyn Write, sessions: &[Session]) -> io::Result<()> {
     let mut w = csv::Writer::from_writer(out);
     let header = [
@@ -269,32 +269,16 @@ pub fn sessions_csv(out: &mut dyn Write, sessions: &[Session]) -> io::Result<()>
         "query",
     ];
     w.write_record(header).map_err(csv_error)?;
+    // The values are the JSON document's, so both formats always agree.
     for s in sessions {
-        let j = SessionJson::from(s);
-        let opt = |v: Option<String>| v.unwrap_or_default();
-        let f = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-        w.write_record([
-            s.pid.to_string(),
-            opt(j.backend_start),
-            opt(j.database.map(str::to_owned)),
-            opt(j.user.map(str::to_owned)),
-            opt(j.application_name.map(str::to_owned)),
-            opt(j.client_addr),
-            opt(j.client_port.map(|p| p.to_string())),
-            opt(j.state.map(str::to_owned)),
-            opt(j.wait_event_type.map(str::to_owned)),
-            opt(j.wait_event.map(str::to_owned)),
-            opt(j.backend_type.map(str::to_owned)),
-            opt(j.xact_start),
-            opt(j.query_start),
-            opt(j.state_change),
-            f(j.backend_age_s),
-            f(j.xact_age_s),
-            f(j.query_age_s),
-            f(j.state_age_s),
-            opt(j.query.map(str::to_owned)),
-        ])
-        .map_err(csv_error)?;
+        let json = serde_json::to_value(SessionJson::from(s)).map_err(io::Error::other)?;
+        let cell = |key: &str| match &json[key] {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        w.write_record(header.iter().map(|key| cell(key)))
+            .map_err(csv_error)?;
     }
     w.flush()
 }

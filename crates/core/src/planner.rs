@@ -83,47 +83,6 @@ impl Predicate {
     }
 }
 
-/// `SELECT … FROM pg_stat_activity s LEFT JOIN pg_roles r` columns, in [`SESSION_COLUMNS`] order.
-fn select_columns(v: ServerVersion) -> String {
-    let leader = if v.major >= 13 {
-        "s.leader_pid"
-    } else {
-        "NULL::int"
-    };
-    format!(
-        "s.pid, s.backend_start, s.datname::text, s.usename::text, s.application_name,
-       host(s.client_addr), s.client_hostname, s.client_port, s.state, s.wait_event_type,
-       s.wait_event, s.backend_type, s.xact_start, s.query_start, s.state_change, s.query,
-       {leader}, r.rolsuper"
-    )
-}
-
-/// Names of the columns the list query returns, in order (the executor reads by index).
-pub const SESSION_COLUMNS: [&str; 22] = [
-    "pid",
-    "backend_start",
-    "datname",
-    "usename",
-    "application_name",
-    "client_addr",
-    "client_hostname",
-    "client_port",
-    "state",
-    "wait_event_type",
-    "wait_event",
-    "backend_type",
-    "xact_start",
-    "query_start",
-    "state_change",
-    "query",
-    "leader_pid",
-    "rolsuper",
-    "blocked_by",
-    "blocking",
-    "can_signal",
-    "now",
-];
-
 /// Whether the caller may signal the row `s` (joined with `pg_roles r`), as the server
 /// decides: superusers signal anything; nobody else signals a superuser's backend or a
 /// role-less process; others need the privileges of the session's role or
@@ -240,22 +199,36 @@ fn predicate(v: ServerVersion, f: &Filter, first: usize) -> Predicate {
 }
 
 /// Lists the sessions matching `filter` (before `--newest/--oldest`, which the caller
-/// applies to the ordered result), with the columns of [`SESSION_COLUMNS`].
+/// applies to the ordered result), with the columns `pgkill_pg::sessions` reads by name.
 pub fn list_sessions(v: ServerVersion, filter: &Filter) -> Query {
     let pred = predicate(v, filter, 1);
+    let leader = if v.major >= 13 {
+        "s.leader_pid"
+    } else {
+        "NULL::int"
+    };
+    // `waits` calls pg_blocking_pids once per session waiting on a lock; both who a
+    // session waits for and how many wait for it come from it.
     let sql = format!(
-        "WITH blockers AS ({BLOCKERS})
-SELECT {cols},
-       CASE WHEN s.wait_event_type = 'Lock' THEN pg_blocking_pids(s.pid) END,
-       coalesce(bl.waiters, 0),
-       {CAN_SIGNAL},
-       clock_timestamp()
+        "WITH waits AS (
+  SELECT w.pid, pg_blocking_pids(w.pid) AS blockers
+  FROM pg_stat_activity w WHERE w.wait_event_type = 'Lock'
+), blockers AS (
+  SELECT b.pid, count(*)::int AS waiters
+  FROM waits, unnest(waits.blockers) AS b(pid) GROUP BY b.pid
+)
+SELECT s.pid, s.backend_start, s.datname::text AS datname, s.usename::text AS usename,
+       s.application_name, host(s.client_addr) AS client_addr, s.client_hostname,
+       s.client_port, s.state, s.wait_event_type, s.wait_event, s.backend_type,
+       s.xact_start, s.query_start, s.state_change, s.query, {leader} AS leader_pid,
+       r.rolsuper, wt.blockers AS blocked_by, coalesce(bl.waiters, 0) AS blocking,
+       {CAN_SIGNAL} AS can_signal, clock_timestamp() AS now
 FROM pg_stat_activity s
 LEFT JOIN pg_roles r ON r.oid = s.usesysid
+LEFT JOIN waits wt ON wt.pid = s.pid
 LEFT JOIN blockers bl ON bl.pid = s.pid
 WHERE {where_}
 ORDER BY s.backend_start, s.pid",
-        cols = select_columns(v),
         where_ = pred.sql()
     );
     Query {
@@ -372,9 +345,9 @@ mod tests {
 
     #[test]
     fn leader_pid_only_from_13() {
-        assert!(!list_sessions(v(12), &Filter::default())
-            .sql
-            .contains("leader_pid"));
+        // The column only exists from 13; before that it is a NULL placeholder.
+        let v12 = list_sessions(v(12), &Filter::default()).sql;
+        assert!(!v12.contains("s.leader_pid") && v12.contains("NULL::int AS leader_pid"));
         assert!(list_sessions(v(13), &Filter::default())
             .sql
             .contains("s.leader_pid"));

@@ -68,31 +68,36 @@ pub async fn capabilities(client: &Client) -> Result<Capabilities> {
     })
 }
 
+/// Reads one row of [`planner::list_sessions`] (by column name).
 fn session_from_row(row: &Row) -> Result<Session> {
-    let addr: Option<String> = row.try_get(5)?;
+    let addr: Option<String> = row.try_get("client_addr")?;
     Ok(Session {
-        pid: row.try_get(0)?,
-        backend_start: row.try_get(1)?,
-        database: row.try_get(2)?,
-        user: row.try_get(3)?,
-        application_name: row.try_get(4)?,
+        pid: row.try_get("pid")?,
+        backend_start: row.try_get("backend_start")?,
+        database: row.try_get("datname")?,
+        user: row.try_get("usename")?,
+        application_name: row.try_get("application_name")?,
         client_addr: addr.and_then(|a| a.parse::<IpAddr>().ok()),
-        client_hostname: row.try_get(6)?,
-        client_port: row.try_get(7)?,
-        state: row.try_get(8)?,
-        wait_event_type: row.try_get(9)?,
-        wait_event: row.try_get(10)?,
-        backend_type: row.try_get(11)?,
-        xact_start: row.try_get(12)?,
-        query_start: row.try_get(13)?,
-        state_change: row.try_get(14)?,
-        query: row.try_get(15)?,
-        leader_pid: row.try_get(16)?,
-        superuser: row.try_get(17)?,
-        blocked_by: row.try_get::<_, Option<Vec<i32>>>(18)?.unwrap_or_default(),
-        blocking: row.try_get(19)?,
-        can_signal: row.try_get::<_, Option<bool>>(20)?.unwrap_or(false),
-        now: row.try_get(21)?,
+        client_hostname: row.try_get("client_hostname")?,
+        client_port: row.try_get("client_port")?,
+        state: row.try_get("state")?,
+        wait_event_type: row.try_get("wait_event_type")?,
+        wait_event: row.try_get("wait_event")?,
+        backend_type: row.try_get("backend_type")?,
+        xact_start: row.try_get("xact_start")?,
+        query_start: row.try_get("query_start")?,
+        state_change: row.try_get("state_change")?,
+        query: row.try_get("query")?,
+        leader_pid: row.try_get("leader_pid")?,
+        superuser: row.try_get("rolsuper")?,
+        blocked_by: row
+            .try_get::<_, Option<Vec<i32>>>("blocked_by")?
+            .unwrap_or_default(),
+        blocking: row.try_get("blocking")?,
+        can_signal: row
+            .try_get::<_, Option<bool>>("can_signal")?
+            .unwrap_or(false),
+        now: row.try_get("now")?,
     })
 }
 

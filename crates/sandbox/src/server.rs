@@ -305,12 +305,8 @@ impl Sandbox {
     }
 
     fn shutdown(&mut self) {
-        if let Some(mut keeper) = self.keeper.take() {
-            drop(keeper.stop.take());
-            if let Some(thread) = keeper.thread.take() {
-                let _ = thread.join();
-            }
-        }
+        // The keeper stops the server when dropped; only then is the directory removed.
+        drop(self.keeper.take());
         if let Some(dir) = self.dir.take() {
             let path = dir.path().to_path_buf();
             if let Err(e) = dir.close() {

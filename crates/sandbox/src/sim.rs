@@ -105,15 +105,25 @@ impl Session {
             };
             conn_tx.send_modify(|r| r.connection = Some(ending));
         });
-        let row = client
-            .query_one("SELECT pg_backend_pid()", &[])
+        // A simple query: a prepared one would leave a `Close` in flight (see `client`).
+        let pid = client
+            .simple_query("SELECT pg_backend_pid()")
             .await
             .map_err(Error::sql(format!(
                 "simulated {kind} session reading its pid"
-            )))?;
+            )))?
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse::<i32>().ok(),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Program {
+                program: "simulator".into(),
+                detail: "pg_backend_pid() returned no row".into(),
+            })?;
         let session = Session {
             kind,
-            pid: row.get(0),
+            pid,
             client: Arc::new(client),
             record: rx,
             tasks: vec![conn_task],
@@ -352,11 +362,15 @@ async fn wait_until(config: &Config, pids: &[i32], condition: &str) -> Result<()
     probe_config.dbname("postgres");
     let probe = crate::server::connect(&probe_config).await?;
     let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) AND {condition}");
+    let probe_query = probe
+        .prepare(&sql)
+        .await
+        .map_err(Error::sql("preparing the pg_stat_activity probe"))?;
     let began = Instant::now();
     let pids = pids.to_vec();
     loop {
         let n: i64 = probe
-            .query_one(&sql, &[&pids])
+            .query_one(&probe_query, &[&pids])
             .await
             .map_err(Error::sql("probing pg_stat_activity"))?
             .get(0);

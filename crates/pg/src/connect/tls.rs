@@ -100,9 +100,12 @@ pub(crate) fn client_config(verify: Verify, roots: &RootCerts) -> Result<ClientC
         .with_safe_default_protocol_versions()
         .map_err(setup_error)?;
     let verifier: Arc<dyn ServerCertVerifier> = match verify {
-        Verify::Nothing => Arc::new(NoVerification { provider }),
-        Verify::Chain => Arc::new(ChainOnly {
-            roots: root_store(roots)?,
+        Verify::Nothing => Arc::new(NameUnchecked {
+            roots: None,
+            provider,
+        }),
+        Verify::Chain => Arc::new(NameUnchecked {
+            roots: Some(root_store(roots)?),
             provider,
         }),
         Verify::Full => {
@@ -117,68 +120,17 @@ pub(crate) fn client_config(verify: Verify, roots: &RootCerts) -> Result<ClientC
         .with_no_client_auth())
 }
 
-/// `prefer`/`require` without roots: any certificate, but the handshake signatures are
-/// still checked (the server must hold the key of the certificate it shows).
+/// A verifier that never checks the server's names: `prefer`/`require` without roots
+/// (`roots: None`, any certificate) and `verify-ca` (`roots: Some`, the certificate must
+/// chain to a trusted root). Either way the handshake signatures are checked, so the
+/// server must hold the key of the certificate it shows.
 #[derive(Debug)]
-struct NoVerification {
+struct NameUnchecked {
+    roots: Option<RootCertStore>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `verify-ca`: the certificate must chain to a trusted root; its names are not checked.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: RootCertStore,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NameUnchecked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -187,14 +139,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
