@@ -233,10 +233,19 @@ pub fn sessions_json(
         server,
         sessions: sessions.iter().map(SessionJson::from).collect(),
     };
-    serde_json::to_writer_pretty(&mut *out, &doc).map_err(io::Error::other)?;
+    serde_json::to_writer_pretty(&mut *out, &doc).map_err(json_error)?;
     writeln!(out)
 }
 
+/// Keeps the I/O error kind (a closed pipe must stay recognisable) of a JSON write.
+fn json_error(e: serde_json::Error) -> io::Error {
+    match e.io_error_kind() {
+        Some(kind) => io::Error::new(kind, e),
+        None => io::Error::other(e),
+    }
+}
+
+/// Keeps the I/O error kind of a CSV write.
 fn csv_error(e: csv::Error) -> io::Error {
     match e.into_kind() {
         csv::ErrorKind::Io(io) => io,
