@@ -170,6 +170,12 @@ pub async fn execute(
 
     // Verify terminations: poll (autocommit, so each poll sees a fresh snapshot) until
     // every terminated target has left pg_stat_activity or the timeout runs out.
+    //
+    // Deliberately not PostgreSQL 14's `pg_terminate_backend(pid, timeout)`: inside the
+    // signalling statement it waits for each target before signalling the next (a
+    // thousand sessions end one after another instead of together), and calling it
+    // again afterwards to wait would send a second SIGTERM to a pid that may by then
+    // belong to a new session. Polling by identity works the same on every version.
     let mut still: Vec<i32> = Vec::new();
     if plan.signal == Signal::Terminate {
         let sent: Vec<Identity> = identities
