@@ -77,7 +77,8 @@ pub async fn ls(
     let client = conn::connect(conn_args, conninfo).await?;
     let caps = sessions::capabilities(&client).await?;
     let list = sessions::list(&client, &caps, &filter).await?;
-    let mut out = std::io::stdout().lock();
+    // Buffered: a thousand rows are a few writes, not one write per line.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         output::sessions_json(&mut out, &server_json(&caps), &list)?;
     } else if args.csv {
@@ -141,7 +142,8 @@ pub async fn signal(
     let client = conn::connect(conn_args, conninfo).await?;
     let caps = sessions::capabilities(&client).await?;
     let plan = sessions::plan(&client, &caps, &filter, signal).await?;
-    let mut out = std::io::stdout().lock();
+    // Buffered: a thousand rows are a few writes, not one write per line.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
 
     let doc = |outcomes: &[Outcome], dry_run: bool, out: &mut dyn Write| -> anyhow::Result<()> {
         let entries = plan
@@ -177,6 +179,7 @@ pub async fn signal(
         } else {
             writeln!(out, "No session matched.")?;
         }
+        out.flush()?;
         return Ok(Exit::NothingMatched);
     }
     if !args.json {
@@ -195,6 +198,7 @@ pub async fn signal(
         } else {
             writeln!(out, "Dry run: nothing was changed.")?;
         }
+        out.flush()?;
         return Ok(Exit::Ok);
     }
     if !args.yes {
@@ -214,6 +218,7 @@ pub async fn signal(
             .context("reading the answer")?;
         if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
             writeln!(out, "Nothing was changed.")?;
+            out.flush()?;
             return Ok(Exit::Error);
         }
     }

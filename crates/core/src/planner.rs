@@ -207,12 +207,14 @@ pub fn list_sessions(v: ServerVersion, filter: &Filter) -> Query {
     } else {
         "NULL::int"
     };
-    // `waits` calls pg_blocking_pids once per session waiting on a lock; both who a
-    // session waits for and how many wait for it come from it.
+    // `s` reads pg_stat_activity once (a CTE used twice is materialized on every
+    // version); `waits` calls pg_blocking_pids once per session waiting on a lock, and
+    // both who a session waits for and how many wait for it come from it, counted over
+    // all sessions, not only the selected ones.
     let sql = format!(
-        "WITH waits AS (
+        "WITH s AS (SELECT * FROM pg_stat_activity), waits AS (
   SELECT w.pid, pg_blocking_pids(w.pid) AS blockers
-  FROM pg_stat_activity w WHERE w.wait_event_type = 'Lock'
+  FROM s w WHERE w.wait_event_type = 'Lock'
 ), blockers AS (
   SELECT b.pid, count(*)::int AS waiters
   FROM waits, unnest(waits.blockers) AS b(pid) GROUP BY b.pid
@@ -223,7 +225,7 @@ SELECT s.pid, s.backend_start, s.datname::text AS datname, s.usename::text AS us
        s.xact_start, s.query_start, s.state_change, s.query, {leader} AS leader_pid,
        r.rolsuper, wt.blockers AS blocked_by, coalesce(bl.waiters, 0) AS blocking,
        {CAN_SIGNAL} AS can_signal, clock_timestamp() AS now
-FROM pg_stat_activity s
+FROM s
 LEFT JOIN pg_roles r ON r.oid = s.usesysid
 LEFT JOIN waits wt ON wt.pid = s.pid
 LEFT JOIN blockers bl ON bl.pid = s.pid

@@ -1,0 +1,547 @@
+//! pgkill against the psql recipe with 1,000 real client sessions (issue 3), side by side
+//! in one run on one sandbox server:
+//!
+//! - `pgkill ls` (table and `--json`) against `psql -Atc` running the equivalent
+//!   `pg_stat_activity` query: wall time, median and min over the runs;
+//! - `pgkill kill -y --db bench` (which waits until every target is gone) against the
+//!   one-liner `SELECT count(pg_terminate_backend(pid)) …` followed by polling with psql
+//!   until no session is left; the sessions are opened anew before every run (not timed);
+//! - the peak RSS of the pgkill and psql processes (see [`pgkill_bench::measure`]).
+//!
+//! Usage (pgkill's release binary first; it is looked for beside this one):
+//!
+//! ```sh
+//! cargo build --release -p pgkill
+//! cargo run --release -p pgkill-bench --bin sessions-1000 [-- --sessions 1000 --runs 5 --pg-version 15]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pgkill_bench::{measure, median, Measured};
+use pgkill_sandbox::{roles, sim, Installation, Options, Sandbox};
+use tokio::task::JoinSet;
+
+const DB: &str = "bench";
+/// Sessions opened at once while setting up.
+const BATCH: usize = 100;
+/// Every tenth session holds an open transaction; the others are idle.
+const IN_TRANSACTION_EVERY: usize = 10;
+/// A measured program is killed after this long.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+/// How long the psql baseline may poll before the run counts as failed.
+const POLL_LIMIT: Duration = Duration::from_secs(60);
+const LS_RATIO_TARGET: f64 = 1.2;
+const KILL_LIMIT: Duration = Duration::from_millis(1000);
+const RSS_TARGET_MB: f64 = 20.0;
+
+/// What pgkill shows, from `pg_stat_activity`, for the client sessions of `bench`.
+const PSQL_LS: &str = "SELECT pid, backend_start, datname, usename, application_name, \
+client_addr, client_port, state, wait_event_type, wait_event, backend_type, xact_start, \
+query_start, state_change, query FROM pg_stat_activity \
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname = 'bench' \
+ORDER BY backend_start, pid";
+const PSQL_TERMINATE: &str = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+WHERE datname = 'bench' AND pid <> pg_backend_pid()";
+const PSQL_POLL: &str = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench'";
+const CLIENTS_LEFT: &str = "SELECT count(*) FROM pg_stat_activity \
+WHERE datname = 'bench' AND backend_type = 'client backend'";
+
+const USAGE: &str = "usage: sessions-1000 [--sessions N] [--runs N] [--pg-version MAJOR] [--pgkill PATH] [--psql PATH] [--hold SECS]\n  --hold SECS: once the sessions are open, print how to connect and wait SECS seconds before measuring (to look at pgkill by hand)";
+
+#[derive(Debug)]
+struct Args {
+    sessions: usize,
+    runs: usize,
+    pg_version: Option<u32>,
+    pgkill: Option<PathBuf>,
+    psql: Option<PathBuf>,
+    hold: Option<u64>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        sessions: 1000,
+        runs: 5,
+        pg_version: None,
+        pgkill: None,
+        psql: None,
+        hold: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let number = || -> anyhow::Result<usize> {
+            value
+                .parse()
+                .with_context(|| format!("{flag} must be a whole number, not {value:?}"))
+        };
+        match flag.as_str() {
+            "--sessions" => args.sessions = number()?,
+            "--runs" => args.runs = number()?,
+            "--pg-version" => args.pg_version = Some(number()? as u32),
+            "--pgkill" => args.pgkill = Some(PathBuf::from(&value)),
+            "--psql" => args.psql = Some(PathBuf::from(&value)),
+            "--hold" => args.hold = Some(number()? as u64),
+            _ => anyhow::bail!("unknown argument {flag:?}\n{USAGE}"),
+        }
+    }
+    anyhow::ensure!(
+        args.sessions > 0 && args.runs > 0,
+        "--sessions and --runs must be at least 1"
+    );
+    Ok(args)
+}
+
+fn main() -> anyhow::Result<()> {
+    if let Some(code) = pgkill_bench::launcher_main() {
+        std::process::exit(code);
+    }
+    let args = parse_args()?;
+    let pgkill = find_pgkill(args.pgkill.as_deref())?;
+    let inst = match args.pg_version {
+        Some(major) => Installation::for_major(major)?,
+        None => Installation::newest()?,
+    };
+    let psql = find_psql(args.psql.as_deref(), &inst)?;
+    let psql_version = output_of(Command::new(&psql).arg("--version"))?;
+
+    sim::raise_fd_limit();
+    let max_connections = u32::try_from(args.sessions + 200)
+        .unwrap_or(u32::MAX)
+        .max(1200);
+    let sandbox = Sandbox::start(&inst, &Options::default().max_connections(max_connections))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let bench = Bench {
+        sandbox: &sandbox,
+        rt: &rt,
+        pgkill,
+        psql,
+        sessions: args.sessions,
+    };
+    let result = bench.run(args.runs, args.hold, &psql_version);
+    drop(rt);
+    drop(sandbox);
+    result
+}
+
+struct Bench<'a> {
+    sandbox: &'a Sandbox,
+    rt: &'a tokio::runtime::Runtime,
+    pgkill: PathBuf,
+    psql: PathBuf,
+    sessions: usize,
+}
+
+/// Figures of one comparison row.
+#[derive(Default)]
+struct Samples {
+    pgkill: Vec<Duration>,
+    psql: Vec<Duration>,
+    pgkill_rss: Vec<u64>,
+    psql_rss: Vec<u64>,
+}
+
+impl Bench<'_> {
+    fn run(&self, runs: usize, hold: Option<u64>, psql_version: &str) -> anyhow::Result<()> {
+        let n = self.sessions;
+        let admin = self.rt.block_on(async {
+            self.sandbox.create_database(DB, None).await?;
+            self.sandbox.admin("postgres").await
+        })?;
+        let mut problems: Vec<String> = Vec::new();
+
+        let began = Instant::now();
+        let sessions = self.open_sessions(&admin)?;
+        let setup = began.elapsed();
+        if let Some(secs) = hold {
+            eprintln!(
+                "holding {n} sessions for {secs} s: {} -h {} -p {} -U {} ls --db {DB}",
+                self.pgkill.display(),
+                self.sandbox.host(),
+                self.sandbox.port(),
+                roles::ADMIN
+            );
+            std::thread::sleep(Duration::from_secs(secs));
+        }
+
+        // ls: the same sessions for every run; one untimed warm-up of each.
+        let (mut table, mut json) = (Samples::default(), Samples::default());
+        let mut lines = (0, 0, 0);
+        for run in 0..=runs {
+            let timed = run > 0;
+            let order = if run % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+            for which in order {
+                let m = match which {
+                    0 => self.pgkill_ls(false)?,
+                    1 => self.pgkill_ls(true)?,
+                    _ => self.psql_ls()?,
+                };
+                let what = ["pgkill ls", "pgkill ls --json", "psql ls"][which];
+                if !m.status.success() {
+                    problems.push(format!(
+                        "{what} exited with {}: {}",
+                        m.status,
+                        m.stderr.trim()
+                    ));
+                }
+                if !timed {
+                    continue;
+                }
+                match which {
+                    0 => {
+                        lines.0 = m.stdout_lines;
+                        table.pgkill.push(m.wall);
+                        table.pgkill_rss.push(m.max_rss_kib);
+                    }
+                    1 => {
+                        lines.1 = m.stdout_lines;
+                        json.pgkill.push(m.wall);
+                        json.pgkill_rss.push(m.max_rss_kib);
+                    }
+                    _ => {
+                        lines.2 = m.stdout_lines;
+                        for s in [&mut table, &mut json] {
+                            s.psql.push(m.wall);
+                            s.psql_rss.push(m.max_rss_kib);
+                        }
+                    }
+                }
+            }
+        }
+        if (lines.0 as usize) < n || lines.2 as usize != n {
+            problems.push(format!(
+                "ls printed {} lines (pgkill table) and {} (psql) for {n} sessions",
+                lines.0, lines.2
+            ));
+        }
+        drop(sessions);
+        self.wait_clients(&admin, 0)?;
+
+        // kill: new sessions before every run (not timed), pgkill and psql alternating first.
+        let mut kill = Samples::default();
+        let mut terminate_only = Vec::new();
+        let mut polls = Vec::new();
+        for run in 0..runs {
+            for pgkill_turn in [run % 2 == 0, run % 2 != 0] {
+                let sessions = self.open_sessions(&admin)?;
+                if pgkill_turn {
+                    let m = self.pgkill_kill()?;
+                    let left = self.clients_left(&admin)?;
+                    if m.status.code() != Some(0) || left != 0 {
+                        problems.push(format!(
+                            "pgkill kill run {}: exit {}, {left} client sessions left in {DB}: {}",
+                            run + 1,
+                            m.status,
+                            m.stderr.trim()
+                        ));
+                    }
+                    kill.pgkill.push(m.wall);
+                    kill.pgkill_rss.push(m.max_rss_kib);
+                } else {
+                    let (one_liner, total, n_polls) = self.psql_kill(&mut problems)?;
+                    kill.psql.push(total);
+                    kill.psql_rss.push(one_liner.max_rss_kib);
+                    terminate_only.push(one_liner.wall);
+                    polls.push(n_polls);
+                }
+                // Every session was terminated: drop the handles.
+                drop(sessions);
+                self.wait_clients(&admin, 0)?;
+            }
+        }
+
+        polls.sort_unstable();
+        let polls = polls.get(polls.len() / 2).copied().unwrap_or_default();
+        println!(
+            "sessions-1000: PostgreSQL {} · {n} client sessions in database {DB} ({} idle, {} idle in transaction; opened in {:.1} s) · {runs} runs, median (min)",
+            self.sandbox.version(),
+            n - n / IN_TRANSACTION_EVERY,
+            n / IN_TRANSACTION_EVERY,
+            setup.as_secs_f64(),
+        );
+        println!(
+            "pgkill: {} · psql: {} ({psql_version}) · output to a pipe",
+            self.pgkill.display(),
+            self.psql.display()
+        );
+        println!("| case | pgkill | psql | ratio | target | |");
+        println!("|---|---:|---:|---:|---|---|");
+        let ls_row = |name: &str, s: &mut Samples| {
+            let (p, q) = (median(&mut s.pgkill), median(&mut s.psql));
+            let ratio = ratio(p, q);
+            row(
+                name,
+                &time_cell(p, &s.pgkill),
+                &time_cell(q, &s.psql),
+                ratio,
+                &format!("≤ {LS_RATIO_TARGET}x psql"),
+                ratio <= LS_RATIO_TARGET,
+            );
+        };
+        ls_row("ls (table)", &mut table);
+        ls_row("ls --json", &mut json);
+        let (p, q) = (median(&mut kill.pgkill), median(&mut kill.psql));
+        row(
+            &format!("kill {n} (psql: terminate, then polls until 0: {polls})"),
+            &time_cell(p, &kill.pgkill),
+            &time_cell(q, &kill.psql),
+            ratio(p, q),
+            &format!("≤ psql and < {} ms", KILL_LIMIT.as_millis()),
+            p <= q && p < KILL_LIMIT && problems.iter().all(|e| !e.starts_with("pgkill kill")),
+        );
+        let t = median(&mut terminate_only);
+        println!(
+            "| psql terminate one-liner alone | | {} | {:.2}x | (for reference) | |",
+            time_cell(t, &terminate_only),
+            ratio(p, t)
+        );
+        for (name, s) in [
+            ("peak RSS ls (table)", &table),
+            ("peak RSS ls --json", &json),
+            ("peak RSS kill", &kill),
+        ] {
+            let (p, q) = (max_mb(&s.pgkill_rss), max_mb(&s.psql_rss));
+            row(
+                name,
+                &format!("{p:.1} MB"),
+                &format!("{q:.1} MB"),
+                p / q.max(1e-9),
+                &format!("pgkill < {RSS_TARGET_MB:.0} MB"),
+                p < RSS_TARGET_MB,
+            );
+        }
+        println!(
+            "(times: median (min) in ms; RSS: highest of the runs; ls printed {} lines (table), {} (json), {} (psql))",
+            lines.0, lines.1, lines.2
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            for p in &problems {
+                println!("problem: {p}");
+            }
+            anyhow::bail!("{} run(s) did not do what they should", problems.len())
+        }
+    }
+
+    /// Opens the sessions in `bench` (as a plain role: pgkill protects superusers' sessions),
+    /// `BATCH` at a time, and waits until the server shows them all.
+    fn open_sessions(&self, admin: &tokio_postgres::Client) -> anyhow::Result<Vec<sim::Session>> {
+        let mut config = self.sandbox.config(DB, roles::PLAIN);
+        config.application_name("bench-client");
+        let n = self.sessions;
+        let sessions = self.rt.block_on(async {
+            let mut sessions = Vec::with_capacity(n);
+            for first in (0..n).step_by(BATCH) {
+                let mut batch = JoinSet::new();
+                for i in first..(first + BATCH).min(n) {
+                    let config = config.clone();
+                    batch.spawn(async move {
+                        if i % IN_TRANSACTION_EVERY == IN_TRANSACTION_EVERY - 1 {
+                            sim::idle_in_transaction(&config, None).await
+                        } else {
+                            sim::idle(&config).await
+                        }
+                    });
+                }
+                while let Some(session) = batch.join_next().await {
+                    sessions.push(session.context("opening a session")??);
+                }
+            }
+            anyhow::Ok(sessions)
+        })?;
+        self.wait_clients(admin, n)?;
+        Ok(sessions)
+    }
+
+    fn clients_left(&self, admin: &tokio_postgres::Client) -> anyhow::Result<usize> {
+        let n: i64 = self
+            .rt
+            .block_on(admin.query_one(CLIENTS_LEFT, &[]))
+            .context("counting client sessions")?
+            .get(0);
+        Ok(n as usize)
+    }
+
+    /// Waits until `bench` has exactly `n` client sessions.
+    fn wait_clients(&self, admin: &tokio_postgres::Client, n: usize) -> anyhow::Result<()> {
+        let began = Instant::now();
+        loop {
+            let now = self.clients_left(admin)?;
+            if now == n {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                began.elapsed() < POLL_LIMIT,
+                "{DB} has {now} client sessions, expected {n}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A command with only the given connection settings (no `PG*` from the environment).
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PG") && name != "PGKILL_LOG" {
+                cmd.env_remove(name);
+            }
+        }
+        let port = self.sandbox.port().to_string();
+        cmd.args(["-h", self.sandbox.host(), "-p", &port, "-U", roles::ADMIN]);
+        cmd
+    }
+
+    fn pgkill_ls(&self, json: bool) -> anyhow::Result<Measured> {
+        let mut cmd = self.command(&self.pgkill);
+        cmd.args(["ls", "--db", DB]);
+        if json {
+            cmd.arg("--json");
+        }
+        measure(&cmd, RUN_LIMIT)
+    }
+
+    fn psql(&self, sql: &str) -> Command {
+        let mut cmd = self.command(&self.psql);
+        cmd.args(["-X", "-d", "postgres", "-Atc", sql]);
+        cmd
+    }
+
+    fn psql_ls(&self) -> anyhow::Result<Measured> {
+        measure(&self.psql(PSQL_LS), RUN_LIMIT)
+    }
+
+    fn pgkill_kill(&self) -> anyhow::Result<Measured> {
+        let mut cmd = self.command(&self.pgkill);
+        cmd.args(["kill", "-y", "--db", DB]);
+        measure(&cmd, RUN_LIMIT)
+    }
+
+    /// The psql recipe: the one-liner (measured), then `psql -Atc` polls back to back
+    /// until one prints 0. Returns the one-liner's run, the total (one-liner + polling)
+    /// and the number of polls.
+    fn psql_kill(&self, problems: &mut Vec<String>) -> anyhow::Result<(Measured, Duration, usize)> {
+        let one_liner = measure(&self.psql(PSQL_TERMINATE), RUN_LIMIT)?;
+        if !one_liner.status.success() {
+            problems.push(format!(
+                "psql terminate exited with {}: {}",
+                one_liner.status,
+                one_liner.stderr.trim()
+            ));
+        }
+        let began = Instant::now();
+        let mut poll = self.psql(PSQL_POLL);
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            let out = poll.output().context("running psql")?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "psql poll exited with {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            if String::from_utf8_lossy(&out.stdout).trim() == "0" {
+                break;
+            }
+            anyhow::ensure!(
+                began.elapsed() < POLL_LIMIT,
+                "sessions still in {DB} after {POLL_LIMIT:?} of polling"
+            );
+        }
+        let total = one_liner.wall + began.elapsed();
+        Ok((one_liner, total, polls))
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
+
+fn time_cell(median: Duration, samples: &[Duration]) -> String {
+    let min = samples.iter().min().copied().unwrap_or_default();
+    format!("{} ({})", pgkill_bench::ms(median), pgkill_bench::ms(min))
+}
+
+fn max_mb(kib: &[u64]) -> f64 {
+    kib.iter().max().copied().unwrap_or_default() as f64 * 1024.0 / 1e6
+}
+
+fn row(name: &str, pgkill: &str, psql: &str, ratio: f64, target: &str, ok: bool) {
+    println!(
+        "| {name} | {pgkill} | {psql} | {ratio:.2}x | {target} | {} |",
+        if ok { "ok" } else { "MISS" }
+    );
+}
+
+/// pgkill's release binary: `--pgkill`, else beside this benchmark (`target/release`).
+fn find_pgkill(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .context("locating the benchmark binary")?
+            .with_file_name("pgkill"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "pgkill binary not found at {}: build it first with `cargo build --release -p pgkill` (or pass --pgkill PATH)",
+        path.display()
+    );
+    if path.parent().and_then(Path::file_name) == Some("debug".as_ref()) {
+        eprintln!(
+            "warning: {} is a debug build; run with --release for figures that mean something",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// psql: `--psql`, else the installation's own, else the newest of the distribution's
+/// (`/usr/lib/postgresql/*/bin`; not `/usr/bin/psql`, a Perl wrapper that would add its
+/// start-up to every run), else `psql` on `PATH`.
+fn find_psql(explicit: Option<&Path>, inst: &Installation) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let own = inst.program("psql");
+    if own.is_file() {
+        return Ok(own);
+    }
+    let mut system: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse().ok()?;
+            let psql = e.path().join("bin/psql");
+            psql.is_file().then_some((major, psql))
+        })
+        .collect();
+    system.sort();
+    if let Some((_, psql)) = system.pop() {
+        return Ok(psql);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("psql"))
+        .find(|p| p.is_file())
+        .context("psql not found: install the PostgreSQL client or pass --psql PATH")
+}
+
+fn output_of(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
