@@ -19,6 +19,7 @@ fn main() {
         cancel_keeps_sessions,
         partial_failure_exits_3,
         closed_pipe_is_not_an_error,
+        asks_on_a_terminal_and_obeys_the_answer,
         bad_input_is_one_line_and_exit_2,
     ]);
 }
@@ -429,5 +430,69 @@ async fn bad_input_is_one_line_and_exit_2(pg: Installation) -> Result<()> {
         "exit {code}: {err}"
     );
     no_panic(&err)?;
+    Ok(())
+}
+
+/// Runs pgkill on a pseudo-terminal (util-linux `script`), typing `answer`.
+fn on_terminal(sb: &Sandbox, args: &[&str], answer: &str) -> Result<(i32, String)> {
+    use std::io::Write;
+    let line = std::iter::once(env!("CARGO_BIN_EXE_pgkill").to_owned())
+        .chain(
+            [
+                "-h",
+                sb.host(),
+                "-p",
+                &sb.port().to_string(),
+                "-U",
+                roles::ADMIN,
+            ]
+            .map(str::to_owned),
+        )
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running `script` (util-linux) to give pgkill a terminal")?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("no stdin"))?
+        .write_all(answer.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+async fn asks_on_a_terminal_and_obeys_the_answer(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let victim = sim::idle(&sb.config("postgres", roles::PLAIN)).await?;
+    let (code, out) = on_terminal(&sb, &["kill", "--user", roles::PLAIN], "n\n")?;
+    ensure!(out.contains("Terminate 1 session(s)? [y/N]"), "{out}");
+    ensure!(
+        code == 2 && out.contains("Nothing was changed."),
+        "exit {code}: {out}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ensure!(victim.is_connected(), "a declined kill touched the session");
+    let (code, out) = on_terminal(&sb, &["kill", "--user", roles::PLAIN], "y\n")?;
+    ensure!(
+        code == 0 && out.contains("terminated"),
+        "exit {code}: {out}"
+    );
+    ensure!(
+        victim
+            .wait_ended(WAIT)
+            .await
+            .and_then(|e| e.sqlstate)
+            .as_deref()
+            == Some("57P01")
+    );
     Ok(())
 }
