@@ -280,6 +280,22 @@ async fn stale_plan_never_hits_reused_pid(pg: Installation) -> Result<()> {
     for n in &newcomers {
         ensure!(n.is_connected(), "newcomer {} was hit", n.pid());
     }
+    // The kernel rarely hands out the same pid again within a test, so make the reuse
+    // happen: the stale plan's target now carries a live newcomer's pid (with the old
+    // session's backend start, as a plan made before the reuse would).
+    let mut reused = plan.clone();
+    let newcomer = &newcomers[0];
+    reused.targets[0].session.pid = newcomer.pid();
+    let outcomes = sessions::execute(&me, &caps, &filter, &reused, Duration::from_secs(5)).await?;
+    ensure!(
+        outcomes.len() == 1 && outcomes[0].outcome == OutcomeKind::AlreadyGone,
+        "{outcomes:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ensure!(
+        newcomer.is_connected(),
+        "the session that reused the pid was hit"
+    );
     Ok(())
 }
 
