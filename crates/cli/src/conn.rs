@@ -1,14 +1,34 @@
-//! Connecting for the session commands, as libpq tools do (see `pgkill_pg::connect`).
+//! Connecting for the commands that talk to a server, as libpq tools do (see
+//! `pgkill_pg::connect`), and the stale-fence notice every such command gives.
 
-use pgkill_pg::connect::{self, ConnectArgs, SystemEnv, TerminalPrompt};
+use pgkill_pg::connect::{self, ConnectArgs, Host, Settings, SystemEnv, TerminalPrompt};
+use pgkill_pg::journal::Journal;
 use tokio_postgres::Client;
 
 use crate::args::ConnArgs;
 
-/// Connects as the arguments, the `PG*` environment, `~/.pgpass` and service files say,
-/// with `application_name=pgkill`. Warnings (e.g. an ignored world-readable `.pgpass`)
-/// go to stderr.
-pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Client> {
+/// A connection and what it was made with.
+pub struct Connected {
+    /// The connection (`application_name=pgkill`).
+    pub client: Client,
+    /// The resolved settings (to reach another database of the same server).
+    pub settings: Settings,
+    /// `host:port`, how the fence journal names the server.
+    pub server: String,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects as the arguments, the `PG*` environment, `~/.pgpass` and service files say.
+/// Warnings (e.g. an ignored world-readable `.pgpass`) go to stderr, and so does a
+/// notice for every database this server has left fenced by a pgkill that died.
+pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
     let connect_args = ConnectArgs {
         host: args.host.clone(),
         port: args.port.clone(),
@@ -22,5 +42,35 @@ pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<
         eprintln!("pgkill: warning: {warning}");
     }
     let (client, _task) = connect::connect(&settings, &TerminalPrompt).await?;
+    let server = server_name(&settings);
+    if let Ok(journal) = Journal::open_default() {
+        for stale in journal.stale(&server).unwrap_or_default() {
+            eprintln!(
+                "pgkill: warning: database {:?} on this server was left fenced (connections disallowed) by pgkill pid {} at {}, which is gone: run `pgkill unfence {}` to restore its settings",
+                stale.name, stale.pid, stale.at, stale.name
+            );
+        }
+    }
+    Ok(Connected {
+        client,
+        settings,
+        server,
+    })
+}
+
+/// Connects to database `db` with the same settings.
+pub async fn connect_to(settings: &Settings, db: String) -> pgkill_pg::Result<Client> {
+    let mut s = settings.clone();
+    s.dbname = db;
+    let (client, _task) = connect::connect(&s, &TerminalPrompt)
+        .await
+        .map_err(|e| pgkill_pg::Error::Refused(vec![e.to_string()]))?;
     Ok(client)
+}
+
+fn server_name(s: &Settings) -> String {
+    match &s.host {
+        Host::Tcp(h) => format!("{h}:{}", s.port),
+        Host::Socket(dir) => format!("{}:{}", dir.display(), s.port),
+    }
 }

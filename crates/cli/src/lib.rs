@@ -5,11 +5,13 @@
 
 mod args;
 mod conn;
+mod database_cmd;
 mod demo;
 mod output;
 mod sessions_cmd;
 
 use clap::{Parser, Subcommand};
+use pgkill_core::database::Operation;
 use pgkill_core::planner::Signal;
 
 /// Exit code for errors (bad input, connection failures, refused privileges).
@@ -77,6 +79,14 @@ enum Command {
     Kill(sessions_cmd::SignalArgs),
     /// Cancel the running statement of the matching sessions.
     Cancel(sessions_cmd::SignalArgs),
+    /// Fence a database and end its sessions (letting transactions finish within --grace).
+    Drain(database_cmd::DrainArgs),
+    /// Restore the connection settings of a database pgkill fenced.
+    Unfence(database_cmd::UnfenceArgs),
+    /// Drop a database, beating reconnecting pools; restores it on any failure.
+    Drop(database_cmd::DropArgs),
+    /// Rename a database, beating reconnecting pools; keeps its settings.
+    Rename(database_cmd::RenameArgs),
     /// Start a throw-away local PostgreSQL full of realistic sessions to practise on.
     Demo(demo::DemoArgs),
 }
@@ -120,6 +130,34 @@ fn run_async(
             Command::Ls(a) => sessions_cmd::ls(&conn, conninfo, a).await,
             Command::Kill(a) => sessions_cmd::signal(&conn, conninfo, a, Signal::Terminate).await,
             Command::Cancel(a) => sessions_cmd::signal(&conn, conninfo, a, Signal::Cancel).await,
+            Command::Drain(a) => {
+                database_cmd::run(
+                    &conn,
+                    conninfo,
+                    Operation::Drain,
+                    &a.db,
+                    None,
+                    &a.op,
+                    a.then_unfence,
+                )
+                .await
+            }
+            Command::Drop(a) => {
+                database_cmd::run(&conn, conninfo, Operation::Drop, &a.db, None, &a.op, false).await
+            }
+            Command::Rename(a) => {
+                database_cmd::run(
+                    &conn,
+                    conninfo,
+                    Operation::Rename,
+                    &a.old,
+                    Some(&a.new),
+                    &a.op,
+                    false,
+                )
+                .await
+            }
+            Command::Unfence(a) => database_cmd::unfence(&conn, conninfo, a).await,
             Command::Demo(_) => Ok(Outcome::Error),
         }
     })?;

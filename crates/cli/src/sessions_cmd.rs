@@ -74,7 +74,7 @@ pub async fn ls(
     args: &LsArgs,
 ) -> anyhow::Result<Exit> {
     let filter = args.filters.to_filter(args.all_backends);
-    let client = conn::connect(conn_args, conninfo).await?;
+    let client = conn::connect(conn_args, conninfo).await?.client;
     let caps = sessions::capabilities(&client).await?;
     let list = sessions::list(&client, &caps, &filter).await?;
     // Buffered: a thousand rows are a few writes, not one write per line.
@@ -139,7 +139,7 @@ pub async fn signal(
             "refusing to {action} sessions without confirmation: no terminal to ask on. Pass -y to proceed, or --dry-run to only see the plan"
         )));
     }
-    let client = conn::connect(conn_args, conninfo).await?;
+    let client = conn::connect(conn_args, conninfo).await?.client;
     let caps = sessions::capabilities(&client).await?;
     let plan = sessions::plan(&client, &caps, &filter, signal).await?;
     // Buffered: a thousand rows are a few writes, not one write per line.

@@ -4,6 +4,7 @@
 //! The PostgreSQL-facing crate (`pgkill-pg`), the front-ends and the sandbox build on it,
 //! and it is unit-tested exhaustively because every destructive decision starts here.
 
+pub mod database;
 pub mod duration;
 pub mod filter;
 pub mod plan;

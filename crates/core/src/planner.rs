@@ -24,6 +24,10 @@ pub enum Param {
     TimestampArray(Vec<Option<DateTime<Utc>>>),
     /// `float8` (durations in seconds).
     Float(f64),
+    /// `text`.
+    Text(String),
+    /// `int8`.
+    Int8(i64),
     /// `bool`.
     Bool(bool),
 }
@@ -87,7 +91,7 @@ impl Predicate {
 /// decides: superusers signal anything; nobody else signals a superuser's backend or a
 /// role-less process; others need the privileges of the session's role or
 /// `pg_signal_backend`.
-const CAN_SIGNAL: &str =
+pub(crate) const CAN_SIGNAL: &str =
     "(CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN true
       WHEN r.rolsuper OR s.usesysid IS NULL THEN false
       ELSE pg_has_role(s.usesysid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE') END)";

@@ -10,23 +10,29 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// 42501: the role lacks a privilege.
-    #[error("permission denied: {0}")]
+    #[error("permission denied: {}", db_message(.0))]
     PermissionDenied(#[source] tokio_postgres::Error),
     /// 55006: the object is in use (e.g. other sessions are connected to the database).
-    #[error("object in use: {0}")]
+    #[error("object in use: {}", db_message(.0))]
     ObjectInUse(#[source] tokio_postgres::Error),
     /// 3D000: no such database.
-    #[error("no such database: {0}")]
+    #[error("no such database: {}", db_message(.0))]
     NoSuchDatabase(#[source] tokio_postgres::Error),
     /// 57014: the statement was cancelled (or hit statement_timeout).
-    #[error("statement cancelled: {0}")]
+    #[error("statement cancelled: {}", db_message(.0))]
     Cancelled(#[source] tokio_postgres::Error),
     /// 57P01: the session was terminated by an administrator.
-    #[error("session terminated: {0}")]
+    #[error("session terminated: {}", db_message(.0))]
     Terminated(#[source] tokio_postgres::Error),
     /// 2201B: a `--query` pattern is not a valid regular expression.
     #[error("invalid regular expression in --query: {}", .0.as_db_error().map(|d| d.message()).unwrap_or("rejected by the server"))]
     InvalidRegex(tokio_postgres::Error),
+    /// The request cannot go ahead; nothing was changed (or everything was restored).
+    #[error("{}", .0.join("\n"))]
+    Refused(Vec<String>),
+    /// The fence journal could not be read or written.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     /// The server is older than pgkill supports.
     #[error(transparent)]
     Version(pgkill_core::VersionError),
@@ -36,6 +42,17 @@ pub enum Error {
     /// Anything else.
     #[error(transparent)]
     Other(tokio_postgres::Error),
+}
+
+/// The server's message (and detail) of a database error, else the client's text.
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => e.to_string(),
+    }
 }
 
 impl From<tokio_postgres::Error> for Error {

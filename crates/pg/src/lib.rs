@@ -5,7 +5,9 @@
 //! SQLSTATEs users meet to named errors.
 
 pub mod connect;
+pub mod databases;
 pub mod error;
+pub mod journal;
 pub mod sessions;
 
 pub use error::{Error, Result};

@@ -37,6 +37,8 @@ pub async fn query(client: &Client, q: &Query) -> Result<Vec<Row>> {
                 Param::IntArray(v) => Box::new(v.clone()),
                 Param::TimestampArray(v) => Box::new(v.clone()),
                 Param::Float(v) => Box::new(*v),
+                Param::Text(v) => Box::new(v.clone()),
+                Param::Int8(v) => Box::new(*v),
                 Param::Bool(v) => Box::new(*v),
             }
         })

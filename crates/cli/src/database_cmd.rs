@@ -1,0 +1,348 @@
+//! `pgkill drop`, `rename`, `drain` and `unfence`.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use pgkill_core::database::{Operation, Resolve, RestorePlan};
+use pgkill_core::format_duration;
+use pgkill_pg::databases::{self, Preflight, Progress, Request};
+use pgkill_pg::journal::Journal;
+use pgkill_pg::sessions;
+
+use crate::args::ConnArgs;
+use crate::{conn, Outcome as Exit, UsageError};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    pgkill_core::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Options shared by drop, rename and drain.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OpArgs {
+    /// Let open transactions finish for this long (each session is ended as soon as it is
+    /// outside a transaction), then end the rest.
+    #[arg(long, value_name = "DUR", default_value = "0s", value_parser = duration)]
+    grace: Duration,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long = "yes")]
+    yes: bool,
+    /// Print the preflight and change nothing.
+    #[arg(long = "dry-run")]
+    dry_run: bool,
+    /// Roll back the database's prepared transactions (their changes are LOST).
+    #[arg(long = "rollback-prepared")]
+    rollback_prepared: bool,
+    /// Terminate walsenders using the database's logical replication slots.
+    #[arg(long = "terminate-walsenders")]
+    terminate_walsenders: bool,
+    /// Clear the template flag of a template database first.
+    #[arg(long = "allow-template")]
+    allow_template: bool,
+}
+
+/// `pgkill drop DB`.
+#[derive(Debug, clap::Args)]
+pub struct DropArgs {
+    /// The database to drop.
+    #[arg(value_name = "DB")]
+    pub(crate) db: String,
+    #[command(flatten)]
+    pub(crate) op: OpArgs,
+}
+
+/// `pgkill rename OLD NEW`.
+#[derive(Debug, clap::Args)]
+pub struct RenameArgs {
+    /// The database to rename.
+    #[arg(value_name = "OLD")]
+    pub(crate) old: String,
+    /// Its new name.
+    #[arg(value_name = "NEW")]
+    pub(crate) new: String,
+    #[command(flatten)]
+    pub(crate) op: OpArgs,
+}
+
+/// `pgkill drain DB`.
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// The database to drain.
+    #[arg(value_name = "DB")]
+    pub(crate) db: String,
+    /// Allow connections again once drained (default: leave it fenced until `pgkill unfence`).
+    #[arg(long = "then-unfence")]
+    pub(crate) then_unfence: bool,
+    #[command(flatten)]
+    pub(crate) op: OpArgs,
+}
+
+/// `pgkill unfence DB`.
+#[derive(Debug, clap::Args)]
+pub struct UnfenceArgs {
+    /// The database to restore.
+    #[arg(value_name = "DB")]
+    pub(crate) db: String,
+}
+
+/// Runs drop / rename / drain.
+pub async fn run(
+    conn_args: &ConnArgs,
+    conninfo: Option<&str>,
+    op: Operation,
+    name: &str,
+    new_name: Option<&str>,
+    args: &OpArgs,
+    then_unfence: bool,
+) -> anyhow::Result<Exit> {
+    let verb = match op {
+        Operation::Drop => "drop",
+        Operation::Rename => "rename",
+        Operation::Drain => "drain",
+    };
+    if !args.yes && !args.dry_run && !std::io::stdin().is_terminal() {
+        anyhow::bail!(UsageError(format!(
+            "refusing to {verb} {name} without confirmation: no terminal to ask on. Pass -y to proceed, or --dry-run to only see the preflight"
+        )));
+    }
+    let connected = conn::connect(conn_args, conninfo).await?;
+    let client = &connected.client;
+    let caps = sessions::capabilities(client).await?;
+    let resolve = Resolve {
+        rollback_prepared: args.rollback_prepared,
+        terminate_walsenders: args.terminate_walsenders,
+        allow_template: args.allow_template,
+    };
+    let pre = databases::preflight(client, &caps, op, name, new_name, resolve).await?;
+    let mut out = std::io::stdout().lock();
+    print_preflight(&mut out, &pre, verb)?;
+    if !pre.refusals.is_empty() {
+        out.flush()?;
+        anyhow::bail!(UsageError(format!(
+            "refusing to {verb} {name}; nothing was changed:\n  - {}",
+            pre.refusals.join("\n  - ")
+        )));
+    }
+    if args.dry_run {
+        writeln!(out, "Dry run: nothing was changed.")?;
+        return Ok(Exit::Ok);
+    }
+    if !args.yes {
+        let mut question = format!("{} {name}?", capitalised(verb));
+        if args.rollback_prepared && !pre.blockers.prepared.is_empty() {
+            question.push_str(&format!(
+                " This ROLLS BACK {} prepared transaction(s): their changes are lost.",
+                pre.blockers.prepared.len()
+            ));
+        }
+        out.flush()?;
+        eprint!("{question} [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .context("reading the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES") {
+            writeln!(out, "Nothing was changed.")?;
+            return Ok(Exit::Error);
+        }
+    }
+    let journal = Journal::open_default()?;
+    let req = Request {
+        op,
+        name: name.to_owned(),
+        new_name: new_name.map(str::to_owned),
+        grace: args.grace,
+        resolve,
+        then_unfence,
+        deadline: Duration::from_secs(60),
+        server: connected.server.clone(),
+    };
+    let tty = std::io::stderr().is_terminal();
+    let show = move |p: Progress| {
+        if tty {
+            eprint!(
+                "\r{} session(s) left, {} in a transaction, {} of grace left   ",
+                p.sessions,
+                p.in_transaction,
+                format_duration(p.grace_left)
+            );
+        }
+    };
+    let settings = connected.settings.clone();
+    let connect_to = move |db: String| {
+        let s = settings.clone();
+        Box::pin(async move { conn::connect_to(&s, db).await })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+    };
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = databases::run(client, &caps, &journal, &pre, &req, &connect_to, &show) => r,
+        _ = sigint.recv() => Err(pgkill_pg::Error::Refused(vec!["interrupted".into()])),
+        _ = sigterm.recv() => Err(pgkill_pg::Error::Refused(vec!["terminated".into()])),
+    };
+    if tty {
+        eprintln!();
+    }
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            // Interrupted mid-way: the fence this process recorded is undone here.
+            let mut restored = Vec::new();
+            for record in journal
+                .records()?
+                .into_iter()
+                .filter(|r| r.pid == std::process::id() && r.oid == pre.info.oid)
+            {
+                let plan = databases::restore(client, &journal, &record).await?;
+                restored.push(describe_restore(&record.name, &plan));
+            }
+            let mut msg = format!("{verb} {name} failed: {e}");
+            if !restored.is_empty() {
+                msg.push_str(&format!("; {}", restored.join("; ")));
+            } else {
+                msg.push_str("; the database's settings were restored");
+            }
+            anyhow::bail!(msg);
+        }
+    };
+    if !report.prepared_rolled_back.is_empty() {
+        writeln!(
+            out,
+            "Rolled back prepared transaction(s): {}",
+            report.prepared_rolled_back.join(", ")
+        )?;
+    }
+    let ended = format!(
+        "{} session(s) ended ({} outside a transaction during the grace period, {} terminated; {} open transaction(s) rolled back)",
+        report.ended_idle + report.terminated,
+        report.ended_idle,
+        report.terminated,
+        report.rolled_back
+    );
+    match op {
+        Operation::Drop => writeln!(out, "Dropped {name}: {ended}, {} attempt(s).", report.attempts)?,
+        Operation::Rename => writeln!(
+            out,
+            "Renamed {name} to {}: {ended}, {} attempt(s); {}.",
+            new_name.unwrap_or_default(),
+            report.attempts,
+            report.restored.as_ref().map(|p| describe_restore(new_name.unwrap_or_default(), p)).unwrap_or_default()
+        )?,
+        Operation::Drain if report.left_fenced => writeln!(
+            out,
+            "Drained {name}: {ended}. It stays fenced (no new connections) until `pgkill unfence {name}`."
+        )?,
+        Operation::Drain => writeln!(
+            out,
+            "Drained {name}: {ended}; {}.",
+            report.restored.as_ref().map(|p| describe_restore(name, p)).unwrap_or_default()
+        )?,
+    }
+    out.flush()?;
+    Ok(Exit::Ok)
+}
+
+fn capitalised(verb: &str) -> String {
+    let mut c = verb.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+fn describe_restore(name: &str, plan: &RestorePlan) -> String {
+    let mut s = if plan.gone {
+        format!("{name} no longer exists, nothing to restore")
+    } else if plan.is_noop() {
+        format!("{name}'s settings were already as they were")
+    } else {
+        format!("{name}'s connection settings restored")
+    };
+    for change in &plan.foreign_changes {
+        s.push_str(&format!(" (left alone: {change})"));
+    }
+    s
+}
+
+fn print_preflight(out: &mut dyn Write, pre: &Preflight, verb: &str) -> std::io::Result<()> {
+    let s = &pre.info.settings;
+    writeln!(
+        out,
+        "Preflight for {verb} {:?} (oid {}, owner {}): allow_connections={}, connection_limit={}, template={}, privileges={}",
+        pre.info.name,
+        pre.info.oid,
+        pre.info.owner,
+        s.allow_connections,
+        s.connection_limit,
+        s.is_template,
+        s.acl.as_ref().map(|a| a.join(",")).unwrap_or_else(|| "default".into())
+    )?;
+    writeln!(out, "  sessions connected: {}", pre.sessions)?;
+    for p in &pre.blockers.prepared {
+        writeln!(
+            out,
+            "  prepared transaction {:?} (owner {}, prepared {})",
+            p.gid, p.owner, p.prepared
+        )?;
+    }
+    for slot in &pre.blockers.slots {
+        writeln!(
+            out,
+            "  logical slot {} ({})",
+            slot.name,
+            match slot.active_pid {
+                Some(pid) if slot.active => format!("in use by walsender pid {pid}"),
+                _ => "inactive: dropped with the database".into(),
+            }
+        )?;
+    }
+    match &pre.blockers.subscriptions {
+        Some(subs) => {
+            for sub in subs {
+                writeln!(out, "  subscription {sub}")?;
+            }
+        }
+        None => writeln!(out, "  subscriptions: not visible to you (superuser only)")?,
+    }
+    Ok(())
+}
+
+/// `pgkill unfence DB`: restores the settings recorded when DB was fenced.
+pub async fn unfence(
+    conn_args: &ConnArgs,
+    conninfo: Option<&str>,
+    args: &UnfenceArgs,
+) -> anyhow::Result<Exit> {
+    let connected = conn::connect(conn_args, conninfo).await?;
+    let journal = Journal::open_default()?;
+    let current_oid = databases::info(&connected.client, &args.db)
+        .await?
+        .map(|i| i.oid);
+    let records: Vec<_> = journal
+        .records()?
+        .into_iter()
+        .filter(|r| {
+            r.server == connected.server && (r.name == args.db || Some(r.oid) == current_oid)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if records.is_empty() {
+        writeln!(
+            out,
+            "No fence of {} is recorded for this server: nothing to do.",
+            args.db
+        )?;
+        return Ok(Exit::Ok);
+    }
+    for record in records {
+        if record.pid != std::process::id() && pgkill_pg::journal::process_alive(record.pid) {
+            anyhow::bail!(UsageError(format!(
+                "{} is fenced by pgkill pid {}, which is still running: stop it (Ctrl-C restores the settings) instead",
+                record.name, record.pid
+            )));
+        }
+        let plan = databases::restore(&connected.client, &journal, &record).await?;
+        writeln!(out, "Unfenced: {}.", describe_restore(&args.db, &plan))?;
+    }
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,456 @@
+//! `pgkill drop`, `rename`, `drain` and `unfence` on the real binary against real servers,
+//! every PostgreSQL version: they beat reconnecting pools (superusers included), refuse
+//! up front with nothing changed, keep committed work, and never leave a database
+//! locked out (settings restored exactly on failure, Ctrl-C, or after a crash).
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use pgkill_sandbox::sim::{self, PoolOptions, WriterOptions};
+use pgkill_sandbox::{cases, roles, Installation, Options, Sandbox};
+use tokio_postgres::Client;
+
+fn main() {
+    pgkill_sandbox::matrix::main(cases![
+        drop_beats_a_pool_of_superusers,
+        rename_beats_a_pool_and_keeps_settings,
+        prepared_transaction_refuses_until_rolled_back,
+        template_refused_unless_allowed,
+        owner_cannot_drop_under_superuser_session,
+        drain_with_grace_keeps_acknowledged_commits,
+        crash_leaves_fence_that_unfence_restores,
+        interrupt_restores_settings,
+        hostile_names,
+    ]);
+}
+
+/// A journal directory of this test's own, and the binary with the sandbox's flags.
+struct Cli {
+    state: tempfile::TempDir,
+    host: String,
+    port: u16,
+}
+
+impl Cli {
+    fn new(sb: &Sandbox) -> Result<Cli> {
+        Ok(Cli {
+            state: tempfile::tempdir()?,
+            host: sb.host().to_owned(),
+            port: sb.port(),
+        })
+    }
+
+    fn cmd(&self, role: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkill"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("PG") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("PGKILL_STATE_DIR", self.state.path())
+            .args(["-h", &self.host, "-p", &self.port.to_string(), "-U", role])
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, role: &str, args: &[&str]) -> Result<(i32, String, String)> {
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = self.cmd(role, args).output().context("running pgkill")?;
+        let code = status
+            .code()
+            .ok_or_else(|| anyhow!("pgkill died by a signal: {status}"))?;
+        Ok((code, String::from_utf8(stdout)?, String::from_utf8(stderr)?))
+    }
+
+    fn journal_files(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(self.state.path())?.count())
+    }
+}
+
+/// Everything pgkill records and must restore: allow_connections, connection limit,
+/// privileges, template flag.
+type DbRow = (bool, i32, Option<Vec<String>>, bool);
+
+async fn db_row(admin: &Client, name: &str) -> Result<Option<DbRow>> {
+    Ok(admin
+        .query_opt(
+            "SELECT datallowconn, datconnlimit, datacl::text[], datistemplate FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+}
+
+/// Custom settings that must survive: a connection limit, CONNECT revoked from PUBLIC and
+/// granted to one role.
+async fn customise(admin: &Client, name: &str) -> Result<()> {
+    let q = pgkill_core::quote_ident(name);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {q} CONNECTION LIMIT 70; REVOKE CONNECT ON DATABASE {q} FROM PUBLIC;
+             GRANT CONNECT ON DATABASE {q} TO {}; GRANT CONNECT, TEMP ON DATABASE {q} TO {}",
+            roles::PLAIN,
+            roles::SUPERUSER
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Waits until the sessions of `db` that a test dropped have left.
+async fn wait_no_sessions(admin: &Client, db: &str) -> Result<()> {
+    let began = Instant::now();
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+            &[&db],
+        )
+        .await?
+        .get::<_, i64>(0)
+        > 0
+    {
+        ensure!(
+            began.elapsed() < Duration::from_secs(10),
+            "sessions of {db} did not leave"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+fn storm() -> PoolOptions {
+    PoolOptions {
+        clients: 50,
+        reconnect_delay: Duration::from_millis(1),
+    }
+}
+
+async fn drop_beats_a_pool_of_superusers(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default().max_connections(150))?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    for (db, role) in [("supers", roles::SUPERUSER), ("plains", roles::PLAIN)] {
+        sb.create_database(db, None).await?;
+        let pool = sim::pool(&sb.config(db, role), storm()).await?;
+        let (code, out, err) = cli.run(roles::ADMIN, &["drop", db, "-y"])?;
+        ensure!(code == 0, "drop {db}: exit {code}\n{out}\n{err}");
+        ensure!(out.contains(&format!("Dropped {db}")), "{out}");
+        ensure!(db_row(&admin, db).await?.is_none(), "{db} still exists");
+        // The pool keeps trying and is refused: the database is really gone.
+        ensure!(
+            pool.wait_for(Duration::from_secs(10), |s| s.connected == 0
+                && !s.refused.is_empty())
+                .await,
+            "{:?}",
+            pool.stats()
+        );
+        ensure!(cli.journal_files()? == 0, "journal left behind");
+        pool.stop().await;
+    }
+    Ok(())
+}
+
+async fn rename_beats_a_pool_and_keeps_settings(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default().max_connections(150))?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    sb.create_database("old name", None).await?;
+    customise(&admin, "old name").await?;
+    let before = db_row(&admin, "old name")
+        .await?
+        .ok_or_else(|| anyhow!("no database"))?;
+    let pool = sim::pool(&sb.config("old name", roles::SUPERUSER), storm()).await?;
+    let (code, out, err) = cli.run(roles::ADMIN, &["rename", "old name", "New Name", "-y"])?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    pool.stop().await;
+    ensure!(db_row(&admin, "old name").await?.is_none());
+    let after = db_row(&admin, "New Name")
+        .await?
+        .ok_or_else(|| anyhow!("renamed database missing: {out}"))?;
+    ensure!(after == before, "settings {after:?} != {before:?}");
+    ensure!(cli.journal_files()? == 0);
+    Ok(())
+}
+
+async fn prepared_transaction_refuses_until_rolled_back(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    sb.create_database("ledger", None).await?;
+    let _prep = sim::prepared(&sb.config("ledger", roles::ADMIN), "pay-42", None).await?;
+    let before = db_row(&admin, "ledger").await?;
+    for args in [
+        vec!["drop", "ledger", "-y"],
+        vec!["rename", "ledger", "ledger2", "-y"],
+    ] {
+        let (code, out, err) = cli.run(roles::ADMIN, &args)?;
+        ensure!(code == 2, "{args:?}: exit {code}\n{out}");
+        ensure!(
+            err.contains("\"pay-42\"")
+                && err.contains("--rollback-prepared")
+                && err.contains("nothing was changed"),
+            "{err}"
+        );
+        ensure!(
+            db_row(&admin, "ledger").await? == before,
+            "settings changed by a refused {args:?}"
+        );
+    }
+    let (code, out, err) = cli.run(
+        roles::ADMIN,
+        &["drop", "ledger", "--rollback-prepared", "-y"],
+    )?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    ensure!(out.contains("pay-42"), "{out}");
+    ensure!(db_row(&admin, "ledger").await?.is_none());
+    let left: i64 = admin
+        .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+        .await?
+        .get(0);
+    ensure!(left == 0);
+    Ok(())
+}
+
+async fn template_refused_unless_allowed(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    sb.create_database("tmpl", None).await?;
+    admin
+        .batch_execute("ALTER DATABASE tmpl IS_TEMPLATE true")
+        .await?;
+    let before = db_row(&admin, "tmpl").await?;
+    let (code, _, err) = cli.run(roles::ADMIN, &["drop", "tmpl", "-y"])?;
+    ensure!(
+        code == 2 && err.contains("--allow-template"),
+        "exit {code}: {err}"
+    );
+    ensure!(db_row(&admin, "tmpl").await? == before);
+    let (code, out, err) = cli.run(roles::ADMIN, &["drop", "tmpl", "--allow-template", "-y"])?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    ensure!(db_row(&admin, "tmpl").await?.is_none());
+    Ok(())
+}
+
+async fn owner_cannot_drop_under_superuser_session(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    sb.create_database("owned", Some(roles::OWNER)).await?;
+    let su = sim::idle(&sb.config("owned", roles::SUPERUSER)).await?;
+    let before = db_row(&admin, "owned").await?;
+    let (code, out, err) = cli.run(roles::OWNER, &["drop", "owned", "-y"])?;
+    ensure!(code == 2, "exit {code}\n{out}\n{err}");
+    ensure!(
+        err.contains("superuser session") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    ensure!(db_row(&admin, "owned").await? == before && su.is_connected());
+    drop(su);
+    wait_no_sessions(&admin, "owned").await?;
+    // Another role's session the owner cannot signal is refused up front too.
+    let plain = sim::idle(&sb.config("owned", roles::PLAIN)).await?;
+    let (code, _, err) = cli.run(roles::OWNER, &["drop", "owned", "-y"])?;
+    ensure!(
+        code == 2 && err.contains(roles::PLAIN) && err.contains("cannot signal"),
+        "exit {code}: {err}"
+    );
+    ensure!(plain.is_connected());
+    drop(plain);
+    wait_no_sessions(&admin, "owned").await?;
+    // Its own sessions the owner may end.
+    let _own = sim::idle(&sb.config("owned", roles::OWNER)).await?;
+    let (code, out, err) = cli.run(roles::OWNER, &["drop", "owned", "-y"])?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    ensure!(db_row(&admin, "owned").await?.is_none());
+    Ok(())
+}
+
+async fn drain_with_grace_keeps_acknowledged_commits(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    sb.create_database("orders", None).await?;
+    let options = WriterOptions {
+        table: "ledger".into(),
+        transaction_time: Duration::from_millis(200),
+        pause: Duration::from_millis(20),
+    };
+    let mut writers = Vec::new();
+    for _ in 0..3 {
+        writers.push(
+            sim::committing_writer(&sb.config("orders", roles::SUPERUSER), options.clone()).await?,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let (code, out, err) = cli.run(
+        roles::ADMIN,
+        &["drain", "orders", "--grace", "5s", "--then-unfence", "-y"],
+    )?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    ensure!(
+        out.contains("0 open transaction(s) rolled back"),
+        "every writer should have been caught between transactions: {out}"
+    );
+    let check = sb.admin("orders").await?;
+    for w in &mut writers {
+        ensure!(
+            w.wait_finished(Duration::from_secs(10)).await,
+            "writer {} still running",
+            w.id
+        );
+        let log = w.log();
+        let stored: Vec<i64> = check
+            .query(
+                "SELECT seq FROM ledger WHERE writer = $1 ORDER BY seq",
+                &[&w.id],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        ensure!(
+            stored.starts_with(&log.acknowledged) && stored.len() <= log.acknowledged.len() + 1,
+            "writer {}: stored {stored:?}, acknowledged {:?}",
+            w.id,
+            log.acknowledged
+        );
+        if let Some(failed) = &log.failed {
+            ensure!(
+                failed.began >= started,
+                "writer {} lost a transaction begun before the fence: {failed:?}",
+                w.id
+            );
+        }
+    }
+    ensure!(
+        db_row(&admin, "orders").await?.is_some_and(|r| r.0),
+        "--then-unfence left it fenced"
+    );
+    drop(writers);
+
+    // Without grace the open transactions are rolled back, and the report says how many.
+    let _w = sim::idle_in_transaction(&sb.config("orders", roles::PLAIN), None).await?;
+    let _x = sim::idle_in_transaction(&sb.config("orders", roles::PLAIN), None).await?;
+    let (code, out, _) = cli.run(roles::ADMIN, &["drain", "orders", "--then-unfence", "-y"])?;
+    ensure!(
+        code == 0 && out.contains("2 open transaction(s) rolled back"),
+        "exit {code}: {out}"
+    );
+    Ok(())
+}
+
+async fn crash_leaves_fence_that_unfence_restores(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    sb.create_database("busy", None).await?;
+    customise(&admin, "busy").await?;
+    let before = db_row(&admin, "busy")
+        .await?
+        .ok_or_else(|| anyhow!("no db"))?;
+    // A transaction that never finishes keeps the drain in its grace period.
+    let _open = sim::idle_in_transaction(&sb.config("busy", roles::PLAIN), None).await?;
+    let mut child = cli
+        .cmd(roles::ADMIN, &["drain", "busy", "--grace", "60s", "-y"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let began = Instant::now();
+    while db_row(&admin, "busy").await?.is_some_and(|r| r.0) {
+        ensure!(
+            began.elapsed() < Duration::from_secs(20),
+            "drain never fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill()?; // SIGKILL: nothing of pgkill runs any more
+    child.wait()?;
+    let fenced = db_row(&admin, "busy")
+        .await?
+        .ok_or_else(|| anyhow!("no db"))?;
+    ensure!(
+        !fenced.0 && (fenced.1, &fenced.2, fenced.3) == (before.1, &before.2, before.3),
+        "{fenced:?}"
+    );
+    // Any command against this server now says so.
+    let (_, _, err) = cli.run(roles::ADMIN, &["ls"])?;
+    ensure!(
+        err.contains("left fenced") && err.contains("pgkill unfence busy"),
+        "{err}"
+    );
+    let (code, out, err) = cli.run(roles::ADMIN, &["unfence", "busy"])?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    ensure!(
+        db_row(&admin, "busy").await? == Some(before.clone()),
+        "not exactly restored"
+    );
+    let (code, out, _) = cli.run(roles::ADMIN, &["unfence", "busy"])?;
+    ensure!(
+        code == 0 && out.contains("nothing to do"),
+        "second unfence: {code} {out}"
+    );
+    ensure!(db_row(&admin, "busy").await? == Some(before));
+    Ok(())
+}
+
+async fn interrupt_restores_settings(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    sb.create_database("calm", None).await?;
+    customise(&admin, "calm").await?;
+    let before = db_row(&admin, "calm").await?;
+    let _open = sim::idle_in_transaction(&sb.config("calm", roles::PLAIN), None).await?;
+    let child = cli
+        .cmd(roles::ADMIN, &["drop", "calm", "--grace", "60s", "-y"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let began = Instant::now();
+    while db_row(&admin, "calm").await?.is_some_and(|r| r.0) {
+        ensure!(began.elapsed() < Duration::from_secs(20), "never fenced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let out = child.wait_with_output()?;
+    let err = String::from_utf8(out.stderr)?;
+    ensure!(out.status.code() == Some(2), "{} {err}", out.status);
+    ensure!(
+        err.contains("interrupted") && err.contains("restored"),
+        "{err}"
+    );
+    ensure!(
+        db_row(&admin, "calm").await? == before,
+        "settings not restored after Ctrl-C"
+    );
+    ensure!(cli.journal_files()? == 0);
+    Ok(())
+}
+
+async fn hostile_names(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    let name = r#"Shop "Ü"; DROP DATABASE postgres; --"#;
+    let renamed = "naïve 'db' \\ x";
+    sb.create_database(name, None).await?;
+    let _s = sim::idle(&sb.config(name, roles::PLAIN)).await?;
+    let (code, out, err) = cli.run(roles::ADMIN, &["rename", name, renamed, "-y"])?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    ensure!(db_row(&admin, renamed).await?.is_some_and(|r| r.0));
+    let (code, out, err) = cli.run(roles::ADMIN, &["drop", renamed, "-y"])?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    ensure!(
+        db_row(&admin, renamed).await?.is_none() && db_row(&admin, "postgres").await?.is_some()
+    );
+    Ok(())
+}
