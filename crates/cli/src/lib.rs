@@ -87,6 +87,9 @@ enum Command {
     Drop(database_cmd::DropArgs),
     /// Rename a database, beating reconnecting pools; keeps its settings.
     Rename(database_cmd::RenameArgs),
+    /// End the sessions of a role that have been idle the longest, so a new login fits
+    /// under the role's connection limit.
+    FreeSlot(sessions_cmd::FreeSlotArgs),
     /// Start a throw-away local PostgreSQL full of realistic sessions to practise on.
     Demo(demo::DemoArgs),
 }
@@ -158,6 +161,7 @@ fn run_async(
                 .await
             }
             Command::Unfence(a) => database_cmd::unfence(&conn, conninfo, a).await,
+            Command::FreeSlot(a) => sessions_cmd::free_slot(&conn, conninfo, a).await,
             Command::Demo(_) => Ok(Outcome::Error),
         }
     })?;

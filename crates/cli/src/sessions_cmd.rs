@@ -231,3 +231,99 @@ pub async fn signal(
     out.flush()?;
     Ok(Exit::from_code(exit_code(&outcomes)))
 }
+
+/// Arguments of `pgkill free-slot`.
+#[derive(Debug, clap::Args)]
+pub struct FreeSlotArgs {
+    /// The role at its connection limit.
+    #[arg(value_name = "ROLE")]
+    role: String,
+    /// How many sessions to end (the ones idle the longest).
+    #[arg(short = 'n', long = "count", value_name = "N", default_value_t = 1)]
+    count: u32,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long = "yes")]
+    yes: bool,
+    /// Also end sessions of a superuser role.
+    #[arg(long = "include-superusers")]
+    include_superusers: bool,
+}
+
+/// `pgkill free-slot ROLE`: ends the role's sessions that have been idle the longest so
+/// that a new login of the role fits under its connection limit.
+pub async fn free_slot(
+    conn_args: &ConnArgs,
+    conninfo: Option<&str>,
+    args: &FreeSlotArgs,
+) -> anyhow::Result<Exit> {
+    if !args.yes && !std::io::stdin().is_terminal() {
+        anyhow::bail!(crate::UsageError(
+            "refusing to end sessions without confirmation: no terminal to ask on. Pass -y to proceed".into()
+        ));
+    }
+    let client = conn::connect(conn_args, conninfo).await?.client;
+    let caps = sessions::capabilities(&client).await?;
+    let limit: Option<i32> = client
+        .query_opt(
+            "SELECT rolconnlimit FROM pg_roles WHERE rolname = $1",
+            &[&args.role],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let Some(limit) = limit else {
+        anyhow::bail!(crate::UsageError(format!(
+            "role {:?} does not exist",
+            args.role
+        )));
+    };
+    let filter = pgkill_core::Filter {
+        users: vec![args.role.clone()],
+        include_superusers: args.include_superusers,
+        ..pgkill_core::Filter::default()
+    };
+    let all = sessions::list(&client, &caps, &filter).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let limit_text = if limit < 0 {
+        "no limit".to_owned()
+    } else {
+        format!("limit {limit}")
+    };
+    writeln!(
+        out,
+        "Role {} has {} session(s) ({limit_text}).",
+        args.role,
+        all.len()
+    )?;
+    // Idle the longest first: those are the ones a pool can best spare.
+    let mut idle: Vec<_> = all
+        .into_iter()
+        .filter(|s| s.state.as_deref() == Some("idle"))
+        .collect();
+    idle.sort_by_key(|s| (s.state_change, s.pid));
+    idle.truncate(args.count as usize);
+    if idle.is_empty() {
+        writeln!(out, "No idle session of {} to end.", args.role)?;
+        out.flush()?;
+        return Ok(Exit::NothingMatched);
+    }
+    let plan = pgkill_core::plan::Plan::build(Signal::Terminate, idle, &filter, &caps.caller);
+    output::plan_table(&mut out, &plan, width())?;
+    if !args.yes {
+        out.flush()?;
+        eprint!("Terminate {} session(s)? [y/N] ", plan.to_signal().count());
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .context("reading the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            writeln!(out, "Nothing was changed.")?;
+            out.flush()?;
+            return Ok(Exit::Error);
+        }
+    }
+    let outcomes =
+        sessions::execute(&client, &caps, &filter, &plan, Duration::from_secs(5)).await?;
+    output::outcomes_table(&mut out, &outcomes, width())?;
+    out.flush()?;
+    Ok(Exit::from_code(exit_code(&outcomes)))
+}

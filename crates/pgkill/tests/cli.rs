@@ -20,6 +20,7 @@ fn main() {
         partial_failure_exits_3,
         closed_pipe_is_not_an_error,
         asks_on_a_terminal_and_obeys_the_answer,
+        free_slot_lets_a_new_login_in,
         bad_input_is_one_line_and_exit_2,
     ]);
 }
@@ -494,5 +495,60 @@ async fn asks_on_a_terminal_and_obeys_the_answer(pg: Installation) -> Result<()>
             .as_deref()
             == Some("57P01")
     );
+    Ok(())
+}
+
+async fn free_slot_lets_a_new_login_in(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    admin
+        .batch_execute(&format!("ALTER ROLE {} CONNECTION LIMIT 2", roles::PLAIN))
+        .await?;
+    let cfg = sb.config("postgres", roles::PLAIN);
+    let longest_idle = sim::idle(&cfg).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let busy = sim::idle_in_transaction(&cfg, None).await?;
+    let refused = sim::idle(&cfg)
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("a third login got in"))?;
+    let code = match &refused {
+        pgkill_sandbox::Error::Sql { source, .. } => source.code().map(|c| c.code().to_owned()),
+        _ => None,
+    };
+    ensure!(code.as_deref() == Some("53300"), "{refused:?}");
+
+    let (code, out, err) = run(pgkill(
+        &sb,
+        roles::ADMIN,
+        &["free-slot", roles::PLAIN, "-y"],
+    ))?;
+    ensure!(code == 0, "exit {code}: {out}{err}");
+    ensure!(
+        out.contains("limit 2") && out.contains("terminated"),
+        "{out}"
+    );
+    ensure!(
+        longest_idle
+            .wait_ended(WAIT)
+            .await
+            .and_then(|e| e.sqlstate)
+            .as_deref()
+            == Some("57P01")
+    );
+    ensure!(
+        busy.is_connected(),
+        "a session inside a transaction was ended"
+    );
+    let _newcomer = sim::idle(&cfg)
+        .await
+        .context("the new login still does not fit")?;
+    // Nothing idle left to free: exit 1.
+    let (code, out, _) = run(pgkill(
+        &sb,
+        roles::ADMIN,
+        &["free-slot", roles::PLAIN, "-y"],
+    ))?;
+    ensure!(code == 0 || code == 1, "exit {code}: {out}");
     Ok(())
 }

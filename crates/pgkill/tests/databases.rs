@@ -22,6 +22,7 @@ fn main() {
         crash_leaves_fence_that_unfence_restores,
         interrupt_restores_settings,
         hostile_names,
+        active_logical_slot_refused_until_walsenders_may_go,
     ]);
 }
 
@@ -453,4 +454,74 @@ async fn hostile_names(pg: Installation) -> Result<()> {
         db_row(&admin, renamed).await?.is_none() && db_row(&admin, "postgres").await?.is_some()
     );
     Ok(())
+}
+
+/// `pg_recvlogical` (a client program: the distribution's works with every server version).
+fn recvlogical() -> Result<std::path::PathBuf> {
+    let mut candidates: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("bin/pg_recvlogical"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.push("/usr/bin/pg_recvlogical".into());
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        anyhow!("pg_recvlogical not found: install the PostgreSQL client programs (apt-get install postgresql-client)")
+    })
+}
+
+async fn active_logical_slot_refused_until_walsenders_may_go(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default().logical_wal())?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    sb.create_database("repl", None).await?;
+    sb.admin("repl")
+        .await?
+        .batch_execute("SELECT pg_create_logical_replication_slot('pgkill_slot', 'test_decoding')")
+        .await?;
+    let mut consumer = Command::new(recvlogical()?)
+        .args([
+            "-h",
+            sb.host(),
+            "-p",
+            &sb.port().to_string(),
+            "-U",
+            roles::ADMIN,
+            "-d",
+            "repl",
+        ])
+        .args(["--slot", "pgkill_slot", "--start", "-f", "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = async {
+        let began = Instant::now();
+        let walsender: i32 = loop {
+            let row = admin
+                .query_one("SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = 'pgkill_slot'", &[])
+                .await?;
+            if row.get::<_, bool>(0) {
+                break row.get(1);
+            }
+            ensure!(began.elapsed() < Duration::from_secs(20), "pg_recvlogical never started streaming");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let before = db_row(&admin, "repl").await?;
+        let (code, _, err) = cli.run(roles::ADMIN, &["drop", "repl", "-y"])?;
+        ensure!(code == 2, "exit {code}: {err}");
+        ensure!(err.contains(&format!("walsender pid {walsender}")) && err.contains("--terminate-walsenders"), "{err}");
+        ensure!(db_row(&admin, "repl").await? == before, "a refused drop changed the settings");
+        let (code, out, err) = cli.run(roles::ADMIN, &["drop", "repl", "--terminate-walsenders", "-y"])?;
+        ensure!(code == 0, "exit {code}\n{out}\n{err}");
+        ensure!(db_row(&admin, "repl").await?.is_none());
+        let slots: i64 = admin.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await?.get(0);
+        ensure!(slots == 0, "the slot outlived its database");
+        Ok(())
+    }
+    .await;
+    let _ = consumer.kill();
+    let _ = consumer.wait();
+    result
 }
