@@ -263,6 +263,15 @@ pub async fn run(
             report.prepared_rolled_back.push(p.gid.clone());
         }
     }
+    // An invalid database (an interrupted DROP) accepts no connections and no ALTER:
+    // there is nothing to fence or restore, only the DROP to finish.
+    if info.is_invalid() && req.op == Operation::Drop {
+        report.attempts = 1;
+        client
+            .batch_execute(&plan::drop_database(caps.version, &info.name))
+            .await?;
+        return Ok(report);
+    }
     let mut fenced = info.settings.clone();
     fenced.allow_connections = false;
     if req.resolve.allow_template {

@@ -23,6 +23,8 @@ fn main() {
         interrupt_restores_settings,
         hostile_names,
         active_logical_slot_refused_until_walsenders_may_go,
+        unfence_leaves_changes_made_by_others,
+        invalid_database_can_only_be_dropped,
     ]);
 }
 
@@ -441,11 +443,19 @@ async fn hostile_names(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
     let admin = sb.admin("postgres").await?;
     let cli = Cli::new(&sb)?;
+    // A role with a hostile name owns the database and does the work.
+    let role = r#"Ünï "role"; --"#;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {} LOGIN CREATEDB",
+            pgkill_core::quote_ident(role)
+        ))
+        .await?;
     let name = r#"Shop "Ü"; DROP DATABASE postgres; --"#;
     let renamed = "naïve 'db' \\ x";
-    sb.create_database(name, None).await?;
-    let _s = sim::idle(&sb.config(name, roles::PLAIN)).await?;
-    let (code, out, err) = cli.run(roles::ADMIN, &["rename", name, renamed, "-y"])?;
+    sb.create_database(name, Some(role)).await?;
+    let _s = sim::idle(&sb.config(name, role)).await?;
+    let (code, out, err) = cli.run(role, &["rename", name, renamed, "-y"])?;
     ensure!(code == 0, "exit {code}\n{out}\n{err}");
     ensure!(db_row(&admin, renamed).await?.is_some_and(|r| r.0));
     let (code, out, err) = cli.run(roles::ADMIN, &["drop", renamed, "-y"])?;
@@ -524,4 +534,64 @@ async fn active_logical_slot_refused_until_walsenders_may_go(pg: Installation) -
     let _ = consumer.kill();
     let _ = consumer.wait();
     result
+}
+
+async fn unfence_leaves_changes_made_by_others(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    sb.create_database("shared", None).await?;
+    let (code, out, err) = cli.run(roles::ADMIN, &["drain", "shared", "-y"])?;
+    ensure!(
+        code == 0 && out.contains("stays fenced"),
+        "exit {code}\n{out}\n{err}"
+    );
+    ensure!(db_row(&admin, "shared").await?.is_some_and(|r| !r.0));
+    // Meanwhile a colleague lowers the connection limit: unfence reopens the database
+    // (what pgkill changed) and leaves the limit (what they changed).
+    admin
+        .batch_execute("ALTER DATABASE shared CONNECTION LIMIT 3")
+        .await?;
+    let (code, out, err) = cli.run(roles::ADMIN, &["unfence", "shared"])?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    ensure!(
+        out.contains("left alone") && out.contains("connection limit is 3"),
+        "{out}"
+    );
+    let row = db_row(&admin, "shared")
+        .await?
+        .ok_or_else(|| anyhow!("gone"))?;
+    ensure!(row.0 && row.1 == 3, "{row:?}");
+
+    // A colleague who re-opened the database already: unfence changes nothing.
+    let (code, _, _) = cli.run(roles::ADMIN, &["drain", "shared", "-y"])?;
+    ensure!(code == 0);
+    admin
+        .batch_execute("ALTER DATABASE shared ALLOW_CONNECTIONS true")
+        .await?;
+    let (code, out, _) = cli.run(roles::ADMIN, &["unfence", "shared"])?;
+    ensure!(code == 0 && out.contains("already as they were"), "{out}");
+    ensure!(db_row(&admin, "shared").await?.is_some_and(|r| r.0));
+    Ok(())
+}
+
+async fn invalid_database_can_only_be_dropped(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    sb.create_database("half_dropped", None).await?;
+    // What an interrupted DROP DATABASE leaves behind.
+    admin
+        .batch_execute("UPDATE pg_database SET datconnlimit = -2 WHERE datname = 'half_dropped'")
+        .await?;
+    let (code, _, err) = cli.run(roles::ADMIN, &["rename", "half_dropped", "whole", "-y"])?;
+    ensure!(
+        code == 2 && err.contains("invalid") && err.contains("pgkill drop half_dropped"),
+        "exit {code}: {err}"
+    );
+    let (code, out, err) = cli.run(roles::ADMIN, &["drop", "half_dropped", "-y"])?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    ensure!(db_row(&admin, "half_dropped").await?.is_none());
+    ensure!(cli.journal_files()? == 0);
+    Ok(())
 }
