@@ -304,10 +304,17 @@ pub async fn run(
             }
             Ok(report)
         }
-        Err(e) => {
-            restore(client, journal, &record).await?;
-            Err(e)
-        }
+        Err(e) => match restore(client, journal, &record).await {
+            Ok(_) => Err(e),
+            // Say both: what failed, and that the fence is still up (the journal keeps it).
+            Err(restore_error) => Err(Error::Refused(vec![
+                e.to_string(),
+                format!(
+                    "restoring {}'s settings failed too ({restore_error}): it may still be fenced; run `pgkill unfence {}`",
+                    info.name, info.name
+                ),
+            ])),
+        },
     }
 }
 
