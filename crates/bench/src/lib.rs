@@ -248,3 +248,25 @@ fn launch(args: &[OsString]) -> anyhow::Result<()> {
     )
     .with_context(|| format!("writing {}", report.display()))
 }
+
+/// pgkill's release binary: `--pgkill`, else beside this benchmark (`target/release`).
+pub fn find_pgkill(explicit: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .context("locating the benchmark binary")?
+            .with_file_name("pgkill"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "pgkill binary not found at {}: build it first with `cargo build --release -p pgkill` (or pass --pgkill PATH)",
+        path.display()
+    );
+    if path.parent().and_then(std::path::Path::file_name) == Some("debug".as_ref()) {
+        eprintln!(
+            "warning: {} is a debug build; run with --release for figures that mean something",
+            path.display()
+        );
+    }
+    Ok(path)
+}

@@ -3,7 +3,6 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use anyhow::Context;
 use pgkill_core::database::{Operation, Resolve, RestorePlan};
 use pgkill_core::format_duration;
 use pgkill_pg::databases::{self, Preflight, Progress, Request};
@@ -100,11 +99,12 @@ pub async fn run(
         Operation::Rename => "rename",
         Operation::Drain => "drain",
     };
-    if !args.yes && !args.dry_run && !std::io::stdin().is_terminal() {
-        anyhow::bail!(UsageError(format!(
-            "refusing to {verb} {name} without confirmation: no terminal to ask on. Pass -y to proceed, or --dry-run to only see the preflight"
-        )));
-    }
+    crate::confirm::ensure_possible(
+        args.yes,
+        args.dry_run,
+        &format!("{verb} {name}"),
+        Some("preflight"),
+    )?;
     let connected = conn::connect(conn_args, conninfo).await?;
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
@@ -135,14 +135,7 @@ pub async fn run(
                 pre.blockers.prepared.len()
             ));
         }
-        out.flush()?;
-        eprint!("{question} [y/N] ");
-        let mut answer = String::new();
-        std::io::stdin()
-            .read_line(&mut answer)
-            .context("reading the answer")?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES") {
-            writeln!(out, "Nothing was changed.")?;
+        if !crate::confirm::ask(&mut out, &question)? {
             return Ok(Exit::Error);
         }
     }

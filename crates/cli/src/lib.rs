@@ -4,6 +4,7 @@
 //! matched, 2 error (bad input, connection, privilege), 3 partial failure.
 
 mod args;
+mod confirm;
 mod conn;
 mod database_cmd;
 mod demo;

@@ -3,7 +3,6 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use anyhow::Context;
 use pgkill_core::plan::{exit_code, Outcome};
 use pgkill_core::planner::Signal;
 use pgkill_pg::sessions::{self, Capabilities};
@@ -134,11 +133,12 @@ pub async fn signal(
         Signal::Cancel => "cancel",
     };
     // Refuse before touching anything when nobody can confirm.
-    if !args.yes && !args.dry_run && !std::io::stdin().is_terminal() {
-        anyhow::bail!(crate::UsageError(format!(
-            "refusing to {action} sessions without confirmation: no terminal to ask on. Pass -y to proceed, or --dry-run to only see the plan"
-        )));
-    }
+    crate::confirm::ensure_possible(
+        args.yes,
+        args.dry_run,
+        &format!("{action} sessions"),
+        Some("plan"),
+    )?;
     let client = conn::connect(conn_args, conninfo).await?.client;
     let caps = sessions::capabilities(&client).await?;
     let plan = sessions::plan(&client, &caps, &filter, signal).await?;
@@ -202,23 +202,14 @@ pub async fn signal(
         return Ok(Exit::Ok);
     }
     if !args.yes {
-        out.flush()?;
-        let n = plan.to_signal().count();
-        eprint!(
-            "{} {n} session(s)? [y/N] ",
-            if signal == Signal::Terminate {
-                "Terminate"
-            } else {
-                "Cancel the running statement of"
-            }
-        );
-        let mut answer = String::new();
-        std::io::stdin()
-            .read_line(&mut answer)
-            .context("reading the answer")?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-            writeln!(out, "Nothing was changed.")?;
-            out.flush()?;
+        let verb = match signal {
+            Signal::Terminate => "Terminate",
+            Signal::Cancel => "Cancel the running statement of",
+        };
+        if !crate::confirm::ask(
+            &mut out,
+            &format!("{verb} {} session(s)?", plan.to_signal().count()),
+        )? {
             return Ok(Exit::Error);
         }
     }
@@ -256,11 +247,7 @@ pub async fn free_slot(
     conninfo: Option<&str>,
     args: &FreeSlotArgs,
 ) -> anyhow::Result<Exit> {
-    if !args.yes && !std::io::stdin().is_terminal() {
-        anyhow::bail!(crate::UsageError(
-            "refusing to end sessions without confirmation: no terminal to ask on. Pass -y to proceed".into()
-        ));
-    }
+    crate::confirm::ensure_possible(args.yes, false, "end sessions", None)?;
     let client = conn::connect(conn_args, conninfo).await?.client;
     let caps = sessions::capabilities(&client).await?;
     let limit: Option<i32> = client
@@ -308,18 +295,13 @@ pub async fn free_slot(
     }
     let plan = pgkill_core::plan::Plan::build(Signal::Terminate, idle, &filter, &caps.caller);
     output::plan_table(&mut out, &plan, width())?;
-    if !args.yes {
-        out.flush()?;
-        eprint!("Terminate {} session(s)? [y/N] ", plan.to_signal().count());
-        let mut answer = String::new();
-        std::io::stdin()
-            .read_line(&mut answer)
-            .context("reading the answer")?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-            writeln!(out, "Nothing was changed.")?;
-            out.flush()?;
-            return Ok(Exit::Error);
-        }
+    if !args.yes
+        && !crate::confirm::ask(
+            &mut out,
+            &format!("Terminate {} session(s)?", plan.to_signal().count()),
+        )?
+    {
+        return Ok(Exit::Error);
     }
     let outcomes =
         sessions::execute(&client, &caps, &filter, &plan, Duration::from_secs(5)).await?;

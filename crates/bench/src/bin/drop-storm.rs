@@ -170,7 +170,7 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(code);
     }
     let args = parse_args()?;
-    let pgkill = find_pgkill(args.pgkill.as_deref())?;
+    let pgkill = pgkill_bench::find_pgkill(args.pgkill.as_deref())?;
     let installations = pick_versions(args.versions.as_deref())?;
     if let Some(dir) = &args.log_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -616,26 +616,4 @@ fn verdict(ok: bool) -> &'static str {
     } else {
         "MISS"
     }
-}
-
-/// pgkill's release binary: `--pgkill`, else beside this benchmark (`target/release`).
-fn find_pgkill(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe()
-            .context("locating the benchmark binary")?
-            .with_file_name("pgkill"),
-    };
-    anyhow::ensure!(
-        path.is_file(),
-        "pgkill binary not found at {}: build it first with `cargo build --release -p pgkill` (or pass --pgkill PATH)",
-        path.display()
-    );
-    if path.parent().and_then(Path::file_name) == Some("debug".as_ref()) {
-        eprintln!(
-            "warning: {} is a debug build; run with --release for figures that mean something",
-            path.display()
-        );
-    }
-    Ok(path)
 }

@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(code);
     }
     let args = parse_args()?;
-    let pgkill = find_pgkill(args.pgkill.as_deref())?;
+    let pgkill = pgkill_bench::find_pgkill(args.pgkill.as_deref())?;
     let inst = match args.pg_version {
         Some(major) => Installation::for_major(major)?,
         None => Installation::newest()?,
@@ -482,28 +482,6 @@ fn row(name: &str, pgkill: &str, psql: &str, ratio: f64, target: &str, ok: bool)
         "| {name} | {pgkill} | {psql} | {ratio:.2}x | {target} | {} |",
         if ok { "ok" } else { "MISS" }
     );
-}
-
-/// pgkill's release binary: `--pgkill`, else beside this benchmark (`target/release`).
-fn find_pgkill(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe()
-            .context("locating the benchmark binary")?
-            .with_file_name("pgkill"),
-    };
-    anyhow::ensure!(
-        path.is_file(),
-        "pgkill binary not found at {}: build it first with `cargo build --release -p pgkill` (or pass --pgkill PATH)",
-        path.display()
-    );
-    if path.parent().and_then(Path::file_name) == Some("debug".as_ref()) {
-        eprintln!(
-            "warning: {} is a debug build; run with --release for figures that mean something",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// psql: `--psql`, else the installation's own, else the newest of the distribution's
