@@ -25,6 +25,7 @@ fn main() {
         active_logical_slot_refused_until_walsenders_may_go,
         unfence_leaves_changes_made_by_others,
         invalid_database_can_only_be_dropped,
+        subscription_refuses_drop_with_instructions,
     ]);
 }
 
@@ -593,5 +594,42 @@ async fn invalid_database_can_only_be_dropped(pg: Installation) -> Result<()> {
     ensure!(code == 0, "exit {code}\n{out}\n{err}");
     ensure!(db_row(&admin, "half_dropped").await?.is_none());
     ensure!(cli.journal_files()? == 0);
+    Ok(())
+}
+
+async fn subscription_refuses_drop_with_instructions(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    let cli = Cli::new(&sb)?;
+    sb.create_database("subscriber", None).await?;
+    let inside = sb.admin("subscriber").await?;
+    // A subscription that never connects (nothing needs to run on the other side).
+    inside
+        .batch_execute(
+            "CREATE SUBSCRIPTION pgkill_sub CONNECTION 'host=127.0.0.1 dbname=nowhere' PUBLICATION p
+             WITH (connect = false)",
+        )
+        .await?;
+    drop(inside);
+    wait_no_sessions(&admin, "subscriber").await?;
+    let before = db_row(&admin, "subscriber").await?;
+    let (code, _, err) = cli.run(roles::ADMIN, &["drop", "subscriber", "-y"])?;
+    ensure!(
+        code == 2 && err.contains("pgkill_sub") && err.contains("DROP SUBSCRIPTION"),
+        "exit {code}: {err}"
+    );
+    ensure!(db_row(&admin, "subscriber").await? == before);
+    // Following the instructions clears the way.
+    let inside = sb.admin("subscriber").await?;
+    inside
+        .batch_execute(
+            "ALTER SUBSCRIPTION pgkill_sub DISABLE; ALTER SUBSCRIPTION pgkill_sub SET (slot_name = NONE);
+             DROP SUBSCRIPTION pgkill_sub",
+        )
+        .await?;
+    drop(inside);
+    let (code, out, err) = cli.run(roles::ADMIN, &["drop", "subscriber", "-y"])?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    ensure!(db_row(&admin, "subscriber").await?.is_none());
     Ok(())
 }
