@@ -29,6 +29,24 @@ impl std::fmt::Debug for Connected {
 /// Warnings (e.g. an ignored world-readable `.pgpass`) go to stderr, and so does a
 /// notice for every database this server has left fenced by a pgkill that died.
 pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
+    let connected = connect_quietly(args, conninfo).await?;
+    for warning in &connected.settings.warnings {
+        eprintln!("pgkill: warning: {warning}");
+    }
+    if let Ok(journal) = Journal::open_default() {
+        for stale in journal.stale(&connected.server).unwrap_or_default() {
+            eprintln!(
+                "pgkill: warning: database {:?} on this server was left fenced (connections disallowed) by pgkill pid {} at {}, which is gone: run `pgkill unfence {}` to restore its settings",
+                stale.name, stale.pid, stale.at, stale.name
+            );
+        }
+    }
+    Ok(connected)
+}
+
+/// Connects like [`connect`] without printing anything (for reconnecting under a
+/// full-screen view).
+pub async fn connect_quietly(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
     let connect_args = ConnectArgs {
         host: args.host.clone(),
         port: args.port.clone(),
@@ -38,19 +56,8 @@ pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<
         conninfo: conninfo.map(str::to_owned),
     };
     let settings = connect::resolve(&connect_args, &SystemEnv)?;
-    for warning in &settings.warnings {
-        eprintln!("pgkill: warning: {warning}");
-    }
     let (client, _task) = connect::connect(&settings, &TerminalPrompt).await?;
     let server = server_name(&settings);
-    if let Ok(journal) = Journal::open_default() {
-        for stale in journal.stale(&server).unwrap_or_default() {
-            eprintln!(
-                "pgkill: warning: database {:?} on this server was left fenced (connections disallowed) by pgkill pid {} at {}, which is gone: run `pgkill unfence {}` to restore its settings",
-                stale.name, stale.pid, stale.at, stale.name
-            );
-        }
-    }
     Ok(Connected {
         client,
         settings,

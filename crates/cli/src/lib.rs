@@ -91,6 +91,8 @@ enum Command {
     /// End the sessions of a role that have been idle the longest, so a new login fits
     /// under the role's connection limit.
     FreeSlot(sessions_cmd::FreeSlotArgs),
+    /// Watch sessions live; filter, select, cancel and terminate them.
+    Top(TopArgs),
     /// Start a throw-away local PostgreSQL full of realistic sessions to practise on.
     Demo(demo::DemoArgs),
 }
@@ -163,10 +165,38 @@ fn run_async(
             }
             Command::Unfence(a) => database_cmd::unfence(&conn, conninfo, a).await,
             Command::FreeSlot(a) => sessions_cmd::free_slot(&conn, conninfo, a).await,
+            Command::Top(a) => top(&conn, conninfo, a).await,
             Command::Demo(_) => Ok(Outcome::Error),
         }
     })?;
     Ok(outcome.code())
+}
+
+/// Arguments of `pgkill top`.
+#[derive(Debug, clap::Args)]
+struct TopArgs {
+    #[command(flatten)]
+    filters: args::FilterArgs,
+    /// Refresh interval.
+    #[arg(short = 'i', long = "interval", value_name = "DUR", default_value = "1s",
+          value_parser = |s: &str| pgkill_core::parse_duration(s).map_err(|e| e.to_string()))]
+    interval: std::time::Duration,
+}
+
+async fn top(
+    conn_args: &args::ConnArgs,
+    conninfo: Option<&str>,
+    args: &TopArgs,
+) -> anyhow::Result<Outcome> {
+    // Connect once first so that a wrong password or host is a plain error, not a screen.
+    drop(conn::connect(conn_args, conninfo).await?);
+    let (conn_args, conninfo) = (conn_args.clone(), conninfo.map(str::to_owned));
+    let connector: pgkill_tui::Connector = Box::new(move || {
+        let (a, c) = (conn_args.clone(), conninfo.clone());
+        Box::pin(async move { Ok(conn::connect_quietly(&a, c.as_deref()).await?.client) })
+    });
+    pgkill_tui::run(connector, args.filters.to_filter(false), args.interval).await?;
+    Ok(Outcome::Ok)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

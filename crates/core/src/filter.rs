@@ -210,7 +210,8 @@ pub const IDLE_STATES: [&str; 3] = [
 impl Filter {
     /// Evaluates the per-row filters in process, against `now` (the server's clock).
     /// `--newest/--oldest` are set-level and applied by [`Filter::limit`]; `--blocking`
-    /// uses the session's `blocking` count.
+    /// uses the session's `blocking` count. `queries` (PostgreSQL regular expressions) are
+    /// not evaluated here: only the server evaluates them exactly.
     pub fn matches_row(&self, s: &Session) -> bool {
         let older = |at: Option<chrono::DateTime<chrono::Utc>>, d: Option<Duration>| match d {
             None => true,
@@ -270,9 +271,71 @@ impl Filter {
     }
 }
 
+/// Parses the filter language of `pgkill top` (the CLI flags as `key:value` words):
+/// `db:shop user:app app:web-* client:10.0.0.0/8 state:idle-in-transaction pid:42
+/// idle:5m xact:5m query-age:30s backend:1h q:TEXT blocking`. Words of one key are OR-ed,
+/// different keys AND-ed, as on the command line. `q:` values are returned separately:
+/// the live view matches them as case-insensitive substrings of the query text.
+pub fn parse_words(text: &str) -> Result<(Filter, Vec<String>), String> {
+    let mut f = Filter::default();
+    let mut contains = Vec::new();
+    for word in text.split_whitespace() {
+        if word == "blocking" {
+            f.blocking = true;
+            continue;
+        }
+        let (key, value) = word
+            .split_once(':')
+            .filter(|(_, v)| !v.is_empty())
+            .ok_or_else(|| format!("{word:?}: use key:value (db, user, app, client, state, pid, idle, xact, query-age, backend, q) or `blocking`"))?;
+        let dur = |v: &str| crate::duration::parse_duration(v).map_err(|e| e.to_string());
+        match key {
+            "db" => f.databases.push(value.to_owned()),
+            "user" => f.users.push(value.to_owned()),
+            "app" => f.apps.push(value.to_owned()),
+            "client" => f.clients.push(value.parse().map_err(|e: ClientMatchError| e.to_string())?),
+            "state" => f.states.push(value.parse().map_err(|e: StateError| e.to_string())?),
+            "pid" => f.pids.push(value.parse().map_err(|_| format!("pid:{value}: not a process id"))?),
+            "idle" => f.idle_for = Some(dur(value)?),
+            "xact" => f.xact_older = Some(dur(value)?),
+            "query-age" => f.query_older = Some(dur(value)?),
+            "backend" => f.backend_older = Some(dur(value)?),
+            "q" => contains.push(value.to_lowercase()),
+            other => return Err(format!("unknown filter key {other:?}: use db, user, app, client, state, pid, idle, xact, query-age, backend, q or blocking")),
+        }
+    }
+    Ok((f, contains))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_words() {
+        let (f, q) = parse_words(
+            "db:shop db:other state:idle-in-transaction user:app idle:5m q:UPDATE blocking",
+        )
+        .unwrap();
+        assert_eq!(f.databases, ["shop", "other"]);
+        assert_eq!(f.states, [State::IdleInTransaction]);
+        assert_eq!(f.users, ["app"]);
+        assert_eq!(f.idle_for, Some(Duration::from_secs(300)));
+        assert!(f.blocking);
+        assert_eq!(q, ["update"]);
+        assert_eq!(parse_words("").unwrap().0, Filter::default());
+        for bad in [
+            "db:",
+            "shop",
+            "state:sleeping",
+            "idle:5x",
+            "colour:red",
+            "pid:x",
+            "client:300.1.1.1",
+        ] {
+            assert!(parse_words(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn client_matches() {

@@ -1,0 +1,812 @@
+//! The state of `pgkill top` and the pure function that updates it.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+
+use pgkill_core::filter::parse_words;
+use pgkill_core::plan::Outcome;
+use pgkill_core::planner::Signal;
+use pgkill_core::{Filter, Session};
+
+/// How many refreshes the history graph keeps.
+pub const HISTORY: usize = 120;
+const MIN_INTERVAL: Duration = Duration::from_millis(250);
+const MAX_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the header shows about the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `15.18`.
+    pub version: String,
+    /// Time since the postmaster started.
+    pub uptime: Duration,
+    /// All backends connected (clients and others).
+    pub connections: i64,
+    /// `max_connections`.
+    pub max_connections: i64,
+}
+
+/// One refresh's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Server facts.
+    pub server: ServerInfo,
+    /// Sessions matching the command-line filters.
+    pub sessions: Vec<Session>,
+}
+
+/// A key press, reduced to what the view uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    /// A printable character.
+    Char(char),
+    /// Enter.
+    Enter,
+    /// Escape.
+    Esc,
+    /// Backspace.
+    Backspace,
+    /// Arrow up.
+    Up,
+    /// Arrow down.
+    Down,
+}
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A key press.
+    Key(Key),
+    /// The refresh interval elapsed.
+    Tick,
+    /// A refresh finished (or failed: the server went away).
+    Snapshot(Result<Snapshot, String>),
+    /// A cancel / terminate finished.
+    Outcomes(Result<Vec<Outcome>, String>),
+}
+
+/// Something the loop must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Read sessions again.
+    Refresh,
+    /// Cancel or terminate these sessions (verified, as `pgkill kill` does).
+    Signal {
+        /// Cancel or terminate.
+        signal: Signal,
+        /// The sessions as they were shown when confirmed.
+        targets: Vec<Session>,
+    },
+    /// Leave.
+    Quit,
+}
+
+/// Which screen the keys act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The session table.
+    Normal,
+    /// Typing a filter; the previous text is kept to go back to on Esc.
+    Filtering {
+        /// The filter text before editing.
+        previous: String,
+    },
+    /// Asking before signalling these pids.
+    Confirm {
+        /// Cancel or terminate.
+        signal: Signal,
+        /// The targets.
+        pids: Vec<i32>,
+    },
+    /// Details of one session.
+    Detail(i32),
+    /// Who blocks whom; the cursor moves over the roots.
+    Blocking {
+        /// Index into the roots.
+        cursor: usize,
+    },
+    /// Key help.
+    Help,
+}
+
+/// Columns to sort by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    /// Connected the longest first.
+    BackendAge,
+    /// Transaction age.
+    XactAge,
+    /// Running statement age.
+    QueryAge,
+    /// Time in the current state.
+    StateAge,
+    /// Process id.
+    Pid,
+    /// Role.
+    User,
+    /// Database.
+    Database,
+}
+
+impl SortKey {
+    const ALL: [SortKey; 7] = [
+        SortKey::BackendAge,
+        SortKey::XactAge,
+        SortKey::QueryAge,
+        SortKey::StateAge,
+        SortKey::Pid,
+        SortKey::User,
+        SortKey::Database,
+    ];
+
+    /// The column's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            SortKey::BackendAge => "connected",
+            SortKey::XactAge => "xact",
+            SortKey::QueryAge => "query age",
+            SortKey::StateAge => "state age",
+            SortKey::Pid => "pid",
+            SortKey::User => "user",
+            SortKey::Database => "database",
+        }
+    }
+
+    fn next(self) -> SortKey {
+        let i = SortKey::ALL.iter().position(|k| *k == self).unwrap_or(0);
+        SortKey::ALL[(i + 1) % SortKey::ALL.len()]
+    }
+}
+
+/// Whether the database connection works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnState {
+    /// Refreshes succeed.
+    Connected,
+    /// The last refresh failed; the loop reconnects with backoff.
+    Lost(String),
+}
+
+/// Counts per state at one refresh, for the history graph.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// `active`.
+    pub active: u64,
+    /// `idle`.
+    pub idle: u64,
+    /// `idle in transaction` (aborted too).
+    pub idle_in_transaction: u64,
+    /// Waiting on a lock.
+    pub waiting: u64,
+}
+
+/// The whole state of the view: plain data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct App {
+    /// Server facts from the last refresh.
+    pub server: Option<ServerInfo>,
+    /// Sessions from the last refresh.
+    pub sessions: Vec<Session>,
+    /// The filter being typed or applied (`/`).
+    pub filter_text: String,
+    /// Why the filter text is not understood, if so (the last good filter stays applied).
+    pub filter_error: Option<String>,
+    filter: Filter,
+    contains: Vec<String>,
+    /// The screen.
+    pub mode: Mode,
+    /// Selected pids.
+    pub selected: BTreeSet<i32>,
+    /// Row of the cursor in the visible list.
+    pub cursor: usize,
+    /// Sort column.
+    pub sort: SortKey,
+    /// Sort descending (largest ages first).
+    pub descending: bool,
+    /// Refreshing paused.
+    pub paused: bool,
+    /// Refresh interval.
+    pub interval: Duration,
+    /// Connection state.
+    pub conn: ConnState,
+    /// Counts per state, oldest first.
+    pub history: VecDeque<Counts>,
+    /// Outcomes of the last action.
+    pub outcomes: Vec<Outcome>,
+    /// The last action failed as a whole.
+    pub action_error: Option<String>,
+    /// Draw with colours (off with `NO_COLOR`).
+    pub color: bool,
+}
+
+impl App {
+    /// A fresh view refreshing every `interval`.
+    pub fn new(interval: Duration) -> App {
+        App {
+            server: None,
+            sessions: Vec::new(),
+            filter_text: String::new(),
+            filter_error: None,
+            filter: Filter::default(),
+            contains: Vec::new(),
+            mode: Mode::Normal,
+            selected: BTreeSet::new(),
+            cursor: 0,
+            sort: SortKey::BackendAge,
+            descending: true,
+            paused: false,
+            interval,
+            conn: ConnState::Connected,
+            history: VecDeque::new(),
+            outcomes: Vec::new(),
+            action_error: None,
+            color: true,
+        }
+    }
+
+    /// The sessions shown: filtered and sorted.
+    pub fn visible(&self) -> Vec<&Session> {
+        let mut rows: Vec<&Session> = self
+            .sessions
+            .iter()
+            .filter(|s| self.filter.matches_row(s))
+            .filter(|s| {
+                self.contains.iter().all(|needle| {
+                    s.visible_query()
+                        .is_some_and(|q| q.to_lowercase().contains(needle.as_str()))
+                })
+            })
+            .collect();
+        let key = self.sort;
+        rows.sort_by(|a, b| {
+            let ord = match key {
+                SortKey::BackendAge => a.backend_age().cmp(&b.backend_age()),
+                SortKey::XactAge => a.xact_age().cmp(&b.xact_age()),
+                SortKey::QueryAge => a.query_age().cmp(&b.query_age()),
+                SortKey::StateAge => a.state_age().cmp(&b.state_age()),
+                SortKey::Pid => a.pid.cmp(&b.pid),
+                SortKey::User => a.user.cmp(&b.user),
+                SortKey::Database => a.database.cmp(&b.database),
+            };
+            let ord = if self.descending { ord.reverse() } else { ord };
+            ord.then(a.pid.cmp(&b.pid))
+        });
+        rows
+    }
+
+    /// The session under the cursor.
+    pub fn current(&self) -> Option<&Session> {
+        self.visible().get(self.cursor).copied()
+    }
+
+    /// The session with this pid.
+    pub fn session(&self, pid: i32) -> Option<&Session> {
+        self.sessions.iter().find(|s| s.pid == pid)
+    }
+
+    /// Sessions that block others but wait for nobody: the roots of the blocking tree.
+    pub fn blocking_roots(&self) -> Vec<&Session> {
+        let mut roots: Vec<&Session> = self
+            .sessions
+            .iter()
+            .filter(|s| s.blocking > 0 && s.blocked_by.is_empty())
+            .collect();
+        roots.sort_by_key(|s| (std::cmp::Reverse(s.blocking), s.pid));
+        roots
+    }
+
+    /// Sessions waiting for `pid`.
+    pub fn waiting_for(&self, pid: i32) -> Vec<&Session> {
+        self.sessions
+            .iter()
+            .filter(|s| s.blocked_by.contains(&pid))
+            .collect()
+    }
+
+    fn apply_filter_text(&mut self) {
+        match parse_words(&self.filter_text) {
+            Ok((filter, contains)) => {
+                self.filter = Filter {
+                    all_backends: true,
+                    ..filter
+                };
+                self.contains = contains;
+                self.filter_error = None;
+            }
+            Err(e) => self.filter_error = Some(e),
+        }
+        self.cursor = 0;
+    }
+
+    fn clamp_cursor(&mut self) {
+        let n = self.visible().len();
+        self.cursor = self.cursor.min(n.saturating_sub(1));
+    }
+
+    fn targets(&self) -> Vec<i32> {
+        if self.selected.is_empty() {
+            self.current().map(|s| vec![s.pid]).unwrap_or_default()
+        } else {
+            self.selected.iter().copied().collect()
+        }
+    }
+}
+
+/// Applies `event` to `app` and says what the loop must do. Pure: no I/O, no clock.
+pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
+    match event {
+        Event::Tick => {
+            if app.paused {
+                vec![]
+            } else {
+                vec![Effect::Refresh]
+            }
+        }
+        Event::Snapshot(Ok(snapshot)) => {
+            app.conn = ConnState::Connected;
+            app.history.push_back(counts(&snapshot.sessions));
+            while app.history.len() > HISTORY {
+                app.history.pop_front();
+            }
+            app.server = Some(snapshot.server);
+            app.sessions = snapshot.sessions;
+            let present: BTreeSet<i32> = app.sessions.iter().map(|s| s.pid).collect();
+            app.selected.retain(|p| present.contains(p));
+            app.clamp_cursor();
+            vec![]
+        }
+        Event::Snapshot(Err(e)) => {
+            app.conn = ConnState::Lost(e);
+            vec![]
+        }
+        Event::Outcomes(result) => {
+            match result {
+                Ok(outcomes) => {
+                    for o in &outcomes {
+                        app.selected.remove(&o.pid);
+                    }
+                    app.outcomes = outcomes;
+                    app.action_error = None;
+                }
+                Err(e) => app.action_error = Some(e),
+            }
+            vec![Effect::Refresh]
+        }
+        Event::Key(key) => on_key(app, key),
+    }
+}
+
+fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
+    match app.mode.clone() {
+        Mode::Filtering { previous } => {
+            match key {
+                Key::Char(c) => app.filter_text.push(c),
+                Key::Backspace => {
+                    app.filter_text.pop();
+                }
+                Key::Enter => app.mode = Mode::Normal,
+                Key::Esc => {
+                    app.filter_text = previous;
+                    app.mode = Mode::Normal;
+                }
+                _ => return vec![],
+            }
+            // Filter as you type.
+            app.apply_filter_text();
+            vec![]
+        }
+        Mode::Confirm { signal, pids } => match key {
+            Key::Char('y') | Key::Char('Y') => {
+                app.mode = Mode::Normal;
+                let targets: Vec<_> = pids
+                    .iter()
+                    .filter_map(|p| app.session(*p).cloned())
+                    .collect();
+                if targets.is_empty() {
+                    vec![]
+                } else {
+                    vec![Effect::Signal { signal, targets }]
+                }
+            }
+            Key::Char('n') | Key::Char('N') | Key::Esc | Key::Char('q') => {
+                app.mode = Mode::Normal;
+                vec![]
+            }
+            _ => vec![],
+        },
+        Mode::Detail(_) | Mode::Help => {
+            if matches!(key, Key::Esc | Key::Enter | Key::Char('q') | Key::Char('?')) {
+                app.mode = Mode::Normal;
+            }
+            vec![]
+        }
+        Mode::Blocking { cursor } => {
+            let roots: Vec<i32> = app.blocking_roots().iter().map(|s| s.pid).collect();
+            match key {
+                Key::Esc | Key::Char('q') | Key::Char('b') => app.mode = Mode::Normal,
+                Key::Up => {
+                    app.mode = Mode::Blocking {
+                        cursor: cursor.saturating_sub(1),
+                    }
+                }
+                Key::Down => {
+                    app.mode = Mode::Blocking {
+                        cursor: (cursor + 1).min(roots.len().saturating_sub(1)),
+                    }
+                }
+                Key::Char('k') => {
+                    if let Some(pid) = roots.get(cursor) {
+                        app.mode = Mode::Confirm {
+                            signal: Signal::Terminate,
+                            pids: vec![*pid],
+                        };
+                    }
+                }
+                _ => {}
+            }
+            vec![]
+        }
+        Mode::Normal => normal_key(app, key),
+    }
+}
+
+fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
+    match key {
+        Key::Char('q') => return vec![Effect::Quit],
+        Key::Char('/') => {
+            app.mode = Mode::Filtering {
+                previous: app.filter_text.clone(),
+            };
+        }
+        Key::Char('s') => {
+            app.sort = app.sort.next();
+            app.cursor = 0;
+        }
+        Key::Char('S') => app.descending = !app.descending,
+        Key::Up => app.cursor = app.cursor.saturating_sub(1),
+        Key::Down => {
+            app.cursor += 1;
+            app.clamp_cursor();
+        }
+        Key::Char(' ') => {
+            if let Some(pid) = app.current().map(|s| s.pid) {
+                if !app.selected.remove(&pid) {
+                    app.selected.insert(pid);
+                }
+                app.cursor += 1;
+                app.clamp_cursor();
+            }
+        }
+        Key::Char('a') => {
+            let pids: Vec<i32> = app.visible().iter().map(|s| s.pid).collect();
+            app.selected.extend(pids);
+        }
+        Key::Esc => {
+            app.selected.clear();
+            app.outcomes.clear();
+            app.action_error = None;
+        }
+        Key::Char('c') | Key::Char('k') => {
+            let pids = app.targets();
+            if !pids.is_empty() {
+                let signal = if key == Key::Char('c') {
+                    Signal::Cancel
+                } else {
+                    Signal::Terminate
+                };
+                app.mode = Mode::Confirm { signal, pids };
+            }
+        }
+        Key::Enter => {
+            if let Some(pid) = app.current().map(|s| s.pid) {
+                app.mode = Mode::Detail(pid);
+            }
+        }
+        Key::Char('b') => app.mode = Mode::Blocking { cursor: 0 },
+        Key::Char('p') => {
+            app.paused = !app.paused;
+            if !app.paused {
+                return vec![Effect::Refresh];
+            }
+        }
+        Key::Char('+') => app.interval = (app.interval * 2).min(MAX_INTERVAL),
+        Key::Char('-') => app.interval = (app.interval / 2).max(MIN_INTERVAL),
+        Key::Char('?') => app.mode = Mode::Help,
+        _ => {}
+    }
+    vec![]
+}
+
+fn counts(sessions: &[Session]) -> Counts {
+    let mut c = Counts::default();
+    for s in sessions {
+        match s.state.as_deref() {
+            Some("active") => c.active += 1,
+            Some("idle") => c.idle += 1,
+            Some(st) if st.starts_with("idle in transaction") => c.idle_in_transaction += 1,
+            _ => {}
+        }
+        if s.wait_event_type.as_deref() == Some("Lock") {
+            c.waiting += 1;
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+
+    pub(crate) fn at(secs: i64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(1_700_000_000 + secs, 0)
+    }
+
+    pub(crate) fn session(pid: i32, db: &str, user: &str, state: &str, age: i64) -> Session {
+        Session {
+            pid,
+            backend_start: at(-age),
+            database: Some(db.into()),
+            user: Some(user.into()),
+            application_name: Some(format!("{user}-app")),
+            client_addr: Some("10.1.2.3".parse().unwrap()),
+            client_hostname: None,
+            client_port: Some(5000 + pid),
+            state: Some(state.into()),
+            wait_event_type: (state == "active").then(|| "Timeout".into()),
+            wait_event: (state == "active").then(|| "PgSleep".into()),
+            backend_type: Some("client backend".into()),
+            xact_start: (state != "idle").then(|| at(-age / 2)).flatten(),
+            query_start: at(-age / 3),
+            state_change: at(-age / 3),
+            query: Some(format!("SELECT {pid} /* {state} */")),
+            leader_pid: None,
+            superuser: Some(false),
+            blocked_by: vec![],
+            blocking: 0,
+            can_signal: true,
+            now: at(0).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn sample() -> Snapshot {
+        let mut holder = session(101, "shop", "migrations", "idle in transaction", 600);
+        holder.blocking = 2;
+        let mut w1 = session(102, "shop", "web", "active", 120);
+        w1.wait_event_type = Some("Lock".into());
+        w1.wait_event = Some("relation".into());
+        w1.blocked_by = vec![101];
+        let mut w2 = w1.clone();
+        w2.pid = 103;
+        w2.backend_start = at(-90);
+        Snapshot {
+            server: ServerInfo {
+                version: "15.18".into(),
+                uptime: Duration::from_secs(3 * 3600 + 125),
+                connections: 12,
+                max_connections: 100,
+            },
+            sessions: vec![
+                holder,
+                w1,
+                w2,
+                session(104, "shop", "web", "idle", 3000),
+                session(105, "reports", "analyst", "active", 45),
+                session(106, "shop", "worker", "idle in transaction", 30),
+            ],
+        }
+    }
+
+    pub(crate) fn loaded() -> App {
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(sample())));
+        app
+    }
+
+    pub(crate) fn keys_for_tests(app: &mut App, keys: &str) -> Vec<Effect> {
+        keys.chars()
+            .flat_map(|c| update(app, Event::Key(Key::Char(c))))
+            .collect()
+    }
+
+    fn keys(app: &mut App, k: &str) -> Vec<Effect> {
+        keys_for_tests(app, k)
+    }
+
+    #[test]
+    fn tick_refreshes_unless_paused() {
+        let mut app = loaded();
+        assert_eq!(update(&mut app, Event::Tick), vec![Effect::Refresh]);
+        assert!(keys(&mut app, "p").is_empty());
+        assert!(app.paused);
+        assert!(update(&mut app, Event::Tick).is_empty());
+        assert_eq!(
+            keys(&mut app, "p"),
+            vec![Effect::Refresh],
+            "unpausing refreshes at once"
+        );
+    }
+
+    #[test]
+    fn q_quits() {
+        assert_eq!(keys(&mut loaded(), "q"), vec![Effect::Quit]);
+    }
+
+    #[test]
+    fn filter_as_you_type_and_escape_restores() {
+        let mut app = loaded();
+        keys(&mut app, "/db:reports");
+        assert!(matches!(app.mode, Mode::Filtering { .. }));
+        assert_eq!(
+            app.visible().iter().map(|s| s.pid).collect::<Vec<_>>(),
+            vec![105]
+        );
+        update(&mut app, Event::Key(Key::Enter));
+        assert_eq!(app.mode, Mode::Normal);
+        assert_eq!(app.filter_text, "db:reports");
+        keys(&mut app, "/ x");
+        assert!(app.filter_error.is_some(), "a bad word is reported");
+        assert_eq!(app.visible().len(), 1, "the last good filter stays applied");
+        update(&mut app, Event::Key(Key::Esc));
+        assert_eq!(app.filter_text, "db:reports");
+        assert!(app.filter_error.is_none());
+        keys(&mut app, "/");
+        for _ in 0..20 {
+            update(&mut app, Event::Key(Key::Backspace));
+        }
+        keys(&mut app, "state:idle-in-transaction user:worker");
+        update(&mut app, Event::Key(Key::Enter));
+        assert_eq!(
+            app.visible().iter().map(|s| s.pid).collect::<Vec<_>>(),
+            vec![106]
+        );
+        keys(&mut app, "/");
+        for _ in 0..60 {
+            update(&mut app, Event::Key(Key::Backspace));
+        }
+        keys(&mut app, "q:pid");
+        assert_eq!(
+            app.visible().len(),
+            0,
+            "q: matches query text, case-insensitively"
+        );
+        for _ in 0..3 {
+            update(&mut app, Event::Key(Key::Backspace));
+        }
+        keys(&mut app, "select 104");
+        assert!(
+            app.filter_error.is_some(),
+            "`select` is not a key:value word"
+        );
+    }
+
+    #[test]
+    fn sort_cycles_and_reverses() {
+        let mut app = loaded();
+        assert_eq!(app.visible()[0].pid, 104, "connected the longest first");
+        keys(&mut app, "S");
+        assert_eq!(app.visible()[0].pid, 106);
+        keys(&mut app, "ssss");
+        assert_eq!(app.sort, SortKey::Pid);
+        assert_eq!(app.visible()[0].pid, 101);
+    }
+
+    #[test]
+    fn select_confirm_and_signal() {
+        let mut app = loaded();
+        keys(&mut app, "  ");
+        assert_eq!(app.selected.len(), 2);
+        assert!(keys(&mut app, "k").is_empty());
+        let Mode::Confirm { signal, pids } = app.mode.clone() else {
+            panic!("{:?}", app.mode)
+        };
+        assert_eq!(signal, Signal::Terminate);
+        assert_eq!(pids.len(), 2);
+        let effects = keys(&mut app, "y");
+        assert_eq!(app.mode, Mode::Normal);
+        match &effects[..] {
+            [Effect::Signal {
+                signal: Signal::Terminate,
+                targets,
+            }] => {
+                assert_eq!(targets.iter().map(|t| t.pid).collect::<Vec<_>>(), pids)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn confirmation_can_be_declined() {
+        let mut app = loaded();
+        keys(&mut app, "c");
+        assert!(matches!(
+            app.mode,
+            Mode::Confirm {
+                signal: Signal::Cancel,
+                ..
+            }
+        ));
+        assert!(keys(&mut app, "n").is_empty());
+        assert_eq!(app.mode, Mode::Normal);
+        keys(&mut app, "k");
+        assert!(update(&mut app, Event::Key(Key::Esc)).is_empty());
+        assert_eq!(app.mode, Mode::Normal);
+    }
+
+    #[test]
+    fn select_all_and_clear() {
+        let mut app = loaded();
+        keys(&mut app, "/db:shop");
+        update(&mut app, Event::Key(Key::Enter));
+        keys(&mut app, "a");
+        assert_eq!(app.selected.len(), 5);
+        update(&mut app, Event::Key(Key::Esc));
+        assert!(app.selected.is_empty());
+    }
+
+    #[test]
+    fn detail_help_and_blocking_tree() {
+        let mut app = loaded();
+        update(&mut app, Event::Key(Key::Enter));
+        assert_eq!(app.mode, Mode::Detail(104));
+        update(&mut app, Event::Key(Key::Esc));
+        keys(&mut app, "?");
+        assert_eq!(app.mode, Mode::Help);
+        keys(&mut app, "q");
+        assert_eq!(app.mode, Mode::Normal, "q leaves help, it does not quit");
+        keys(&mut app, "b");
+        assert_eq!(
+            app.blocking_roots()
+                .iter()
+                .map(|s| s.pid)
+                .collect::<Vec<_>>(),
+            vec![101]
+        );
+        keys(&mut app, "k");
+        assert_eq!(
+            app.mode,
+            Mode::Confirm {
+                signal: Signal::Terminate,
+                pids: vec![101]
+            }
+        );
+    }
+
+    #[test]
+    fn interval_and_disconnect() {
+        let mut app = loaded();
+        keys(&mut app, "+");
+        assert_eq!(app.interval, Duration::from_secs(2));
+        keys(&mut app, "----");
+        assert_eq!(app.interval, MIN_INTERVAL);
+        update(&mut app, Event::Snapshot(Err("connection refused".into())));
+        assert_eq!(app.conn, ConnState::Lost("connection refused".into()));
+        assert_eq!(app.sessions.len(), 6, "the last picture stays");
+        update(&mut app, Event::Snapshot(Ok(sample())));
+        assert_eq!(app.conn, ConnState::Connected);
+        assert_eq!(app.history.len(), 2);
+    }
+
+    #[test]
+    fn outcomes_clear_selection_and_refresh() {
+        let mut app = loaded();
+        keys(&mut app, " ");
+        let pid = *app.selected.iter().next().unwrap();
+        let t = pgkill_core::plan::Target {
+            session: app.session(pid).unwrap().clone(),
+            reason: String::new(),
+            refused: None,
+        };
+        let o = Outcome::new(
+            &t,
+            pgkill_core::plan::OutcomeKind::Terminated,
+            "session ended",
+        );
+        assert_eq!(
+            update(&mut app, Event::Outcomes(Ok(vec![o]))),
+            vec![Effect::Refresh]
+        );
+        assert!(app.selected.is_empty());
+        assert_eq!(app.outcomes.len(), 1);
+    }
+}

@@ -1,0 +1,205 @@
+//! The one loop of `pgkill top`: terminal events, the refresh tick and database results
+//! go through [`update`]; its effects are carried out here and by the database task.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use pgkill_core::plan::Plan;
+use pgkill_core::planner::Signal;
+use pgkill_core::{Filter, Session};
+use pgkill_pg::sessions::{self, Capabilities};
+use ratatui::crossterm::event::{
+    self as ct, Event as CtEvent, KeyCode, KeyEventKind, KeyModifiers,
+};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use crate::app::{update, App, Effect, Event, Key, ServerInfo, Snapshot};
+use crate::view::view;
+
+/// Opens a connection to the server (called again to reconnect).
+pub type Connector =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<Client>> + Send>> + Send + Sync>;
+
+/// Monitoring queries never run longer than this.
+const STATEMENT_TIMEOUT: &str = "SET statement_timeout = '5s'";
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+enum Request {
+    Refresh,
+    Signal(Signal, Vec<Session>),
+}
+
+/// Runs `pgkill top` until `q`: takes over the terminal and always gives it back (also
+/// on error or panic).
+pub async fn run(connect: Connector, filter: Filter, interval: Duration) -> anyhow::Result<()> {
+    let mut app = App::new(interval);
+    app.color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let (req_tx, req_rx) = mpsc::unbounded_channel::<Request>();
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    let db = tokio::spawn(database_task(connect, filter, req_rx, ev_tx.clone()));
+
+    // Terminal events are read on a thread of their own (crossterm's read blocks).
+    let (key_tx, mut key_rx) = mpsc::unbounded_channel::<Option<Key>>();
+    std::thread::spawn(move || loop {
+        match ct::read() {
+            Ok(CtEvent::Key(k)) if k.kind != KeyEventKind::Release => {
+                let key = match k.code {
+                    KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                        Some(Key::Char('q'))
+                    }
+                    KeyCode::Char(c) => Some(Key::Char(c)),
+                    KeyCode::Enter => Some(Key::Enter),
+                    KeyCode::Esc => Some(Key::Esc),
+                    KeyCode::Backspace => Some(Key::Backspace),
+                    KeyCode::Up => Some(Key::Up),
+                    KeyCode::Down => Some(Key::Down),
+                    _ => None,
+                };
+                if key.is_some() && key_tx.send(key).is_err() {
+                    return;
+                }
+            }
+            // A resize only needs a redraw.
+            Ok(CtEvent::Resize(..)) => {
+                if key_tx.send(None).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    });
+
+    let mut terminal = ratatui::init();
+    let result = async {
+        let _ = req_tx.send(Request::Refresh);
+        let mut in_flight = true;
+        let mut next_tick = tokio::time::Instant::now() + app.interval;
+        loop {
+            terminal.draw(|f| view(&app, f))?;
+            let event = tokio::select! {
+                key = key_rx.recv() => match key {
+                    Some(Some(k)) => Event::Key(k),
+                    Some(None) => continue,
+                    None => return Ok(()),
+                },
+                ev = ev_rx.recv() => match ev {
+                    Some(ev) => {
+                        if matches!(ev, Event::Snapshot(_)) {
+                            in_flight = false;
+                        }
+                        ev
+                    }
+                    None => return Ok(()),
+                },
+                _ = tokio::time::sleep_until(next_tick) => {
+                    next_tick = tokio::time::Instant::now() + app.interval;
+                    Event::Tick
+                }
+            };
+            for effect in update(&mut app, event) {
+                match effect {
+                    Effect::Quit => return Ok(()),
+                    // At most one refresh at a time: a slow server is not piled on.
+                    Effect::Refresh if !in_flight => {
+                        in_flight = true;
+                        let _ = req_tx.send(Request::Refresh);
+                    }
+                    Effect::Refresh => {}
+                    Effect::Signal { signal, targets } => {
+                        let _ = req_tx.send(Request::Signal(signal, targets));
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    ratatui::restore();
+    db.abort();
+    result
+}
+
+async fn database_task(
+    connect: Connector,
+    filter: Filter,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut conn: Option<(Client, Capabilities)> = None;
+    let mut backoff = Duration::from_millis(500);
+    let mut retry_at = tokio::time::Instant::now();
+    while let Some(request) = requests.recv().await {
+        if conn.is_none() && tokio::time::Instant::now() >= retry_at {
+            match open(&connect).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    backoff = Duration::from_millis(500);
+                }
+                Err(e) => {
+                    retry_at = tokio::time::Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let _ = events.send(Event::Snapshot(Err(format!("{e:#}"))));
+                    continue;
+                }
+            }
+        }
+        let Some((client, caps)) = &conn else {
+            let _ = events.send(Event::Snapshot(Err("not connected (retrying)".into())));
+            continue;
+        };
+        let event = match request {
+            Request::Refresh => Event::Snapshot(
+                snapshot(client, caps, &filter)
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+            ),
+            Request::Signal(signal, targets) => {
+                let plan = Plan::build(signal, targets, &filter, &caps.caller);
+                Event::Outcomes(
+                    sessions::execute(client, caps, &filter, &plan, Duration::from_secs(5))
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+        };
+        if client.is_closed() {
+            conn = None;
+        }
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+async fn open(connect: &Connector) -> anyhow::Result<(Client, Capabilities)> {
+    let client = connect().await?;
+    client.batch_execute(STATEMENT_TIMEOUT).await?;
+    let caps = sessions::capabilities(&client).await?;
+    Ok((client, caps))
+}
+
+async fn snapshot(
+    client: &Client,
+    caps: &Capabilities,
+    filter: &Filter,
+) -> anyhow::Result<Snapshot> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('max_connections')::int8, (SELECT count(*) FROM pg_stat_activity)::int8,
+                    extract(epoch FROM now() - pg_postmaster_start_time())::float8",
+            &[],
+        )
+        .await?;
+    let sessions = sessions::list(client, caps, filter).await?;
+    Ok(Snapshot {
+        server: ServerInfo {
+            version: caps.version.to_string(),
+            max_connections: row.try_get(0)?,
+            connections: row.try_get(1)?,
+            uptime: Duration::from_secs_f64(row.try_get::<_, f64>(2)?.max(0.0)),
+        },
+        sessions,
+    })
+}

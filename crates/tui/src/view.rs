@@ -1,0 +1,510 @@
+//! Drawing `pgkill top`: a pure function of the state onto a frame (no I/O).
+
+use pgkill_core::planner::Signal;
+use pgkill_core::{format_duration, Session};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
+use ratatui::Frame;
+
+use crate::app::{App, ConnState, Mode};
+
+fn style(app: &App, color: Color) -> Style {
+    if app.color {
+        Style::default().fg(color)
+    } else {
+        Style::default()
+    }
+}
+
+fn bold() -> Style {
+    Style::default().add_modifier(Modifier::BOLD)
+}
+
+fn age(d: Option<std::time::Duration>) -> String {
+    d.map(format_duration).unwrap_or_default()
+}
+
+fn unknown(v: Option<&str>) -> String {
+    v.unwrap_or("?").to_owned()
+}
+
+/// Draws the whole screen.
+pub fn view(app: &App, frame: &mut Frame) {
+    let [header, graph, body, status] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Length(3),
+        Constraint::Min(3),
+        Constraint::Length(2),
+    ])
+    .areas(frame.area());
+    draw_header(app, frame, header);
+    draw_graph(app, frame, graph);
+    match &app.mode {
+        Mode::Detail(pid) => draw_detail(app, frame, body, *pid),
+        Mode::Blocking { cursor } => draw_blocking(app, frame, body, *cursor),
+        Mode::Help => draw_help(frame, body),
+        _ => draw_table(app, frame, body),
+    }
+    draw_status(app, frame, status);
+    if let Mode::Confirm { signal, pids } = &app.mode {
+        draw_confirm(app, frame, body, *signal, pids);
+    }
+}
+
+fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
+    let mut first = vec![Span::styled("pgkill top", bold())];
+    match &app.server {
+        Some(s) => first.push(Span::raw(format!(
+            " · PostgreSQL {} · up {} · {}/{} connections · refresh {} · sort {}{}{}",
+            s.version,
+            format_duration(s.uptime),
+            s.connections,
+            s.max_connections,
+            format_duration(app.interval),
+            app.sort.label(),
+            if app.descending { "▼" } else { "▲" },
+            if app.paused { " · PAUSED" } else { "" }
+        ))),
+        None => first.push(Span::raw(" · connecting…")),
+    }
+    let second = match &app.conn {
+        ConnState::Lost(e) => Line::from(Span::styled(
+            format!("DISCONNECTED: {e} (reconnecting; showing the last refresh)"),
+            style(app, Color::Red).add_modifier(Modifier::BOLD),
+        )),
+        ConnState::Connected => {
+            let c = app.history.back().copied().unwrap_or_default();
+            Line::from(vec![
+                Span::styled(format!("active {}", c.active), style(app, Color::Green)),
+                Span::raw(format!("  idle {}", c.idle)),
+                Span::styled(
+                    format!("  idle in transaction {}", c.idle_in_transaction),
+                    style(app, Color::Yellow),
+                ),
+                Span::styled(
+                    format!("  waiting on locks {}", c.waiting),
+                    style(app, Color::Red),
+                ),
+                Span::raw(format!(
+                    "  shown {}/{}",
+                    app.visible().len(),
+                    app.sessions.len()
+                )),
+            ])
+        }
+    };
+    frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
+}
+
+fn draw_graph(app: &App, frame: &mut Frame, area: Rect) {
+    // Sessions doing something (active or holding a transaction) per refresh.
+    let data: Vec<u64> = app
+        .history
+        .iter()
+        .map(|c| c.active + c.idle_in_transaction)
+        .collect();
+    let start = data
+        .len()
+        .saturating_sub(area.width.saturating_sub(2) as usize);
+    frame.render_widget(
+        Sparkline::default()
+            .block(
+                Block::default()
+                    .borders(Borders::LEFT | Borders::RIGHT)
+                    .title("busy sessions"),
+            )
+            .data(&data[start..])
+            .style(style(app, Color::Cyan)),
+        area,
+    );
+}
+
+fn session_cells(app: &App, s: &Session) -> Vec<Cell<'static>> {
+    let mark = if app.selected.contains(&s.pid) {
+        "*"
+    } else {
+        " "
+    };
+    let state = unknown(s.state.as_deref());
+    let state_style = match state.as_str() {
+        "active" => style(app, Color::Green),
+        st if st.starts_with("idle in transaction") => style(app, Color::Yellow),
+        _ => Style::default(),
+    };
+    let wait = match (&s.wait_event_type, &s.wait_event) {
+        (Some(t), Some(e)) => format!("{t}:{e}"),
+        _ if s.state.is_none() => "?".into(),
+        _ => String::new(),
+    };
+    let client = match (s.client_addr, s.client_port) {
+        (Some(a), _) => a.to_string(),
+        (None, Some(-1)) => "local".into(),
+        _ => "?".into(),
+    };
+    vec![
+        Cell::from(mark),
+        Cell::from(s.pid.to_string()),
+        Cell::from(unknown(s.user.as_deref())),
+        Cell::from(unknown(s.database.as_deref())),
+        Cell::from(unknown(s.application_name.as_deref())),
+        Cell::from(client),
+        Cell::from(state).style(state_style),
+        Cell::from(wait),
+        Cell::from(age(s.xact_age())),
+        Cell::from(age(s.query_age().or(s.state_age()))),
+        Cell::from(
+            s.visible_query()
+                .unwrap_or("?")
+                .replace(['\n', '\r', '\t'], " "),
+        ),
+    ]
+}
+
+fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
+    let rows = app.visible();
+    let height = area.height.saturating_sub(1) as usize;
+    // Keep the cursor on screen.
+    let first = app.cursor.saturating_sub(height.saturating_sub(1));
+    let body: Vec<Row> = rows
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(height)
+        .map(|(i, s)| {
+            let row = Row::new(session_cells(app, s));
+            if i == app.cursor {
+                row.style(Style::default().add_modifier(Modifier::REVERSED))
+            } else {
+                row
+            }
+        })
+        .collect();
+    let sorted = |label: &str| {
+        if label == app.sort.label() {
+            format!("{label}{}", if app.descending { "▼" } else { "▲" })
+        } else {
+            label.to_owned()
+        }
+    };
+    let header = Row::new(
+        [
+            "",
+            "pid",
+            "user",
+            "database",
+            "application",
+            "client",
+            "state",
+            "wait",
+            "xact",
+            "query age",
+            "query",
+        ]
+        .map(|h| Cell::from(sorted(h))),
+    )
+    .style(bold());
+    let wide = area.width >= 120;
+    let widths = [
+        Constraint::Length(1),
+        Constraint::Length(7),
+        Constraint::Length(if wide { 14 } else { 9 }),
+        Constraint::Length(if wide { 12 } else { 8 }),
+        Constraint::Length(if wide { 16 } else { 0 }),
+        Constraint::Length(if wide { 15 } else { 0 }),
+        Constraint::Length(if wide { 19 } else { 10 }),
+        Constraint::Length(if wide { 16 } else { 0 }),
+        Constraint::Length(7),
+        Constraint::Length(if wide { 9 } else { 6 }),
+        Constraint::Min(10),
+    ];
+    frame.render_widget(
+        Table::new(body, widths).header(header).column_spacing(1),
+        area,
+    );
+}
+
+fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
+    let Some(s) = app.session(pid) else {
+        frame.render_widget(
+            Paragraph::new(format!("session {pid} is gone")).block(Block::bordered()),
+            area,
+        );
+        return;
+    };
+    let t = |v: Option<chrono::DateTime<chrono::Utc>>| {
+        v.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| "-".into())
+    };
+    let waits: Vec<String> = app
+        .waiting_for(pid)
+        .iter()
+        .map(|w| w.pid.to_string())
+        .collect();
+    let lines = vec![
+        Line::from(format!(
+            "pid {}  user {}  database {}  application {}",
+            s.pid,
+            unknown(s.user.as_deref()),
+            unknown(s.database.as_deref()),
+            unknown(s.application_name.as_deref())
+        )),
+        Line::from(format!(
+            "state {}  wait {}  backend {}",
+            unknown(s.state.as_deref()),
+            match (&s.wait_event_type, &s.wait_event) {
+                (Some(t), Some(e)) => format!("{t}:{e}"),
+                _ if s.state.is_none() => "?".into(),
+                _ => "none".into(),
+            },
+            unknown(s.backend_type.as_deref())
+        )),
+        Line::from(format!(
+            "connected {} ({})  transaction {}  query {}  state since {}",
+            t(s.backend_start),
+            age(s.backend_age()),
+            t(s.xact_start),
+            t(s.query_start),
+            t(s.state_change)
+        )),
+        Line::from(format!(
+            "blocked by: {}   blocks: {}",
+            if s.blocked_by.is_empty() {
+                "nobody".into()
+            } else {
+                s.blocked_by
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            if waits.is_empty() {
+                "nobody".into()
+            } else {
+                waits.join(", ")
+            }
+        )),
+        Line::from(""),
+        Line::from(
+            s.visible_query()
+                .unwrap_or("(query not visible to you)")
+                .to_owned(),
+        ),
+    ];
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(format!("session {pid} (Esc: back)"))),
+        area,
+    );
+}
+
+fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
+    let roots = app.blocking_roots();
+    let mut lines = Vec::new();
+    if roots.is_empty() {
+        lines.push(Line::from(
+            "No session is waiting for a lock held by another.",
+        ));
+    }
+    for (i, root) in roots.iter().enumerate() {
+        let mark = if i == cursor { "> " } else { "  " };
+        lines.push(Line::from(Span::styled(
+            format!(
+                "{mark}{} {} {} {} — blocks {}: {}",
+                root.pid,
+                unknown(root.user.as_deref()),
+                unknown(root.state.as_deref()),
+                age(root.xact_age()),
+                root.blocking,
+                root.visible_query().unwrap_or("?")
+            ),
+            if i == cursor {
+                Style::default().add_modifier(Modifier::REVERSED)
+            } else {
+                Style::default()
+            },
+        )));
+        for w in app.waiting_for(root.pid) {
+            lines.push(Line::from(format!(
+                "    └─ {} {} waiting {} on {}",
+                w.pid,
+                unknown(w.user.as_deref()),
+                age(w.state_age()),
+                w.visible_query().unwrap_or("?")
+            )));
+        }
+    }
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::bordered().title("blocking tree (k: terminate the selected root, Esc: back)"),
+        ),
+        area,
+    );
+}
+
+const HELP: &[&str] = &[
+    "q quit · ? help",
+    "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N",
+    "  idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking  (same kinds OR-ed, others AND-ed)",
+    "s / S sort column / order · ↑ ↓ move",
+    "space select · a select all shown · Esc clear selection",
+    "c cancel · k terminate (the selection, or the row under the cursor), after confirmation",
+    "Enter details · b blocking tree · p pause · + / - refresh interval",
+];
+
+fn draw_help(frame: &mut Frame, area: Rect) {
+    let lines: Vec<Line> = HELP.iter().map(|l| Line::from(*l)).collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title("keys (Esc: back)")),
+        area,
+    );
+}
+
+fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
+    let first = if let Mode::Filtering { .. } = app.mode {
+        Line::from(vec![
+            Span::styled("filter: ", bold()),
+            Span::raw(app.filter_text.clone()),
+            Span::raw("█"),
+        ])
+    } else if let Some(e) = &app.filter_error {
+        Line::from(Span::styled(format!("filter: {e}"), style(app, Color::Red)))
+    } else if let Some(e) = &app.action_error {
+        Line::from(Span::styled(
+            format!("action failed: {e}"),
+            style(app, Color::Red),
+        ))
+    } else if !app.outcomes.is_empty() {
+        let parts: Vec<String> = app
+            .outcomes
+            .iter()
+            .map(|o| format!("{} {}", o.pid, o.outcome.as_str()))
+            .collect();
+        Line::from(format!("last action: {}", parts.join(", ")))
+    } else if !app.filter_text.is_empty() {
+        Line::from(format!("filter: {}", app.filter_text))
+    } else {
+        Line::from("")
+    };
+    let keys = Line::from(Span::styled(
+        format!(
+            "q quit  / filter  s/S sort  space select ({})  c cancel  k terminate  Enter details  b blocking  p pause  ? help",
+            app.selected.len()
+        ),
+        style(app, Color::DarkGray),
+    ));
+    frame.render_widget(Paragraph::new(vec![first, keys]), area);
+}
+
+fn draw_confirm(app: &App, frame: &mut Frame, area: Rect, signal: Signal, pids: &[i32]) {
+    let verb = match signal {
+        Signal::Terminate => "Terminate",
+        Signal::Cancel => "Cancel the running statement of",
+    };
+    let mut lines = vec![Line::from(Span::styled(
+        format!("{verb} {} session(s)?", pids.len()),
+        bold(),
+    ))];
+    for pid in pids.iter().take(area.height.saturating_sub(5) as usize) {
+        let what = app
+            .session(*pid)
+            .map(|s| {
+                format!(
+                    "{pid} {} {} {} {}",
+                    unknown(s.user.as_deref()),
+                    unknown(s.database.as_deref()),
+                    unknown(s.state.as_deref()),
+                    s.visible_query().unwrap_or("?")
+                )
+            })
+            .unwrap_or_else(|| format!("{pid} (gone)"));
+        lines.push(Line::from(what));
+    }
+    if pids.len() > area.height.saturating_sub(5) as usize {
+        lines.push(Line::from("…"));
+    }
+    lines.push(Line::from(""));
+    lines.push(Line::from("y: yes   n / Esc: no"));
+    let width = area.width.saturating_sub(4).min(100);
+    let height = (lines.len() as u16 + 2).min(area.height);
+    let dialog = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    frame.render_widget(Clear, dialog);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title("confirm")),
+        dialog,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::tests::{keys_for_tests, loaded};
+    use crate::app::{update, Event, Key};
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    fn render(app: &App, w: u16, h: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        terminal.draw(|f| view(app, f)).unwrap();
+        terminal.backend().to_string()
+    }
+
+    fn both(name: &str, app: &App) {
+        insta::assert_snapshot!(format!("{name}_80x24"), render(app, 80, 24));
+        insta::assert_snapshot!(format!("{name}_160x48"), render(app, 160, 48));
+    }
+
+    #[test]
+    fn default_view() {
+        both("default", &loaded());
+    }
+
+    #[test]
+    fn filtered_view() {
+        let mut app = loaded();
+        keys_for_tests(&mut app, "/db:shop state:active");
+        update(&mut app, Event::Key(Key::Enter));
+        both("filtered", &app);
+    }
+
+    #[test]
+    fn selection_and_confirmation() {
+        let mut app = loaded();
+        keys_for_tests(&mut app, "  k");
+        both("confirm", &app);
+    }
+
+    #[test]
+    fn detail_pane() {
+        let mut app = loaded();
+        keys_for_tests(&mut app, "s");
+        keys_for_tests(&mut app, "SSS");
+        update(&mut app, Event::Key(Key::Down));
+        update(&mut app, Event::Key(Key::Enter));
+        both("detail", &app);
+    }
+
+    #[test]
+    fn blocking_tree() {
+        let mut app = loaded();
+        keys_for_tests(&mut app, "b");
+        both("blocking", &app);
+    }
+
+    #[test]
+    fn disconnected() {
+        let mut app = loaded();
+        update(
+            &mut app,
+            Event::Snapshot(Err("server closed the connection unexpectedly".into())),
+        );
+        both("disconnected", &app);
+    }
+}
