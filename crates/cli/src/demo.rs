@@ -226,6 +226,10 @@ fn print_instructions(sandbox: &Sandbox, sessions: &[DemoSession]) {
         roles::ADMIN
     );
     println!(
+        "  pgkill -h {host} -p {port} -U {} top --db {DB}",
+        roles::ADMIN
+    );
+    println!(
         "  pgkill -h {host} -p {port} -U {} drop {DB}      # beats the reconnecting pool",
         roles::ADMIN
     );
