@@ -34,6 +34,11 @@ enum Request {
 /// Runs `pgkill top` until `q`: takes over the terminal and always gives it back (also
 /// on error or panic).
 pub async fn run(connect: Connector, filter: Filter, interval: Duration) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    anyhow::ensure!(
+        std::io::stdout().is_terminal() && std::io::stdin().is_terminal(),
+        "pgkill top needs a terminal; for scripts use `pgkill ls --json`"
+    );
     let mut app = App::new(interval);
     app.color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let (req_tx, req_rx) = mpsc::unbounded_channel::<Request>();
@@ -72,7 +77,8 @@ pub async fn run(connect: Connector, filter: Filter, interval: Duration) -> anyh
         }
     });
 
-    let mut terminal = ratatui::init();
+    // Also installs a panic hook that gives the terminal back before the message.
+    let mut terminal = ratatui::try_init()?;
     let result = async {
         let _ = req_tx.send(Request::Refresh);
         let mut in_flight = true;
