@@ -370,6 +370,7 @@ async fn bad_input_is_one_line_and_exit_2(pg: Installation) -> Result<()> {
         &pw,
         "invalid duration",
     )?;
+    one_line_exit_2(&["top"], roles::ADMIN, &pw, "needs a terminal")?;
     one_line_exit_2(
         &["ls", "--client", "300.1.1.1/8"],
         roles::ADMIN,
