@@ -57,7 +57,7 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
     let mut first = vec![Span::styled("pgkill top", bold())];
     match &app.server {
         Some(s) => first.push(Span::raw(format!(
-            " · PostgreSQL {} · up {} · {}/{} connections · refresh {} · sort {}{}{}",
+            " · PG {} · up {} · {}/{} conns · refresh {} · sort {}{}{}",
             s.version,
             format_duration(s.uptime),
             s.connections,
