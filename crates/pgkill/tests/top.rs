@@ -103,8 +103,7 @@ async fn filter_select_terminate_and_quit(pg: Installation) -> Result<()> {
         "30",
         &line,
     ])?;
-    tmux.wait_for(&format!("PG {}.", pg.version.major))
-        .await?;
+    tmux.wait_for(&format!("PG {}.", pg.version.major)).await?;
     tmux.keys(&["/", "db:victims", "Enter"])?;
     tmux.wait_for("shown 3/").await?;
     tmux.keys(&["a", "k"])?;

@@ -193,7 +193,9 @@ async fn snapshot(
 ) -> anyhow::Result<Snapshot> {
     let row = client
         .query_one(
-            "SELECT current_setting('max_connections')::int8, (SELECT count(*) FROM pg_stat_activity)::int8,
+            // Backend ids only: counting rows of pg_stat_activity would read the whole view
+            // (query texts, role and database names) a second time per refresh.
+            "SELECT current_setting('max_connections')::int8, (SELECT count(*) FROM pg_stat_get_backend_idset())::int8,
                     extract(epoch FROM now() - pg_postmaster_start_time())::float8",
             &[],
         )
