@@ -1,6 +1,7 @@
 //! `pgkill top` end to end in tmux against real servers, every PostgreSQL version:
 //! filter to a database, select its sessions, terminate, confirm; exactly those sessions
-//! are gone; `q` leaves with the terminal restored.
+//! are gone; when the server goes away the screen says so; `q` leaves with the terminal
+//! restored.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -136,6 +137,12 @@ async fn filter_select_terminate_and_quit(pg: Installation) -> Result<()> {
     for b in &bystanders {
         ensure!(b.is_connected(), "bystander {} was hit", b.pid());
     }
+    // The server goes away: the screen says so (and keeps trying), and q still leaves cleanly.
+    drop(admin);
+    drop(victims);
+    drop(bystanders);
+    sb.stop();
+    tmux.wait_for("DISCONNECTED").await?;
     tmux.keys(&["q"])?;
     let screen = tmux.wait_for("PGKILL_TOP_EXIT=").await?;
     ensure!(screen.contains("PGKILL_TOP_EXIT=0"), "{screen}");
