@@ -82,11 +82,10 @@ fn unknown(v: Option<&str>) -> String {
 }
 
 fn client_text(s: &Session) -> String {
+    // With the port: several sessions from one address are told apart by it.
     match (s.client_addr, s.client_port) {
         (Some(a), Some(p)) => format!("{a}:{p}"),
-        (Some(a), None) => a.to_string(),
-        (None, Some(-1)) => "local".into(),
-        _ => "?".into(),
+        _ => s.client_text(),
     }
 }
 
@@ -186,11 +185,7 @@ const SESSION_HEADER: [&str; 11] = [
 ];
 
 fn session_row(s: &Session) -> Vec<String> {
-    let wait = match (&s.wait_event_type, &s.wait_event) {
-        (Some(t), Some(e)) => format!("{t}:{e}"),
-        _ if s.state.is_none() => "?".into(),
-        _ => String::new(),
-    };
+    let wait = s.wait_text();
     vec![
         s.pid.to_string(),
         unknown(s.user.as_deref()),

@@ -96,6 +96,24 @@ impl Session {
         self.age(self.state_change)
     }
 
+    /// Where the client is, for people: `10.1.2.3`, `local` (Unix socket) or `?` (hidden).
+    pub fn client_text(&self) -> String {
+        match (self.client_addr, self.client_port) {
+            (Some(a), _) => a.to_string(),
+            (None, Some(-1)) => "local".into(),
+            _ => "?".into(),
+        }
+    }
+
+    /// What it waits for, for people: `Lock:relation`, empty when nothing, `?` when hidden.
+    pub fn wait_text(&self) -> String {
+        match (&self.wait_event_type, &self.wait_event) {
+            (Some(t), Some(e)) => format!("{t}:{e}"),
+            _ if self.state.is_none() => "?".into(),
+            _ => String::new(),
+        }
+    }
+
     /// The query text, or `None` when the caller may not see it.
     pub fn visible_query(&self) -> Option<&str> {
         self.query

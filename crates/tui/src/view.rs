@@ -133,16 +133,8 @@ fn session_cells(app: &App, s: &Session) -> Vec<Cell<'static>> {
         st if st.starts_with("idle in transaction") => style(app, Color::Yellow),
         _ => Style::default(),
     };
-    let wait = match (&s.wait_event_type, &s.wait_event) {
-        (Some(t), Some(e)) => format!("{t}:{e}"),
-        _ if s.state.is_none() => "?".into(),
-        _ => String::new(),
-    };
-    let client = match (s.client_addr, s.client_port) {
-        (Some(a), _) => a.to_string(),
-        (None, Some(-1)) => "local".into(),
-        _ => "?".into(),
-    };
+    let wait = s.wait_text();
+    let client = s.client_text();
     vec![
         Cell::from(mark),
         Cell::from(s.pid.to_string()),

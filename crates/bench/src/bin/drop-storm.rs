@@ -30,12 +30,6 @@ use pgkill_sandbox::{roles, sim, Installation, Options, Sandbox};
 use tokio::runtime::Runtime;
 use tokio_postgres::Client;
 
-const USAGE: &str = "usage: drop-storm [--trials N] [--clients N] [--versions 10,13,18] [--pgkill PATH] [--recipe-gap MS] [--log-dir DIR]
-  --recipe-gap MS: pause between the recipe's terminate and its DROP (default 0: back to back
-                   on one connection, as `psql -c … -c …` runs them)
-  --log-dir DIR: diagnostics: keep each pgkill run's stderr (set PGKILL_LOG=debug for more)
-                 and each server's log with every statement's duration (slows things a little)";
-
 /// The server's `max_connections`: the pool plus the admin connection and pgkill.
 const MAX_CONNECTIONS: u32 = 200;
 /// How soon a pool client reconnects, as connection pools do.
@@ -53,55 +47,37 @@ const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $
 const RECIPE_TERMINATE: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
 WHERE datname = $1 AND pid <> pg_backend_pid()";
 
-#[derive(Debug)]
+/// `pgkill drop` under a reconnect storm of superuser clients, side by side with
+/// `DROP … WITH (FORCE)` (13+) and terminate-then-DROP, per version.
+#[derive(Debug, clap::Parser)]
+#[command(name = "drop-storm")]
 struct Args {
+    /// Trials per version and method.
+    #[arg(long, default_value_t = 5)]
     trials: usize,
+    /// Superuser clients reconnecting within 1 ms.
+    #[arg(long, default_value_t = 50)]
     clients: usize,
+    /// Major versions to run (default: every one installed), e.g. 10,13,18.
+    #[arg(long, value_delimiter = ',')]
     versions: Option<Vec<u32>>,
+    /// The pgkill binary (default: beside this program).
+    #[arg(long, value_name = "PATH")]
     pgkill: Option<PathBuf>,
+    /// Pause in ms between the recipe's terminate and its DROP (default 0: back to back on
+    /// one connection, as `psql -c … -c …` runs them).
+    #[arg(long = "recipe-gap", value_name = "MS", default_value = "0",
+          value_parser = |s: &str| s.parse::<u64>().map(Duration::from_millis).map_err(|e| e.to_string()))]
     recipe_gap: Duration,
+    /// Diagnostics: keep each pgkill run's stderr (set PGKILL_LOG=debug for more) and each
+    /// server's log with every statement's duration (slows things a little).
+    #[arg(long = "log-dir", value_name = "DIR")]
     log_dir: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        trials: 5,
-        clients: 50,
-        versions: None,
-        pgkill: None,
-        recipe_gap: Duration::ZERO,
-        log_dir: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let value = it
-            .next()
-            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let number = |s: &str| -> anyhow::Result<usize> {
-            s.trim()
-                .parse()
-                .with_context(|| format!("{flag} takes whole numbers, not {s:?}\n{USAGE}"))
-        };
-        match flag.as_str() {
-            "--trials" => args.trials = number(&value)?,
-            "--clients" => args.clients = number(&value)?,
-            "--versions" => {
-                let majors = value
-                    .split(',')
-                    .map(|v| number(v).map(|n| n as u32))
-                    .collect::<anyhow::Result<Vec<u32>>>()?;
-                args.versions = Some(majors);
-            }
-            "--pgkill" => args.pgkill = Some(PathBuf::from(&value)),
-            "--recipe-gap" => args.recipe_gap = Duration::from_millis(number(&value)? as u64),
-            "--log-dir" => args.log_dir = Some(PathBuf::from(&value)),
-            _ => anyhow::bail!("unknown argument {flag:?}\n{USAGE}"),
-        }
-    }
+    use clap::Parser;
+    let args = Args::parse();
     anyhow::ensure!(
         args.trials > 0 && args.clients > 0,
         "--trials and --clients must be at least 1"

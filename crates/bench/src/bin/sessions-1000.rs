@@ -49,51 +49,34 @@ const PSQL_POLL: &str = "SELECT count(*) FROM pg_stat_activity WHERE datname = '
 const CLIENTS_LEFT: &str = "SELECT count(*) FROM pg_stat_activity \
 WHERE datname = 'bench' AND backend_type = 'client backend'";
 
-const USAGE: &str = "usage: sessions-1000 [--sessions N] [--runs N] [--pg-version MAJOR] [--pgkill PATH] [--psql PATH] [--hold SECS]\n  --hold SECS: once the sessions are open, print how to connect and wait SECS seconds before measuring (to look at pgkill by hand)";
-
-#[derive(Debug)]
+/// `ls` and `kill` of 1,000 sessions, side by side with psql, and pgkill's peak RSS.
+#[derive(Debug, clap::Parser)]
+#[command(name = "sessions-1000")]
 struct Args {
+    /// Client sessions to open.
+    #[arg(long, default_value_t = 1000)]
     sessions: usize,
+    /// Runs of each measurement (median and min are printed).
+    #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// PostgreSQL major version (default: the newest installed).
+    #[arg(long, value_name = "MAJOR")]
     pg_version: Option<u32>,
+    /// The pgkill binary (default: beside this program).
+    #[arg(long, value_name = "PATH")]
     pgkill: Option<PathBuf>,
+    /// The psql binary.
+    #[arg(long, value_name = "PATH")]
     psql: Option<PathBuf>,
+    /// Once the sessions are open, print how to connect and wait SECS seconds before
+    /// measuring (to look at pgkill by hand).
+    #[arg(long, value_name = "SECS")]
     hold: Option<u64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        sessions: 1000,
-        runs: 5,
-        pg_version: None,
-        pgkill: None,
-        psql: None,
-        hold: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let value = it
-            .next()
-            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let number = || -> anyhow::Result<usize> {
-            value
-                .parse()
-                .with_context(|| format!("{flag} must be a whole number, not {value:?}"))
-        };
-        match flag.as_str() {
-            "--sessions" => args.sessions = number()?,
-            "--runs" => args.runs = number()?,
-            "--pg-version" => args.pg_version = Some(number()? as u32),
-            "--pgkill" => args.pgkill = Some(PathBuf::from(&value)),
-            "--psql" => args.psql = Some(PathBuf::from(&value)),
-            "--hold" => args.hold = Some(number()? as u64),
-            _ => anyhow::bail!("unknown argument {flag:?}\n{USAGE}"),
-        }
-    }
+    use clap::Parser;
+    let args = Args::parse();
     anyhow::ensure!(
         args.sessions > 0 && args.runs > 0,
         "--sessions and --runs must be at least 1"
