@@ -2,7 +2,7 @@
 //! shapes, exit codes, the non-TTY refusal, and one clear line for each kind of bad input.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
@@ -27,34 +27,14 @@ fn main() {
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// `pgkill` with the sandbox's connection flags, in an environment free of the
-/// developer's `PG*` variables and `~/.pgpass`.
+mod support;
+
+/// `pgkill` with the sandbox's connection flags (see `support::pgkill`).
 fn pgkill(sb: &Sandbox, role: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkill"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PG") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("HOME", std::env::temp_dir().join("pgkill-cli-test-home"))
-        .env("NO_COLOR", "1")
-        .args(["-h", sb.host(), "-p", &sb.port().to_string(), "-U", role])
-        .args(args)
-        .stdin(Stdio::null());
-    cmd
+    support::pgkill(sb.host(), sb.port(), role, args)
 }
 
-fn run(mut cmd: Command) -> Result<(i32, String, String)> {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().context("running pgkill")?;
-    let code = status
-        .code()
-        .ok_or_else(|| anyhow!("pgkill died by a signal: {status}"))?;
-    Ok((code, String::from_utf8(stdout)?, String::from_utf8(stderr)?))
-}
+use support::run;
 
 fn no_panic(stderr: &str) -> Result<()> {
     ensure!(

@@ -3,13 +3,17 @@
 //! up front with nothing changed, keep committed work, and never leave a database
 //! locked out (settings restored exactly on failure, Ctrl-C, or after a crash).
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Result};
 use pgkill_sandbox::sim::{self, PoolOptions, WriterOptions};
 use pgkill_sandbox::{cases, roles, Installation, Options, Sandbox};
 use tokio_postgres::Client;
+
+mod support;
+
+use support::wait_no_sessions;
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -46,29 +50,13 @@ impl Cli {
     }
 
     fn cmd(&self, role: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkill"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("PG") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("PGKILL_STATE_DIR", self.state.path())
-            .args(["-h", &self.host, "-p", &self.port.to_string(), "-U", role])
-            .args(args)
-            .stdin(Stdio::null());
+        let mut cmd = support::pgkill(&self.host, self.port, role, args);
+        cmd.env("PGKILL_STATE_DIR", self.state.path());
         cmd
     }
 
     fn run(&self, role: &str, args: &[&str]) -> Result<(i32, String, String)> {
-        let Output {
-            status,
-            stdout,
-            stderr,
-        } = self.cmd(role, args).output().context("running pgkill")?;
-        let code = status
-            .code()
-            .ok_or_else(|| anyhow!("pgkill died by a signal: {status}"))?;
-        Ok((code, String::from_utf8(stdout)?, String::from_utf8(stderr)?))
+        support::run(self.cmd(role, args))
     }
 
     fn journal_files(&self) -> Result<usize> {
@@ -102,27 +90,6 @@ async fn customise(admin: &Client, name: &str) -> Result<()> {
             roles::SUPERUSER
         ))
         .await?;
-    Ok(())
-}
-
-/// Waits until the sessions of `db` that a test dropped have left.
-async fn wait_no_sessions(admin: &Client, db: &str) -> Result<()> {
-    let began = Instant::now();
-    while admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
-            &[&db],
-        )
-        .await?
-        .get::<_, i64>(0)
-        > 0
-    {
-        ensure!(
-            began.elapsed() < Duration::from_secs(10),
-            "sessions of {db} did not leave"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     Ok(())
 }
 
