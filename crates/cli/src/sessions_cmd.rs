@@ -250,13 +250,13 @@ pub async fn free_slot(
     crate::confirm::ensure_possible(args.yes, false, "end sessions", None)?;
     let client = conn::connect(conn_args, conninfo).await?.client;
     let caps = sessions::capabilities(&client).await?;
-    let limit: Option<i32> = client
-        .query_opt(
-            "SELECT rolconnlimit FROM pg_roles WHERE rolname = $1",
-            &[&args.role],
-        )
-        .await?
-        .map(|r| r.get(0));
+    let limit: Option<i32> = pgkill_pg::exec::query_opt(
+        &client,
+        &pgkill_core::database::role_connection_limit(&args.role),
+    )
+    .await?
+    .map(|r| r.try_get(0))
+    .transpose()?;
     let Some(limit) = limit else {
         anyhow::bail!(crate::UsageError(format!(
             "role {:?} does not exist",

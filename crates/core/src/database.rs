@@ -260,13 +260,16 @@ pub fn restore_plan(record: &FenceRecord, current: Option<&DbSettings>) -> Resto
     plan
 }
 
+/// The columns `pgkill_pg::databases` reads (by name) of `pg_database d`.
+const DB_INFO: &str = "SELECT d.oid::int8 AS oid, d.datname::text AS name,
+       pg_catalog.pg_get_userbyid(d.datdba)::text AS owner,
+       d.datallowconn, d.datconnlimit, d.datacl::text[] AS acl, d.datistemplate
+FROM pg_catalog.pg_database d";
+
 /// Reads a database's settings by name.
 pub fn db_info(name: &str) -> Query {
     Query {
-        sql: "SELECT d.oid::int8 AS oid, d.datname::text AS name, pg_get_userbyid(d.datdba)::text AS owner,
-       d.datallowconn, d.datconnlimit, d.datacl::text[] AS acl, d.datistemplate
-FROM pg_database d WHERE d.datname = $1"
-            .into(),
+        sql: format!("{DB_INFO} WHERE d.datname = $1::name"),
         params: vec![Param::Text(name.to_owned())],
     }
 }
@@ -274,10 +277,7 @@ FROM pg_database d WHERE d.datname = $1"
 /// Reads a database's settings by OID (for restoring after a rename).
 pub fn db_info_by_oid(oid: u32) -> Query {
     Query {
-        sql: "SELECT d.oid::int8 AS oid, d.datname::text AS name, pg_get_userbyid(d.datdba)::text AS owner,
-       d.datallowconn, d.datconnlimit, d.datacl::text[] AS acl, d.datistemplate
-FROM pg_database d WHERE d.oid = $1::int8::oid"
-            .into(),
+        sql: format!("{DB_INFO} WHERE d.oid = $1::int8::oid"),
         params: vec![Param::Int8(i64::from(oid))],
     }
 }
@@ -286,12 +286,12 @@ FROM pg_database d WHERE d.oid = $1::int8::oid"
 pub fn blockers(name: &str) -> (Query, Query) {
     (
         Query {
-            sql: "SELECT gid, owner::text, prepared FROM pg_prepared_xacts WHERE database = $1 ORDER BY prepared".into(),
+            sql: "SELECT gid, owner::text, prepared FROM pg_catalog.pg_prepared_xacts WHERE database = $1::name ORDER BY prepared".into(),
             params: vec![Param::Text(name.to_owned())],
         },
         Query {
-            sql: "SELECT slot_name::text, active, active_pid FROM pg_replication_slots
-WHERE database = $1 AND slot_type = 'logical' ORDER BY slot_name"
+            sql: "SELECT slot_name::text, active, active_pid FROM pg_catalog.pg_replication_slots
+WHERE database = $1::name AND slot_type = 'logical'::text ORDER BY slot_name"
                 .into(),
             params: vec![Param::Text(name.to_owned())],
         },
@@ -301,7 +301,7 @@ WHERE database = $1 AND slot_type = 'logical' ORDER BY slot_name"
 /// Subscriptions of the database (readable by superusers).
 pub fn subscriptions(oid: u32) -> Query {
     Query {
-        sql: "SELECT subname::text FROM pg_subscription WHERE subdbid = $1::int8::oid ORDER BY subname".into(),
+        sql: "SELECT subname::text FROM pg_catalog.pg_subscription WHERE subdbid = $1::int8::oid ORDER BY subname".into(),
         params: vec![Param::Int8(i64::from(oid))],
     }
 }
@@ -312,11 +312,6 @@ pub fn set_allow_connections(name: &str, allow: bool) -> String {
         "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
         quote_ident(name)
     )
-}
-
-/// `ALTER DATABASE … IS_TEMPLATE false`.
-pub fn clear_template(name: &str) -> String {
-    format!("ALTER DATABASE {} IS_TEMPLATE false", quote_ident(name))
 }
 
 /// `DROP DATABASE`, with `FORCE` where the server has it (13+).
@@ -341,9 +336,9 @@ pub fn rename_database(old: &str, new: &str) -> String {
 /// were signalled and how many of those were inside a transaction.
 pub fn terminate_all(oid: u32) -> Query {
     Query {
-        sql: "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int8 AS signalled,
-       count(*) FILTER (WHERE xact_start IS NOT NULL)::int8 AS in_transaction
-FROM pg_stat_activity WHERE datid = $1::int8::oid AND pid <> pg_backend_pid()"
+        sql: "SELECT pg_catalog.count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid))::int8 AS signalled,
+       pg_catalog.count(*) FILTER (WHERE xact_start IS NOT NULL)::int8 AS in_transaction
+FROM pg_catalog.pg_stat_activity WHERE datid = $1::int8::oid AND pid <> pg_catalog.pg_backend_pid()"
             .into(),
         params: vec![Param::Int8(i64::from(oid))],
     }
@@ -354,8 +349,8 @@ pub fn unsignallable_sessions(oid: u32) -> Query {
     Query {
         sql: format!(
             "SELECT s.usename::text, coalesce(r.rolsuper, false)
-FROM pg_stat_activity s LEFT JOIN pg_roles r ON r.oid = s.usesysid
-WHERE s.datid = $1::int8::oid AND s.pid <> pg_backend_pid() AND NOT {}",
+FROM pg_catalog.pg_stat_activity s LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.usesysid
+WHERE s.datid = $1::int8::oid AND s.pid <> pg_catalog.pg_backend_pid() AND NOT {}",
             crate::planner::CAN_SIGNAL
         ),
         params: vec![Param::Int8(i64::from(oid))],
@@ -365,8 +360,64 @@ WHERE s.datid = $1::int8::oid AND s.pid <> pg_backend_pid() AND NOT {}",
 /// How many backends are connected to database `oid` (besides pgkill's own).
 pub fn count_sessions(oid: u32) -> Query {
     Query {
-        sql: "SELECT count(*)::int8 FROM pg_stat_activity WHERE datid = $1::int8::oid AND pid <> pg_backend_pid()".into(),
+        sql: "SELECT pg_catalog.count(*)::int8 FROM pg_catalog.pg_stat_activity WHERE datid = $1::int8::oid AND pid <> pg_catalog.pg_backend_pid()".into(),
         params: vec![Param::Int8(i64::from(oid))],
+    }
+}
+
+/// Ends each session of database `oid` that is outside a transaction (during a grace
+/// period); returns how many were signalled, how many are connected, and how many of
+/// those are inside a transaction.
+pub fn end_idle_sessions(oid: u32) -> Query {
+    Query {
+        sql: "SELECT pg_catalog.count(*) FILTER (WHERE xact_start IS NULL AND pg_catalog.pg_terminate_backend(pid))::int8,
+       pg_catalog.count(*)::int8, pg_catalog.count(*) FILTER (WHERE xact_start IS NOT NULL)::int8
+FROM pg_catalog.pg_stat_activity WHERE datid = $1::int8::oid AND pid <> pg_catalog.pg_backend_pid()"
+            .into(),
+        params: vec![Param::Int8(i64::from(oid))],
+    }
+}
+
+/// The database pgkill is connected to.
+pub fn current_database() -> Query {
+    Query {
+        sql: "SELECT pg_catalog.current_database()::text".into(),
+        params: Vec::new(),
+    }
+}
+
+/// Whether the caller may create (and so rename) databases.
+pub fn caller_can_create_databases() -> Query {
+    Query {
+        sql: "SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
+            .into(),
+        params: Vec::new(),
+    }
+}
+
+/// The server's `system_identifier` as text (identifies the cluster across renames of
+/// hosts and ports, and tells a primary from an unrelated server).
+pub fn system_identifier() -> Query {
+    Query {
+        sql: "SELECT system_identifier::text FROM pg_catalog.pg_control_system()".into(),
+        params: Vec::new(),
+    }
+}
+
+/// `ALTER DATABASE … IS_TEMPLATE …`.
+pub fn set_template(name: &str, template: bool) -> String {
+    format!(
+        "ALTER DATABASE {} IS_TEMPLATE {template}",
+        quote_ident(name)
+    )
+}
+
+/// A role's connection limit (`rolconnlimit`, -1 for none); no row when the role does not
+/// exist.
+pub fn role_connection_limit(role: &str) -> Query {
+    Query {
+        sql: "SELECT rolconnlimit FROM pg_catalog.pg_roles WHERE rolname = $1::name".into(),
+        params: vec![Param::Text(role.to_owned())],
     }
 }
 
@@ -424,6 +475,38 @@ mod tests {
             (p.allow_connections, p.is_template),
             (Some(true), Some(true))
         );
+    }
+
+    #[test]
+    fn every_function_call_is_schema_qualified() {
+        let v = |major| ServerVersion { major, minor: 0 };
+        let (prepared, slots) = blockers("shop");
+        let mut all = vec![
+            db_info("shop").sql,
+            db_info_by_oid(1).sql,
+            prepared.sql,
+            slots.sql,
+            subscriptions(1).sql,
+            terminate_all(1).sql,
+            unsignallable_sessions(1).sql,
+            count_sessions(1).sql,
+            end_idle_sessions(1).sql,
+            current_database().sql,
+            caller_can_create_databases().sql,
+            system_identifier().sql,
+            role_connection_limit("r").sql,
+            set_allow_connections("x", false),
+            set_template("x", false),
+            rename_database("a", "b"),
+        ];
+        all.extend((10..=18).map(|m| drop_database(v(m), "x")));
+        for sql in all {
+            assert_eq!(
+                crate::sql::unqualified_calls(&sql),
+                Vec::<String>::new(),
+                "in:\n{sql}"
+            );
+        }
     }
 
     #[test]

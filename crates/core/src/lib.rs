@@ -11,6 +11,7 @@ pub mod plan;
 pub mod planner;
 pub mod quote;
 pub mod session;
+pub mod sql;
 pub mod version;
 
 pub use duration::{format_duration, parse_duration};

@@ -53,8 +53,8 @@ pub enum Signal {
 impl Signal {
     fn function(self) -> &'static str {
         match self {
-            Signal::Cancel => "pg_cancel_backend",
-            Signal::Terminate => "pg_terminate_backend",
+            Signal::Cancel => "pg_catalog.pg_cancel_backend",
+            Signal::Terminate => "pg_catalog.pg_terminate_backend",
         }
     }
 }
@@ -92,23 +92,25 @@ impl Predicate {
 /// role-less process; others need the privileges of the session's role or
 /// `pg_signal_backend`.
 pub(crate) const CAN_SIGNAL: &str =
-    "(CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN true
+    "(CASE WHEN (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN true
       WHEN r.rolsuper OR s.usesysid IS NULL THEN false
-      ELSE pg_has_role(s.usesysid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE') END)";
+      ELSE pg_catalog.pg_has_role(s.usesysid, 'USAGE'::text)
+        OR pg_catalog.pg_has_role('pg_signal_backend'::name, 'USAGE'::text) END)";
 
 /// Pids that some session waiting on a lock waits for (`pg_blocking_pids` is only
 /// called for sessions that wait on a lock).
-const BLOCKERS: &str = "SELECT b.pid, count(*)::int AS waiters
-  FROM pg_stat_activity w, unnest(pg_blocking_pids(w.pid)) AS b(pid)
-  WHERE w.wait_event_type = 'Lock'
+const BLOCKERS: &str = "SELECT b.pid, pg_catalog.count(*)::int AS waiters
+  FROM pg_catalog.pg_stat_activity w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) AS b(pid)
+  WHERE w.wait_event_type = 'Lock'::text
   GROUP BY b.pid";
 
 fn predicate(v: ServerVersion, f: &Filter, first: usize) -> Predicate {
     let mut p = Predicate::new(first);
     // Never pgkill's own connections.
-    p.clauses.push("s.pid <> pg_backend_pid()".into());
     p.clauses
-        .push("s.application_name IS DISTINCT FROM 'pgkill'".into());
+        .push("s.pid <> pg_catalog.pg_backend_pid()".into());
+    p.clauses
+        .push("s.application_name IS DISTINCT FROM 'pgkill'::text".into());
     if !f.all_backends {
         let leader = if v.major >= 13 {
             " AND s.leader_pid IS NULL"
@@ -116,16 +118,18 @@ fn predicate(v: ServerVersion, f: &Filter, first: usize) -> Predicate {
             ""
         };
         p.clauses.push(format!(
-            "(s.backend_type = 'client backend' OR (s.backend_type IS NULL AND s.usesysid IS NOT NULL AND s.datid IS NOT NULL{leader}))"
+            "(s.backend_type = 'client backend'::text OR (s.backend_type IS NULL AND s.usesysid IS NOT NULL AND s.datid IS NOT NULL{leader}))"
         ));
     }
     if !f.databases.is_empty() {
         let x = p.bind(Param::TextArray(f.databases.clone()));
-        p.clauses.push(format!("s.datname = ANY({x}::text[])"));
+        p.clauses
+            .push(format!("s.datname::text = ANY({x}::text[])"));
     }
     if !f.users.is_empty() {
         let x = p.bind(Param::TextArray(f.users.clone()));
-        p.clauses.push(format!("s.usename = ANY({x}::text[])"));
+        p.clauses
+            .push(format!("s.usename::text = ANY({x}::text[])"));
     }
     if !f.apps.is_empty() {
         let x = p.bind(Param::TextArray(
@@ -168,7 +172,7 @@ fn predicate(v: ServerVersion, f: &Filter, first: usize) -> Predicate {
     }
     let older = |p: &mut Predicate, column: &str, d: std::time::Duration| {
         let x = p.bind(Param::Float(d.as_secs_f64()));
-        format!("{column} <= clock_timestamp() - {x}::float8 * interval '1 second'")
+        format!("{column} <= pg_catalog.clock_timestamp() - {x}::float8 * interval '1 second'")
     };
     if let Some(d) = f.idle_for {
         let x = p.bind(Param::TextArray(
@@ -184,7 +188,8 @@ fn predicate(v: ServerVersion, f: &Filter, first: usize) -> Predicate {
     }
     if let Some(d) = f.query_older {
         let age = older(&mut p, "s.query_start", d);
-        p.clauses.push(format!("s.state = 'active' AND {age}"));
+        p.clauses
+            .push(format!("s.state = 'active'::text AND {age}"));
     }
     if let Some(d) = f.backend_older {
         let age = older(&mut p, "s.backend_start", d);
@@ -216,21 +221,21 @@ pub fn list_sessions(v: ServerVersion, filter: &Filter) -> Query {
     // both who a session waits for and how many wait for it come from it, counted over
     // all sessions, not only the selected ones.
     let sql = format!(
-        "WITH s AS (SELECT * FROM pg_stat_activity), waits AS (
-  SELECT w.pid, pg_blocking_pids(w.pid) AS blockers
-  FROM s w WHERE w.wait_event_type = 'Lock'
+        "WITH s AS (SELECT * FROM pg_catalog.pg_stat_activity), waits AS (
+  SELECT w.pid, pg_catalog.pg_blocking_pids(w.pid) AS blockers
+  FROM s w WHERE w.wait_event_type = 'Lock'::text
 ), blockers AS (
-  SELECT b.pid, count(*)::int AS waiters
-  FROM waits, unnest(waits.blockers) AS b(pid) GROUP BY b.pid
+  SELECT b.pid, pg_catalog.count(*)::int AS waiters
+  FROM waits, pg_catalog.unnest(waits.blockers) AS b(pid) GROUP BY b.pid
 )
 SELECT s.pid, s.backend_start, s.datname::text AS datname, s.usename::text AS usename,
-       s.application_name, host(s.client_addr) AS client_addr, s.client_hostname,
+       s.application_name, pg_catalog.host(s.client_addr) AS client_addr, s.client_hostname,
        s.client_port, s.state, s.wait_event_type, s.wait_event, s.backend_type,
        s.xact_start, s.query_start, s.state_change, s.query, {leader} AS leader_pid,
        r.rolsuper, wt.blockers AS blocked_by, coalesce(bl.waiters, 0) AS blocking,
-       {CAN_SIGNAL} AS can_signal, clock_timestamp() AS now
+       {CAN_SIGNAL} AS can_signal, pg_catalog.clock_timestamp() AS now
 FROM s
-LEFT JOIN pg_roles r ON r.oid = s.usesysid
+LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.usesysid
 LEFT JOIN waits wt ON wt.pid = s.pid
 LEFT JOIN blockers bl ON bl.pid = s.pid
 WHERE {where_}
@@ -268,7 +273,10 @@ fn identity_params(targets: &[Identity]) -> Vec<Param> {
 }
 
 /// Joins `pg_stat_activity s` with the targets of `$1..$4` on their identity.
-const JOIN_TARGETS: &str = "JOIN unnest($1::int[], $2::timestamptz[], $3::text[], $4::text[]) AS t(pid, backend_start, usename, datname)
+/// (The several-array `unnest` of FROM is grammar that only exists unqualified; `ROWS
+/// FROM` with one qualified `unnest` per array is the same thing.)
+const JOIN_TARGETS: &str = "JOIN ROWS FROM (pg_catalog.unnest($1::int[]), pg_catalog.unnest($2::timestamptz[]),
+                pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) AS t(pid, backend_start, usename, datname)
     ON t.pid = s.pid AND t.backend_start IS NOT DISTINCT FROM s.backend_start
    AND t.usename IS NOT DISTINCT FROM s.usename::text AND t.datname IS NOT DISTINCT FROM s.datname::text";
 
@@ -285,9 +293,9 @@ pub fn signal(v: ServerVersion, filter: &Filter, signal: Signal, targets: &[Iden
         "WITH c AS (
   SELECT s.pid, {CAN_SIGNAL} AND (NOT coalesce(r.rolsuper, false) OR $5::bool) AS allowed,
          coalesce(r.rolsuper, false) AS superuser
-  FROM pg_stat_activity s
+  FROM pg_catalog.pg_stat_activity s
   {JOIN_TARGETS}
-  LEFT JOIN pg_roles r ON r.oid = s.usesysid
+  LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.usesysid
   WHERE {where_}
 )
 SELECT pid, allowed, CASE WHEN allowed THEN {func}(pid) END AS signalled, superuser FROM c",
@@ -301,7 +309,7 @@ SELECT pid, allowed, CASE WHEN allowed THEN {func}(pid) END AS signalled, superu
 /// until none is left. Run in autocommit so each poll sees a fresh snapshot.
 pub fn still_present(targets: &[Identity]) -> Query {
     Query {
-        sql: format!("SELECT s.pid FROM pg_stat_activity s\n{JOIN_TARGETS}"),
+        sql: format!("SELECT s.pid FROM pg_catalog.pg_stat_activity s\n{JOIN_TARGETS}"),
         params: identity_params(targets),
     }
 }
@@ -309,11 +317,26 @@ pub fn still_present(targets: &[Identity]) -> Query {
 /// What the caller is and may do, read once per connection.
 pub fn capabilities() -> Query {
     Query {
-        sql: "SELECT current_setting('server_version_num')::int, current_user::text,
-       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
-       pg_has_role('pg_signal_backend', 'USAGE'),
-       pg_has_role('pg_read_all_stats', 'USAGE'),
-       pg_backend_pid()"
+        sql:
+            "SELECT pg_catalog.current_setting('server_version_num'::text)::int, current_user::text,
+       (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
+       pg_catalog.pg_has_role('pg_signal_backend'::name, 'USAGE'::text),
+       pg_catalog.pg_has_role('pg_read_all_stats'::name, 'USAGE'::text),
+       pg_catalog.pg_backend_pid()"
+                .into(),
+        params: Vec::new(),
+    }
+}
+
+/// What `top`'s header shows of the server: `max_connections`, backends connected, and
+/// seconds since the server started. Counts backend ids only: counting rows of
+/// `pg_stat_activity` would read the whole view (query texts, role and database names) a
+/// second time per refresh.
+pub fn server_summary() -> Query {
+    Query {
+        sql: "SELECT pg_catalog.current_setting('max_connections'::text)::int8,
+       (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_get_backend_idset())::int8,
+       extract(epoch FROM pg_catalog.now() - pg_catalog.pg_postmaster_start_time())::float8"
             .into(),
         params: Vec::new(),
     }
@@ -333,10 +356,10 @@ mod tests {
     fn empty_filter_lists_client_backends_but_not_pgkill() {
         let q = list_sessions(v(15), &Filter::default());
         assert!(q.params.is_empty());
-        assert!(q.sql.contains("s.pid <> pg_backend_pid()"));
+        assert!(q.sql.contains("s.pid <> pg_catalog.pg_backend_pid()"));
         assert!(q
             .sql
-            .contains("s.application_name IS DISTINCT FROM 'pgkill'"));
+            .contains("s.application_name IS DISTINCT FROM 'pgkill'::text"));
         assert!(q.sql.contains("s.backend_type = 'client backend'"));
         assert!(q.sql.contains("s.leader_pid IS NULL"));
         let all = list_sessions(
@@ -363,18 +386,7 @@ mod tests {
     fn every_value_is_bound() {
         let f = Filter {
             databases: vec!["shop'; DROP DATABASE x; --".into()],
-            users: vec!["bob".into()],
-            apps: vec!["web-*".into()],
-            clients: vec!["10.0.0.0/8".parse().unwrap(), ClientMatch::Local],
-            states: vec![State::IdleInTransaction],
-            pids: vec![42],
-            idle_for: Some(Duration::from_secs(600)),
-            xact_older: Some(Duration::from_secs(300)),
-            query_older: Some(Duration::from_secs(30)),
-            backend_older: Some(Duration::from_secs(3600)),
-            queries: vec!["^UPDATE".into()],
-            blocking: true,
-            ..Filter::default()
+            ..every_filter()
         };
         let q = list_sessions(v(10), &f);
         assert!(!q.sql.contains("DROP DATABASE"));
@@ -394,6 +406,60 @@ mod tests {
             .sql
             .contains("(s.client_addr IS NULL AND s.client_port = -1)"));
         assert!(q.sql.contains("pg_blocking_pids"));
+    }
+
+    /// Every filter at once, so that every clause the planner can write is in the SQL.
+    fn every_filter() -> Filter {
+        Filter {
+            databases: vec!["shop".into()],
+            users: vec!["bob".into()],
+            apps: vec!["web-*".into()],
+            clients: vec!["10.0.0.0/8".parse().unwrap(), ClientMatch::Local],
+            states: vec![State::IdleInTransaction],
+            pids: vec![42],
+            idle_for: Some(Duration::from_secs(600)),
+            xact_older: Some(Duration::from_secs(300)),
+            query_older: Some(Duration::from_secs(30)),
+            backend_older: Some(Duration::from_secs(3600)),
+            queries: vec!["^UPDATE".into()],
+            blocking: true,
+            ..Filter::default()
+        }
+    }
+
+    /// Every statement the planner builds, for every supported version.
+    pub(crate) fn every_statement() -> Vec<String> {
+        let id = Identity {
+            pid: 7,
+            backend_start: None,
+            user: None,
+            database: None,
+        };
+        let mut all = vec![
+            capabilities().sql,
+            server_summary().sql,
+            still_present(std::slice::from_ref(&id)).sql,
+        ];
+        for major in 10..=18 {
+            for f in [Filter::default(), every_filter()] {
+                all.push(list_sessions(v(major), &f).sql);
+                for s in [Signal::Cancel, Signal::Terminate] {
+                    all.push(signal(v(major), &f, s, std::slice::from_ref(&id)).sql);
+                }
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_function_call_is_schema_qualified() {
+        for sql in every_statement() {
+            assert_eq!(
+                crate::sql::unqualified_calls(&sql),
+                Vec::<String>::new(),
+                "in:\n{sql}"
+            );
+        }
     }
 
     #[test]
@@ -417,11 +483,12 @@ mod tests {
         assert!(q
             .sql
             .contains("t.backend_start IS NOT DISTINCT FROM s.backend_start"));
-        assert!(q.sql.contains("s.datname = ANY($6::text[])"));
-        assert!(q.sql.contains("pg_terminate_backend(pid)"));
+        assert!(q.sql.contains("s.datname::text = ANY($6::text[])"));
+        assert!(q.sql.contains("pg_catalog.pg_terminate_backend(pid)"));
         let c = signal(v(15), &f, Signal::Cancel, &[id(7)]);
         assert!(
-            c.sql.contains("pg_cancel_backend(pid)") && !c.sql.contains("pg_terminate_backend")
+            c.sql.contains("pg_catalog.pg_cancel_backend(pid)")
+                && !c.sql.contains("pg_terminate_backend")
         );
     }
 }

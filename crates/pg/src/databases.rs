@@ -11,11 +11,11 @@ use pgkill_core::database::{
     RestorePlan, Slot,
 };
 use pgkill_core::quote_literal;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row};
 
+use crate::exec::{batch, query, query_opt};
 use crate::journal::Journal;
-use crate::sessions::{query, Capabilities};
+use crate::sessions::Capabilities;
 use crate::{Error, Result};
 
 /// Opens a connection to another database of the same server (to resolve prepared
@@ -123,9 +123,9 @@ pub async fn preflight(
         slots,
         subscriptions,
     };
-    let connected: String = client
-        .query_one("SELECT current_database()::text", &[])
+    let connected: String = query_opt(client, &plan::current_database())
         .await?
+        .ok_or(Error::Protocol("current_database() returned no row"))?
         .try_get(0)?;
     let mut refusals = plan::refusals(op, &info, &blockers, resolve, &connected);
     if !caps.caller.superuser && info.owner != caps.caller.user {
@@ -144,13 +144,11 @@ pub async fn preflight(
         if self::info(client, new).await?.is_some() {
             refusals.push(format!("a database named {new:?} already exists"));
         }
-        let createdb: bool = client
-            .query_one(
-                "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user",
-                &[],
-            )
+        let createdb: bool = query_opt(client, &plan::caller_can_create_databases())
             .await?
-            .try_get(0)?;
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(false);
         if !createdb {
             refusals.push(format!(
                 "renaming a database needs the CREATEDB privilege, which {} lacks",
@@ -257,9 +255,11 @@ pub async fn run(
     if req.resolve.rollback_prepared && !pre.blockers.prepared.is_empty() {
         let inside = connect_to(info.name.clone()).await?;
         for p in &pre.blockers.prepared {
-            inside
-                .batch_execute(&format!("ROLLBACK PREPARED {}", quote_literal(&p.gid)))
-                .await?;
+            batch(
+                &inside,
+                &format!("ROLLBACK PREPARED {}", quote_literal(&p.gid)),
+            )
+            .await?;
             report.prepared_rolled_back.push(p.gid.clone());
         }
     }
@@ -267,9 +267,7 @@ pub async fn run(
     // there is nothing to fence or restore, only the DROP to finish.
     if info.is_invalid() && req.op == Operation::Drop {
         report.attempts = 1;
-        client
-            .batch_execute(&plan::drop_database(caps.version, &info.name))
-            .await?;
+        batch(client, &plan::drop_database(caps.version, &info.name)).await?;
         return Ok(report);
     }
     let mut fenced = info.settings.clone();
@@ -319,13 +317,10 @@ pub async fn run(
 }
 
 async fn system_identifier(client: &Client) -> Option<String> {
-    client
-        .query_one(
-            "SELECT system_identifier::text FROM pg_control_system()",
-            &[],
-        )
+    query_opt(client, &plan::system_identifier())
         .await
         .ok()
+        .flatten()
         .and_then(|r| r.try_get(0).ok())
 }
 
@@ -340,14 +335,10 @@ async fn fence_and_act(
 ) -> Result<()> {
     let info = &pre.info;
     if fenced.is_template != info.settings.is_template {
-        client
-            .batch_execute(&plan::clear_template(&info.name))
-            .await?;
+        batch(client, &plan::set_template(&info.name, false)).await?;
     }
     if info.settings.allow_connections {
-        client
-            .batch_execute(&plan::set_allow_connections(&info.name, false))
-            .await?;
+        batch(client, &plan::set_allow_connections(&info.name, false)).await?;
     }
     drain(client, info.oid, req.grace, report, progress).await?;
     let started = tokio::time::Instant::now();
@@ -362,12 +353,9 @@ async fn fence_and_act(
     // end them and try again until the statement goes through.
     loop {
         report.attempts += 1;
-        match client.batch_execute(&statement).await {
+        match batch(client, &statement).await {
             Ok(()) => return Ok(()),
-            Err(e)
-                if e.code() == Some(&SqlState::OBJECT_IN_USE)
-                    && started.elapsed() < req.deadline =>
-            {
+            Err(Error::ObjectInUse(_)) if started.elapsed() < req.deadline => {
                 let rows = query(client, &plan::terminate_all(info.oid)).await?;
                 if let Some(row) = rows.first() {
                     report.terminated += row.try_get::<_, i64>(0)?;
@@ -375,7 +363,7 @@ async fn fence_and_act(
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -389,17 +377,11 @@ async fn drain(
     report: &mut Report,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<()> {
-    let oid8 = i64::from(oid);
     let began = tokio::time::Instant::now();
     while began.elapsed() < grace {
-        let row = client
-            .query_one(
-                "SELECT count(*) FILTER (WHERE xact_start IS NULL AND pg_terminate_backend(pid))::int8,
-                        count(*)::int8, count(*) FILTER (WHERE xact_start IS NOT NULL)::int8
-                 FROM pg_stat_activity WHERE datid = $1::int8::oid AND pid <> pg_backend_pid()",
-                &[&oid8],
-            )
-            .await?;
+        let row = query_opt(client, &plan::end_idle_sessions(oid))
+            .await?
+            .ok_or(Error::Protocol("counting sessions returned no row"))?;
         let (ended, left, in_tx): (i64, i64, i64) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         report.ended_idle += ended;
@@ -449,17 +431,10 @@ pub async fn restore(
     let step = plan::restore_plan(record, current.as_ref().map(|i| &i.settings));
     if let Some(info) = &current {
         if let Some(template) = step.is_template {
-            client
-                .batch_execute(&format!(
-                    "ALTER DATABASE {} IS_TEMPLATE {template}",
-                    pgkill_core::quote_ident(&info.name)
-                ))
-                .await?;
+            batch(client, &plan::set_template(&info.name, template)).await?;
         }
         if let Some(allow) = step.allow_connections {
-            client
-                .batch_execute(&plan::set_allow_connections(&info.name, allow))
-                .await?;
+            batch(client, &plan::set_allow_connections(&info.name, allow)).await?;
         }
     }
     journal.remove(record)?;

@@ -7,6 +7,7 @@
 pub mod connect;
 pub mod databases;
 pub mod error;
+pub mod exec;
 pub mod journal;
 pub mod sessions;
 

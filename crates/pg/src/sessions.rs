@@ -5,11 +5,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use pgkill_core::plan::{Caller, Outcome, OutcomeKind, Plan, Target};
-use pgkill_core::planner::{self, Identity, Param, Query, Signal};
+use pgkill_core::planner::{self, Identity, Signal};
 use pgkill_core::{Filter, ServerVersion, Session};
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
+pub use crate::exec::query;
 use crate::{Error, Result};
 
 /// What the server is and what the connected role may do, read once per connection.
@@ -23,31 +23,6 @@ pub struct Capabilities {
     pub read_all_stats: bool,
     /// pgkill's own backend pid on this connection.
     pub own_pid: i32,
-}
-
-/// Runs `query` with its bound parameters.
-pub async fn query(client: &Client, q: &Query) -> Result<Vec<Row>> {
-    let boxed: Vec<Box<dyn ToSql + Sync + Send>> = q
-        .params
-        .iter()
-        .map(|p| -> Box<dyn ToSql + Sync + Send> {
-            match p {
-                Param::TextArray(v) => Box::new(v.clone()),
-                Param::OptTextArray(v) => Box::new(v.clone()),
-                Param::IntArray(v) => Box::new(v.clone()),
-                Param::TimestampArray(v) => Box::new(v.clone()),
-                Param::Float(v) => Box::new(*v),
-                Param::Text(v) => Box::new(v.clone()),
-                Param::Int8(v) => Box::new(*v),
-                Param::Bool(v) => Box::new(*v),
-            }
-        })
-        .collect();
-    let refs: Vec<&(dyn ToSql + Sync)> = boxed
-        .iter()
-        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
-        .collect();
-    Ok(client.query(q.sql.as_str(), &refs).await?)
 }
 
 /// Reads the server version and the caller's privileges.

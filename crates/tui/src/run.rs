@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use pgkill_core::plan::Plan;
-use pgkill_core::planner::Signal;
+use pgkill_core::planner::{self, Signal};
 use pgkill_core::{Filter, Session};
 use pgkill_pg::sessions::{self, Capabilities};
 use ratatui::crossterm::event::{
@@ -181,7 +181,7 @@ async fn database_task(
 
 async fn open(connect: &Connector) -> anyhow::Result<(Client, Capabilities)> {
     let client = connect().await?;
-    client.batch_execute(STATEMENT_TIMEOUT).await?;
+    pgkill_pg::exec::batch(&client, STATEMENT_TIMEOUT).await?;
     let caps = sessions::capabilities(&client).await?;
     Ok((client, caps))
 }
@@ -191,15 +191,9 @@ async fn snapshot(
     caps: &Capabilities,
     filter: &Filter,
 ) -> anyhow::Result<Snapshot> {
-    let row = client
-        .query_one(
-            // Backend ids only: counting rows of pg_stat_activity would read the whole view
-            // (query texts, role and database names) a second time per refresh.
-            "SELECT current_setting('max_connections')::int8, (SELECT count(*) FROM pg_stat_get_backend_idset())::int8,
-                    extract(epoch FROM now() - pg_postmaster_start_time())::float8",
-            &[],
-        )
-        .await?;
+    let row = pgkill_pg::exec::query_opt(client, &planner::server_summary())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the server summary returned no row"))?;
     let sessions = sessions::list(client, caps, filter).await?;
     Ok(Snapshot {
         server: ServerInfo {

@@ -161,9 +161,8 @@ async fn attempt(
     if let Some(t) = settings.connect_timeout {
         config.connect_timeout(t);
     }
-    if let Some(o) = &settings.options {
-        config.options(o);
-    }
+    // Last, so that it wins over any search_path in the user's own options.
+    config.options(pinned_options(settings.options.as_deref()));
     let verify = if settings.is_unix_socket() {
         None
     } else {
@@ -191,6 +190,11 @@ async fn attempt(
             }
         }
     };
+    let connecting = async {
+        let (client, task) = connecting.await?;
+        pin_search_path(&client).await?;
+        Ok((client, task))
+    };
     let result = match settings.connect_timeout {
         Some(t) => tokio::time::timeout(t, connecting)
             .await
@@ -204,6 +208,38 @@ async fn attempt(
             Failure::Client(e)
         }
     })
+}
+
+/// The `search_path` of every pgkill session: nothing a database role can create objects
+/// in (functions and operators are never looked up in `pg_temp`).
+pub const SEARCH_PATH: &str = "pg_catalog, pg_temp";
+
+/// The startup `options` pgkill sends: the user's, then the pinned `search_path`.
+fn pinned_options(user: Option<&str>) -> String {
+    let pin = format!("-c search_path={}", SEARCH_PATH.replace(' ', ""));
+    match user {
+        Some(o) if !o.trim().is_empty() => format!("{o} {pin}"),
+        _ => pin,
+    }
+}
+
+/// Checks that the session's `search_path` is the pinned one and pins it if not (a
+/// server-side setting cannot override a startup option, but a proxy may drop the option).
+/// The statements call only qualified functions and no operator, so they are safe whatever
+/// `search_path` is.
+async fn pin_search_path(client: &Client) -> std::result::Result<(), tokio_postgres::Error> {
+    let read = "SELECT pg_catalog.current_setting('search_path')";
+    let is_pinned = |path: String| path.replace(' ', "") == SEARCH_PATH.replace(' ', "");
+    if is_pinned(client.query_one(read, &[]).await?.try_get(0)?) {
+        return Ok(());
+    }
+    client
+        .query_one(
+            "SELECT pg_catalog.set_config('search_path', $1, false)",
+            &[&SEARCH_PATH],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Whether tokio-postgres gave up because the server asked for a password and none was
