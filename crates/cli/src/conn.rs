@@ -2,7 +2,6 @@
 //! `pgkill_pg::connect`), and the stale-fence notice every such command gives.
 
 use pgkill_pg::connect::{self, ConnectArgs, Host, Settings, SystemEnv, TerminalPrompt};
-use pgkill_pg::journal::Journal;
 use tokio_postgres::Client;
 
 use crate::args::ConnArgs;
@@ -27,20 +26,13 @@ impl std::fmt::Debug for Connected {
 
 /// Connects as the arguments, the `PG*` environment, `~/.pgpass` and service files say.
 /// Warnings (e.g. an ignored world-readable `.pgpass`) go to stderr, and so does a
-/// notice for every database this server has left fenced by a pgkill that died.
+/// note for every database of this server that pgkill has fenced (see [`crate::fences`]).
 pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
     let connected = connect_quietly(args, conninfo).await?;
     for warning in &connected.settings.warnings {
         eprintln!("pgkill: warning: {warning}");
     }
-    if let Ok(journal) = Journal::open_default() {
-        for stale in journal.stale(&connected.server).unwrap_or_default() {
-            eprintln!(
-                "pgkill: warning: database {:?} on this server was left fenced (connections disallowed) by pgkill pid {} at {}, which is gone: run `pgkill unfence {}` to restore its settings",
-                stale.name, stale.pid, stale.at, stale.name
-            );
-        }
-    }
+    crate::fences::notice(&connected.client, None).await;
     Ok(connected)
 }
 

@@ -3,14 +3,15 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use pgkill_core::database::{Operation, Resolve, RestorePlan};
+use pgkill_core::database::{Operation, Resolve};
+use pgkill_core::fence::{FenceState, RestorePlan};
 use pgkill_core::format_duration;
 use pgkill_pg::databases::{self, Preflight, Progress, Request};
-use pgkill_pg::journal::Journal;
 use pgkill_pg::sessions;
 
 use crate::args::ConnArgs;
-use crate::{conn, Outcome as Exit, UsageError};
+use crate::fences::describe;
+use crate::{conn, fences, Outcome as Exit, UsageError};
 
 fn duration(s: &str) -> Result<Duration, String> {
     pgkill_core::parse_duration(s).map_err(|e| e.to_string())
@@ -113,6 +114,9 @@ pub async fn run(
         terminate_walsenders: args.terminate_walsenders,
         allow_template: args.allow_template,
     };
+    for line in fences::adopt_legacy(client, &connected.server, name).await? {
+        eprintln!("pgkill: {line}");
+    }
     let pre = databases::preflight(client, &caps, op, name, new_name, resolve).await?;
     let mut out = std::io::stdout().lock();
     print_preflight(&mut out, &pre, verb)?;
@@ -139,7 +143,6 @@ pub async fn run(
             return Ok(Exit::Error);
         }
     }
-    let journal = Journal::open_default()?;
     let req = Request {
         op,
         name: name.to_owned(),
@@ -148,7 +151,6 @@ pub async fn run(
         resolve,
         then_unfence,
         deadline: Duration::from_secs(60),
-        server: connected.server.clone(),
     };
     let tty = std::io::stderr().is_terminal();
     let show = move |p: Progress| {
@@ -169,35 +171,40 @@ pub async fn run(
     };
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let result = tokio::select! {
-        r = databases::run(client, &caps, &journal, &pre, &req, &connect_to, &show) => r,
-        _ = sigint.recv() => Err(pgkill_pg::Error::Refused(vec!["interrupted".into()])),
-        _ = sigterm.recv() => Err(pgkill_pg::Error::Refused(vec!["terminated".into()])),
+    let interrupt = async move {
+        tokio::select! {
+            _ = sigint.recv() => "interrupted".to_owned(),
+            _ = sigterm.recv() => "terminated".to_owned(),
+        }
     };
+    tokio::pin!(interrupt);
+    let result = databases::run(
+        client,
+        &caps,
+        &pre,
+        &req,
+        &connect_to,
+        &show,
+        interrupt.as_mut(),
+    )
+    .await;
     if tty {
         eprintln!();
     }
     let report = match result {
         Ok(report) => report,
-        Err(e) => {
-            // Interrupted mid-way: the fence this process recorded is undone here.
-            let mut restored = Vec::new();
-            for record in journal
-                .records()?
-                .into_iter()
-                .filter(|r| r.pid == std::process::id() && r.oid == pre.info.oid)
-            {
-                let plan = databases::restore(client, &journal, &record).await?;
-                restored.push(describe_restore(&record.name, &plan));
-            }
-            let mut msg = format!("{verb} {name} failed: {e}");
-            if !restored.is_empty() {
-                msg.push_str(&format!("; {}", restored.join("; ")));
-            } else {
-                msg.push_str("; the database's settings were restored");
-            }
-            anyhow::bail!(msg);
+        // `run` has put the database back as it was before (or says why it could not).
+        Err(e @ pgkill_pg::Error::StillFenced { .. }) => {
+            anyhow::bail!("{verb} {name} failed: {e}")
         }
+        Err(e) => anyhow::bail!(
+            "{verb} {name} failed: {e}; {}",
+            if pre.fence().is_some() {
+                "it stays fenced as it was before"
+            } else {
+                "the database's settings were restored"
+            }
+        ),
     };
     if !report.prepared_rolled_back.is_empty() {
         writeln!(
@@ -214,22 +221,49 @@ pub async fn run(
         report.rolled_back
     );
     match op {
-        Operation::Drop => writeln!(out, "Dropped {name}: {ended}, {} attempt(s).", report.attempts)?,
-        Operation::Rename => writeln!(
+        Operation::Drop => writeln!(
             out,
-            "Renamed {name} to {}: {ended}, {} attempt(s); {}.",
-            new_name.unwrap_or_default(),
-            report.attempts,
-            report.restored.as_ref().map(|p| describe_restore(new_name.unwrap_or_default(), p)).unwrap_or_default()
+            "Dropped {name}: {ended}, {} attempt(s).",
+            report.attempts
         )?,
-        Operation::Drain if report.left_fenced => writeln!(
-            out,
-            "Drained {name}: {ended}. It stays fenced (no new connections) until `pgkill unfence {name}`."
-        )?,
+        Operation::Rename => {
+            let new = new_name.unwrap_or_default();
+            let after = match &report.already_fenced {
+                Some(r) => format!(
+                    "{new} stays fenced as {name} was ({}) until `pgkill unfence {}`",
+                    describe(r),
+                    fences::shell_word(new)
+                ),
+                None => report
+                    .restored
+                    .as_ref()
+                    .map(|p| describe_restore(new, p))
+                    .unwrap_or_default(),
+            };
+            writeln!(
+                out,
+                "Renamed {name} to {new}: {ended}, {} attempt(s); {after}.",
+                report.attempts
+            )?
+        }
+        Operation::Drain if report.left_fenced => {
+            if let Some(r) = &report.already_fenced {
+                writeln!(out, "{name} was already fenced ({}): drained it again, keeping the settings recorded then.", describe(r))?;
+            }
+            writeln!(
+                out,
+                "Drained {name}: {ended}. It stays fenced (no new connections) until `pgkill unfence {}`.",
+                fences::shell_word(name)
+            )?
+        }
         Operation::Drain => writeln!(
             out,
             "Drained {name}: {ended}; {}.",
-            report.restored.as_ref().map(|p| describe_restore(name, p)).unwrap_or_default()
+            report
+                .restored
+                .as_ref()
+                .map(|p| describe_restore(name, p))
+                .unwrap_or_default()
         )?,
     }
     out.flush()?;
@@ -300,42 +334,60 @@ fn print_preflight(out: &mut dyn Write, pre: &Preflight, verb: &str) -> std::io:
     Ok(())
 }
 
-/// `pgkill unfence DB`: restores the settings recorded when DB was fenced.
+/// `pgkill unfence DB`: restores the settings recorded when DB was first fenced, from
+/// the record on the server (whichever machine fenced it).
 pub async fn unfence(
     conn_args: &ConnArgs,
     conninfo: Option<&str>,
     args: &UnfenceArgs,
 ) -> anyhow::Result<Exit> {
-    let connected = conn::connect(conn_args, conninfo).await?;
-    let journal = Journal::open_default()?;
-    let current_oid = databases::info(&connected.client, &args.db)
-        .await?
-        .map(|i| i.oid);
-    let records: Vec<_> = journal
-        .records()?
-        .into_iter()
-        .filter(|r| {
-            r.server == connected.server && (r.name == args.db || Some(r.oid) == current_oid)
-        })
-        .collect();
+    let connected = conn::connect_quietly(conn_args, conninfo).await?;
+    for warning in &connected.settings.warnings {
+        eprintln!("pgkill: warning: {warning}");
+    }
+    let client = &connected.client;
+    let db = &args.db;
+    for line in fences::adopt_legacy(client, &connected.server, db).await? {
+        eprintln!("pgkill: {line}");
+    }
+    fences::notice(client, Some(db)).await;
+    let Some(info) = databases::info(client, db).await? else {
+        anyhow::bail!(UsageError(format!("database {db:?} does not exist")));
+    };
     let mut out = std::io::stdout().lock();
-    if records.is_empty() {
-        writeln!(
-            out,
-            "No fence of {} is recorded for this server: nothing to do.",
-            args.db
-        )?;
-        return Ok(Exit::Ok);
-    }
-    for record in records {
-        if record.pid != std::process::id() && pgkill_pg::journal::process_alive(record.pid) {
-            anyhow::bail!(UsageError(format!(
-                "{} is fenced by pgkill pid {}, which is still running: stop it (Ctrl-C restores the settings) instead",
-                record.name, record.pid
-            )));
+    let record = match info.comment.as_deref().and_then(pgkill_core::fence::FenceRecord::from_comment) {
+        None => {
+            write!(out, "No pgkill fence of {db:?} is recorded: nothing to do.")?;
+            if !info.settings.allow_connections {
+                write!(out, " (It does not allow connections, but pgkill did not fence it: ALTER DATABASE … ALLOW_CONNECTIONS true lets clients in.)")?;
+            }
+            writeln!(out)?;
+            return Ok(Exit::Ok);
         }
-        let plan = databases::restore(&connected.client, &journal, &record).await?;
-        writeln!(out, "Unfenced: {}.", describe_restore(&args.db, &plan))?;
+        Some(Err(e)) => anyhow::bail!(UsageError(format!(
+            "{db:?} has a pgkill fence record that cannot be read ({e}); its comment (psql: \\l+ {db}) holds what it said: restore the settings by hand, then COMMENT ON DATABASE … IS NULL"
+        ))),
+        Some(Ok(r)) => r,
+    };
+    if record.state == FenceState::InProgress
+        && databases::liveness(&record.by) == databases::Liveness::Running
+    {
+        anyhow::bail!(UsageError(format!(
+            "{db:?} is fenced by pgkill pid {}, which is still running `pgkill {}`: stop it (Ctrl-C restores the settings) instead",
+            record.by.pid,
+            match record.operation {
+                Operation::Drop => "drop",
+                Operation::Rename => "rename",
+                Operation::Drain => "drain",
+            }
+        )));
     }
+    let plan = databases::restore(client, info.oid, &record).await?;
+    writeln!(
+        out,
+        "Unfenced: {} (it was fenced {}).",
+        describe_restore(db, &plan),
+        describe(&record)
+    )?;
     Ok(Exit::Ok)
 }

@@ -8,6 +8,7 @@ mod confirm;
 mod conn;
 mod database_cmd;
 mod demo;
+mod fences;
 mod output;
 mod sessions_cmd;
 

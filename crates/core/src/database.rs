@@ -34,6 +34,9 @@ pub struct DbInfo {
     pub owner: String,
     /// Connection settings.
     pub settings: DbSettings,
+    /// The database's comment (while pgkill holds a fence, its record: see
+    /// [`crate::fence`]).
+    pub comment: Option<String>,
 }
 
 impl DbInfo {
@@ -166,104 +169,11 @@ pub enum Operation {
     Drain,
 }
 
-/// The durable record of a fence, written (and fsynced) before the database is changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FenceRecord {
-    /// Which server: `host:port` as pgkill connected.
-    pub server: String,
-    /// The server's `system_identifier`, when the caller may read it.
-    pub system_identifier: Option<String>,
-    /// Database OID (survives a rename).
-    pub oid: u32,
-    /// Database name when fenced.
-    pub name: String,
-    /// What the database's settings were.
-    pub original: DbSettings,
-    /// What pgkill set (`ALLOW_CONNECTIONS false`).
-    pub fenced: DbSettings,
-    /// The operation in progress.
-    pub operation: Operation,
-    /// The pgkill process holding the fence.
-    pub pid: u32,
-    /// When it was fenced.
-    pub at: DateTime<Utc>,
-}
-
-/// What restoring a fence does, decided from the database's current settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RestorePlan {
-    /// The database no longer exists (it was dropped): nothing to restore.
-    pub gone: bool,
-    /// Set `ALLOW_CONNECTIONS` to this.
-    pub allow_connections: Option<bool>,
-    /// Set `IS_TEMPLATE` to this.
-    pub is_template: Option<bool>,
-    /// Changes someone else made since the fence, left as they are.
-    pub foreign_changes: Vec<String>,
-}
-
-impl RestorePlan {
-    /// Whether there is nothing to change.
-    pub fn is_noop(&self) -> bool {
-        self.allow_connections.is_none() && self.is_template.is_none()
-    }
-}
-
-/// Decides how to restore `record` given the database's `current` settings: each setting
-/// pgkill changed goes back to its original value only if it still has the value pgkill
-/// set; a setting someone else changed since is left alone and reported.
-pub fn restore_plan(record: &FenceRecord, current: Option<&DbSettings>) -> RestorePlan {
-    let Some(now) = current else {
-        return RestorePlan {
-            gone: true,
-            ..RestorePlan::default()
-        };
-    };
-    let mut plan = RestorePlan::default();
-    let mut field = |label: &str, original: bool, fenced: bool, now: bool| -> Option<bool> {
-        if original == fenced || now == original {
-            None
-        } else if now == fenced {
-            Some(original)
-        } else {
-            plan.foreign_changes
-                .push(format!("{label} was changed by someone else"));
-            None
-        }
-    };
-    let allow = field(
-        "ALLOW_CONNECTIONS",
-        record.original.allow_connections,
-        record.fenced.allow_connections,
-        now.allow_connections,
-    );
-    let template = field(
-        "IS_TEMPLATE",
-        record.original.is_template,
-        record.fenced.is_template,
-        now.is_template,
-    );
-    plan.allow_connections = allow;
-    plan.is_template = template;
-    if now.connection_limit != record.original.connection_limit {
-        plan.foreign_changes.push(format!(
-            "connection limit is {} (was {} when fenced)",
-            now.connection_limit, record.original.connection_limit
-        ));
-    }
-    if now.acl != record.original.acl {
-        plan.foreign_changes.push(format!(
-            "privileges are {:?} (were {:?} when fenced)",
-            now.acl, record.original.acl
-        ));
-    }
-    plan
-}
-
 /// The columns `pgkill_pg::databases` reads (by name) of `pg_database d`.
 const DB_INFO: &str = "SELECT d.oid::int8 AS oid, d.datname::text AS name,
        pg_catalog.pg_get_userbyid(d.datdba)::text AS owner,
-       d.datallowconn, d.datconnlimit, d.datacl::text[] AS acl, d.datistemplate
+       d.datallowconn, d.datconnlimit, d.datacl::text[] AS acl, d.datistemplate,
+       pg_catalog.shobj_description(d.oid, 'pg_database'::name) AS comment
 FROM pg_catalog.pg_database d";
 
 /// Reads a database's settings by name.
@@ -271,6 +181,16 @@ pub fn db_info(name: &str) -> Query {
     Query {
         sql: format!("{DB_INFO} WHERE d.datname = $1::name"),
         params: vec![Param::Text(name.to_owned())],
+    }
+}
+
+/// Every database whose comment is a fence record (see [`crate::fence`]).
+pub fn fenced_databases() -> Query {
+    Query {
+        sql: format!(
+            "{DB_INFO} WHERE pg_catalog.strpos(pg_catalog.shobj_description(d.oid, 'pg_database'::name), $1::text) = 1 ORDER BY d.datname"
+        ),
+        params: vec![Param::Text(crate::fence::COMMENT_PREFIX.to_owned())],
     }
 }
 
@@ -304,14 +224,6 @@ pub fn subscriptions(oid: u32) -> Query {
         sql: "SELECT subname::text FROM pg_catalog.pg_subscription WHERE subdbid = $1::int8::oid ORDER BY subname".into(),
         params: vec![Param::Int8(i64::from(oid))],
     }
-}
-
-/// `ALTER DATABASE … ALLOW_CONNECTIONS …` (utility statements take no parameters).
-pub fn set_allow_connections(name: &str, allow: bool) -> String {
-    format!(
-        "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
-        quote_ident(name)
-    )
 }
 
 /// `DROP DATABASE`, with `FORCE` where the server has it (13+).
@@ -404,14 +316,6 @@ pub fn system_identifier() -> Query {
     }
 }
 
-/// `ALTER DATABASE … IS_TEMPLATE …`.
-pub fn set_template(name: &str, template: bool) -> String {
-    format!(
-        "ALTER DATABASE {} IS_TEMPLATE {template}",
-        quote_ident(name)
-    )
-}
-
 /// A role's connection limit (`rolconnlimit`, -1 for none); no row when the role does not
 /// exist.
 pub fn role_connection_limit(role: &str) -> Query {
@@ -422,59 +326,17 @@ pub fn role_connection_limit(role: &str) -> Query {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn settings(allow: bool) -> DbSettings {
+    /// Settings with custom privileges.
+    pub(crate) fn settings(allow: bool) -> DbSettings {
         DbSettings {
             allow_connections: allow,
             connection_limit: -1,
             acl: Some(vec!["=Tc/o".into(), "o=CTc/o".into()]),
             is_template: false,
         }
-    }
-
-    fn record() -> FenceRecord {
-        FenceRecord {
-            server: "h:5432".into(),
-            system_identifier: None,
-            oid: 1,
-            name: "shop".into(),
-            original: settings(true),
-            fenced: settings(false),
-            operation: Operation::Drain,
-            pid: 1,
-            at: DateTime::from_timestamp(0, 0).unwrap_or_default(),
-        }
-    }
-
-    #[test]
-    fn restore_decisions() {
-        let r = record();
-        assert!(restore_plan(&r, None).gone);
-        let p = restore_plan(&r, Some(&settings(false)));
-        assert_eq!(p.allow_connections, Some(true));
-        assert!(p.foreign_changes.is_empty() && p.is_template.is_none());
-        assert!(
-            restore_plan(&r, Some(&settings(true))).is_noop(),
-            "already restored"
-        );
-        let mut limited = settings(false);
-        limited.connection_limit = 5;
-        let p = restore_plan(&r, Some(&limited));
-        assert_eq!(p.allow_connections, Some(true));
-        assert!(
-            p.foreign_changes[0].contains("connection limit is 5"),
-            "{p:?}"
-        );
-        // The template flag pgkill cleared goes back; one someone re-set is left alone.
-        let mut r2 = record();
-        r2.original.is_template = true;
-        let p = restore_plan(&r2, Some(&settings(false)));
-        assert_eq!(
-            (p.allow_connections, p.is_template),
-            (Some(true), Some(true))
-        );
     }
 
     #[test]
@@ -484,6 +346,7 @@ mod tests {
         let mut all = vec![
             db_info("shop").sql,
             db_info_by_oid(1).sql,
+            fenced_databases().sql,
             prepared.sql,
             slots.sql,
             subscriptions(1).sql,
@@ -495,8 +358,6 @@ mod tests {
             caller_can_create_databases().sql,
             system_identifier().sql,
             role_connection_limit("r").sql,
-            set_allow_connections("x", false),
-            set_template("x", false),
             rename_database("a", "b"),
         ];
         all.extend((10..=18).map(|m| drop_database(v(m), "x")));
@@ -521,10 +382,6 @@ mod tests {
             rename_database("a", "b c"),
             r#"ALTER DATABASE "a" RENAME TO "b c""#
         );
-        assert_eq!(
-            set_allow_connections("x", false),
-            r#"ALTER DATABASE "x" ALLOW_CONNECTIONS false"#
-        );
     }
 
     #[test]
@@ -534,6 +391,7 @@ mod tests {
             name: "shop".into(),
             owner: "o".into(),
             settings: settings(true),
+            comment: None,
         };
         let mut b = Blockers::default();
         assert!(refusals(Operation::Drop, &info, &b, Resolve::default(), "postgres").is_empty());

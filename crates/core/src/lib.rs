@@ -6,6 +6,7 @@
 
 pub mod database;
 pub mod duration;
+pub mod fence;
 pub mod filter;
 pub mod plan;
 pub mod planner;

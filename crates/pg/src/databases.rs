@@ -1,20 +1,20 @@
 //! The executor for database operations: preflight, fence, drain, drop / rename, and
-//! restore. Every change to a database is recorded in the [`Journal`] first and undone
-//! exactly (only what pgkill changed, only if nobody changed it since) on any failure.
+//! restore. A fence and its record (see [`pgkill_core::fence`]) are written in one
+//! transaction on the server, and undone exactly (only what pgkill changed, only if nobody
+//! changed it since) on any failure or interruption, from the record this process holds.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use pgkill_core::database::{
-    self as plan, Blockers, DbInfo, DbSettings, FenceRecord, Operation, PreparedXact, Resolve,
-    RestorePlan, Slot,
+    self as plan, Blockers, DbInfo, DbSettings, Operation, PreparedXact, Resolve, Slot,
 };
+use pgkill_core::fence::{self, FenceRecord, FenceState, Holder, RestorePlan, UnreadableRecord};
 use pgkill_core::quote_literal;
 use tokio_postgres::{Client, Row};
 
 use crate::exec::{batch, query, query_opt};
-use crate::journal::Journal;
 use crate::sessions::Capabilities;
 use crate::{Error, Result};
 
@@ -36,6 +36,17 @@ pub struct Preflight {
     pub refusals: Vec<String>,
 }
 
+impl Preflight {
+    /// The fence record the database already has (a drain left it fenced, or a pgkill
+    /// died holding it), if any.
+    pub fn fence(&self) -> Option<Result<FenceRecord, UnreadableRecord>> {
+        self.info
+            .comment
+            .as_deref()
+            .and_then(FenceRecord::from_comment)
+    }
+}
+
 fn settings_from(row: &Row) -> Result<DbInfo> {
     let oid: i64 = row.try_get("oid")?;
     Ok(DbInfo {
@@ -48,6 +59,7 @@ fn settings_from(row: &Row) -> Result<DbInfo> {
             acl: row.try_get("acl")?,
             is_template: row.try_get("datistemplate")?,
         },
+        comment: row.try_get("comment")?,
     })
 }
 
@@ -176,6 +188,11 @@ pub async fn preflight(
             ));
         }
     }
+    if let Some(Err(e)) = info.comment.as_deref().and_then(FenceRecord::from_comment) {
+        refusals.push(format!(
+            "{name} has a pgkill fence record that cannot be read ({e}): its comment holds it; restore the settings it names by hand, then COMMENT ON DATABASE … IS NULL"
+        ));
+    }
     let sessions = count(client, info.oid).await?;
     Ok(Preflight {
         info,
@@ -214,8 +231,6 @@ pub struct Request {
     pub then_unfence: bool,
     /// How long to keep retrying DROP / RENAME against sessions that keep arriving.
     pub deadline: Duration,
-    /// `host:port` of the server, for the journal.
-    pub server: String,
 }
 
 /// What happened.
@@ -231,22 +246,81 @@ pub struct Report {
     pub attempts: u32,
     /// Prepared transactions rolled back (`--rollback-prepared`).
     pub prepared_rolled_back: Vec<String>,
-    /// Whether the database is left fenced (drain without --then-unfence).
+    /// The fence the database already had when the operation began (it stays up after
+    /// a rename, and a second drain keeps its original settings).
+    pub already_fenced: Option<FenceRecord>,
+    /// Whether the database is left fenced (a drain without --then-unfence, or an
+    /// operation on a database that was already fenced).
     pub left_fenced: bool,
     /// Restoration done at the end (rename, --then-unfence).
     pub restored: Option<RestorePlan>,
 }
 
-/// Carries out `req` after a passed `pre`flight: fence, drain, act; on failure restores
-/// the database's settings and returns the error.
+/// Something that, when it completes, interrupts an operation (Ctrl-C, SIGTERM) with the
+/// reason it gives.
+pub type Interrupt<'a> = Pin<&'a mut (dyn Future<Output = String> + Send)>;
+
+/// This pgkill process, as a fence record names its holder.
+pub fn this_holder(role: &str) -> Holder {
+    Holder {
+        host: host_name(),
+        pid: std::process::id(),
+        os_user: nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| nix::unistd::geteuid().to_string()),
+        role: role.to_owned(),
+    }
+}
+
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// Whether the pgkill that holds a fence is still at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// This very process.
+    ThisProcess,
+    /// A pgkill process on this machine.
+    Running,
+    /// It ran on this machine and is gone.
+    Gone,
+    /// It ran on another machine: pgkill cannot tell.
+    OtherMachine,
+}
+
+/// Checks the holder of a fence: on this machine, by its pid, and that the process with
+/// that pid is a pgkill (a pid can be reused).
+pub fn liveness(by: &Holder) -> Liveness {
+    if by.host != host_name() {
+        return Liveness::OtherMachine;
+    }
+    if by.pid == std::process::id() {
+        return Liveness::ThisProcess;
+    }
+    match std::fs::read_to_string(format!("/proc/{}/comm", by.pid)) {
+        Ok(comm) if comm.trim_end() == "pgkill" => Liveness::Running,
+        _ => Liveness::Gone,
+    }
+}
+
+/// Carries out `req` after a passed `pre`flight: fence (settings and record in one
+/// transaction), drain, act. On failure or `interrupt`, puts the database back as it was
+/// before (from the record this process holds, not from anything it reads back) and
+/// returns the error.
 pub async fn run(
     client: &Client,
     caps: &Capabilities,
-    journal: &Journal,
     pre: &Preflight,
     req: &Request,
     connect_to: ConnectTo<'_>,
     progress: &(dyn Fn(Progress) + Sync),
+    interrupt: Interrupt<'_>,
 ) -> Result<Report> {
     let mut report = Report::default();
     let info = &pre.info;
@@ -270,76 +344,101 @@ pub async fn run(
         batch(client, &plan::drop_database(caps.version, &info.name)).await?;
         return Ok(report);
     }
-    let mut fenced = info.settings.clone();
+    // The preflight refuses a record it cannot read.
+    let prior = pre.fence().and_then(|r| r.ok());
+    let mut fenced = match &prior {
+        Some(p) => p.fenced.clone(),
+        None => info.settings.clone(),
+    };
     fenced.allow_connections = false;
     if req.resolve.allow_template {
         fenced.is_template = false;
     }
-    let record = FenceRecord {
-        server: req.server.clone(),
-        system_identifier: system_identifier(client).await,
-        oid: info.oid,
-        name: info.name.clone(),
-        original: info.settings.clone(),
-        fenced: fenced.clone(),
-        operation: req.op,
-        pid: std::process::id(),
-        at: chrono::Utc::now(),
+    let record = FenceRecord::take(
+        info,
+        prior.as_ref(),
+        fenced,
+        req.op,
+        this_holder(&caps.caller.user),
+        chrono::Utc::now(),
+    );
+    batch(
+        client,
+        &fence::fence_statements(&info.name, &info.settings, &record),
+    )
+    .await?;
+    report.already_fenced = prior.clone();
+    let outcome = tokio::select! {
+        r = drain_and_act(client, caps, pre, req, &mut report, progress) => r,
+        why = interrupt => Err(Error::Refused(vec![why])),
     };
-    journal.write(&record)?;
-    let outcome = fence_and_act(client, caps, pre, req, &fenced, &mut report, progress).await;
-    match outcome {
-        Ok(()) => {
-            match req.op {
-                Operation::Drop => journal.remove(&record)?,
-                Operation::Rename => {
-                    report.restored = Some(restore(client, journal, &record).await?)
-                }
-                Operation::Drain if req.then_unfence => {
-                    report.restored = Some(restore(client, journal, &record).await?)
-                }
-                Operation::Drain => report.left_fenced = true,
+    let finished = match outcome {
+        Ok(()) => match req.op {
+            Operation::Drop => Ok(()),
+            Operation::Drain if !req.then_unfence => {
+                let held = FenceRecord {
+                    state: FenceState::Held,
+                    ..record.clone()
+                };
+                batch(client, &fence::record_statement(&info.name, &held)).await?;
+                report.left_fenced = true;
+                Ok(())
             }
-            Ok(report)
-        }
-        Err(e) => match restore(client, journal, &record).await {
+            Operation::Drain => {
+                report.restored = Some(restore(client, info.oid, &record).await?);
+                Ok(())
+            }
+            Operation::Rename => {
+                report.left_fenced = prior.is_some();
+                report.restored = Some(put_back(client, info.oid, &record, prior.as_ref()).await?);
+                Ok(())
+            }
+        },
+        Err(e) => Err(e),
+    };
+    match finished {
+        Ok(()) => Ok(report),
+        Err(e) => match put_back(client, info.oid, &record, prior.as_ref()).await {
             Ok(_) => Err(e),
-            // Say both: what failed, and that the fence is still up (the journal keeps it).
-            Err(restore_error) => Err(Error::Refused(vec![
-                e.to_string(),
-                format!(
-                    "restoring {}'s settings failed too ({restore_error}): it may still be fenced; run `pgkill unfence {}`",
-                    info.name, info.name
-                ),
-            ])),
+            Err(restore_error) => Err(Error::StillFenced {
+                name: info.name.clone(),
+                error: e.to_string(),
+                restore: restore_error.to_string(),
+            }),
         },
     }
 }
 
-async fn system_identifier(client: &Client) -> Option<String> {
-    query_opt(client, &plan::system_identifier())
-        .await
-        .ok()
-        .flatten()
-        .and_then(|r| r.try_get(0).ok())
+/// Puts the database back as it was before this operation: its earlier fence (settings and
+/// record) if it had one, else its original settings.
+async fn put_back(
+    client: &Client,
+    oid: u32,
+    record: &FenceRecord,
+    prior: Option<&FenceRecord>,
+) -> Result<RestorePlan> {
+    match prior {
+        Some(p) => {
+            let to_prior = FenceRecord {
+                original: p.fenced.clone(),
+                original_comment: Some(p.to_comment()),
+                ..record.clone()
+            };
+            restore(client, oid, &to_prior).await
+        }
+        None => restore(client, oid, record).await,
+    }
 }
 
-async fn fence_and_act(
+async fn drain_and_act(
     client: &Client,
     caps: &Capabilities,
     pre: &Preflight,
     req: &Request,
-    fenced: &DbSettings,
     report: &mut Report,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<()> {
     let info = &pre.info;
-    if fenced.is_template != info.settings.is_template {
-        batch(client, &plan::set_template(&info.name, false)).await?;
-    }
-    if info.settings.allow_connections {
-        batch(client, &plan::set_allow_connections(&info.name, false)).await?;
-    }
     drain(client, info.oid, req.grace, report, progress).await?;
     let started = tokio::time::Instant::now();
     let statement = match req.op {
@@ -420,23 +519,46 @@ async fn drain(
     }
 }
 
-/// Restores what `record` says pgkill changed (if nobody changed it since), on the
-/// database with the record's OID (whatever its name now), and removes the record.
-pub async fn restore(
-    client: &Client,
-    journal: &Journal,
-    record: &FenceRecord,
-) -> Result<RestorePlan> {
-    let current = info_by_oid(client, record.oid).await?;
-    let step = plan::restore_plan(record, current.as_ref().map(|i| &i.settings));
+/// Restores what `record` says pgkill changed (if nobody changed it since) on the
+/// database with OID `oid` (whatever its name now), and replaces the record with the
+/// comment it kept, all in one transaction.
+pub async fn restore(client: &Client, oid: u32, record: &FenceRecord) -> Result<RestorePlan> {
+    let current = info_by_oid(client, oid).await?;
+    let step = fence::restore_plan(record, current.as_ref());
     if let Some(info) = &current {
-        if let Some(template) = step.is_template {
-            batch(client, &plan::set_template(&info.name, template)).await?;
-        }
-        if let Some(allow) = step.allow_connections {
-            batch(client, &plan::set_allow_connections(&info.name, allow)).await?;
+        if let Some(sql) = fence::restore_statements(&info.name, &step) {
+            batch(client, &sql).await?;
         }
     }
-    journal.remove(record)?;
     Ok(step)
+}
+
+/// The server's `system_identifier` (which cluster this is), when the caller may read it.
+pub async fn system_identifier(client: &Client) -> Option<String> {
+    query_opt(client, &plan::system_identifier())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.try_get(0).ok())
+}
+
+/// A database with a fence record on this server.
+#[derive(Debug, Clone)]
+pub struct Fenced {
+    /// The database as it is now.
+    pub info: DbInfo,
+    /// Its record (or why it cannot be read).
+    pub record: std::result::Result<FenceRecord, UnreadableRecord>,
+}
+
+/// Every database of the server that has a fence record.
+pub async fn fences(client: &Client) -> Result<Vec<Fenced>> {
+    let mut out = Vec::new();
+    for row in query(client, &plan::fenced_databases()).await? {
+        let info = settings_from(&row)?;
+        if let Some(record) = info.comment.as_deref().and_then(FenceRecord::from_comment) {
+            out.push(Fenced { info, record });
+        }
+    }
+    Ok(out)
 }

@@ -30,9 +30,17 @@ pub enum Error {
     /// The request cannot go ahead; nothing was changed (or everything was restored).
     #[error("{}", .0.join("\n"))]
     Refused(Vec<String>),
-    /// The fence journal could not be read or written.
-    #[error(transparent)]
-    Journal(#[from] crate::journal::JournalError),
+    /// An operation failed and putting the database back failed too: it is still fenced,
+    /// and its record on the server says how it was.
+    #[error("{error}\nrestoring {name}'s settings failed too ({restore}): it is still fenced and its record says how it was; run `pgkill unfence {name}`")]
+    StillFenced {
+        /// The database.
+        name: String,
+        /// What failed.
+        error: String,
+        /// Why restoring failed.
+        restore: String,
+    },
     /// The server is older than pgkill supports.
     #[error(transparent)]
     Version(pgkill_core::VersionError),

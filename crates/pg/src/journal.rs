@@ -1,69 +1,79 @@
-//! The durable record of fences: one JSON file per fenced database, written and fsynced
-//! before pgkill changes the database, removed once its settings are restored (or the
-//! database is gone). If pgkill dies meanwhile, the record says what to restore.
+//! Fence records left on disk by older pgkill versions, which kept one JSON file per fenced
+//! database in a local state directory (`$PGKILL_STATE_DIR`, else
+//! `$XDG_STATE_HOME/pgkill/fences`, else `~/.local/state/pgkill/fences`). pgkill now keeps
+//! the record on the server (see [`pgkill_core::fence`]) and writes no local file; this
+//! module only reads the old files so that `unfence` can adopt them.
 //!
-//! Location: `$PGKILL_STATE_DIR`, else `$XDG_STATE_HOME/pgkill/fences`, else
-//! `~/.local/state/pgkill/fences`.
+//! The directory and its files are read with suspicion, since a state directory may be
+//! one another user can write to (`sudo -E` with a user's `XDG_STATE_HOME`): a directory
+//! that is a symlink, not owned by the effective user, or writable by group or others is
+//! ignored; files are opened without following symlinks, must be regular files owned by
+//! the effective user, and an unreadable one is reported by name and skipped, never a
+//! reason to stop.
 
-use std::io::Write;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use pgkill_core::database::FenceRecord;
+use chrono::{DateTime, Utc};
+use pgkill_core::database::{DbSettings, Operation};
+use serde::Deserialize;
 
-/// A failure reading or writing the journal.
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    /// No place for the journal could be found.
-    #[error(
-        "cannot find a state directory for pgkill's fence journal: set PGKILL_STATE_DIR or HOME"
-    )]
-    NoDirectory,
-    /// A file operation failed.
-    #[error("fence journal {path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// A record could not be read.
-    #[error("fence journal {path}: unreadable record: {source}")]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: serde_json::Error,
-    },
+/// The largest record file read (a real one is well under 1 KiB).
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
+/// A record as older pgkill versions wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LegacyRecord {
+    /// Which server: `host:port` as pgkill connected.
+    pub server: String,
+    /// The server's `system_identifier`, when it could be read.
+    pub system_identifier: Option<String>,
+    /// Database OID.
+    pub oid: u32,
+    /// Database name when fenced.
+    pub name: String,
+    /// What the database's settings were.
+    pub original: DbSettings,
+    /// What pgkill set.
+    pub fenced: DbSettings,
+    /// The operation in progress.
+    pub operation: Operation,
+    /// The pgkill process that held the fence.
+    pub pid: u32,
+    /// When it was fenced.
+    pub at: DateTime<Utc>,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+/// What a look at the old journal found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Readable records, with their files.
+    pub records: Vec<(PathBuf, LegacyRecord)>,
+    /// What was ignored and why (one line each, naming the file or directory).
+    pub skipped: Vec<String>,
 }
 
-/// The fence journal directory.
+/// The old journal's directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
 }
 
 impl Journal {
-    /// The journal at its default place (see the module docs).
-    pub fn open_default() -> Result<Journal, JournalError> {
+    /// The journal at its default place (see the module docs), if one can be named.
+    pub fn open_default() -> Option<Journal> {
         let dir = match std::env::var_os("PGKILL_STATE_DIR").filter(|d| !d.is_empty()) {
             Some(d) => PathBuf::from(d),
             None => match std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
                 Some(d) => PathBuf::from(d).join("pgkill").join("fences"),
-                None => PathBuf::from(std::env::var_os("HOME").ok_or(JournalError::NoDirectory)?)
-                    .join(".local/state/pgkill/fences"),
+                None => PathBuf::from(std::env::var_os("HOME")?).join(".local/state/pgkill/fences"),
             },
         };
-        Ok(Journal { dir })
+        Some(Journal { dir })
     }
 
-    /// A journal in `dir` (tests).
+    /// A journal in `dir`.
     pub fn at(dir: impl Into<PathBuf>) -> Journal {
         Journal { dir: dir.into() }
     }
@@ -73,142 +83,141 @@ impl Journal {
         &self.dir
     }
 
-    fn path_of(&self, record: &FenceRecord) -> PathBuf {
-        let server: String = record
-            .server
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(format!("{server}-{}.json", record.oid))
-    }
-
-    /// Writes `record` durably: to a temporary file, fsynced, renamed into place, and the
-    /// directory fsynced, so that after a crash the record is either whole or absent.
-    pub fn write(&self, record: &FenceRecord) -> Result<PathBuf, JournalError> {
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let path = self.path_of(record);
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(record).map_err(|source| JournalError::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(&text).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
+    /// Reads every record that can be trusted (see the module docs).
+    pub fn scan(&self) -> Scan {
+        let mut scan = Scan::default();
+        let dir = self.dir.display();
+        let meta = match std::fs::symlink_metadata(&self.dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return scan,
+            Err(e) => {
+                scan.skipped
+                    .push(format!("fence journal directory {dir}: {e}"));
+                return scan;
+            }
+        };
+        let euid = nix::unistd::geteuid().as_raw();
+        if !meta.is_dir() {
+            scan.skipped.push(format!(
+                "ignoring fence journal {dir}: not a directory (a symlink?)"
+            ));
+            return scan;
         }
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(path)
-    }
-
-    /// Removes the record (durably). Removing a missing record is not an error.
-    pub fn remove(&self, record: &FenceRecord) -> Result<(), JournalError> {
-        let path = self.path_of(record);
-        match std::fs::remove_file(&path) {
-            Ok(()) => std::fs::File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&self.dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&path)(e)),
+        if meta.uid() != euid || meta.mode() & 0o022 != 0 {
+            scan.skipped.push(format!(
+                "ignoring fence journal directory {dir}: it must be owned by you (uid {euid}) and writable by nobody else (it is uid {}, mode {:o})",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
+            return scan;
         }
-    }
-
-    /// Every record in the journal.
-    pub fn records(&self) -> Result<Vec<FenceRecord>, JournalError> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&self.dir)(e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(io(&self.dir))?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
+            Err(e) => {
+                scan.skipped
+                    .push(format!("fence journal directory {dir}: {e}"));
+                return scan;
             }
-            let text = std::fs::read(&path).map_err(io(&path))?;
-            out.push(
-                serde_json::from_slice(&text).map_err(|source| JournalError::Corrupt {
-                    path: path.clone(),
-                    source,
-                })?,
-            );
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("json"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            match read_record(&path, euid) {
+                Ok(r) => scan.records.push((path, r)),
+                Err(why) => scan.skipped.push(format!(
+                    "skipping fence journal file {}: {why}",
+                    path.display()
+                )),
+            }
         }
-        out.sort_by_key(|r: &FenceRecord| r.at);
-        Ok(out)
+        scan
     }
 
-    /// Records of `server` whose pgkill process is gone.
-    pub fn stale(&self, server: &str) -> Result<Vec<FenceRecord>, JournalError> {
-        Ok(self
-            .records()?
-            .into_iter()
-            .filter(|r| r.server == server && !process_alive(r.pid))
-            .collect())
+    /// Removes a record file once its fence is on the server or restored. Removing a
+    /// missing file is not an error (`unlink` removes a symlink itself, never its target).
+    pub fn remove(&self, path: &Path) -> std::io::Result<()> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
-/// Whether a process exists (a pgkill that still holds its fence).
-pub fn process_alive(pid: u32) -> bool {
-    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+fn read_record(path: &Path, euid: u32) -> Result<LegacyRecord, String> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nofollow())
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() || meta.uid() != euid {
+        return Err(format!("not a regular file owned by uid {euid}"));
+    }
+    if meta.len() > MAX_RECORD_BYTES {
+        return Err(format!("larger than {MAX_RECORD_BYTES} bytes"));
+    }
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&text).map_err(|e| format!("unreadable record: {e}"))
+}
+
+fn libc_o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgkill_core::database::{DbSettings, Operation};
+    use std::os::unix::fs::PermissionsExt;
 
-    fn record(oid: u32, pid: u32) -> FenceRecord {
-        let s = DbSettings {
-            allow_connections: true,
-            connection_limit: -1,
-            acl: None,
-            is_template: false,
-        };
-        FenceRecord {
-            server: "127.0.0.1:5432".into(),
-            system_identifier: None,
-            oid,
-            name: "shop".into(),
-            original: s.clone(),
-            fenced: DbSettings {
-                allow_connections: false,
-                ..s
-            },
-            operation: Operation::Drop,
-            pid,
-            at: chrono::Utc::now(),
-        }
+    const RECORD: &str = r#"{"server":"127.0.0.1:5432","system_identifier":"7","oid":42,"name":"shop",
+      "original":{"allow_connections":true,"connection_limit":-1,"acl":null,"is_template":false},
+      "fenced":{"allow_connections":false,"connection_limit":-1,"acl":null,"is_template":false},
+      "operation":"drain","pid":1,"at":"2026-01-01T00:00:00Z"}"#;
+
+    fn private_dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        d
     }
 
     #[test]
-    fn write_read_remove() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::at(dir.path().join("fences"));
-        assert!(j.records().unwrap().is_empty());
-        let r = record(42, std::process::id());
-        let path = j.write(&r).unwrap();
-        assert!(path.ends_with("127.0.0.1_5432-42.json"));
-        assert_eq!(j.records().unwrap(), vec![r.clone()]);
+    fn reads_records_and_skips_junk_by_name() {
+        let d = private_dir();
+        std::fs::write(d.path().join("a.json"), RECORD).unwrap();
+        std::fs::write(d.path().join("junk.json"), "{not json").unwrap();
+        std::fs::write(d.path().join("notes.txt"), "ignored").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("link.json")).unwrap();
+        let scan = Journal::at(d.path()).scan();
+        assert_eq!(scan.records.len(), 1);
+        assert_eq!(scan.records[0].1.oid, 42);
+        assert_eq!(scan.skipped.len(), 2, "{:?}", scan.skipped);
+        assert!(scan.skipped.iter().any(|s| s.contains("junk.json")));
+        assert!(scan.skipped.iter().any(|s| s.contains("link.json")));
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_ignored() {
+        let d = private_dir();
+        std::fs::write(d.path().join("a.json"), RECORD).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let scan = Journal::at(d.path()).scan();
+        assert!(scan.records.is_empty());
         assert!(
-            j.stale("127.0.0.1:5432").unwrap().is_empty(),
-            "our own record is not stale"
+            scan.skipped[0].contains("writable by nobody else"),
+            "{scan:?}"
         );
-        let dead = record(43, u32::MAX - 1);
-        j.write(&dead).unwrap();
-        assert_eq!(j.stale("127.0.0.1:5432").unwrap(), vec![dead.clone()]);
-        assert!(j.stale("other:1").unwrap().is_empty());
-        j.remove(&r).unwrap();
-        j.remove(&r).unwrap();
-        assert_eq!(j.records().unwrap(), vec![dead]);
+        let link = d.path().join("link");
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(d.path(), &link).unwrap();
+        let scan = Journal::at(&link).scan();
+        assert!(scan.records.is_empty() && scan.skipped[0].contains("not a directory"));
+        assert!(Journal::at(d.path().join("missing"))
+            .scan()
+            .skipped
+            .is_empty());
     }
 }

@@ -59,33 +59,36 @@ impl Cli {
         support::run(self.cmd(role, args))
     }
 
-    fn journal_files(&self) -> Result<usize> {
+    /// pgkill keeps its fence records on the server and writes no local file.
+    fn local_files(&self) -> Result<usize> {
         Ok(std::fs::read_dir(self.state.path())?.count())
     }
 }
 
 /// Everything pgkill records and must restore: allow_connections, connection limit,
-/// privileges, template flag.
-type DbRow = (bool, i32, Option<Vec<String>>, bool);
+/// privileges, template flag, comment (which holds the fence record meanwhile).
+type DbRow = (bool, i32, Option<Vec<String>>, bool, Option<String>);
 
 async fn db_row(admin: &Client, name: &str) -> Result<Option<DbRow>> {
     Ok(admin
         .query_opt(
-            "SELECT datallowconn, datconnlimit, datacl::text[], datistemplate FROM pg_database WHERE datname = $1",
+            "SELECT datallowconn, datconnlimit, datacl::text[], datistemplate,
+                    shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
             &[&name],
         )
         .await?
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))))
 }
 
 /// Custom settings that must survive: a connection limit, CONNECT revoked from PUBLIC and
-/// granted to one role.
+/// granted to one role, a comment.
 async fn customise(admin: &Client, name: &str) -> Result<()> {
     let q = pgkill_core::quote_ident(name);
     admin
         .batch_execute(&format!(
             "ALTER DATABASE {q} CONNECTION LIMIT 70; REVOKE CONNECT ON DATABASE {q} FROM PUBLIC;
-             GRANT CONNECT ON DATABASE {q} TO {}; GRANT CONNECT, TEMP ON DATABASE {q} TO {}",
+             GRANT CONNECT ON DATABASE {q} TO {}; GRANT CONNECT, TEMP ON DATABASE {q} TO {};
+             COMMENT ON DATABASE {q} IS 'the team''s data'",
             roles::PLAIN,
             roles::SUPERUSER
         ))
@@ -119,7 +122,7 @@ async fn drop_beats_a_pool_of_superusers(pg: Installation) -> Result<()> {
             "{:?}",
             pool.stats()
         );
-        ensure!(cli.journal_files()? == 0, "journal left behind");
+        ensure!(cli.local_files()? == 0, "journal left behind");
         pool.stop().await;
     }
     Ok(())
@@ -143,7 +146,7 @@ async fn rename_beats_a_pool_and_keeps_settings(pg: Installation) -> Result<()> 
         .await?
         .ok_or_else(|| anyhow!("renamed database missing: {out}"))?;
     ensure!(after == before, "settings {after:?} != {before:?}");
-    ensure!(cli.journal_files()? == 0);
+    ensure!(cli.local_files()? == 0);
     Ok(())
 }
 
@@ -403,7 +406,7 @@ async fn interrupt_restores_settings(pg: Installation) -> Result<()> {
         db_row(&admin, "calm").await? == before,
         "settings not restored after Ctrl-C"
     );
-    ensure!(cli.journal_files()? == 0);
+    ensure!(cli.local_files()? == 0);
     Ok(())
 }
 
@@ -560,7 +563,7 @@ async fn invalid_database_can_only_be_dropped(pg: Installation) -> Result<()> {
     let (code, out, err) = cli.run(roles::ADMIN, &["drop", "half_dropped", "-y"])?;
     ensure!(code == 0, "exit {code}\n{out}\n{err}");
     ensure!(db_row(&admin, "half_dropped").await?.is_none());
-    ensure!(cli.journal_files()? == 0);
+    ensure!(cli.local_files()? == 0);
     Ok(())
 }
 
