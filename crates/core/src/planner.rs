@@ -104,13 +104,16 @@ const BLOCKERS: &str = "SELECT b.pid, pg_catalog.count(*)::int AS waiters
   WHERE w.wait_event_type = 'Lock'::text
   GROUP BY b.pid";
 
-fn predicate(v: ServerVersion, f: &Filter, first: usize) -> Predicate {
+fn predicate(v: ServerVersion, f: &Filter, own: &[i32], first: usize) -> Predicate {
     let mut p = Predicate::new(first);
-    // Never pgkill's own connections.
+    // Never pgkill's own connections: known by their backend pids, never by a name any
+    // client can choose (other pgkill processes' sessions are sessions like any other).
     p.clauses
         .push("s.pid <> pg_catalog.pg_backend_pid()".into());
-    p.clauses
-        .push("s.application_name IS DISTINCT FROM 'pgkill'::text".into());
+    if !own.is_empty() {
+        let x = p.bind(Param::IntArray(own.to_vec()));
+        p.clauses.push(format!("s.pid <> ALL({x}::int[])"));
+    }
     if !f.all_backends {
         let leader = if v.major >= 13 {
             " AND s.leader_pid IS NULL"
@@ -209,8 +212,8 @@ fn predicate(v: ServerVersion, f: &Filter, first: usize) -> Predicate {
 
 /// Lists the sessions matching `filter` (before `--newest/--oldest`, which the caller
 /// applies to the ordered result), with the columns `pgkill_pg::sessions` reads by name.
-pub fn list_sessions(v: ServerVersion, filter: &Filter) -> Query {
-    let pred = predicate(v, filter, 1);
+pub fn list_sessions(v: ServerVersion, filter: &Filter, own: &[i32]) -> Query {
+    let pred = predicate(v, filter, own, 1);
     let leader = if v.major >= 13 {
         "s.leader_pid"
     } else {
@@ -284,10 +287,16 @@ const JOIN_TARGETS: &str = "JOIN ROWS FROM (pg_catalog.unnest($1::int[]), pg_cat
 /// statement. Returns one row per target still present and matching: `pid, allowed
 /// (bool), signalled (bool or NULL when not allowed), superuser (bool)`. Superuser
 /// sessions are only signalled when `include_superusers`.
-pub fn signal(v: ServerVersion, filter: &Filter, signal: Signal, targets: &[Identity]) -> Query {
+pub fn signal(
+    v: ServerVersion,
+    filter: &Filter,
+    signal: Signal,
+    targets: &[Identity],
+    own: &[i32],
+) -> Query {
     let mut params = identity_params(targets);
     params.push(Param::Bool(filter.include_superusers));
-    let pred = predicate(v, filter, 6);
+    let pred = predicate(v, filter, own, 6);
     params.extend(pred.params.iter().cloned());
     let sql = format!(
         "WITH c AS (
@@ -321,8 +330,7 @@ pub fn capabilities() -> Query {
             "SELECT pg_catalog.current_setting('server_version_num'::text)::int, current_user::text,
        (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
        pg_catalog.pg_has_role('pg_signal_backend'::name, 'USAGE'::text),
-       pg_catalog.pg_has_role('pg_read_all_stats'::name, 'USAGE'::text),
-       pg_catalog.pg_backend_pid()"
+       pg_catalog.pg_has_role('pg_read_all_stats'::name, 'USAGE'::text)"
                 .into(),
         params: Vec::new(),
     }
@@ -353,13 +361,17 @@ mod tests {
     }
 
     #[test]
-    fn empty_filter_lists_client_backends_but_not_pgkill() {
-        let q = list_sessions(v(15), &Filter::default());
+    fn empty_filter_lists_client_backends_but_not_pgkills_own() {
+        let q = list_sessions(v(15), &Filter::default(), &[]);
         assert!(q.params.is_empty());
         assert!(q.sql.contains("s.pid <> pg_catalog.pg_backend_pid()"));
-        assert!(q
-            .sql
-            .contains("s.application_name IS DISTINCT FROM 'pgkill'::text"));
+        assert!(
+            !q.sql.contains("application_name IS DISTINCT"),
+            "a client could hide by its name"
+        );
+        let own = list_sessions(v(15), &Filter::default(), &[4242]);
+        assert!(own.sql.contains("s.pid <> ALL($1::int[])"));
+        assert_eq!(own.params, vec![Param::IntArray(vec![4242])]);
         assert!(q.sql.contains("s.backend_type = 'client backend'"));
         assert!(q.sql.contains("s.leader_pid IS NULL"));
         let all = list_sessions(
@@ -368,6 +380,7 @@ mod tests {
                 all_backends: true,
                 ..Filter::default()
             },
+            &[],
         );
         assert!(!all.sql.contains("'client backend'"));
     }
@@ -375,9 +388,9 @@ mod tests {
     #[test]
     fn leader_pid_only_from_13() {
         // The column only exists from 13; before that it is a NULL placeholder.
-        let v12 = list_sessions(v(12), &Filter::default()).sql;
+        let v12 = list_sessions(v(12), &Filter::default(), &[]).sql;
         assert!(!v12.contains("s.leader_pid") && v12.contains("NULL::int AS leader_pid"));
-        assert!(list_sessions(v(13), &Filter::default())
+        assert!(list_sessions(v(13), &Filter::default(), &[])
             .sql
             .contains("s.leader_pid"));
     }
@@ -388,7 +401,7 @@ mod tests {
             databases: vec!["shop'; DROP DATABASE x; --".into()],
             ..every_filter()
         };
-        let q = list_sessions(v(10), &f);
+        let q = list_sessions(v(10), &f, &[]);
         assert!(!q.sql.contains("DROP DATABASE"));
         assert!(!q.sql.contains("bob") && !q.sql.contains("web-") && !q.sql.contains("10.0.0.0"));
         assert_eq!(q.params.len(), 12);
@@ -442,9 +455,9 @@ mod tests {
         ];
         for major in 10..=18 {
             for f in [Filter::default(), every_filter()] {
-                all.push(list_sessions(v(major), &f).sql);
+                all.push(list_sessions(v(major), &f, &[1, 2]).sql);
                 for s in [Signal::Cancel, Signal::Terminate] {
-                    all.push(signal(v(major), &f, s, std::slice::from_ref(&id)).sql);
+                    all.push(signal(v(major), &f, s, std::slice::from_ref(&id), &[1]).sql);
                 }
             }
         }
@@ -475,7 +488,7 @@ mod tests {
             user: Some("u".into()),
             database: Some("shop".into()),
         };
-        let q = signal(v(15), &f, Signal::Terminate, &[id(7), id(8)]);
+        let q = signal(v(15), &f, Signal::Terminate, &[id(7), id(8)], &[]);
         assert_eq!(q.params[0], Param::IntArray(vec![7, 8]));
         assert_eq!(q.params[1], Param::TimestampArray(vec![at, at]));
         assert_eq!(q.params[4], Param::Bool(false));
@@ -485,7 +498,7 @@ mod tests {
             .contains("t.backend_start IS NOT DISTINCT FROM s.backend_start"));
         assert!(q.sql.contains("s.datname::text = ANY($6::text[])"));
         assert!(q.sql.contains("pg_catalog.pg_terminate_backend(pid)"));
-        let c = signal(v(15), &f, Signal::Cancel, &[id(7)]);
+        let c = signal(v(15), &f, Signal::Cancel, &[id(7)], &[]);
         assert!(
             c.sql.contains("pg_catalog.pg_cancel_backend(pid)")
                 && !c.sql.contains("pg_terminate_backend")

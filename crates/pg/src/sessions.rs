@@ -21,8 +21,29 @@ pub struct Capabilities {
     pub caller: Caller,
     /// Whether the role can read every session's details (`pg_read_all_stats`).
     pub read_all_stats: bool,
-    /// pgkill's own backend pid on this connection.
-    pub own_pid: i32,
+    /// The backend pids of every connection this pgkill process opened: protected from
+    /// listing and signalling.
+    pub own_pids: Vec<i32>,
+}
+
+/// Backend pids of the connections this process opened (see [`own_pids`]).
+static OWN_PIDS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Records the backend pid of a connection pgkill opened (`connect` does, for each).
+pub fn register_own_pid(pid: i32) {
+    if let Ok(mut pids) = OWN_PIDS.lock() {
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+}
+
+/// The backend pids of the connections this process opened, so that pgkill never lists
+/// or signals its own sessions. (By pid, never by `application_name`, which any client
+/// can set to hide from pgkill.) A pid can stand for a connection to another server too:
+/// the only cost is that a session there with the same pid is not listed.
+pub fn own_pids() -> Vec<i32> {
+    OWN_PIDS.lock().map(|p| p.clone()).unwrap_or_default()
 }
 
 /// Reads the server version and the caller's privileges.
@@ -41,7 +62,7 @@ pub async fn capabilities(client: &Client) -> Result<Capabilities> {
             signal_backend: row.try_get(3)?,
         },
         read_all_stats: row.try_get(4)?,
-        own_pid: row.try_get(5)?,
+        own_pids: own_pids(),
     })
 }
 
@@ -80,7 +101,11 @@ fn session_from_row(row: &Row) -> Result<Session> {
 
 /// Lists the sessions matching `filter` (with `--newest/--oldest` applied), oldest first.
 pub async fn list(client: &Client, caps: &Capabilities, filter: &Filter) -> Result<Vec<Session>> {
-    let rows = query(client, &planner::list_sessions(caps.version, filter)).await?;
+    let rows = query(
+        client,
+        &planner::list_sessions(caps.version, filter, &caps.own_pids),
+    )
+    .await?;
     let sessions = rows
         .iter()
         .map(session_from_row)
@@ -113,7 +138,13 @@ pub async fn execute(
     let identities: Vec<Identity> = wanted.iter().map(|t| t.identity()).collect();
     let mut signalled: Vec<(i32, Option<bool>, bool)> = Vec::new(); // pid, signal result, allowed
     if !identities.is_empty() {
-        let q = planner::signal(caps.version, filter, plan.signal, &identities);
+        let q = planner::signal(
+            caps.version,
+            filter,
+            plan.signal,
+            &identities,
+            &caps.own_pids,
+        );
         let rows = match query(client, &q).await {
             Ok(rows) => rows,
             // A privilege changed between plan and signal: fall back to one at a time so
@@ -126,6 +157,7 @@ pub async fn execute(
                         filter,
                         plan.signal,
                         std::slice::from_ref(id),
+                        &caps.own_pids,
                     );
                     match query(client, &one).await {
                         Ok(mut r) => rows.append(&mut r),

@@ -177,8 +177,8 @@ async fn settle(admin: &Client, known: &[i32]) -> Result<()> {
         let n: i64 = admin
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'
-                   AND pid <> ALL($1) AND application_name <> 'pgkill'",
-                &[&known.to_vec()],
+                   AND pid <> ALL($1) AND pid <> pg_backend_pid()",
+                &[&[known, &pgkill_pg::sessions::own_pids()].concat()],
             )
             .await?
             .get(0);
@@ -226,6 +226,8 @@ async fn run_rounds(pg: &Installation, runner: &mut TestRunner) -> Result<()> {
     config.application_name("pgkill");
     let (me, conn) = config.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
+    // As `pgkill_pg::connect` does for every connection pgkill opens.
+    sessions::register_own_pid(me.query_one("SELECT pg_backend_pid()", &[]).await?.get(0));
     let caps = sessions::capabilities(&me).await?;
     let new = |runner: &mut TestRunner,
                strategy: &dyn Fn() -> BoxedStrategy<Vec<Spec>>|

@@ -224,13 +224,15 @@ fn pinned_options(user: Option<&str>) -> String {
 }
 
 /// Checks that the session's `search_path` is the pinned one and pins it if not (a
-/// server-side setting cannot override a startup option, but a proxy may drop the option).
-/// The statements call only qualified functions and no operator, so they are safe whatever
-/// `search_path` is.
+/// server-side setting cannot override a startup option, but a proxy may drop the option),
+/// and records the connection's backend pid as one of pgkill's own. The statements call
+/// only qualified functions and no operator, so they are safe whatever `search_path` is.
 async fn pin_search_path(client: &Client) -> std::result::Result<(), tokio_postgres::Error> {
-    let read = "SELECT pg_catalog.current_setting('search_path')";
+    let read = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.pg_backend_pid()";
     let is_pinned = |path: String| path.replace(' ', "") == SEARCH_PATH.replace(' ', "");
-    if is_pinned(client.query_one(read, &[]).await?.try_get(0)?) {
+    let row = client.query_one(read, &[]).await?;
+    crate::sessions::register_own_pid(row.try_get(1)?);
+    if is_pinned(row.try_get(0)?) {
         return Ok(());
     }
     client

@@ -17,7 +17,9 @@
 //!    server asks for one that pgkill does not have and stdin is a terminal.
 //!
 //! `application_name` is always [`APPLICATION_NAME`] (`pgkill`), whatever `PGAPPNAME` or
-//! the connection string say: pgkill recognises and protects its own sessions by it.
+//! the connection string say, so that a DBA can tell what a session is. pgkill protects
+//! its own sessions by their backend pids (see `sessions::own_pids`), never by this name,
+//! which any client can take.
 //!
 //! Differences from libpq worth knowing: flags rank above the connection string (psql
 //! lets the string win); one host only (comma lists are refused); `allow` behaves like
@@ -48,7 +50,7 @@ pub use error::{ConnectError, Result};
 pub use resolve::resolve;
 
 /// The `application_name` of every connection pgkill opens. Not configurable (not even by
-/// `PGAPPNAME`): pgkill finds and protects its own sessions by it.
+/// `PGAPPNAME`): a DBA looking at `pg_stat_activity` can tell pgkill's sessions.
 pub const APPLICATION_NAME: &str = "pgkill";
 
 /// The default `connect_timeout`.

@@ -1,0 +1,49 @@
+//! What pgkill selects, through the real binary on every PostgreSQL version: no client can
+//! hide from it by calling itself `pgkill` (issue 9, defect 9), while pgkill's own
+//! connections stay out of every listing.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use pgkill_sandbox::{cases, roles, sim, Installation, Options, Sandbox};
+
+mod support;
+
+fn main() {
+    pgkill_sandbox::matrix::main(cases![a_client_named_pgkill_is_not_immune]);
+}
+
+async fn a_client_named_pgkill_is_not_immune(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("app", None).await?;
+    let mut config = sb.config("app", roles::PLAIN);
+    config.application_name("pgkill");
+    let hiding = sim::idle(&config).await?;
+    let plain = sim::idle(&sb.config("app", roles::PLAIN)).await?;
+    let run =
+        |args: &[&str]| support::run(support::pgkill(sb.host(), sb.port(), roles::ADMIN, args));
+    let (code, out, err) = run(&["ls", "--db", "app", "--csv"])?;
+    ensure!(code == 0, "exit {code}: {err}");
+    ensure!(
+        out.contains(&hiding.pid().to_string()) && out.contains(&plain.pid().to_string()),
+        "a session named pgkill is not listed:\n{out}"
+    );
+    // pgkill's own connection (to postgres) is never in its own listing.
+    let (_, all, _) = run(&["ls", "--csv", "--all-backends"])?;
+    ensure!(
+        all.lines().filter(|l| l.contains(",pgkill,")).count() <= 1,
+        "{all}"
+    );
+    let (code, out, err) = run(&["kill", "--db", "app", "-y"])?;
+    ensure!(code == 0, "exit {code}: {out}\n{err}");
+    for s in [&hiding, &plain] {
+        let ended = s.wait_ended(Duration::from_secs(10)).await;
+        ensure!(
+            ended.and_then(|e| e.sqlstate).as_deref() == Some("57P01"),
+            "pid {} ({}) survived kill --db app:\n{out}",
+            s.pid(),
+            s.kind()
+        );
+    }
+    Ok(())
+}
