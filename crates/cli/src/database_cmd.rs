@@ -347,6 +347,10 @@ pub async fn unfence(
     }
     let client = &connected.client;
     let db = &args.db;
+    let caps = sessions::capabilities(client).await?;
+    if let Err(why) = pgkill_core::database::check_name("database", db, caps.max_name_bytes) {
+        anyhow::bail!(UsageError(why));
+    }
     for line in fences::adopt_legacy(client, &connected.server, db).await? {
         eprintln!("pgkill: {line}");
     }

@@ -220,6 +220,11 @@ fn describe(e: &anyhow::Error) -> String {
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
+        // A server error already says the server's message, its SQLSTATE and what to do:
+        // the driver's own wording below it would only repeat it.
+        if cause.downcast_ref::<pgkill_pg::Error>().is_some() {
+            break;
+        }
     }
     parts.join(": ")
 }

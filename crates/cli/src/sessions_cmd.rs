@@ -230,7 +230,8 @@ pub struct FreeSlotArgs {
     #[arg(value_name = "ROLE")]
     role: String,
     /// How many sessions to end (the ones idle the longest).
-    #[arg(short = 'n', long = "count", value_name = "N", default_value_t = 1)]
+    #[arg(short = 'n', long = "count", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
     count: u32,
     /// Do not ask for confirmation.
     #[arg(short = 'y', long = "yes")]
@@ -250,6 +251,9 @@ pub async fn free_slot(
     crate::confirm::ensure_possible(args.yes, false, "end sessions", None)?;
     let client = conn::connect(conn_args, conninfo).await?.client;
     let caps = sessions::capabilities(&client).await?;
+    if let Err(why) = pgkill_core::database::check_name("role", &args.role, caps.max_name_bytes) {
+        anyhow::bail!(crate::UsageError(why));
+    }
     let limit: Option<i32> = pgkill_pg::exec::query_opt(
         &client,
         &pgkill_core::database::role_connection_limit(&args.role),

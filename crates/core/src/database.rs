@@ -90,6 +90,35 @@ pub struct Resolve {
     pub allow_template: bool,
 }
 
+/// Checks a database or role name the way the server will before pgkill looks it up or
+/// acts on it: a name longer than the server's `max_identifier_length` (63 bytes unless
+/// built otherwise) would be silently truncated by a `name` comparison and could match
+/// another object.
+pub fn check_name(kind: &str, name: &str, max_bytes: usize) -> Result<(), String> {
+    if name.is_empty() {
+        Err(format!("the {kind} name is empty"))
+    } else if name.contains('\0') {
+        Err(format!("the {kind} name {name:?} contains a NUL byte"))
+    } else if name.len() > max_bytes {
+        Err(format!(
+            "the {kind} name {name:?} is {} bytes long: PostgreSQL names are at most {max_bytes} bytes on this server",
+            name.len()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Why renaming `old` to `new` is refused (checked before anything is changed; that the
+/// new name is free is checked against the server).
+pub fn rename_refusals(old: &str, new: &str, max_bytes: usize) -> Vec<String> {
+    match check_name("new database", new, max_bytes) {
+        Err(why) => vec![why],
+        Ok(()) if new == old => vec![format!("{old:?} is already called that")],
+        Ok(()) => Vec::new(),
+    }
+}
+
 /// Why an operation is refused before anything is changed.
 pub fn refusals(
     op: Operation,
@@ -102,7 +131,8 @@ pub fn refusals(
     let name = &info.name;
     if connected_db == name {
         why.push(format!(
-            "pgkill is connected to {name} itself: use --maintenance-db to connect to another database (e.g. postgres)"
+            "pgkill is connected to {name} itself: use --maintenance-db to connect to another database (e.g. {})",
+            if name == "postgres" { "template1" } else { "postgres" }
         ));
     }
     if info.settings.is_template && !resolve.allow_template && op != Operation::Drain {
@@ -368,6 +398,26 @@ pub(crate) mod tests {
                 "in:\n{sql}"
             );
         }
+    }
+
+    #[test]
+    fn names_are_checked_as_the_server_would() {
+        assert!(check_name("database", "shop", 63).is_ok());
+        assert!(
+            check_name("database", &"é".repeat(31), 63).is_ok(),
+            "62 bytes"
+        );
+        let long = check_name("database", &"é".repeat(32), 63).unwrap_err();
+        assert!(
+            long.contains("64 bytes") && long.contains("at most 63"),
+            "{long}"
+        );
+        assert!(check_name("role", "", 63).unwrap_err().contains("empty"));
+        assert!(check_name("role", "a\0b", 63).unwrap_err().contains("NUL"));
+        assert_eq!(rename_refusals("a", "b", 63), Vec::<String>::new());
+        assert!(rename_refusals("a", "", 63)[0].contains("empty"));
+        assert!(rename_refusals("a", "a", 63)[0].contains("already called"));
+        assert!(rename_refusals("a", &"x".repeat(64), 63)[0].contains("64 bytes"));
     }
 
     #[test]

@@ -330,7 +330,8 @@ pub fn capabilities() -> Query {
             "SELECT pg_catalog.current_setting('server_version_num'::text)::int, current_user::text,
        (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
        pg_catalog.pg_has_role('pg_signal_backend'::name, 'USAGE'::text),
-       pg_catalog.pg_has_role('pg_read_all_stats'::name, 'USAGE'::text)"
+       pg_catalog.pg_has_role('pg_read_all_stats'::name, 'USAGE'::text),
+       pg_catalog.current_setting('max_identifier_length'::text)::int"
                 .into(),
         params: Vec::new(),
     }

@@ -95,6 +95,7 @@ pub async fn preflight(
     new_name: Option<&str>,
     resolve: Resolve,
 ) -> Result<Preflight> {
+    plan::check_name("database", name, caps.max_name_bytes).map_err(|e| Error::Refused(vec![e]))?;
     let info = info(client, name)
         .await?
         .ok_or_else(|| Error::Refused(vec![format!("database {name:?} does not exist")]))?;
@@ -153,9 +154,11 @@ pub async fn preflight(
         ));
     }
     if let Some(new) = new_name {
-        if self::info(client, new).await?.is_some() {
+        let bad = plan::rename_refusals(name, new, caps.max_name_bytes);
+        if bad.is_empty() && self::info(client, new).await?.is_some() {
             refusals.push(format!("a database named {new:?} already exists"));
         }
+        refusals.extend(bad);
         let createdb: bool = query_opt(client, &plan::caller_can_create_databases())
             .await?
             .map(|r| r.try_get(0))
@@ -467,6 +470,34 @@ async fn drain_and_act(
     }
 }
 
+/// Pauses between polls: fast right after a fence or a terminate, where a few milliseconds
+/// win races against reconnecting clients and show sessions gone at once; then slower
+/// while only waiting for transactions to finish (at most 10 polls, and so 10 progress
+/// redraws, a second).
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MOST: Duration = Duration::from_millis(100);
+
+    fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(Self::MOST);
+        now
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Self::FIRST)
+    }
+}
+
 /// Ends every session of database `oid`: during `grace`, each one as soon as it is
 /// outside a transaction; then all that are left, until none is connected.
 async fn drain(
@@ -477,6 +508,7 @@ async fn drain(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<()> {
     let began = tokio::time::Instant::now();
+    let mut pause = Backoff::default();
     while began.elapsed() < grace {
         let row = query_opt(client, &plan::end_idle_sessions(oid))
             .await?
@@ -492,9 +524,13 @@ async fn drain(
         if left - ended == 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        if ended > 0 {
+            pause.reset();
+        }
+        tokio::time::sleep(pause.next().min(grace.saturating_sub(began.elapsed()))).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut pause = Backoff::default();
     loop {
         let rows = query(client, &plan::terminate_all(oid)).await?;
         if let Some(row) = rows.first() {
@@ -515,7 +551,7 @@ async fn drain(
                 "{left} session(s) did not go away within 30s of being terminated"
             )]));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(pause.next()).await;
     }
 }
 

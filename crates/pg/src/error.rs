@@ -47,9 +47,58 @@ pub enum Error {
     /// The server answered something pgkill did not expect.
     #[error("unexpected answer from the server: {0}")]
     Protocol(&'static str),
-    /// Anything else.
-    #[error(transparent)]
-    Other(tokio_postgres::Error),
+    /// Anything else: the server's message, its SQLSTATE, and what to do where known.
+    #[error("{}", server_error(.0))]
+    Other(#[source] tokio_postgres::Error),
+}
+
+/// Names and advice for the SQLSTATEs users meet (POSTGRES.md, "Errors users meet").
+fn sqlstate_name(code: &str) -> Option<(&'static str, Option<&'static str>)> {
+    Some(match code {
+        "25006" => ("read_only_sql_transaction", Some("this server is a standby (read-only): run the command against the primary")),
+        "25001" => ("active_sql_transaction", None),
+        "53300" => ("too_many_connections", Some("the server, role or database is at its connection limit: `pgkill free-slot ROLE` ends idle sessions of a role")),
+        "28000" => ("invalid_authorization_specification", None),
+        "28P01" => ("invalid_password", None),
+        "42809" => ("wrong_object_type", Some("a template database: pass --allow-template")),
+        "0A000" => ("feature_not_supported", None),
+        "22023" => ("invalid_parameter_value", None),
+        "42P07" | "42P04" => ("duplicate_object", Some("choose another name")),
+        "42622" => ("name_too_long", Some("names are at most 63 bytes")),
+        "42602" => ("invalid_name", None),
+        "55000" => ("object_not_in_prerequisite_state", None),
+        "55P03" => ("lock_not_available", None),
+        "57P05" => ("idle_session_timeout", None),
+        "25P03" => ("idle_in_transaction_session_timeout", None),
+        "57P01" => ("admin_shutdown", None),
+        "08006" => ("connection_failure", None),
+        _ => return None,
+    })
+}
+
+/// `message (detail) [SQLSTATE code name]: advice`, or the client's own text when the
+/// error did not come from the server.
+fn server_error(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        };
+    };
+    let code = db.code().code();
+    let named = sqlstate_name(code);
+    let mut text = format!("{} [SQLSTATE {code}", db_message(e));
+    if let Some((name, _)) = named {
+        text.push_str(&format!(" {name}"));
+    }
+    text.push(']');
+    if let Some(hint) = db.hint() {
+        text.push_str(&format!("; hint: {hint}"));
+    }
+    if let Some((_, Some(advice))) = named {
+        text.push_str(&format!(": {advice}"));
+    }
+    text
 }
 
 /// The server's message (and detail) of a database error, else the client's text.

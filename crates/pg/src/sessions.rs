@@ -21,6 +21,9 @@ pub struct Capabilities {
     pub caller: Caller,
     /// Whether the role can read every session's details (`pg_read_all_stats`).
     pub read_all_stats: bool,
+    /// The longest database or role name the server takes, in bytes
+    /// (`max_identifier_length`).
+    pub max_name_bytes: usize,
     /// The backend pids of every connection this pgkill process opened: protected from
     /// listing and signalling.
     pub own_pids: Vec<i32>,
@@ -62,6 +65,7 @@ pub async fn capabilities(client: &Client) -> Result<Capabilities> {
             signal_backend: row.try_get(3)?,
         },
         read_all_stats: row.try_get(4)?,
+        max_name_bytes: usize::try_from(row.try_get::<_, i32>(5)?).unwrap_or(63),
         own_pids: own_pids(),
     })
 }

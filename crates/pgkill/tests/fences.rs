@@ -3,7 +3,8 @@
 //! rename, a colleague's `unfence` from another machine), a deliberate fence is a note and
 //! a dead pgkill's fence a warning, and the local state directory of older versions can
 //! neither break recovery nor be used to make pgkill write or restore what it should not
-//! (issue 8 findings 3–5, issue 9 defects 1, 2 and 6).
+//! (issue 8 findings 3–5, issue 9 defects 1, 2 and 6); and a drain waiting for
+//! transactions polls gently (issue 9, defect 7).
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -24,6 +25,7 @@ fn main() {
         junk_in_the_state_directory_does_not_break_recovery,
         no_local_file_is_written_and_symlinks_are_not_followed,
         a_legacy_record_is_adopted_only_on_its_cluster,
+        drain_waits_for_transactions_without_hammering_the_server,
     ]);
 }
 
@@ -379,5 +381,38 @@ async fn a_legacy_record_is_adopted_only_on_its_cluster(pg: Installation) -> Res
         .await?
         .is_some_and(|r| r.0 && r.4.is_none()));
     ensure!(!file.exists(), "the adopted record's file is still there");
+    Ok(())
+}
+
+async fn drain_waits_for_transactions_without_hammering_the_server(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default().setting("log_statement", "all"))?;
+    let admin = sb.admin("postgres").await?;
+    let before = database(&sb, &admin, "slow").await?;
+    // Open for the whole grace period: the drain can only wait.
+    let open = sim::idle_in_transaction(&sb.config("slow", roles::PLAIN), None).await?;
+    let m = Machine::new(&sb)?;
+    let grace = 3;
+    let (out, _) = m.ok(&[
+        "drain",
+        "slow",
+        "--grace",
+        &format!("{grace}s"),
+        "--then-unfence",
+        "-y",
+    ])?;
+    ensure!(out.contains("1 open transaction(s) rolled back"), "{out}");
+    ensure!(open.wait_ended(Duration::from_secs(5)).await.is_some());
+    // Each poll of the grace period is one statement (and one progress redraw).
+    let log = std::fs::read_to_string(sb.log_file())?;
+    let polls = log
+        .lines()
+        .filter(|l| l.contains("xact_start IS NULL AND pg_catalog.pg_terminate_backend"))
+        .count();
+    // 10 a second, and the few fast ones right after the fence.
+    ensure!(
+        (grace * 5..=grace * 10 + 6).contains(&polls),
+        "{polls} polls in a {grace} s grace period"
+    );
+    ensure!(db_row(&admin, "slow").await? == Some(before));
     Ok(())
 }
