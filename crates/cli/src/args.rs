@@ -109,6 +109,7 @@ impl FilterArgs {
             oldest: self.oldest,
             include_superusers: self.include_superusers,
             all_backends,
+            also: Vec::new(),
         }
     }
 }

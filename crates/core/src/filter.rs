@@ -198,6 +198,10 @@ pub struct Filter {
     pub include_superusers: bool,
     /// `--all-backends`: not only client backends (walsenders, workers, …).
     pub all_backends: bool,
+    /// Further filters that must match too (AND): e.g. what a `top` user typed on top of
+    /// the command line's filters. Re-checked with the rest inside the statement that
+    /// signals (their `--newest/--oldest` are not: those pick from a listing).
+    pub also: Vec<Filter>,
 }
 
 /// States in which a session is not running a statement (for `--idle-for`).
@@ -253,6 +257,32 @@ impl Filter {
                 || (s.state.as_deref() == Some("active") && older(s.query_start, self.query_older)))
             && older(s.backend_start, self.backend_older)
             && (!self.blocking || s.blocking > 0)
+            && self.also.iter().all(|f| f.matches_row(s))
+    }
+
+    /// This filter, and `other` too.
+    pub fn and(mut self, other: Filter) -> Filter {
+        self.also.push(other);
+        self
+    }
+
+    /// Sessions whose query text contains `text`, ignoring case (as `top`'s `q:` words
+    /// match): for the server, a case-insensitive regular expression matching it literally.
+    pub fn query_contains(text: &str) -> Filter {
+        let mut re = String::from("(?i)");
+        for c in text.chars() {
+            // In PostgreSQL's regular expressions a backslash before a character that is
+            // not alphanumeric makes it literal.
+            if !c.is_alphanumeric() {
+                re.push('\\');
+            }
+            re.push(c);
+        }
+        Filter {
+            queries: vec![re],
+            all_backends: true,
+            ..Filter::default()
+        }
     }
 
     /// Applies `--newest/--oldest` to sessions already filtered, keeping backend-start order.

@@ -114,6 +114,12 @@ fn predicate(v: ServerVersion, f: &Filter, own: &[i32], first: usize) -> Predica
         let x = p.bind(Param::IntArray(own.to_vec()));
         p.clauses.push(format!("s.pid <> ALL({x}::int[])"));
     }
+    add_filter(&mut p, v, f);
+    p
+}
+
+/// Adds the clauses of `f` (and of the filters it holds in `also`) to `p`.
+fn add_filter(p: &mut Predicate, v: ServerVersion, f: &Filter) {
     if !f.all_backends {
         let leader = if v.major >= 13 {
             " AND s.leader_pid IS NULL"
@@ -181,21 +187,21 @@ fn predicate(v: ServerVersion, f: &Filter, own: &[i32], first: usize) -> Predica
         let x = p.bind(Param::TextArray(
             IDLE_STATES.iter().map(|s| (*s).to_owned()).collect(),
         ));
-        let age = older(&mut p, "s.state_change", d);
+        let age = older(p, "s.state_change", d);
         p.clauses
             .push(format!("s.state = ANY({x}::text[]) AND {age}"));
     }
     if let Some(d) = f.xact_older {
-        let age = older(&mut p, "s.xact_start", d);
+        let age = older(p, "s.xact_start", d);
         p.clauses.push(age);
     }
     if let Some(d) = f.query_older {
-        let age = older(&mut p, "s.query_start", d);
+        let age = older(p, "s.query_start", d);
         p.clauses
             .push(format!("s.state = 'active'::text AND {age}"));
     }
     if let Some(d) = f.backend_older {
-        let age = older(&mut p, "s.backend_start", d);
+        let age = older(p, "s.backend_start", d);
         p.clauses.push(age);
     }
     if !f.queries.is_empty() {
@@ -207,7 +213,9 @@ fn predicate(v: ServerVersion, f: &Filter, own: &[i32], first: usize) -> Predica
             "s.pid IN (SELECT pid FROM ({BLOCKERS}) AS blockers)"
         ));
     }
-    p
+    for also in &f.also {
+        add_filter(p, v, also);
+    }
 }
 
 /// Lists the sessions matching `filter` (before `--newest/--oldest`, which the caller
@@ -474,6 +482,30 @@ mod tests {
                 "in:\n{sql}"
             );
         }
+    }
+
+    #[test]
+    fn filters_held_in_also_are_rechecked_too() {
+        let f = Filter {
+            databases: vec!["shop".into()],
+            ..Filter::default()
+        }
+        .and(Filter {
+            states: vec![State::Idle],
+            all_backends: true,
+            ..Filter::default()
+        })
+        .and(Filter::query_contains("a.b"));
+        let q = signal(v(15), &f, Signal::Terminate, &[], &[9]);
+        assert!(
+            q.sql.contains("s.datname::text = ANY($7::text[])"),
+            "{}",
+            q.sql
+        );
+        assert!(q.sql.contains("s.state = ANY($8::text[])"), "{}", q.sql);
+        assert!(q.sql.contains("s.query ~ ANY($9::text[])"), "{}", q.sql);
+        assert_eq!(q.params[8], Param::TextArray(vec![r"(?i)a\.b".into()]));
+        assert_eq!(q.params.len(), 9);
     }
 
     #[test]

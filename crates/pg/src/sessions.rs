@@ -219,6 +219,23 @@ pub async fn execute(
         }
     }
 
+    // Targets the signalling statement did not return either ended or no longer match
+    // the selection (a session that started a query after `--state idle` chose it): say
+    // which.
+    let unmatched: Vec<Identity> = identities
+        .iter()
+        .filter(|id| !signalled.iter().any(|(p, _, _)| *p == id.pid))
+        .cloned()
+        .collect();
+    let still_there: Vec<i32> = if unmatched.is_empty() {
+        Vec::new()
+    } else {
+        query(client, &planner::still_present(&unmatched))
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?
+    };
     let outcomes = plan
         .targets
         .iter()
@@ -228,11 +245,12 @@ pub async fn execute(
             }
             let pid = t.session.pid;
             match signalled.iter().find(|(p, _, _)| *p == pid) {
-                None => Outcome::new(
+                None if still_there.contains(&pid) => Outcome::new(
                     t,
                     OutcomeKind::AlreadyGone,
-                    "ended (or no longer matched the selection) before the signal",
+                    "no longer matches the selection: not signalled",
                 ),
+                None => Outcome::new(t, OutcomeKind::AlreadyGone, "ended before the signal"),
                 Some((_, _, false)) => Outcome::new(
                     t,
                     OutcomeKind::NotPermitted,

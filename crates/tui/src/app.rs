@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use pgkill_core::filter::parse_words;
-use pgkill_core::plan::Outcome;
+use pgkill_core::plan::{Caller, Outcome, Plan};
 use pgkill_core::planner::Signal;
 use pgkill_core::{Filter, Session};
 
@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub server: ServerInfo,
     /// Sessions matching the command-line filters.
     pub sessions: Vec<Session>,
+    /// Who pgkill is connected as (what it may signal).
+    pub caller: Caller,
 }
 
 /// A key press, reduced to what the view uses.
@@ -70,12 +72,18 @@ pub enum Event {
 pub enum Effect {
     /// Read sessions again.
     Refresh,
-    /// Cancel or terminate these sessions (verified, as `pgkill kill` does).
+    /// Cancel or terminate these sessions (verified, as `pgkill kill` does: through the
+    /// same re-checking statement, with the command line's filters and `filter`).
     Signal {
         /// Cancel or terminate.
         signal: Signal,
         /// The sessions as they were shown when confirmed.
         targets: Vec<Session>,
+        /// The filter typed in the view when they were selected: a session that no
+        /// longer matches it is not signalled.
+        filter: Filter,
+        /// Signal protected superuser sessions too (`!` in the confirmation).
+        include_superusers: bool,
     },
     /// Leave.
     Quit,
@@ -97,6 +105,8 @@ pub enum Mode {
         signal: Signal,
         /// The targets.
         pids: Vec<i32>,
+        /// `!` pressed: include protected superuser sessions in this action.
+        include_superusers: bool,
     },
     /// Details of one session.
     Detail(i32),
@@ -191,6 +201,8 @@ pub struct App {
     pub filter_text: String,
     /// Why the filter text is not understood, if so (the last good filter stays applied).
     pub filter_error: Option<String>,
+    /// The last filter text that was understood: what the table shows.
+    pub applied_filter: String,
     filter: Filter,
     contains: Vec<String>,
     /// The screen.
@@ -217,6 +229,13 @@ pub struct App {
     pub action_error: Option<String>,
     /// Draw with colours (off with `NO_COLOR`).
     pub color: bool,
+    /// Who pgkill is connected as (from the last refresh).
+    pub caller: Option<Caller>,
+    /// `top --include-superusers`: superuser sessions may be signalled all along.
+    pub include_superusers: bool,
+    /// Something to tell the user in the footer (e.g. selected rows the filter now hides
+    /// were unselected).
+    pub note: Option<String>,
 }
 
 impl App {
@@ -227,6 +246,7 @@ impl App {
             sessions: Vec::new(),
             filter_text: String::new(),
             filter_error: None,
+            applied_filter: String::new(),
             filter: Filter::default(),
             contains: Vec::new(),
             mode: Mode::Normal,
@@ -241,6 +261,78 @@ impl App {
             outcomes: Vec::new(),
             action_error: None,
             color: true,
+            caller: None,
+            include_superusers: false,
+            note: None,
+        }
+    }
+
+    /// The filter typed in the view, as the server evaluates it (`q:` words as
+    /// case-insensitive literal matches of the query text).
+    pub fn typed_filter(&self) -> Filter {
+        self.contains.iter().fold(self.filter.clone(), |f, word| {
+            f.and(Filter::query_contains(word))
+        })
+    }
+
+    /// What confirming `signal` of `pids` would do: who is signalled, who is refused and
+    /// why (the same decisions `pgkill kill` makes).
+    pub fn plan(&self, signal: Signal, pids: &[i32], include_superusers: bool) -> Plan {
+        let sessions = pids
+            .iter()
+            .filter_map(|p| self.session(*p).cloned())
+            .collect();
+        let filter = Filter {
+            include_superusers: include_superusers || self.include_superusers,
+            ..Filter::default()
+        };
+        let nobody = Caller {
+            user: String::new(),
+            superuser: false,
+            signal_backend: false,
+        };
+        Plan::build(
+            signal,
+            sessions,
+            &filter,
+            self.caller.as_ref().unwrap_or(&nobody),
+        )
+    }
+
+    /// Whether `!` can include protected superuser sessions (the caller may signal them).
+    pub fn may_include_superusers(&self) -> bool {
+        self.caller.as_ref().is_some_and(|c| c.superuser) && !self.include_superusers
+    }
+
+    /// Keeps the selection within what the table shows: a selected row the filter now
+    /// hides (or that stopped matching it) is unselected, and the footer says so.
+    fn prune_selection(&mut self) {
+        // While a filter is being typed the table shows each half-typed state; the
+        // selection is kept to what the filter shows once it is entered.
+        if matches!(self.mode, Mode::Filtering { .. }) {
+            return;
+        }
+        let shown: BTreeSet<i32> = self.visible().iter().map(|s| s.pid).collect();
+        let before = self.selected.len();
+        self.selected.retain(|p| shown.contains(p));
+        let hidden = before - self.selected.len();
+        if hidden > 0 {
+            self.note = Some(format!(
+                "{hidden} selected session(s) no longer shown were unselected"
+            ));
+        }
+    }
+
+    /// Refuses an action while the filter text is not understood (the table then shows
+    /// the last valid filter, which is not what the user is typing).
+    fn filter_blocks_action(&mut self) -> bool {
+        if self.filter_error.is_some() {
+            self.note = Some(
+                "the filter is not understood: the table still shows the last valid filter; fix the filter (/) before selecting or signalling".into(),
+            );
+            true
+        } else {
+            false
         }
     }
 
@@ -312,6 +404,7 @@ impl App {
                 };
                 self.contains = contains;
                 self.filter_error = None;
+                self.applied_filter = self.filter_text.clone();
             }
             Err(e) => self.filter_error = Some(e),
         }
@@ -350,8 +443,11 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
             }
             app.server = Some(snapshot.server);
             app.sessions = snapshot.sessions;
+            app.caller = Some(snapshot.caller);
             let present: BTreeSet<i32> = app.sessions.iter().map(|s| s.pid).collect();
+            // Rows that ended go quietly; rows that stopped matching the filter are said.
             app.selected.retain(|p| present.contains(p));
+            app.prune_selection();
             app.clamp_cursor();
             vec![]
         }
@@ -393,9 +489,14 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
             }
             // Filter as you type.
             app.apply_filter_text();
+            app.prune_selection();
             vec![]
         }
-        Mode::Confirm { signal, pids } => match key {
+        Mode::Confirm {
+            signal,
+            pids,
+            include_superusers,
+        } => match key {
             Key::Char('y') | Key::Char('Y') => {
                 app.mode = Mode::Normal;
                 let targets: Vec<_> = pids
@@ -405,8 +506,21 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                 if targets.is_empty() {
                     vec![]
                 } else {
-                    vec![Effect::Signal { signal, targets }]
+                    vec![Effect::Signal {
+                        signal,
+                        targets,
+                        filter: app.typed_filter(),
+                        include_superusers: include_superusers || app.include_superusers,
+                    }]
                 }
+            }
+            Key::Char('!') if app.may_include_superusers() => {
+                app.mode = Mode::Confirm {
+                    signal,
+                    pids,
+                    include_superusers: !include_superusers,
+                };
+                vec![]
             }
             Key::Char('n') | Key::Char('N') | Key::Esc | Key::Char('q') => {
                 app.mode = Mode::Normal;
@@ -439,6 +553,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                         app.mode = Mode::Confirm {
                             signal: Signal::Terminate,
                             pids: vec![*pid],
+                            include_superusers: false,
                         };
                     }
                 }
@@ -477,7 +592,7 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
                 app.clamp_cursor();
             }
         }
-        Key::Char('a') => {
+        Key::Char('a') if !app.filter_blocks_action() => {
             let pids: Vec<i32> = app.visible().iter().map(|s| s.pid).collect();
             app.selected.extend(pids);
         }
@@ -485,8 +600,9 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
             app.selected.clear();
             app.outcomes.clear();
             app.action_error = None;
+            app.note = None;
         }
-        Key::Char('c') | Key::Char('k') => {
+        Key::Char('c') | Key::Char('k') if !app.filter_blocks_action() => {
             let pids = app.targets();
             if !pids.is_empty() {
                 let signal = if key == Key::Char('c') {
@@ -494,7 +610,11 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
                 } else {
                     Signal::Terminate
                 };
-                app.mode = Mode::Confirm { signal, pids };
+                app.mode = Mode::Confirm {
+                    signal,
+                    pids,
+                    include_superusers: false,
+                };
             }
         }
         Key::Enter => {
@@ -585,6 +705,11 @@ pub(crate) mod tests {
                 uptime: Duration::from_secs(3 * 3600 + 125),
                 connections: 12,
                 max_connections: 100,
+            },
+            caller: Caller {
+                user: "postgres".into(),
+                superuser: true,
+                signal_backend: false,
             },
             sessions: vec![
                 holder,
@@ -697,7 +822,7 @@ pub(crate) mod tests {
         keys(&mut app, "  ");
         assert_eq!(app.selected.len(), 2);
         assert!(keys(&mut app, "k").is_empty());
-        let Mode::Confirm { signal, pids } = app.mode.clone() else {
+        let Mode::Confirm { signal, pids, .. } = app.mode.clone() else {
             panic!("{:?}", app.mode)
         };
         assert_eq!(signal, Signal::Terminate);
@@ -708,6 +833,8 @@ pub(crate) mod tests {
             [Effect::Signal {
                 signal: Signal::Terminate,
                 targets,
+                include_superusers: false,
+                ..
             }] => {
                 assert_eq!(targets.iter().map(|t| t.pid).collect::<Vec<_>>(), pids)
             }
@@ -767,9 +894,150 @@ pub(crate) mod tests {
             app.mode,
             Mode::Confirm {
                 signal: Signal::Terminate,
-                pids: vec![101]
+                pids: vec![101],
+                include_superusers: false,
             }
         );
+    }
+
+    #[test]
+    fn the_signal_carries_the_filter_the_rows_were_selected_with() {
+        // Regression (issue 9, defect 4): `state:idle`, `a`, one session starts a query,
+        // `k`, `y`: the signalling statement must re-check `state:idle`.
+        let mut app = loaded();
+        keys(&mut app, "/state:idle q:select");
+        update(&mut app, Event::Key(Key::Enter));
+        keys(&mut app, "a");
+        assert_eq!(app.selected.iter().copied().collect::<Vec<_>>(), vec![104]);
+        keys(&mut app, "k");
+        match &keys(&mut app, "y")[..] {
+            [Effect::Signal { filter, .. }] => {
+                assert_eq!(filter.states, vec![pgkill_core::State::Idle]);
+                assert_eq!(
+                    filter.also,
+                    vec![Filter::query_contains("select")],
+                    "q: words are re-checked by the server too"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_selection_never_reaches_rows_the_filter_hides() {
+        let mut app = loaded();
+        keys(&mut app, "a");
+        assert_eq!(app.selected.len(), 6);
+        keys(&mut app, "/db:reports");
+        update(&mut app, Event::Key(Key::Enter));
+        assert_eq!(app.selected.iter().copied().collect::<Vec<_>>(), vec![105]);
+        assert!(
+            app.note
+                .as_deref()
+                .is_some_and(|n| n.contains("5 selected")),
+            "{:?}",
+            app.note
+        );
+        keys(&mut app, "k");
+        let Mode::Confirm { pids, .. } = app.mode.clone() else {
+            panic!("{:?}", app.mode)
+        };
+        assert_eq!(pids, vec![105], "the question only names rows on screen");
+        // A row that stops matching at a refresh leaves the selection too.
+        update(&mut app, Event::Key(Key::Esc));
+        keys(&mut app, "/state:active");
+        update(&mut app, Event::Key(Key::Enter));
+        keys(&mut app, "a");
+        let mut later = sample();
+        later.sessions[4].state = Some("idle".into()); // 105 finished its query
+        update(&mut app, Event::Snapshot(Ok(later)));
+        assert!(!app.selected.contains(&105), "{:?}", app.selected);
+    }
+
+    #[test]
+    fn an_invalid_filter_shows_the_last_valid_one_and_blocks_actions() {
+        let mut app = loaded();
+        keys(&mut app, "/db:reports");
+        update(&mut app, Event::Key(Key::Enter));
+        keys(&mut app, "/ foo:bar");
+        update(&mut app, Event::Key(Key::Enter));
+        assert!(app.filter_error.is_some());
+        assert_eq!(app.applied_filter.trim(), "db:reports");
+        assert_eq!(app.visible().len(), 1, "still what db:reports showed");
+        assert!(keys(&mut app, "a").is_empty() && app.selected.is_empty());
+        assert!(keys(&mut app, "k").is_empty());
+        assert_eq!(
+            app.mode,
+            Mode::Normal,
+            "no confirmation while the filter is broken"
+        );
+        assert!(app
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("not understood")));
+        // From an empty filter a broken one must not turn into "every session" actions.
+        let mut fresh = loaded();
+        keys(&mut fresh, "/foo:bar");
+        update(&mut fresh, Event::Key(Key::Enter));
+        assert!(keys(&mut fresh, "ak").is_empty());
+        assert!(fresh.selected.is_empty() && fresh.mode == Mode::Normal);
+    }
+
+    #[test]
+    fn the_confirmation_names_refusals_and_bang_includes_superusers() {
+        // Regression (issue 9, defect 5): selected superuser sessions were promised and
+        // then came back not_permitted.
+        let mut snap = sample();
+        snap.sessions[3].superuser = Some(true); // 104
+        snap.sessions[5].superuser = Some(true); // 106
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap.clone())));
+        keys(&mut app, "/db:shop");
+        update(&mut app, Event::Key(Key::Enter));
+        keys(&mut app, "ak");
+        let plan = |app: &App| match &app.mode {
+            Mode::Confirm {
+                signal,
+                pids,
+                include_superusers,
+            } => app.plan(*signal, pids, *include_superusers),
+            other => panic!("{other:?}"),
+        };
+        let p = plan(&app);
+        assert_eq!(p.to_signal().count(), 3);
+        let refused: Vec<i32> = p
+            .targets
+            .iter()
+            .filter(|t| {
+                t.refused
+                    .as_deref()
+                    .is_some_and(|r| r.contains("protected"))
+            })
+            .map(|t| t.session.pid)
+            .collect();
+        assert_eq!(refused, vec![104, 106]);
+        keys(&mut app, "!");
+        assert_eq!(plan(&app).to_signal().count(), 5, "! includes them");
+        match &keys(&mut app, "y")[..] {
+            [Effect::Signal {
+                include_superusers: true,
+                targets,
+                ..
+            }] => assert_eq!(targets.len(), 5),
+            other => panic!("{other:?}"),
+        }
+        // A caller who may not signal superusers gets no `!`.
+        snap.caller.superuser = false;
+        let mut plain = App::new(Duration::from_secs(1));
+        update(&mut plain, Event::Snapshot(Ok(snap)));
+        keys(&mut plain, "/db:shop");
+        update(&mut plain, Event::Key(Key::Enter));
+        keys(&mut plain, "ak!");
+        assert_eq!(plan(&plain).to_signal().count(), 3);
+        assert!(plan(&plain).targets.iter().any(|t| t
+            .refused
+            .as_deref()
+            .is_some_and(|r| r.contains("only a superuser"))));
     }
 
     #[test]

@@ -28,7 +28,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 enum Request {
     Refresh,
-    Signal(Signal, Vec<Session>),
+    /// Signal the sessions shown, re-checking the typed filter; with protected superuser
+    /// sessions too when asked.
+    Signal(Signal, Vec<Session>, Filter, bool),
 }
 
 /// Runs `pgkill top` until `q`: takes over the terminal and always gives it back (also
@@ -40,6 +42,7 @@ pub async fn run(connect: Connector, filter: Filter, interval: Duration) -> anyh
         "pgkill top needs a terminal; for scripts use `pgkill ls --json`"
     );
     let mut app = App::new(interval);
+    app.include_superusers = filter.include_superusers;
     app.color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let (req_tx, req_rx) = mpsc::unbounded_channel::<Request>();
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
@@ -114,8 +117,18 @@ pub async fn run(connect: Connector, filter: Filter, interval: Duration) -> anyh
                         let _ = req_tx.send(Request::Refresh);
                     }
                     Effect::Refresh => {}
-                    Effect::Signal { signal, targets } => {
-                        let _ = req_tx.send(Request::Signal(signal, targets));
+                    Effect::Signal {
+                        signal,
+                        targets,
+                        filter,
+                        include_superusers,
+                    } => {
+                        let _ = req_tx.send(Request::Signal(
+                            signal,
+                            targets,
+                            filter,
+                            include_superusers,
+                        ));
                     }
                 }
             }
@@ -161,7 +174,14 @@ async fn database_task(
                     .await
                     .map_err(|e| format!("{e:#}")),
             ),
-            Request::Signal(signal, targets) => {
+            Request::Signal(signal, targets, typed, include_superusers) => {
+                // The same path as `pgkill kill`: the command line's filters and the one
+                // typed in the view are both re-checked inside the signalling statement.
+                let filter = Filter {
+                    include_superusers: filter.include_superusers || include_superusers,
+                    ..filter.clone()
+                }
+                .and(typed);
                 let plan = Plan::build(signal, targets, &filter, &caps.caller);
                 Event::Outcomes(
                     sessions::execute(client, caps, &filter, &plan, Duration::from_secs(5))
@@ -196,6 +216,7 @@ async fn snapshot(
         .ok_or_else(|| anyhow::anyhow!("the server summary returned no row"))?;
     let sessions = sessions::list(client, caps, filter).await?;
     Ok(Snapshot {
+        caller: caps.caller.clone(),
         server: ServerInfo {
             version: caps.version.to_string(),
             max_connections: row.try_get(0)?,

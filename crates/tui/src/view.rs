@@ -48,8 +48,13 @@ pub fn view(app: &App, frame: &mut Frame) {
         _ => draw_table(app, frame, body),
     }
     draw_status(app, frame, status);
-    if let Mode::Confirm { signal, pids } = &app.mode {
-        draw_confirm(app, frame, body, *signal, pids);
+    if let Mode::Confirm {
+        signal,
+        pids,
+        include_superusers,
+    } = &app.mode
+    {
+        draw_confirm(app, frame, body, *signal, pids, *include_superusers);
     }
 }
 
@@ -68,6 +73,12 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
             if app.paused { " · PAUSED" } else { "" }
         ))),
         None => first.push(Span::raw(" · connecting…")),
+    }
+    if app.include_superusers {
+        first.push(Span::styled(
+            " · SUPERUSERS INCLUDED",
+            style(app, Color::Red).add_modifier(Modifier::BOLD),
+        ));
     }
     let second = match &app.conn {
         ConnState::Lost(e) => Line::from(Span::styled(
@@ -356,13 +367,32 @@ fn draw_help(frame: &mut Frame, area: Rect) {
 
 fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
     let first = if let Mode::Filtering { .. } = app.mode {
-        Line::from(vec![
+        let mut spans = vec![
             Span::styled("filter: ", bold()),
             Span::raw(app.filter_text.clone()),
             Span::raw("█"),
-        ])
+        ];
+        if app.filter_error.is_some() {
+            spans.push(Span::styled(
+                "  (not understood yet: showing the last valid filter)",
+                style(app, Color::Red),
+            ));
+        }
+        Line::from(spans)
     } else if let Some(e) = &app.filter_error {
-        Line::from(Span::styled(format!("filter: {e}"), style(app, Color::Red)))
+        Line::from(Span::styled(
+            format!(
+                "filter not understood: {e} — showing the last valid filter ({})",
+                if app.applied_filter.is_empty() {
+                    "none: every session"
+                } else {
+                    app.applied_filter.as_str()
+                }
+            ),
+            style(app, Color::Red),
+        ))
+    } else if let Some(note) = &app.note {
+        Line::from(Span::styled(note.clone(), style(app, Color::Yellow)))
     } else if let Some(e) = &app.action_error {
         Line::from(Span::styled(
             format!("action failed: {e}"),
@@ -390,35 +420,88 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(vec![first, keys]), area);
 }
 
-fn draw_confirm(app: &App, frame: &mut Frame, area: Rect, signal: Signal, pids: &[i32]) {
+/// The question names what will happen to each selected session before the answer: who
+/// is signalled, and who is refused and why (the decisions `pgkill kill` makes).
+fn draw_confirm(
+    app: &App,
+    frame: &mut Frame,
+    area: Rect,
+    signal: Signal,
+    pids: &[i32],
+    include_superusers: bool,
+) {
     let verb = match signal {
         Signal::Terminate => "Terminate",
         Signal::Cancel => "Cancel the running statement of",
     };
+    let plan = app.plan(signal, pids, include_superusers);
+    let go = plan.to_signal().count();
+    let refused: Vec<_> = plan
+        .targets
+        .iter()
+        .filter(|t| t.refused.is_some())
+        .collect();
     let mut lines = vec![Line::from(Span::styled(
-        format!("{verb} {} session(s)?", pids.len()),
+        format!("{verb} {go} session(s)?"),
         bold(),
     ))];
-    for pid in pids.iter().take(area.height.saturating_sub(5) as usize) {
-        let what = app
-            .session(*pid)
-            .map(|s| {
-                format!(
-                    "{pid} {} {} {} {}",
-                    unknown(s.user.as_deref()),
-                    unknown(s.database.as_deref()),
-                    unknown(s.state.as_deref()),
-                    s.visible_query().unwrap_or("?")
-                )
-            })
-            .unwrap_or_else(|| format!("{pid} (gone)"));
-        lines.push(Line::from(what));
+    let room = area.height.saturating_sub(8) as usize;
+    let describe = |s: &pgkill_core::Session| {
+        format!(
+            "{} {} {} {} {}",
+            s.pid,
+            unknown(s.user.as_deref()),
+            unknown(s.database.as_deref()),
+            unknown(s.state.as_deref()),
+            s.visible_query().unwrap_or("?")
+        )
+    };
+    for t in plan.to_signal().take(room) {
+        lines.push(Line::from(describe(&t.session)));
     }
-    if pids.len() > area.height.saturating_sub(5) as usize {
+    if go > room {
         lines.push(Line::from("…"));
     }
+    let gone = pids.len() - plan.targets.len();
+    if gone > 0 {
+        lines.push(Line::from(format!(
+            "{gone} selected session(s) ended already"
+        )));
+    }
+    if !refused.is_empty() {
+        lines.push(Line::from(Span::styled(
+            format!("{} will NOT be signalled:", refused.len()),
+            style(app, Color::Yellow).add_modifier(Modifier::BOLD),
+        )));
+        for t in refused.iter().take(room.saturating_sub(go).max(2)) {
+            lines.push(Line::from(format!(
+                "{} {}: {}",
+                t.session.pid,
+                unknown(t.session.user.as_deref()),
+                t.refused.as_deref().unwrap_or_default()
+            )));
+        }
+    }
+    let protected = refused
+        .iter()
+        .filter(|t| t.session.superuser == Some(true))
+        .count();
+    if include_superusers {
+        lines.push(Line::from(Span::styled(
+            "including superuser sessions in this action (! to leave them out)",
+            style(app, Color::Red),
+        )));
+    } else if protected > 0 && app.may_include_superusers() {
+        lines.push(Line::from(format!(
+            "! includes the {protected} protected superuser session(s) in this action"
+        )));
+    }
     lines.push(Line::from(""));
-    lines.push(Line::from("y: yes   n / Esc: no"));
+    lines.push(Line::from(if go == 0 {
+        "nothing to signal: n / Esc to go back"
+    } else {
+        "y: yes   n / Esc: no"
+    }));
     let width = area.width.saturating_sub(4).min(100);
     let height = (lines.len() as u16 + 2).min(area.height);
     let dialog = Rect {
