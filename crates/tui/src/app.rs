@@ -81,7 +81,7 @@ pub enum Effect {
         targets: Vec<Session>,
         /// The filter typed in the view when they were selected: a session that no
         /// longer matches it is not signalled.
-        filter: Filter,
+        filter: Box<Filter>,
         /// Signal protected superuser sessions too (`!` in the confirmation).
         include_superusers: bool,
     },
@@ -509,7 +509,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                     vec![Effect::Signal {
                         signal,
                         targets,
-                        filter: app.typed_filter(),
+                        filter: Box::new(app.typed_filter()),
                         include_superusers: include_superusers || app.include_superusers,
                     }]
                 }

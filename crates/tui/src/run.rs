@@ -30,7 +30,7 @@ enum Request {
     Refresh,
     /// Signal the sessions shown, re-checking the typed filter; with protected superuser
     /// sessions too when asked.
-    Signal(Signal, Vec<Session>, Filter, bool),
+    Signal(Signal, Vec<Session>, Box<Filter>, bool),
 }
 
 /// Runs `pgkill top` until `q`: takes over the terminal and always gives it back (also
@@ -181,7 +181,7 @@ async fn database_task(
                     include_superusers: filter.include_superusers || include_superusers,
                     ..filter.clone()
                 }
-                .and(typed);
+                .and(*typed);
                 let plan = Plan::build(signal, targets, &filter, &caps.caller);
                 Event::Outcomes(
                     sessions::execute(client, caps, &filter, &plan, Duration::from_secs(5))
