@@ -87,7 +87,8 @@ async fn filter_select_terminate_and_quit(pg: Installation) -> Result<()> {
         socket: format!("pgkill-top-{}-{}", std::process::id(), pg.version.major),
     };
     let line = format!(
-        "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE TERM=xterm {} -h {} -p {} -U {} top; echo PGKILL_TOP_EXIT=$?; sleep 60",
+        "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD TERM=xterm PGPASSFILE={} {} -h {} -p {} -U {} top; echo PGKILL_TOP_EXIT=$?; sleep 60",
+        sb.passfile().display(),
         env!("CARGO_BIN_EXE_pgkill"),
         sb.host(),
         sb.port(),
