@@ -547,13 +547,13 @@ fn write_new(path: &Path, contents: &[u8]) -> Result<()> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(libc_o_nofollow())
+        .custom_flags(o_nofollow())
         .open(path)
         .map_err(Error::io("create", path))?;
     file.write_all(contents).map_err(Error::io("write", path))
 }
 
-fn libc_o_nofollow() -> i32 {
+fn o_nofollow() -> i32 {
     nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
@@ -561,7 +561,7 @@ fn libc_o_nofollow() -> i32 {
 fn read_own_file(path: &Path) -> Option<String> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc_o_nofollow())
+        .custom_flags(o_nofollow())
         .open(path)
         .ok()?;
     let mut text = String::new();

@@ -295,6 +295,18 @@ async fn only_its_own_user_gets_in(pg: Installation) -> Result<()> {
         );
     }
 
+    // The template cache is ours and private too.
+    let cache = std::env::var_os("PGKILL_SANDBOX_CACHE")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("pgkill-sandbox-cache-{euid}")));
+    ensure!(mode_of(&cache)? == 0o700, "{} mode", cache.display());
+    ensure!(
+        std::fs::metadata(&cache)?.uid() == euid,
+        "{} owner",
+        cache.display()
+    );
+
     // Two sandboxes, different passwords for every role; none is the old public one, and
     // one sandbox's password does not open the other.
     for role in roles::ALL {
@@ -834,9 +846,17 @@ async fn teardown_leaves_no_process_and_no_directory(pg: Installation) -> Result
         pids.len() >= 8,
         "expected postmaster, auxiliaries and 8 clients: {pids:?}"
     );
-    let dir = sb.socket_dir().to_path_buf();
+    let dirs = [
+        sb.socket_dir().to_path_buf(),
+        sb.passfile()
+            .parent()
+            .ok_or_else(|| anyhow!("no client directory"))?
+            .to_path_buf(),
+    ];
     drop(sb); // clients still connected and reconnecting: shutdown must not wait for them
-    ensure!(!dir.exists(), "{} still exists", dir.display());
+    for dir in dirs {
+        ensure!(!dir.exists(), "{} still exists", dir.display());
+    }
     let left = alive(&pids);
     ensure!(
         left.is_empty(),
