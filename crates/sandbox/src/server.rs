@@ -70,6 +70,9 @@ pub struct Options {
     /// the data directory, contents, Unix mode), e.g. `server.crt`/`server.key` for TLS
     /// tests together with the setting `ssl=on`.
     pub data_files: Vec<(String, Vec<u8>, u32)>,
+    /// Where the sandbox's directories go (and which directory its start sweeps);
+    /// `None`: `$PGKILL_SANDBOX_DIR`, else `/dev/shm`, else the temp directory.
+    pub sandbox_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -80,6 +83,7 @@ impl Default for Options {
             logical_wal: false,
             settings: Vec::new(),
             data_files: Vec::new(),
+            sandbox_dir: None,
         }
     }
 }
@@ -99,6 +103,11 @@ impl Options {
     pub fn data_file(mut self, name: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
         self.data_files
             .push((name.to_owned(), contents.into(), mode));
+        self
+    }
+    /// Puts the sandbox's directories in `dir` instead of the default sandbox root.
+    pub fn sandbox_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.sandbox_dir = Some(dir.into());
         self
     }
     /// Adds a server setting.
@@ -179,11 +188,11 @@ impl Sandbox {
     pub fn start(installation: &Installation, options: &Options) -> Result<Sandbox> {
         let began = Instant::now();
         let run_as = RunAs::detect()?;
-        sweep_stale_dirs(&run_as);
+        let root = options.sandbox_dir.clone().unwrap_or_else(sandbox_root);
+        sweep_stale_dirs(&run_as, &root);
         let (template, template_build) = template::ensure(installation, &run_as)?;
         let os_user = effective_user_name()?;
 
-        let root = sandbox_root();
         let private = std::fs::Permissions::from_mode(0o700);
         let client_dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
@@ -936,9 +945,8 @@ pub(crate) fn sandbox_root() -> PathBuf {
 /// only process ever signalled is the postmaster recorded in our client directory, and
 /// only while its command line runs exactly that server directory's data directory.
 /// A directory planted by anybody else, or naming somebody else's server, is left alone.
-fn sweep_stale_dirs(run_as: &RunAs) {
-    let root = sandbox_root();
-    let Ok(entries) = std::fs::read_dir(&root) else {
+fn sweep_stale_dirs(run_as: &RunAs, root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
     let euid = Uid::effective().as_raw();

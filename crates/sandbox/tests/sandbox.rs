@@ -400,13 +400,18 @@ fn dead_pid() -> Result<u32> {
 }
 
 async fn sweep_spares_other_users_dirs(pg: Installation) -> Result<()> {
-    let victim = Sandbox::start(&pg, &Options::default())?;
+    // A sandbox root of this test's own, world-writable and sticky like /dev/shm: the
+    // planted directories below are a trap for any sweep that trusts what it finds (older
+    // pgkill builds on this machine sweep /dev/shm), so they must not lie where other
+    // runs sweep.
+    let root_dir = tempfile::Builder::new()
+        .prefix("pgkill-sweep-test-")
+        .tempdir()?;
+    std::fs::set_permissions(root_dir.path(), std::fs::Permissions::from_mode(0o1777))?;
+    let options = Options::default().sandbox_dir(root_dir.path());
+    let victim = Sandbox::start(&pg, &options)?;
     let postmaster = victim.postmaster_pid();
-    let root = victim
-        .socket_dir()
-        .parent()
-        .ok_or_else(|| anyhow!("no sandbox root"))?
-        .to_path_buf();
+    let root = root_dir.path().to_path_buf();
     let victim_name = victim
         .passfile()
         .parent()
@@ -445,7 +450,7 @@ async fn sweep_spares_other_users_dirs(pg: Installation) -> Result<()> {
     let result = async {
         as_nobody(&script)?;
         // A new sandbox sweeps the root.
-        let _next = Sandbox::start(&pg, &Options::default())?;
+        let _next = Sandbox::start(&pg, &options)?;
         ensure!(
             pgkill_sandbox::process_alive(postmaster),
             "the victim's postmaster {postmaster} was killed by the sweep"
