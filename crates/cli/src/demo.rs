@@ -5,6 +5,10 @@
 //! transaction, a long report, a lock chain behind a migration, a reconnecting pool of
 //! superuser clients), prints how to connect and what to try, reports each session that
 //! gets ended, and cleans everything up on Ctrl-C.
+//!
+//! Only the user who runs the demo can log in: every role has a random password of this
+//! demo's, in a password file only that user can read, which is what the printed
+//! instructions (and the demo's own sessions) use.
 
 use std::io::Write;
 use std::time::Duration;
@@ -162,10 +166,9 @@ async fn serve(sandbox: &Sandbox) -> anyhow::Result<()> {
 }
 
 async fn setup_database(sandbox: &Sandbox) -> anyhow::Result<()> {
-    let admin = sandbox.admin("postgres").await?;
     for role in APP_ROLES {
-        admin
-            .batch_execute(&format!("CREATE ROLE {} LOGIN", quote_ident(role)))
+        sandbox
+            .create_role(role, "LOGIN")
             .await
             .with_context(|| format!("creating role {role}"))?;
     }
@@ -192,6 +195,8 @@ async fn setup_database(sandbox: &Sandbox) -> anyhow::Result<()> {
 
 fn print_instructions(sandbox: &Sandbox, sessions: &[DemoSession]) {
     let (host, port) = (sandbox.host(), sandbox.port());
+    let passfile = sandbox.passfile().display();
+    let admin = roles::ADMIN;
     println!();
     println!(
         "PostgreSQL {} is running on {host}:{port} (data in {}).",
@@ -204,35 +209,19 @@ fn print_instructions(sandbox: &Sandbox, sessions: &[DemoSession]) {
     }
     println!("  and a pool of 5 superuser clients (application_name shop-pool) that reconnect within 1 ms.");
     println!();
-    println!("Connect:");
-    println!("  psql -h {host} -p {port} -U {} {DB}", roles::ADMIN);
-    println!(
-        "  export PGHOST={host} PGPORT={port} PGUSER={}",
-        roles::ADMIN
-    );
+    println!("Connect (every role has a random password, in a file only you can read):");
+    println!("  export PGHOST={host} PGPORT={port} PGUSER={admin} PGPASSFILE={passfile}");
+    println!("  psql {DB}");
+    println!("or in one line:");
+    println!("  PGPASSFILE={passfile} psql -h {host} -p {port} -U {admin} {DB}");
     println!();
-    println!("Try:");
-    println!("  psql -h {host} -p {port} -U {} -c \"SELECT pid, usename, application_name, state, query FROM pg_stat_activity WHERE datname = '{DB}'\"", roles::ADMIN);
-    println!(
-        "  pgkill -h {host} -p {port} -U {} ls --db {DB}",
-        roles::ADMIN
-    );
-    println!(
-        "  pgkill -h {host} -p {port} -U {} kill --db {DB} --state idle-in-transaction --dry-run",
-        roles::ADMIN
-    );
-    println!(
-        "  pgkill -h {host} -p {port} -U {} kill --db {DB} --blocking",
-        roles::ADMIN
-    );
-    println!(
-        "  pgkill -h {host} -p {port} -U {} top --db {DB}",
-        roles::ADMIN
-    );
-    println!(
-        "  pgkill -h {host} -p {port} -U {} drop {DB}      # beats the reconnecting pool",
-        roles::ADMIN
-    );
+    println!("Try (after the export above):");
+    println!("  psql -c \"SELECT pid, usename, application_name, state, query FROM pg_stat_activity WHERE datname = '{DB}'\"");
+    println!("  pgkill ls --db {DB}");
+    println!("  pgkill kill --db {DB} --state idle-in-transaction --dry-run");
+    println!("  pgkill kill --db {DB} --blocking");
+    println!("  pgkill top --db {DB}");
+    println!("  pgkill drop {DB}      # beats the reconnecting pool");
     println!();
     println!(
         "Sessions that get ended are reported below. Press Ctrl-C to stop and remove everything."

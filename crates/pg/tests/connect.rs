@@ -1,6 +1,10 @@
 //! `pgkill_pg::connect` against real servers of every version: flags, URIs, `.pgpass`,
 //! the password prompt, the errors users meet (wrong password, unknown database, nothing
 //! listening, slow server) and TLS in every `sslmode`, with certificates made at test time.
+//!
+//! Sandboxes ask every TCP client for its role's password (their own OS user logs in by
+//! `peer` over the Unix socket): tests about something else give it the sandbox's password
+//! file through `PGPASSFILE` ([`with_passfile`]), as a user of `pgkill demo` would.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -15,7 +19,7 @@ use pgkill_pg::connect::{
     self, ConnectArgs, ConnectError, Env, FileInfo, Host, Password, PasswordPrompt, PasswordSource,
     Settings, SystemEnv,
 };
-use pgkill_sandbox::{cases, roles, Auth, Installation, Options, Sandbox};
+use pgkill_sandbox::{cases, roles, Installation, Options, Sandbox};
 use tokio_postgres::Client;
 
 fn main() {
@@ -56,6 +60,17 @@ impl TestEnv {
         self.vars.insert(name.into(), value.into());
         self
     }
+}
+
+/// The environment of [`TestEnv::new`] plus `PGPASSFILE` naming the sandbox's password file.
+fn with_passfile(home: &Path, sb: &Sandbox) -> TestEnv {
+    TestEnv::new(home).var("PGPASSFILE", &sb.passfile().display().to_string())
+}
+
+/// The password of `role` in `sb`.
+fn password_of(sb: &Sandbox, role: &str) -> Result<String> {
+    sb.password(role)
+        .ok_or_else(|| anyhow!("the sandbox has no password for {role}"))
 }
 
 impl Env for TestEnv {
@@ -180,7 +195,7 @@ async fn connects_with_flags(pg: Installation) -> Result<()> {
     let h = home()?;
     let settings = connect::resolve(
         &flags(&sb, roles::PLAIN, "postgres"),
-        &TestEnv::new(h.path()),
+        &with_passfile(h.path(), &sb),
     )?;
     ensure!(settings.host == Host::Tcp("127.0.0.1".into()));
     ensure!(
@@ -198,7 +213,7 @@ async fn connects_with_flags(pg: Installation) -> Result<()> {
     ensure!((user.as_str(), db.as_str(), app.as_str()) == (roles::PLAIN, "postgres", "pgkill"));
 
     // Flags beat the environment.
-    let env = TestEnv::new(h.path())
+    let env = with_passfile(h.path(), &sb)
         .var("PGHOST", "/nonexistent")
         .var("PGPORT", "1")
         .var("PGUSER", "nobody")
@@ -214,7 +229,7 @@ async fn connects_with_uri_and_conninfo(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
     sb.create_database("shop", None).await?;
     let h = home()?;
-    let env = TestEnv::new(h.path());
+    let env = with_passfile(h.path(), &sb);
     for (args, want_user, want_db) in [
         (
             conninfo(&format!(
@@ -271,7 +286,7 @@ async fn connects_with_uri_and_conninfo(pg: Installation) -> Result<()> {
             roles::SIGNALLER
         ),
     )?;
-    let env = TestEnv::new(h.path()).var("PGSERVICE", "sandbox");
+    let env = with_passfile(h.path(), &sb).var("PGSERVICE", "sandbox");
     let settings = connect::resolve(&ConnectArgs::default(), &env)?;
     let client = open(&settings).await?;
     let (user, db, _, _) = session_of(&sb, &client).await?;
@@ -283,6 +298,7 @@ async fn connects_over_the_unix_socket(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
     let h = home()?;
     // PGHOST names the socket directory; sslmode=verify-full does not matter on a socket.
+    // (No password: the sandbox's own OS user logs in by peer over its socket.)
     let env = TestEnv::new(h.path())
         .var("PGHOST", &sb.socket_dir().display().to_string())
         .var("PGPORT", &sb.port().to_string())
@@ -310,7 +326,7 @@ async fn connects_over_the_unix_socket(pg: Installation) -> Result<()> {
 async fn application_name_is_always_pgkill(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
     let h = home()?;
-    let env = TestEnv::new(h.path()).var("PGAPPNAME", "from-env");
+    let env = with_passfile(h.path(), &sb).var("PGAPPNAME", "from-env");
     for args in [
         flags(&sb, roles::PLAIN, "postgres"),
         conninfo(&format!(
@@ -342,7 +358,7 @@ fn write_pgpass(path: &Path, text: &str, mode: u32) -> Result<()> {
 }
 
 async fn password_from_pgpass_file(pg: Installation) -> Result<()> {
-    let sb = Sandbox::start(&pg, &Options::default().auth(Auth::Password))?;
+    let sb = Sandbox::start(&pg, &Options::default())?;
     let h = home()?;
     let pgpass = h.path().join(".pgpass");
     // Escapes and wildcards on the way to the right line.
@@ -357,7 +373,7 @@ async fn password_from_pgpass_file(pg: Installation) -> Result<()> {
              *:*:*:*:fallback-that-is-wrong\n",
             port = sb.port(),
             plain = roles::PLAIN,
-            pw = roles::password(roles::PLAIN),
+            pw = password_of(&sb, roles::PLAIN)?,
         ),
         0o600,
     )?;
@@ -402,12 +418,12 @@ async fn password_from_pgpass_file(pg: Installation) -> Result<()> {
 }
 
 async fn readable_pgpass_is_ignored(pg: Installation) -> Result<()> {
-    let sb = Sandbox::start(&pg, &Options::default().auth(Auth::Password))?;
+    let sb = Sandbox::start(&pg, &Options::default())?;
     let h = home()?;
     let pgpass = h.path().join(".pgpass");
     write_pgpass(
         &pgpass,
-        &format!("*:*:*:*:{}\n", roles::password(roles::PLAIN)),
+        &format!("*:*:*:*:{}\n", password_of(&sb, roles::PLAIN)?),
         0o644,
     )?;
     let settings = connect::resolve(
@@ -426,7 +442,7 @@ async fn readable_pgpass_is_ignored(pg: Installation) -> Result<()> {
 }
 
 async fn wrong_password_is_28p01_without_the_password(pg: Installation) -> Result<()> {
-    let sb = Sandbox::start(&pg, &Options::default().auth(Auth::Password))?;
+    let sb = Sandbox::start(&pg, &Options::default())?;
     let h = home()?;
     let secret = "Not-The-Password-42";
     // From PGPASSWORD, from a URI and from .pgpass: each error says where it came from.
@@ -479,7 +495,8 @@ async fn wrong_password_is_28p01_without_the_password(pg: Installation) -> Resul
 }
 
 async fn password_prompt_only_when_needed(pg: Installation) -> Result<()> {
-    let sb = Sandbox::start(&pg, &Options::default().auth(Auth::Password))?;
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let right = password_of(&sb, roles::PLAIN)?;
     let h = home()?;
     let env = TestEnv::new(h.path());
     let settings = connect::resolve(&flags(&sb, roles::PLAIN, "postgres"), &env)?;
@@ -487,7 +504,7 @@ async fn password_prompt_only_when_needed(pg: Installation) -> Result<()> {
 
     // No terminal: a clear error (this is how tokio-postgres's "password missing" is
     // recognised, against the real library).
-    let no_tty = FakePrompt::new(&roles::password(roles::PLAIN), false);
+    let no_tty = FakePrompt::new(&right, false);
     let e = expect_err(
         connect::connect(&settings, &no_tty).await.map(|_| ()),
         "no password, no terminal",
@@ -497,7 +514,7 @@ async fn password_prompt_only_when_needed(pg: Installation) -> Result<()> {
     ensure!(no_tty.asked() == 0);
 
     // A terminal: asked once, then connected.
-    let tty = FakePrompt::new(&roles::password(roles::PLAIN), true);
+    let tty = FakePrompt::new(&right, true);
     let (client, _task) = connect::connect(&settings, &tty).await?;
     ensure!(tty.asked() == 1);
     let (user, _, _, _) = session_of(&sb, &client).await?;
@@ -517,11 +534,11 @@ async fn password_prompt_only_when_needed(pg: Installation) -> Result<()> {
     let mut args = flags(&sb, roles::PLAIN, "postgres");
     args.force_password_prompt = true;
     let settings = connect::resolve(&args, &TestEnv::new(h.path()).var("PGPASSWORD", "stale"))?;
-    let tty = FakePrompt::new(&roles::password(roles::PLAIN), false);
+    let tty = FakePrompt::new(&right, false);
     connect::connect(&settings, &tty).await?;
     ensure!(tty.asked() == 1);
 
-    // The Unix socket is trusted: no password wanted, none asked.
+    // Peer over the Unix socket (the sandbox's own OS user): no password wanted, none asked.
     let env = TestEnv::new(h.path()).var("PGHOST", &sb.socket_dir().display().to_string());
     let settings = connect::resolve(
         &ConnectArgs {
@@ -542,7 +559,7 @@ async fn unknown_database_is_3d000(pg: Installation) -> Result<()> {
     let h = home()?;
     let settings = connect::resolve(
         &flags(&sb, roles::PLAIN, "no_such_db"),
-        &TestEnv::new(h.path()),
+        &with_passfile(h.path(), &sb),
     )?;
     let e = expect_err(open(&settings).await, "unknown database")?;
     let ConnectError::NoSuchDatabase { dbname, source, .. } = &e else {
@@ -566,7 +583,7 @@ async fn default_database_falls_back_to_template1(pg: Installation) -> Result<()
     let h = home()?;
     let mut args = flags(&sb, roles::PLAIN, "x");
     args.maintenance_db = None;
-    let settings = connect::resolve(&args, &TestEnv::new(h.path()))?;
+    let settings = connect::resolve(&args, &with_passfile(h.path(), &sb))?;
     ensure!(settings.dbname == "postgres" && settings.dbname_is_default);
     let (client, _task) = connect::connect(&settings, &connect::NoPrompt).await?;
     let db: String = client
@@ -577,7 +594,7 @@ async fn default_database_falls_back_to_template1(pg: Installation) -> Result<()
     // Asked for by name: no fallback.
     let settings = connect::resolve(
         &flags(&sb, roles::PLAIN, "postgres"),
-        &TestEnv::new(h.path()),
+        &with_passfile(h.path(), &sb),
     )?;
     let e = expect_err(open(&settings).await, "postgres asked for by name")?;
     ensure!(matches!(e, ConnectError::NoSuchDatabase { .. }), "{e:?}");
@@ -746,7 +763,8 @@ async fn tls_in_every_sslmode(pg: Installation) -> Result<()> {
         let lib: String = admin.query_one("SHOW ssl_library", &[]).await?.get(0);
         ensure!(lib == "OpenSSL", "ssl_library {lib}");
     }
-    let env = TestEnv::new(h.path());
+    // PGPASSWORD: some hosts below (wrong-name.invalid) are in no password file.
+    let env = TestEnv::new(h.path()).var("PGPASSWORD", &password_of(&sb, roles::PLAIN)?);
     let port = sb.port();
     let try_mode = |extra: String| {
         let env = &env;
@@ -880,11 +898,9 @@ async fn tls_in_every_sslmode(pg: Installation) -> Result<()> {
         "{e:?}"
     );
 
-    // With a password over TLS (SCRAM with channel binding on 11+ where the password is
-    // stored as SCRAM).
+    // With a password in the connection string over TLS (SCRAM with channel binding on 11+).
     drop(sb);
     let options = Options::default()
-        .auth(Auth::Password)
         .setting("ssl", "on")
         .data_file("server.crt", pki.server_cert_pem.clone(), 0o600)
         .data_file("server.key", pki.server_key_pem.clone(), 0o600);
@@ -894,10 +910,10 @@ async fn tls_in_every_sslmode(pg: Installation) -> Result<()> {
             "host=localhost port={} user={} password={} sslmode=verify-full sslrootcert={}",
             sb.port(),
             roles::PLAIN,
-            roles::password(roles::PLAIN),
+            password_of(&sb, roles::PLAIN)?,
             ca.display()
         )),
-        &env,
+        &TestEnv::new(h.path()),
     )?;
     let client = open(&settings).await?;
     ensure!(session_of(&sb, &client).await?.3);
@@ -907,7 +923,7 @@ async fn tls_in_every_sslmode(pg: Installation) -> Result<()> {
 async fn require_tls_from_a_server_without_tls(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
     let h = home()?;
-    let env = TestEnv::new(h.path());
+    let env = with_passfile(h.path(), &sb);
     let base = format!("host=127.0.0.1 port={} user={}", sb.port(), roles::PLAIN);
     let settings = connect::resolve(&conninfo(&format!("{base} sslmode=require")), &env)?;
     let e = expect_err(open(&settings).await, "require, server without TLS")?;

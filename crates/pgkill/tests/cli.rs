@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
 use pgkill_sandbox::sim::{self, Statement};
-use pgkill_sandbox::{cases, roles, Auth, Installation, Options, Sandbox};
+use pgkill_sandbox::{cases, roles, Installation, Options, Sandbox};
 use serde_json::Value;
 
 fn main() {
@@ -29,12 +29,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 mod support;
 
-/// `pgkill` with the sandbox's connection flags (see `support::pgkill`).
-fn pgkill(sb: &Sandbox, role: &str, args: &[&str]) -> Command {
-    support::pgkill(sb.host(), sb.port(), role, args)
-}
-
-use support::run;
+use support::{pgkill, run};
 
 fn no_panic(stderr: &str) -> Result<()> {
     ensure!(
@@ -321,7 +316,7 @@ async fn closed_pipe_is_not_an_error(pg: Installation) -> Result<()> {
 }
 
 async fn bad_input_is_one_line_and_exit_2(pg: Installation) -> Result<()> {
-    let sb = Sandbox::start(&pg, &Options::default().auth(Auth::Password))?;
+    let sb = Sandbox::start(&pg, &Options::default())?;
     let one_line_exit_2 =
         |args: &[&str], role: &str, env: &[(&str, &str)], want: &str| -> Result<()> {
             let mut cmd = pgkill(&sb, role, args);
@@ -342,8 +337,9 @@ async fn bad_input_is_one_line_and_exit_2(pg: Installation) -> Result<()> {
             );
             Ok(())
         };
-    let pw = [("PGPASSWORD", roles::password(roles::ADMIN))];
-    let pw: Vec<(&str, &str)> = pw.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The password from PGPASSWORD (which wins over the password file, as in libpq).
+    let admin_password = sb.password(roles::ADMIN).unwrap_or_default();
+    let pw = [("PGPASSWORD", admin_password.as_str())];
     one_line_exit_2(
         &["ls", "--idle-for", "5x"],
         roles::ADMIN,
@@ -435,6 +431,7 @@ fn on_terminal(sb: &Sandbox, args: &[&str], answer: &str) -> Result<(i32, String
         .join(" ");
     let mut child = Command::new("script")
         .args(["-qec", &line, "/dev/null"])
+        .env("PGPASSFILE", sb.passfile())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

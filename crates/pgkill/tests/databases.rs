@@ -36,21 +36,19 @@ fn main() {
 /// A journal directory of this test's own, and the binary with the sandbox's flags.
 struct Cli {
     state: tempfile::TempDir,
-    host: String,
-    port: u16,
+    target: support::Target,
 }
 
 impl Cli {
     fn new(sb: &Sandbox) -> Result<Cli> {
         Ok(Cli {
             state: tempfile::tempdir()?,
-            host: sb.host().to_owned(),
-            port: sb.port(),
+            target: support::Target::of(sb),
         })
     }
 
     fn cmd(&self, role: &str, args: &[&str]) -> Command {
-        let mut cmd = support::pgkill(&self.host, self.port, role, args);
+        let mut cmd = support::pgkill_at(&self.target, role, args);
         cmd.env("PGKILL_STATE_DIR", self.state.path());
         cmd
     }
@@ -416,12 +414,7 @@ async fn hostile_names(pg: Installation) -> Result<()> {
     let cli = Cli::new(&sb)?;
     // A role with a hostile name owns the database and does the work.
     let role = r#"Ünï "role"; --"#;
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE {} LOGIN CREATEDB",
-            pgkill_core::quote_ident(role)
-        ))
-        .await?;
+    sb.create_role(role, "LOGIN CREATEDB").await?;
     let name = r#"Shop "Ü"; DROP DATABASE postgres; --"#;
     let renamed = "naïve 'db' \\ x";
     sb.create_database(name, Some(role)).await?;
@@ -437,21 +430,6 @@ async fn hostile_names(pg: Installation) -> Result<()> {
     Ok(())
 }
 
-/// `pg_recvlogical` (a client program: the distribution's works with every server version).
-fn recvlogical() -> Result<std::path::PathBuf> {
-    let mut candidates: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path().join("bin/pg_recvlogical"))
-                .collect()
-        })
-        .unwrap_or_default();
-    candidates.push("/usr/bin/pg_recvlogical".into());
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        anyhow!("pg_recvlogical not found: install the PostgreSQL client programs (apt-get install postgresql-client)")
-    })
-}
-
 async fn active_logical_slot_refused_until_walsenders_may_go(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default().logical_wal())?;
     let admin = sb.admin("postgres").await?;
@@ -461,7 +439,8 @@ async fn active_logical_slot_refused_until_walsenders_may_go(pg: Installation) -
         .await?
         .batch_execute("SELECT pg_create_logical_replication_slot('pgkill_slot', 'test_decoding')")
         .await?;
-    let mut consumer = Command::new(recvlogical()?)
+    let mut consumer = Command::new(support::client_program("pg_recvlogical")?)
+        .env("PGPASSFILE", sb.passfile())
         .args([
             "-h",
             sb.host(),

@@ -33,8 +33,7 @@ fn main() {
 /// "machine".
 struct Machine {
     home: tempfile::TempDir,
-    host: String,
-    port: u16,
+    target: support::Target,
 }
 
 impl Machine {
@@ -43,8 +42,7 @@ impl Machine {
         std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700))?;
         Ok(Machine {
             home,
-            host: sb.host().to_owned(),
-            port: sb.port(),
+            target: support::Target::of(sb),
         })
     }
 
@@ -53,7 +51,7 @@ impl Machine {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = support::pgkill(&self.host, self.port, roles::ADMIN, args);
+        let mut cmd = support::pgkill_at(&self.target, roles::ADMIN, args);
         cmd.env("HOME", self.home.path())
             .env("PGKILL_STATE_DIR", self.state());
         cmd
@@ -284,7 +282,11 @@ async fn no_local_file_is_written_and_symlinks_are_not_followed(pg: Installation
     let secret = m.home.path().join("secret");
     std::fs::write(&secret, "root only")?;
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
-    let server = format!("{}_{}", m.host.replace(['/', ':'], "_"), m.port);
+    let server = format!(
+        "{}_{}",
+        m.target.host.replace(['/', ':'], "_"),
+        m.target.port
+    );
     for name in [
         format!("{server}-{oid}.json.tmp"),
         format!("{server}-{oid}.json"),

@@ -19,7 +19,7 @@ fn main() {
 }
 
 fn run(sb: &Sandbox, args: &[&str]) -> Result<(i32, String, String)> {
-    let mut cmd = support::pgkill(sb.host(), sb.port(), roles::ADMIN, args);
+    let mut cmd = support::pgkill(sb, roles::ADMIN, args);
     cmd.env(
         "PGKILL_STATE_DIR",
         std::env::temp_dir().join("pgkill-preflight-unused"),

@@ -190,7 +190,7 @@ async fn victims(sb: &Sandbox) -> Result<Victims> {
 async fn every_command(sb: &Sandbox, victims: Victims) -> Result<()> {
     let state = tempfile::tempdir()?;
     let run = |args: &[&str]| -> Result<(i32, String, String)> {
-        let mut cmd: Command = support::pgkill(sb.host(), sb.port(), roles::ADMIN, args);
+        let mut cmd: Command = support::pgkill(sb, roles::ADMIN, args);
         cmd.env("PGKILL_STATE_DIR", state.path());
         support::run(cmd)
     };

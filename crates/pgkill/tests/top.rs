@@ -85,7 +85,8 @@ async fn start_top(sb: &Sandbox, name: &str, args: &str) -> Result<Tmux> {
         ),
     };
     let line = format!(
-        "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE TERM=xterm {} -h {} -p {} -U {} top {args}; echo PGKILL_TOP_EXIT=$?; sleep 60",
+        "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD TERM=xterm PGPASSFILE={} {} -h {} -p {} -U {} top {args}; echo PGKILL_TOP_EXIT=$?; sleep 60",
+        sb.passfile().display(),
         env!("CARGO_BIN_EXE_pgkill"),
         sb.host(),
         sb.port(),

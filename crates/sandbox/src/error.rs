@@ -62,6 +62,17 @@ pub enum Error {
     /// The unprivileged OS user to run servers as could not be set up.
     #[error("cannot run PostgreSQL as root and could not use an unprivileged user: {0}")]
     RunAs(String),
+    /// The operating system's random number generator failed.
+    #[error("cannot make a random password: {0}")]
+    Random(String),
+    /// A directory or file is not what the sandbox made, so it is not touched.
+    #[error("{path} is not safe to use: {reason}")]
+    Unsafe {
+        /// The path refused.
+        path: PathBuf,
+        /// Why (owner, mode, symlink).
+        reason: String,
+    },
     /// A SQL command against the sandbox failed.
     #[error("{context}: {source}")]
     Sql {

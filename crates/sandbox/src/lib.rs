@@ -7,7 +7,9 @@
 //!   directory, the project's fetched cache, the distribution's, `PATH`);
 //! - [`Sandbox`] runs `initdb` (once per version, then from a cached template) and
 //!   `postgres` on a free loopback port, as an unprivileged OS user when the caller is
-//!   root, and stops it and removes its directory when dropped, also during a panic;
+//!   root, with a fresh random password per role that only the caller's OS user gets
+//!   (a private password file), and stops it and removes its directories when dropped,
+//!   also during a panic;
 //! - [`sim`] opens real client sessions of named kinds (idle, idle in transaction,
 //!   active, lock chains, prepared transactions, committing writers, reconnecting pools)
 //!   and records how each one ended;
@@ -24,4 +26,4 @@ mod template;
 
 pub use error::{Error, Result};
 pub use install::{Installation, Source};
-pub use server::{process_alive, Auth, Options, Sandbox, StartTiming};
+pub use server::{process_alive, Options, Sandbox, StartTiming};

@@ -83,6 +83,14 @@ impl RunAs {
         chown_recursive(path, uid.as_raw(), gid.as_raw())
     }
 
+    /// The uid the server programs run as (ours when we are not root).
+    pub(crate) fn uid(&self) -> u32 {
+        match &self.user {
+            Some((uid, _, _)) => uid.as_raw(),
+            None => Uid::effective().as_raw(),
+        }
+    }
+
     /// The OS user name, for messages.
     pub(crate) fn describe(&self) -> String {
         match &self.user {

@@ -1,37 +1,59 @@
-//! One throw-away PostgreSQL server.
+//! One throw-away PostgreSQL server, that only the OS user who started it can enter.
+//!
+//! A sandbox is two private directories side by side in the sandbox root:
+//!
+//! - `pgkill-sandbox-XXXXXX`, the *client directory*, owned by the effective user who
+//!   started the sandbox (mode 0700): `owner.pid` (the process that owns the sandbox),
+//!   `server.pid` (the postmaster it started) and `pgpass`, the password file (0600) that
+//!   hands every role's password to that user's clients (`psql`, `pgkill`, the tests);
+//! - `pgkill-sandbox-XXXXXX.server`, the *server directory*, owned by the OS user that
+//!   runs the server (the same user, or `postgres` when we are root; mode 0700): the data
+//!   directory, the Unix socket (0700) and the log.
+//!
+//! Authentication never trusts anybody: every role gets a fresh random password per
+//! sandbox, stored as SCRAM, and `pg_hba.conf` asks for it on loopback TCP and on the
+//! socket; only the OS user who started the sandbox may use `peer` over the socket, as
+//! the template's roles. That is how the sandbox sets the passwords right after the
+//! server is ready: one connection over the socket as `postgres` (peer), one `ALTER ROLE
+//! … PASSWORD` per role. The template's roles have no password, so nobody can log in
+//! before that.
 
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, Uid};
 use pgkill_core::ServerVersion;
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::runas::RunAs;
 use crate::{roles, template, Error, Installation, Result};
 
+/// Every sandbox's client directory is this prefix and [`RANDOM_CHARS`] letters or digits.
 const DIR_PREFIX: &str = "pgkill-sandbox-";
+const RANDOM_CHARS: usize = 6;
+/// The server directory is the client directory's name and this suffix.
+const SERVER_SUFFIX: &str = ".server";
+/// In the client directory: the pid of the process that owns the sandbox.
+const OWNER_FILE: &str = "owner.pid";
+/// In the client directory: the pid of the postmaster the sandbox started.
+const SERVER_PID_FILE: &str = "server.pid";
+/// In the client directory: the password file.
+const PASSFILE: &str = "pgpass";
+/// The `pg_ident.conf` map that lets the sandbox's own OS user in by `peer`.
+const IDENT_MAP: &str = "pgkill";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const PORT_ATTEMPTS: usize = 5;
-
-/// How TCP clients authenticate. Unix-socket clients are always trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Auth {
-    /// Any role connects without a password.
-    #[default]
-    Trust,
-    /// TCP clients must give the role's password (see [`roles::password`]).
-    Password,
-}
 
 /// Settings of one sandbox server.
 #[derive(Debug, Clone)]
@@ -42,14 +64,15 @@ pub struct Options {
     pub max_prepared_transactions: u32,
     /// `wal_level=logical`, needed for logical replication slots.
     pub logical_wal: bool,
-    /// How TCP clients authenticate.
-    pub auth: Auth,
     /// Any other server settings, passed as `-c name=value`.
     pub settings: Vec<(String, String)>,
     /// Files written into the data directory before the server starts (name relative to
     /// the data directory, contents, Unix mode), e.g. `server.crt`/`server.key` for TLS
     /// tests together with the setting `ssl=on`.
     pub data_files: Vec<(String, Vec<u8>, u32)>,
+    /// Where the sandbox's directories go (and which directory its start sweeps);
+    /// `None`: `$PGKILL_SANDBOX_DIR`, else `/dev/shm`, else the temp directory.
+    pub sandbox_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -58,9 +81,9 @@ impl Default for Options {
             max_connections: 100,
             max_prepared_transactions: 10,
             logical_wal: false,
-            auth: Auth::Trust,
             settings: Vec::new(),
             data_files: Vec::new(),
+            sandbox_dir: None,
         }
     }
 }
@@ -76,15 +99,15 @@ impl Options {
         self.logical_wal = true;
         self
     }
-    /// Sets how TCP clients authenticate.
-    pub fn auth(mut self, auth: Auth) -> Self {
-        self.auth = auth;
-        self
-    }
     /// Writes a file into the data directory before the server starts.
     pub fn data_file(mut self, name: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
         self.data_files
             .push((name.to_owned(), contents.into(), mode));
+        self
+    }
+    /// Puts the sandbox's directories in `dir` instead of the default sandbox root.
+    pub fn sandbox_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.sandbox_dir = Some(dir.into());
         self
     }
     /// Adds a server setting.
@@ -103,25 +126,52 @@ pub struct StartTiming {
     pub copy: Duration,
     /// From launching `postgres` until it accepted connections.
     pub start: Duration,
+    /// Giving every role its password and writing the password file (after `start`).
+    pub passwords: Duration,
     /// Everything, from the call to `start` until ready.
     pub total: Duration,
 }
 
 /// A running throw-away PostgreSQL server on a loopback port.
 ///
-/// Dropping it stops the server (fast shutdown, then immediate, then kill) and deletes
-/// its directory; this also happens while a panicking test unwinds. If the whole process
-/// dies, the server gets `SIGQUIT` from the kernel (parent-death signal) and the next
-/// sandbox started on this machine removes the directory left behind.
+/// Only the OS user who started it can log in: every role has a random password of
+/// this sandbox's ([`Sandbox::password`]), written to a private password file
+/// ([`Sandbox::passfile`]) for that user's clients; [`Sandbox::config`] and friends carry
+/// it. Dropping the sandbox stops the server (fast shutdown, then immediate, then kill)
+/// and deletes its directories; this also happens while a panicking test unwinds. If the
+/// whole process dies, the server gets `SIGQUIT` from the kernel (parent-death signal)
+/// and the next sandbox the same user starts on this machine removes what was left.
 #[derive(Debug)]
 pub struct Sandbox {
     installation: Installation,
     port: u16,
     postmaster_pid: u32,
     timing: StartTiming,
+    passfile: PathBuf,
+    passwords: Passwords,
     keeper: Option<Keeper>,
-    // Declared last: removed after the keeper has stopped the server.
-    dir: Option<tempfile::TempDir>,
+    // Declared after the keeper: removed once it has stopped the server.
+    server_dir: Option<tempfile::TempDir>,
+    client_dir: Option<tempfile::TempDir>,
+}
+
+/// The password of each role; never shown by `Debug`.
+struct Passwords(Mutex<BTreeMap<String, String>>);
+
+impl std::fmt::Debug for Passwords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let roles: Vec<String> = self.lock().keys().cloned().collect();
+        f.debug_struct("Passwords").field("roles", &roles).finish()
+    }
+}
+
+impl Passwords {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        // A panic while holding the lock cannot leave the map half-updated.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[derive(Debug)]
@@ -131,55 +181,87 @@ struct Keeper {
 }
 
 impl Sandbox {
-    /// Starts a server of `installation` with `options`, returning once it accepts connections.
+    /// Starts a server of `installation` with `options`, returning once it accepts
+    /// connections and every role has its password.
     ///
     /// Blocking; call it before spawning work on a runtime, or from `spawn_blocking`.
     pub fn start(installation: &Installation, options: &Options) -> Result<Sandbox> {
         let began = Instant::now();
-        sweep_stale_dirs();
         let run_as = RunAs::detect()?;
+        let root = options.sandbox_dir.clone().unwrap_or_else(sandbox_root);
+        sweep_stale_dirs(&run_as, &root);
         let (template, template_build) = template::ensure(installation, &run_as)?;
+        let os_user = effective_user_name()?;
 
-        let dir = tempfile::Builder::new()
+        let private = std::fs::Permissions::from_mode(0o700);
+        let client_dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
-            .tempdir_in(sandbox_root())
-            .map_err(Error::io("create sandbox directory in", sandbox_root()))?;
-        std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
-            .map_err(Error::io("write", dir.path().join("owner.pid")))?;
+            .rand_bytes(RANDOM_CHARS)
+            .permissions(private.clone())
+            .tempdir_in(&root)
+            .map_err(Error::io("create sandbox directory in", &root))?;
+        write_new(
+            &client_dir.path().join(OWNER_FILE),
+            std::process::id().to_string().as_bytes(),
+        )?;
+        let server_dir = tempfile::Builder::new()
+            .prefix(&server_dir_name(client_dir.path()))
+            .rand_bytes(0)
+            .permissions(private)
+            .tempdir_in(&root)
+            .map_err(Error::io("create sandbox server directory in", &root))?;
         let copy_began = Instant::now();
-        let data = dir.path().join("data");
+        let data = server_dir.path().join("data");
         template::copy_data_dir(&template, &data)?;
-        write_hba(&data, options.auth)?;
+        write_hba(&data, &os_user)?;
         for (name, contents, mode) in &options.data_files {
             let path = data.join(name);
             std::fs::write(&path, contents).map_err(Error::io("write", &path))?;
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(*mode))
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
                 .map_err(Error::io("chmod", &path))?;
         }
-        run_as.chown_tree(dir.path())?;
+        run_as.chown_tree(server_dir.path())?;
         let copy = copy_began.elapsed();
 
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
             let start_began = Instant::now();
-            match launch(installation, &run_as, dir.path(), port, options) {
+            let record = client_dir.path().join(SERVER_PID_FILE);
+            match launch(
+                installation,
+                &run_as,
+                server_dir.path(),
+                &record,
+                port,
+                options,
+            ) {
                 Ok((keeper, postmaster_pid)) => {
-                    let timing = StartTiming {
-                        template_build,
-                        copy,
-                        start: start_began.elapsed(),
-                        total: began.elapsed(),
-                    };
-                    tracing::debug!(version = %installation.version, port, ?timing, "sandbox ready");
-                    return Ok(Sandbox {
+                    let passfile = client_dir.path().join(PASSFILE);
+                    let mut sandbox = Sandbox {
                         installation: installation.clone(),
                         port,
                         postmaster_pid,
-                        timing,
+                        timing: StartTiming {
+                            template_build,
+                            copy,
+                            start: start_began.elapsed(),
+                            passwords: Duration::ZERO,
+                            total: Duration::ZERO,
+                        },
+                        passfile,
+                        passwords: Passwords(Mutex::new(BTreeMap::new())),
                         keeper: Some(keeper),
-                        dir: Some(dir),
-                    });
+                        server_dir: Some(server_dir),
+                        client_dir: Some(client_dir),
+                    };
+                    // Dropping `sandbox` on an error stops the server again.
+                    let passwords_began = Instant::now();
+                    sandbox.set_template_passwords()?;
+                    sandbox.timing.passwords = passwords_began.elapsed();
+                    sandbox.timing.total = began.elapsed();
+                    tracing::debug!(version = %installation.version, port, timing = ?sandbox.timing, "sandbox ready");
+                    return Ok(sandbox);
                 }
                 Err(Launch::PortTaken(e)) => last_error = Some(e),
                 Err(Launch::Failed(e)) => return Err(e),
@@ -189,6 +271,75 @@ impl Sandbox {
             program: "postgres".into(),
             detail: "could not find a free port".into(),
         }))
+    }
+
+    /// Gives every role of the template a fresh password, over the Unix socket as the
+    /// bootstrap superuser (`peer`: the socket is ours alone), then writes the password file.
+    fn set_template_passwords(&self) -> Result<()> {
+        let mut fresh = BTreeMap::new();
+        for role in roles::ALL {
+            fresh.insert(role.to_owned(), roles::fresh_password()?);
+        }
+        let sql = roles::set_passwords_sql(fresh.iter().map(|(r, p)| (r.as_str(), p.as_str())))?;
+        let mut config = Config::new();
+        config
+            .host_path(self.socket_dir())
+            .port(self.port)
+            .user(roles::ADMIN)
+            .dbname("postgres")
+            .application_name("pgkill-sandbox")
+            .connect_timeout(Duration::from_secs(10));
+        // `start` is blocking and may be called from inside a runtime, which cannot be
+        // blocked on: the one connection runs on a runtime of its own, on its own thread.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| Error::Program {
+                            program: "tokio".into(),
+                            detail: format!("cannot start a runtime: {e}"),
+                        })?;
+                    runtime.block_on(async {
+                        let (client, connection) =
+                            config.connect(NoTls).await.map_err(Error::sql(
+                                "setting the sandbox's passwords (peer authentication over its Unix socket)",
+                            ))?;
+                        let connection = tokio::spawn(connection);
+                        client
+                            .batch_execute(&sql)
+                            .await
+                            .map_err(Error::sql("setting the sandbox's passwords"))?;
+                        drop(client);
+                        let _ = connection.await;
+                        Ok(())
+                    })
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(Error::Program {
+                        program: "sandbox".into(),
+                        detail: "the thread setting the passwords panicked".into(),
+                    })
+                })
+        })?;
+        self.passwords.lock().extend(fresh);
+        self.write_passfile()
+    }
+
+    /// Rewrites the password file from the known passwords: a new file (`O_EXCL`, 0600)
+    /// renamed over the old one, in the private client directory.
+    fn write_passfile(&self) -> Result<()> {
+        let text = passfile_text(self.port, self.socket_dir(), &self.passwords.lock());
+        let dir = self.passfile.parent().unwrap_or(Path::new("/nonexistent"));
+        let mut file = tempfile::NamedTempFile::new_in(dir)
+            .map_err(Error::io("create a password file in", dir))?;
+        file.write_all(text.as_bytes())
+            .map_err(Error::io("write", file.path().to_path_buf()))?;
+        file.persist(&self.passfile)
+            .map_err(|e| Error::io("write", &self.passfile)(e.error))?;
+        Ok(())
     }
 
     /// The server's version.
@@ -211,9 +362,10 @@ impl Sandbox {
         "127.0.0.1"
     }
 
-    /// The directory holding the server's Unix socket.
+    /// The directory holding the server's Unix socket (mode 0700, owned by the server's
+    /// OS user).
     pub fn socket_dir(&self) -> &Path {
-        self.dir
+        self.server_dir
             .as_ref()
             .map(|d| d.path())
             .unwrap_or(Path::new("/nonexistent"))
@@ -229,6 +381,30 @@ impl Sandbox {
         self.socket_dir().join("server.log")
     }
 
+    /// The password file (libpq's format, mode 0600, in a directory of mode 0700 owned by
+    /// the OS user who started the sandbox) with every role's password for this server,
+    /// over TCP (`127.0.0.1`, `localhost`) and over the socket. Give it to clients as
+    /// `PGPASSFILE` or `passfile=`.
+    pub fn passfile(&self) -> &Path {
+        &self.passfile
+    }
+
+    /// The password of `role` in this sandbox (the template's roles, and those made with
+    /// [`Sandbox::create_role`]); `None` for a role the sandbox did not make.
+    pub fn password(&self, role: &str) -> Option<String> {
+        self.passwords.lock().get(role).cloned()
+    }
+
+    /// What a client program needs in its environment to log in to this server as any
+    /// of its roles: `PGHOST`, `PGPORT` and `PGPASSFILE` (add `PGUSER` or `-U`).
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PGHOST", self.host().to_owned()),
+            ("PGPORT", self.port.to_string()),
+            ("PGPASSFILE", self.passfile.display().to_string()),
+        ]
+    }
+
     /// Process id of the postmaster.
     pub fn postmaster_pid(&self) -> u32 {
         self.postmaster_pid
@@ -239,14 +415,16 @@ impl Sandbox {
         self.timing
     }
 
-    /// Connection settings for `role` on database `db`, over TCP on loopback.
+    /// Connection settings for `role` on database `db`, over TCP on loopback, with the
+    /// role's password.
     pub fn config(&self, db: &str, role: &str) -> Config {
         let mut config = self.config_without_host(db, role);
         config.host(self.host());
         config
     }
 
-    /// Connection settings over the Unix socket (sessions show `client_addr` NULL).
+    /// Connection settings over the Unix socket (sessions show `client_addr` NULL), with
+    /// the role's password.
     pub fn socket_config(&self, db: &str, role: &str) -> Config {
         let mut config = self.config_without_host(db, role);
         config.host_path(self.socket_dir());
@@ -258,9 +436,11 @@ impl Sandbox {
         config
             .port(self.port)
             .user(role)
-            .password(roles::password(role))
             .dbname(db)
             .connect_timeout(Duration::from_secs(10));
+        if let Some(password) = self.password(role) {
+            config.password(password);
+        }
         config
     }
 
@@ -287,27 +467,49 @@ impl Sandbox {
             .map_err(Error::sql(format!("creating database {name}")))
     }
 
-    /// A libpq connection string for `role` on `db` (no password: sandboxes trust loopback
-    /// unless started with [`Auth::Password`]).
+    /// Creates role `name` with `attributes` (SQL role options such as `LOGIN CREATEDB`,
+    /// written by the caller) and a fresh password of this sandbox's, which
+    /// [`Sandbox::config`] and the password file then carry.
+    pub async fn create_role(&self, name: &str, attributes: &str) -> Result<()> {
+        let password = roles::fresh_password()?;
+        let admin = self.admin("postgres").await?;
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {} {attributes} PASSWORD {}",
+                pgkill_core::quote_ident(name),
+                pgkill_core::quote_literal(&roles::scram_secret(&password)?)
+            ))
+            .await
+            .map_err(Error::sql(format!("creating role {name}")))?;
+        self.passwords.lock().insert(name.to_owned(), password);
+        self.write_passfile()
+    }
+
+    /// A libpq connection string for `role` on `db` over TCP; the password comes from
+    /// [`Sandbox::passfile`] (`passfile=`), so it never shows in a command line.
     pub fn conninfo(&self, db: &str, role: &str) -> String {
         format!(
-            "host={} port={} user={} dbname={}",
+            "host={} port={} user={} dbname={} passfile={}",
             self.host(),
             self.port,
-            role,
-            db
+            conninfo_value(role),
+            conninfo_value(db),
+            conninfo_value(&self.passfile.display().to_string())
         )
     }
 
-    /// Stops the server and removes its directory now (dropping does the same).
+    /// Stops the server and removes its directories now (dropping does the same).
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        // The keeper stops the server when dropped; only then is the directory removed.
+        // The keeper stops the server when dropped; only then are the directories removed.
         drop(self.keeper.take());
-        if let Some(dir) = self.dir.take() {
+        for dir in [self.server_dir.take(), self.client_dir.take()]
+            .into_iter()
+            .flatten()
+        {
             let path = dir.path().to_path_buf();
             if let Err(e) = dir.close() {
                 tracing::warn!(dir = %path.display(), "could not remove sandbox directory: {e}");
@@ -335,6 +537,86 @@ pub(crate) async fn connect(config: &Config) -> Result<Client> {
     Ok(client)
 }
 
+/// The name of the effective user, whom `peer` authentication lets in.
+fn effective_user_name() -> Result<String> {
+    let uid = Uid::effective();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => Ok(user.name),
+        Ok(None) => Err(Error::RunAs(format!(
+            "uid {uid} has no user name, which peer authentication over the sandbox's socket needs"
+        ))),
+        Err(e) => Err(Error::RunAs(format!("looking up uid {uid}: {e}"))),
+    }
+}
+
+/// Creates `path` with `contents`: a new file (never an existing one, never through a
+/// symlink), mode 0600.
+fn write_new(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(o_nofollow())
+        .open(path)
+        .map_err(Error::io("create", path))?;
+    file.write_all(contents).map_err(Error::io("write", path))
+}
+
+fn o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+}
+
+/// Reads a small file of ours, never through a symlink.
+fn read_own_file(path: &Path) -> Option<String> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(o_nofollow())
+        .open(path)
+        .ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn server_dir_name(client_dir: &Path) -> String {
+    let name = client_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{name}{SERVER_SUFFIX}")
+}
+
+/// The password file's lines: every role, over TCP by address and by name, and over the
+/// socket (libpq matches a socket connection by its directory).
+fn passfile_text(port: u16, socket_dir: &Path, passwords: &BTreeMap<String, String>) -> String {
+    let socket = socket_dir.display().to_string();
+    let mut text = String::new();
+    for (role, password) in passwords {
+        for host in ["127.0.0.1", "localhost", socket.as_str()] {
+            text.push_str(&format!(
+                "{}:{port}:*:{}:{}\n",
+                passfile_field(host),
+                passfile_field(role),
+                passfile_field(password)
+            ));
+        }
+    }
+    text
+}
+
+/// A field of a password file: `:` and `\` escaped with `\`.
+fn passfile_field(value: &str) -> String {
+    value.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// A conninfo value, quoted when it has to be.
+fn conninfo_value(value: &str) -> String {
+    if !value.is_empty() && !value.contains([' ', '\'', '\\', '=']) {
+        return value.to_owned();
+    }
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 enum Launch {
     PortTaken(Error),
     Failed(Error),
@@ -350,22 +632,42 @@ fn free_port() -> Result<u16> {
     Ok(port)
 }
 
-fn write_hba(data: &Path, auth: Auth) -> Result<()> {
-    let host = match auth {
-        Auth::Trust => "trust",
-        Auth::Password => "md5",
-    };
+/// Writes `pg_hba.conf` and `pg_ident.conf`: never `trust`. The OS user who started the
+/// sandbox (`os_user`) may be any of the template's roles over the Unix socket (`peer`),
+/// which only that user and the server's OS user can reach; every other login, and every
+/// role made later, gives its password (SCRAM) on the socket and on loopback TCP.
+fn write_hba(data: &Path, os_user: &str) -> Result<()> {
+    let roles = roles::ALL.map(hba_token).join(",");
     let hba = format!(
-        "# written by pgkill-sandbox\n\
-         local all all trust\n\
-         local replication all trust\n\
-         host all all 127.0.0.1/32 {host}\n\
-         host all all ::1/128 {host}\n\
-         host replication all 127.0.0.1/32 {host}\n\
-         host replication all ::1/128 {host}\n"
+        "# written by pgkill-sandbox: a password (SCRAM) for every login, except the\n\
+         # sandbox's own OS user over the Unix socket (peer, map {IDENT_MAP} in pg_ident.conf)\n\
+         local all {roles} peer map={IDENT_MAP}\n\
+         local replication {roles} peer map={IDENT_MAP}\n\
+         local all all scram-sha-256\n\
+         local replication all scram-sha-256\n\
+         host all all 127.0.0.1/32 scram-sha-256\n\
+         host all all ::1/128 scram-sha-256\n\
+         host replication all 127.0.0.1/32 scram-sha-256\n\
+         host replication all ::1/128 scram-sha-256\n"
     );
-    let path = data.join("pg_hba.conf");
-    std::fs::write(&path, hba).map_err(Error::io("write", &path))
+    let mut ident = String::from("# written by pgkill-sandbox\n");
+    for role in roles::ALL {
+        ident.push_str(&format!(
+            "{IDENT_MAP} {} {}\n",
+            hba_token(os_user),
+            hba_token(role)
+        ));
+    }
+    for (name, text) in [("pg_hba.conf", hba), ("pg_ident.conf", ident)] {
+        let path = data.join(name);
+        std::fs::write(&path, text).map_err(Error::io("write", &path))?;
+    }
+    Ok(())
+}
+
+/// A quoted token of `pg_hba.conf`/`pg_ident.conf` (never a keyword such as `all`).
+fn hba_token(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn server_args(dir: &Path, port: u16, options: &Options) -> Vec<String> {
@@ -373,6 +675,10 @@ fn server_args(dir: &Path, port: u16, options: &Options) -> Vec<String> {
         ("listen_addresses".into(), "127.0.0.1".into()),
         ("port".into(), port.to_string()),
         ("unix_socket_directories".into(), dir.display().to_string()),
+        // Only the server's OS user (and root) may even reach the socket.
+        ("unix_socket_permissions".into(), "0700".into()),
+        // 10-13 default to md5: passwords set later (ALTER ROLE … PASSWORD) are SCRAM too.
+        ("password_encryption".into(), "scram-sha-256".into()),
         (
             "max_connections".into(),
             options.max_connections.to_string(),
@@ -414,6 +720,7 @@ fn launch(
     inst: &Installation,
     run_as: &RunAs,
     dir: &Path,
+    record: &Path,
     port: u16,
     options: &Options,
 ) -> std::result::Result<(Keeper, u32), Launch> {
@@ -472,6 +779,9 @@ fn launch(
         }
         Err(_) => return Err(Launch::Failed(program_err("keeper thread died".into()))),
     };
+    // Written before anything else can fail, so that a sweep finds the server we started.
+    let _ = std::fs::remove_file(record);
+    write_new(record, pid.to_string().as_bytes()).map_err(Launch::Failed)?;
 
     let began = Instant::now();
     let pid_file = dir.join("data").join("postmaster.pid");
@@ -490,7 +800,9 @@ fn launch(
                 },
             );
         }
-        if postmaster_ready(&pid_file) && TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+        // "ready" is written once the server accepts connections, on every socket (the
+        // sockets are opened long before): the passwords are set over one right away.
+        if postmaster_ready(&pid_file) {
             return Ok((keeper, pid));
         }
         if began.elapsed() > READY_TIMEOUT {
@@ -502,7 +814,8 @@ fn launch(
                 tail,
             }));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // Reading the small file is cheap; a coarser poll would add to every start.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -606,7 +919,7 @@ pub fn process_alive(pid: u32) -> bool {
 /// Where sandbox directories go: `$PGKILL_SANDBOX_DIR`, else `/dev/shm` when it is a
 /// writable directory (a server on tmpfs starts faster and its copy of the template
 /// costs no disk writes), else the system temp directory.
-fn sandbox_root() -> PathBuf {
+pub(crate) fn sandbox_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("PGKILL_SANDBOX_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
@@ -622,44 +935,91 @@ fn sandbox_root() -> PathBuf {
     std::env::temp_dir()
 }
 
-/// Removes sandbox directories whose owning process is gone (it was killed before it
-/// could clean up), stopping any server still running in them.
-fn sweep_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(sandbox_root()) else {
+/// Removes the sandboxes of ours whose owning process is gone (it was killed before it
+/// could clean up), stopping a server of theirs that still runs.
+///
+/// "Ours" is decided without trusting anything another user can write: a client
+/// directory named like ours, a real directory (not a symlink) owned by the effective
+/// user and private to it; its server directory a real directory owned by the OS user
+/// that runs our servers (the effective user, or `postgres` when we are root); and the
+/// only process ever signalled is the postmaster recorded in our client directory, and
+/// only while its command line runs exactly that server directory's data directory.
+/// A directory planted by anybody else, or naming somebody else's server, is left alone.
+fn sweep_stale_dirs(run_as: &RunAs, root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
+    let euid = Uid::effective().as_raw();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if !name.starts_with(DIR_PREFIX) || name.starts_with("pgkill-sandbox-cache") {
+        let Some(name) = name.to_str() else { continue };
+        if !is_client_dir_name(name) {
             continue;
         }
         let dir = entry.path();
-        let Some(owner) = read_pid(&dir.join("owner.pid")) else {
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != euid || meta.mode() & 0o077 != 0 {
+            continue;
+        }
+        let Some(owner) = read_own_file(&dir.join(OWNER_FILE)).and_then(|t| parse_pid(&t)) else {
             continue;
         };
         if process_alive(owner) {
             continue;
         }
-        if let Some(postmaster) = read_pid(&dir.join("data").join("postmaster.pid")) {
-            let is_postgres = std::fs::read_to_string(format!("/proc/{postmaster}/cmdline"))
-                .is_ok_and(|c| c.contains(&dir.display().to_string()));
-            if is_postgres && process_alive(postmaster) {
-                let _ = kill(Pid::from_raw(postmaster as i32), Signal::SIGQUIT);
-                std::thread::sleep(Duration::from_millis(200));
+        let server_dir = root.join(format!("{name}{SERVER_SUFFIX}"));
+        let server_dir_ours = std::fs::symlink_metadata(&server_dir)
+            .is_ok_and(|m| m.is_dir() && m.uid() == run_as.uid());
+        if server_dir_ours {
+            if let Some(pid) = read_own_file(&dir.join(SERVER_PID_FILE)).and_then(|t| parse_pid(&t))
+            {
+                stop_stale_postmaster(pid, &server_dir.join("data"), run_as.uid());
             }
+            tracing::debug!(dir = %server_dir.display(), "removing stale sandbox directory");
+            let _ = std::fs::remove_dir_all(&server_dir);
         }
         tracing::debug!(dir = %dir.display(), "removing stale sandbox directory");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
-fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+/// `pgkill-sandbox-` and exactly [`RANDOM_CHARS`] letters or digits.
+fn is_client_dir_name(name: &str) -> bool {
+    name.strip_prefix(DIR_PREFIX).is_some_and(|rest| {
+        rest.len() == RANDOM_CHARS && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// SIGQUITs `pid` if it is a postmaster of `server_uid` running the data directory
+/// `data` (its `-D` argument, exactly), and waits a little for it to go.
+fn stop_stale_postmaster(pid: u32, data: &Path, server_uid: u32) {
+    if !runs_data_dir(pid, data, server_uid) {
+        return;
+    }
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGQUIT);
+    let began = Instant::now();
+    while process_alive(pid) && began.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether process `pid` belongs to `uid` and was started with `-D data`.
+fn runs_data_dir(pid: u32, data: &Path, uid: u32) -> bool {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if !std::fs::metadata(&proc_dir).is_ok_and(|m| m.uid() == uid) {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
+        return false;
+    };
+    let want = data.as_os_str().as_encoded_bytes();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|pair| pair[0] == b"-D" && pair[1] == want)
+}
+
+fn parse_pid(text: &str) -> Option<u32> {
+    text.lines().next()?.trim().parse().ok()
 }

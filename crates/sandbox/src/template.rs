@@ -2,8 +2,14 @@
 //!
 //! `initdb` costs around a second; copying its result costs a few tens of milliseconds.
 //! The first sandbox of a version builds the template (initdb, then the sandbox roles in
-//! single-user mode) in a staging directory and renames it into place, so concurrent
-//! test processes never see a half-built template; every later sandbox copies it.
+//! single-user mode) in a private staging directory, copies it into the cache and renames
+//! it into place, so concurrent test processes never see a half-built template; every
+//! later sandbox copies it.
+//!
+//! The cache and every template in it belong to the effective user and are private
+//! (0700): a template is what every later sandbox trusts, so nobody else may change it,
+//! not even the unprivileged OS user that runs the servers when we are root (it builds
+//! the template in a directory of its own, which is then copied).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -17,32 +23,46 @@ use crate::runas::RunAs;
 use crate::{roles, Error, Installation, Result};
 
 /// Bump when the template's contents change, so that old caches are not reused.
-const TEMPLATE_REV: u32 = 1;
+const TEMPLATE_REV: u32 = 2;
 
 /// Where templates are kept: `$PGKILL_SANDBOX_CACHE`, or a per-user directory in the
-/// system temp directory (readable by the unprivileged server user when we are root).
+/// system temp directory; either way a directory of the effective user's, mode 0700.
 fn cache_root() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("PGKILL_SANDBOX_CACHE").filter(|d| !d.is_empty()) {
-        let dir = PathBuf::from(dir);
-        std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
-        return Ok(dir);
+    let dir = match std::env::var_os("PGKILL_SANDBOX_CACHE").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let euid = nix::unistd::Uid::effective().as_raw();
+            std::env::temp_dir().join(format!("pgkill-sandbox-cache-{euid}"))
+        }
+    };
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
     }
-    let euid = nix::unistd::Uid::effective().as_raw();
-    let dir = std::env::temp_dir().join(format!("pgkill-sandbox-cache-{euid}"));
-    match std::fs::DirBuilder::new().mode(0o755).create(&dir) {
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(Error::io("create", &dir)(e)),
     }
-    // A directory at a predictable path in /tmp must be ours and not writable by others.
-    let meta = std::fs::symlink_metadata(&dir).map_err(Error::io("stat", &dir))?;
-    if !meta.is_dir() || meta.uid() != euid || meta.mode() & 0o022 != 0 {
-        return Err(Error::RunAs(format!(
-            "{} is not a directory owned by uid {euid} and writable only by it; remove it or set PGKILL_SANDBOX_CACHE",
-            dir.display()
-        )));
-    }
+    private_dir(&dir, "remove it or set PGKILL_SANDBOX_CACHE")?;
     Ok(dir)
+}
+
+/// Checks that `dir` is a real directory (not a symlink) owned by the effective user, and
+/// makes it private (0700) if it is not yet (caches made by older versions were 0755).
+pub(crate) fn private_dir(dir: &Path, advice: &str) -> Result<()> {
+    let euid = nix::unistd::Uid::effective().as_raw();
+    let meta = std::fs::symlink_metadata(dir).map_err(Error::io("stat", dir))?;
+    if !meta.is_dir() || meta.uid() != euid {
+        return Err(Error::Unsafe {
+            path: dir.to_path_buf(),
+            reason: format!("not a directory owned by uid {euid}; {advice}"),
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(Error::io("chmod 0700", dir))?;
+    }
+    Ok(())
 }
 
 fn template_key(inst: &Installation) -> String {
@@ -62,14 +82,16 @@ pub(crate) fn ensure(inst: &Installation, run_as: &RunAs) -> Result<(PathBuf, Op
         return Ok((target, None));
     }
     let started = Instant::now();
-    let staging = tempfile::Builder::new()
-        .prefix(".build-")
-        .tempdir_in(&root)
-        .map_err(Error::io("create staging directory in", &root))?;
-    std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))
-        .map_err(Error::io("chmod", staging.path()))?;
-    run_as.chown_tree(staging.path())?;
-    let data = staging.path().join("data");
+    // initdb runs as the server's OS user, in a private directory of that user's.
+    let build = tempfile::Builder::new()
+        .prefix("pgkill-sandbox-initdb-")
+        .tempdir_in(crate::server::sandbox_root())
+        .map_err(Error::io(
+            "create build directory in",
+            crate::server::sandbox_root(),
+        ))?;
+    run_as.chown_tree(build.path())?;
+    let data = build.path().join("data");
 
     let mut initdb = Command::new(inst.program("initdb"));
     initdb
@@ -81,11 +103,12 @@ pub(crate) fn ensure(inst: &Installation, run_as: &RunAs) -> Result<(PathBuf, Op
             "--no-locale",
             "-E",
             "UTF8",
+            // Every sandbox writes its own pg_hba.conf; the template lets nobody in.
             "-A",
-            "trust",
+            "reject",
             "--no-sync",
         ])
-        .current_dir(staging.path());
+        .current_dir(build.path());
     run(run_as, initdb, None, "initdb")?;
 
     let mut single = Command::new(inst.program("postgres"));
@@ -94,7 +117,7 @@ pub(crate) fn ensure(inst: &Installation, run_as: &RunAs) -> Result<(PathBuf, Op
         .arg("-D")
         .arg(&data)
         .args(["-F", "-c", "log_min_messages=warning", "postgres"])
-        .current_dir(staging.path());
+        .current_dir(build.path());
     let output = run(
         run_as,
         single,
@@ -108,7 +131,14 @@ pub(crate) fn ensure(inst: &Installation, run_as: &RunAs) -> Result<(PathBuf, Op
         });
     }
 
-    match std::fs::rename(&data, &target) {
+    // Copied (not moved) into the cache, so that the template belongs to us.
+    let staging = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(&root)
+        .map_err(Error::io("create staging directory in", &root))?;
+    let copy = staging.path().join("data");
+    copy_data_dir(&data, &copy)?;
+    match std::fs::rename(&copy, &target) {
         Ok(()) => {}
         // Another process finished first; use its template and drop ours with `staging`.
         Err(_) if target.join("PG_VERSION").is_file() => {}

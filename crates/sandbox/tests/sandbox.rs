@@ -1,16 +1,20 @@
 //! The sandbox itself, on every PostgreSQL version: servers start with the settings and
-//! roles asked for, every simulated session kind shows up on the server as it should and
-//! records how it was ended, pools reconnect, and teardown leaves nothing behind.
+//! roles asked for, only the OS user who started them can log in (fresh passwords, private
+//! files, no `trust`), every simulated session kind shows up on the server as it should
+//! and records how it was ended, pools reconnect, teardown leaves nothing behind, and the
+//! sweep of stale sandboxes never touches another user's.
 
 #![allow(clippy::panic)] // a test harness: one case panics on purpose
 
-use std::path::PathBuf;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use pgkill_sandbox::sim::{self, PoolOptions, Statement, WriterOptions};
-use pgkill_sandbox::{cases, roles, Auth, Installation, Options, Sandbox};
+use pgkill_sandbox::{cases, roles, Installation, Options, Sandbox};
 
 const HOLD_ENV: &str = "PGKILL_SANDBOX_TEST_HOLD";
 
@@ -21,7 +25,9 @@ fn main() {
     }
     pgkill_sandbox::matrix::main(cases![
         starts_with_settings_and_roles,
-        password_auth_checks_passwords,
+        passwords_are_checked,
+        only_its_own_user_gets_in,
+        sweep_spares_other_users_dirs,
         session_kinds_show_up,
         sessions_record_how_they_ended,
         killing_lock_holder_releases_waiters,
@@ -139,23 +145,343 @@ async fn starts_with_settings_and_roles(pg: Installation) -> Result<()> {
     Ok(())
 }
 
-async fn password_auth_checks_passwords(pg: Installation) -> Result<()> {
-    let sb = Sandbox::start(&pg, &Options::default().auth(Auth::Password))?;
+/// The SQLSTATE of a failed login, or why it did not fail.
+async fn login_error(config: &tokio_postgres::Config) -> Result<Option<String>> {
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok(_) => Err(anyhow!("logged in: {config:?}")),
+        Err(e) => Ok(e.code().map(|c| c.code().to_owned())),
+    }
+}
+
+async fn passwords_are_checked(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
     sb.connect("postgres", roles::PLAIN)
         .await
         .context("right password")?;
-    let mut wrong = sb.config("postgres", roles::PLAIN);
-    wrong.password("not-the-password");
-    let err = wrong
+    // Over TCP: a wrong password, the old public one, and none at all are refused.
+    for (what, password) in [
+        ("a wrong password", Some("not-the-password".to_owned())),
+        (
+            "the old public password",
+            Some(format!("{}-password", roles::PLAIN)),
+        ),
+        ("no password", None),
+    ] {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(sb.host())
+            .port(sb.port())
+            .user(roles::PLAIN)
+            .dbname("postgres");
+        if let Some(p) = &password {
+            config.password(p.as_str());
+        }
+        let code = login_error(&config).await.context(what)?;
+        ensure!(
+            code.as_deref() == Some("28P01") || (password.is_none() && code.is_none()),
+            "{what}: {code:?}"
+        );
+    }
+    // A role made later has a password of its own, over TCP and over the socket.
+    sb.create_role("made_later", "LOGIN").await?;
+    let password = sb
+        .password("made_later")
+        .ok_or_else(|| anyhow!("no password for made_later"))?;
+    ensure!(password != sb.password(roles::PLAIN).unwrap_or_default());
+    let c = sb.connect("postgres", "made_later").await?;
+    ensure!(scalar_text(&c, "SELECT current_user::text").await? == "made_later");
+    let (c, conn) = sb
+        .socket_config("postgres", "made_later")
         .connect(tokio_postgres::NoTls)
-        .await
-        .err()
-        .ok_or_else(|| anyhow!("wrong password accepted"))?;
+        .await?;
+    tokio::spawn(conn);
+    ensure!(scalar_text(&c, "SELECT current_user::text").await? == "made_later");
+    let mut wrong = sb.socket_config("postgres", "made_later");
+    wrong.password("not-the-password");
+    ensure!(login_error(&wrong).await?.as_deref() == Some("28P01"));
+    Ok(())
+}
+
+fn mode_of(path: &Path) -> Result<u32> {
+    Ok(std::fs::symlink_metadata(path)
+        .with_context(|| path.display().to_string())?
+        .permissions()
+        .mode()
+        & 0o7777)
+}
+
+async fn only_its_own_user_gets_in(pg: Installation) -> Result<()> {
+    let a = Sandbox::start(&pg, &Options::default())?;
+    let b = Sandbox::start(&pg, &Options::default())?;
+
+    // pg_hba.conf trusts nobody: every line is peer (socket, with the map) or SCRAM.
+    let hba = std::fs::read_to_string(a.data_dir().join("pg_hba.conf"))?;
+    let rules: Vec<&str> = hba
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    ensure!(!rules.is_empty(), "empty pg_hba.conf");
+    for rule in &rules {
+        let fields: Vec<&str> = rule.split_whitespace().collect();
+        ensure!(!fields.contains(&"trust"), "trust in pg_hba.conf: {rule}");
+        let method = match fields[0] {
+            "local" => fields.get(3),
+            _ => fields.get(4),
+        };
+        ensure!(
+            matches!(method, Some(&"scram-sha-256"))
+                || (fields[0] == "local"
+                    && method == Some(&"peer")
+                    && rule.ends_with("map=pgkill")),
+            "unexpected rule {rule}"
+        );
+    }
+    let admin = a.admin("postgres").await?;
+    let hba_file = scalar_text(&admin, "SHOW hba_file").await?;
     ensure!(
-        err.code().map(|c| c.code()) == Some("28P01"),
-        "expected 28P01, got {err}"
+        Path::new(&hba_file) == a.data_dir().join("pg_hba.conf"),
+        "{hba_file}"
+    );
+    ensure!(scalar_text(&admin, "SHOW unix_socket_permissions").await? == "0700");
+    ensure!(scalar_text(&admin, "SHOW password_encryption").await? == "scram-sha-256");
+    // Every role's password is stored as SCRAM.
+    let stored: Vec<(String, Option<String>)> = admin
+        .query(
+            "SELECT rolname::text, rolpassword FROM pg_catalog.pg_authid WHERE rolname = ANY($1)",
+            &[&roles::ALL.to_vec()],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    ensure!(stored.len() == roles::ALL.len(), "{stored:?}");
+    for (role, secret) in &stored {
+        ensure!(
+            secret
+                .as_deref()
+                .is_some_and(|s| s.starts_with("SCRAM-SHA-256$")),
+            "{role} stores {secret:?}"
+        );
+    }
+
+    // Private directories and files.
+    let euid = nix::unistd::Uid::effective().as_raw();
+    let socket = a.socket_dir().join(format!(".s.PGSQL.{}", a.port()));
+    for (path, want) in [
+        (a.socket_dir().to_path_buf(), 0o700),
+        (a.data_dir(), 0o700),
+        (socket, 0o700),
+        (a.passfile().to_path_buf(), 0o600),
+    ] {
+        let mode = mode_of(&path)?;
+        ensure!(
+            mode == want,
+            "{} has mode {mode:o}, want {want:o}",
+            path.display()
+        );
+    }
+    let pass_dir = a
+        .passfile()
+        .parent()
+        .ok_or_else(|| anyhow!("passfile has no directory"))?;
+    ensure!(mode_of(pass_dir)? == 0o700, "{} mode", pass_dir.display());
+    for path in [pass_dir, a.passfile()] {
+        let owner = std::fs::metadata(path)?.uid();
+        ensure!(
+            owner == euid,
+            "{} is owned by {owner}, not {euid}",
+            path.display()
+        );
+    }
+
+    // The template cache is ours and private too.
+    let cache = std::env::var_os("PGKILL_SANDBOX_CACHE")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("pgkill-sandbox-cache-{euid}")));
+    ensure!(mode_of(&cache)? == 0o700, "{} mode", cache.display());
+    ensure!(
+        std::fs::metadata(&cache)?.uid() == euid,
+        "{} owner",
+        cache.display()
+    );
+
+    // Two sandboxes, different passwords for every role; none is the old public one, and
+    // one sandbox's password does not open the other.
+    for role in roles::ALL {
+        let (pa, pb) = (a.password(role), b.password(role));
+        ensure!(
+            pa.is_some() && pb.is_some() && pa != pb,
+            "{role}: {pa:?} vs {pb:?}"
+        );
+        ensure!(
+            pa != Some(format!("{role}-password")),
+            "{role} has the old password"
+        );
+        let passfile = std::fs::read_to_string(a.passfile())?;
+        let line = format!("127.0.0.1:{}:*:{role}:{}", a.port(), pa.unwrap_or_default());
+        ensure!(
+            passfile.lines().any(|l| l == line),
+            "{role} not in the passfile"
+        );
+        let mut cross = b.config("postgres", role);
+        cross.password(a.password(role).unwrap_or_default());
+        ensure!(
+            login_error(&cross).await?.as_deref() == Some("28P01"),
+            "{role}"
+        );
+    }
+
+    // The password file is what a libpq client needs: psql reads it.
+    let out = Command::new(psql()?)
+        .env_clear()
+        .envs(a.client_env())
+        .args([
+            "-w",
+            "-X",
+            "-At",
+            "-U",
+            roles::PLAIN,
+            "-d",
+            "postgres",
+            "-c",
+        ])
+        .arg("SELECT pg_catalog.current_user()")
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == roles::PLAIN,
+        "psql with the passfile: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// `psql`, from the distribution (a client: any version talks to every server).
+fn psql() -> Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin/psql")).collect())
+        .unwrap_or_default();
+    candidates.push("/usr/bin/psql".into());
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        anyhow!("psql not found: install the PostgreSQL client programs (apt-get install postgresql-client)")
+    })
+}
+
+/// Runs `script` with `sh -c` as the OS user `nobody`; fails loudly unless we are root.
+fn as_nobody(script: &str) -> Result<std::process::Output> {
+    ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test acts as a second OS user (nobody) and needs root; run it as root (CI does)"
+    );
+    let nobody =
+        nix::unistd::User::from_name("nobody")?.ok_or_else(|| anyhow!("no OS user nobody"))?;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "as nobody: {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// A process id that is not running (a child that has exited and been reaped).
+fn dead_pid() -> Result<u32> {
+    let mut child = Command::new("true").spawn()?;
+    let pid = child.id();
+    child.wait()?;
+    Ok(pid)
+}
+
+async fn sweep_spares_other_users_dirs(pg: Installation) -> Result<()> {
+    // A sandbox root of this test's own, world-writable and sticky like /dev/shm: the
+    // planted directories below are a trap for any sweep that trusts what it finds (older
+    // pgkill builds on this machine sweep /dev/shm), so they must not lie where other
+    // runs sweep.
+    let root_dir = tempfile::Builder::new()
+        .prefix("pgkill-sweep-test-")
+        .tempdir()?;
+    std::fs::set_permissions(root_dir.path(), std::fs::Permissions::from_mode(0o1777))?;
+    let options = Options::default().sandbox_dir(root_dir.path());
+    let victim = Sandbox::start(&pg, &options)?;
+    let postmaster = victim.postmaster_pid();
+    let root = root_dir.path().to_path_buf();
+    let victim_name = victim
+        .passfile()
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("no sandbox name"))?
+        .to_owned();
+    let dead = dead_pid()?;
+    // Planted by nobody in the sandbox root, each naming the victim's postmaster as the
+    // server of a sandbox whose owner is gone: a prefix of the victim's directory name
+    // (its command line contains it), a directory of the exact form (client and server
+    // directory), and a symlink to the victim's own directories.
+    let prefix = victim_name[..victim_name.len() - 1].to_owned();
+    let tag = std::process::id() % 100_000;
+    let form = format!("pgkill-sandbox-f{tag:05}");
+    let link = format!("pgkill-sandbox-l{tag:05}");
+    let planted: Vec<PathBuf> = [&prefix, &form, &format!("{form}.server"), &link]
+        .iter()
+        .map(|n| root.join(n))
+        .collect();
+    let plant = |dir: &Path| {
+        format!(
+            "mkdir -p {d}/data && echo {dead} > {d}/owner.pid && echo {postmaster} > {d}/server.pid \
+             && printf '{postmaster}\n{d}/data\n' > {d}/data/postmaster.pid",
+            d = dir.display()
+        )
+    };
+    let script = format!(
+        "umask 077; {} && {} && {} && ln -s {} {}",
+        plant(&planted[0]),
+        plant(&planted[1]),
+        plant(&planted[2]),
+        victim.socket_dir().display(),
+        planted[3].display()
+    );
+    let result = async {
+        as_nobody(&script)?;
+        // A new sandbox sweeps the root.
+        let _next = Sandbox::start(&pg, &options)?;
+        ensure!(
+            pgkill_sandbox::process_alive(postmaster),
+            "the victim's postmaster {postmaster} was killed by the sweep"
+        );
+        let admin = victim
+            .admin("postgres")
+            .await
+            .context("the victim still serves")?;
+        ensure!(scalar_text(&admin, "SELECT 'alive'").await? == "alive");
+        for path in &planted {
+            ensure!(
+                std::fs::symlink_metadata(path).is_ok(),
+                "the sweep removed {} (not ours)",
+                path.display()
+            );
+        }
+        ensure!(
+            planted[1].join("owner.pid").is_file()
+                && planted[2].join("data/postmaster.pid").is_file()
+        );
+        Ok(())
+    }
+    .await;
+    for path in &planted {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::remove_dir_all(path);
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
 }
 
 async fn session_kinds_show_up(pg: Installation) -> Result<()> {
@@ -525,9 +851,17 @@ async fn teardown_leaves_no_process_and_no_directory(pg: Installation) -> Result
         pids.len() >= 8,
         "expected postmaster, auxiliaries and 8 clients: {pids:?}"
     );
-    let dir = sb.socket_dir().to_path_buf();
+    let dirs = [
+        sb.socket_dir().to_path_buf(),
+        sb.passfile()
+            .parent()
+            .ok_or_else(|| anyhow!("no client directory"))?
+            .to_path_buf(),
+    ];
     drop(sb); // clients still connected and reconnecting: shutdown must not wait for them
-    ensure!(!dir.exists(), "{} still exists", dir.display());
+    for dir in dirs {
+        ensure!(!dir.exists(), "{} still exists", dir.display());
+    }
     let left = alive(&pids);
     ensure!(
         left.is_empty(),
@@ -565,7 +899,13 @@ fn hold(bin_dir: PathBuf) -> ! {
         .and_then(|inst| Ok(Sandbox::start(&inst, &Options::default())?))
     {
         Ok(sb) => {
-            println!("{} {}", sb.postmaster_pid(), sb.socket_dir().display());
+            let client_dir = sb.passfile().parent().unwrap_or(Path::new("/nonexistent"));
+            println!(
+                "{} {} {}",
+                sb.postmaster_pid(),
+                sb.socket_dir().display(),
+                client_dir.display()
+            );
             std::thread::sleep(Duration::from_secs(600));
             0
         }
@@ -594,11 +934,14 @@ async fn server_dies_with_its_process(pg: Installation) -> Result<()> {
         .ok_or_else(|| anyhow!("holder said {line:?}"))?
         .parse()
         .with_context(|| line.clone())?;
-    let dir = PathBuf::from(
-        parts
-            .next()
-            .ok_or_else(|| anyhow!("holder said {line:?}"))?,
-    );
+    let mut dir = || -> Result<PathBuf> {
+        Ok(PathBuf::from(
+            parts
+                .next()
+                .ok_or_else(|| anyhow!("holder said {line:?}"))?,
+        ))
+    };
+    let (server_dir, client_dir) = (dir()?, dir()?);
     let mut pids = children_of(postmaster);
     pids.push(postmaster);
     ensure!(pgkill_sandbox::process_alive(postmaster));
@@ -614,6 +957,8 @@ async fn server_dies_with_its_process(pg: Installation) -> Result<()> {
     // The directory it left behind is removed by the next sandbox started here (or by
     // one that a test running in parallel started first: either way it must be gone).
     let _next = Sandbox::start(&pg, &Options::default())?;
-    ensure!(!dir.exists(), "stale {} was not swept", dir.display());
+    for dir in [server_dir, client_dir] {
+        ensure!(!dir.exists(), "stale {} was not swept", dir.display());
+    }
     Ok(())
 }

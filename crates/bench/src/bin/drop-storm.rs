@@ -362,6 +362,7 @@ impl Bench<'_> {
         }
         let port = sandbox.port().to_string();
         cmd.env("PGKILL_STATE_DIR", self.state_dir)
+            .env("PGPASSFILE", sandbox.passfile())
             .args(["-h", sandbox.host(), "-p", &port, "-U", roles::ADMIN])
             .args(["drop", db, "-y"]);
         let started = unix_now();

@@ -147,7 +147,8 @@ impl Bench<'_> {
         let setup = began.elapsed();
         if let Some(secs) = hold {
             eprintln!(
-                "holding {n} sessions for {secs} s: {} -h {} -p {} -U {} ls --db {DB}",
+                "holding {n} sessions for {secs} s: PGPASSFILE={} {} -h {} -p {} -U {} ls --db {DB}",
+                self.sandbox.passfile().display(),
                 self.pgkill.display(),
                 self.sandbox.host(),
                 self.sandbox.port(),
@@ -380,7 +381,15 @@ impl Bench<'_> {
             }
         }
         let port = self.sandbox.port().to_string();
-        cmd.args(["-h", self.sandbox.host(), "-p", &port, "-U", roles::ADMIN]);
+        // The sandbox's password file, the same way for pgkill and psql.
+        cmd.env("PGPASSFILE", self.sandbox.passfile()).args([
+            "-h",
+            self.sandbox.host(),
+            "-p",
+            &port,
+            "-U",
+            roles::ADMIN,
+        ]);
         cmd
     }
 

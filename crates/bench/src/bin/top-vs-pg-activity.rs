@@ -207,13 +207,15 @@ fn run(
     let port = sandbox.port().to_string();
     let host = sandbox.host();
     let mut problems = Vec::new();
+    // Both log in with the sandbox's password file.
+    let passfile = shell_quote(&sandbox.passfile().to_string_lossy());
     let pgkill_cmd = format!(
-        "exec {} -h {host} -p {port} -U {} top -i 1s",
+        "exec env PGPASSFILE={passfile} {} -h {host} -p {port} -U {} top -i 1s",
         shell_quote(&pgkill.to_string_lossy()),
         roles::ADMIN
     );
     let pg_activity_cmd = format!(
-        "exec {} -h {host} -p {port} -U {} -d postgres --refresh 1",
+        "exec env PGPASSFILE={passfile} {} -h {host} -p {port} -U {} -d postgres --refresh 1",
         shell_quote(&pg_activity.to_string_lossy()),
         roles::ADMIN
     );

@@ -1,28 +1,87 @@
 //! What the tests of the real binary share: running it against a sandbox in a clean
-//! environment, and waiting for sessions a test dropped to leave.
+//! environment (the sandbox's password file is how it logs in, as for any libpq client),
+//! finding the PostgreSQL client programs, and waiting for sessions a test dropped to
+//! leave.
 #![allow(dead_code)] // each test binary uses a part
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
+use pgkill_sandbox::Sandbox;
 use tokio_postgres::Client;
 
-/// `pgkill -h HOST -p PORT -U ROLE ARGS…`, free of the developer's `PG*` variables and
-/// `~/.pgpass`, without colours, with no terminal on stdin.
-pub fn pgkill(host: &str, port: u16, role: &str, args: &[&str]) -> Command {
+/// Where and how to reach a sandbox: what [`pgkill`] needs, kept apart from the
+/// [`Sandbox`] by tests that outlive borrowing it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub passfile: PathBuf,
+}
+
+impl Target {
+    pub fn of(sb: &Sandbox) -> Target {
+        Target {
+            host: sb.host().to_owned(),
+            port: sb.port(),
+            passfile: sb.passfile().to_path_buf(),
+        }
+    }
+}
+
+/// `pgkill -h HOST -p PORT -U ROLE ARGS…` against the sandbox with its password file
+/// (`PGPASSFILE`), free of the developer's other `PG*` variables and `~/.pgpass`, without
+/// colours, with no terminal on stdin.
+pub fn pgkill(sb: &Sandbox, role: &str, args: &[&str]) -> Command {
+    pgkill_at(&Target::of(sb), role, args)
+}
+
+/// [`pgkill`] for a [`Target`].
+pub fn pgkill_at(target: &Target, role: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkill"));
+    clean_env(&mut cmd);
+    cmd.env("PGPASSFILE", &target.passfile)
+        .args([
+            "-h",
+            &target.host,
+            "-p",
+            &target.port.to_string(),
+            "-U",
+            role,
+        ])
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Removes the developer's `PG*` variables, points `HOME` at an empty directory (no
+/// `~/.pgpass`) and turns colours off.
+pub fn clean_env(cmd: &mut Command) {
     for (key, _) in std::env::vars() {
         if key.starts_with("PG") {
             cmd.env_remove(key);
         }
     }
     cmd.env("HOME", std::env::temp_dir().join("pgkill-cli-test-home"))
-        .env("NO_COLOR", "1")
-        .args(["-h", host, "-p", &port.to_string(), "-U", role])
-        .args(args)
-        .stdin(Stdio::null());
-    cmd
+        .env("NO_COLOR", "1");
+}
+
+/// A PostgreSQL client program (`psql`, `pg_recvlogical`) from the distribution: a
+/// client works with every server version.
+pub fn client_program(name: &str) -> Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("bin").join(name))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.push(Path::new("/usr/bin").join(name));
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        anyhow!("{name} not found: install the PostgreSQL client programs (apt-get install postgresql-client)")
+    })
 }
 
 /// Runs `cmd` to the end: exit code, stdout, stderr.
