@@ -31,7 +31,7 @@ pub fn ensure_possible(
 /// nothing was changed and returns false.
 pub fn ask(out: &mut dyn Write, question: &str) -> anyhow::Result<bool> {
     out.flush()?;
-    eprint!("{question} [y/N] ");
+    eprint!("{} [y/N] ", pgkill_core::printable(question));
     let mut answer = String::new();
     std::io::stdin()
         .read_line(&mut answer)

@@ -31,13 +31,14 @@ impl std::fmt::Debug for Connected {
 pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
     let connected = connect_quietly(args, conninfo).await?;
     for warning in &connected.settings.warnings {
-        eprintln!("pgkill: warning: {warning}");
+        eprintln!("pgkill: warning: {}", pgkill_core::printable(warning));
     }
     if let Ok(journal) = Journal::open_default() {
         for stale in journal.stale(&connected.server).unwrap_or_default() {
+            let name = pgkill_core::printable(&stale.name);
             eprintln!(
-                "pgkill: warning: database {:?} on this server was left fenced (connections disallowed) by pgkill pid {} at {}, which is gone: run `pgkill unfence {}` to restore its settings",
-                stale.name, stale.pid, stale.at, stale.name
+                "pgkill: warning: database {:?} on this server was left fenced (connections disallowed) by pgkill pid {} at {}, which is gone: run `pgkill unfence {name}` to restore its settings",
+                stale.name, stale.pid, stale.at
             );
         }
     }

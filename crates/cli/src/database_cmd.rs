@@ -114,7 +114,7 @@ pub async fn run(
         allow_template: args.allow_template,
     };
     let pre = databases::preflight(client, &caps, op, name, new_name, resolve).await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::for_people();
     print_preflight(&mut out, &pre, verb)?;
     if !pre.refusals.is_empty() {
         out.flush()?;
@@ -318,7 +318,7 @@ pub async fn unfence(
             r.server == connected.server && (r.name == args.db || Some(r.oid) == current_oid)
         })
         .collect();
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::for_people();
     if records.is_empty() {
         writeln!(
             out,

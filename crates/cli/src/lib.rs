@@ -116,7 +116,8 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            eprintln!("pgkill: {}", describe(&e));
+            // Server text (names, the server's own messages) is in there: escaped.
+            eprintln!("pgkill: {}", pgkill_core::printable(&describe(&e)));
             EXIT_ERROR
         }
     }
@@ -226,8 +227,10 @@ fn describe(e: &anyhow::Error) -> String {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGKILL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Log lines can hold server text (notices): escaped like every other message.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_writer(|| output::Escaped::new(std::io::stderr()))
         .try_init();
 }

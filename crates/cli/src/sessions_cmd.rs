@@ -76,13 +76,18 @@ pub async fn ls(
     let client = conn::connect(conn_args, conninfo).await?.client;
     let caps = sessions::capabilities(&client).await?;
     let list = sessions::list(&client, &caps, &filter).await?;
-    // Buffered: a thousand rows are a few writes, not one write per line.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if args.json {
-        output::sessions_json(&mut out, &server_json(&caps), &list)?;
-    } else if args.csv {
-        output::sessions_csv(&mut out, &list)?;
+    if args.json || args.csv {
+        // Data for scripts: exact (JSON escapes what a terminal must not see itself;
+        // CSV is escaped only on a terminal).
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        if args.json {
+            output::sessions_json(&mut out, &server_json(&caps), &list)?;
+        } else {
+            output::sessions_csv(&mut out, &list, output::stdout_is_terminal())?;
+        }
+        out.flush()?;
     } else {
+        let mut out = output::for_people();
         output::sessions_table(&mut out, &list, width())?;
         if !caps.read_all_stats && !caps.caller.superuser && list.iter().any(|s| s.state.is_none())
         {
@@ -92,8 +97,8 @@ pub async fn ls(
                 caps.caller.user
             )?;
         }
+        out.flush()?;
     }
-    out.flush()?;
     Ok(if list.is_empty() {
         Exit::NothingMatched
     } else {
@@ -142,8 +147,7 @@ pub async fn signal(
     let client = conn::connect(conn_args, conninfo).await?.client;
     let caps = sessions::capabilities(&client).await?;
     let plan = sessions::plan(&client, &caps, &filter, signal).await?;
-    // Buffered: a thousand rows are a few writes, not one write per line.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = output::for_people();
 
     let doc = |outcomes: &[Outcome], dry_run: bool, out: &mut dyn Write| -> anyhow::Result<()> {
         let entries = plan
@@ -168,8 +172,7 @@ pub async fn signal(
             plan: entries,
             outcomes,
         };
-        serde_json::to_writer_pretty(&mut *out, &d)?;
-        writeln!(out)?;
+        output::json(out, &d)?;
         Ok(())
     };
 
@@ -269,7 +272,7 @@ pub async fn free_slot(
         ..pgkill_core::Filter::default()
     };
     let all = sessions::list(&client, &caps, &filter).await?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = output::for_people();
     let limit_text = if limit < 0 {
         "no limit".to_owned()
     } else {
