@@ -108,8 +108,13 @@ pub fn table(
     width: Option<usize>,
 ) -> io::Result<()> {
     let n = header.len();
+    // Widths of the cells as shown: escaped, on one line.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| one_line(cell)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate().take(n) {
             widths[i] = widths[i].max(cell.width());
         }
@@ -143,7 +148,7 @@ pub fn table(
     )?;
     let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
     writeln!(out, "-{}-", sep.join("-+-"))?;
-    for row in rows {
+    for row in &rows {
         writeln!(out, "{}", line(row.clone()))?;
     }
     writeln!(
@@ -154,10 +159,15 @@ pub fn table(
     )
 }
 
-/// Cuts `s` to `max` display columns, ending with `…` when cut; line breaks and tabs
-/// become spaces, other control characters visible escapes ([`printable`]).
+/// `s` on one line as shown: line breaks and tabs become spaces, other control
+/// characters visible escapes ([`printable`]).
+fn one_line(s: &str) -> String {
+    printable(&s.replace(['\r', '\n', '\t'], " ")).into_owned()
+}
+
+/// Cuts `s` to `max` display columns, ending with `…` when cut; shown [`one_line`].
 pub fn truncate(s: &str, max: usize) -> String {
-    let flat = printable(&s.replace(['\r', '\n', '\t'], " ")).into_owned();
+    let flat = one_line(s);
     if flat.width() <= max {
         return flat;
     }
@@ -503,6 +513,16 @@ mod tests {
         assert_eq!(lines[3], " 12345 | bo    | SELECT 1");
         assert_eq!(lines[4], "(2 rows)");
         assert!(lines.iter().all(|l| l.width() <= 30), "{lines:?}");
+        // A cell is as wide as it is shown: escaped names are not cut to their raw width.
+        let mut out = Vec::new();
+        let rows = vec![vec!["1".into(), "x\x1b]0;t\x07".into()]];
+        table(&mut out, &["pid", "user"], &rows, None).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.lines().nth(2),
+            Some(" 1   | x\\x1b]0;t\\x07"),
+            "{text}"
+        );
     }
 
     #[test]
