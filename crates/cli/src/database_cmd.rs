@@ -32,7 +32,8 @@ pub struct OpArgs {
     /// Roll back the database's prepared transactions (their changes are LOST).
     #[arg(long = "rollback-prepared")]
     rollback_prepared: bool,
-    /// Terminate walsenders using the database's logical replication slots.
+    /// End logical replication from the database (walsenders, e.g. pg_recvlogical or a
+    /// subscriber's): refused without it.
     #[arg(long = "terminate-walsenders")]
     terminate_walsenders: bool,
     /// Clear the template flag of a template database first.
@@ -128,7 +129,11 @@ pub async fn run(
         return Ok(Exit::Ok);
     }
     if !args.yes {
-        let mut question = format!("{} {name}?", capitalised(verb));
+        let mut question = format!(
+            "{} {name}? {}.",
+            capitalised(verb),
+            capitalised(&pre.ending.describe())
+        );
         if args.rollback_prepared && !pre.blockers.prepared.is_empty() {
             question.push_str(&format!(
                 " This ROLLS BACK {} prepared transaction(s): their changes are lost.",
@@ -270,7 +275,7 @@ fn print_preflight(out: &mut dyn Write, pre: &Preflight, verb: &str) -> std::io:
         s.is_template,
         s.acl.as_ref().map(|a| a.join(",")).unwrap_or_else(|| "default".into())
     )?;
-    writeln!(out, "  sessions connected: {}", pre.sessions)?;
+    writeln!(out, "  {}", pre.ending.describe())?;
     for p in &pre.blockers.prepared {
         writeln!(
             out,

@@ -7,8 +7,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use pgkill_core::database::{
-    self as plan, Blockers, DbInfo, DbSettings, FenceRecord, Operation, PreparedXact, Resolve,
-    RestorePlan, Slot,
+    self as plan, Blockers, DbInfo, DbSettings, Ending, FenceRecord, Operation, PreparedXact,
+    Resolve, RestorePlan, Slot, Walsender,
 };
 use pgkill_core::quote_literal;
 use tokio_postgres::{Client, Row};
@@ -30,8 +30,8 @@ pub struct Preflight {
     pub info: DbInfo,
     /// What keeps it busy.
     pub blockers: Blockers,
-    /// Client sessions connected to it now.
-    pub sessions: i64,
+    /// The sessions connected to it now, all of which the operation ends.
+    pub ending: Ending,
     /// Why the operation cannot go ahead (empty when it can).
     pub refusals: Vec<String>,
 }
@@ -127,7 +127,8 @@ pub async fn preflight(
         .await?
         .ok_or(Error::Protocol("current_database() returned no row"))?
         .try_get(0)?;
-    let mut refusals = plan::refusals(op, &info, &blockers, resolve, &connected);
+    let ending = ending(client, info.oid).await?;
+    let mut refusals = plan::refusals(op, &info, &blockers, &ending, resolve, &connected);
     if !caps.caller.superuser && info.owner != caps.caller.user {
         refusals.push(format!(
             "only the owner of {name} ({}) or a superuser may {}; you are {}",
@@ -176,13 +177,31 @@ pub async fn preflight(
             ));
         }
     }
-    let sessions = count(client, info.oid).await?;
     Ok(Preflight {
         info,
         blockers,
-        sessions,
+        ending,
         refusals,
     })
+}
+
+/// Who ending every session of database `oid` ends.
+async fn ending(client: &Client, oid: u32) -> Result<Ending> {
+    let mut ending = Ending::default();
+    for row in query(client, &plan::sessions_to_end(oid)).await? {
+        let (pid, superuser, walsender): (i32, bool, bool) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        ending.sessions += 1;
+        if walsender {
+            ending.walsenders.push(Walsender {
+                pid,
+                slot: row.try_get(3)?,
+            });
+        } else if superuser {
+            ending.superuser += 1;
+        }
+    }
+    Ok(ending)
 }
 
 /// Progress of a drain, for display.

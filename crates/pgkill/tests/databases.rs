@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 mod support;
 
-use support::wait_no_sessions;
+use support::{recvlogical, wait_no_sessions};
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -434,21 +434,6 @@ async fn hostile_names(pg: Installation) -> Result<()> {
     Ok(())
 }
 
-/// `pg_recvlogical` (a client program: the distribution's works with every server version).
-fn recvlogical() -> Result<std::path::PathBuf> {
-    let mut candidates: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path().join("bin/pg_recvlogical"))
-                .collect()
-        })
-        .unwrap_or_default();
-    candidates.push("/usr/bin/pg_recvlogical".into());
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        anyhow!("pg_recvlogical not found: install the PostgreSQL client programs (apt-get install postgresql-client)")
-    })
-}
-
 async fn active_logical_slot_refused_until_walsenders_may_go(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default().logical_wal())?;
     let admin = sb.admin("postgres").await?;
@@ -458,22 +443,8 @@ async fn active_logical_slot_refused_until_walsenders_may_go(pg: Installation) -
         .await?
         .batch_execute("SELECT pg_create_logical_replication_slot('pgkill_slot', 'test_decoding')")
         .await?;
-    let mut consumer = Command::new(recvlogical()?)
-        .args([
-            "-h",
-            sb.host(),
-            "-p",
-            &sb.port().to_string(),
-            "-U",
-            roles::ADMIN,
-            "-d",
-            "repl",
-        ])
-        .args(["--slot", "pgkill_slot", "--start", "-f", "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut consumer =
+        recvlogical(sb.host(), sb.port(), roles::ADMIN, "repl", "pgkill_slot")?.spawn()?;
     let result = async {
         let began = Instant::now();
         let walsender: i32 = loop {

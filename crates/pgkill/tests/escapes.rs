@@ -7,15 +7,15 @@
 //! output for people, on a pipe and on a terminal, shows them escaped, while `--json` and
 //! `--csv` to a pipe keep them exact.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{anyhow, ensure, Context, Result};
 use pgkill_core::quote_ident;
 use pgkill_sandbox::{cases, roles, sim, Installation, Options, Sandbox};
 
 mod support;
+
+use support::on_terminal;
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -54,38 +54,6 @@ fn ensure_clean(what: &str, text: &[u8]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn shell_quote(arg: &OsStr) -> Result<String> {
-    let arg = std::str::from_utf8(arg.as_bytes())?;
-    Ok(format!("'{}'", arg.replace('\'', r"'\''")))
-}
-
-/// Runs `cmd` (as `support::pgkill` built it) on a pseudo-terminal with util-linux
-/// `script`: stdout and stderr both go to the terminal. A terminal turns `\n` into
-/// `\r\n`; that is undone, any other `\r` stays.
-fn on_terminal(cmd: &Command) -> Result<(i32, Vec<u8>)> {
-    let line = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(shell_quote)
-        .collect::<Result<Vec<_>>>()?
-        .join(" ");
-    let mut script = Command::new("script");
-    script.args(["-qec", &line, "/dev/null"]);
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(v) => script.env(key, v),
-            None => script.env_remove(key),
-        };
-    }
-    let out = script
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .context("running `script` (util-linux) to give pgkill a terminal")?;
-    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-    Ok((out.status.code().unwrap_or(-1), text.into_bytes()))
 }
 
 fn pgkill(sb: &Sandbox, state: &tempfile::TempDir, role: &str, args: &[&str]) -> Command {
@@ -146,7 +114,7 @@ async fn server_text_is_escaped_for_people_and_exact_for_scripts(pg: Installatio
         out.contains(r"su\u{9b}31m\x1b[2J") && out.contains(r"shop\x1b]0;pwned\x1b\\u{85}"),
         "names not shown escaped:\n{out}"
     );
-    let (code, out) = on_terminal(&run(roles::ADMIN, &["ls", "--user", SUPER]))?;
+    let (code, out) = on_terminal(&run(roles::ADMIN, &["ls", "--user", SUPER]), "")?;
     ensure!(
         code == 0,
         "ls on a terminal: exit {code}\n{}",
@@ -155,7 +123,7 @@ async fn server_text_is_escaped_for_people_and_exact_for_scripts(pg: Installatio
     ensure_clean("ls on a terminal", &out)?;
 
     // CSV: escaped on a terminal, exact on a pipe.
-    let (code, out) = on_terminal(&run(roles::ADMIN, &["ls", "--user", SUPER, "--csv"]))?;
+    let (code, out) = on_terminal(&run(roles::ADMIN, &["ls", "--user", SUPER, "--csv"]), "")?;
     ensure!(code == 0, "ls --csv on a terminal: exit {code}");
     ensure_clean("ls --csv on a terminal", &out)?;
     let (code, out, err) = support::run(run(roles::ADMIN, &["ls", "--user", SUPER, "--csv"]))?;
@@ -213,7 +181,7 @@ async fn server_text_is_escaped_for_people_and_exact_for_scripts(pg: Installatio
         out.contains(r#""su\u{9b}31m\x1b[2J"=c/"#),
         "privileges:\n{out}"
     );
-    let (code, out) = on_terminal(&run(roles::ADMIN, &args))?;
+    let (code, out) = on_terminal(&run(roles::ADMIN, &args), "")?;
     ensure!(
         code == 2,
         "drop --dry-run on a terminal: exit {code}\n{}",
@@ -255,7 +223,7 @@ async fn refusals_and_server_errors_are_escaped(pg: Installation) -> Result<()> 
     ensure_clean("not the owner (stderr)", err.as_bytes())?;
     ensure!(err.contains(r"x\x1b]0;pwned\x07"), "{err}");
     // The same on a terminal.
-    let (code, out) = on_terminal(&run(roles::ADMIN, &["drop", DB, "-y"]))?;
+    let (code, out) = on_terminal(&run(roles::ADMIN, &["drop", DB, "-y"]), "")?;
     ensure!(code == 2, "exit {code}\n{}", String::from_utf8_lossy(&out));
     ensure_clean("refusal on a terminal", &out)?;
     // The server's own message quotes the name (database "…" does not exist).
