@@ -10,6 +10,7 @@ use pgkill_pg::journal::Journal;
 use pgkill_pg::sessions;
 
 use crate::args::ConnArgs;
+use crate::inflight::{self, Signals};
 use crate::{conn, Outcome as Exit, UsageError};
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -106,44 +107,54 @@ pub async fn run(
         &format!("{verb} {name}"),
         Some("preflight"),
     )?;
-    let connected = conn::connect(conn_args, conninfo).await?;
+    let connected = inflight::connect(conn_args, conninfo).await?;
     let client = &connected.client;
-    let caps = sessions::capabilities(client).await?;
+    let mut signals = Signals::listen()?;
     let resolve = Resolve {
         rollback_prepared: args.rollback_prepared,
         terminate_walsenders: args.terminate_walsenders,
         allow_template: args.allow_template,
     };
-    let pre = databases::preflight(client, &caps, op, name, new_name, resolve).await?;
     let mut out = crate::output::for_people();
-    print_preflight(&mut out, &pre, verb)?;
-    if !pre.refusals.is_empty() {
-        out.flush()?;
-        anyhow::bail!(UsageError(format!(
-            "refusing to {verb} {name}; nothing was changed:\n  - {}",
-            pre.refusals.join("\n  - ")
-        )));
-    }
-    if args.dry_run {
-        writeln!(out, "Dry run: nothing was changed.")?;
-        return Ok(Exit::Ok);
-    }
-    if !args.yes {
-        let mut question = format!(
-            "{} {name}? {}.",
-            capitalised(verb),
-            capitalised(&pre.ending.describe())
-        );
-        if args.rollback_prepared && !pre.blockers.prepared.is_empty() {
-            question.push_str(&format!(
-                " This ROLLS BACK {} prepared transaction(s): their changes are lost.",
-                pre.blockers.prepared.len()
-            ));
+    // Until the go-ahead nothing is changed: Ctrl-C only cancels the statement in flight.
+    let ready = inflight::guard(&connected, &mut signals, async {
+        let caps = sessions::capabilities(client).await?;
+        let pre = databases::preflight(client, &caps, op, name, new_name, resolve).await?;
+        print_preflight(&mut out, &pre, verb)?;
+        if !pre.refusals.is_empty() {
+            out.flush()?;
+            anyhow::bail!(UsageError(format!(
+                "refusing to {verb} {name}; nothing was changed:\n  - {}",
+                pre.refusals.join("\n  - ")
+            )));
         }
-        if !crate::confirm::ask(&mut out, &question)? {
-            return Ok(Exit::Error);
+        if args.dry_run {
+            writeln!(out, "Dry run: nothing was changed.")?;
+            return Ok(Err(Exit::Ok));
         }
-    }
+        if !args.yes {
+            let mut question = format!(
+                "{} {name}? {}.",
+                capitalised(verb),
+                capitalised(&pre.ending.describe())
+            );
+            if args.rollback_prepared && !pre.blockers.prepared.is_empty() {
+                question.push_str(&format!(
+                    " This ROLLS BACK {} prepared transaction(s): their changes are lost.",
+                    pre.blockers.prepared.len()
+                ));
+            }
+            if !crate::confirm::ask(&mut out, &question).await? {
+                return Ok(Err(Exit::Error));
+            }
+        }
+        Ok(Ok((caps, pre)))
+    })
+    .await?;
+    let (caps, pre) = match ready {
+        Ok(ready) => ready,
+        Err(exit) => return Ok(exit),
+    };
     let journal = Journal::open_default()?;
     let req = Request {
         op,
@@ -167,17 +178,22 @@ pub async fn run(
         }
     };
     let settings = connected.settings.clone();
+    let limit = conn_args.statement_timeout;
     let connect_to = move |db: String| {
         let s = settings.clone();
-        Box::pin(async move { conn::connect_to(&s, db).await })
-            as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        Box::pin(async move {
+            let client = conn::connect_to(&s, db).await?;
+            pgkill_pg::exec::set_statement_timeout(&client, limit).await?;
+            Ok(client)
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
     };
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = databases::run(client, &caps, &journal, &pre, &req, &connect_to, &show) => r,
-        _ = sigint.recv() => Err(pgkill_pg::Error::Refused(vec!["interrupted".into()])),
-        _ = sigterm.recv() => Err(pgkill_pg::Error::Refused(vec!["terminated".into()])),
+        why = signals.recv() => {
+            // Stop what the server is doing for us (a DROP waiting on sessions) first.
+            inflight::cancel(&connected).await;
+            Err(pgkill_pg::Error::Refused(vec![why.into()]))
+        }
     };
     if tty {
         eprintln!();
@@ -192,10 +208,16 @@ pub async fn run(
                 .into_iter()
                 .filter(|r| r.pid == std::process::id() && r.oid == pre.info.oid)
             {
-                let plan = databases::restore(client, &journal, &record).await?;
+                let plan = restore(client, &journal, &record).await?;
                 restored.push(describe_restore(&record.name, &plan));
             }
             let mut msg = format!("{verb} {name} failed: {e}");
+            if matches!(e, pgkill_pg::Error::Cancelled(_)) {
+                msg.push_str(&format!(
+                    " ({})",
+                    inflight::timeout_hint(conn_args.statement_timeout)
+                ));
+            }
             if !restored.is_empty() {
                 msg.push_str(&format!("; {}", restored.join("; ")));
             } else {
@@ -239,6 +261,23 @@ pub async fn run(
     }
     out.flush()?;
     Ok(Exit::Ok)
+}
+
+/// Restores `record`, again if a statement of the restore was cancelled: the cancel
+/// request sent on Ctrl-C can reach the server after the statement it was meant for has
+/// finished, and hit the restore's first statement instead. Restoring twice is harmless.
+async fn restore(
+    client: &tokio_postgres::Client,
+    journal: &Journal,
+    record: &pgkill_core::database::FenceRecord,
+) -> pgkill_pg::Result<RestorePlan> {
+    let mut tries = 0;
+    loop {
+        match databases::restore(client, journal, record).await {
+            Err(pgkill_pg::Error::Cancelled(_)) if tries < 3 => tries += 1,
+            done => return done,
+        }
+    }
 }
 
 fn capitalised(verb: &str) -> String {
@@ -311,7 +350,12 @@ pub async fn unfence(
     conninfo: Option<&str>,
     args: &UnfenceArgs,
 ) -> anyhow::Result<Exit> {
-    let connected = conn::connect(conn_args, conninfo).await?;
+    let connected = inflight::connect(conn_args, conninfo).await?;
+    let mut signals = Signals::listen()?;
+    inflight::guard(&connected, &mut signals, unfence_records(&connected, args)).await
+}
+
+async fn unfence_records(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::Result<Exit> {
     let journal = Journal::open_default()?;
     let current_oid = databases::info(&connected.client, &args.db)
         .await?

@@ -1,13 +1,16 @@
 //! pgkill's command-line front-end: argument parsing, dispatch and exit codes.
 //!
 //! Exit codes (the CLI contract): 0 acted on or listed at least one session, 1 nothing
-//! matched, 2 error (bad input, connection, privilege), 3 partial failure.
+//! matched, 2 error (bad input, connection, privilege, a statement that ran into
+//! `--statement-timeout`, or Ctrl-C / SIGTERM, after cancelling the statement in flight on
+//! the server), 3 partial failure.
 
 mod args;
 mod confirm;
 mod conn;
 mod database_cmd;
 mod demo;
+mod inflight;
 mod output;
 mod sessions_cmd;
 
@@ -132,6 +135,7 @@ fn run_async(
         .enable_all()
         .build()?;
     let conninfo = conninfo.as_deref();
+    let limit = conn.statement_timeout;
     let outcome = runtime.block_on(async {
         match &command {
             Command::Ls(a) => sessions_cmd::ls(&conn, conninfo, a).await,
@@ -169,7 +173,9 @@ fn run_async(
             Command::Top(a) => top(&conn, conninfo, a).await,
             Command::Demo(_) => Ok(Outcome::Error),
         }
-    })?;
+    });
+    // A statement the server cancelled without pgkill asking ran into the time limit.
+    let outcome = outcome.map_err(|e| inflight::timed_out(&e, limit).unwrap_or(e))?;
     Ok(outcome.code())
 }
 
@@ -190,13 +196,20 @@ async fn top(
     args: &TopArgs,
 ) -> anyhow::Result<Outcome> {
     // Connect once first so that a wrong password or host is a plain error, not a screen.
-    drop(conn::connect(conn_args, conninfo).await?);
+    drop(inflight::connect(conn_args, conninfo).await?);
+    let statement_timeout = conn_args.statement_timeout;
     let (conn_args, conninfo) = (conn_args.clone(), conninfo.map(str::to_owned));
     let connector: pgkill_tui::Connector = Box::new(move || {
         let (a, c) = (conn_args.clone(), conninfo.clone());
         Box::pin(async move { Ok(conn::connect_quietly(&a, c.as_deref()).await?.client) })
     });
-    pgkill_tui::run(connector, args.filters.to_filter(false), args.interval).await?;
+    pgkill_tui::run(
+        connector,
+        args.filters.to_filter(false),
+        args.interval,
+        statement_timeout,
+    )
+    .await?;
     Ok(Outcome::Ok)
 }
 
