@@ -115,7 +115,7 @@ pub async fn run(
         terminate_walsenders: args.terminate_walsenders,
         allow_template: args.allow_template,
     };
-    let mut out = crate::output::for_people();
+    let mut out = crate::output::lines_for_people();
     // Until the go-ahead nothing is changed: Ctrl-C only cancels the statement in flight.
     let ready = inflight::guard(&connected, &mut signals, async {
         let caps = sessions::capabilities(client).await?;
@@ -367,7 +367,7 @@ async fn unfence_records(connected: &conn::Connected, args: &UnfenceArgs) -> any
             r.server == connected.server && (r.name == args.db || Some(r.oid) == current_oid)
         })
         .collect();
-    let mut out = crate::output::for_people();
+    let mut out = crate::output::lines_for_people();
     if records.is_empty() {
         writeln!(
             out,

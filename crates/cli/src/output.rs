@@ -406,9 +406,15 @@ impl<W: Write> Drop for Escaped<W> {
     }
 }
 
-/// Standard output for people: buffered and escaped.
+/// Standard output for people: buffered (for tables of many rows) and escaped.
 pub fn for_people() -> Escaped<io::BufWriter<io::StdoutLock<'static>>> {
     Escaped::new(io::BufWriter::new(io::stdout().lock()))
+}
+
+/// Standard output for people, each line shown as soon as it is written (for commands
+/// that report while they wait), escaped.
+pub fn lines_for_people() -> Escaped<io::StdoutLock<'static>> {
+    Escaped::new(io::stdout().lock())
 }
 
 /// Whether standard output is a terminal (CSV is then escaped too).
