@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use pgkill_core::{parse_duration, ClientMatch, Filter, State};
 
-/// How to connect, as libpq tools do (see `pgkill_pg::connect`).
+/// How to connect, as libpq tools do (see `pgkill_pg::connect`), and how long pgkill's
+/// statements may run there.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnArgs {
     /// Database server host or socket directory.
@@ -22,6 +23,11 @@ pub struct ConnArgs {
     /// Database pgkill connects to (default: postgres).
     #[arg(long = "maintenance-db", global = true, value_name = "DB")]
     pub maintenance_db: Option<String>,
+    /// Cancel any statement of pgkill's that runs longer (0: no limit). Database changes
+    /// (ALTER/DROP DATABASE, which wait for other sessions) get at least 60s.
+    #[arg(long = "statement-timeout", global = true, value_name = "DUR", default_value = "5s",
+          value_parser = duration)]
+    pub statement_timeout: Duration,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -28,13 +28,20 @@ pub fn ensure_possible(
 }
 
 /// Asks `question` on the terminal after flushing `out`; on anything but yes, says that
-/// nothing was changed and returns false.
-pub fn ask(out: &mut dyn Write, question: &str) -> anyhow::Result<bool> {
+/// nothing was changed and returns false. The answer is read on a thread of its own, so
+/// that the caller's signal handling (Ctrl-C while asked) keeps working meanwhile.
+pub async fn ask(out: &mut dyn Write, question: &str) -> anyhow::Result<bool> {
     out.flush()?;
-    eprint!("{question} [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin()
-        .read_line(&mut answer)
+    eprint!("{} [y/N] ", pgkill_core::printable(question));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut answer = String::new();
+        let read = std::io::stdin().read_line(&mut answer).map(|_| answer);
+        let _ = tx.send(read);
+    });
+    let answer = rx
+        .await
+        .context("reading the answer")?
         .context("reading the answer")?;
     let yes = matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES");
     if !yes {

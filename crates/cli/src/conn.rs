@@ -30,7 +30,7 @@ impl std::fmt::Debug for Connected {
 pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
     let connected = connect_quietly(args, conninfo).await?;
     for warning in &connected.settings.warnings {
-        eprintln!("pgkill: warning: {warning}");
+        eprintln!("pgkill: warning: {}", pgkill_core::printable(warning));
     }
     crate::fences::notice(&connected.client, None).await;
     Ok(connected)

@@ -11,6 +11,7 @@ use pgkill_pg::sessions;
 
 use crate::args::ConnArgs;
 use crate::fences::describe;
+use crate::inflight::{self, Signals};
 use crate::{conn, fences, Outcome as Exit, UsageError};
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -33,7 +34,8 @@ pub struct OpArgs {
     /// Roll back the database's prepared transactions (their changes are LOST).
     #[arg(long = "rollback-prepared")]
     rollback_prepared: bool,
-    /// Terminate walsenders using the database's logical replication slots.
+    /// End logical replication from the database (walsenders, e.g. pg_recvlogical or a
+    /// subscriber's): refused without it.
     #[arg(long = "terminate-walsenders")]
     terminate_walsenders: bool,
     /// Clear the template flag of a template database first.
@@ -106,43 +108,57 @@ pub async fn run(
         &format!("{verb} {name}"),
         Some("preflight"),
     )?;
-    let connected = conn::connect(conn_args, conninfo).await?;
+    let connected = inflight::connect(conn_args, conninfo).await?;
     let client = &connected.client;
-    let caps = sessions::capabilities(client).await?;
+    let mut signals = Signals::listen()?;
     let resolve = Resolve {
         rollback_prepared: args.rollback_prepared,
         terminate_walsenders: args.terminate_walsenders,
         allow_template: args.allow_template,
     };
-    for line in fences::adopt_legacy(client, &connected.server, name).await? {
-        eprintln!("pgkill: {line}");
-    }
-    let pre = databases::preflight(client, &caps, op, name, new_name, resolve).await?;
-    let mut out = std::io::stdout().lock();
-    print_preflight(&mut out, &pre, verb)?;
-    if !pre.refusals.is_empty() {
-        out.flush()?;
-        anyhow::bail!(UsageError(format!(
-            "refusing to {verb} {name}; nothing was changed:\n  - {}",
-            pre.refusals.join("\n  - ")
-        )));
-    }
-    if args.dry_run {
-        writeln!(out, "Dry run: nothing was changed.")?;
-        return Ok(Exit::Ok);
-    }
-    if !args.yes {
-        let mut question = format!("{} {name}?", capitalised(verb));
-        if args.rollback_prepared && !pre.blockers.prepared.is_empty() {
-            question.push_str(&format!(
-                " This ROLLS BACK {} prepared transaction(s): their changes are lost.",
-                pre.blockers.prepared.len()
-            ));
+    let mut out = crate::output::lines_for_people();
+    // Until the go-ahead nothing is changed: Ctrl-C only cancels the statement in flight.
+    let ready = inflight::guard(&connected, &mut signals, async {
+        let caps = sessions::capabilities(client).await?;
+        for line in fences::adopt_legacy(client, &connected.server, name).await? {
+            eprintln!("pgkill: {}", pgkill_core::printable(&line));
         }
-        if !crate::confirm::ask(&mut out, &question)? {
-            return Ok(Exit::Error);
+        let pre = databases::preflight(client, &caps, op, name, new_name, resolve).await?;
+        print_preflight(&mut out, &pre, verb)?;
+        if !pre.refusals.is_empty() {
+            out.flush()?;
+            anyhow::bail!(UsageError(format!(
+                "refusing to {verb} {name}; nothing was changed:\n  - {}",
+                pre.refusals.join("\n  - ")
+            )));
         }
-    }
+        if args.dry_run {
+            writeln!(out, "Dry run: nothing was changed.")?;
+            return Ok(Err(Exit::Ok));
+        }
+        if !args.yes {
+            let mut question = format!(
+                "{} {name}? {}.",
+                capitalised(verb),
+                capitalised(&pre.ending.describe())
+            );
+            if args.rollback_prepared && !pre.blockers.prepared.is_empty() {
+                question.push_str(&format!(
+                    " This ROLLS BACK {} prepared transaction(s): their changes are lost.",
+                    pre.blockers.prepared.len()
+                ));
+            }
+            if !crate::confirm::ask(&mut out, &question).await? {
+                return Ok(Err(Exit::Error));
+            }
+        }
+        Ok(Ok((caps, pre)))
+    })
+    .await?;
+    let (caps, pre) = match ready {
+        Ok(ready) => ready,
+        Err(exit) => return Ok(exit),
+    };
     let req = Request {
         op,
         name: name.to_owned(),
@@ -164,18 +180,21 @@ pub async fn run(
         }
     };
     let settings = connected.settings.clone();
+    let limit = conn_args.statement_timeout;
     let connect_to = move |db: String| {
         let s = settings.clone();
-        Box::pin(async move { conn::connect_to(&s, db).await })
-            as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        Box::pin(async move {
+            let client = conn::connect_to(&s, db).await?;
+            pgkill_pg::exec::set_statement_timeout(&client, limit).await?;
+            Ok(client)
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
     };
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let connected_ref = &connected;
     let interrupt = async move {
-        tokio::select! {
-            _ = sigint.recv() => "interrupted".to_owned(),
-            _ = sigterm.recv() => "terminated".to_owned(),
-        }
+        let why = signals.recv().await;
+        // Stop what the server is doing for us (a DROP waiting on sessions) first.
+        inflight::cancel(connected_ref).await;
+        why.to_owned()
     };
     tokio::pin!(interrupt);
     let result = databases::run(
@@ -198,7 +217,12 @@ pub async fn run(
             anyhow::bail!("{verb} {name} failed: {e}")
         }
         Err(e) => anyhow::bail!(
-            "{verb} {name} failed: {e}; {}",
+            "{verb} {name} failed: {e}{}; {}",
+            if matches!(e, pgkill_pg::Error::Cancelled(_)) {
+                format!(" ({})", inflight::timeout_hint(conn_args.statement_timeout))
+            } else {
+                String::new()
+            },
             if pre.fence().is_some() {
                 "it stays fenced as it was before"
             } else {
@@ -304,7 +328,7 @@ fn print_preflight(out: &mut dyn Write, pre: &Preflight, verb: &str) -> std::io:
         s.is_template,
         s.acl.as_ref().map(|a| a.join(",")).unwrap_or_else(|| "default".into())
     )?;
-    writeln!(out, "  sessions connected: {}", pre.sessions)?;
+    writeln!(out, "  {}", pre.ending.describe())?;
     for p in &pre.blockers.prepared {
         writeln!(
             out,
@@ -343,8 +367,14 @@ pub async fn unfence(
 ) -> anyhow::Result<Exit> {
     let connected = conn::connect_quietly(conn_args, conninfo).await?;
     for warning in &connected.settings.warnings {
-        eprintln!("pgkill: warning: {warning}");
+        eprintln!("pgkill: warning: {}", pgkill_core::printable(warning));
     }
+    pgkill_pg::exec::set_statement_timeout(&connected.client, conn_args.statement_timeout).await?;
+    let mut signals = Signals::listen()?;
+    inflight::guard(&connected, &mut signals, unfence_on(&connected, args)).await
+}
+
+async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::Result<Exit> {
     let client = &connected.client;
     let db = &args.db;
     let caps = sessions::capabilities(client).await?;
@@ -352,13 +382,13 @@ pub async fn unfence(
         anyhow::bail!(UsageError(why));
     }
     for line in fences::adopt_legacy(client, &connected.server, db).await? {
-        eprintln!("pgkill: {line}");
+        eprintln!("pgkill: {}", pgkill_core::printable(&line));
     }
     fences::notice(client, Some(db)).await;
     let Some(info) = databases::info(client, db).await? else {
         anyhow::bail!(UsageError(format!("database {db:?} does not exist")));
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::lines_for_people();
     let record = match info.comment.as_deref().and_then(pgkill_core::fence::FenceRecord::from_comment) {
         None => {
             write!(out, "No pgkill fence of {db:?} is recorded: nothing to do.")?;

@@ -1,7 +1,9 @@
 //! pgkill's command-line front-end: argument parsing, dispatch and exit codes.
 //!
 //! Exit codes (the CLI contract): 0 acted on or listed at least one session, 1 nothing
-//! matched, 2 error (bad input, connection, privilege), 3 partial failure.
+//! matched, 2 error (bad input, connection, privilege, a statement that ran into
+//! `--statement-timeout`, or Ctrl-C / SIGTERM, after cancelling the statement in flight on
+//! the server), 3 partial failure.
 
 mod args;
 mod confirm;
@@ -9,6 +11,7 @@ mod conn;
 mod database_cmd;
 mod demo;
 mod fences;
+mod inflight;
 mod output;
 mod sessions_cmd;
 
@@ -117,7 +120,8 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            eprintln!("pgkill: {}", describe(&e));
+            // Server text (names, the server's own messages) is in there: escaped.
+            eprintln!("pgkill: {}", pgkill_core::printable(&describe(&e)));
             EXIT_ERROR
         }
     }
@@ -132,6 +136,7 @@ fn run_async(
         .enable_all()
         .build()?;
     let conninfo = conninfo.as_deref();
+    let limit = conn.statement_timeout;
     let outcome = runtime.block_on(async {
         match &command {
             Command::Ls(a) => sessions_cmd::ls(&conn, conninfo, a).await,
@@ -169,7 +174,9 @@ fn run_async(
             Command::Top(a) => top(&conn, conninfo, a).await,
             Command::Demo(_) => Ok(Outcome::Error),
         }
-    })?;
+    });
+    // A statement the server cancelled without pgkill asking ran into the time limit.
+    let outcome = outcome.map_err(|e| inflight::timed_out(&e, limit).unwrap_or(e))?;
     Ok(outcome.code())
 }
 
@@ -190,13 +197,20 @@ async fn top(
     args: &TopArgs,
 ) -> anyhow::Result<Outcome> {
     // Connect once first so that a wrong password or host is a plain error, not a screen.
-    drop(conn::connect(conn_args, conninfo).await?);
+    drop(inflight::connect(conn_args, conninfo).await?);
+    let statement_timeout = conn_args.statement_timeout;
     let (conn_args, conninfo) = (conn_args.clone(), conninfo.map(str::to_owned));
     let connector: pgkill_tui::Connector = Box::new(move || {
         let (a, c) = (conn_args.clone(), conninfo.clone());
         Box::pin(async move { Ok(conn::connect_quietly(&a, c.as_deref()).await?.client) })
     });
-    pgkill_tui::run(connector, args.filters.to_filter(false), args.interval).await?;
+    pgkill_tui::run(
+        connector,
+        args.filters.to_filter(false),
+        args.interval,
+        statement_timeout,
+    )
+    .await?;
     Ok(Outcome::Ok)
 }
 
@@ -232,8 +246,10 @@ fn describe(e: &anyhow::Error) -> String {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGKILL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Log lines can hold server text (notices): escaped like every other message.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_writer(|| output::Escaped::new(std::io::stderr()))
         .try_init();
 }

@@ -1,10 +1,17 @@
 //! Rendering sessions, plans and outcomes: psql-like tables for people, JSON and CSV for
 //! scripts. Unknown values (least privilege) are shown as `?` in tables and `null` in JSON.
+//!
+//! Everything written for people goes through [`Escaped`] (stdout) or
+//! [`pgkill_core::printable`] (stderr), so no control sequence the server hands pgkill
+//! (in a role name, a query, an error message) reaches the terminal; JSON is always exact
+//! data with those characters as `\u` escapes; CSV is exact on a pipe and escaped on a
+//! terminal.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
 use pgkill_core::plan::{Outcome, Plan};
+use pgkill_core::printable::{is_unsafe, printable};
 use pgkill_core::{format_duration, Session};
 use serde::Serialize;
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
@@ -101,8 +108,13 @@ pub fn table(
     width: Option<usize>,
 ) -> io::Result<()> {
     let n = header.len();
+    // Widths of the cells as shown: escaped, on one line.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| one_line(cell)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate().take(n) {
             widths[i] = widths[i].max(cell.width());
         }
@@ -136,7 +148,7 @@ pub fn table(
     )?;
     let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
     writeln!(out, "-{}-", sep.join("-+-"))?;
-    for row in rows {
+    for row in &rows {
         writeln!(out, "{}", line(row.clone()))?;
     }
     writeln!(
@@ -147,12 +159,15 @@ pub fn table(
     )
 }
 
-/// Cuts `s` to `max` display columns, ending with `…` when cut; newlines become spaces.
+/// `s` on one line as shown: line breaks and tabs become spaces, other control
+/// characters visible escapes ([`printable`]).
+fn one_line(s: &str) -> String {
+    printable(&s.replace(['\r', '\n', '\t'], " ")).into_owned()
+}
+
+/// Cuts `s` to `max` display columns, ending with `…` when cut; shown [`one_line`].
 pub fn truncate(s: &str, max: usize) -> String {
-    let flat: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let flat = one_line(s);
     if flat.width() <= max {
         return flat;
     }
@@ -228,8 +243,26 @@ pub fn sessions_json(
         server,
         sessions: sessions.iter().map(SessionJson::from).collect(),
     };
-    serde_json::to_writer_pretty(&mut *out, &doc).map_err(json_error)?;
-    writeln!(out)
+    json(out, &doc)
+}
+
+/// `value` as one pretty JSON document and a newline. serde_json escapes the C0 controls;
+/// the other characters [`printable`] escapes (DEL, C1, bidirectional overrides) are
+/// written as `\u` escapes too: the same JSON value, safe on a terminal.
+pub fn json(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(json_error)?;
+    // Outside strings JSON text is ASCII punctuation and whitespace: escaping any char
+    // of the text is escaping it inside a string.
+    let mut safe = String::with_capacity(text.len() + 1);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            safe.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            safe.push(c);
+        }
+    }
+    safe.push('\n');
+    out.write_all(safe.as_bytes())
 }
 
 /// Keeps the I/O error kind (a closed pipe must stay recognisable) of a JSON write.
@@ -248,8 +281,18 @@ fn csv_error(e: csv::Error) -> io::Error {
     }
 }
 
-/// Sessions as CSV with a header line (a subset of the JSON keys, scalar ones only).
-pub fn sessions_csv(out: &mut dyn Write, sessions: &[Session]) -> io::Result<()> {
+/// Sessions as CSV with a header line (a subset of the JSON keys, scalar ones only):
+/// exact data, except that on a `terminal` control characters are shown escaped.
+pub fn sessions_csv(out: &mut dyn Write, sessions: &[Session], terminal: bool) -> io::Result<()> {
+    if terminal {
+        let mut escaped = Escaped::new(out);
+        write_csv(&mut escaped, sessions)?;
+        return escaped.flush();
+    }
+    write_csv(out, sessions)
+}
+
+fn write_csv(out: &mut dyn Write, sessions: &[Session]) -> io::Result<()> {
     let mut w = csv::Writer::from_writer(out);
     let header = [
         "pid",
@@ -285,6 +328,98 @@ pub fn sessions_csv(out: &mut dyn Write, sessions: &[Session]) -> io::Result<()>
             .map_err(csv_error)?;
     }
     w.flush()
+}
+
+/// A writer for text people read: whatever passes through is written with every
+/// control character escaped by [`printable`] (a UTF-8 sequence split between two writes
+/// is put back together first; bytes that are not UTF-8 are written as `\xNN`).
+#[derive(Debug)]
+pub struct Escaped<W: Write> {
+    inner: W,
+    /// The start of a UTF-8 sequence whose end has not been written yet.
+    pending: Vec<u8>,
+}
+
+impl<W: Write> Escaped<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        Escaped {
+            inner,
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// Writes `bytes` escaped; returns how many were consumed (all but an unfinished UTF-8
+/// sequence at the end).
+fn write_escaped(inner: &mut dyn Write, bytes: &[u8]) -> io::Result<usize> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let (valid, bad) = match std::str::from_utf8(&bytes[at..]) {
+            Ok(s) => (s, None),
+            Err(e) => (
+                // Valid up to there, by the error's own account.
+                std::str::from_utf8(&bytes[at..at + e.valid_up_to()]).unwrap_or_default(),
+                Some(e.error_len()),
+            ),
+        };
+        inner.write_all(printable(valid).as_bytes())?;
+        at += valid.len();
+        match bad {
+            None => break,
+            Some(None) => return Ok(at),
+            Some(Some(n)) => {
+                for b in &bytes[at..at + n] {
+                    write!(inner, "\\x{b:02x}")?;
+                }
+                at += n;
+            }
+        }
+    }
+    Ok(bytes.len())
+}
+
+impl<W: Write> Write for Escaped<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.pending.is_empty() {
+            let used = write_escaped(&mut self.inner, buf)?;
+            self.pending.extend_from_slice(&buf[used..]);
+        } else {
+            self.pending.extend_from_slice(buf);
+            let used = write_escaped(&mut self.inner, &self.pending)?;
+            self.pending.drain(..used);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Drop for Escaped<W> {
+    fn drop(&mut self) {
+        // An unfinished sequence at the very end is not UTF-8: show its bytes.
+        for b in std::mem::take(&mut self.pending) {
+            let _ = write!(self.inner, "\\x{b:02x}");
+        }
+    }
+}
+
+/// Standard output for people: buffered (for tables of many rows) and escaped.
+pub fn for_people() -> Escaped<io::BufWriter<io::StdoutLock<'static>>> {
+    Escaped::new(io::BufWriter::new(io::stdout().lock()))
+}
+
+/// Standard output for people, each line shown as soon as it is written (for commands
+/// that report while they wait), escaped.
+pub fn lines_for_people() -> Escaped<io::StdoutLock<'static>> {
+    Escaped::new(io::stdout().lock())
+}
+
+/// Whether standard output is a terminal (CSV is then escaped too).
+pub fn stdout_is_terminal() -> bool {
+    io::stdout().is_terminal()
 }
 
 /// The server part of JSON documents.
@@ -384,6 +519,16 @@ mod tests {
         assert_eq!(lines[3], " 12345 | bo    | SELECT 1");
         assert_eq!(lines[4], "(2 rows)");
         assert!(lines.iter().all(|l| l.width() <= 30), "{lines:?}");
+        // A cell is as wide as it is shown: escaped names are not cut to their raw width.
+        let mut out = Vec::new();
+        let rows = vec![vec!["1".into(), "x\x1b]0;t\x07".into()]];
+        table(&mut out, &["pid", "user"], &rows, None).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.lines().nth(2),
+            Some(" 1   | x\\x1b]0;t\\x07"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -392,5 +537,54 @@ mod tests {
         assert_eq!(truncate("abcd", 3), "ab…");
         assert_eq!(truncate("a\nb", 5), "a b");
         assert_eq!(truncate("日本語テキスト", 7), "日本語…");
+        assert_eq!(truncate("a\r\nb\x1b[2J", 20), "a  b\\x1b[2J");
+        assert_eq!(truncate("x\u{9b}31m", 20), "x\\u{9b}31m");
+    }
+
+    fn escaped(chunks: &[&[u8]]) -> String {
+        let mut out = Vec::new();
+        {
+            let mut w = Escaped::new(&mut out);
+            for c in chunks {
+                w.write_all(c).unwrap();
+            }
+            w.flush().unwrap();
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn escaped_writer_escapes_controls_also_split_between_writes() {
+        assert_eq!(escaped(&[b"plain \xc3\xbc\n"]), "plain ü\n");
+        assert_eq!(
+            escaped(&[b"x\x1b]0;pwned\x07\tend"]),
+            "x\\x1b]0;pwned\\x07\tend"
+        );
+        // U+009B (CSI) is C2 9B in UTF-8: split between two writes it is still seen.
+        assert_eq!(escaped(&[b"a\xc2", b"\x9b31m"]), "a\\u{9b}31m");
+        assert_eq!(escaped(&[b"\xe6", b"\x97", b"\xa5!"]), "日!");
+        // Not UTF-8 at all, and an unfinished sequence at the end.
+        assert_eq!(escaped(&[b"a\xffb"]), "a\\xffb");
+        assert_eq!(escaped(&[b"a\xc2"]), "a\\xc2");
+    }
+
+    #[test]
+    fn json_is_exact_data_without_raw_controls() {
+        let value = serde_json::json!({"name": "x\u{1b}]0;pwned\u{7}\u{9b}31m\u{7f}\u{202e}"});
+        let mut out = Vec::new();
+        json(&mut out, &value).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text
+                .chars()
+                .any(|c| is_unsafe(c) || (c.is_control() && c != '\n')),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("\\u009b") && text.contains("\\u007f"),
+            "{text}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, value);
     }
 }

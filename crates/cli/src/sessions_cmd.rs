@@ -9,8 +9,9 @@ use pgkill_pg::sessions::{self, Capabilities};
 use serde::Serialize;
 
 use crate::args::{ConnArgs, FilterArgs};
+use crate::inflight::{self, Signals};
 use crate::output::{self, ServerJson};
-use crate::{conn, Outcome as Exit};
+use crate::Outcome as Exit;
 
 /// Arguments of `pgkill ls`.
 #[derive(Debug, clap::Args)]
@@ -73,16 +74,33 @@ pub async fn ls(
     args: &LsArgs,
 ) -> anyhow::Result<Exit> {
     let filter = args.filters.to_filter(args.all_backends);
-    let client = conn::connect(conn_args, conninfo).await?.client;
-    let caps = sessions::capabilities(&client).await?;
-    let list = sessions::list(&client, &caps, &filter).await?;
-    // Buffered: a thousand rows are a few writes, not one write per line.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if args.json {
-        output::sessions_json(&mut out, &server_json(&caps), &list)?;
-    } else if args.csv {
-        output::sessions_csv(&mut out, &list)?;
+    let connected = inflight::connect(conn_args, conninfo).await?;
+    let mut signals = Signals::listen()?;
+    inflight::guard(&connected, &mut signals, async {
+        list_sessions(&connected.client, args, &filter).await
+    })
+    .await
+}
+
+async fn list_sessions(
+    client: &tokio_postgres::Client,
+    args: &LsArgs,
+    filter: &pgkill_core::Filter,
+) -> anyhow::Result<Exit> {
+    let caps = sessions::capabilities(client).await?;
+    let list = sessions::list(client, &caps, filter).await?;
+    if args.json || args.csv {
+        // Data for scripts: exact (JSON escapes what a terminal must not see itself;
+        // CSV is escaped only on a terminal).
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        if args.json {
+            output::sessions_json(&mut out, &server_json(&caps), &list)?;
+        } else {
+            output::sessions_csv(&mut out, &list, output::stdout_is_terminal())?;
+        }
+        out.flush()?;
     } else {
+        let mut out = output::for_people();
         output::sessions_table(&mut out, &list, width())?;
         if !caps.read_all_stats && !caps.caller.superuser && list.iter().any(|s| s.state.is_none())
         {
@@ -92,8 +110,8 @@ pub async fn ls(
                 caps.caller.user
             )?;
         }
+        out.flush()?;
     }
-    out.flush()?;
     Ok(if list.is_empty() {
         Exit::NothingMatched
     } else {
@@ -139,11 +157,24 @@ pub async fn signal(
         &format!("{action} sessions"),
         Some("plan"),
     )?;
-    let client = conn::connect(conn_args, conninfo).await?.client;
-    let caps = sessions::capabilities(&client).await?;
-    let plan = sessions::plan(&client, &caps, &filter, signal).await?;
-    // Buffered: a thousand rows are a few writes, not one write per line.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let connected = inflight::connect(conn_args, conninfo).await?;
+    let mut signals = Signals::listen()?;
+    inflight::guard(&connected, &mut signals, async {
+        signal_sessions(&connected.client, args, &filter, signal, action).await
+    })
+    .await
+}
+
+async fn signal_sessions(
+    client: &tokio_postgres::Client,
+    args: &SignalArgs,
+    filter: &pgkill_core::Filter,
+    signal: Signal,
+    action: &'static str,
+) -> anyhow::Result<Exit> {
+    let caps = sessions::capabilities(client).await?;
+    let plan = sessions::plan(client, &caps, filter, signal).await?;
+    let mut out = output::for_people();
 
     let doc = |outcomes: &[Outcome], dry_run: bool, out: &mut dyn Write| -> anyhow::Result<()> {
         let entries = plan
@@ -168,8 +199,7 @@ pub async fn signal(
             plan: entries,
             outcomes,
         };
-        serde_json::to_writer_pretty(&mut *out, &d)?;
-        writeln!(out)?;
+        output::json(out, &d)?;
         Ok(())
     };
 
@@ -209,11 +239,13 @@ pub async fn signal(
         if !crate::confirm::ask(
             &mut out,
             &format!("{verb} {} session(s)?", plan.to_signal().count()),
-        )? {
+        )
+        .await?
+        {
             return Ok(Exit::Error);
         }
     }
-    let outcomes = sessions::execute(&client, &caps, &filter, &plan, args.timeout).await?;
+    let outcomes = sessions::execute(client, &caps, filter, &plan, args.timeout).await?;
     if args.json {
         doc(&outcomes, false, &mut out)?;
     } else {
@@ -249,13 +281,24 @@ pub async fn free_slot(
     args: &FreeSlotArgs,
 ) -> anyhow::Result<Exit> {
     crate::confirm::ensure_possible(args.yes, false, "end sessions", None)?;
-    let client = conn::connect(conn_args, conninfo).await?.client;
-    let caps = sessions::capabilities(&client).await?;
+    let connected = inflight::connect(conn_args, conninfo).await?;
+    let mut signals = Signals::listen()?;
+    inflight::guard(&connected, &mut signals, async {
+        end_idle_sessions(&connected.client, args).await
+    })
+    .await
+}
+
+async fn end_idle_sessions(
+    client: &tokio_postgres::Client,
+    args: &FreeSlotArgs,
+) -> anyhow::Result<Exit> {
+    let caps = sessions::capabilities(client).await?;
     if let Err(why) = pgkill_core::database::check_name("role", &args.role, caps.max_name_bytes) {
         anyhow::bail!(crate::UsageError(why));
     }
     let limit: Option<i32> = pgkill_pg::exec::query_opt(
-        &client,
+        client,
         &pgkill_core::database::role_connection_limit(&args.role),
     )
     .await?
@@ -272,8 +315,8 @@ pub async fn free_slot(
         include_superusers: args.include_superusers,
         ..pgkill_core::Filter::default()
     };
-    let all = sessions::list(&client, &caps, &filter).await?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let all = sessions::list(client, &caps, &filter).await?;
+    let mut out = output::for_people();
     let limit_text = if limit < 0 {
         "no limit".to_owned()
     } else {
@@ -303,12 +346,12 @@ pub async fn free_slot(
         && !crate::confirm::ask(
             &mut out,
             &format!("Terminate {} session(s)?", plan.to_signal().count()),
-        )?
+        )
+        .await?
     {
         return Ok(Exit::Error);
     }
-    let outcomes =
-        sessions::execute(&client, &caps, &filter, &plan, Duration::from_secs(5)).await?;
+    let outcomes = sessions::execute(client, &caps, &filter, &plan, Duration::from_secs(5)).await?;
     output::outcomes_table(&mut out, &outcomes, width())?;
     out.flush()?;
     Ok(Exit::from_code(exit_code(&outcomes)))

@@ -68,6 +68,70 @@ pub struct Slot {
     pub active_pid: Option<i32>,
 }
 
+/// A walsender (a logical replication connection, e.g. `pg_recvlogical` or a
+/// subscriber's) connected to the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Walsender {
+    /// Its pid.
+    pub pid: i32,
+    /// The slot it streams from, if it is streaming.
+    pub slot: Option<String>,
+}
+
+/// What ending every session of the database ends: said in every preflight and in the
+/// question before anything is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Ending {
+    /// Backends connected to the database, besides pgkill's own.
+    pub sessions: i64,
+    /// Of those, sessions of superusers (walsenders not counted here).
+    pub superuser: i64,
+    /// Of those, walsenders.
+    pub walsenders: Vec<Walsender>,
+}
+
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+impl Ending {
+    /// `12 sessions will be ended (2 superuser sessions, 1 walsender of slot s1)`.
+    pub fn describe(&self) -> String {
+        if self.sessions == 0 {
+            return "no session is connected".into();
+        }
+        let n = usize::try_from(self.sessions).unwrap_or_default();
+        let mut text = format!("{} will be ended", count(n, "session"));
+        let mut parts = Vec::new();
+        if self.superuser > 0 {
+            let k = usize::try_from(self.superuser).unwrap_or_default();
+            parts.push(count(k, "superuser session"));
+        }
+        if !self.walsenders.is_empty() {
+            let mut part = count(self.walsenders.len(), "walsender");
+            let slots: Vec<&str> = self
+                .walsenders
+                .iter()
+                .filter_map(|w| w.slot.as_deref())
+                .collect();
+            match slots.len() {
+                0 => {}
+                1 => part.push_str(&format!(" of slot {}", slots[0])),
+                _ => part.push_str(&format!(" of slots {}", slots.join(", "))),
+            }
+            parts.push(part);
+        }
+        if !parts.is_empty() {
+            text.push_str(&format!(" ({})", parts.join(", ")));
+        }
+        text
+    }
+}
+
 /// What stands in the way of dropping or renaming a database.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Blockers {
@@ -119,11 +183,14 @@ pub fn rename_refusals(old: &str, new: &str, max_bytes: usize) -> Vec<String> {
     }
 }
 
-/// Why an operation is refused before anything is changed.
+/// Why an operation is refused before anything is changed. Every operation ends every
+/// session of the database, so each refuses to end logical replication (an active slot,
+/// a walsender) unless `--terminate-walsenders`.
 pub fn refusals(
     op: Operation,
     info: &DbInfo,
     blockers: &Blockers,
+    ending: &Ending,
     resolve: Resolve,
     connected_db: &str,
 ) -> Vec<String> {
@@ -156,25 +223,6 @@ pub fn refusals(
                 gids.join(", ")
             ));
         }
-        let active: Vec<&Slot> = blockers.slots.iter().filter(|s| s.active).collect();
-        if !active.is_empty() && !resolve.terminate_walsenders {
-            let names: Vec<String> = active
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{} (walsender pid {})",
-                        s.name,
-                        s.active_pid
-                            .map(|p| p.to_string())
-                            .unwrap_or_else(|| "?".into())
-                    )
-                })
-                .collect();
-            why.push(format!(
-                "logical replication slot(s) of {name} are in use: {}. Stop the consumer, or pass --terminate-walsenders",
-                names.join(", ")
-            ));
-        }
         if let Some(subs) = &blockers.subscriptions {
             if !subs.is_empty() {
                 why.push(format!(
@@ -183,6 +231,31 @@ pub fn refusals(
                 ));
             }
         }
+    }
+    let active: Vec<&Slot> = blockers.slots.iter().filter(|s| s.active).collect();
+    let slotless: Vec<&Walsender> = ending
+        .walsenders
+        .iter()
+        .filter(|w| !active.iter().any(|s| s.active_pid == Some(w.pid)))
+        .collect();
+    if (!active.is_empty() || !slotless.is_empty()) && !resolve.terminate_walsenders {
+        let mut names: Vec<String> = active
+            .iter()
+            .map(|s| {
+                format!(
+                    "slot {} (walsender pid {})",
+                    s.name,
+                    s.active_pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "?".into())
+                )
+            })
+            .collect();
+        names.extend(slotless.iter().map(|w| format!("walsender pid {}", w.pid)));
+        why.push(format!(
+            "logical replication from {name} is in progress: {}. Stop the consumer (pg_recvlogical, a subscriber), or pass --terminate-walsenders to end it",
+            names.join(", ")
+        ));
     }
     why
 }
@@ -299,6 +372,22 @@ WHERE s.datid = $1::int8::oid AND s.pid <> pg_catalog.pg_backend_pid() AND NOT {
     }
 }
 
+/// Every backend connected to database `oid` besides pgkill's own, as [`Ending`] counts
+/// them: `pid`, whether of a superuser, whether a walsender, the slot it uses.
+pub fn sessions_to_end(oid: u32) -> Query {
+    Query {
+        sql: "SELECT a.pid, coalesce(r.rolsuper, false) AS superuser,
+       coalesce(a.backend_type = 'walsender'::text, false) AS walsender, sl.slot_name::text AS slot
+FROM pg_catalog.pg_stat_activity a
+LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid
+LEFT JOIN pg_catalog.pg_replication_slots sl ON sl.active_pid = a.pid
+WHERE a.datid = $1::int8::oid AND a.pid <> pg_catalog.pg_backend_pid()
+ORDER BY a.pid"
+            .into(),
+        params: vec![Param::Int8(i64::from(oid))],
+    }
+}
+
 /// How many backends are connected to database `oid` (besides pgkill's own).
 pub fn count_sessions(oid: u32) -> Query {
     Query {
@@ -383,6 +472,7 @@ pub(crate) mod tests {
             terminate_all(1).sql,
             unsignallable_sessions(1).sql,
             count_sessions(1).sql,
+            sessions_to_end(1).sql,
             end_idle_sessions(1).sql,
             current_database().sql,
             caller_can_create_databases().sql,
@@ -444,17 +534,38 @@ pub(crate) mod tests {
             comment: None,
         };
         let mut b = Blockers::default();
-        assert!(refusals(Operation::Drop, &info, &b, Resolve::default(), "postgres").is_empty());
-        assert!(
-            refusals(Operation::Drop, &info, &b, Resolve::default(), "shop")[0]
-                .contains("--maintenance-db")
-        );
+        let none = Ending::default();
+        assert!(refusals(
+            Operation::Drop,
+            &info,
+            &b,
+            &none,
+            Resolve::default(),
+            "postgres"
+        )
+        .is_empty());
+        assert!(refusals(
+            Operation::Drop,
+            &info,
+            &b,
+            &none,
+            Resolve::default(),
+            "shop"
+        )[0]
+        .contains("--maintenance-db"));
         b.prepared.push(PreparedXact {
             gid: "g1".into(),
             owner: "o".into(),
             prepared: DateTime::from_timestamp(0, 0).unwrap_or_default(),
         });
-        let r = refusals(Operation::Drop, &info, &b, Resolve::default(), "postgres");
+        let r = refusals(
+            Operation::Drop,
+            &info,
+            &b,
+            &none,
+            Resolve::default(),
+            "postgres",
+        );
         assert!(
             r[0].contains("\"g1\"") && r[0].contains("--rollback-prepared"),
             "{r:?}"
@@ -463,6 +574,7 @@ pub(crate) mod tests {
             Operation::Drop,
             &info,
             &b,
+            &none,
             Resolve {
                 rollback_prepared: true,
                 ..Resolve::default()
@@ -471,7 +583,15 @@ pub(crate) mod tests {
         )
         .is_empty());
         assert!(
-            refusals(Operation::Drain, &info, &b, Resolve::default(), "postgres").is_empty(),
+            refusals(
+                Operation::Drain,
+                &info,
+                &b,
+                &none,
+                Resolve::default(),
+                "postgres"
+            )
+            .is_empty(),
             "drain does not care"
         );
         b.slots.push(Slot {
@@ -479,19 +599,89 @@ pub(crate) mod tests {
             active: true,
             active_pid: Some(42),
         });
+        let ending = Ending {
+            sessions: 3,
+            superuser: 1,
+            walsenders: vec![
+                Walsender {
+                    pid: 42,
+                    slot: Some("s".into()),
+                },
+                Walsender {
+                    pid: 43,
+                    slot: None,
+                },
+            ],
+        };
+        // Every operation, drain too, refuses to end replication unless told to.
+        for op in [Operation::Drop, Operation::Rename, Operation::Drain] {
+            let r = refusals(
+                op,
+                &info,
+                &b,
+                &ending,
+                Resolve {
+                    rollback_prepared: true,
+                    ..Resolve::default()
+                },
+                "postgres",
+            );
+            assert_eq!(r.len(), 1, "{op:?}: {r:?}");
+            assert!(
+                r[0].contains("slot s (walsender pid 42)")
+                    && r[0].contains("walsender pid 43")
+                    && !r[0].contains("slot s (walsender pid 42), slot")
+                    && r[0].contains("--terminate-walsenders"),
+                "{r:?}"
+            );
+            let allowed = Resolve {
+                rollback_prepared: true,
+                terminate_walsenders: true,
+                ..Resolve::default()
+            };
+            assert!(refusals(op, &info, &b, &ending, allowed, "postgres").is_empty());
+        }
+        // A walsender without an active slot is refused all the same.
+        b.slots.clear();
         let r = refusals(
-            Operation::Rename,
+            Operation::Drain,
             &info,
             &b,
-            Resolve {
-                rollback_prepared: true,
-                ..Resolve::default()
-            },
+            &ending,
+            Resolve::default(),
             "postgres",
         );
         assert!(
-            r[0].contains("walsender pid 42") && r[0].contains("--terminate-walsenders"),
+            r[0].contains("walsender pid 42") && r[0].contains("walsender pid 43"),
             "{r:?}"
+        );
+    }
+
+    #[test]
+    fn ending_names_superusers_and_walsenders() {
+        let mut e = Ending::default();
+        assert_eq!(e.describe(), "no session is connected");
+        e.sessions = 1;
+        assert_eq!(e.describe(), "1 session will be ended");
+        e.sessions = 12;
+        e.superuser = 2;
+        e.walsenders.push(Walsender {
+            pid: 7,
+            slot: Some("s1".into()),
+        });
+        assert_eq!(
+            e.describe(),
+            "12 sessions will be ended (2 superuser sessions, 1 walsender of slot s1)"
+        );
+        e.superuser = 0;
+        e.walsenders.push(Walsender { pid: 8, slot: None });
+        e.walsenders.push(Walsender {
+            pid: 9,
+            slot: Some("s2".into()),
+        });
+        assert_eq!(
+            e.describe(),
+            "12 sessions will be ended (3 walsenders of slots s1, s2)"
         );
     }
 }

@@ -10,6 +10,7 @@ pub mod fence;
 pub mod filter;
 pub mod plan;
 pub mod planner;
+pub mod printable;
 pub mod quote;
 pub mod session;
 pub mod sql;
@@ -17,6 +18,7 @@ pub mod version;
 
 pub use duration::{format_duration, parse_duration};
 pub use filter::{ClientMatch, Filter, State};
+pub use printable::printable;
 pub use quote::{quote_ident, quote_literal};
 pub use session::Session;
 pub use version::{ServerVersion, VersionError};

@@ -359,6 +359,28 @@ pub fn server_summary() -> Query {
     }
 }
 
+/// Sets this session's `statement_timeout` to `ms` milliseconds (0: no limit).
+pub fn set_statement_timeout(ms: u64) -> Query {
+    Query {
+        sql: "SELECT pg_catalog.set_config('statement_timeout'::text, $1::text, false)".into(),
+        params: vec![Param::Text(ms.to_string())],
+    }
+}
+
+/// Raises this session's `statement_timeout` to at least `floor_ms` milliseconds (no
+/// limit stays no limit) and returns what it was, in milliseconds, to set it back with
+/// [`set_statement_timeout`].
+pub fn raise_statement_timeout(floor_ms: u64) -> Query {
+    Query {
+        sql: "SELECT s.setting, pg_catalog.set_config('statement_timeout'::text,
+       CASE WHEN s.setting::int8 = 0 THEN '0'::text ELSE greatest(s.setting::int8, $1::int8)::text END,
+       false)
+FROM pg_catalog.pg_settings s WHERE s.name = 'statement_timeout'::text"
+            .into(),
+        params: vec![Param::Int8(i64::try_from(floor_ms).unwrap_or(i64::MAX))],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,6 +482,8 @@ mod tests {
         let mut all = vec![
             capabilities().sql,
             server_summary().sql,
+            set_statement_timeout(5000).sql,
+            raise_statement_timeout(60_000).sql,
             still_present(std::slice::from_ref(&id)).sql,
         ];
         for major in 10..=18 {

@@ -8,7 +8,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use pgkill_core::database::{
-    self as plan, Blockers, DbInfo, DbSettings, Operation, PreparedXact, Resolve, Slot,
+    self as plan, Blockers, DbInfo, DbSettings, Ending, Operation, PreparedXact, Resolve, Slot,
+    Walsender,
 };
 use pgkill_core::fence::{self, FenceRecord, FenceState, Holder, RestorePlan, UnreadableRecord};
 use pgkill_core::quote_literal;
@@ -30,8 +31,8 @@ pub struct Preflight {
     pub info: DbInfo,
     /// What keeps it busy.
     pub blockers: Blockers,
-    /// Client sessions connected to it now.
-    pub sessions: i64,
+    /// The sessions connected to it now, all of which the operation ends.
+    pub ending: Ending,
     /// Why the operation cannot go ahead (empty when it can).
     pub refusals: Vec<String>,
 }
@@ -140,7 +141,8 @@ pub async fn preflight(
         .await?
         .ok_or(Error::Protocol("current_database() returned no row"))?
         .try_get(0)?;
-    let mut refusals = plan::refusals(op, &info, &blockers, resolve, &connected);
+    let ending = ending(client, info.oid).await?;
+    let mut refusals = plan::refusals(op, &info, &blockers, &ending, resolve, &connected);
     if !caps.caller.superuser && info.owner != caps.caller.user {
         refusals.push(format!(
             "only the owner of {name} ({}) or a superuser may {}; you are {}",
@@ -196,13 +198,31 @@ pub async fn preflight(
             "{name} has a pgkill fence record that cannot be read ({e}): its comment holds it; restore the settings it names by hand, then COMMENT ON DATABASE … IS NULL"
         ));
     }
-    let sessions = count(client, info.oid).await?;
     Ok(Preflight {
         info,
         blockers,
-        sessions,
+        ending,
         refusals,
     })
+}
+
+/// Who ending every session of database `oid` ends.
+async fn ending(client: &Client, oid: u32) -> Result<Ending> {
+    let mut ending = Ending::default();
+    for row in query(client, &plan::sessions_to_end(oid)).await? {
+        let (pid, superuser, walsender): (i32, bool, bool) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        ending.sessions += 1;
+        if walsender {
+            ending.walsenders.push(Walsender {
+                pid,
+                slot: row.try_get(3)?,
+            });
+        } else if superuser {
+            ending.superuser += 1;
+        }
+    }
+    Ok(ending)
 }
 
 /// Progress of a drain, for display.
@@ -558,7 +578,21 @@ async fn drain(
 /// Restores what `record` says pgkill changed (if nobody changed it since) on the
 /// database with OID `oid` (whatever its name now), and replaces the record with the
 /// comment it kept, all in one transaction.
+///
+/// Tried again if a statement of it is cancelled: the cancel request sent on Ctrl-C for
+/// the statement in flight can reach the server after that statement has finished, and
+/// hit the restore instead. Restoring twice is harmless (the plan is made anew each time).
 pub async fn restore(client: &Client, oid: u32, record: &FenceRecord) -> Result<RestorePlan> {
+    let mut tries = 0;
+    loop {
+        match restore_once(client, oid, record).await {
+            Err(Error::Cancelled(_)) if tries < 3 => tries += 1,
+            done => return done,
+        }
+    }
+}
+
+async fn restore_once(client: &Client, oid: u32, record: &FenceRecord) -> Result<RestorePlan> {
     let current = info_by_oid(client, oid).await?;
     let step = fence::restore_plan(record, current.as_ref());
     if let Some(info) = &current {

@@ -2,8 +2,19 @@
 //! (schema-qualified calls, see [`pgkill_core::sql`]) is checked where they all pass: in
 //! debug builds, so the integration tests check every statement that really runs, on
 //! every server version.
+//!
+//! It is also where the two classes of statements get their time limits. Every
+//! connection runs under a `statement_timeout` ([`set_statement_timeout`]; the CLI's
+//! `--statement-timeout`, 5 s by default): reads, plans, signalling and the short polls of
+//! the drain and verification loops ([`query`]), whose loops have deadlines of their own.
+//! Database changes ([`batch`]: `ALTER DATABASE`, `DROP DATABASE`, `ROLLBACK PREPARED`)
+//! wait by design (DROP and RENAME wait up to ~5 s for other sessions before failing with
+//! 55006, which pgkill retries), so each runs under at least [`CHANGE_TIMEOUT_FLOOR`]
+//! instead, and the session's limit is put back after it. No limit (0) stays no limit.
 
-use pgkill_core::planner::{Param, Query};
+use std::time::Duration;
+
+use pgkill_core::planner::{self, Param, Query};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
@@ -52,9 +63,42 @@ pub async fn query_opt(client: &Client, q: &Query) -> Result<Option<Row>> {
     Ok(query(client, q).await?.into_iter().next())
 }
 
-/// Runs a statement without parameters (utility statements such as `ALTER DATABASE`,
-/// which take none) through the simple query protocol.
+/// The least time a database change ([`batch`]) may run: well past the server's own
+/// ~5 s wait for other sessions to leave, so the time limit never stands in for it.
+pub const CHANGE_TIMEOUT_FLOOR: Duration = Duration::from_secs(60);
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Sets the connection's `statement_timeout` (zero: no limit): every statement after
+/// this runs under it.
+pub async fn set_statement_timeout(client: &Client, limit: Duration) -> Result<()> {
+    query(client, &planner::set_statement_timeout(millis(limit))).await?;
+    Ok(())
+}
+
+/// Runs a database change without parameters (utility statements such as `ALTER
+/// DATABASE`, which take none) through the simple query protocol, under at least
+/// [`CHANGE_TIMEOUT_FLOOR`] of statement time; the connection's own limit is set back
+/// afterwards.
 pub async fn batch(client: &Client, sql: &str) -> Result<()> {
     check(sql);
-    Ok(client.batch_execute(sql).await?)
+    let before: Option<String> = query_opt(
+        client,
+        &planner::raise_statement_timeout(millis(CHANGE_TIMEOUT_FLOOR)),
+    )
+    .await?
+    .map(|r| r.try_get(0))
+    .transpose()?;
+    let result = client.batch_execute(sql).await;
+    let restored = match before.and_then(|ms| ms.parse::<u64>().ok()) {
+        Some(ms) => query(client, &planner::set_statement_timeout(ms))
+            .await
+            .map(drop),
+        None => Ok(()),
+    };
+    // The change's own error first: it is what the caller must hear about.
+    result?;
+    restored
 }

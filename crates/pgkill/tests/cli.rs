@@ -413,40 +413,9 @@ async fn bad_input_is_one_line_and_exit_2(pg: Installation) -> Result<()> {
 
 /// Runs pgkill on a pseudo-terminal (util-linux `script`), typing `answer`.
 fn on_terminal(sb: &Sandbox, args: &[&str], answer: &str) -> Result<(i32, String)> {
-    use std::io::Write;
-    let line = std::iter::once(env!("CARGO_BIN_EXE_pgkill").to_owned())
-        .chain(
-            [
-                "-h",
-                sb.host(),
-                "-p",
-                &sb.port().to_string(),
-                "-U",
-                roles::ADMIN,
-            ]
-            .map(str::to_owned),
-        )
-        .chain(args.iter().map(|a| (*a).to_owned()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut child = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env("PGPASSFILE", sb.passfile())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running `script` (util-linux) to give pgkill a terminal")?;
-    child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow!("no stdin"))?
-        .write_all(answer.as_bytes())?;
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
+    let cmd = support::pgkill(sb, roles::ADMIN, args);
+    let (code, out) = support::on_terminal(&cmd, answer)?;
+    Ok((code, String::from_utf8_lossy(&out).into_owned()))
 }
 
 async fn asks_on_a_terminal_and_obeys_the_answer(pg: Installation) -> Result<()> {

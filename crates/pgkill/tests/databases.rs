@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 mod support;
 
-use support::wait_no_sessions;
+use support::{recvlogical, wait_no_sessions};
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -439,23 +439,7 @@ async fn active_logical_slot_refused_until_walsenders_may_go(pg: Installation) -
         .await?
         .batch_execute("SELECT pg_create_logical_replication_slot('pgkill_slot', 'test_decoding')")
         .await?;
-    let mut consumer = Command::new(support::client_program("pg_recvlogical")?)
-        .env("PGPASSFILE", sb.passfile())
-        .args([
-            "-h",
-            sb.host(),
-            "-p",
-            &sb.port().to_string(),
-            "-U",
-            roles::ADMIN,
-            "-d",
-            "repl",
-        ])
-        .args(["--slot", "pgkill_slot", "--start", "-f", "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut consumer = recvlogical(&sb, roles::ADMIN, "repl", "pgkill_slot")?.spawn()?;
     let result = async {
         let began = Instant::now();
         let walsender: i32 = loop {

@@ -21,8 +21,7 @@ async fn a_client_named_pgkill_is_not_immune(pg: Installation) -> Result<()> {
     config.application_name("pgkill");
     let hiding = sim::idle(&config).await?;
     let plain = sim::idle(&sb.config("app", roles::PLAIN)).await?;
-    let run =
-        |args: &[&str]| support::run(support::pgkill(&sb, roles::ADMIN, args));
+    let run = |args: &[&str]| support::run(support::pgkill(&sb, roles::ADMIN, args));
     let (code, out, err) = run(&["ls", "--db", "app", "--csv"])?;
     ensure!(code == 0, "exit {code}: {err}");
     ensure!(

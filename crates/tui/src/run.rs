@@ -22,8 +22,6 @@ use crate::view::view;
 pub type Connector =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<Client>> + Send>> + Send + Sync>;
 
-/// Monitoring queries never run longer than this.
-const STATEMENT_TIMEOUT: &str = "SET statement_timeout = '5s'";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 enum Request {
@@ -34,8 +32,14 @@ enum Request {
 }
 
 /// Runs `pgkill top` until `q`: takes over the terminal and always gives it back (also
-/// on error or panic).
-pub async fn run(connect: Connector, filter: Filter, interval: Duration) -> anyhow::Result<()> {
+/// on error or panic). Every statement runs under `statement_timeout` (a slow server
+/// shows an error, it does not pile refreshes up).
+pub async fn run(
+    connect: Connector,
+    filter: Filter,
+    interval: Duration,
+    statement_timeout: Duration,
+) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     anyhow::ensure!(
         std::io::stdout().is_terminal() && std::io::stdin().is_terminal(),
@@ -46,7 +50,13 @@ pub async fn run(connect: Connector, filter: Filter, interval: Duration) -> anyh
     app.color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let (req_tx, req_rx) = mpsc::unbounded_channel::<Request>();
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
-    let db = tokio::spawn(database_task(connect, filter, req_rx, ev_tx.clone()));
+    let db = tokio::spawn(database_task(
+        connect,
+        statement_timeout,
+        filter,
+        req_rx,
+        ev_tx.clone(),
+    ));
 
     // Terminal events are read on a thread of their own (crossterm's read blocks).
     let (key_tx, mut key_rx) = mpsc::unbounded_channel::<Option<Key>>();
@@ -142,6 +152,7 @@ pub async fn run(connect: Connector, filter: Filter, interval: Duration) -> anyh
 
 async fn database_task(
     connect: Connector,
+    statement_timeout: Duration,
     filter: Filter,
     mut requests: mpsc::UnboundedReceiver<Request>,
     events: mpsc::UnboundedSender<Event>,
@@ -151,7 +162,7 @@ async fn database_task(
     let mut retry_at = tokio::time::Instant::now();
     while let Some(request) = requests.recv().await {
         if conn.is_none() && tokio::time::Instant::now() >= retry_at {
-            match open(&connect).await {
+            match open(&connect, statement_timeout).await {
                 Ok(c) => {
                     conn = Some(c);
                     backoff = Duration::from_millis(500);
@@ -199,9 +210,12 @@ async fn database_task(
     }
 }
 
-async fn open(connect: &Connector) -> anyhow::Result<(Client, Capabilities)> {
+async fn open(
+    connect: &Connector,
+    statement_timeout: Duration,
+) -> anyhow::Result<(Client, Capabilities)> {
     let client = connect().await?;
-    pgkill_pg::exec::batch(&client, STATEMENT_TIMEOUT).await?;
+    pgkill_pg::exec::set_statement_timeout(&client, statement_timeout).await?;
     let caps = sessions::capabilities(&client).await?;
     Ok((client, caps))
 }

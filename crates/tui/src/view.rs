@@ -1,4 +1,8 @@
 //! Drawing `pgkill top`: a pure function of the state onto a frame (no I/O).
+//!
+//! Every text from the server (names, queries, error messages) is shown through
+//! [`line`], the one-line form of [`pgkill_core::printable`]: ratatui drops control
+//! characters, but a name that contained an ESC must show that it did.
 
 use pgkill_core::planner::Signal;
 use pgkill_core::{format_duration, Session};
@@ -27,7 +31,13 @@ fn age(d: Option<std::time::Duration>) -> String {
 }
 
 fn unknown(v: Option<&str>) -> String {
-    v.unwrap_or("?").to_owned()
+    line(v.unwrap_or("?"))
+}
+
+/// Server text on one line: line breaks and tabs as spaces, other control characters as
+/// visible escapes.
+fn line(s: &str) -> String {
+    pgkill_core::printable(&s.replace(['\r', '\n', '\t'], " ")).into_owned()
 }
 
 /// Draws the whole screen.
@@ -82,7 +92,10 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
     }
     let second = match &app.conn {
         ConnState::Lost(e) => Line::from(Span::styled(
-            format!("DISCONNECTED: {e} (reconnecting; showing the last refresh)"),
+            format!(
+                "DISCONNECTED: {} (reconnecting; showing the last refresh)",
+                line(e)
+            ),
             style(app, Color::Red).add_modifier(Modifier::BOLD),
         )),
         ConnState::Connected => {
@@ -144,8 +157,8 @@ fn session_cells(app: &App, s: &Session) -> Vec<Cell<'static>> {
         st if st.starts_with("idle in transaction") => style(app, Color::Yellow),
         _ => Style::default(),
     };
-    let wait = s.wait_text();
-    let client = s.client_text();
+    let wait = line(&s.wait_text());
+    let client = line(&s.client_text());
     vec![
         Cell::from(mark),
         Cell::from(s.pid.to_string()),
@@ -157,11 +170,7 @@ fn session_cells(app: &App, s: &Session) -> Vec<Cell<'static>> {
         Cell::from(wait),
         Cell::from(age(s.xact_age())),
         Cell::from(age(s.query_age().or(s.state_age()))),
-        Cell::from(
-            s.visible_query()
-                .unwrap_or("?")
-                .replace(['\n', '\r', '\t'], " "),
-        ),
+        Cell::from(line(s.visible_query().unwrap_or("?"))),
     ]
 }
 
@@ -245,7 +254,7 @@ fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
         .iter()
         .map(|w| w.pid.to_string())
         .collect();
-    let lines = vec![
+    let mut lines = vec![
         Line::from(format!(
             "pid {}  user {}  database {}  application {}",
             s.pid,
@@ -257,7 +266,7 @@ fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
             "state {}  wait {}  backend {}",
             unknown(s.state.as_deref()),
             match (&s.wait_event_type, &s.wait_event) {
-                (Some(t), Some(e)) => format!("{t}:{e}"),
+                (Some(t), Some(e)) => line(&format!("{t}:{e}")),
                 _ if s.state.is_none() => "?".into(),
                 _ => "none".into(),
             },
@@ -289,12 +298,14 @@ fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
             }
         )),
         Line::from(""),
-        Line::from(
-            s.visible_query()
-                .unwrap_or("(query not visible to you)")
-                .to_owned(),
-        ),
     ];
+    // The full query, line by line as it was written.
+    let query = s.visible_query().unwrap_or("(query not visible to you)");
+    lines.extend(
+        query
+            .split('\n')
+            .map(|l| Line::from(pgkill_core::printable(&l.replace('\t', "    ")).into_owned())),
+    );
     frame.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
@@ -321,7 +332,7 @@ fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
                 unknown(root.state.as_deref()),
                 age(root.xact_age()),
                 root.blocking,
-                root.visible_query().unwrap_or("?")
+                line(root.visible_query().unwrap_or("?"))
             ),
             if i == cursor {
                 Style::default().add_modifier(Modifier::REVERSED)
@@ -335,7 +346,7 @@ fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
                 w.pid,
                 unknown(w.user.as_deref()),
                 age(w.state_age()),
-                w.visible_query().unwrap_or("?")
+                line(w.visible_query().unwrap_or("?"))
             )));
         }
     }
@@ -369,7 +380,7 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
     let first = if let Mode::Filtering { .. } = app.mode {
         let mut spans = vec![
             Span::styled("filter: ", bold()),
-            Span::raw(app.filter_text.clone()),
+            Span::raw(line(&app.filter_text)),
             Span::raw("█"),
         ];
         if app.filter_error.is_some() {
@@ -382,20 +393,21 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
     } else if let Some(e) = &app.filter_error {
         Line::from(Span::styled(
             format!(
-                "filter not understood: {e} — showing the last valid filter ({})",
+                "filter not understood: {} — showing the last valid filter ({})",
+                line(e),
                 if app.applied_filter.is_empty() {
-                    "none: every session"
+                    "none: every session".to_owned()
                 } else {
-                    app.applied_filter.as_str()
+                    line(&app.applied_filter)
                 }
             ),
             style(app, Color::Red),
         ))
     } else if let Some(note) = &app.note {
-        Line::from(Span::styled(note.clone(), style(app, Color::Yellow)))
+        Line::from(Span::styled(line(note), style(app, Color::Yellow)))
     } else if let Some(e) = &app.action_error {
         Line::from(Span::styled(
-            format!("action failed: {e}"),
+            format!("action failed: {}", line(e)),
             style(app, Color::Red),
         ))
     } else if !app.outcomes.is_empty() {
@@ -406,7 +418,7 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
             .collect();
         Line::from(format!("last action: {}", parts.join(", ")))
     } else if !app.filter_text.is_empty() {
-        Line::from(format!("filter: {}", app.filter_text))
+        Line::from(format!("filter: {}", line(&app.filter_text)))
     } else {
         Line::from("")
     };
@@ -453,7 +465,7 @@ fn draw_confirm(
             unknown(s.user.as_deref()),
             unknown(s.database.as_deref()),
             unknown(s.state.as_deref()),
-            s.visible_query().unwrap_or("?")
+            line(s.visible_query().unwrap_or("?"))
         )
     };
     for t in plan.to_signal().take(room) {
@@ -478,7 +490,7 @@ fn draw_confirm(
                 "{} {}: {}",
                 t.session.pid,
                 unknown(t.session.user.as_deref()),
-                t.refused.as_deref().unwrap_or_default()
+                line(t.refused.as_deref().unwrap_or_default())
             )));
         }
     }
@@ -571,6 +583,46 @@ mod tests {
         let mut app = loaded();
         keys_for_tests(&mut app, "b");
         both("blocking", &app);
+    }
+
+    /// A role named `x ESC ]0;pwned BEL` rewrote terminal titles through pgkill: every
+    /// view shows such names as visible escapes (ratatui alone would silently drop the
+    /// control characters and show `x]0;pwned`).
+    #[test]
+    fn hostile_names_show_escaped_in_every_view() {
+        let hostile = "x\x1b]0;pwned\x07";
+        let mut app = loaded();
+        let mut snapshot = crate::app::tests::sample();
+        for s in &mut snapshot.sessions {
+            s.user = Some(hostile.into());
+            s.database = Some("db\u{9b}31m".into());
+            s.application_name = Some("app\x1b[2J".into());
+            s.query = Some(format!("SELECT 1\n-- {hostile}"));
+        }
+        update(&mut app, Event::Snapshot(Ok(snapshot)));
+        let mut screens = vec![render(&app, 160, 48)];
+        update(&mut app, Event::Key(Key::Enter));
+        screens.push(render(&app, 160, 48));
+        update(&mut app, Event::Key(Key::Esc));
+        keys_for_tests(&mut app, "b");
+        screens.push(render(&app, 160, 48));
+        update(&mut app, Event::Key(Key::Esc));
+        keys_for_tests(&mut app, " k");
+        screens.push(render(&app, 160, 48));
+        update(&mut app, Event::Key(Key::Esc));
+        update(
+            &mut app,
+            Event::Snapshot(Err(format!("role {hostile} is gone"))),
+        );
+        screens.push(render(&app, 160, 48));
+        for screen in &screens {
+            assert!(screen.contains("x\\x1b]0;pwned\\x07"), "{screen}");
+            assert!(
+                !screen.chars().any(|c| c.is_control() && c != '\n'),
+                "{screen:?}"
+            );
+        }
+        assert!(screens[0].contains("db\\u{9b}31m") && screens[0].contains("app\\x1b[2J"));
     }
 
     #[test]

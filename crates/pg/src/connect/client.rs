@@ -5,7 +5,7 @@ use std::io::{self, IsTerminal};
 
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{CancelToken, Client, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::{ConnectError, Result};
@@ -207,6 +207,30 @@ async fn attempt(
         } else {
             Failure::Client(e)
         }
+    })
+}
+
+/// Asks the server to cancel the statement running on the connection `token` came from
+/// (Ctrl-C), over TLS exactly when that connection could have used it (the same
+/// `sslmode` and certificates as [`connect`]), in the clear otherwise (Unix sockets,
+/// `sslmode=disable`). The server answers nothing: `Ok` means the request was sent.
+pub async fn cancel(settings: &Settings, token: &CancelToken) -> Result<()> {
+    let verify = if settings.is_unix_socket() {
+        None
+    } else {
+        tls::verification(settings.ssl_mode, &settings.root_certs)
+    };
+    let sent = match verify {
+        None => token.cancel_query(NoTls).await,
+        Some(v) => {
+            let config = tls::client_config(v, &settings.root_certs)?;
+            token.cancel_query(MakeRustlsConnect::new(config)).await
+        }
+    };
+    sent.map_err(|e| ConnectError::Client {
+        target: settings.describe(),
+        reason: chain(&e),
+        source: e,
     })
 }
 

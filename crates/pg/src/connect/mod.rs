@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
-pub use client::{connect, ConnectionTask, NoPrompt, PasswordPrompt, TerminalPrompt};
+pub use client::{cancel, connect, ConnectionTask, NoPrompt, PasswordPrompt, TerminalPrompt};
 pub use env::{Env, FileInfo, MemoryEnv, SystemEnv};
 pub use error::{ConnectError, Result};
 pub use resolve::resolve;

@@ -4,6 +4,8 @@
 //! leave.
 #![allow(dead_code)] // each test binary uses a part
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -116,4 +118,68 @@ pub async fn wait_no_sessions(admin: &Client, db: &str) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+fn shell_quote(arg: &OsStr) -> Result<String> {
+    let arg = std::str::from_utf8(arg.as_bytes())?;
+    Ok(format!("'{}'", arg.replace('\'', r"'\''")))
+}
+
+/// Runs `cmd` (as [`pgkill`] built it: program, arguments, environment) on a
+/// pseudo-terminal with util-linux `script`, typing `answer`: stdout and stderr both go
+/// to the terminal. Returns the exit code and what the terminal showed, with the
+/// terminal's `\r\n` turned back into `\n` (any other `\r` stays).
+pub fn on_terminal(cmd: &Command, answer: &str) -> Result<(i32, Vec<u8>)> {
+    use std::io::Write;
+    let line = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(shell_quote)
+        .collect::<Result<Vec<_>>>()?
+        .join(" ");
+    let mut script = Command::new("script");
+    script.args(["-qec", &line, "/dev/null"]);
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => script.env(key, v),
+            None => script.env_remove(key),
+        };
+    }
+    let mut child = script
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running `script` (util-linux) to give pgkill a terminal")?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("no stdin"))?
+        .write_all(answer.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    Ok((out.status.code().unwrap_or(-1), text.into_bytes()))
+}
+
+/// `pg_recvlogical -h HOST -p PORT -U ROLE -d DB --slot SLOT --start -f /dev/null`
+/// against the sandbox with its password file, silent (a client program: the
+/// distribution's works with every server version).
+pub fn recvlogical(sb: &Sandbox, role: &str, db: &str, slot: &str) -> Result<Command> {
+    let mut cmd = Command::new(client_program("pg_recvlogical")?);
+    clean_env(&mut cmd);
+    cmd.env("PGPASSFILE", sb.passfile())
+        .args([
+            "-h",
+            sb.host(),
+            "-p",
+            &sb.port().to_string(),
+            "-U",
+            role,
+            "-d",
+            db,
+        ])
+        .args(["--slot", slot, "--start", "-f", "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Ok(cmd)
 }
