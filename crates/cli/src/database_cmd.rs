@@ -10,6 +10,7 @@ use pgkill_pg::databases::{self, Preflight, Progress, Request};
 use pgkill_pg::sessions;
 
 use crate::args::ConnArgs;
+use crate::database_json::{OpDoc, ResultJson};
 use crate::fences::describe;
 use crate::inflight::{self, Signals};
 use crate::{conn, fences, Outcome as Exit, UsageError};
@@ -41,6 +42,10 @@ pub struct OpArgs {
     /// Clear the template flag of a template database first.
     #[arg(long = "allow-template")]
     allow_template: bool,
+    /// Print one JSON document (preflight, steps, sessions ended, restore) instead of
+    /// text; needs -y or --dry-run.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `pgkill drop DB`.
@@ -85,6 +90,9 @@ pub struct UnfenceArgs {
     /// The database to restore.
     #[arg(value_name = "DB")]
     pub(crate) db: String,
+    /// Print one JSON document (the record found, the restore) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// Runs drop / rename / drain.
@@ -102,6 +110,11 @@ pub async fn run(
         Operation::Rename => "rename",
         Operation::Drain => "drain",
     };
+    if args.json && !args.yes && !args.dry_run {
+        anyhow::bail!(UsageError(format!(
+            "{verb} --json needs -y (or --dry-run): a question would mix with the JSON"
+        )));
+    }
     crate::confirm::ensure_possible(
         args.yes,
         args.dry_run,
@@ -124,7 +137,16 @@ pub async fn run(
             eprintln!("pgkill: {}", pgkill_core::printable(&line));
         }
         let pre = databases::preflight(client, &caps, op, name, new_name, resolve).await?;
-        print_preflight(&mut out, &pre, verb)?;
+        if args.json {
+            if !pre.refusals.is_empty() || args.dry_run {
+                crate::output::json(
+                    &mut out,
+                    &OpDoc::new(&caps, verb, name, new_name, args.dry_run, Some(&pre)),
+                )?;
+            }
+        } else {
+            print_preflight(&mut out, &pre, verb)?;
+        }
         if !pre.refusals.is_empty() {
             out.flush()?;
             anyhow::bail!(UsageError(format!(
@@ -133,7 +155,9 @@ pub async fn run(
             )));
         }
         if args.dry_run {
-            writeln!(out, "Dry run: nothing was changed.")?;
+            if !args.json {
+                writeln!(out, "Dry run: nothing was changed.")?;
+            }
             return Ok(Err(Exit::Ok));
         }
         if !args.yes {
@@ -210,7 +234,20 @@ pub async fn run(
     if tty {
         eprintln!();
     }
+    if args.json {
+        let mut d = OpDoc::new(&caps, verb, name, new_name, args.dry_run, Some(&pre));
+        match &result {
+            Ok(report) => d.result = Some(ResultJson::of(op, then_unfence, report)),
+            Err(e) => d.error = Some(e.to_string()),
+        }
+        crate::output::json(&mut out, &d)?;
+        out.flush()?;
+    }
     let report = match result {
+        Ok(report) if args.json => {
+            drop(report);
+            return Ok(Exit::Ok);
+        }
         Ok(report) => report,
         // `run` has put the database back as it was before (or says why it could not).
         Err(e @ pgkill_pg::Error::StillFenced { .. }) => {
@@ -390,6 +427,12 @@ async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::
     };
     let mut out = crate::output::lines_for_people();
     let record = match info.comment.as_deref().and_then(pgkill_core::fence::FenceRecord::from_comment) {
+        None if args.json => {
+            let mut d = OpDoc::new(&caps, "unfence", db, None, false, None);
+            d.result = Some(ResultJson::unfence(None, None, !info.settings.allow_connections));
+            crate::output::json(&mut out, &d)?;
+            return Ok(Exit::Ok);
+        }
         None => {
             write!(out, "No pgkill fence of {db:?} is recorded: nothing to do.")?;
             if !info.settings.allow_connections {
@@ -417,11 +460,17 @@ async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::
         )));
     }
     let plan = databases::restore(client, info.oid, &record).await?;
-    writeln!(
-        out,
-        "Unfenced: {} (it was fenced {}).",
-        describe_restore(db, &plan),
-        describe(&record)
-    )?;
+    if args.json {
+        let mut d = OpDoc::new(&caps, "unfence", db, None, false, None);
+        d.result = Some(ResultJson::unfence(Some(&record), Some(&plan), false));
+        crate::output::json(&mut out, &d)?;
+    } else {
+        writeln!(
+            out,
+            "Unfenced: {} (it was fenced {}).",
+            describe_restore(db, &plan),
+            describe(&record)
+        )?;
+    }
     Ok(Exit::Ok)
 }

@@ -9,6 +9,7 @@ mod args;
 mod confirm;
 mod conn;
 mod database_cmd;
+mod database_json;
 mod demo;
 mod fences;
 mod inflight;

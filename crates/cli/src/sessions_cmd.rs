@@ -59,7 +59,7 @@ fn width() -> Option<usize> {
     }
 }
 
-fn server_json(caps: &Capabilities) -> ServerJson {
+pub(crate) fn server_json(caps: &Capabilities) -> ServerJson {
     ServerJson {
         version: caps.version.to_string(),
         user: caps.caller.user.clone(),
@@ -138,6 +138,24 @@ struct PlanEntry<'a> {
     refused: Option<&'a str>,
 }
 
+fn plan_entries(plan: &pgkill_core::plan::Plan) -> Vec<PlanEntry<'_>> {
+    plan.targets
+        .iter()
+        .map(|t| PlanEntry {
+            pid: t.session.pid,
+            backend_start: t.session.backend_start.map(rfc3339),
+            user: t.session.user.as_deref(),
+            database: t.session.database.as_deref(),
+            reason: &t.reason,
+            refused: t.refused.as_deref(),
+        })
+        .collect()
+}
+
+fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 /// `pgkill kill` / `pgkill cancel`.
 pub async fn signal(
     conn_args: &ConnArgs,
@@ -177,21 +195,7 @@ async fn signal_sessions(
     let mut out = output::for_people();
 
     let doc = |outcomes: &[Outcome], dry_run: bool, out: &mut dyn Write| -> anyhow::Result<()> {
-        let entries = plan
-            .targets
-            .iter()
-            .map(|t| PlanEntry {
-                pid: t.session.pid,
-                backend_start: t
-                    .session
-                    .backend_start
-                    .map(|b| b.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-                user: t.session.user.as_deref(),
-                database: t.session.database.as_deref(),
-                reason: &t.reason,
-                refused: t.refused.as_deref(),
-            })
-            .collect();
+        let entries = plan_entries(&plan);
         let d = SignalDoc {
             server: server_json(&caps),
             action,
@@ -271,6 +275,41 @@ pub struct FreeSlotArgs {
     /// Also end sessions of a superuser role.
     #[arg(long = "include-superusers")]
     include_superusers: bool,
+    /// Print one JSON document (plan, outcomes, sessions that reconnected meanwhile);
+    /// needs -y.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How long free-slot watches, after ending sessions, for the role's pool to log in again
+/// (and take the freed slot before the user's own login can).
+const RECONNECT_WATCH: Duration = Duration::from_millis(500);
+
+/// A session of the role that logged in while free-slot ran (a pool refilling).
+#[derive(Serialize)]
+struct Arrival<'a> {
+    pid: i32,
+    backend_start: Option<String>,
+    application_name: Option<&'a str>,
+    client_addr: Option<String>,
+}
+
+#[derive(Serialize)]
+struct FreeSlotDoc<'a> {
+    server: ServerJson,
+    action: &'static str,
+    role: &'a str,
+    /// `rolconnlimit` (-1: none).
+    connection_limit: i32,
+    sessions_before: usize,
+    plan: Vec<PlanEntry<'a>>,
+    outcomes: &'a [Outcome],
+    /// Sessions of the role that logged in while free-slot ran: they may have taken the
+    /// freed slot.
+    reconnected: Vec<Arrival<'a>>,
+    sessions_after: usize,
+    /// The role is at its connection limit again (exit 3).
+    full_again: bool,
 }
 
 /// `pgkill free-slot ROLE`: ends the role's sessions that have been idle the longest so
@@ -280,6 +319,11 @@ pub async fn free_slot(
     conninfo: Option<&str>,
     args: &FreeSlotArgs,
 ) -> anyhow::Result<Exit> {
+    if args.json && !args.yes {
+        anyhow::bail!(crate::UsageError(
+            "free-slot --json needs -y: a question would mix with the JSON".into()
+        ));
+    }
     crate::confirm::ensure_possible(args.yes, false, "end sessions", None)?;
     let connected = inflight::connect(conn_args, conninfo).await?;
     let mut signals = Signals::listen()?;
@@ -316,18 +360,23 @@ async fn end_idle_sessions(
         ..pgkill_core::Filter::default()
     };
     let all = sessions::list(client, &caps, &filter).await?;
+    let before = all.len();
+    // The server's clock when the role's sessions were read: a session that starts after
+    // it logged in while free-slot ran.
+    let began = all.iter().map(|s| s.now).min();
     let mut out = output::for_people();
     let limit_text = if limit < 0 {
         "no limit".to_owned()
     } else {
         format!("limit {limit}")
     };
-    writeln!(
-        out,
-        "Role {} has {} session(s) ({limit_text}).",
-        args.role,
-        all.len()
-    )?;
+    if !args.json {
+        writeln!(
+            out,
+            "Role {} has {before} session(s) ({limit_text}).",
+            args.role
+        )?;
+    }
     // Idle the longest first: those are the ones a pool can best spare.
     let mut idle: Vec<_> = all
         .into_iter()
@@ -335,13 +384,15 @@ async fn end_idle_sessions(
         .collect();
     idle.sort_by_key(|s| (s.state_change, s.pid));
     idle.truncate(args.count as usize);
-    if idle.is_empty() {
+    let plan = pgkill_core::plan::Plan::build(Signal::Terminate, idle, &filter, &caps.caller);
+    if plan.targets.is_empty() && !args.json {
         writeln!(out, "No idle session of {} to end.", args.role)?;
         out.flush()?;
         return Ok(Exit::NothingMatched);
     }
-    let plan = pgkill_core::plan::Plan::build(Signal::Terminate, idle, &filter, &caps.caller);
-    output::plan_table(&mut out, &plan, width())?;
+    if !args.json {
+        output::plan_table(&mut out, &plan, width())?;
+    }
     if !args.yes
         && !crate::confirm::ask(
             &mut out,
@@ -351,8 +402,96 @@ async fn end_idle_sessions(
     {
         return Ok(Exit::Error);
     }
-    let outcomes = sessions::execute(client, &caps, &filter, &plan, Duration::from_secs(5)).await?;
+    let outcomes = if plan.targets.is_empty() {
+        Vec::new()
+    } else {
+        sessions::execute(client, &caps, &filter, &plan, Duration::from_secs(5)).await?
+    };
+    // A pool that refills can take the freed slot before the user's own login: watch a
+    // moment for the role's sessions to come back, and say so.
+    let watch_until = tokio::time::Instant::now() + RECONNECT_WATCH;
+    let after = loop {
+        let now = sessions::list(client, &caps, &filter).await?;
+        let full = limit >= 0 && now.len() >= usize::try_from(limit).unwrap_or(0);
+        if plan.targets.is_empty() || full || tokio::time::Instant::now() >= watch_until {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let arrived: Vec<&pgkill_core::Session> = after
+        .iter()
+        .filter(|s| match (began, s.backend_start) {
+            (Some(began), Some(start)) => start > began,
+            _ => false,
+        })
+        .collect();
+    let full_again = limit >= 0 && after.len() >= usize::try_from(limit).unwrap_or(0);
+    let code = if plan.targets.is_empty() {
+        Exit::NothingMatched
+    } else if full_again {
+        Exit::Partial
+    } else {
+        Exit::from_code(exit_code(&outcomes))
+    };
+    if args.json {
+        let d = FreeSlotDoc {
+            server: server_json(&caps),
+            action: "free_slot",
+            role: &args.role,
+            connection_limit: limit,
+            sessions_before: before,
+            plan: plan_entries(&plan),
+            outcomes: &outcomes,
+            reconnected: arrived
+                .iter()
+                .map(|s| Arrival {
+                    pid: s.pid,
+                    backend_start: s.backend_start.map(rfc3339),
+                    application_name: s.application_name.as_deref(),
+                    client_addr: s.client_addr.map(|a| a.to_string()),
+                })
+                .collect(),
+            sessions_after: after.len(),
+            full_again,
+        };
+        output::json(&mut out, &d)?;
+        out.flush()?;
+        return Ok(code);
+    }
     output::outcomes_table(&mut out, &outcomes, width())?;
+    if !arrived.is_empty() {
+        let who: Vec<String> = arrived
+            .iter()
+            .map(|s| {
+                format!(
+                    "pid {} ({} from {})",
+                    s.pid,
+                    s.application_name
+                        .as_deref()
+                        .filter(|a| !a.is_empty())
+                        .unwrap_or("no application name"),
+                    s.client_addr
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "the local socket".into())
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "{} session(s) of {} logged in while free-slot ran: {}. A pool may have taken the freed slot(s).",
+            arrived.len(),
+            args.role,
+            who.join(", ")
+        )?;
+    }
+    if full_again {
+        writeln!(
+            out,
+            "{} is at its connection limit again ({}/{limit}): the freed slot(s) were taken.",
+            args.role,
+            after.len()
+        )?;
+    }
     out.flush()?;
-    Ok(Exit::from_code(exit_code(&outcomes)))
+    Ok(code)
 }

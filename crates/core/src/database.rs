@@ -347,12 +347,13 @@ pub fn rename_database(old: &str, new: &str) -> String {
     )
 }
 
-/// Terminates every session of database `oid` except pgkill's own; returns how many
-/// were signalled and how many of those were inside a transaction.
+/// Terminates every session of database `oid` except pgkill's own; returns the pids it
+/// signalled and the pids that were inside a transaction (`int[]`, either may be NULL).
+/// (The signal sits in an aggregate's `FILTER`, which sees only the rows `WHERE` kept.)
 pub fn terminate_all(oid: u32) -> Query {
     Query {
-        sql: "SELECT pg_catalog.count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid))::int8 AS signalled,
-       pg_catalog.count(*) FILTER (WHERE xact_start IS NOT NULL)::int8 AS in_transaction
+        sql: "SELECT pg_catalog.array_agg(pid) FILTER (WHERE pg_catalog.pg_terminate_backend(pid)) AS signalled,
+       pg_catalog.array_agg(pid) FILTER (WHERE xact_start IS NOT NULL) AS in_transaction
 FROM pg_catalog.pg_stat_activity WHERE datid = $1::int8::oid AND pid <> pg_catalog.pg_backend_pid()"
             .into(),
         params: vec![Param::Int8(i64::from(oid))],

@@ -267,6 +267,8 @@ pub struct Report {
     pub ended_idle: i64,
     /// DROP / RENAME attempts.
     pub attempts: u32,
+    /// Whether pgkill fenced the database (not an invalid one, which is only dropped).
+    pub fenced: bool,
     /// Prepared transactions rolled back (`--rollback-prepared`).
     pub prepared_rolled_back: Vec<String>,
     /// The fence the database already had when the operation began (it stays up after
@@ -277,6 +279,8 @@ pub struct Report {
     pub left_fenced: bool,
     /// Restoration done at the end (rename, --then-unfence).
     pub restored: Option<RestorePlan>,
+    /// Pids terminated so far (a session signalled again while it exits counts once).
+    signalled: std::collections::BTreeSet<i32>,
 }
 
 /// Something that, when it completes, interrupts an operation (Ctrl-C, SIGTERM) with the
@@ -390,6 +394,7 @@ pub async fn run(
         &fence::fence_statements(&info.name, &info.settings, &record),
     )
     .await?;
+    report.fenced = true;
     report.already_fenced = prior.clone();
     let outcome = tokio::select! {
         r = drain_and_act(client, caps, pre, req, &mut report, progress) => r,
@@ -478,16 +483,31 @@ async fn drain_and_act(
         match batch(client, &statement).await {
             Ok(()) => return Ok(()),
             Err(Error::ObjectInUse(_)) if started.elapsed() < req.deadline => {
-                let rows = query(client, &plan::terminate_all(info.oid)).await?;
-                if let Some(row) = rows.first() {
-                    report.terminated += row.try_get::<_, i64>(0)?;
-                    report.rolled_back += row.try_get::<_, i64>(1)?;
-                }
+                terminate_all(client, info.oid, report).await?;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Terminates every session of database `oid` and counts each session once, however
+/// often it is signalled while it takes to exit.
+async fn terminate_all(client: &Client, oid: u32, report: &mut Report) -> Result<()> {
+    let Some(row) = query_opt(client, &plan::terminate_all(oid)).await? else {
+        return Ok(());
+    };
+    let signalled: Vec<i32> = row.try_get::<_, Option<Vec<i32>>>(0)?.unwrap_or_default();
+    let in_transaction: Vec<i32> = row.try_get::<_, Option<Vec<i32>>>(1)?.unwrap_or_default();
+    for pid in signalled {
+        if report.signalled.insert(pid) {
+            report.terminated += 1;
+            if in_transaction.contains(&pid) {
+                report.rolled_back += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Pauses between polls: fast right after a fence or a terminate, where a few milliseconds
@@ -552,11 +572,7 @@ async fn drain(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut pause = Backoff::default();
     loop {
-        let rows = query(client, &plan::terminate_all(oid)).await?;
-        if let Some(row) = rows.first() {
-            report.terminated += row.try_get::<_, i64>(0)?;
-            report.rolled_back += row.try_get::<_, i64>(1)?;
-        }
+        terminate_all(client, oid, report).await?;
         let left = count(client, oid).await?;
         progress(Progress {
             sessions: left,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Result};
 use pgkill_sandbox::{cases, roles, sim, Installation, Options, Sandbox};
+use serde_json::Value;
 use tokio_postgres::Client;
 
 mod support;
@@ -26,6 +27,7 @@ fn main() {
         no_local_file_is_written_and_symlinks_are_not_followed,
         a_legacy_record_is_adopted_only_on_its_cluster,
         drain_waits_for_transactions_without_hammering_the_server,
+        database_commands_speak_json,
     ]);
 }
 
@@ -416,5 +418,82 @@ async fn drain_waits_for_transactions_without_hammering_the_server(pg: Installat
         "{polls} polls in a {grace} s grace period"
     );
     ensure!(db_row(&admin, "slow").await? == Some(before));
+    Ok(())
+}
+
+async fn database_commands_speak_json(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let admin = sb.admin("postgres").await?;
+    let before = database(&sb, &admin, "shop").await?;
+    let _idle = sim::idle(&sb.config("shop", roles::PLAIN)).await?;
+    let m = Machine::new(&sb)?;
+    let json = |args: &[&str]| -> Result<(i32, Value)> {
+        let (code, out, err) = m.run(args)?;
+        let doc = serde_json::from_str(&out)
+            .map_err(|e| anyhow!("{args:?}: not one JSON document ({e}):\n{out}\n{err}"))?;
+        Ok((code, doc))
+    };
+    let (code, d) = json(&["drop", "shop", "--dry-run", "--json"])?;
+    ensure!(
+        code == 0 && d["dry_run"] == true && d["result"].is_null(),
+        "{d}"
+    );
+    ensure!(
+        d["preflight"]["settings"]["connection_limit"] == 70
+            && d["preflight"]["ending"]["sessions"] == 1
+            && d["preflight"]["refusals"]
+                .as_array()
+                .is_some_and(Vec::is_empty),
+        "{d}"
+    );
+    let (code, d) = json(&["drain", "shop", "-y", "--json"])?;
+    ensure!(
+        code == 0 && d["action"] == "drain" && d["database"] == "shop",
+        "{d}"
+    );
+    ensure!(
+        d["result"]["steps"] == serde_json::json!(["fenced", "drained", "left_fenced"])
+            && d["result"]["sessions_ended"]["total"] == 1
+            && d["result"]["left_fenced"] == true,
+        "{d}"
+    );
+    let (code, d) = json(&["unfence", "shop", "--json"])?;
+    ensure!(
+        code == 0
+            && d["result"]["steps"] == serde_json::json!(["unfenced"])
+            && d["result"]["restore"]["allow_connections"] == true
+            && d["result"]["restore"]["record_removed"] == true
+            && d["result"]["already_fenced"]["operation"] == "drain",
+        "{d}"
+    );
+    ensure!(db_row(&admin, "shop").await? == Some(before));
+    let (code, d) = json(&["rename", "shop", "store", "-y", "--json"])?;
+    ensure!(
+        code == 0
+            && d["new_name"] == "store"
+            && d["result"]["steps"]
+                == serde_json::json!(["fenced", "drained", "renamed", "unfenced"])
+            && d["result"]["attempts"] == 1,
+        "{d}"
+    );
+    admin
+        .batch_execute("ALTER DATABASE store IS_TEMPLATE true")
+        .await?;
+    let (code, d) = json(&["drop", "store", "-y", "--json"])?;
+    ensure!(
+        code == 2
+            && d["preflight"]["refusals"][0]
+                .as_str()
+                .is_some_and(|r| r.contains("template")),
+        "{d}"
+    );
+    let (code, d) = json(&["drop", "store", "-y", "--allow-template", "--json"])?;
+    ensure!(
+        code == 0 && d["result"]["steps"] == serde_json::json!(["fenced", "drained", "dropped"]),
+        "{d}"
+    );
+    ensure!(db_row(&admin, "store").await?.is_none());
+    let (code, _, err) = m.run(&["drain", "x", "--json"])?;
+    ensure!(code == 2 && err.contains("needs -y"), "{code} {err}");
     Ok(())
 }
