@@ -82,7 +82,7 @@ enum Command {
     /// List sessions (client sessions by default).
     Ls(sessions_cmd::LsArgs),
     /// Terminate the matching sessions, verified.
-    Kill(sessions_cmd::SignalArgs),
+    Kill(sessions_cmd::KillArgs),
     /// Cancel the running statement of the matching sessions.
     Cancel(sessions_cmd::SignalArgs),
     /// Fence a database and end its sessions (letting transactions finish within --grace).
@@ -141,8 +141,20 @@ fn run_async(
     let outcome = runtime.block_on(async {
         match &command {
             Command::Ls(a) => sessions_cmd::ls(&conn, conninfo, a).await,
-            Command::Kill(a) => sessions_cmd::signal(&conn, conninfo, a, Signal::Terminate).await,
-            Command::Cancel(a) => sessions_cmd::signal(&conn, conninfo, a, Signal::Cancel).await,
+            Command::Kill(a) => {
+                sessions_cmd::signal(&conn, conninfo, &a.signal, Signal::Terminate, a.timeout).await
+            }
+            Command::Cancel(a) => {
+                // Cancelling leaves the session: there is nothing to wait for.
+                sessions_cmd::signal(
+                    &conn,
+                    conninfo,
+                    a,
+                    Signal::Cancel,
+                    std::time::Duration::ZERO,
+                )
+                .await
+            }
             Command::Drain(a) => {
                 database_cmd::run(
                     &conn,

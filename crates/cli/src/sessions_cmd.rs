@@ -40,15 +40,22 @@ pub struct SignalArgs {
     /// Print the plan and change nothing.
     #[arg(long = "dry-run")]
     dry_run: bool,
-    /// How long to wait for terminated sessions to be gone (kill only).
-    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = |s: &str| pgkill_core::parse_duration(s).map_err(|e| e.to_string()))]
-    timeout: Duration,
     /// Print one JSON document (the plan and each session's outcome).
     #[arg(long)]
     json: bool,
     /// Also act on walsenders and background processes (deliberate use only).
     #[arg(long = "all-backends")]
     all_backends: bool,
+}
+
+/// Arguments of `pgkill kill`: those of `cancel`, and how long to wait.
+#[derive(Debug, clap::Args)]
+pub struct KillArgs {
+    #[command(flatten)]
+    pub(crate) signal: SignalArgs,
+    /// How long to wait for terminated sessions to be gone.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = |s: &str| pgkill_core::parse_duration(s).map_err(|e| e.to_string()))]
+    pub(crate) timeout: Duration,
 }
 
 fn width() -> Option<usize> {
@@ -162,6 +169,7 @@ pub async fn signal(
     conninfo: Option<&str>,
     args: &SignalArgs,
     signal: Signal,
+    timeout: Duration,
 ) -> anyhow::Result<Exit> {
     let filter = args.filters.to_filter(args.all_backends);
     let action = match signal {
@@ -178,7 +186,7 @@ pub async fn signal(
     let connected = inflight::connect(conn_args, conninfo).await?;
     let mut signals = Signals::listen()?;
     inflight::guard(&connected, &mut signals, async {
-        signal_sessions(&connected.client, args, &filter, signal, action).await
+        signal_sessions(&connected.client, args, &filter, signal, action, timeout).await
     })
     .await
 }
@@ -189,6 +197,7 @@ async fn signal_sessions(
     filter: &pgkill_core::Filter,
     signal: Signal,
     action: &'static str,
+    timeout: Duration,
 ) -> anyhow::Result<Exit> {
     let caps = sessions::capabilities(client).await?;
     let plan = sessions::plan(client, &caps, filter, signal).await?;
@@ -249,7 +258,7 @@ async fn signal_sessions(
             return Ok(Exit::Error);
         }
     }
-    let outcomes = sessions::execute(client, &caps, filter, &plan, args.timeout).await?;
+    let outcomes = sessions::execute(client, &caps, filter, &plan, timeout).await?;
     if args.json {
         doc(&outcomes, false, &mut out)?;
     } else {

@@ -15,6 +15,7 @@ fn main() {
         rename_to_a_bad_name_changes_nothing,
         a_too_long_name_never_reaches_another_object,
         drop_of_the_maintenance_database_suggests_another,
+        each_command_has_only_its_own_flags,
     ]);
 }
 
@@ -111,5 +112,16 @@ async fn drop_of_the_maintenance_database_suggests_another(pg: Installation) -> 
         "exit {code}: {err}"
     );
     ensure!(!err.contains("e.g. postgres"), "{err}");
+    Ok(())
+}
+
+async fn each_command_has_only_its_own_flags(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let (_, cancel, _) = run(&sb, &["cancel", "--help"])?;
+    let (_, kill, _) = run(&sb, &["kill", "--help"])?;
+    ensure!(!cancel.contains("--timeout"), "cancel --help:\n{cancel}");
+    ensure!(kill.contains("--timeout"), "kill --help:\n{kill}");
+    let (code, _, err) = run(&sb, &["cancel", "--timeout", "1s", "-y"])?;
+    ensure!(code == 2 && err.contains("--timeout"), "exit {code}: {err}");
     Ok(())
 }
