@@ -30,6 +30,13 @@ pub trait Env {
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Type and permissions of a path.
     fn file_info(&self, path: &Path) -> io::Result<FileInfo>;
+    /// The entries of a directory (`sslcrldir`), as full paths in no particular order.
+    /// The default lists the real file system.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.path()))
+            .collect()
+    }
 }
 
 /// The real environment, files and user of this process.
@@ -160,5 +167,17 @@ impl Env for MemoryEnv {
             });
         }
         Err(io::Error::new(io::ErrorKind::NotFound, "no such file"))
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        if !self.dirs.iter().any(|d| d == path) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such directory"));
+        }
+        Ok(self
+            .files
+            .keys()
+            .chain(&self.dirs)
+            .filter(|p| p.parent() == Some(path))
+            .cloned()
+            .collect())
     }
 }

@@ -30,8 +30,10 @@ mod conninfo;
 mod env;
 mod error;
 mod pgpass;
+mod require_auth;
 mod resolve;
 mod service;
+mod stream;
 mod tls;
 
 use std::fmt;
@@ -40,11 +42,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 
 pub use client::{connect, ConnectionTask, NoPrompt, PasswordPrompt, TerminalPrompt};
 pub use env::{Env, FileInfo, MemoryEnv, SystemEnv};
 pub use error::{ConnectError, Result};
+pub use require_auth::RequireAuth;
 pub use resolve::resolve;
 
 /// The `application_name` of every connection pgkill opens. Not configurable (not even by
@@ -265,6 +268,69 @@ impl fmt::Debug for RootCerts {
     }
 }
 
+/// A TLS protocol version, as libpq's `ssl_min_protocol_version` and
+/// `ssl_max_protocol_version` name them. pgkill (rustls) speaks only TLS 1.2 and 1.3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// `TLSv1` (1.0).
+    Tls1_0,
+    /// `TLSv1.1`.
+    Tls1_1,
+    /// `TLSv1.2`: libpq's default minimum.
+    Tls1_2,
+    /// `TLSv1.3`.
+    Tls1_3,
+}
+
+impl TlsVersion {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls1_0 => "TLSv1",
+            TlsVersion::Tls1_1 => "TLSv1.1",
+            TlsVersion::Tls1_2 => "TLSv1.2",
+            TlsVersion::Tls1_3 => "TLSv1.3",
+        }
+    }
+
+    /// Parses libpq's spelling, ignoring case as libpq does.
+    pub fn parse(s: &str) -> Option<TlsVersion> {
+        [
+            TlsVersion::Tls1_0,
+            TlsVersion::Tls1_1,
+            TlsVersion::Tls1_2,
+            TlsVersion::Tls1_3,
+        ]
+        .into_iter()
+        .find(|v| v.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Certificate revocation lists (`sslcrl`, `sslcrldir`, `~/.postgresql/root.crl`):
+/// checked whenever the server's certificate is verified, like libpq.
+#[derive(Clone, Default)]
+pub struct Crls {
+    /// The files they were read from.
+    pub paths: Vec<PathBuf>,
+    /// The lists (DER).
+    pub lists: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl fmt::Debug for Crls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Crls")
+            .field("paths", &self.paths)
+            .field("lists", &self.lists.len())
+            .finish()
+    }
+}
+
 /// Resolved connection settings: what [`connect`] uses. `Debug` and `Display` never show
 /// the password.
 #[derive(Debug, Clone)]
@@ -291,6 +357,16 @@ pub struct Settings {
     pub ssl_mode: SslMode,
     /// Certificates to verify the server's against.
     pub root_certs: RootCerts,
+    /// Revocation lists checked when verifying the server's certificate.
+    pub crls: Crls,
+    /// `ssl_min_protocol_version` (libpq's default: TLSv1.2).
+    pub ssl_min_protocol_version: TlsVersion,
+    /// `ssl_max_protocol_version` (`None`: no upper bound).
+    pub ssl_max_protocol_version: Option<TlsVersion>,
+    /// `require_auth`: the authentication requests pgkill may answer (`None`: any).
+    pub require_auth: Option<RequireAuth>,
+    /// `requirepeer`: the OS user the server must run as, checked on Unix sockets only.
+    pub require_peer: Option<String>,
     /// Give up connecting after this long (`None`: wait forever).
     pub connect_timeout: Option<Duration>,
     /// `options`/`PGOPTIONS`: server settings for the session (`-c name=value`).
