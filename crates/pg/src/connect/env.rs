@@ -84,7 +84,8 @@ impl Env for SystemEnv {
 }
 
 /// An environment held in memory, for tests (here and in front-ends): variables, a home
-/// directory, a user name, files with modes and directories.
+/// directory, a user name, files with modes and directories, or the real file system
+/// ([`MemoryEnv::real_files`]).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryEnv {
     vars: BTreeMap<String, String>,
@@ -92,6 +93,7 @@ pub struct MemoryEnv {
     user: Option<String>,
     files: BTreeMap<PathBuf, (Vec<u8>, u32)>,
     dirs: Vec<PathBuf>,
+    real_files: bool,
 }
 
 impl MemoryEnv {
@@ -129,6 +131,12 @@ impl MemoryEnv {
         self.dirs.push(path.into());
         self
     }
+    /// Reads files and directories from the real file system instead (variables, home
+    /// and user stay in memory): for tests with files a server must read too.
+    pub fn real_files(mut self) -> Self {
+        self.real_files = true;
+        self
+    }
 }
 
 impl Env for MemoryEnv {
@@ -142,6 +150,9 @@ impl Env for MemoryEnv {
         self.user.clone()
     }
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        if self.real_files {
+            return SystemEnv.read_file(path);
+        }
         match self.files.get(path) {
             Some((contents, _)) => Ok(contents.clone()),
             None if self.dirs.iter().any(|d| d == path) => Err(io::Error::new(
@@ -152,6 +163,9 @@ impl Env for MemoryEnv {
         }
     }
     fn file_info(&self, path: &Path) -> io::Result<FileInfo> {
+        if self.real_files {
+            return SystemEnv.file_info(path);
+        }
         if let Some((_, mode)) = self.files.get(path) {
             return Ok(FileInfo {
                 is_file: true,
@@ -169,6 +183,9 @@ impl Env for MemoryEnv {
         Err(io::Error::new(io::ErrorKind::NotFound, "no such file"))
     }
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        if self.real_files {
+            return SystemEnv.list_dir(path);
+        }
         if !self.dirs.iter().any(|d| d == path) {
             return Err(io::Error::new(io::ErrorKind::NotFound, "no such directory"));
         }

@@ -19,11 +19,27 @@
 //! `application_name` is always [`APPLICATION_NAME`] (`pgkill`), whatever `PGAPPNAME` or
 //! the connection string say: pgkill recognises and protects its own sessions by it.
 //!
+//! Protections the user can ask for, as in libpq: `require_auth` (the authentication
+//! requests pgkill may answer; checked on the server's startup messages before
+//! tokio-postgres answers them), `requirepeer` (the OS user of the server process behind a
+//! Unix socket), `sslcrl`/`sslcrldir` (revoked server certificates are refused whenever
+//! the certificate is verified), `ssl_min_protocol_version`/`ssl_max_protocol_version`
+//! and `channel_binding`; each also from its `PG*` variable. To do the first two, pgkill
+//! opens the socket itself and hands it to tokio-postgres.
+//!
 //! Differences from libpq worth knowing: flags rank above the connection string (psql
 //! lets the string win); one host only (comma lists are refused); `allow` behaves like
-//! `prefer`; `prefer` never verifies certificates; options that would weaken security if
-//! silently ignored (client certificates, CRLs, `require_auth`, ...) are refused in a
-//! connection string and warned about in the environment; an empty value counts as unset.
+//! `prefer`; `prefer` never verifies certificates; a handshake failure under `prefer` is
+//! an error (libpq retries without TLS); only TLS 1.2 and 1.3 (a maximum below
+//! TLSv1.2 is refused); a `sslcrl`/`sslcrldir` that was named but cannot be read, or
+//! holds no list, is an error (libpq silently checks nothing); `require_auth` may allow
+//! `gss`, `sspi` or `oauth`, but pgkill cannot perform them, so such a server is still
+//! refused; options that would weaken security if silently ignored (client
+//! certificates, GSSAPI, ...) are refused in a connection string and warned about in the
+//! environment; an empty value counts as unset.
+//!
+//! Reconnecting (as `pgkill top` does) should reuse what the first connection settled
+//! ([`connect_reusable`]): the password typed at the prompt is never asked for again.
 
 mod client;
 mod conninfo;
@@ -44,7 +60,9 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 
-pub use client::{connect, ConnectionTask, NoPrompt, PasswordPrompt, TerminalPrompt};
+pub use client::{
+    connect, connect_reusable, ConnectionTask, NoPrompt, PasswordPrompt, TerminalPrompt,
+};
 pub use env::{Env, FileInfo, MemoryEnv, SystemEnv};
 pub use error::{ConnectError, Result};
 pub use require_auth::RequireAuth;
