@@ -2,7 +2,8 @@
 //! `require_auth` (the client refuses authentication requests it was not allowed to
 //! answer, before answering), `requirepeer` (the server process's OS user on a Unix
 //! socket), `sslcrl`/`sslcrldir` (a revoked server certificate is refused) and
-//! `ssl_min/max_protocol_version`.
+//! `ssl_min/max_protocol_version`; and, since pgkill opens its sockets itself for these,
+//! that cancel requests still reach the server.
 //!
 //! Each test writes its own `pg_hba.conf` rules for its own role (first, so they win over
 //! whatever the sandbox configured) and sets the role's password itself; it does not
@@ -32,6 +33,7 @@ fn main() {
         requirepeer_checks_the_server_process_user,
         sslcrl_refuses_a_revoked_server_certificate,
         tls_protocol_version_bounds,
+        cancel_goes_through_the_same_kind_of_socket,
     ]);
 }
 
@@ -852,5 +854,55 @@ async fn tls_protocol_version_bounds(pg: Installation) -> Result<()> {
                 .contains("ssl_min_protocol_version=TLSv1.3"),
         "{refusal}"
     );
+    Ok(())
+}
+
+/// A statement of a pgkill connection is cancelled through `connect::cancel`, over TLS and
+/// over the Unix socket (with `requirepeer`).
+async fn cancel_goes_through_the_same_kind_of_socket(pg: Installation) -> Result<()> {
+    let pki = pki()?;
+    let s = server(&pg, tls_options(&pki)).await?;
+    s.hba(
+        &[
+            &format!("local all {ROLE} scram-sha-256"),
+            &format!("host all {ROLE} 127.0.0.1/32 scram-sha-256"),
+        ],
+        10,
+        Some(10),
+    )
+    .await?;
+    let owner = server_os_user(&s.sb)?;
+    let socket = format!(
+        "host={} port={} user={ROLE} dbname=postgres password={PASSWORD} requirepeer={owner}",
+        s.sb.socket_dir().display(),
+        s.sb.port()
+    );
+    for how in [s.tcp("sslmode=require"), socket] {
+        let settings = settings(&how, &[])?;
+        let (client, _task) = connect::connect(&settings, &connect::NoPrompt).await?;
+        let token = client.cancel_token();
+        let sleeping =
+            tokio::spawn(
+                async move { client.batch_execute("SELECT pg_catalog.pg_sleep(30)").await },
+            );
+        // Cancel until it lands (the statement may not have started yet).
+        let began = Instant::now();
+        while !sleeping.is_finished() {
+            connect::cancel(&settings, &token).await?;
+            ensure!(
+                began.elapsed() < Duration::from_secs(10),
+                "{how}: never cancelled"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let e = sleeping
+            .await?
+            .err()
+            .ok_or_else(|| anyhow!("{how}: pg_sleep finished"))?;
+        ensure!(
+            e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+            "{how}: {e}"
+        );
+    }
     Ok(())
 }

@@ -250,6 +250,56 @@ async fn attempt(
     })
 }
 
+/// Asks the server to cancel the statement running on the connection `token` came from,
+/// over a new connection made with `settings` (TLS per `sslmode`, `requirepeer` checked),
+/// bounded by `connect_timeout`. Use this, not `CancelToken::cancel_query`: pgkill opens
+/// its sockets itself, so tokio-postgres's token does not know where the server is.
+pub async fn cancel(settings: &Settings, token: &tokio_postgres::CancelToken) -> Result<()> {
+    let target = settings.describe();
+    let verify = if settings.is_unix_socket() {
+        None
+    } else {
+        tls::verification(settings.ssl_mode, &settings.root_certs)
+    };
+    let tls_config = match verify {
+        Some(v) => Some(tls::client_config(v, settings)?),
+        None => None,
+    };
+    let sending = async {
+        let socket = open_socket(settings).await?;
+        match (tls_config, &settings.host) {
+            (Some(c), Host::Tcp(host)) => {
+                let Ok(tls) = MakeTlsConnect::<Socket>::make_tls_connect(
+                    &mut MakeRustlsConnect::new(c),
+                    host,
+                );
+                token.cancel_query_raw(socket, tls).await
+            }
+            _ => token.cancel_query_raw(socket, NoTls).await,
+        }
+        .map_err(Failure::Client)
+    };
+    let result = match settings.connect_timeout {
+        Some(t) => tokio::time::timeout(t, sending)
+            .await
+            .unwrap_or(Err(Failure::Timeout)),
+        None => sending.await,
+    };
+    result.map_err(|f| match f {
+        Failure::Setup(e) => e,
+        Failure::Timeout => ConnectError::Timeout {
+            target: target.clone(),
+            seconds: settings.connect_timeout.map_or(0, |t| t.as_secs()),
+        },
+        Failure::Socket(e) => unreachable(e, settings, &settings.dbname),
+        Failure::Client(e) => ConnectError::Client {
+            target: target.clone(),
+            reason: chain(&e),
+            source: e,
+        },
+    })
+}
+
 /// Opens the socket `settings` name (`hostaddr` skips the name lookup) and, on a Unix
 /// socket, checks `requirepeer`. libpq ignores `requirepeer` over TCP, and so does pgkill.
 async fn open_socket(settings: &Settings) -> std::result::Result<Socket, Failure> {

@@ -25,7 +25,8 @@
 //! Unix socket), `sslcrl`/`sslcrldir` (revoked server certificates are refused whenever
 //! the certificate is verified), `ssl_min_protocol_version`/`ssl_max_protocol_version`
 //! and `channel_binding`; each also from its `PG*` variable. To do the first two, pgkill
-//! opens the socket itself and hands it to tokio-postgres.
+//! opens the socket itself and hands it to tokio-postgres; cancel requests therefore go
+//! through [`cancel`], which opens theirs the same way.
 //!
 //! Differences from libpq worth knowing: flags rank above the connection string (psql
 //! lets the string win); one host only (comma lists are refused); `allow` behaves like
@@ -61,7 +62,7 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 
 pub use client::{
-    connect, connect_reusable, ConnectionTask, NoPrompt, PasswordPrompt, TerminalPrompt,
+    cancel, connect, connect_reusable, ConnectionTask, NoPrompt, PasswordPrompt, TerminalPrompt,
 };
 pub use env::{Env, FileInfo, MemoryEnv, SystemEnv};
 pub use error::{ConnectError, Result};
