@@ -165,7 +165,7 @@ async fn setup_database(sandbox: &Sandbox) -> anyhow::Result<()> {
     let admin = sandbox.admin("postgres").await?;
     for role in APP_ROLES {
         admin
-            .batch_execute(&format!("CREATE ROLE {} LOGIN", quote_ident(role)))
+            .batch_execute(&format!("CREATE ROLE {} LOGIN", quote_ident(role)?))
             .await
             .with_context(|| format!("creating role {role}"))?;
     }
@@ -182,7 +182,7 @@ async fn setup_database(sandbox: &Sandbox) -> anyhow::Result<()> {
     for role in APP_ROLES {
         shop.batch_execute(&format!(
             "GRANT ALL ON ALL TABLES IN SCHEMA public TO {r}; GRANT CREATE, USAGE ON SCHEMA public TO {r}",
-            r = quote_ident(role)
+            r = quote_ident(role)?
         ))
         .await
         .with_context(|| format!("granting {role} access"))?;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::planner::{Param, Query};
-use crate::quote::quote_ident;
+use crate::quote::{quote_ident, QuoteError};
 use crate::version::ServerVersion;
 
 /// A database's connection settings, recorded before pgkill changes anything.
@@ -307,34 +307,38 @@ pub fn subscriptions(oid: u32) -> Query {
 }
 
 /// `ALTER DATABASE … ALLOW_CONNECTIONS …` (utility statements take no parameters).
-pub fn set_allow_connections(name: &str, allow: bool) -> String {
-    format!(
+pub fn set_allow_connections(name: &str, allow: bool) -> Result<String, QuoteError> {
+    Ok(format!(
         "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
-        quote_ident(name)
-    )
+        quote_ident(name)?
+    ))
 }
 
 /// `ALTER DATABASE … IS_TEMPLATE false`.
-pub fn clear_template(name: &str) -> String {
-    format!("ALTER DATABASE {} IS_TEMPLATE false", quote_ident(name))
+pub fn clear_template(name: &str) -> Result<String, QuoteError> {
+    Ok(format!(
+        "ALTER DATABASE {} IS_TEMPLATE false",
+        quote_ident(name)?
+    ))
 }
 
 /// `DROP DATABASE`, with `FORCE` where the server has it (13+).
-pub fn drop_database(v: ServerVersion, name: &str) -> String {
-    if v.major >= 13 {
-        format!("DROP DATABASE {} WITH (FORCE)", quote_ident(name))
+pub fn drop_database(v: ServerVersion, name: &str) -> Result<String, QuoteError> {
+    let name = quote_ident(name)?;
+    Ok(if v.major >= 13 {
+        format!("DROP DATABASE {name} WITH (FORCE)")
     } else {
-        format!("DROP DATABASE {}", quote_ident(name))
-    }
+        format!("DROP DATABASE {name}")
+    })
 }
 
 /// `ALTER DATABASE … RENAME TO …`.
-pub fn rename_database(old: &str, new: &str) -> String {
-    format!(
+pub fn rename_database(old: &str, new: &str) -> Result<String, QuoteError> {
+    Ok(format!(
         "ALTER DATABASE {} RENAME TO {}",
-        quote_ident(old),
-        quote_ident(new)
-    )
+        quote_ident(old)?,
+        quote_ident(new)?
+    ))
 }
 
 /// Terminates every session of database `oid` except pgkill's own; returns how many
@@ -430,18 +434,41 @@ mod tests {
     fn statements_quote_names() {
         let v = |major| ServerVersion { major, minor: 0 };
         assert_eq!(
-            drop_database(v(13), r#"a"b; x"#),
+            drop_database(v(13), r#"a"b; x"#).unwrap(),
             r#"DROP DATABASE "a""b; x" WITH (FORCE)"#
         );
-        assert_eq!(drop_database(v(12), "Shop"), r#"DROP DATABASE "Shop""#);
         assert_eq!(
-            rename_database("a", "b c"),
+            drop_database(v(12), "Shop").unwrap(),
+            r#"DROP DATABASE "Shop""#
+        );
+        assert_eq!(
+            rename_database("a", "b c").unwrap(),
             r#"ALTER DATABASE "a" RENAME TO "b c""#
         );
         assert_eq!(
-            set_allow_connections("x", false),
+            set_allow_connections("x", false).unwrap(),
             r#"ALTER DATABASE "x" ALLOW_CONNECTIONS false"#
         );
+        assert_eq!(
+            clear_template("x").unwrap(),
+            r#"ALTER DATABASE "x" IS_TEMPLATE false"#
+        );
+    }
+
+    #[test]
+    fn names_with_a_nul_byte_make_no_statement() {
+        let v = ServerVersion {
+            major: 16,
+            minor: 0,
+        };
+        let nul = QuoteError::NulInIdentifier {
+            name: "sh\0op".into(),
+        };
+        assert_eq!(drop_database(v, "sh\0op"), Err(nul.clone()));
+        assert_eq!(rename_database("sh\0op", "b"), Err(nul.clone()));
+        assert_eq!(rename_database("a", "sh\0op"), Err(nul.clone()));
+        assert_eq!(set_allow_connections("sh\0op", true), Err(nul.clone()));
+        assert_eq!(clear_template("sh\0op"), Err(nul));
     }
 
     #[test]

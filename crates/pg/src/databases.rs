@@ -10,7 +10,7 @@ use pgkill_core::database::{
     self as plan, Blockers, DbInfo, DbSettings, FenceRecord, Operation, PreparedXact, Resolve,
     RestorePlan, Slot,
 };
-use pgkill_core::quote_literal;
+use pgkill_core::{quote_ident, quote_literal};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row};
 
@@ -83,6 +83,12 @@ pub async fn preflight(
     new_name: Option<&str>,
     resolve: Resolve,
 ) -> Result<Preflight> {
+    // The names go into utility statements: one that cannot be quoted (a NUL byte) is
+    // refused before anything is looked up or changed.
+    quote_ident(name)?;
+    if let Some(new) = new_name {
+        quote_ident(new)?;
+    }
     let info = info(client, name)
         .await?
         .ok_or_else(|| Error::Refused(vec![format!("database {name:?} does not exist")]))?;
@@ -258,7 +264,7 @@ pub async fn run(
         let inside = connect_to(info.name.clone()).await?;
         for p in &pre.blockers.prepared {
             inside
-                .batch_execute(&format!("ROLLBACK PREPARED {}", quote_literal(&p.gid)))
+                .batch_execute(&format!("ROLLBACK PREPARED {}", quote_literal(&p.gid)?))
                 .await?;
             report.prepared_rolled_back.push(p.gid.clone());
         }
@@ -268,7 +274,7 @@ pub async fn run(
     if info.is_invalid() && req.op == Operation::Drop {
         report.attempts = 1;
         client
-            .batch_execute(&plan::drop_database(caps.version, &info.name))
+            .batch_execute(&plan::drop_database(caps.version, &info.name)?)
             .await?;
         return Ok(report);
     }
@@ -339,25 +345,30 @@ async fn fence_and_act(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<()> {
     let info = &pre.info;
+    // Built first: a statement that cannot be written must not leave a fence behind.
+    let statement = match req.op {
+        Operation::Drain => None,
+        Operation::Drop => Some(plan::drop_database(caps.version, &info.name)?),
+        Operation::Rename => Some(plan::rename_database(
+            &info.name,
+            req.new_name.as_deref().unwrap_or(&info.name),
+        )?),
+    };
     if fenced.is_template != info.settings.is_template {
         client
-            .batch_execute(&plan::clear_template(&info.name))
+            .batch_execute(&plan::clear_template(&info.name)?)
             .await?;
     }
     if info.settings.allow_connections {
         client
-            .batch_execute(&plan::set_allow_connections(&info.name, false))
+            .batch_execute(&plan::set_allow_connections(&info.name, false)?)
             .await?;
     }
     drain(client, info.oid, req.grace, report, progress).await?;
-    let started = tokio::time::Instant::now();
-    let statement = match req.op {
-        Operation::Drain => return Ok(()),
-        Operation::Drop => plan::drop_database(caps.version, &info.name),
-        Operation::Rename => {
-            plan::rename_database(&info.name, req.new_name.as_deref().unwrap_or(&info.name))
-        }
+    let Some(statement) = statement else {
+        return Ok(());
     };
+    let started = tokio::time::Instant::now();
     // Sessions that passed the connection checks before the fence can still arrive;
     // end them and try again until the statement goes through.
     loop {
@@ -452,13 +463,13 @@ pub async fn restore(
             client
                 .batch_execute(&format!(
                     "ALTER DATABASE {} IS_TEMPLATE {template}",
-                    pgkill_core::quote_ident(&info.name)
+                    quote_ident(&info.name)?
                 ))
                 .await?;
         }
         if let Some(allow) = step.allow_connections {
             client
-                .batch_execute(&plan::set_allow_connections(&info.name, allow))
+                .batch_execute(&plan::set_allow_connections(&info.name, allow)?)
                 .await?;
         }
     }

@@ -55,7 +55,7 @@ async fn server(pg: &Installation, options: Options) -> Result<Server> {
     admin
         .batch_execute(&format!(
             "SET password_encryption = 'scram-sha-256'; CREATE ROLE {ROLE} LOGIN PASSWORD {}",
-            pgkill_core::quote_literal(PASSWORD)
+            pgkill_core::quote_literal(PASSWORD)?
         ))
         .await
         .context("creating the test role")?;

@@ -38,7 +38,7 @@ async fn reconnect_after_a_password_change_neither_prompts_nor_retries(
     admin
         .batch_execute(&format!(
             "SET password_encryption = 'scram-sha-256'; CREATE ROLE {ROLE} LOGIN PASSWORD {}",
-            pgkill_core::quote_literal("first-Pw")
+            pgkill_core::quote_literal("first-Pw")?
         ))
         .await?;
     // TCP logins of the role need its password, whatever the sandbox's rules say.
@@ -97,7 +97,7 @@ async fn reconnect_after_a_password_change_neither_prompts_nor_retries(
     admin
         .batch_execute(&format!(
             "ALTER ROLE {ROLE} PASSWORD {}",
-            pgkill_core::quote_literal("second-Pw")
+            pgkill_core::quote_literal("second-Pw")?
         ))
         .await?;
     let before = failed_logins(&sb)?;

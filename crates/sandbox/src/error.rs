@@ -62,6 +62,9 @@ pub enum Error {
     /// The unprivileged OS user to run servers as could not be set up.
     #[error("cannot run PostgreSQL as root and could not use an unprivileged user: {0}")]
     RunAs(String),
+    /// A name or string that cannot be written into SQL.
+    #[error(transparent)]
+    Quote(#[from] pgkill_core::QuoteError),
     /// A SQL command against the sandbox failed.
     #[error("{context}: {source}")]
     Sql {

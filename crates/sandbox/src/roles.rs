@@ -25,7 +25,7 @@ pub fn password(role: &str) -> String {
 
 /// SQL run once in single-user mode when a version's template is built.
 /// Single-user mode reads one statement per line.
-pub(crate) fn template_sql() -> String {
+pub(crate) fn template_sql() -> crate::Result<String> {
     use pgkill_core::{quote_ident as id, quote_literal as lit};
     let mut sql = String::new();
     let mut line = |s: String| {
@@ -34,29 +34,29 @@ pub(crate) fn template_sql() -> String {
     };
     line(format!(
         "ALTER ROLE {} PASSWORD {}",
-        id(ADMIN),
-        lit(&password(ADMIN))
+        id(ADMIN)?,
+        lit(&password(ADMIN))?
     ));
     line(format!(
         "CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}",
-        id(SUPERUSER),
-        lit(&password(SUPERUSER))
+        id(SUPERUSER)?,
+        lit(&password(SUPERUSER))?
     ));
     line(format!(
         "CREATE ROLE {} LOGIN PASSWORD {}",
-        id(PLAIN),
-        lit(&password(PLAIN))
+        id(PLAIN)?,
+        lit(&password(PLAIN))?
     ));
     line(format!(
         "CREATE ROLE {} LOGIN PASSWORD {}",
-        id(SIGNALLER),
-        lit(&password(SIGNALLER))
+        id(SIGNALLER)?,
+        lit(&password(SIGNALLER))?
     ));
-    line(format!("GRANT pg_signal_backend TO {}", id(SIGNALLER)));
+    line(format!("GRANT pg_signal_backend TO {}", id(SIGNALLER)?));
     line(format!(
         "CREATE ROLE {} LOGIN CREATEDB PASSWORD {}",
-        id(OWNER),
-        lit(&password(OWNER))
+        id(OWNER)?,
+        lit(&password(OWNER))?
     ));
-    sql
+    Ok(sql)
 }
