@@ -95,7 +95,7 @@ pub async fn run(connect: Connector, filter: Filter, interval: Duration) -> anyh
                 },
                 ev = ev_rx.recv() => match ev {
                     Some(ev) => {
-                        if matches!(ev, Event::Snapshot(_)) {
+                        if matches!(ev, Event::Snapshot(_) | Event::AuthFailed(_)) {
                             in_flight = false;
                         }
                         ev
