@@ -1,7 +1,7 @@
 //! Connecting for the commands that talk to a server, as libpq tools do (see
 //! `pgkill_pg::connect`), and the stale-fence notice every such command gives.
 
-use pgkill_pg::connect::{self, ConnectArgs, Host, Settings, SystemEnv, TerminalPrompt};
+use pgkill_pg::connect::{self, ConnectArgs, Host, NoPrompt, Settings, SystemEnv, TerminalPrompt};
 use tokio_postgres::Client;
 
 use crate::args::ConnArgs;
@@ -10,7 +10,9 @@ use crate::args::ConnArgs;
 pub struct Connected {
     /// The connection (`application_name=pgkill`).
     pub client: Client,
-    /// The resolved settings (to reach another database of the same server).
+    /// The settings that worked, the password included (typed at the prompt, or from
+    /// `PGPASSWORD`/`.pgpass`): to reach another database of the same server, or to
+    /// reconnect, without asking again.
     pub settings: Settings,
     /// `host:port`, how the fence journal names the server.
     pub server: String,
@@ -24,9 +26,10 @@ impl std::fmt::Debug for Connected {
     }
 }
 
-/// Connects as the arguments, the `PG*` environment, `~/.pgpass` and service files say.
-/// Warnings (e.g. an ignored world-readable `.pgpass`) go to stderr, and so does a
-/// note for every database of this server that pgkill has fenced (see [`crate::fences`]).
+/// Connects as the arguments, the `PG*` environment, `~/.pgpass` and service files say,
+/// asking for the password on the terminal when needed. Warnings (e.g. an ignored
+/// world-readable `.pgpass`) go to stderr, and so does a note for every database of this
+/// server that pgkill has fenced (see [`crate::fences`]).
 pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
     let connected = connect_quietly(args, conninfo).await?;
     for warning in &connected.settings.warnings {
@@ -36,8 +39,7 @@ pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<
     Ok(connected)
 }
 
-/// Connects like [`connect`] without printing anything (for reconnecting under a
-/// full-screen view).
+/// Connects like [`connect`] without printing anything.
 pub async fn connect_quietly(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
     let connect_args = ConnectArgs {
         host: args.host.clone(),
@@ -48,13 +50,21 @@ pub async fn connect_quietly(args: &ConnArgs, conninfo: Option<&str>) -> anyhow:
         conninfo: conninfo.map(str::to_owned),
     };
     let settings = connect::resolve(&connect_args, &SystemEnv)?;
-    let (client, _task) = connect::connect(&settings, &TerminalPrompt).await?;
+    let (client, _task, settings) = connect::connect_reusable(&settings, &TerminalPrompt).await?;
     let server = server_name(&settings);
     Ok(Connected {
         client,
         settings,
         server,
     })
+}
+
+/// Connects again with the settings a [`connect`] settled, never asking anything: for
+/// reconnecting under a full-screen view, where a prompt would fight the key reader. The
+/// password obtained at start is reused; a login that fails is an error to show.
+pub async fn reconnect(settings: &Settings) -> anyhow::Result<Client> {
+    let (client, _task) = connect::connect(settings, &NoPrompt).await?;
+    Ok(client)
 }
 
 /// Connects to database `db` with the same settings.

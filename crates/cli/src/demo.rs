@@ -185,7 +185,7 @@ async fn setup_database(sandbox: &Sandbox) -> anyhow::Result<()> {
     for role in APP_ROLES {
         shop.batch_execute(&format!(
             "GRANT ALL ON ALL TABLES IN SCHEMA public TO {r}; GRANT CREATE, USAGE ON SCHEMA public TO {r}",
-            r = quote_ident(role)
+            r = quote_ident(role)?
         ))
         .await
         .with_context(|| format!("granting {role} access"))?;

@@ -181,7 +181,8 @@ pub async fn adopt_legacy(
             since: r.at,
             at: r.at,
         };
-        pgkill_pg::exec::batch(client, &fence::record_statement(name, &record)).await?;
+        let sql = fence::record_statement(name, &record).map_err(pgkill_pg::Error::Name)?;
+        pgkill_pg::exec::batch(client, &sql).await?;
         journal
             .remove(&path)
             .map_err(|e| pgkill_pg::Error::Refused(vec![format!("{file}: {e}")]))?;

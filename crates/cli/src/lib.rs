@@ -209,13 +209,13 @@ async fn top(
     conninfo: Option<&str>,
     args: &TopArgs,
 ) -> anyhow::Result<Outcome> {
-    // Connect once first so that a wrong password or host is a plain error, not a screen.
-    drop(inflight::connect(conn_args, conninfo).await?);
+    // Connect once first, before the full screen: a wrong password or host is a plain
+    // error, and the password is asked for (if at all) here, once. Reconnects reuse it.
+    let settings = inflight::connect(conn_args, conninfo).await?.settings;
     let statement_timeout = conn_args.statement_timeout;
-    let (conn_args, conninfo) = (conn_args.clone(), conninfo.map(str::to_owned));
     let connector: pgkill_tui::Connector = Box::new(move || {
-        let (a, c) = (conn_args.clone(), conninfo.clone());
-        Box::pin(async move { Ok(conn::connect_quietly(&a, c.as_deref()).await?.client) })
+        let settings = settings.clone();
+        Box::pin(async move { conn::reconnect(&settings).await })
     });
     pgkill_tui::run(
         connector,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::planner::{Param, Query};
-use crate::quote::quote_ident;
+use crate::quote::{quote_ident, QuoteError};
 use crate::version::ServerVersion;
 
 /// A database's connection settings, recorded before pgkill changes anything.
@@ -330,21 +330,22 @@ pub fn subscriptions(oid: u32) -> Query {
 }
 
 /// `DROP DATABASE`, with `FORCE` where the server has it (13+).
-pub fn drop_database(v: ServerVersion, name: &str) -> String {
-    if v.major >= 13 {
-        format!("DROP DATABASE {} WITH (FORCE)", quote_ident(name))
+pub fn drop_database(v: ServerVersion, name: &str) -> Result<String, QuoteError> {
+    let name = quote_ident(name)?;
+    Ok(if v.major >= 13 {
+        format!("DROP DATABASE {name} WITH (FORCE)")
     } else {
-        format!("DROP DATABASE {}", quote_ident(name))
-    }
+        format!("DROP DATABASE {name}")
+    })
 }
 
 /// `ALTER DATABASE … RENAME TO …`.
-pub fn rename_database(old: &str, new: &str) -> String {
-    format!(
+pub fn rename_database(old: &str, new: &str) -> Result<String, QuoteError> {
+    Ok(format!(
         "ALTER DATABASE {} RENAME TO {}",
-        quote_ident(old),
-        quote_ident(new)
-    )
+        quote_ident(old)?,
+        quote_ident(new)?
+    ))
 }
 
 /// Terminates every session of database `oid` except pgkill's own; returns the pids it
@@ -479,9 +480,9 @@ pub(crate) mod tests {
             caller_can_create_databases().sql,
             system_identifier().sql,
             role_connection_limit("r").sql,
-            rename_database("a", "b"),
+            rename_database("a", "b").unwrap(),
         ];
-        all.extend((10..=18).map(|m| drop_database(v(m), "x")));
+        all.extend((10..=18).map(|m| drop_database(v(m), "x").unwrap()));
         for sql in all {
             assert_eq!(
                 crate::sql::unqualified_calls(&sql),
@@ -515,14 +516,19 @@ pub(crate) mod tests {
     fn statements_quote_names() {
         let v = |major| ServerVersion { major, minor: 0 };
         assert_eq!(
-            drop_database(v(13), r#"a"b; x"#),
+            drop_database(v(13), r#"a"b; x"#).unwrap(),
             r#"DROP DATABASE "a""b; x" WITH (FORCE)"#
         );
-        assert_eq!(drop_database(v(12), "Shop"), r#"DROP DATABASE "Shop""#);
         assert_eq!(
-            rename_database("a", "b c"),
+            drop_database(v(12), "Shop").unwrap(),
+            r#"DROP DATABASE "Shop""#
+        );
+        assert_eq!(
+            rename_database("a", "b c").unwrap(),
             r#"ALTER DATABASE "a" RENAME TO "b c""#
         );
+        assert!(drop_database(v(16), "sh\0op").is_err());
+        assert!(rename_database("a", "sh\0op").is_err());
     }
 
     #[test]

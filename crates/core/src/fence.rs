@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::database::{DbInfo, DbSettings, Operation};
-use crate::quote::{quote_ident, quote_literal};
+use crate::quote::{quote_ident, quote_literal, QuoteError};
 
 /// What a fence record's comment starts with.
 pub const COMMENT_PREFIX: &str = "pgkill fence: ";
@@ -124,11 +124,15 @@ impl FenceRecord {
 
 /// The one transaction that fences database `name` (a multi-statement simple query runs
 /// as one transaction): the record, then the settings from `from` to `record.fenced`.
-pub fn fence_statements(name: &str, from: &DbSettings, record: &FenceRecord) -> String {
-    let db = quote_ident(name);
+pub fn fence_statements(
+    name: &str,
+    from: &DbSettings,
+    record: &FenceRecord,
+) -> Result<String, QuoteError> {
+    let db = quote_ident(name)?;
     let mut sql = vec![format!(
         "COMMENT ON DATABASE {db} IS {}",
-        quote_literal(&record.to_comment())
+        quote_literal(&record.to_comment())?
     )];
     if from.is_template != record.fenced.is_template {
         sql.push(format!(
@@ -142,16 +146,16 @@ pub fn fence_statements(name: &str, from: &DbSettings, record: &FenceRecord) -> 
             record.fenced.allow_connections
         ));
     }
-    sql.join(";\n")
+    Ok(sql.join(";\n"))
 }
 
 /// Replaces database `name`'s record (e.g. a finished drain marks it held).
-pub fn record_statement(name: &str, record: &FenceRecord) -> String {
-    format!(
+pub fn record_statement(name: &str, record: &FenceRecord) -> Result<String, QuoteError> {
+    Ok(format!(
         "COMMENT ON DATABASE {} IS {}",
-        quote_ident(name),
-        quote_literal(&record.to_comment())
-    )
+        quote_ident(name)?,
+        quote_literal(&record.to_comment())?
+    ))
 }
 
 /// What restoring a fence does, decided from the database's current state.
@@ -240,8 +244,8 @@ pub fn restore_plan(record: &FenceRecord, current: Option<&DbInfo>) -> RestorePl
 }
 
 /// The one transaction that carries out `plan` on database `name`.
-pub fn restore_statements(name: &str, plan: &RestorePlan) -> Option<String> {
-    let db = quote_ident(name);
+pub fn restore_statements(name: &str, plan: &RestorePlan) -> Result<Option<String>, QuoteError> {
+    let db = quote_ident(name)?;
     let mut sql = Vec::new();
     if let Some(template) = plan.is_template {
         sql.push(format!("ALTER DATABASE {db} IS_TEMPLATE {template}"));
@@ -252,13 +256,13 @@ pub fn restore_statements(name: &str, plan: &RestorePlan) -> Option<String> {
     if let Some(comment) = &plan.comment {
         sql.push(format!(
             "COMMENT ON DATABASE {db} IS {}",
-            comment
-                .as_deref()
-                .map(quote_literal)
-                .unwrap_or("NULL".into())
+            match comment {
+                Some(c) => quote_literal(c)?,
+                None => "NULL".into(),
+            }
         ));
     }
-    (!sql.is_empty()).then(|| sql.join(";\n"))
+    Ok((!sql.is_empty()).then(|| sql.join(";\n")))
 }
 
 #[cfg(test)]
@@ -374,7 +378,7 @@ mod tests {
     #[test]
     fn statements_are_one_transaction_with_quoted_names() {
         let r = record();
-        let sql = fence_statements("a\"b", &settings(true), &r);
+        let sql = fence_statements("a\"b", &settings(true), &r).unwrap();
         let lines: Vec<&str> = sql.lines().collect();
         assert!(lines[0].starts_with("COMMENT ON DATABASE \"a\"\"b\" IS 'pgkill fence: {"));
         assert_eq!(
@@ -383,11 +387,12 @@ mod tests {
         );
         let plan = restore_plan(&r, Some(&info(false, Some(&r.to_comment()))));
         assert_eq!(
-            restore_statements("x", &plan).as_deref(),
+            restore_statements("x", &plan).unwrap().as_deref(),
             Some("ALTER DATABASE \"x\" ALLOW_CONNECTIONS true;\nCOMMENT ON DATABASE \"x\" IS 'the shop''s data'")
         );
-        assert_eq!(restore_statements("x", &RestorePlan::default()), None);
-        for sql in [sql, record_statement("x", &r)] {
+        assert_eq!(restore_statements("x", &RestorePlan::default()), Ok(None));
+        assert!(fence_statements("a\0b", &settings(true), &r).is_err());
+        for sql in [sql, record_statement("x", &r).unwrap()] {
             assert!(crate::sql::unqualified_calls(&sql).is_empty(), "{sql}");
         }
     }

@@ -19,6 +19,6 @@ pub mod version;
 pub use duration::{format_duration, parse_duration};
 pub use filter::{ClientMatch, Filter, State};
 pub use printable::printable;
-pub use quote::{quote_ident, quote_literal};
+pub use quote::{quote_ident, quote_literal, QuoteError};
 pub use session::Session;
 pub use version::{ServerVersion, VersionError};

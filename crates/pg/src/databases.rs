@@ -358,7 +358,7 @@ pub async fn run(
         for p in &pre.blockers.prepared {
             batch(
                 &inside,
-                &format!("ROLLBACK PREPARED {}", quote_literal(&p.gid)),
+                &format!("ROLLBACK PREPARED {}", quote_literal(&p.gid)?),
             )
             .await?;
             report.prepared_rolled_back.push(p.gid.clone());
@@ -368,7 +368,7 @@ pub async fn run(
     // there is nothing to fence or restore, only the DROP to finish.
     if info.is_invalid() && req.op == Operation::Drop {
         report.attempts = 1;
-        batch(client, &plan::drop_database(caps.version, &info.name)).await?;
+        batch(client, &plan::drop_database(caps.version, &info.name)?).await?;
         return Ok(report);
     }
     // The preflight refuses a record it cannot read.
@@ -389,15 +389,24 @@ pub async fn run(
         this_holder(&caps.caller.user),
         chrono::Utc::now(),
     );
+    // Built first: a statement that cannot be written must not leave a fence behind.
+    let statement = match req.op {
+        Operation::Drain => None,
+        Operation::Drop => Some(plan::drop_database(caps.version, &info.name)?),
+        Operation::Rename => Some(plan::rename_database(
+            &info.name,
+            req.new_name.as_deref().unwrap_or(&info.name),
+        )?),
+    };
     batch(
         client,
-        &fence::fence_statements(&info.name, &info.settings, &record),
+        &fence::fence_statements(&info.name, &info.settings, &record)?,
     )
     .await?;
     report.fenced = true;
     report.already_fenced = prior.clone();
     let outcome = tokio::select! {
-        r = drain_and_act(client, caps, pre, req, &mut report, progress) => r,
+        r = drain_and_act(client, pre, req, statement.as_deref(), &mut report, progress) => r,
         why = interrupt => Err(Error::Refused(vec![why])),
     };
     let finished = match outcome {
@@ -408,7 +417,7 @@ pub async fn run(
                     state: FenceState::Held,
                     ..record.clone()
                 };
-                batch(client, &fence::record_statement(&info.name, &held)).await?;
+                batch(client, &fence::record_statement(&info.name, &held)?).await?;
                 report.left_fenced = true;
                 Ok(())
             }
@@ -460,27 +469,23 @@ async fn put_back(
 
 async fn drain_and_act(
     client: &Client,
-    caps: &Capabilities,
     pre: &Preflight,
     req: &Request,
+    statement: Option<&str>,
     report: &mut Report,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<()> {
     let info = &pre.info;
     drain(client, info.oid, req.grace, report, progress).await?;
-    let started = tokio::time::Instant::now();
-    let statement = match req.op {
-        Operation::Drain => return Ok(()),
-        Operation::Drop => plan::drop_database(caps.version, &info.name),
-        Operation::Rename => {
-            plan::rename_database(&info.name, req.new_name.as_deref().unwrap_or(&info.name))
-        }
+    let Some(statement) = statement else {
+        return Ok(());
     };
+    let started = tokio::time::Instant::now();
     // Sessions that passed the connection checks before the fence can still arrive;
     // end them and try again until the statement goes through.
     loop {
         report.attempts += 1;
-        match batch(client, &statement).await {
+        match batch(client, statement).await {
             Ok(()) => return Ok(()),
             Err(Error::ObjectInUse(_)) if started.elapsed() < req.deadline => {
                 terminate_all(client, info.oid, report).await?;
@@ -612,7 +617,7 @@ async fn restore_once(client: &Client, oid: u32, record: &FenceRecord) -> Result
     let current = info_by_oid(client, oid).await?;
     let step = fence::restore_plan(record, current.as_ref());
     if let Some(info) = &current {
-        if let Some(sql) = fence::restore_statements(&info.name, &step) {
+        if let Some(sql) = fence::restore_statements(&info.name, &step)? {
             batch(client, &sql).await?;
         }
     }

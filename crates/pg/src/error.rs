@@ -44,6 +44,9 @@ pub enum Error {
     /// The server is older than pgkill supports.
     #[error(transparent)]
     Version(pgkill_core::VersionError),
+    /// A name that cannot be written into SQL (it holds a NUL byte).
+    #[error(transparent)]
+    Name(#[from] pgkill_core::QuoteError),
     /// The server answered something pgkill did not expect.
     #[error("unexpected answer from the server: {0}")]
     Protocol(&'static str),

@@ -397,7 +397,7 @@ async fn password_from_pgpass_file(pg: Installation) -> Result<()> {
         .batch_execute(&format!(
             "ALTER ROLE {} PASSWORD {}",
             roles::SIGNALLER,
-            pgkill_core::quote_literal(r"we:ird\pw")
+            pgkill_core::quote_literal(r"we:ird\pw")?
         ))
         .await?;
     let other = h.path().join("other-pgpass");

@@ -81,7 +81,7 @@ async fn db_row(admin: &Client, name: &str) -> Result<Option<DbRow>> {
 /// Custom settings that must survive: a connection limit, CONNECT revoked from PUBLIC and
 /// granted to one role, a comment.
 async fn customise(admin: &Client, name: &str) -> Result<()> {
-    let q = pgkill_core::quote_ident(name);
+    let q = pgkill_core::quote_ident(name)?;
     admin
         .batch_execute(&format!(
             "ALTER DATABASE {q} CONNECTION LIMIT 70; REVOKE CONNECT ON DATABASE {q} FROM PUBLIC;

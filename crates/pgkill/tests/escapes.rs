@@ -67,7 +67,7 @@ fn pgkill(sb: &Sandbox, state: &tempfile::TempDir, role: &str, args: &[&str]) ->
 /// application name and query text connected to the database.
 async fn hostile_server(sb: &Sandbox) -> Result<sim::Session> {
     let admin = sb.admin("postgres").await?;
-    let (sup, db) = (quote_ident(SUPER), quote_ident(DB));
+    let (sup, db) = (quote_ident(SUPER)?, quote_ident(DB)?);
     sb.create_role(OWNER, "LOGIN CREATEDB").await?;
     sb.create_role(SUPER, "LOGIN SUPERUSER").await?;
     sb.create_database(DB, Some(OWNER)).await?;
@@ -80,7 +80,7 @@ async fn hostile_server(sb: &Sandbox) -> Result<sim::Session> {
     inside
         .batch_execute(&format!(
             "CREATE SUBSCRIPTION {} CONNECTION 'host=127.0.0.1 dbname=nowhere' PUBLICATION p WITH (connect = false)",
-            quote_ident(SUB)
+            quote_ident(SUB)?
         ))
         .await?;
     drop(inside);

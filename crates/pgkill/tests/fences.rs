@@ -88,7 +88,7 @@ async fn db_row(admin: &Client, name: &str) -> Result<Option<DbRow>> {
 /// A database with settings of its own to restore.
 async fn database(sb: &Sandbox, admin: &Client, name: &str) -> Result<DbRow> {
     sb.create_database(name, None).await?;
-    let q = pgkill_core::quote_ident(name);
+    let q = pgkill_core::quote_ident(name)?;
     admin
         .batch_execute(&format!(
             "ALTER DATABASE {q} CONNECTION LIMIT 70; REVOKE CONNECT ON DATABASE {q} FROM PUBLIC;

@@ -79,7 +79,7 @@ async fn a_too_long_name_never_reaches_another_object(pg: Installation) -> Resul
     admin
         .batch_execute(&format!(
             "CREATE ROLE {} LOGIN",
-            pgkill_core::quote_ident(&kept)
+            pgkill_core::quote_ident(&kept)?
         ))
         .await?;
     let longer = format!("{kept}xyz");

@@ -89,21 +89,21 @@ const OPERATORS: &[(&str, &str, &str)] = &[
 /// `public.trap` and makes the attacker a superuser, if it ever runs as one.
 async fn lay_traps(sb: &Sandbox, attacker: &str, operators: bool) -> Result<()> {
     let c = sb.connect("postgres", attacker).await?;
-    let who = pgkill_core::quote_ident(attacker);
+    let who = pgkill_core::quote_ident(attacker)?;
     let mut sql = String::from(
         "CREATE TABLE public.trap (hit text);
          GRANT INSERT, SELECT ON public.trap TO PUBLIC;\n",
     );
-    let body = |label: &str, result: &str| {
-        format!(
+    let body = |label: &str, result: &str| -> Result<String> {
+        Ok(format!(
             "AS $$ INSERT INTO public.trap VALUES ({} || ' by ' || pg_catalog.current_setting('application_name') || ': ' || pg_catalog.current_query()); ALTER ROLE {who} SUPERUSER; SELECT {result} $$",
-            pgkill_core::quote_literal(label)
-        )
+            pgkill_core::quote_literal(label)?
+        ))
     };
     for (name, args, returns, result) in SHADOWS {
         sql.push_str(&format!(
             "CREATE FUNCTION public.{name}({args}) RETURNS {returns} LANGUAGE sql {};\n",
-            body(&format!("{name}({args})"), result)
+            body(&format!("{name}({args})"), result)?
         ));
     }
     if operators {
@@ -120,7 +120,7 @@ async fn lay_traps(sb: &Sandbox, attacker: &str, operators: bool) -> Result<()> 
                         "~" => "pg_catalog.textregexeq($1::pg_catalog.text, $2::pg_catalog.text)".to_owned(),
                         _ => compare.to_owned(),
                     }
-                )
+                )?
             ));
         }
     }
@@ -164,7 +164,7 @@ async fn control(sb: &Sandbox, attacker: &str, probe: &str) -> Result<()> {
     admin
         .batch_execute(&format!(
             "TRUNCATE public.trap; ALTER ROLE {} NOSUPERUSER",
-            pgkill_core::quote_ident(attacker)
+            pgkill_core::quote_ident(attacker)?
         ))
         .await?;
     Ok(())

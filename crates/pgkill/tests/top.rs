@@ -3,11 +3,14 @@
 //! are gone; when the server goes away the screen says so; `q` leaves with the terminal
 //! restored.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Result};
 use pgkill_sandbox::{cases, roles, sim, Installation, Options, Sandbox};
+
+#[path = "support/tmux.rs"]
+mod tmux;
+use tmux::Tmux;
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -15,63 +18,6 @@ fn main() {
         a_selected_row_that_stops_matching_is_not_signalled,
         the_confirmation_names_protected_sessions_and_bang_includes_them,
     ]);
-}
-
-/// A tmux server of this test's own (so parallel tests do not meet).
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn cmd(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .context("running tmux")?;
-        ensure!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn screen(&self) -> Result<String> {
-        self.cmd(&["capture-pane", "-p", "-t", "top"])
-    }
-
-    fn keys(&self, keys: &[&str]) -> Result<()> {
-        let mut args = vec!["send-keys", "-t", "top"];
-        args.extend_from_slice(keys);
-        self.cmd(&args).map(drop)
-    }
-
-    async fn wait_for(&self, what: &str) -> Result<String> {
-        let began = Instant::now();
-        loop {
-            let screen = self.screen()?;
-            if screen.contains(what) {
-                return Ok(screen);
-            }
-            ensure!(
-                began.elapsed() < Duration::from_secs(20),
-                "screen never showed {what:?}:\n{screen}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .arg("kill-server")
-            .output();
-    }
 }
 
 /// `pgkill top ARGS` as the bootstrap superuser in a tmux of the test's own, once it shows

@@ -73,6 +73,9 @@ pub enum Error {
         /// Why (owner, mode, symlink).
         reason: String,
     },
+    /// A name or string that cannot be written into SQL.
+    #[error(transparent)]
+    Quote(#[from] pgkill_core::QuoteError),
     /// A SQL command against the sandbox failed.
     #[error("{context}: {source}")]
     Sql {

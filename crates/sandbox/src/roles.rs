@@ -92,7 +92,7 @@ fn hi(password: &[u8], salt: &[u8], iterations: u32) -> crate::Result<[u8; 32]> 
 
 /// SQL run once in single-user mode when a version's template is built.
 /// Single-user mode reads one statement per line.
-pub(crate) fn template_sql() -> String {
+pub(crate) fn template_sql() -> crate::Result<String> {
     use pgkill_core::quote_ident as id;
     let mut sql = String::new();
     let mut line = |s: String| {
@@ -101,13 +101,13 @@ pub(crate) fn template_sql() -> String {
     };
     // No role has a password in the template: until a sandbox has set its own, password
     // authentication fails for everyone.
-    line(format!("ALTER ROLE {} PASSWORD NULL", id(ADMIN)));
-    line(format!("CREATE ROLE {} LOGIN SUPERUSER", id(SUPERUSER)));
-    line(format!("CREATE ROLE {} LOGIN", id(PLAIN)));
-    line(format!("CREATE ROLE {} LOGIN", id(SIGNALLER)));
-    line(format!("GRANT pg_signal_backend TO {}", id(SIGNALLER)));
-    line(format!("CREATE ROLE {} LOGIN CREATEDB", id(OWNER)));
-    sql
+    line(format!("ALTER ROLE {} PASSWORD NULL", id(ADMIN)?));
+    line(format!("CREATE ROLE {} LOGIN SUPERUSER", id(SUPERUSER)?));
+    line(format!("CREATE ROLE {} LOGIN", id(PLAIN)?));
+    line(format!("CREATE ROLE {} LOGIN", id(SIGNALLER)?));
+    line(format!("GRANT pg_signal_backend TO {}", id(SIGNALLER)?));
+    line(format!("CREATE ROLE {} LOGIN CREATEDB", id(OWNER)?));
+    Ok(sql)
 }
 
 /// One statement setting the SCRAM secret of each `(role, password)`, in one transaction.
@@ -119,8 +119,8 @@ pub(crate) fn set_passwords_sql<'a>(
     for (role, password) in passwords {
         sql.push_str(&format!(
             " ALTER ROLE {} PASSWORD {};",
-            id(role),
-            lit(&scram_secret(password)?)
+            id(role)?,
+            lit(&scram_secret(password)?)?
         ));
     }
     sql.push_str(" COMMIT;");
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn the_template_has_no_password() {
-        let sql = template_sql();
+        let sql = template_sql().unwrap();
         assert!(sql.contains("PASSWORD NULL") && !sql.contains("PASSWORD '"));
     }
 }

@@ -457,9 +457,9 @@ impl Sandbox {
     /// Creates database `name` (owned by `owner`, or the admin role).
     pub async fn create_database(&self, name: &str, owner: Option<&str>) -> Result<()> {
         let admin = self.admin("postgres").await?;
-        let mut sql = format!("CREATE DATABASE {}", pgkill_core::quote_ident(name));
+        let mut sql = format!("CREATE DATABASE {}", pgkill_core::quote_ident(name)?);
         if let Some(owner) = owner {
-            sql.push_str(&format!(" OWNER {}", pgkill_core::quote_ident(owner)));
+            sql.push_str(&format!(" OWNER {}", pgkill_core::quote_ident(owner)?));
         }
         admin
             .batch_execute(&sql)
@@ -476,8 +476,8 @@ impl Sandbox {
         admin
             .batch_execute(&format!(
                 "CREATE ROLE {} {attributes} PASSWORD {}",
-                pgkill_core::quote_ident(name),
-                pgkill_core::quote_literal(&roles::scram_secret(&password)?)
+                pgkill_core::quote_ident(name)?,
+                pgkill_core::quote_literal(&roles::scram_secret(&password)?)?
             ))
             .await
             .map_err(Error::sql(format!("creating role {name}")))?;

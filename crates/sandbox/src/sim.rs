@@ -286,7 +286,10 @@ pub struct LockChain {
 /// Builds a lock chain on `table`: one holder, `waiters` sessions blocked behind it.
 /// Returns once every waiter is waiting on the lock.
 pub async fn lock_chain(config: &Config, table: &str, waiters: usize) -> Result<LockChain> {
-    let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", quote_ident(table));
+    let lock = format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        quote_ident(table)?
+    );
     let (holder, _) = Session::open("lock holder", config).await?;
     // Separate statements: in one multi-statement query, BEGIN would pull the CREATE
     // into the transaction and the waiters would not see the table.
@@ -300,7 +303,7 @@ pub async fn lock_chain(config: &Config, table: &str, waiters: usize) -> Result<
     for _ in 0..waiters {
         let (mut waiter, tx) = Session::open("lock waiter", config).await?;
         waiter.kind = "lock waiter";
-        waiter.spawn_statement(tx, format!("SELECT count(*) FROM {}", quote_ident(table)));
+        waiter.spawn_statement(tx, format!("SELECT count(*) FROM {}", quote_ident(table)?));
         blocked.push(waiter);
     }
     let pids: Vec<i32> = blocked.iter().map(|w| w.pid).collect();
@@ -321,7 +324,7 @@ pub async fn prepared(config: &Config, gid: &str, statement: Option<&str>) -> Re
     let sql = format!(
         "BEGIN; SELECT txid_current(); {}; PREPARE TRANSACTION {}",
         statement.unwrap_or("SELECT 1"),
-        quote_literal(gid)
+        quote_literal(gid)?
     );
     session
         .client
@@ -335,7 +338,7 @@ pub async fn prepared(config: &Config, gid: &str, statement: Option<&str>) -> Re
 /// CREATE privilege on the schema even when the table is there, which plain roles lack
 /// on PostgreSQL 15+).
 async fn create_table(client: &Client, table: &str, columns: &str) -> Result<()> {
-    let quoted = quote_ident(table);
+    let quoted = quote_ident(table)?;
     let exists: Option<String> = client
         .query_one("SELECT to_regclass($1)::text", &[&quoted])
         .await
@@ -450,7 +453,7 @@ static NEXT_WRITER: AtomicI32 = AtomicI32::new(1);
 /// pause, repeat; it stops at the first error (e.g. when terminated).
 pub async fn committing_writer(config: &Config, options: WriterOptions) -> Result<Writer> {
     let (session, _) = Session::open("committing writer", config).await?;
-    let table = quote_ident(&options.table);
+    let table = quote_ident(&options.table)?;
     create_table(
         &session.client,
         &options.table,

@@ -65,19 +65,19 @@ pub(crate) fn private_dir(dir: &Path, advice: &str) -> Result<()> {
     Ok(())
 }
 
-fn template_key(inst: &Installation) -> String {
+fn template_key(inst: &Installation) -> Result<String> {
     let mut h = DefaultHasher::new();
     TEMPLATE_REV.hash(&mut h);
     inst.bin_dir.hash(&mut h);
-    roles::template_sql().hash(&mut h);
-    format!("{}-{:016x}", inst.version, h.finish())
+    roles::template_sql()?.hash(&mut h);
+    Ok(format!("{}-{:016x}", inst.version, h.finish()))
 }
 
 /// Returns the template data directory for `inst`, building it first if needed, and how
 /// long the build took (`None` when it was already cached).
 pub(crate) fn ensure(inst: &Installation, run_as: &RunAs) -> Result<(PathBuf, Option<Duration>)> {
     let root = cache_root()?;
-    let target = root.join(template_key(inst));
+    let target = root.join(template_key(inst)?);
     if target.join("PG_VERSION").is_file() {
         return Ok((target, None));
     }
@@ -121,7 +121,7 @@ pub(crate) fn ensure(inst: &Installation, run_as: &RunAs) -> Result<(PathBuf, Op
     let output = run(
         run_as,
         single,
-        Some(roles::template_sql()),
+        Some(roles::template_sql()?),
         "postgres --single",
     )?;
     if output.contains("ERROR:") || output.contains("FATAL:") {

@@ -63,6 +63,9 @@ pub enum Event {
     Tick,
     /// A refresh finished (or failed: the server went away).
     Snapshot(Result<Snapshot, String>),
+    /// Reconnecting failed to log in (wrong password now, say): trying again with the
+    /// same settings cannot help, and `top` never asks for a password on its screen.
+    AuthFailed(String),
     /// A cancel / terminate finished.
     Outcomes(Result<Vec<Outcome>, String>),
 }
@@ -175,6 +178,8 @@ pub enum ConnState {
     Connected,
     /// The last refresh failed; the loop reconnects with backoff.
     Lost(String),
+    /// Logging in again failed; no more attempts (restart `top` to log in anew).
+    AuthFailed(String),
 }
 
 /// Counts per state at one refresh, for the history graph.
@@ -453,6 +458,10 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
         }
         Event::Snapshot(Err(e)) => {
             app.conn = ConnState::Lost(e);
+            vec![]
+        }
+        Event::AuthFailed(e) => {
+            app.conn = ConnState::AuthFailed(e);
             vec![]
         }
         Event::Outcomes(result) => {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use pgkill_core::plan::Plan;
 use pgkill_core::planner::{self, Signal};
 use pgkill_core::{Filter, Session};
+use pgkill_pg::connect::ConnectError;
 use pgkill_pg::sessions::{self, Capabilities};
 use ratatui::crossterm::event::{
     self as ct, Event as CtEvent, KeyCode, KeyEventKind, KeyModifiers,
@@ -18,7 +19,8 @@ use tokio_postgres::Client;
 use crate::app::{update, App, Effect, Event, Key, ServerInfo, Snapshot};
 use crate::view::view;
 
-/// Opens a connection to the server (called again to reconnect).
+/// Opens a connection to the server (called again to reconnect). It must never prompt:
+/// the terminal belongs to the view (reuse the password the first connection used).
 pub type Connector =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<Client>> + Send>> + Send + Sync>;
 
@@ -106,7 +108,7 @@ pub async fn run(
                 },
                 ev = ev_rx.recv() => match ev {
                     Some(ev) => {
-                        if matches!(ev, Event::Snapshot(_)) {
+                        if matches!(ev, Event::Snapshot(_) | Event::AuthFailed(_)) {
                             in_flight = false;
                         }
                         ev
@@ -160,12 +162,27 @@ async fn database_task(
     let mut conn: Option<(Client, Capabilities)> = None;
     let mut backoff = Duration::from_millis(500);
     let mut retry_at = tokio::time::Instant::now();
+    // Once logging in again fails, it stays failed: the same password will not start
+    // working, and asking for another on this screen would fight the key reader.
+    let mut auth_failed: Option<String> = None;
     while let Some(request) = requests.recv().await {
+        if let Some(e) = &auth_failed {
+            if events.send(Event::AuthFailed(e.clone())).is_err() {
+                return;
+            }
+            continue;
+        }
         if conn.is_none() && tokio::time::Instant::now() >= retry_at {
             match open(&connect, statement_timeout).await {
                 Ok(c) => {
                     conn = Some(c);
                     backoff = Duration::from_millis(500);
+                }
+                Err(e) if is_authentication_failure(&e) => {
+                    let text = format!("{e:#}");
+                    auth_failed = Some(text.clone());
+                    let _ = events.send(Event::AuthFailed(text));
+                    continue;
                 }
                 Err(e) => {
                     retry_at = tokio::time::Instant::now() + backoff;
@@ -210,6 +227,15 @@ async fn database_task(
     }
 }
 
+/// Whether connecting failed to log in in a way retrying cannot fix (see
+/// [`ConnectError::is_authentication_failure`]).
+fn is_authentication_failure(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<ConnectError>()
+            .is_some_and(ConnectError::is_authentication_failure)
+    })
+}
+
 async fn open(
     connect: &Connector,
     statement_timeout: Duration,
@@ -239,4 +265,87 @@ async fn snapshot(
         },
         sessions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A connector that fails every time with `error`, counting the attempts.
+    fn failing(error: fn() -> ConnectError) -> (Connector, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let connector: Connector = Box::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { Err(anyhow::Error::new(error()).context("reconnecting")) })
+        });
+        (connector, calls)
+    }
+
+    async fn refreshes(connector: Connector, n: usize) -> Vec<Event> {
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(database_task(
+            connector,
+            Duration::from_secs(5),
+            Filter::default(),
+            req_rx,
+            ev_tx,
+        ));
+        let mut events = Vec::new();
+        for _ in 0..n {
+            req_tx.send(Request::Refresh).unwrap();
+            events.push(ev_rx.recv().await.unwrap());
+        }
+        task.abort();
+        events
+    }
+
+    #[tokio::test]
+    async fn a_failed_login_is_said_and_not_retried() {
+        for error in [
+            (|| ConnectError::PasswordRequired {
+                user: "bob".into(),
+                target: "host=db".into(),
+            }) as fn() -> ConnectError,
+            || ConnectError::AuthMethodRefused {
+                target: "host=db".into(),
+                requirement: "scram-sha-256".into(),
+                reason: "the server requested a cleartext password".into(),
+            },
+        ] {
+            let (connector, calls) = failing(error);
+            let events = refreshes(connector, 5).await;
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                1,
+                "logged in once, never again"
+            );
+            for e in events {
+                let Event::AuthFailed(text) = e else {
+                    panic!("{e:?}");
+                };
+                assert!(text.contains("reconnecting"), "{text}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn other_failures_are_retried() {
+        let (connector, calls) = failing(|| ConnectError::Unreachable {
+            target: "host=db".into(),
+            reason: "connection refused".into(),
+            hint: "on host db".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        });
+        let events = refreshes(connector, 2).await;
+        assert!(
+            events.iter().all(|e| matches!(e, Event::Snapshot(Err(_)))),
+            "{events:?}"
+        );
+        // The second refresh came before the backoff was over; a later one tries again.
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }

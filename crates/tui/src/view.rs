@@ -98,6 +98,10 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
             ),
             style(app, Color::Red).add_modifier(Modifier::BOLD),
         )),
+        ConnState::AuthFailed(e) => Line::from(Span::styled(
+            format!("DISCONNECTED: authentication failed; restart top ({e})"),
+            style(app, Color::Red).add_modifier(Modifier::BOLD),
+        )),
         ConnState::Connected => {
             let c = app.history.back().copied().unwrap_or_default();
             Line::from(vec![
@@ -633,5 +637,15 @@ mod tests {
             Event::Snapshot(Err("server closed the connection unexpectedly".into())),
         );
         both("disconnected", &app);
+    }
+
+    #[test]
+    fn authentication_failed() {
+        let mut app = loaded();
+        update(
+            &mut app,
+            Event::AuthFailed("password authentication failed for user \"bob\"".into()),
+        );
+        both("authentication_failed", &app);
     }
 }

@@ -5,10 +5,13 @@ use std::io::{self, IsTerminal};
 
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{CancelToken, Client, Config, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::{ConnectError, Result};
+use super::require_auth::StartupScanner;
+use super::stream::{self, Socket, Watched, WatchedTls};
 use super::tls;
 use super::{ChannelBinding, Host, Password, PasswordSource, Settings, SslMode, APPLICATION_NAME};
 
@@ -67,6 +70,17 @@ pub async fn connect(
     settings: &Settings,
     prompt: &dyn PasswordPrompt,
 ) -> Result<(Client, ConnectionTask)> {
+    let (client, task, _) = connect_reusable(settings, prompt).await?;
+    Ok((client, task))
+}
+
+/// Like [`connect`], and also returns the settings that worked, for connecting again
+/// without asking anything: the password typed at the prompt (and `-W` cleared), the
+/// database actually reached (`template1` when the default `postgres` is missing).
+pub async fn connect_reusable(
+    settings: &Settings,
+    prompt: &dyn PasswordPrompt,
+) -> Result<(Client, ConnectionTask, Settings)> {
     let ask = || {
         prompt
             .prompt(&format!("Password for user {}: ", settings.user))
@@ -84,7 +98,17 @@ pub async fn connect(
     let mut first_missing_db: Option<ConnectError> = None;
     loop {
         let failure = match attempt(settings, &dbname, password.as_ref()).await {
-            Ok(connected) => return Ok(connected),
+            Ok((client, task)) => {
+                let mut settled = settings.clone();
+                settled.force_password_prompt = false;
+                settled.password = password;
+                settled.password_source = source;
+                if dbname != settled.dbname {
+                    settled.dbname = dbname;
+                    settled.dbname_is_default = false;
+                }
+                return Ok((client, task, settled));
+            }
             Err(f) => f,
         };
         match failure {
@@ -95,6 +119,7 @@ pub async fn connect(
                     seconds: settings.connect_timeout.map_or(0, |t| t.as_secs()),
                 })
             }
+            Failure::Socket(e) => return Err(unreachable(e, settings, &dbname)),
             Failure::Client(e) if password.is_none() && is_password_missing(&e) => {
                 if prompted || !prompt.can_prompt() {
                     return Err(ConnectError::PasswordRequired {
@@ -127,26 +152,24 @@ pub async fn connect(
 enum Failure {
     Setup(ConnectError),
     Timeout,
+    /// Opening the socket failed.
+    Socket(io::Error),
     Client(tokio_postgres::Error),
 }
 
 /// One connection attempt, bounded by `connect_timeout` as a whole (socket, TLS and
 /// authentication), like libpq.
+///
+/// pgkill opens the socket itself and hands it to tokio-postgres (`connect_raw`): to
+/// check the server's OS user (`requirepeer`) and to watch the startup messages
+/// (`require_auth`, see `stream.rs`).
 async fn attempt(
     settings: &Settings,
     dbname: &str,
     password: Option<&Password>,
 ) -> std::result::Result<(Client, ConnectionTask), Failure> {
     let mut config = Config::new();
-    match &settings.host {
-        Host::Tcp(h) => config.host(h),
-        Host::Socket(dir) => config.host_path(dir),
-    };
-    if let Some(addr) = settings.hostaddr {
-        config.hostaddr(addr);
-    }
     config
-        .port(settings.port)
         .user(&settings.user)
         .dbname(dbname)
         .application_name(APPLICATION_NAME)
@@ -157,9 +180,6 @@ async fn attempt(
         });
     if let Some(p) = password {
         config.password(p.expose());
-    }
-    if let Some(t) = settings.connect_timeout {
-        config.connect_timeout(t);
     }
     // Last, so that it wins over any search_path in the user's own options.
     config.options(pinned_options(settings.options.as_deref()));
@@ -174,26 +194,48 @@ async fn attempt(
         (Some(_), _) => tokio_postgres::config::SslMode::Require,
     });
     let tls_config = match verify {
-        Some(v) => Some(tls::client_config(v, &settings.root_certs).map_err(Failure::Setup)?),
+        Some(v) => Some(tls::client_config(v, settings).map_err(Failure::Setup)?),
         None => None,
     };
 
     let connecting = async {
-        match tls_config {
-            None => {
-                let (client, connection) = config.connect(NoTls).await?;
-                Ok::<_, tokio_postgres::Error>((client, tokio::spawn(connection)))
+        let socket = open_socket(settings).await?;
+        // The plain socket's watcher reads the SSLRequest's answer first when one is sent
+        // (tokio-postgres sends it for every mode but Disable); under TLS the decrypted
+        // stream gets a watcher of its own.
+        let scanner = |ssl_request| {
+            settings
+                .require_auth
+                .clone()
+                .map(|policy| StartupScanner::new(policy, ssl_request))
+        };
+        let raw = Watched::new(socket, scanner(tls_config.is_some()));
+        let connected = match (tls_config, &settings.host) {
+            (Some(c), Host::Tcp(host)) => {
+                let Ok(tls) = MakeTlsConnect::<Watched<Socket>>::make_tls_connect(
+                    &mut MakeRustlsConnect::new(c),
+                    host,
+                );
+                let (client, connection) = config
+                    .connect_raw(raw, WatchedTls::new(tls, scanner(false)))
+                    .await
+                    .map_err(Failure::Client)?;
+                (client, tokio::spawn(connection))
             }
-            Some(c) => {
-                let (client, connection) = config.connect(MakeRustlsConnect::new(c)).await?;
-                Ok((client, tokio::spawn(connection)))
+            _ => {
+                let (client, connection) = config
+                    .connect_raw(raw, NoTls)
+                    .await
+                    .map_err(Failure::Client)?;
+                (client, tokio::spawn(connection))
             }
-        }
+        };
+        Ok::<_, Failure>(connected)
     };
     let connecting = async {
         let (client, task) = connecting.await?;
-        pin_search_path(&client).await?;
-        Ok((client, task))
+        pin_search_path(&client).await.map_err(Failure::Client)?;
+        Ok::<_, Failure>((client, task))
     };
     let result = match settings.connect_timeout {
         Some(t) => tokio::time::timeout(t, connecting)
@@ -201,37 +243,127 @@ async fn attempt(
             .map_err(|_| Failure::Timeout)?,
         None => connecting.await,
     };
-    result.map_err(|e| {
-        if io_error(&e).is_some_and(|io| io.kind() == io::ErrorKind::TimedOut) {
+    result.map_err(|f| match f {
+        Failure::Client(e)
+            if io_error(&e).is_some_and(|io| io.kind() == io::ErrorKind::TimedOut) =>
+        {
             Failure::Timeout
-        } else {
-            Failure::Client(e)
         }
+        Failure::Socket(e) if e.kind() == io::ErrorKind::TimedOut => Failure::Timeout,
+        other => other,
     })
 }
 
-/// Asks the server to cancel the statement running on the connection `token` came from
-/// (Ctrl-C), over TLS exactly when that connection could have used it (the same
-/// `sslmode` and certificates as [`connect`]), in the clear otherwise (Unix sockets,
-/// `sslmode=disable`). The server answers nothing: `Ok` means the request was sent.
-pub async fn cancel(settings: &Settings, token: &CancelToken) -> Result<()> {
+/// Asks the server to cancel the statement running on the connection `token` came from,
+/// over a new connection made with `settings` (TLS per `sslmode`, `requirepeer` checked),
+/// bounded by `connect_timeout`. Use this, not `CancelToken::cancel_query`: pgkill opens
+/// its sockets itself, so tokio-postgres's token does not know where the server is.
+pub async fn cancel(settings: &Settings, token: &tokio_postgres::CancelToken) -> Result<()> {
+    let target = settings.describe();
     let verify = if settings.is_unix_socket() {
         None
     } else {
         tls::verification(settings.ssl_mode, &settings.root_certs)
     };
-    let sent = match verify {
-        None => token.cancel_query(NoTls).await,
-        Some(v) => {
-            let config = tls::client_config(v, &settings.root_certs)?;
-            token.cancel_query(MakeRustlsConnect::new(config)).await
-        }
+    let tls_config = match verify {
+        Some(v) => Some(tls::client_config(v, settings)?),
+        None => None,
     };
-    sent.map_err(|e| ConnectError::Client {
-        target: settings.describe(),
-        reason: chain(&e),
-        source: e,
+    let sending = async {
+        let socket = open_socket(settings).await?;
+        match (tls_config, &settings.host) {
+            (Some(c), Host::Tcp(host)) => {
+                let Ok(tls) = MakeTlsConnect::<Socket>::make_tls_connect(
+                    &mut MakeRustlsConnect::new(c),
+                    host,
+                );
+                token.cancel_query_raw(socket, tls).await
+            }
+            _ => token.cancel_query_raw(socket, NoTls).await,
+        }
+        .map_err(Failure::Client)
+    };
+    let result = match settings.connect_timeout {
+        Some(t) => tokio::time::timeout(t, sending)
+            .await
+            .unwrap_or(Err(Failure::Timeout)),
+        None => sending.await,
+    };
+    result.map_err(|f| match f {
+        Failure::Setup(e) => e,
+        Failure::Timeout => ConnectError::Timeout {
+            target: target.clone(),
+            seconds: settings.connect_timeout.map_or(0, |t| t.as_secs()),
+        },
+        Failure::Socket(e) => unreachable(e, settings, &settings.dbname),
+        Failure::Client(e) => ConnectError::Client {
+            target: target.clone(),
+            reason: chain(&e),
+            source: e,
+        },
     })
+}
+
+/// Opens the socket `settings` name (`hostaddr` skips the name lookup) and, on a Unix
+/// socket, checks `requirepeer`. libpq ignores `requirepeer` over TCP, and so does pgkill.
+async fn open_socket(settings: &Settings) -> std::result::Result<Socket, Failure> {
+    match &settings.host {
+        Host::Tcp(host) => {
+            let addrs = match settings.hostaddr {
+                Some(addr) => vec![addr],
+                None => stream::lookup(host, settings.port)
+                    .await
+                    .map_err(Failure::Socket)?,
+            };
+            stream::connect_tcp(&addrs, settings.port)
+                .await
+                .map_err(Failure::Socket)
+        }
+        Host::Socket(dir) => {
+            let path = stream::socket_path(dir, settings.port);
+            let socket = stream::connect_unix(&path).await.map_err(Failure::Socket)?;
+            if let Some(expected) = &settings.require_peer {
+                let actual = match stream::peer_user(&socket) {
+                    Ok(Some(Ok(name))) if name == *expected => return Ok(socket),
+                    Ok(Some(Ok(name))) => format!("\"{name}\""),
+                    Ok(Some(Err(uid))) => format!("with uid {uid}, which has no user name here"),
+                    Ok(None) => return Ok(socket),
+                    Err(source) => {
+                        return Err(Failure::Setup(ConnectError::PeerUnknown {
+                            socket: path,
+                            source,
+                        }))
+                    }
+                };
+                return Err(Failure::Setup(ConnectError::PeerMismatch {
+                    socket: path,
+                    expected: expected.clone(),
+                    actual,
+                }));
+            }
+            Ok(socket)
+        }
+    }
+}
+
+/// The socket could not be opened: nothing listening, no such socket, unknown host.
+fn unreachable(e: io::Error, settings: &Settings, dbname: &str) -> ConnectError {
+    let hint = match &settings.host {
+        Host::Tcp(h) => format!(
+            "on host \"{h}\" and accepting TCP/IP connections on port {}",
+            settings.port
+        ),
+        Host::Socket(dir) => format!(
+            "locally and accepting connections on Unix socket \"{}\"",
+            stream::socket_path(dir, settings.port).display()
+        ),
+    };
+    ConnectError::Unreachable {
+        target: settings.describe_with_dbname(dbname),
+        reason: e.to_string(),
+        hint,
+        source: e,
+    }
 }
 
 /// The `search_path` of every pgkill session: nothing a database role can create objects
@@ -313,6 +445,13 @@ fn classify(
     password_source: Option<&PasswordSource>,
 ) -> ConnectError {
     let target = settings.describe_with_dbname(dbname);
+    if let Some(r) = std::error::Error::source(&e).and_then(stream::refusal) {
+        return ConnectError::AuthMethodRefused {
+            target,
+            requirement: r.requirement.clone(),
+            reason: r.reason.clone(),
+        };
+    }
     if let Some(db) = e.as_db_error() {
         let code = db.code().clone();
         let message = db.message().to_owned();
@@ -354,10 +493,9 @@ fn classify(
     }
     if is_tls_failure(&e) {
         use std::error::Error as _;
-        let host = settings.host.to_string();
         let mode = settings.ssl_mode;
         if let Some(r) = e.source().and_then(tls::rustls_error) {
-            let reason = tls::explain(r, mode, &host, &settings.root_certs);
+            let reason = tls::explain(r, settings);
             return ConnectError::Tls {
                 target,
                 mode,
@@ -386,25 +524,6 @@ fn classify(
     }
     if e.is_closed() {
         return ConnectError::Closed { target, source: e };
-    }
-    if let Some(io) = io_error(&e) {
-        let reason = io.to_string();
-        let hint = match &settings.host {
-            Host::Tcp(h) => format!(
-                "on host \"{h}\" and accepting TCP/IP connections on port {}",
-                settings.port
-            ),
-            Host::Socket(dir) => format!(
-                "locally and accepting connections on Unix socket \"{}\"",
-                dir.join(format!(".s.PGSQL.{}", settings.port)).display()
-            ),
-        };
-        return ConnectError::Unreachable {
-            target,
-            reason,
-            hint,
-            source: e,
-        };
     }
     ConnectError::Client {
         target,

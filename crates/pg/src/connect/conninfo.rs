@@ -91,16 +91,8 @@ pub(crate) const KEYWORDS: &[Keyword] = &[
     kw("sslcert", Some("PGSSLCERT"), CLIENT_CERT),
     kw("sslkey", Some("PGSSLKEY"), CLIENT_CERT),
     kw("sslpassword", None, CLIENT_CERT),
-    kw(
-        "sslcrl",
-        Some("PGSSLCRL"),
-        Support::Unsupported("pgkill does not check certificate revocation lists"),
-    ),
-    kw(
-        "sslcrldir",
-        Some("PGSSLCRLDIR"),
-        Support::Unsupported("pgkill does not check certificate revocation lists"),
-    ),
+    kw("sslcrl", Some("PGSSLCRL"), Support::Used),
+    kw("sslcrldir", Some("PGSSLCRLDIR"), Support::Used),
     kw(
         "sslkeylogfile",
         None,
@@ -109,23 +101,15 @@ pub(crate) const KEYWORDS: &[Keyword] = &[
     kw(
         "ssl_min_protocol_version",
         Some("PGSSLMINPROTOCOLVERSION"),
-        Support::Unsupported("pgkill always uses TLS 1.2 or 1.3"),
+        Support::Used,
     ),
     kw(
         "ssl_max_protocol_version",
         Some("PGSSLMAXPROTOCOLVERSION"),
-        Support::Unsupported("pgkill always uses TLS 1.2 or 1.3"),
+        Support::Used,
     ),
-    kw(
-        "requirepeer",
-        Some("PGREQUIREPEER"),
-        Support::Unsupported("pgkill cannot check the server process's OS user"),
-    ),
-    kw(
-        "require_auth",
-        Some("PGREQUIREAUTH"),
-        Support::Unsupported("pgkill cannot restrict authentication methods"),
-    ),
+    kw("requirepeer", Some("PGREQUIREPEER"), Support::Used),
+    kw("require_auth", Some("PGREQUIREAUTH"), Support::Used),
     kw("krbsrvname", Some("PGKRBSRVNAME"), GSS),
     kw("gsslib", Some("PGGSSLIB"), GSS),
     kw("gssdelegation", Some("PGGSSDELEGATION"), GSS),

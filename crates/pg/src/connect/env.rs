@@ -30,6 +30,13 @@ pub trait Env {
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Type and permissions of a path.
     fn file_info(&self, path: &Path) -> io::Result<FileInfo>;
+    /// The entries of a directory (`sslcrldir`), as full paths in no particular order.
+    /// The default lists the real file system.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.path()))
+            .collect()
+    }
 }
 
 /// The real environment, files and user of this process.
@@ -77,7 +84,8 @@ impl Env for SystemEnv {
 }
 
 /// An environment held in memory, for tests (here and in front-ends): variables, a home
-/// directory, a user name, files with modes and directories.
+/// directory, a user name, files with modes and directories, or the real file system
+/// ([`MemoryEnv::real_files`]).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryEnv {
     vars: BTreeMap<String, String>,
@@ -85,6 +93,7 @@ pub struct MemoryEnv {
     user: Option<String>,
     files: BTreeMap<PathBuf, (Vec<u8>, u32)>,
     dirs: Vec<PathBuf>,
+    real_files: bool,
 }
 
 impl MemoryEnv {
@@ -122,6 +131,12 @@ impl MemoryEnv {
         self.dirs.push(path.into());
         self
     }
+    /// Reads files and directories from the real file system instead (variables, home
+    /// and user stay in memory): for tests with files a server must read too.
+    pub fn real_files(mut self) -> Self {
+        self.real_files = true;
+        self
+    }
 }
 
 impl Env for MemoryEnv {
@@ -135,6 +150,9 @@ impl Env for MemoryEnv {
         self.user.clone()
     }
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        if self.real_files {
+            return SystemEnv.read_file(path);
+        }
         match self.files.get(path) {
             Some((contents, _)) => Ok(contents.clone()),
             None if self.dirs.iter().any(|d| d == path) => Err(io::Error::new(
@@ -145,6 +163,9 @@ impl Env for MemoryEnv {
         }
     }
     fn file_info(&self, path: &Path) -> io::Result<FileInfo> {
+        if self.real_files {
+            return SystemEnv.file_info(path);
+        }
         if let Some((_, mode)) = self.files.get(path) {
             return Ok(FileInfo {
                 is_file: true,
@@ -160,5 +181,20 @@ impl Env for MemoryEnv {
             });
         }
         Err(io::Error::new(io::ErrorKind::NotFound, "no such file"))
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        if self.real_files {
+            return SystemEnv.list_dir(path);
+        }
+        if !self.dirs.iter().any(|d| d == path) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such directory"));
+        }
+        Ok(self
+            .files
+            .keys()
+            .chain(&self.dirs)
+            .filter(|p| p.parent() == Some(path))
+            .cloned()
+            .collect())
     }
 }

@@ -219,8 +219,72 @@ pub enum ConnectError {
         reason: String,
         /// Where it should be listening.
         hint: String,
-        /// The client's error.
-        source: tokio_postgres::Error,
+        /// The OS's error.
+        source: io::Error,
+    },
+    /// `require_auth`: the server asked for an authentication pgkill may not answer (or
+    /// for none at all); pgkill hung up before answering.
+    #[error("refused to log in to the server at {target}: {reason}, but require_auth={requirement} does not allow it (nothing was sent in answer): connect to a server whose pg_hba.conf uses an allowed method, or change require_auth (PGREQUIREAUTH)")]
+    AuthMethodRefused {
+        /// Where.
+        target: String,
+        /// The `require_auth` value.
+        requirement: String,
+        /// What the server asked for, in libpq's words.
+        reason: String,
+    },
+    /// `requirepeer`: the process behind the Unix socket runs as another OS user.
+    #[error("requirepeer specifies \"{expected}\", but the server process behind \"{}\" runs as OS user {actual}: this socket may belong to another server; connect to the right socket (-h DIR -p PORT) or fix requirepeer (PGREQUIREPEER)", socket.display())]
+    PeerMismatch {
+        /// The socket file.
+        socket: PathBuf,
+        /// The user `requirepeer` names.
+        expected: String,
+        /// The user found (quoted name, or `with uid N`).
+        actual: String,
+    },
+    /// `requirepeer`: the server process's OS user could not be found out.
+    #[error("requirepeer is set, but the OS user of the server process behind \"{}\" cannot be determined: {source}", socket.display())]
+    PeerUnknown {
+        /// The socket file.
+        socket: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// `sslcrl`/`sslcrldir` cannot be read.
+    #[error("cannot read the certificate revocation list \"{}\" ({keyword}): {source}; fix the path, or remove {keyword} to connect without revocation checks", path.display())]
+    CrlUnreadable {
+        /// `sslcrl` or `sslcrldir`.
+        keyword: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A revocation list pgkill cannot use.
+    #[error(
+        "unusable certificate revocation list {}: {detail}",
+        display_paths(paths)
+    )]
+    CrlInvalid {
+        /// The files (or the directory) it came from.
+        paths: Vec<PathBuf>,
+        /// What is wrong.
+        detail: String,
+    },
+    /// `ssl_min_protocol_version` above `ssl_max_protocol_version`.
+    #[error("invalid TLS protocol version range: ssl_min_protocol_version={min} is above ssl_max_protocol_version={max}")]
+    TlsVersionRange {
+        /// The minimum given.
+        min: super::TlsVersion,
+        /// The maximum given.
+        max: super::TlsVersion,
+    },
+    /// `ssl_max_protocol_version` below TLS 1.2: rustls cannot speak it.
+    #[error("ssl_max_protocol_version={max} cannot be met: pgkill speaks only TLSv1.2 and TLSv1.3; raise ssl_max_protocol_version (PGSSLMAXPROTOCOLVERSION) to TLSv1.2 or later")]
+    TlsVersionUnsupported {
+        /// The maximum given.
+        max: super::TlsVersion,
     },
     /// Connecting took longer than `connect_timeout`.
     #[error("timed out after {seconds} s connecting to the server at {target}: is the server running and reachable (no firewall dropping packets)? If it is just slow, raise connect_timeout (PGCONNECT_TIMEOUT)")]
@@ -271,6 +335,20 @@ pub enum ConnectError {
         /// The client's error.
         source: tokio_postgres::Error,
     },
+}
+
+impl ConnectError {
+    /// Whether logging in failed in a way that trying again with the same settings cannot
+    /// fix: a wrong password, a password the server wants and pgkill does not have, or an
+    /// authentication `require_auth` refuses.
+    pub fn is_authentication_failure(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::BadPassword { .. }
+                | ConnectError::PasswordRequired { .. }
+                | ConnectError::AuthMethodRefused { .. }
+        )
+    }
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

@@ -21,19 +21,38 @@
 //! its own sessions by their backend pids (see `sessions::own_pids`), never by this name,
 //! which any client can take.
 //!
+//! Protections the user can ask for, as in libpq: `require_auth` (the authentication
+//! requests pgkill may answer; checked on the server's startup messages before
+//! tokio-postgres answers them), `requirepeer` (the OS user of the server process behind a
+//! Unix socket), `sslcrl`/`sslcrldir` (revoked server certificates are refused whenever
+//! the certificate is verified), `ssl_min_protocol_version`/`ssl_max_protocol_version`
+//! and `channel_binding`; each also from its `PG*` variable. To do the first two, pgkill
+//! opens the socket itself and hands it to tokio-postgres; cancel requests therefore go
+//! through [`cancel`], which opens theirs the same way.
+//!
 //! Differences from libpq worth knowing: flags rank above the connection string (psql
 //! lets the string win); one host only (comma lists are refused); `allow` behaves like
-//! `prefer`; `prefer` never verifies certificates; options that would weaken security if
-//! silently ignored (client certificates, CRLs, `require_auth`, ...) are refused in a
-//! connection string and warned about in the environment; an empty value counts as unset.
+//! `prefer`; `prefer` never verifies certificates; a handshake failure under `prefer` is
+//! an error (libpq retries without TLS); only TLS 1.2 and 1.3 (a maximum below
+//! TLSv1.2 is refused); a `sslcrl`/`sslcrldir` that was named but cannot be read, or
+//! holds no list, is an error (libpq silently checks nothing); `require_auth` may allow
+//! `gss`, `sspi` or `oauth`, but pgkill cannot perform them, so such a server is still
+//! refused; options that would weaken security if silently ignored (client
+//! certificates, GSSAPI, ...) are refused in a connection string and warned about in the
+//! environment; an empty value counts as unset.
+//!
+//! Reconnecting (as `pgkill top` does) should reuse what the first connection settled
+//! ([`connect_reusable`]): the password typed at the prompt is never asked for again.
 
 mod client;
 mod conninfo;
 mod env;
 mod error;
 mod pgpass;
+mod require_auth;
 mod resolve;
 mod service;
+mod stream;
 mod tls;
 
 use std::fmt;
@@ -42,11 +61,14 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 
-pub use client::{cancel, connect, ConnectionTask, NoPrompt, PasswordPrompt, TerminalPrompt};
+pub use client::{
+    cancel, connect, connect_reusable, ConnectionTask, NoPrompt, PasswordPrompt, TerminalPrompt,
+};
 pub use env::{Env, FileInfo, MemoryEnv, SystemEnv};
 pub use error::{ConnectError, Result};
+pub use require_auth::RequireAuth;
 pub use resolve::resolve;
 
 /// The `application_name` of every connection pgkill opens. Not configurable (not even by
@@ -267,6 +289,69 @@ impl fmt::Debug for RootCerts {
     }
 }
 
+/// A TLS protocol version, as libpq's `ssl_min_protocol_version` and
+/// `ssl_max_protocol_version` name them. pgkill (rustls) speaks only TLS 1.2 and 1.3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// `TLSv1` (1.0).
+    Tls1_0,
+    /// `TLSv1.1`.
+    Tls1_1,
+    /// `TLSv1.2`: libpq's default minimum.
+    Tls1_2,
+    /// `TLSv1.3`.
+    Tls1_3,
+}
+
+impl TlsVersion {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls1_0 => "TLSv1",
+            TlsVersion::Tls1_1 => "TLSv1.1",
+            TlsVersion::Tls1_2 => "TLSv1.2",
+            TlsVersion::Tls1_3 => "TLSv1.3",
+        }
+    }
+
+    /// Parses libpq's spelling, ignoring case as libpq does.
+    pub fn parse(s: &str) -> Option<TlsVersion> {
+        [
+            TlsVersion::Tls1_0,
+            TlsVersion::Tls1_1,
+            TlsVersion::Tls1_2,
+            TlsVersion::Tls1_3,
+        ]
+        .into_iter()
+        .find(|v| v.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Certificate revocation lists (`sslcrl`, `sslcrldir`, `~/.postgresql/root.crl`):
+/// checked whenever the server's certificate is verified, like libpq.
+#[derive(Clone, Default)]
+pub struct Crls {
+    /// The files they were read from.
+    pub paths: Vec<PathBuf>,
+    /// The lists (DER).
+    pub lists: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl fmt::Debug for Crls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Crls")
+            .field("paths", &self.paths)
+            .field("lists", &self.lists.len())
+            .finish()
+    }
+}
+
 /// Resolved connection settings: what [`connect`] uses. `Debug` and `Display` never show
 /// the password.
 #[derive(Debug, Clone)]
@@ -293,6 +378,16 @@ pub struct Settings {
     pub ssl_mode: SslMode,
     /// Certificates to verify the server's against.
     pub root_certs: RootCerts,
+    /// Revocation lists checked when verifying the server's certificate.
+    pub crls: Crls,
+    /// `ssl_min_protocol_version` (libpq's default: TLSv1.2).
+    pub ssl_min_protocol_version: TlsVersion,
+    /// `ssl_max_protocol_version` (`None`: no upper bound).
+    pub ssl_max_protocol_version: Option<TlsVersion>,
+    /// `require_auth`: the authentication requests pgkill may answer (`None`: any).
+    pub require_auth: Option<RequireAuth>,
+    /// `requirepeer`: the OS user the server must run as, checked on Unix sockets only.
+    pub require_peer: Option<String>,
     /// Give up connecting after this long (`None`: wait forever).
     pub connect_timeout: Option<Duration>,
     /// `options`/`PGOPTIONS`: server settings for the session (`-c name=value`).

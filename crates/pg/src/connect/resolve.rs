@@ -7,14 +7,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 
 use super::conninfo::{self, Params, Support, KEYWORDS};
 use super::env::Env;
 use super::error::{ConnectError, Result};
+use super::tls::{self, Verify};
 use super::{
-    pgpass, service, ChannelBinding, ConnectArgs, Host, Password, PasswordSource, RootCerts,
-    Settings, SslMode, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DATABASE,
+    pgpass, service, ChannelBinding, ConnectArgs, Crls, Host, Password, PasswordSource,
+    RequireAuth, RootCerts, Settings, SslMode, TlsVersion, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DATABASE,
 };
 
 /// Unix-socket directories tried when no host is given, as Debian's libpq (first) and
@@ -230,6 +232,17 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
         root_certs(ssl_mode, sslrootcert.map(|(r, _)| r), env)?
     };
 
+    let tls_possible = !matches!(host, Host::Socket(_)) && ssl_mode != SslMode::Disable;
+    let (ssl_min_protocol_version, ssl_max_protocol_version) = tls_versions(&layers, tls_possible)?;
+    let crls = match tls::verification(ssl_mode, &root_certs) {
+        Some(Verify::Chain | Verify::Full) if tls_possible => crls(&layers, env)?,
+        _ => Crls::default(),
+    };
+    let require_auth = match layers.get("require_auth") {
+        Some((v, _)) => Some(RequireAuth::parse(&v)?),
+        None => None,
+    };
+
     let connect_timeout = match layers.get("connect_timeout") {
         Some((v, _)) => parse_connect_timeout(&v)?,
         None => Some(DEFAULT_CONNECT_TIMEOUT),
@@ -265,12 +278,134 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
         dbname_is_default,
         ssl_mode,
         root_certs,
+        crls,
+        ssl_min_protocol_version,
+        ssl_max_protocol_version,
+        require_auth,
+        require_peer: layers.get("requirepeer").map(|(v, _)| v),
         connect_timeout,
         options: layers.get("options").map(|(o, _)| o),
         channel_binding,
         force_password_prompt: args.force_password_prompt,
         warnings,
     })
+}
+
+/// `ssl_min_protocol_version` (default TLSv1.2, like libpq) and
+/// `ssl_max_protocol_version`. A range without TLS 1.2 or 1.3 cannot be met by rustls:
+/// refused when TLS may be used, rather than connecting some other way.
+fn tls_versions(
+    layers: &Layers<'_>,
+    tls_possible: bool,
+) -> Result<(TlsVersion, Option<TlsVersion>)> {
+    let parse = |name: &str| {
+        layers
+            .get(name)
+            .map(|(v, _)| {
+                TlsVersion::parse(&v)
+                    .ok_or_else(|| invalid(name, &v, "one of TLSv1, TLSv1.1, TLSv1.2, TLSv1.3"))
+            })
+            .transpose()
+    };
+    let min = parse("ssl_min_protocol_version")?.unwrap_or(TlsVersion::Tls1_2);
+    let max = parse("ssl_max_protocol_version")?;
+    if let Some(max) = max {
+        if min > max {
+            return Err(ConnectError::TlsVersionRange { min, max });
+        }
+        if tls_possible && tls::protocol_versions(min, Some(max)).is_empty() {
+            return Err(ConnectError::TlsVersionUnsupported { max });
+        }
+    }
+    Ok((min, max))
+}
+
+/// The revocation lists, read when the server's certificate will be verified (libpq
+/// loads them only then): `sslcrl` (a PEM file) and `sslcrldir` (a directory prepared by
+/// `openssl rehash`: the files `HASH.rN`), else `~/.postgresql/root.crl` if it exists.
+/// Unlike libpq, a list that was named but cannot be read is an error, not silently no
+/// revocation checking.
+fn crls(layers: &Layers<'_>, env: &dyn Env) -> Result<Crls> {
+    let mut crls = Crls::default();
+    let file = layers.get("sslcrl").map(|(f, _)| PathBuf::from(f));
+    let dir = layers.get("sslcrldir").map(|(d, _)| PathBuf::from(d));
+    if let Some(path) = &file {
+        read_crl(path, "sslcrl", env, &mut crls)?;
+    }
+    if let Some(dir) = &dir {
+        let entries = env
+            .list_dir(dir)
+            .map_err(|source| ConnectError::CrlUnreadable {
+                keyword: "sslcrldir",
+                path: dir.clone(),
+                source,
+            })?;
+        let mut names: Vec<PathBuf> = entries
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_hashed_crl_name)
+            })
+            .collect();
+        names.sort();
+        if names.is_empty() {
+            return Err(ConnectError::CrlInvalid {
+                paths: vec![dir.clone()],
+                detail: "the directory (sslcrldir) holds no revocation list files named HASH.rN; \
+                         prepare it with `openssl rehash DIR`"
+                    .into(),
+            });
+        }
+        for path in &names {
+            read_crl(path, "sslcrldir", env, &mut crls)?;
+        }
+    }
+    if file.is_none() && dir.is_none() {
+        if let Some(home) = env.home_dir() {
+            let path = home.join(".postgresql").join("root.crl");
+            if env.file_info(&path).is_ok() {
+                read_crl(&path, "sslcrl", env, &mut crls)?;
+            }
+        }
+    }
+    Ok(crls)
+}
+
+/// `openssl rehash` names a CRL `<8 hex digits>.r<N>`.
+fn is_hashed_crl_name(name: &str) -> bool {
+    let Some((hash, n)) = name.split_once(".r") else {
+        return false;
+    };
+    hash.len() == 8
+        && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn read_crl(path: &Path, keyword: &'static str, env: &dyn Env, crls: &mut Crls) -> Result<()> {
+    let bytes = env
+        .read_file(path)
+        .map_err(|source| ConnectError::CrlUnreadable {
+            keyword,
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let invalid = |detail: String| ConnectError::CrlInvalid {
+        paths: vec![path.to_path_buf()],
+        detail,
+    };
+    let lists = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.to_string()))?;
+    if lists.is_empty() {
+        return Err(invalid(
+            "no revocation list found; it must contain PEM \"BEGIN X509 CRL\" blocks".into(),
+        ));
+    }
+    crls.paths.push(path.to_path_buf());
+    crls.lists.extend(lists);
+    Ok(())
 }
 
 /// `/var/run/postgresql` if it is a directory, else `/tmp`.
@@ -904,6 +1039,193 @@ db.example.com:6432:shop:bob:shop-pw
             .warnings
             .iter()
             .any(|w| w.starts_with("PGGSSENCMODE=require")));
+    }
+
+    #[test]
+    fn security_settings_from_the_environment_are_used_not_ignored() {
+        let env = base_env()
+            .var("PGREQUIREAUTH", "scram-sha-256")
+            .var("PGREQUIREPEER", "postgres")
+            .var("PGSSLMINPROTOCOLVERSION", "TLSv1.3")
+            .var("PGSSLMAXPROTOCOLVERSION", "tlsv1.3")
+            .var("PGSSLCRL", "/nonexistent.crl");
+        let s = resolve(&args(), &env).unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert_eq!(s.require_auth.unwrap().to_string(), "scram-sha-256");
+        assert_eq!(s.require_peer.as_deref(), Some("postgres"));
+        assert_eq!(s.ssl_min_protocol_version, TlsVersion::Tls1_3);
+        assert_eq!(s.ssl_max_protocol_version, Some(TlsVersion::Tls1_3));
+        // The connection string wins over the environment.
+        let s = resolve(&conn("require_auth=!password requirepeer=pg"), &env).unwrap();
+        assert_eq!(s.require_auth.unwrap().to_string(), "!password");
+        assert_eq!(s.require_peer.as_deref(), Some("pg"));
+        // Bad values are errors, from either place.
+        for bad in [
+            conn("require_auth=scram-sha-256,!md5"),
+            conn("require_auth=trust"),
+        ] {
+            let e = resolve(&bad, &base_env()).unwrap_err();
+            assert!(
+                matches!(&e, ConnectError::InvalidValue { name, .. } if name == "require_auth"),
+                "{e:?}"
+            );
+        }
+        let e = resolve(
+            &args(),
+            &base_env().var("PGREQUIREAUTH", "password,password"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("given more than once"), "{e}");
+    }
+
+    #[test]
+    fn tls_protocol_versions() {
+        let v = |c: &str| resolve(&conn(c), &base_env());
+        let s = v("host=db").unwrap();
+        assert_eq!(
+            (s.ssl_min_protocol_version, s.ssl_max_protocol_version),
+            (TlsVersion::Tls1_2, None),
+            "libpq's default minimum"
+        );
+        let s =
+            v("host=db ssl_min_protocol_version=TLSv1 ssl_max_protocol_version=TLSv1.2").unwrap();
+        assert_eq!(
+            (s.ssl_min_protocol_version, s.ssl_max_protocol_version),
+            (TlsVersion::Tls1_0, Some(TlsVersion::Tls1_2))
+        );
+        for bad in ["TLSv1.4", "SSLv3", "1.2", "tls1.2"] {
+            let e = v(&format!("host=db ssl_min_protocol_version={bad}")).unwrap_err();
+            assert!(
+                matches!(&e, ConnectError::InvalidValue { name, .. } if name == "ssl_min_protocol_version"),
+                "{bad}: {e:?}"
+            );
+            assert!(e.to_string().contains("TLSv1.3"), "{e}");
+        }
+        let e = v("host=db ssl_max_protocol_version=TLS").unwrap_err();
+        assert!(
+            matches!(&e, ConnectError::InvalidValue { name, .. } if name == "ssl_max_protocol_version")
+        );
+        let e = v("host=db ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2")
+            .unwrap_err();
+        assert!(matches!(e, ConnectError::TlsVersionRange { .. }), "{e:?}");
+        assert!(e.to_string().contains("TLSv1.3 is above"), "{e}");
+        // Like libpq, the default minimum (TLSv1.2) makes a lower maximum alone a bad range.
+        let e = v("host=db ssl_max_protocol_version=TLSv1.1").unwrap_err();
+        assert!(matches!(e, ConnectError::TlsVersionRange { .. }), "{e:?}");
+        // Below TLS 1.2 rustls cannot go: refused wherever TLS may be used...
+        for c in [
+            "host=db ssl_min_protocol_version=TLSv1 ssl_max_protocol_version=TLSv1.1",
+            "host=db sslmode=require ssl_min_protocol_version=tlsv1 ssl_max_protocol_version=TLSv1",
+        ] {
+            let e = v(c).unwrap_err();
+            assert!(
+                matches!(e, ConnectError::TlsVersionUnsupported { .. }),
+                "{c}: {e:?}"
+            );
+            assert!(e.to_string().contains("cannot be met"), "{e}");
+        }
+        // ...and irrelevant where it is not.
+        let low = "ssl_min_protocol_version=TLSv1 ssl_max_protocol_version=TLSv1.1";
+        assert!(v(&format!("host=db sslmode=disable {low}")).is_ok());
+        assert!(v(&format!("host=/tmp {low}")).is_ok());
+    }
+
+    #[test]
+    fn revocation_lists() {
+        let (ca, _, crl) = super::super::tls::tests::pki("CA", &[1]);
+        let env = base_env()
+            .file("/ca.crt", ca, 0o644)
+            .file("/one.crl", crl.clone(), 0o644)
+            .file("/garbage.crl", "hello", 0o644)
+            .dir("/crls")
+            .file("/crls/0a1b2c3d.r0", crl.clone(), 0o644)
+            .file("/crls/0a1b2c3d.r1", crl.clone(), 0o644)
+            .file("/crls/README", "not a CRL", 0o644)
+            .dir("/empty");
+        let r = |c: &str| resolve(&conn(&format!("host=db sslrootcert=/ca.crt {c}")), &env);
+        let s = r("sslmode=verify-full sslcrl=/one.crl").unwrap();
+        assert_eq!((s.crls.paths.len(), s.crls.lists.len()), (1, 1));
+        // The hashed files of a directory, not the others.
+        let s = r("sslmode=verify-ca sslcrldir=/crls").unwrap();
+        assert_eq!(
+            s.crls.paths,
+            vec![
+                PathBuf::from("/crls/0a1b2c3d.r0"),
+                PathBuf::from("/crls/0a1b2c3d.r1")
+            ]
+        );
+        // Both.
+        let s = r("sslmode=verify-ca sslcrl=/one.crl sslcrldir=/crls").unwrap();
+        assert_eq!(s.crls.lists.len(), 3);
+        // require with a root certificate verifies, so it checks revocation too.
+        assert_eq!(
+            r("sslmode=require sslcrl=/one.crl")
+                .unwrap()
+                .crls
+                .lists
+                .len(),
+            1
+        );
+        // Modes that do not verify never read them (as libpq).
+        let s = r("sslmode=prefer sslcrl=/nope.crl").unwrap();
+        assert!(s.crls.lists.is_empty());
+        let s = resolve(
+            &conn("host=/tmp sslmode=verify-full sslcrl=/nope.crl"),
+            &env,
+        )
+        .unwrap();
+        assert!(s.crls.lists.is_empty());
+        // Named but missing, unreadable or empty: an error, never no checking.
+        let e = r("sslmode=verify-full sslcrl=/nope.crl").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConnectError::CrlUnreadable {
+                    keyword: "sslcrl",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("\"/nope.crl\""), "{e}");
+        let e = r("sslmode=verify-full sslcrldir=/nope").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConnectError::CrlUnreadable {
+                    keyword: "sslcrldir",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = r("sslmode=verify-full sslcrldir=/empty").unwrap_err();
+        assert!(matches!(e, ConnectError::CrlInvalid { .. }), "{e:?}");
+        assert!(e.to_string().contains("openssl rehash"), "{e}");
+        let e = r("sslmode=verify-full sslcrl=/garbage.crl").unwrap_err();
+        assert!(matches!(e, ConnectError::CrlInvalid { .. }), "{e:?}");
+        // The default ~/.postgresql/root.crl, when it exists.
+        assert!(r("sslmode=verify-full").unwrap().crls.lists.is_empty());
+        let env = env.file("/home/osuser/.postgresql/root.crl", crl, 0o644);
+        let s = resolve(
+            &conn("host=db sslrootcert=/ca.crt sslmode=verify-full"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            s.crls.paths,
+            vec![PathBuf::from("/home/osuser/.postgresql/root.crl")]
+        );
+        assert!(is_hashed_crl_name("deadbeef.r12"));
+        for bad in [
+            "deadbeef.0",
+            "deadbee.r0",
+            "deadbeefX.r0",
+            "deadbeef.r",
+            "xyzxyzxy.r0",
+        ] {
+            assert!(!is_hashed_crl_name(bad), "{bad}");
+        }
     }
 
     #[test]

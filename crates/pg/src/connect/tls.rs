@@ -14,16 +14,16 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
+use rustls::client::{VerifierBuilderError, WebPkiServerVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, PeerIncompatible,
+    RootCertStore, SignatureScheme, SupportedProtocolVersion,
 };
 
 use super::error::{ConnectError, Result};
-use super::{RootCerts, SslMode};
+use super::{RootCerts, Settings, SslMode, TlsVersion};
 
 /// What the server's certificate is checked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,26 +93,43 @@ fn root_store(roots: &RootCerts) -> Result<RootCertStore> {
     Ok(store)
 }
 
-/// The rustls configuration for `verify` with `roots`.
-pub(crate) fn client_config(verify: Verify, roots: &RootCerts) -> Result<ClientConfig> {
+/// The TLS versions rustls may use within `min..=max` (empty when none of 1.2 and 1.3
+/// is in the range).
+pub(crate) fn protocol_versions(
+    min: TlsVersion,
+    max: Option<TlsVersion>,
+) -> Vec<&'static SupportedProtocolVersion> {
+    [
+        (TlsVersion::Tls1_2, &rustls::version::TLS12),
+        (TlsVersion::Tls1_3, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| *v >= min && max.is_none_or(|max| *v <= max))
+    .map(|(_, r)| r)
+    .collect()
+}
+
+/// The rustls configuration for `verify`, with the settings' roots, revocation lists and
+/// protocol versions.
+pub(crate) fn client_config(verify: Verify, settings: &Settings) -> Result<ClientConfig> {
     let provider = provider();
+    let versions = protocol_versions(
+        settings.ssl_min_protocol_version,
+        settings.ssl_max_protocol_version,
+    );
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&versions)
         .map_err(setup_error)?;
     let verifier: Arc<dyn ServerCertVerifier> = match verify {
         Verify::Nothing => Arc::new(NameUnchecked {
-            roots: None,
+            chain: None,
             provider,
         }),
         Verify::Chain => Arc::new(NameUnchecked {
-            roots: Some(root_store(roots)?),
+            chain: Some(chain_verifier(settings, provider.clone())?),
             provider,
         }),
-        Verify::Full => {
-            WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(roots)?), provider)
-                .build()
-                .map_err(setup_error)?
-        }
+        Verify::Full => chain_verifier(settings, provider)?,
     };
     Ok(builder
         .dangerous()
@@ -120,13 +137,38 @@ pub(crate) fn client_config(verify: Verify, roots: &RootCerts) -> Result<ClientC
         .with_no_client_auth())
 }
 
+/// rustls's verifier of the chain, the revocation lists and the name. As OpenSSL does
+/// for libpq, a certificate whose revocation status no list tells is refused, and so is
+/// an expired list.
+fn chain_verifier(
+    settings: &Settings,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>> {
+    let mut builder = WebPkiServerVerifier::builder_with_provider(
+        Arc::new(root_store(&settings.root_certs)?),
+        provider,
+    );
+    if !settings.crls.lists.is_empty() {
+        builder = builder
+            .with_crls(settings.crls.lists.iter().cloned())
+            .enforce_revocation_expiration();
+    }
+    builder.build().map_err(|e| match e {
+        VerifierBuilderError::InvalidCrl(e) => ConnectError::CrlInvalid {
+            paths: settings.crls.paths.clone(),
+            detail: format!("{e:?}"),
+        },
+        other => setup_error(other),
+    })
+}
+
 /// A verifier that never checks the server's names: `prefer`/`require` without roots
-/// (`roots: None`, any certificate) and `verify-ca` (`roots: Some`, the certificate must
-/// chain to a trusted root). Either way the handshake signatures are checked, so the
-/// server must hold the key of the certificate it shows.
+/// (`chain: None`, any certificate) and `verify-ca` (`chain: Some`, the certificate must
+/// chain to a trusted root and not be revoked). Either way the handshake signatures are
+/// checked, so the server must hold the key of the certificate it shows.
 #[derive(Debug)]
 struct NameUnchecked {
-    roots: Option<RootCertStore>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -135,21 +177,21 @@ impl ServerCertVerifier for NameUnchecked {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        if let Some(roots) = &self.roots {
-            let cert = ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &cert,
-                roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        // rustls checks the name last, after the chain and the revocation lists (a unit
+        // test below holds it to that): a name error means everything else passed.
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
         }
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -208,11 +250,21 @@ pub(crate) fn rustls_error<'a>(
 }
 
 /// What to tell the user about a rustls error: what failed and what to do.
-pub(crate) fn explain(err: &rustls::Error, mode: SslMode, host: &str, roots: &RootCerts) -> String {
-    let roots_text = match roots {
+pub(crate) fn explain(err: &rustls::Error, settings: &Settings) -> String {
+    let mode = settings.ssl_mode;
+    let roots_text = match &settings.root_certs {
         RootCerts::None => "the root certificates".to_owned(),
         RootCerts::File { path, .. } => format!("sslrootcert \"{}\"", path.display()),
         RootCerts::System => "the system's CA certificates (sslrootcert=system)".to_owned(),
+    };
+    let crls_text = || {
+        settings
+            .crls
+            .paths
+            .iter()
+            .map(|p| format!("\"{}\"", p.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     match err {
         rustls::Error::InvalidCertificate(cert) => match cert {
@@ -230,9 +282,10 @@ pub(crate) fn explain(err: &rustls::Error, mode: SslMode, host: &str, roots: &Ro
             }
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 format!(
-                    "the server's certificate is not valid for host \"{host}\": connect with a \
+                    "the server's certificate is not valid for host \"{}\": connect with a \
                      host name or address listed in the certificate, or use sslmode=verify-ca \
-                     to check only the CA"
+                     to check only the CA",
+                    settings.host
                 )
             }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
@@ -242,14 +295,60 @@ pub(crate) fn explain(err: &rustls::Error, mode: SslMode, host: &str, roots: &Ro
                 "the server's certificate is not valid yet: check the clocks of server and client"
                     .to_owned()
             }
+            CertificateError::Revoked => format!(
+                "the server's certificate has been revoked (it is listed in the revocation list \
+                 {}): the server needs a new certificate",
+                crls_text()
+            ),
+            CertificateError::UnknownRevocationStatus => format!(
+                "no revocation list in {} is from the CA that issued the server's certificate, \
+                 so whether it was revoked is unknown: add that CA's CRL (sslcrl, sslcrldir)",
+                crls_text()
+            ),
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => format!(
+                "the revocation list {} has expired (its next update is past): get a current \
+                 one from the CA",
+                crls_text()
+            ),
             other => format!("the server's certificate was rejected: {other:?}"),
         },
+        rustls::Error::AlertReceived(AlertDescription::ProtocolVersion)
+        | rustls::Error::PeerIncompatible(
+            PeerIncompatible::ServerDoesNotSupportTls12Or13
+            | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig
+            | PeerIncompatible::SupportedVersionsExtensionRequired
+            | PeerIncompatible::Tls12NotOffered
+            | PeerIncompatible::Tls12NotOfferedOrEnabled,
+        ) => {
+            let allowed: Vec<&str> = protocol_versions(
+                settings.ssl_min_protocol_version,
+                settings.ssl_max_protocol_version,
+            )
+            .iter()
+            .map(|v| match v.version {
+                rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+                _ => "TLSv1.2",
+            })
+            .collect();
+            format!(
+                "the server and pgkill have no TLS version in common ({err}; pgkill allows {} \
+                 here, from ssl_min_protocol_version={} and ssl_max_protocol_version={}): \
+                 widen that range, or the server's ssl_min_protocol_version/\
+                 ssl_max_protocol_version",
+                allowed.join(" and "),
+                settings.ssl_min_protocol_version,
+                settings
+                    .ssl_max_protocol_version
+                    .map_or("(none)", TlsVersion::as_str)
+            )
+        }
         other => other.to_string(),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -274,50 +373,198 @@ mod tests {
         assert_eq!(verification(SslMode::VerifyFull, &file), Some(Verify::Full));
     }
 
+    fn settings(conninfo: &str, env: crate::connect::MemoryEnv) -> Settings {
+        crate::connect::resolve(
+            &crate::connect::ConnectArgs {
+                conninfo: Some(conninfo.to_owned()),
+                ..Default::default()
+            },
+            &env.user("u").home("/home/u"),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn configs_build() {
-        assert!(client_config(Verify::Nothing, &RootCerts::None).is_ok());
-        let e = client_config(
-            Verify::Full,
-            &RootCerts::File {
-                path: "/ca.crt".into(),
-                certs: vec![CertificateDer::from(vec![1, 2, 3])],
-            },
-        )
-        .unwrap_err();
+        let s = settings("host=db", crate::connect::MemoryEnv::new());
+        assert!(client_config(Verify::Nothing, &s).is_ok());
+        let mut s = settings("host=db sslmode=require", crate::connect::MemoryEnv::new());
+        s.root_certs = RootCerts::File {
+            path: "/ca.crt".into(),
+            certs: vec![CertificateDer::from(vec![1, 2, 3])],
+        };
+        let e = client_config(Verify::Full, &s).unwrap_err();
         assert!(matches!(e, ConnectError::RootCertInvalid { .. }), "{e:?}");
     }
 
     #[test]
-    fn explanations() {
-        let roots = RootCerts::File {
-            path: "/ca.crt".into(),
-            certs: Vec::new(),
+    fn protocol_version_ranges() {
+        use rustls::version::{TLS12, TLS13};
+        let v = |min, max| protocol_versions(min, max);
+        assert_eq!(v(TlsVersion::Tls1_2, None), vec![&TLS12, &TLS13]);
+        assert_eq!(v(TlsVersion::Tls1_0, None), vec![&TLS12, &TLS13]);
+        assert_eq!(v(TlsVersion::Tls1_3, None), vec![&TLS13]);
+        assert_eq!(
+            v(TlsVersion::Tls1_0, Some(TlsVersion::Tls1_2)),
+            vec![&TLS12]
+        );
+        assert!(v(TlsVersion::Tls1_0, Some(TlsVersion::Tls1_1)).is_empty());
+    }
+
+    /// A CA, a server certificate for `localhost` (serial 7) and a CRL by the CA that
+    /// revokes `revoked` serials.
+    pub(crate) fn pki(ca_name: &str, revoked: &[u64]) -> (String, CertificateDer<'static>, String) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa,
+            Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
         };
-        let s = explain(
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, ca_name);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.serial_number = Some(SerialNumber::from(7u64));
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let crl = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|n| RevokedCertParams {
+                    serial_number: SerialNumber::from(*n),
+                    revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap();
+        (ca_cert.pem(), cert.der().clone(), crl.pem().unwrap())
+    }
+
+    fn check(
+        settings: &Settings,
+        verify: Verify,
+        cert: &CertificateDer<'_>,
+        name: &str,
+    ) -> std::result::Result<(), rustls::Error> {
+        let verifier: Arc<dyn ServerCertVerifier> = match verify {
+            Verify::Full => chain_verifier(settings, provider()).unwrap(),
+            _ => Arc::new(NameUnchecked {
+                chain: Some(chain_verifier(settings, provider()).unwrap()),
+                provider: provider(),
+            }),
+        };
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        verifier
+            .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+            .map(drop)
+    }
+
+    #[test]
+    fn revoked_certificates_are_refused_whatever_the_name() {
+        let (ca, cert, revoking) = pki("unit CA", &[7]);
+        let (_, _, forged) = pki("unit CA", &[]);
+        let (_, _, foreign) = pki("another CA", &[7]);
+        let env = || {
+            crate::connect::MemoryEnv::new()
+                .file("/ca.crt", ca.clone(), 0o644)
+                .file("/revoking.crl", revoking.clone(), 0o644)
+                .file("/forged.crl", forged.clone(), 0o644)
+                .file("/foreign.crl", foreign.clone(), 0o644)
+        };
+        let base = "host=localhost sslrootcert=/ca.crt";
+        let revoked = Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        for mode in ["verify-ca", "verify-full", "require"] {
+            let s = settings(
+                &format!("{base} sslmode={mode} sslcrl=/revoking.crl"),
+                env(),
+            );
+            let verify = verification(s.ssl_mode, &s.root_certs).unwrap();
+            assert_eq!(check(&s, verify, &cert, "localhost"), revoked, "{mode}");
+        }
+        // verify-ca ignores the name, never the revocation (rustls checks the name last).
+        let s = settings(
+            &format!("{base} sslmode=verify-ca sslcrl=/revoking.crl"),
+            env(),
+        );
+        assert_eq!(check(&s, Verify::Chain, &cert, "wrong.invalid"), revoked);
+        // Without a CRL, or with one that does not list it, the certificate is fine.
+        let s = settings(&format!("{base} sslmode=verify-ca"), env());
+        assert_eq!(check(&s, Verify::Chain, &cert, "wrong.invalid"), Ok(()));
+        // A list that names the CA but is not signed by it is refused.
+        let s = settings(
+            &format!("{base} sslmode=verify-full sslcrl=/forged.crl"),
+            env(),
+        );
+        assert!(matches!(
+            check(&s, Verify::Full, &cert, "localhost"),
+            Err(rustls::Error::InvalidCertRevocationList(_))
+        ));
+        // A CRL from another CA cannot tell: refused, as OpenSSL does for libpq.
+        let s = settings(
+            &format!("{base} sslmode=verify-full sslcrl=/foreign.crl"),
+            env(),
+        );
+        assert_eq!(
+            check(&s, Verify::Full, &cert, "localhost"),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownRevocationStatus
+            ))
+        );
+    }
+
+    #[test]
+    fn explanations() {
+        let s = settings(
+            "host=db sslmode=verify-full sslrootcert=/ca.crt sslcrl=/x.crl",
+            crate::connect::MemoryEnv::new()
+                .file("/ca.crt", pki("CA", &[]).0, 0o644)
+                .file("/x.crl", pki("CA", &[]).2, 0o644),
+        );
+        let e = |c: CertificateError| explain(&rustls::Error::InvalidCertificate(c), &s);
+        let t = e(CertificateError::UnknownIssuer);
+        assert!(
+            t.contains("not signed by a CA in sslrootcert \"/ca.crt\""),
+            "{t}"
+        );
+        assert!(t.contains("use sslmode=require"), "{t}");
+        let t = e(CertificateError::NotValidForName);
+        assert!(t.contains("not valid for host \"db\""), "{t}");
+        let t = e(CertificateError::Revoked);
+        assert!(
+            t.contains("has been revoked") && t.contains("\"/x.crl\""),
+            "{t}"
+        );
+        let t = e(CertificateError::UnknownRevocationStatus);
+        assert!(t.contains("add that CA's CRL"), "{t}");
+        let t = e(CertificateError::ExpiredRevocationList);
+        assert!(t.contains("has expired"), "{t}");
+        let mut req = s.clone();
+        req.ssl_mode = SslMode::Require;
+        let t = explain(
             &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
-            SslMode::VerifyFull,
-            "db",
-            &roots,
+            &req,
+        );
+        assert!(t.contains("remove that root certificate"), "{t}");
+        let mut v13 = s.clone();
+        v13.ssl_min_protocol_version = TlsVersion::Tls1_3;
+        let t = explain(
+            &rustls::Error::AlertReceived(AlertDescription::ProtocolVersion),
+            &v13,
         );
         assert!(
-            s.contains("not signed by a CA in sslrootcert \"/ca.crt\""),
-            "{s}"
+            t.contains("no TLS version in common") && t.contains("pgkill allows TLSv1.3 here"),
+            "{t}"
         );
-        assert!(s.contains("use sslmode=require"), "{s}");
-        let s = explain(
-            &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
-            SslMode::Require,
-            "db",
-            &roots,
-        );
-        assert!(s.contains("remove that root certificate"), "{s}");
-        let s = explain(
-            &rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
-            SslMode::VerifyFull,
-            "db",
-            &roots,
-        );
-        assert!(s.contains("not valid for host \"db\""), "{s}");
     }
 }
