@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 mod support;
 
-use support::{recvlogical, wait_no_sessions};
+use support::{db_row, recvlogical, wait_no_sessions};
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -61,21 +61,6 @@ impl Cli {
     fn local_files(&self) -> Result<usize> {
         Ok(std::fs::read_dir(self.state.path())?.count())
     }
-}
-
-/// Everything pgkill records and must restore: allow_connections, connection limit,
-/// privileges, template flag, comment (which holds the fence record meanwhile).
-type DbRow = (bool, i32, Option<Vec<String>>, bool, Option<String>);
-
-async fn db_row(admin: &Client, name: &str) -> Result<Option<DbRow>> {
-    Ok(admin
-        .query_opt(
-            "SELECT datallowconn, datconnlimit, datacl::text[], datistemplate,
-                    shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
-            &[&name],
-        )
-        .await?
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))))
 }
 
 /// Custom settings that must survive: a connection limit, CONNECT revoked from PUBLIC and

@@ -17,6 +17,8 @@ use tokio_postgres::Client;
 
 mod support;
 
+use support::{db_row, DbRow};
+
 fn main() {
     pgkill_sandbox::matrix::main(cases![
         drain_twice_then_unfence_restores_the_original,
@@ -68,21 +70,6 @@ impl Machine {
         ensure!(code == 0, "{args:?}: exit {code}\n{out}\n{err}");
         Ok((out, err))
     }
-}
-
-/// What a fence changes and must put back exactly: allow_connections, connection limit,
-/// privileges, template flag, comment.
-type DbRow = (bool, i32, Option<Vec<String>>, bool, Option<String>);
-
-async fn db_row(admin: &Client, name: &str) -> Result<Option<DbRow>> {
-    Ok(admin
-        .query_opt(
-            "SELECT datallowconn, datconnlimit, datacl::text[], datistemplate,
-                    shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
-            &[&name],
-        )
-        .await?
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))))
 }
 
 /// A database with settings of its own to restore.

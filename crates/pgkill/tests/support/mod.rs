@@ -183,3 +183,20 @@ pub fn recvlogical(sb: &Sandbox, role: &str, db: &str, slot: &str) -> Result<Com
         .stderr(Stdio::null());
     Ok(cmd)
 }
+
+/// Everything pgkill records about a database and must restore exactly:
+/// `allow_connections`, connection limit, privileges, template flag, and the comment
+/// (which holds pgkill's fence record while it is fenced).
+pub type DbRow = (bool, i32, Option<Vec<String>>, bool, Option<String>);
+
+/// The [`DbRow`] of database `name`, if it exists.
+pub async fn db_row(admin: &Client, name: &str) -> Result<Option<DbRow>> {
+    Ok(admin
+        .query_opt(
+            "SELECT datallowconn, datconnlimit, datacl::text[], datistemplate,
+                    shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))))
+}
