@@ -573,6 +573,26 @@ mod tests {
     }
 
     #[test]
+    fn the_confirmation_says_who_is_refused_and_superusers_included_shows() {
+        let mut app = loaded();
+        let mut snap = crate::app::tests::sample();
+        snap.sessions[3].superuser = Some(true); // 104
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        keys_for_tests(&mut app, "ak");
+        let screen = render(&app, 160, 48);
+        assert!(screen.contains("Terminate 5 session(s)?"), "{screen}");
+        assert!(screen.contains("1 will NOT be signalled"), "{screen}");
+        assert!(screen.contains("! includes the 1 protected superuser"), "{screen}");
+        keys_for_tests(&mut app, "!");
+        let screen = render(&app, 160, 48);
+        assert!(screen.contains("Terminate 6 session(s)?"), "{screen}");
+        assert!(screen.contains("including superuser sessions"), "{screen}");
+        assert!(!render(&app, 160, 48).contains("SUPERUSERS INCLUDED"));
+        app.include_superusers = true;
+        assert!(render(&app, 160, 48).contains("SUPERUSERS INCLUDED"));
+    }
+
+    #[test]
     fn detail_pane() {
         let mut app = loaded();
         keys_for_tests(&mut app, "s");
