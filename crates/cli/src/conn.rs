@@ -49,7 +49,18 @@ pub async fn connect_quietly(args: &ConnArgs, conninfo: Option<&str>) -> anyhow:
         maintenance_db: args.maintenance_db.clone(),
         conninfo: conninfo.map(str::to_owned),
     };
-    let settings = connect::resolve(&connect_args, &SystemEnv)?;
+    let mut settings = connect::resolve(&connect_args, &SystemEnv)?;
+    // `--statement-timeout` as a startup option: in force from the first statement, on
+    // every connection made with these settings (reconnects, other databases), at no
+    // round trip of its own.
+    let limit = format!(
+        "-c statement_timeout={}",
+        pgkill_pg::exec::millis(args.statement_timeout)
+    );
+    settings.options = Some(match settings.options.take() {
+        Some(o) if !o.trim().is_empty() => format!("{o} {limit}"),
+        _ => limit,
+    });
     let (client, _task, settings) = connect::connect_reusable(&settings, &TerminalPrompt).await?;
     let server = server_name(&settings);
     Ok(Connected {

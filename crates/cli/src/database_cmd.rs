@@ -203,15 +203,12 @@ pub async fn run(
             );
         }
     };
+    // The settings carry `--statement-timeout` as a startup option.
     let settings = connected.settings.clone();
-    let limit = conn_args.statement_timeout;
     let connect_to = move |db: String| {
         let s = settings.clone();
-        Box::pin(async move {
-            let client = conn::connect_to(&s, db).await?;
-            pgkill_pg::exec::set_statement_timeout(&client, limit).await?;
-            Ok(client)
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        Box::pin(async move { conn::connect_to(&s, db).await })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
     };
     let connected_ref = &connected;
     let interrupt = async move {
@@ -406,7 +403,6 @@ pub async fn unfence(
     for warning in &connected.settings.warnings {
         eprintln!("pgkill: warning: {}", pgkill_core::printable(warning));
     }
-    pgkill_pg::exec::set_statement_timeout(&connected.client, conn_args.statement_timeout).await?;
     let mut signals = Signals::listen()?;
     inflight::guard(&connected, &mut signals, unfence_on(&connected, args)).await
 }

@@ -25,11 +25,10 @@ use crate::UsageError;
 /// How long sending the cancel request may take before pgkill exits anyway.
 const CANCEL_WAIT: Duration = Duration::from_secs(3);
 
-/// Connects like [`conn::connect`] and sets the connection's statement timeout.
+/// Connects like [`conn::connect`] (whose connections run under `--statement-timeout`
+/// from their first statement).
 pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
-    let connected = conn::connect(args, conninfo).await?;
-    pgkill_pg::exec::set_statement_timeout(&connected.client, args.statement_timeout).await?;
-    Ok(connected)
+    conn::connect(args, conninfo).await
 }
 
 /// SIGINT and SIGTERM, listened to from the moment this is made.

@@ -287,11 +287,14 @@ pub fn db_info(name: &str) -> Query {
     }
 }
 
-/// Every database whose comment is a fence record (see [`crate::fence`]).
+/// Every database whose comment is a fence record (see [`crate::fence`]). Only databases
+/// that refuse connections are looked at: a fenced one always does, and the comment is
+/// only read for those (this runs before every command).
 pub fn fenced_databases() -> Query {
     Query {
         sql: format!(
-            "{DB_INFO} WHERE pg_catalog.strpos(pg_catalog.shobj_description(d.oid, 'pg_database'::name), $1::text) = 1 ORDER BY d.datname"
+            "{DB_INFO} WHERE NOT d.datallowconn
+  AND pg_catalog.strpos(pg_catalog.shobj_description(d.oid, 'pg_database'::name), $1::text) = 1 ORDER BY d.datname"
         ),
         params: vec![Param::Text(crate::fence::COMMENT_PREFIX.to_owned())],
     }

@@ -67,7 +67,8 @@ pub async fn query_opt(client: &Client, q: &Query) -> Result<Option<Row>> {
 /// ~5 s wait for other sessions to leave, so the time limit never stands in for it.
 pub const CHANGE_TIMEOUT_FLOOR: Duration = Duration::from_secs(60);
 
-fn millis(d: Duration) -> u64 {
+/// `d` in whole milliseconds, as `statement_timeout` takes it (saturating).
+pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

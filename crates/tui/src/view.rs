@@ -582,7 +582,10 @@ mod tests {
         let screen = render(&app, 160, 48);
         assert!(screen.contains("Terminate 5 session(s)?"), "{screen}");
         assert!(screen.contains("1 will NOT be signalled"), "{screen}");
-        assert!(screen.contains("! includes the 1 protected superuser"), "{screen}");
+        assert!(
+            screen.contains("! includes the 1 protected superuser"),
+            "{screen}"
+        );
         keys_for_tests(&mut app, "!");
         let screen = render(&app, 160, 48);
         assert!(screen.contains("Terminate 6 session(s)?"), "{screen}");
