@@ -107,7 +107,7 @@ impl Session {
         });
         // A simple query: a prepared one would leave a `Close` in flight (see `client`).
         let pid = client
-            .simple_query("SELECT pg_backend_pid()")
+            .simple_query("SELECT pg_catalog.pg_backend_pid()")
             .await
             .map_err(Error::sql(format!(
                 "simulated {kind} session reading its pid"
@@ -119,7 +119,7 @@ impl Session {
             })
             .ok_or_else(|| Error::Program {
                 program: "simulator".into(),
-                detail: "pg_backend_pid() returned no row".into(),
+                detail: "pg_catalog.pg_backend_pid() returned no row".into(),
             })?;
         let session = Session {
             kind,

@@ -4,7 +4,7 @@
 //!
 //! 1. `pgkill drop DB -y` (the release binary beside this one), whole process timed;
 //! 2. `DROP DATABASE … WITH (FORCE)` on an open admin connection (13+ only);
-//! 3. the common recipe on an open admin connection: `SELECT pg_terminate_backend(pid) …`,
+//! 3. the common recipe on an open admin connection: `SELECT pg_catalog.pg_terminate_backend(pid) …`,
 //!    then `DROP DATABASE` as a separate statement (expected to fail with 55006 after
 //!    the server's ~5 s wait, on every version).
 //!
@@ -44,8 +44,8 @@ const RATIO_TARGET: f64 = 1.5;
 const FORCE_SINCE: u32 = 13;
 
 const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)";
-const RECIPE_TERMINATE: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-WHERE datname = $1 AND pid <> pg_backend_pid()";
+const RECIPE_TERMINATE: &str = "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_stat_activity \
+WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()";
 
 /// `pgkill drop` under a reconnect storm of superuser clients, side by side with
 /// `DROP … WITH (FORCE)` (13+) and terminate-then-DROP, per version.

@@ -4,7 +4,7 @@
 //! - `pgkill ls` (table and `--json`) against `psql -Atc` running the equivalent
 //!   `pg_stat_activity` query: wall time, median and min over the runs;
 //! - `pgkill kill -y --db bench` (which waits until every target is gone) against the
-//!   one-liner `SELECT count(pg_terminate_backend(pid)) …` followed by polling with psql
+//!   one-liner `SELECT count(pg_catalog.pg_terminate_backend(pid)) …` followed by polling with psql
 //!   until no session is left; the sessions are opened anew before every run (not timed);
 //! - the peak RSS of the pgkill and psql processes (see [`pgkill_bench::measure`]).
 //!
@@ -41,10 +41,11 @@ const RSS_TARGET_MB: f64 = 20.0;
 const PSQL_LS: &str = "SELECT pid, backend_start, datname, usename, application_name, \
 client_addr, client_port, state, wait_event_type, wait_event, backend_type, xact_start, \
 query_start, state_change, query FROM pg_stat_activity \
-WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname = 'bench' \
+WHERE backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid() AND datname = 'bench' \
 ORDER BY backend_start, pid";
-const PSQL_TERMINATE: &str = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-WHERE datname = 'bench' AND pid <> pg_backend_pid()";
+const PSQL_TERMINATE: &str =
+    "SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_stat_activity \
+WHERE datname = 'bench' AND pid <> pg_catalog.pg_backend_pid()";
 const PSQL_POLL: &str = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench'";
 const CLIENTS_LEFT: &str = "SELECT count(*) FROM pg_stat_activity \
 WHERE datname = 'bench' AND backend_type = 'client backend'";
