@@ -1,5 +1,5 @@
 //! Connecting for the commands that talk to a server, as libpq tools do (see
-//! `pgkill_pg::connect`), and the stale-fence notice every such command gives.
+//! `pgkill_pg::connect`), and the fence notice every such command gives.
 
 use pgkill_pg::connect::{self, ConnectArgs, Host, NoPrompt, Settings, SystemEnv, TerminalPrompt};
 use tokio_postgres::Client;
@@ -14,7 +14,7 @@ pub struct Connected {
     /// `PGPASSWORD`/`.pgpass`): to reach another database of the same server, or to
     /// reconnect, without asking again.
     pub settings: Settings,
-    /// `host:port`, how the fence journal names the server.
+    /// `host:port`, how the local fence records of older pgkill versions name the server.
     pub server: String,
 }
 
