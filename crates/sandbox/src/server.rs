@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -271,6 +271,186 @@ impl Sandbox {
             program: "postgres".into(),
             detail: "could not find a free port".into(),
         }))
+    }
+
+    /// Starts a streaming standby of this (running) sandbox, returning once it accepts
+    /// read-only connections (`pg_is_in_recovery()` is true there).
+    ///
+    /// The npm server packages carry no `pg_basebackup`, so the standby's data directory
+    /// is an online backup taken by hand: `pg_start_backup`/`pg_backup_start` in
+    /// non-exclusive mode on one connection, a copy of the data directory (with `pg_wal`,
+    /// without `postmaster.pid`/`postmaster.opts`), then `pg_stop_backup`/`pg_backup_stop`,
+    /// whose label text becomes the copy's `backup_label`. The copy then streams from the
+    /// primary as `postgres` over loopback TCP (`primary_conninfo` with that role's
+    /// password): `standby.signal` and `postgresql.auto.conf` from PostgreSQL 12,
+    /// `recovery.conf` before. The standby has its own port, socket, directories and
+    /// password file (the roles and their passwords are the primary's at the time of the
+    /// copy), and is torn down like any sandbox. `options` must keep `max_connections`
+    /// and `max_prepared_transactions` at least the primary's (hot standby requires it).
+    ///
+    /// Blocking, like [`Sandbox::start`].
+    pub fn start_standby(&self, options: &Options) -> Result<Sandbox> {
+        let began = Instant::now();
+        let run_as = RunAs::detect()?;
+        let root = options.sandbox_dir.clone().unwrap_or_else(sandbox_root);
+        let primary_password = self.password(roles::ADMIN).ok_or_else(|| Error::Program {
+            program: "sandbox".into(),
+            detail: "the primary has no password for its admin role".into(),
+        })?;
+
+        let private = std::fs::Permissions::from_mode(0o700);
+        let client_dir = tempfile::Builder::new()
+            .prefix(DIR_PREFIX)
+            .rand_bytes(RANDOM_CHARS)
+            .permissions(private.clone())
+            .tempdir_in(&root)
+            .map_err(Error::io("create sandbox directory in", &root))?;
+        write_new(
+            &client_dir.path().join(OWNER_FILE),
+            std::process::id().to_string().as_bytes(),
+        )?;
+        let server_dir = tempfile::Builder::new()
+            .prefix(&server_dir_name(client_dir.path()))
+            .rand_bytes(0)
+            .permissions(private)
+            .tempdir_in(&root)
+            .map_err(Error::io("create sandbox server directory in", &root))?;
+        let copy_began = Instant::now();
+        let data = server_dir.path().join("data");
+        self.base_backup(&data)?;
+        let conninfo = format!(
+            "host={} port={} user={} password={} application_name=pgkill-sandbox-standby",
+            self.host(),
+            self.port,
+            conninfo_value(roles::ADMIN),
+            conninfo_value(&primary_password)
+        );
+        if self.version().major >= 12 {
+            write_new(&data.join("standby.signal"), b"")?;
+            let auto = data.join("postgresql.auto.conf");
+            let mut file = File::options()
+                .append(true)
+                .create(true)
+                .open(&auto)
+                .map_err(Error::io("open", &auto))?;
+            file.write_all(format!("primary_conninfo = {}\n", conf_value(&conninfo)).as_bytes())
+                .map_err(Error::io("write", &auto))?;
+        } else {
+            write_new(
+                &data.join("recovery.conf"),
+                format!(
+                    "standby_mode = 'on'\nprimary_conninfo = {}\n",
+                    conf_value(&conninfo)
+                )
+                .as_bytes(),
+            )?;
+        }
+        for (name, contents, mode) in &options.data_files {
+            let path = data.join(name);
+            std::fs::write(&path, contents).map_err(Error::io("write", &path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
+                .map_err(Error::io("chmod", &path))?;
+        }
+        run_as.chown_tree(server_dir.path())?;
+        let copy = copy_began.elapsed();
+
+        let mut last_error = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port()?;
+            let start_began = Instant::now();
+            let record = client_dir.path().join(SERVER_PID_FILE);
+            match launch(
+                &self.installation,
+                &run_as,
+                server_dir.path(),
+                &record,
+                port,
+                options,
+            ) {
+                Ok((keeper, postmaster_pid)) => {
+                    let passfile = client_dir.path().join(PASSFILE);
+                    let sandbox = Sandbox {
+                        installation: self.installation.clone(),
+                        port,
+                        postmaster_pid,
+                        timing: StartTiming {
+                            template_build: None,
+                            copy,
+                            start: start_began.elapsed(),
+                            passwords: Duration::ZERO,
+                            total: began.elapsed(),
+                        },
+                        passfile,
+                        passwords: Passwords(Mutex::new(self.passwords.lock().clone())),
+                        keeper: Some(keeper),
+                        server_dir: Some(server_dir),
+                        client_dir: Some(client_dir),
+                    };
+                    // Dropping `sandbox` on an error stops the server again.
+                    sandbox.write_passfile()?;
+                    tracing::debug!(version = %self.installation.version, port, primary = self.port, "standby ready");
+                    return Ok(sandbox);
+                }
+                Err(Launch::PortTaken(e)) => last_error = Some(e),
+                Err(Launch::Failed(e)) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Program {
+            program: "postgres".into(),
+            detail: "could not find a free port".into(),
+        }))
+    }
+
+    /// An online backup of this server's data directory into `dest` (see
+    /// [`Sandbox::start_standby`]), on one connection of a runtime of its own.
+    fn base_backup(&self, dest: &Path) -> Result<()> {
+        let config = self.config("postgres", roles::ADMIN);
+        let src = self.data_dir();
+        let (start_sql, stop_sql) = if self.version().major >= 15 {
+            (
+                "SELECT pg_catalog.pg_backup_start('pgkill-sandbox-standby', true)::text",
+                "SELECT labelfile FROM pg_catalog.pg_backup_stop(false)",
+            )
+        } else {
+            (
+                "SELECT pg_catalog.pg_start_backup('pgkill-sandbox-standby', true, false)::text",
+                "SELECT labelfile FROM pg_catalog.pg_stop_backup(false, false)",
+            )
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| Error::Program {
+                            program: "tokio".into(),
+                            detail: format!("cannot start a runtime: {e}"),
+                        })?;
+                    runtime.block_on(async {
+                        let client = connect(&config).await?;
+                        client
+                            .query_one(start_sql, &[])
+                            .await
+                            .map_err(Error::sql("starting a backup for the standby"))?;
+                        let copied = copy_live_data_dir(&src, dest);
+                        let row = client
+                            .query_one(stop_sql, &[])
+                            .await
+                            .map_err(Error::sql("stopping the backup for the standby"))?;
+                        copied?;
+                        let label: String = row.get(0);
+                        write_new(&dest.join("backup_label"), label.as_bytes())
+                    })
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(Error::Program {
+                        program: "sandbox".into(),
+                        detail: "the thread taking the standby's backup panicked".into(),
+                    })
+                })
+        })
     }
 
     /// Gives every role of the template a fresh password, over the Unix socket as the
@@ -665,6 +845,50 @@ fn write_hba(data: &Path, os_user: &str) -> Result<()> {
     Ok(())
 }
 
+/// A value of `postgresql.conf`/`recovery.conf`: single-quoted, quotes doubled.
+fn conf_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Copies the data directory of a running server (during a backup) to `dest`: files
+/// that vanish meanwhile are skipped, as are `postmaster.pid` and `postmaster.opts`.
+fn copy_live_data_dir(src: &Path, dest: &Path) -> Result<()> {
+    let meta = std::fs::metadata(src).map_err(Error::io("stat", src))?;
+    std::fs::DirBuilder::new()
+        .mode(meta.mode() & 0o777)
+        .create(dest)
+        .map_err(Error::io("create", dest))?;
+    for entry in std::fs::read_dir(src).map_err(Error::io("read directory", src))? {
+        let entry = entry.map_err(Error::io("read directory", src))?;
+        let name = entry.file_name();
+        if name == "postmaster.pid" || name == "postmaster.opts" {
+            continue;
+        }
+        let from = entry.path();
+        let to = dest.join(&name);
+        let kind = match entry.file_type() {
+            Ok(kind) => kind,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("stat", &from)(e)),
+        };
+        if kind.is_dir() {
+            copy_live_data_dir(&from, &to)?;
+        } else if kind.is_symlink() {
+            let link = std::fs::read_link(&from).map_err(Error::io("read link", &from))?;
+            std::os::unix::fs::symlink(&link, &to).map_err(Error::io("create link", &to))?;
+        } else {
+            match std::fs::copy(&from, &to) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let _ = std::fs::remove_file(&to);
+                }
+                Err(e) => return Err(Error::io("copy to", &to)(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A quoted token of `pg_hba.conf`/`pg_ident.conf` (never a keyword such as `all`).
 fn hba_token(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -883,7 +1107,8 @@ fn shut_down(child: &mut Child) {
 }
 
 /// PostgreSQL 10+ writes its state into line 8 of `postmaster.pid`; `ready` means it
-/// accepts connections (this is what `pg_ctl -w` waits for).
+/// accepts connections, `standby` that a hot standby accepts read-only ones (these are
+/// what `pg_ctl -w` waits for).
 fn postmaster_ready(pid_file: &Path) -> bool {
     let Ok(file) = File::open(pid_file) else {
         return false;
@@ -892,7 +1117,7 @@ fn postmaster_ready(pid_file: &Path) -> bool {
         .lines()
         .nth(7)
         .and_then(|l| l.ok())
-        .is_some_and(|l| l.trim() == "ready")
+        .is_some_and(|l| matches!(l.trim(), "ready" | "standby"))
 }
 
 fn log_tail(path: &Path, offset: u64) -> String {

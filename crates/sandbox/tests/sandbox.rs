@@ -36,6 +36,7 @@ fn main() {
         teardown_leaves_no_process_and_no_directory,
         teardown_on_panic_leaves_nothing,
         server_dies_with_its_process,
+        standby_replays_the_primary,
     ]);
 }
 
@@ -960,5 +961,64 @@ async fn server_dies_with_its_process(pg: Installation) -> Result<()> {
     for dir in [server_dir, client_dir] {
         ensure!(!dir.exists(), "stale {} was not swept", dir.display());
     }
+    Ok(())
+}
+
+/// A standby started from a running primary is in recovery, streams from the primary
+/// (a row committed there shows up) and refuses writes.
+async fn standby_replays_the_primary(pg: Installation) -> Result<()> {
+    let primary = Sandbox::start(&pg, &Options::default())?;
+    let admin = primary.admin("postgres").await?;
+    admin
+        .batch_execute("CREATE TABLE before_copy (n int); INSERT INTO before_copy VALUES (1)")
+        .await?;
+    let standby = primary.start_standby(&Options::default())?;
+    ensure!(standby.port() != primary.port(), "same port");
+    let replica = standby.admin("postgres").await?;
+    ensure!(
+        scalar_text(&replica, "SELECT pg_catalog.pg_is_in_recovery()::text").await? == "true",
+        "the standby is not in recovery"
+    );
+    ensure!(
+        scalar_text(&admin, "SELECT pg_catalog.pg_is_in_recovery()::text").await? == "false",
+        "the primary is in recovery"
+    );
+    ensure!(
+        scalar_text(&replica, "SELECT n::text FROM before_copy").await? == "1",
+        "the row committed before the copy is missing"
+    );
+    admin
+        .batch_execute("CREATE TABLE after_copy (n int); INSERT INTO after_copy VALUES (42)")
+        .await?;
+    let began = Instant::now();
+    loop {
+        let seen = replica
+            .query_opt("SELECT n::text FROM after_copy", &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|row| row.get::<_, String>(0));
+        if seen.as_deref() == Some("42") {
+            break;
+        }
+        ensure!(
+            began.elapsed() < Duration::from_secs(30),
+            "the row committed on the primary never reached the standby (log: {})",
+            standby.log_file().display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = replica
+        .batch_execute("CREATE TABLE nope (n int)")
+        .await
+        .err()
+        .and_then(|e| e.code().map(|c| c.code().to_owned()));
+    ensure!(
+        err.as_deref() == Some("25006"),
+        "a write on the standby: {err:?}"
+    );
+    // Its own password file works too.
+    let plain = standby.connect("postgres", roles::PLAIN).await?;
+    ensure!(scalar_text(&plain, "SELECT current_user::text").await? == roles::PLAIN);
     Ok(())
 }
