@@ -133,8 +133,11 @@ pub async fn run(
     // Until the go-ahead nothing is changed: Ctrl-C only cancels the statement in flight.
     let ready = inflight::guard(&connected, &mut signals, async {
         let caps = sessions::capabilities(client).await?;
-        for line in fences::adopt_legacy(client, &connected.server, name).await? {
-            eprintln!("pgkill: {}", pgkill_core::printable(&line));
+        // A standby cannot take a record (it is read-only); the preflight refuses there.
+        if !caps.in_recovery {
+            for line in fences::adopt_legacy(client, &connected.server, name).await? {
+                eprintln!("pgkill: {}", pgkill_core::printable(&line));
+            }
         }
         let pre = databases::preflight(client, &caps, op, name, new_name, resolve).await?;
         if args.json {
@@ -413,6 +416,11 @@ async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::
     let caps = sessions::capabilities(client).await?;
     if let Err(why) = pgkill_core::database::check_name("database", db, caps.max_name_bytes) {
         anyhow::bail!(UsageError(why));
+    }
+    if caps.in_recovery {
+        anyhow::bail!(UsageError(format!(
+            "refusing to unfence {db}; nothing was changed:\n  - the server is a standby (in recovery, read-only): unfence {db} on the primary, which the standby then replays"
+        )));
     }
     for line in fences::adopt_legacy(client, &connected.server, db).await? {
         eprintln!("pgkill: {}", pgkill_core::printable(&line));

@@ -431,7 +431,13 @@ pub struct ServerJson {
     pub user: String,
     /// Whether that role is a superuser.
     pub superuser: bool,
+    /// Whether the server is a standby (`pg_is_in_recovery()`).
+    pub in_recovery: bool,
 }
+
+/// The line above `ls`'s table when the server is a standby (a primary gets none).
+pub const STANDBY_HEADER: &str =
+    "Server: standby (in recovery, read-only): sessions can be listed and signalled here; drain, drop, rename and unfence must run on the primary.";
 
 /// A plan as a table: who would be signalled, why, and who would be refused.
 pub fn plan_table(out: &mut dyn Write, plan: &Plan, width: Option<usize>) -> io::Result<()> {

@@ -71,6 +71,7 @@ pub(crate) fn server_json(caps: &Capabilities) -> ServerJson {
         version: caps.version.to_string(),
         user: caps.caller.user.clone(),
         superuser: caps.caller.superuser,
+        in_recovery: caps.in_recovery,
     }
 }
 
@@ -108,6 +109,9 @@ async fn list_sessions(
         out.flush()?;
     } else {
         let mut out = output::for_people();
+        if caps.in_recovery {
+            writeln!(out, "{}", output::STANDBY_HEADER)?;
+        }
         output::sessions_table(&mut out, &list, width())?;
         if !caps.read_all_stats && !caps.caller.superuser && list.iter().any(|s| s.state.is_none())
         {

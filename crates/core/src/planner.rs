@@ -339,7 +339,8 @@ pub fn capabilities() -> Query {
        (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
        pg_catalog.pg_has_role('pg_signal_backend'::name, 'USAGE'::text),
        pg_catalog.pg_has_role('pg_read_all_stats'::name, 'USAGE'::text),
-       pg_catalog.current_setting('max_identifier_length'::text)::int"
+       pg_catalog.current_setting('max_identifier_length'::text)::int,
+       pg_catalog.pg_is_in_recovery()"
                 .into(),
         params: Vec::new(),
     }

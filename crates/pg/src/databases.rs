@@ -87,6 +87,19 @@ async fn count(client: &Client, oid: u32) -> Result<i64> {
     Ok(rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
 }
 
+/// Why nothing can be changed on a standby: the primary must do it (and the standby
+/// replays it).
+pub fn standby_refusal(op: Operation, name: &str) -> String {
+    let verb = match op {
+        Operation::Drop => "drop",
+        Operation::Rename => "rename",
+        Operation::Drain => "drain",
+    };
+    format!(
+        "the server is a standby (in recovery, read-only): {verb} {name} on the primary, which the standby then replays"
+    )
+}
+
 /// Checks everything before anything is changed.
 pub async fn preflight(
     client: &Client,
@@ -97,9 +110,12 @@ pub async fn preflight(
     resolve: Resolve,
 ) -> Result<Preflight> {
     plan::check_name("database", name, caps.max_name_bytes).map_err(|e| Error::Refused(vec![e]))?;
-    let info = info(client, name)
-        .await?
-        .ok_or_else(|| Error::Refused(vec![format!("database {name:?} does not exist")]))?;
+    let standby = caps.in_recovery.then(|| standby_refusal(op, name));
+    let Some(info) = info(client, name).await? else {
+        let mut refusals: Vec<String> = standby.into_iter().collect();
+        refusals.push(format!("database {name:?} does not exist"));
+        return Err(Error::Refused(refusals));
+    };
     let (prepared_q, slots_q) = plan::blockers(name);
     let prepared = query(client, &prepared_q)
         .await?
@@ -142,7 +158,10 @@ pub async fn preflight(
         .ok_or(Error::Protocol("current_database() returned no row"))?
         .try_get(0)?;
     let ending = ending(client, info.oid).await?;
-    let mut refusals = plan::refusals(op, &info, &blockers, &ending, resolve, &connected);
+    let mut refusals: Vec<String> = standby.into_iter().collect();
+    refusals.extend(plan::refusals(
+        op, &info, &blockers, &ending, resolve, &connected,
+    ));
     if !caps.caller.superuser && info.owner != caps.caller.user {
         refusals.push(format!(
             "only the owner of {name} ({}) or a superuser may {}; you are {}",

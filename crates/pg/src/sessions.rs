@@ -24,6 +24,9 @@ pub struct Capabilities {
     /// The longest database or role name the server takes, in bytes
     /// (`max_identifier_length`).
     pub max_name_bytes: usize,
+    /// Whether the server is a standby (`pg_is_in_recovery()`): sessions can be listed
+    /// and signalled there, but databases can only be changed on the primary.
+    pub in_recovery: bool,
     /// The backend pids of every connection this pgkill process opened: protected from
     /// listing and signalling.
     pub own_pids: Vec<i32>,
@@ -66,6 +69,7 @@ pub async fn capabilities(client: &Client) -> Result<Capabilities> {
         },
         read_all_stats: row.try_get(4)?,
         max_name_bytes: usize::try_from(row.try_get::<_, i32>(5)?).unwrap_or(63),
+        in_recovery: row.try_get(6)?,
         own_pids: own_pids(),
     })
 }
