@@ -1,12 +1,13 @@
 //! pgkill on a streaming standby, through the real binary on every PostgreSQL version
 //! (issue 10, "standbys are real"): `ls` says the server is a standby (table header and
-//! `server.in_recovery` in JSON), `kill` and `free-slot` end sessions there, and `drain`,
+//! `server.in_recovery` in JSON), `kill`, `cancel` and `free-slot` work there, and `drain`,
 //! `drop`, `rename` and `unfence` refuse before changing anything (exit 2), saying that
 //! the primary must do it.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Result};
+use pgkill_sandbox::sim::Statement;
 use pgkill_sandbox::{cases, roles, sim, Installation, Options, Sandbox};
 use serde_json::Value;
 
@@ -15,7 +16,7 @@ mod support;
 fn main() {
     pgkill_sandbox::matrix::main(cases![
         ls_says_standby_or_primary,
-        kill_and_free_slot_work_on_a_standby,
+        kill_cancel_and_free_slot_work_on_a_standby,
         database_commands_refuse_on_a_standby,
     ]);
 }
@@ -87,7 +88,7 @@ async fn ls_says_standby_or_primary(pg: Installation) -> Result<()> {
     Ok(())
 }
 
-async fn kill_and_free_slot_work_on_a_standby(pg: Installation) -> Result<()> {
+async fn kill_cancel_and_free_slot_work_on_a_standby(pg: Installation) -> Result<()> {
     let (primary, standby) = primary_and_standby(&pg).await?;
     let victim = sim::idle(&standby.config("app", roles::PLAIN)).await?;
     let bystander = sim::idle(&primary.config("app", roles::PLAIN)).await?;
@@ -109,6 +110,23 @@ async fn kill_and_free_slot_work_on_a_standby(pg: Installation) -> Result<()> {
             .is_none(),
         "kill on the standby ended a session on the primary"
     );
+
+    let report = sim::active(
+        &standby.config("app", roles::PLAIN),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let (code, out, err) = support::run(support::pgkill(
+        &standby,
+        roles::ADMIN,
+        &["cancel", "--query", "pg_sleep", "-y"],
+    ))?;
+    ensure!(code == 0, "cancel exit {code}: {out}\n{err}");
+    match report.wait_statement(WAIT).await {
+        Statement::Failed(e) => ensure!(e.sqlstate.as_deref() == Some("57014"), "{e:?}"),
+        other => return Err(anyhow!("the long query on the standby: {other:?}")),
+    }
+    ensure!(report.is_connected(), "cancel ended the session");
 
     let pooled = sim::idle(&standby.config("postgres", "pooled")).await?;
     let (code, out, err) = support::run(support::pgkill(
