@@ -369,6 +369,9 @@ pub struct Settings {
     pub password: Option<Password>,
     /// Where [`Settings::password`] came from.
     pub password_source: Option<PasswordSource>,
+    /// Why the password file was not read (group or world access, not a plain file),
+    /// said again if the server then asks for a password pgkill does not have.
+    pub password_file_ignored: Option<String>,
     /// The database to connect to.
     pub dbname: String,
     /// True when nobody named the database: [`connect`] then falls back to `template1` if
