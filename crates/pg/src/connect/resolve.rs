@@ -85,7 +85,7 @@ fn invalid(name: &str, value: &str, expected: &str) -> ConnectError {
 }
 
 /// Resolves the connection settings from the command line (`args`) and the machine
-/// (`env`): flags > connection string/URI > service file > `PG*` variables > defaults.
+/// (`env`): connection string/URI > flags > service file > `PG*` variables > defaults.
 /// See the [module documentation](super) for the details.
 pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
     let mut warnings = Vec::new();
