@@ -3,7 +3,7 @@
 //!
 //! Our own parser rather than `tokio_postgres::Config::from_str`: that one rejects
 //! keywords such as `service`, `sslrootcert` and `passfile`, and loses which keywords were
-//! given, which pgkill's precedence (flags > connection string > service > environment)
+//! given, which pgkill's precedence (connection string > flags > service > environment)
 //! needs. Parse errors never quote values: a connection string may hold a password.
 
 use std::collections::BTreeMap;
