@@ -53,18 +53,17 @@ impl Layers<'_> {
     /// overrides them), the service file, the environment. Never empty.
     fn get(&self, key: &str) -> Option<(String, Origin)> {
         let blocks = EMPTY_IS_DEFAULT.contains(&key);
-        for (params, origin) in [
-            (Some(&self.conninfo), Origin::Conninfo),
-            (Some(&self.flags), Origin::Flag),
-            (
-                self.service.as_ref().map(|(_, p)| p),
-                self.service
-                    .as_ref()
-                    .map(|(path, _)| Origin::Service(path.clone()))
-                    .unwrap_or(Origin::Flag),
-            ),
-        ] {
-            match params.and_then(|p| p.get(key)) {
+        let service = self
+            .service
+            .as_ref()
+            .map(|(path, params)| (params, Origin::Service(path.clone())));
+        let layers = [
+            Some((&self.conninfo, Origin::Conninfo)),
+            Some((&self.flags, Origin::Flag)),
+            service,
+        ];
+        for (params, origin) in layers.into_iter().flatten() {
+            match params.get(key) {
                 Some(v) if !v.is_empty() => return Some((v.clone(), origin)),
                 Some(_) if blocks => return None,
                 _ => {}
