@@ -254,12 +254,25 @@ async fn connects_with_uri_and_conninfo(pg: Installation) -> Result<()> {
             roles::OWNER,
             "shop",
         ),
-        // The URI names the database, --maintenance-db overrides it.
+        // As in psql, the URI's database beats --maintenance-db ...
         (
             ConnectArgs {
                 maintenance_db: Some("template1".into()),
                 ..conninfo(&format!(
                     "postgresql://{}@127.0.0.1:{}/shop",
+                    roles::PLAIN,
+                    sb.port()
+                ))
+            },
+            roles::PLAIN,
+            "shop",
+        ),
+        // ... which applies when the URI names none.
+        (
+            ConnectArgs {
+                maintenance_db: Some("template1".into()),
+                ..conninfo(&format!(
+                    "postgresql://{}@127.0.0.1:{}",
                     roles::PLAIN,
                     sb.port()
                 ))

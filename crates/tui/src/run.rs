@@ -309,6 +309,7 @@ mod tests {
             (|| ConnectError::PasswordRequired {
                 user: "bob".into(),
                 target: "host=db".into(),
+                ignored: None,
             }) as fn() -> ConnectError,
             || ConnectError::AuthMethodRefused {
                 target: "host=db".into(),

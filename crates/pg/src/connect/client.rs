@@ -125,6 +125,7 @@ pub async fn connect_reusable(
                     return Err(ConnectError::PasswordRequired {
                         user: settings.user.clone(),
                         target: settings.describe_with_dbname(&dbname),
+                        ignored: settings.password_file_ignored.clone(),
                     });
                 }
                 password = Some(ask()?);

@@ -3,7 +3,7 @@
 //!
 //! Our own parser rather than `tokio_postgres::Config::from_str`: that one rejects
 //! keywords such as `service`, `sslrootcert` and `passfile`, and loses which keywords were
-//! given, which pgkill's precedence (flags > connection string > service > environment)
+//! given, which pgkill's precedence (connection string > flags > service > environment)
 //! needs. Parse errors never quote values: a connection string may hold a password.
 
 use std::collections::BTreeMap;
@@ -194,6 +194,20 @@ pub(crate) fn parse(s: &str) -> Result<Params> {
     }
 }
 
+/// libpq's deprecated `requiressl` keyword, translated where it is stored (as libpq's
+/// `conninfo_storeval` does): a value starting with `1` is `sslmode=require`, any other
+/// `sslmode=prefer`; whichever of it and `sslmode` comes later wins. Not a keyword of
+/// service files (libpq calls it a syntax error there).
+fn requiressl(name: &str, value: &str) -> Option<&'static str> {
+    (name == "requiressl").then(|| {
+        if value.starts_with('1') {
+            "require"
+        } else {
+            "prefer"
+        }
+    })
+}
+
 fn bad(detail: impl Into<String>) -> ConnectError {
     ConnectError::InvalidConninfo {
         detail: detail.into(),
@@ -279,6 +293,10 @@ fn parse_keywords(s: &str) -> Result<Params> {
                     i += 1;
                 }
             }
+        }
+        if let Some(mode) = requiressl(&name, &value) {
+            params.insert("sslmode".into(), mode.into());
+            continue;
         }
         check_keyword(&name, "connection string")?;
         params.insert(name, value);
@@ -372,6 +390,10 @@ fn parse_uri(rest: &str) -> Result<Params> {
             // libpq's JDBC-compatible spelling.
             if key == "ssl" && value == "true" {
                 params.insert("sslmode".into(), "require".into());
+                continue;
+            }
+            if let Some(mode) = requiressl(&key, &value) {
+                params.insert("sslmode".into(), mode.into());
                 continue;
             }
             check_keyword(&key, "URI")?;

@@ -142,12 +142,14 @@ pub enum ConnectError {
         source: tokio_postgres::Error,
     },
     /// The server wants a password and there is none (no TTY to ask on).
-    #[error("the server at {target} asks for a password for user \"{user}\" and none was given: set PGPASSWORD, add a line to ~/.pgpass (host:port:database:user:password, mode 0600), or run on a terminal with -W")]
+    #[error("the server at {target} asks for a password for user \"{user}\" and none was given{}", match ignored { Some(why) => format!(": the {why}"), None => ": set PGPASSWORD, add a line to ~/.pgpass (host:port:database:user:password, mode 0600), or run on a terminal with -W".to_owned() })]
     PasswordRequired {
         /// The role.
         user: String,
         /// Where.
         target: String,
+        /// Why the password file was ignored, if it was.
+        ignored: Option<String>,
     },
     /// Reading the password from the terminal failed.
     #[error("cannot read the password from the terminal: {source}")]

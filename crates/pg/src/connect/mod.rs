@@ -6,13 +6,25 @@
 //!
 //! 1. [`resolve`] turns [`ConnectArgs`] (what the CLI parsed) and an [`Env`] (environment
 //!    variables and files; [`SystemEnv`] in real use) into [`Settings`]. It does no
-//!    network I/O. Each setting comes from the first of: explicit flags; the connection
-//!    string or URI; the service-file entry (`service=` or `PGSERVICE`); the `PG*`
-//!    environment variables; the defaults. Defaults: host = the Unix-socket directory
+//!    network I/O. Each setting comes from the first of: the connection string or URI;
+//!    explicit flags (as in psql, which passes `-h -p -U` before the connection string,
+//!    whose values override them); the service-file entry (`service=` or `PGSERVICE`;
+//!    `PGSERVICE=""` is a service that is not found); the `PG*` environment variables;
+//!    the defaults. An empty `host`, `hostaddr`, `port`, `user`, `password`, `passfile`,
+//!    `dbname` or `options` in the connection string, a flag or the service file stands
+//!    for the default and hides the environment, as in libpq; other empty values count
+//!    as unset. `hostaddr` always means TCP to that address, even with `-h /socket/dir`.
+//!    The deprecated `requiressl=1` (connection string or URI) is stored as
+//!    `sslmode=require` (`requiressl=0` as `prefer`; the later of the two wins);
+//!    `PGREQUIRESSL=1` means `sslmode=require` when no `sslmode`/`PGSSLMODE` is given. Defaults: host = the Unix-socket directory
 //!    `/var/run/postgresql` if it exists, else `/tmp`; port 5432; user = the OS user;
 //!    database = `postgres` (like `dropdb`, pgkill connects to a maintenance database,
 //!    not to one named after the user); sslmode `prefer`; connect_timeout 10 s. With no
-//!    password given, `~/.pgpass` (or `passfile`/`PGPASSFILE`) is searched.
+//!    password given, `~/.pgpass` (or `passfile`/`PGPASSFILE`) is searched as libpq
+//!    does: on `host` if given, else `hostaddr`, and the port, as text; the default
+//!    socket directory (or no host) as `localhost`, any other socket directory as its
+//!    path. A file that is ignored (group/world access, not a plain file) is named again
+//!    when the server then asks for a password.
 //! 2. [`connect`] opens the connection, prompting for a password with `-W`, or when the
 //!    server asks for one that pgkill does not have and stdin is a terminal.
 //!
@@ -30,8 +42,7 @@
 //! opens the socket itself and hands it to tokio-postgres; cancel requests therefore go
 //! through [`cancel`], which opens theirs the same way.
 //!
-//! Differences from libpq worth knowing: flags rank above the connection string (psql
-//! lets the string win); one host only (comma lists are refused); `allow` behaves like
+//! Differences from libpq worth knowing: one host only (comma lists are refused); `allow` behaves like
 //! `prefer`; `prefer` never verifies certificates; a handshake failure under `prefer` is
 //! an error (libpq retries without TLS); only TLS 1.2 and 1.3 (a maximum below
 //! TLSv1.2 is refused); a `sslcrl`/`sslcrldir` that was named but cannot be read, or
@@ -39,7 +50,11 @@
 //! `gss`, `sspi` or `oauth`, but pgkill cannot perform them, so such a server is still
 //! refused; options that would weaken security if silently ignored (client
 //! certificates, GSSAPI, ...) are refused in a connection string and warned about in the
-//! environment; an empty value counts as unset.
+//! environment; an empty value of a keyword other than those above (e.g. `sslmode=''`,
+//! an error in libpq) counts as unset, and so does an empty `PG*` variable; with no
+//! database named, pgkill connects to `postgres` (libpq: the user name), which is also
+//! the database `.pgpass` is matched on; an unknown keyword in a service file is named
+//! (libpq: "syntax error"). `requiressl` in a service file is a syntax error in both.
 //!
 //! Reconnecting (as `pgkill top` does) should reuse what the first connection settled
 //! ([`connect_reusable`]): the password typed at the prompt is never asked for again.
@@ -369,6 +384,9 @@ pub struct Settings {
     pub password: Option<Password>,
     /// Where [`Settings::password`] came from.
     pub password_source: Option<PasswordSource>,
+    /// Why the password file was not read (group or world access, not a plain file),
+    /// said again if the server then asks for a password pgkill does not have.
+    pub password_file_ignored: Option<String>,
     /// The database to connect to.
     pub dbname: String,
     /// True when nobody named the database: [`connect`] then falls back to `template1` if

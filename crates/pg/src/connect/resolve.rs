@@ -26,8 +26,8 @@ const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
 /// Which layer a value came from, best first.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Origin {
-    Flag,
     Conninfo,
+    Flag,
     Service(PathBuf),
     Env(&'static str),
 }
@@ -39,19 +39,34 @@ struct Layers<'a> {
     env: &'a dyn Env,
 }
 
+/// Keywords whose empty value in the connection string, a flag or the service file
+/// stands for the built-in default and hides the layers below (libpq fills a keyword
+/// from the environment only when nothing set it, and treats these empty values as the
+/// default). For every other keyword an empty value counts as unset.
+const EMPTY_IS_DEFAULT: [&str; 8] = [
+    "host", "hostaddr", "port", "user", "password", "passfile", "dbname", "options",
+];
+
 impl Layers<'_> {
-    /// The value of `key` from the best layer that has a non-empty one.
+    /// The value of `key` from the best layer that has one: the connection string, then
+    /// the flags (psql passes `-h -p -U -d` before the connection string, which
+    /// overrides them), the service file, the environment. Never empty.
     fn get(&self, key: &str) -> Option<(String, Origin)> {
-        let nonempty = |v: Option<&String>| v.filter(|v| !v.is_empty()).cloned();
-        if let Some(v) = nonempty(self.flags.get(key)) {
-            return Some((v, Origin::Flag));
-        }
-        if let Some(v) = nonempty(self.conninfo.get(key)) {
-            return Some((v, Origin::Conninfo));
-        }
-        if let Some((path, params)) = &self.service {
-            if let Some(v) = nonempty(params.get(key)) {
-                return Some((v, Origin::Service(path.clone())));
+        let blocks = EMPTY_IS_DEFAULT.contains(&key);
+        let service = self
+            .service
+            .as_ref()
+            .map(|(path, params)| (params, Origin::Service(path.clone())));
+        let layers = [
+            Some((&self.conninfo, Origin::Conninfo)),
+            Some((&self.flags, Origin::Flag)),
+            service,
+        ];
+        for (params, origin) in layers.into_iter().flatten() {
+            match params.get(key) {
+                Some(v) if !v.is_empty() => return Some((v.clone(), origin)),
+                Some(_) if blocks => return None,
+                _ => {}
             }
         }
         let var = conninfo::keyword(key)?.env?;
@@ -69,7 +84,7 @@ fn invalid(name: &str, value: &str, expected: &str) -> ConnectError {
 }
 
 /// Resolves the connection settings from the command line (`args`) and the machine
-/// (`env`): flags > connection string/URI > service file > `PG*` variables > defaults.
+/// (`env`): connection string/URI > flags > service file > `PG*` variables > defaults.
 /// See the [module documentation](super) for the details.
 pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
     let mut warnings = Vec::new();
@@ -96,7 +111,12 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
             .cloned()
             .or_else(|| env.var(var).filter(|v| !v.is_empty()))
     };
-    let service = match from_conninfo_or_env("service", "PGSERVICE") {
+    // libpq looks up even an empty service name (`PGSERVICE=""`): not found.
+    let service_name = conninfo
+        .get("service")
+        .cloned()
+        .or_else(|| env.var("PGSERVICE"));
+    let service = match service_name {
         Some(name) => {
             let file = from_conninfo_or_env("servicefile", "PGSERVICEFILE");
             Some(service::find(&name, file.as_deref(), env)?)
@@ -121,9 +141,13 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
             return Err(ConnectError::MultipleHosts);
         }
     }
+    // As libpq: hostaddr, wherever it came from, means TCP to that address (even with
+    // `-h /socket/dir`); `.pgpass` is matched on host if given, else on hostaddr, as text.
+    let pgpass_host_text = host_v
+        .as_ref()
+        .or(hostaddr_v.as_ref())
+        .map(|(h, _)| h.clone());
     let mut hostaddr = match hostaddr_v {
-        // A host given more explicitly than hostaddr wins (e.g. -h over PGHOSTADDR).
-        Some((_, origin)) if host_v.as_ref().is_some_and(|(_, o)| *o < origin) => None,
         Some((v, _)) => Some(
             v.trim()
                 .parse::<IpAddr>()
@@ -152,6 +176,9 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
         host = Host::Tcp(addr.to_string());
         hostaddr = None;
     }
+    let port_text = port_v
+        .as_ref()
+        .map_or_else(|| "5432".to_owned(), |(p, _)| p.clone());
     let port = match port_v {
         Some((v, _)) => v
             .trim()
@@ -172,6 +199,7 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
     };
 
     // Password: given, else the password file.
+    let mut password_file_ignored = None;
     let (password, password_source) = match layers.get("password") {
         Some((p, origin)) => {
             let source = match origin {
@@ -186,10 +214,15 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
                 Some((f, _)) => Some(PathBuf::from(f)),
                 None => env.home_dir().map(|h| h.join(".pgpass")),
             };
-            let port_text = port.to_string();
-            let pgpass_host = match &host {
-                Host::Socket(_) => "localhost".to_owned(),
-                Host::Tcp(h) => h.clone(),
+            // libpq's passwordFromFile: the default socket directory (or no host) is
+            // `localhost`; any other socket directory is its path text.
+            let default_dir = default_socket_dir(env);
+            let pgpass_host = match pgpass_host_text {
+                None => "localhost".to_owned(),
+                Some(h) if Path::new(&h).as_os_str() == default_dir.as_os_str() => {
+                    "localhost".to_owned()
+                }
+                Some(h) => h,
             };
             let key = pgpass::Key {
                 host: &pgpass_host,
@@ -197,11 +230,16 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
                 dbname: &dbname,
                 user: &user,
             };
-            match passfile.and_then(|f| {
+            let warned = warnings.len();
+            let found = passfile.and_then(|f| {
                 pgpass::lookup(&f, key, env, &mut warnings)
                     .filter(|p| !p.is_empty())
                     .map(|p| (p, f))
-            }) {
+            });
+            if warnings.len() > warned {
+                password_file_ignored = warnings.last().cloned();
+            }
+            match found {
                 Some((p, f)) => (
                     Some(Password::new(p)),
                     Some(PasswordSource::PasswordFile(f)),
@@ -224,6 +262,9 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
             mode
         }
         None if sslrootcert.as_ref().is_some_and(|(r, _)| r == "system") => SslMode::VerifyFull,
+        // The deprecated PGREQUIRESSL: a value starting with 1 is sslmode=require, below
+        // PGSSLMODE (libpq's `conninfo_add_defaults`).
+        None if env.var("PGREQUIRESSL").is_some_and(|v| v.starts_with('1')) => SslMode::Require,
         None => SslMode::Prefer,
     };
     let root_certs = if matches!(host, Host::Socket(_)) {
@@ -274,6 +315,7 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
         user,
         password,
         password_source,
+        password_file_ignored,
         dbname,
         dbname_is_default,
         ssl_mode,
@@ -652,7 +694,8 @@ mod tests {
             (s.host, s.port, s.user.as_str(), s.dbname.as_str()),
             (Host::Tcp("ci-host".into()), 1003, "ci-user", "svc-db")
         );
-        // Flags beat everything; --maintenance-db is the database.
+        // As in psql, the connection string beats the flags (psql passes -h -p -U -d
+        // before it); flags beat the service and the environment.
         let a = ConnectArgs {
             host: Some("flag-host".into()),
             port: Some("1004".into()),
@@ -664,9 +707,18 @@ mod tests {
         let s = resolve(&a, &env).unwrap();
         assert_eq!(
             (s.host, s.port, s.user.as_str(), s.dbname.as_str()),
-            (Host::Tcp("flag-host".into()), 1004, "flag-user", "flag-db")
+            (Host::Tcp("uri-host".into()), 1005, "uri-user", "uri-db")
         );
         assert!(s.force_password_prompt);
+        let a = ConnectArgs {
+            conninfo: Some("postgresql://uri-host".into()),
+            ..a
+        };
+        let s = resolve(&a, &env).unwrap();
+        assert_eq!(
+            (s.host, s.port, s.user.as_str(), s.dbname.as_str()),
+            (Host::Tcp("uri-host".into()), 1004, "flag-user", "flag-db")
+        );
         // A URI's parts beat the environment.
         let s = resolve(
             &conn("postgresql://uri-user@uri-host:1005/uri-db"),
@@ -721,14 +773,27 @@ mod tests {
             s.describe(),
             "host=db.example.com hostaddr=10.0.0.1 port=5432 user=osuser dbname=postgres"
         );
-        // -h beats a PGHOSTADDR from the environment.
+        // As libpq: PGHOSTADDR is used with -h (the name for TLS and .pgpass) ...
         let env = base_env().var("PGHOSTADDR", "10.0.0.9");
         let a = ConnectArgs {
             host: Some("flag-host".into()),
             ..args()
         };
         let s = resolve(&a, &env).unwrap();
-        assert_eq!((s.host, s.hostaddr), (Host::Tcp("flag-host".into()), None));
+        assert_eq!(
+            (s.host, s.hostaddr),
+            (
+                Host::Tcp("flag-host".into()),
+                Some("10.0.0.9".parse().unwrap())
+            )
+        );
+        // ... and with -h /socket/dir it means TCP to the address.
+        let a = ConnectArgs {
+            host: Some("/socket/dir".into()),
+            ..args()
+        };
+        let s = resolve(&a, &env).unwrap();
+        assert_eq!((s.host, s.hostaddr), (Host::Tcp("10.0.0.9".into()), None));
         let e = resolve(&conn("hostaddr=not-an-ip"), &base_env()).unwrap_err();
         assert!(e.to_string().contains("hostaddr"), "{e}");
         let e = resolve(&conn("host=@abstract"), &base_env()).unwrap_err();
@@ -762,15 +827,114 @@ mod tests {
     }
 
     #[test]
-    fn empty_values_count_as_unset() {
-        let env = base_env().var("PGHOST", "env-host");
+    fn empty_values_block_the_environment_as_in_libpq() {
+        let env = base_env()
+            .var("PGHOST", "env-host")
+            .var("PGUSER", "env-user")
+            .var("PGPORT", "1001")
+            .var("PGDATABASE", "env-db")
+            .var("PGPASSWORD", "env-pw");
+        // Nothing empty: the environment applies.
+        let s = resolve(&args(), &env).unwrap();
+        assert_eq!(
+            (s.host.clone(), s.user.as_str()),
+            (Host::Tcp("env-host".into()), "env-user")
+        );
+        // Empty in the connection string, a URI query or a flag: the built-in default.
+        for c in [
+            "host='' user='' port='' dbname='' password=''",
+            "postgresql:///?host=&user=&port=&dbname=&password=",
+        ] {
+            let s = resolve(&conn(c), &env).unwrap();
+            assert_eq!(s.host, Host::Socket("/tmp".into()), "{c}");
+            assert_eq!(s.user, "osuser", "{c}");
+            assert_eq!(s.port, 5432, "{c}");
+            assert_eq!(s.dbname, "postgres", "{c}");
+            assert_eq!(s.password, None, "{c}");
+        }
         let a = ConnectArgs {
             host: Some(String::new()),
             ..args()
         };
+        assert_eq!(resolve(&a, &env).unwrap().host, Host::Socket("/tmp".into()));
+        // Empty in the service file: the same.
+        let env = env.var("PGSERVICE", "s").file(
+            "/home/osuser/.pg_service.conf",
+            "[s]\nhost=\nuser=\n",
+            0o600,
+        );
+        let s = resolve(&args(), &env).unwrap();
         assert_eq!(
-            resolve(&a, &env).unwrap().host,
-            Host::Tcp("env-host".into())
+            (s.host, s.user.as_str()),
+            (Host::Socket("/tmp".into()), "osuser")
+        );
+        // Other keywords: empty is unset (an empty sslmode does not hide PGSSLMODE).
+        let env = base_env().var("PGSSLMODE", "verify-full");
+        let e = resolve(&conn("host=h sslmode="), &env).map(|s| s.ssl_mode);
+        assert!(matches!(e, Ok(SslMode::VerifyFull) | Err(_)), "{e:?}");
+    }
+
+    #[test]
+    fn an_empty_service_name_is_not_found() {
+        let env = base_env().var("PGSERVICE", "");
+        let e = resolve(&args(), &env).unwrap_err();
+        assert!(
+            matches!(&e, ConnectError::ServiceNotFound { name, .. } if name.is_empty()),
+            "{e:?}"
+        );
+        let e = resolve(&conn("service= host=h"), &base_env()).unwrap_err();
+        assert!(matches!(e, ConnectError::ServiceNotFound { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn requiressl_as_in_libpq() {
+        let mode = |c: &str, env: MemoryEnv| resolve(&conn(c), &env).unwrap().ssl_mode;
+        // The keyword, in a connection string and a URI; the later of it and sslmode wins.
+        assert_eq!(mode("host=h requiressl=1", base_env()), SslMode::Require);
+        assert_eq!(mode("host=h requiressl=10", base_env()), SslMode::Require);
+        assert_eq!(mode("host=h requiressl=0", base_env()), SslMode::Prefer);
+        assert_eq!(mode("host=h requiressl=yes", base_env()), SslMode::Prefer);
+        assert_eq!(
+            mode("host=h requiressl=1 sslmode=prefer", base_env()),
+            SslMode::Prefer
+        );
+        assert_eq!(
+            mode("host=h sslmode=disable requiressl=1", base_env()),
+            SslMode::Require
+        );
+        assert_eq!(
+            mode("postgresql://h/db?requiressl=1", base_env()),
+            SslMode::Require
+        );
+        assert_eq!(
+            mode("postgresql://h/db?requiressl=1&sslmode=disable", base_env()),
+            SslMode::Disable
+        );
+        // The keyword hides PGSSLMODE (it is stored as sslmode).
+        let env = base_env().var("PGSSLMODE", "require");
+        assert_eq!(mode("host=h requiressl=0", env), SslMode::Prefer);
+        // PGREQUIRESSL: a value starting with 1, below PGSSLMODE and sslmode.
+        let env = || base_env().var("PGREQUIRESSL", "1");
+        assert_eq!(mode("host=h", env()), SslMode::Require);
+        assert_eq!(mode("host=h sslmode=prefer", env()), SslMode::Prefer);
+        assert_eq!(
+            mode("host=h", env().var("PGSSLMODE", "allow")),
+            SslMode::Allow
+        );
+        assert_eq!(
+            mode("host=h", base_env().var("PGREQUIRESSL", "0")),
+            SslMode::Prefer
+        );
+        // Not a service-file keyword (libpq: syntax error).
+        let env = base_env().file(
+            "/home/osuser/.pg_service.conf",
+            "[s]\nrequiressl=1\n",
+            0o600,
+        );
+        let e = resolve(&conn("service=s"), &env).unwrap_err();
+        assert!(
+            matches!(e, ConnectError::ServiceFileSyntax { line: 2, .. }),
+            "{e:?}"
         );
     }
 
@@ -946,6 +1110,91 @@ mod tests {
     }
 
     #[test]
+    fn pgpass_matches_sockets_ports_and_addresses_as_libpq() {
+        let pgpass = "\
+/some/dir:5432:*:*:by-dir
+localhost:062431:*:*:port-text
+0\\:0\\:0\\:0\\:0\\:0\\:0\\:1:5432:*:*:long-v6
+named:5432:*:*:by-name
+localhost:5432:*:*:localhost
+";
+        let env = base_env().file("/home/osuser/.pgpass", pgpass, 0o600);
+        let pw = |c: &str, env: &MemoryEnv| {
+            resolve(&conn(c), env)
+                .unwrap()
+                .password
+                .map(|p| p.expose().to_owned())
+        };
+        // A socket directory other than the default: its path text.
+        assert_eq!(pw("host=/some/dir", &env).as_deref(), Some("by-dir"));
+        assert_eq!(pw("host=/some/dir/", &env), None);
+        assert_eq!(pw("host=/other", &env), None);
+        // The default directory (as resolved: /var/run/postgresql when it exists).
+        assert_eq!(pw("host=/tmp", &env).as_deref(), Some("localhost"));
+        let debian =
+            base_env()
+                .dir("/var/run/postgresql")
+                .file("/home/osuser/.pgpass", pgpass, 0o600);
+        assert_eq!(
+            pw("host=/var/run/postgresql", &debian).as_deref(),
+            Some("localhost")
+        );
+        assert_eq!(pw("", &debian).as_deref(), Some("localhost"));
+        assert_eq!(pw("host=/tmp", &debian), None);
+        // The port as given.
+        assert_eq!(
+            pw("host=/tmp port=062431", &env).as_deref(),
+            Some("port-text")
+        );
+        // hostaddr alone: its text as given; with host: host.
+        assert_eq!(
+            pw("hostaddr=0:0:0:0:0:0:0:1", &env).as_deref(),
+            Some("long-v6")
+        );
+        assert_eq!(pw("hostaddr=::1", &env), None);
+        assert_eq!(
+            pw("host=named hostaddr=10.0.0.1", &env).as_deref(),
+            Some("by-name")
+        );
+        // A socket directory with hostaddr (TCP to the address): still the directory.
+        assert_eq!(
+            pw("host=/some/dir hostaddr=127.0.0.1", &env).as_deref(),
+            Some("by-dir")
+        );
+    }
+
+    #[test]
+    fn an_ignored_pgpass_is_remembered_for_the_error() {
+        let env = base_env().file("/home/osuser/.pgpass", "*:*:*:*:pw\n", 0o644);
+        let s = resolve(&conn("host=h"), &env).unwrap();
+        assert_eq!(s.password, None);
+        let why = s.password_file_ignored.clone().unwrap();
+        assert!(
+            why.contains("/home/osuser/.pgpass") && why.contains("0644"),
+            "{why}"
+        );
+        let e = ConnectError::PasswordRequired {
+            user: s.user.clone(),
+            target: s.describe(),
+            ignored: s.password_file_ignored.clone(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("group or world access") && text.contains("chmod 0600"),
+            "{text}"
+        );
+        assert!(!text.contains("pw"), "{text}");
+        let env = base_env().dir("/home/osuser/.pgpass");
+        let s = resolve(&conn("host=h"), &env).unwrap();
+        assert!(s
+            .password_file_ignored
+            .unwrap()
+            .contains("not a plain file"));
+        let s = resolve(&conn("host=h"), &base_env()).unwrap();
+        assert_eq!(s.password_file_ignored, None);
+    }
+
+    #[test]
     fn pgpass_matching_uses_the_resolved_settings() {
         let pgpass = "\
 localhost:5432:postgres:osuser:socket-default
@@ -953,11 +1202,14 @@ db.example.com:6432:shop:bob:shop-pw
 10.0.0.1:5432:*:bob:by-address
 ";
         let env = base_env().file("/home/osuser/.pgpass", pgpass, 0o600);
-        // A Unix-socket host matches as "localhost".
+        // The default Unix-socket directory matches as "localhost" ...
         let s = resolve(&args(), &env).unwrap();
         assert_eq!(s.password.unwrap().expose(), "socket-default");
-        let s = resolve(&conn("host=/some/dir"), &env).unwrap();
+        let s = resolve(&conn("host=/tmp"), &env).unwrap();
         assert_eq!(s.password.unwrap().expose(), "socket-default");
+        // ... any other directory does not.
+        let s = resolve(&conn("host=/some/dir"), &env).unwrap();
+        assert_eq!(s.password, None);
         let s = resolve(&conn("postgresql://bob@db.example.com:6432/shop"), &env).unwrap();
         assert_eq!(s.password.unwrap().expose(), "shop-pw");
         // Port and database must match too.
@@ -965,10 +1217,10 @@ db.example.com:6432:shop:bob:shop-pw
         assert_eq!(s.password, None);
         let s = resolve(&conn("postgresql://bob@db.example.com/shop"), &env).unwrap();
         assert_eq!(s.password, None);
-        // --maintenance-db is what is matched.
+        // --maintenance-db is what is matched (the connection string names none).
         let a = ConnectArgs {
             maintenance_db: Some("shop".into()),
-            ..conn("postgresql://bob@db.example.com:6432/ignored")
+            ..conn("postgresql://bob@db.example.com:6432")
         };
         assert_eq!(
             resolve(&a, &env).unwrap().password.unwrap().expose(),

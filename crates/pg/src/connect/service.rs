@@ -66,10 +66,13 @@ pub(crate) fn find(
 }
 
 /// The settings of section `[name]` in a service file's text, or `None` when the file
-/// has no such section. Lines are `key=value`; `#` starts a comment line; within a
-/// section the first setting of a keyword wins (libpq never overrides a setting).
+/// has no such section. As libpq's `parseServiceFile`: each line is trimmed; empty lines
+/// and lines starting with `#` are skipped; a line starting with `[` opens a section, and
+/// it is `name`'s when `[name]` begins the line (whatever follows the `]`, e.g. a
+/// comment); the next `[` line ends it. Only the lines of `name`'s section are read, as
+/// `keyword=value` with nothing trimmed around the `=`; within it the first setting of a
+/// keyword wins (libpq never overrides a setting). Everything outside it is ignored.
 pub(crate) fn parse(text: &str, name: &str, path: &Path) -> Result<Option<Params>> {
-    let mut in_section = false;
     let mut found = false;
     let mut params = Params::new();
     for (index, raw) in text.lines().enumerate() {
@@ -86,20 +89,17 @@ pub(crate) fn parse(text: &str, name: &str, path: &Path) -> Result<Option<Params
             if found {
                 break;
             }
-            let Some(section) = section.strip_suffix(']') else {
-                return Err(syntax("a section header must end with \"]\"".into()));
-            };
-            in_section = section == name;
-            found = in_section;
+            found = section
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(']'));
             continue;
         }
-        if !in_section {
+        if !found {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
             return Err(syntax("expected keyword=value".into()));
         };
-        let key = key.trim();
         if key == "service" || key == "servicefile" {
             return Err(syntax(format!(
                 "\"{key}\" inside a service: nested service specifications are not supported"
@@ -107,13 +107,20 @@ pub(crate) fn parse(text: &str, name: &str, path: &Path) -> Result<Option<Params
         }
         conninfo::check_keyword(key, "service file").map_err(|e| match e {
             ConnectError::UnknownOption { name, .. } => {
-                syntax(format!("unknown keyword \"{name}\""))
+                let trimmed = name.trim();
+                if trimmed != name && conninfo::keyword(trimmed).is_some() {
+                    syntax(format!(
+                        "no spaces are allowed before \"=\" (write {trimmed}=...)"
+                    ))
+                } else {
+                    syntax(format!("unknown keyword \"{name}\""))
+                }
             }
             other => other,
         })?;
         params
             .entry(key.to_owned())
-            .or_insert_with(|| value.trim_start().to_owned());
+            .or_insert_with(|| value.to_owned());
     }
     Ok(found.then_some(params))
 }
@@ -131,7 +138,7 @@ host=elsewhere
 [shop]
   host=db.example.com
 port=6432
-dbname = shop
+dbname=shop
 # a comment inside
 user=bob
 host=ignored-second-host
@@ -173,6 +180,49 @@ host=later
         assert!(parse("[t]\nbogus\n[s]\nhost=h\n", "s", Path::new("f"))
             .unwrap()
             .is_some());
+    }
+
+    #[test]
+    fn accepts_and_refuses_what_libpq_does() {
+        let f = Path::new("f");
+        let host = |text: &str| parse(text, "s1", f).map(|p| p.map(|p| p.get("host").cloned()));
+        // A comment after the header; a stray "[other" or garbage outside the section.
+        assert_eq!(
+            host("[s1] # main\nhost=h\n").unwrap(),
+            Some(Some("h".into()))
+        );
+        assert_eq!(
+            host("[other\nbogus\n[s1]\nhost=h\n").unwrap(),
+            Some(Some("h".into()))
+        );
+        assert_eq!(
+            host("garbage\n[s1]\nhost=h\n[t]\nbad\n").unwrap(),
+            Some(Some("h".into()))
+        );
+        // "[s1x]" is another service; any "[" line ends the section, "[s1" too.
+        assert_eq!(host("[s1x]\nhost=x\n").unwrap(), None);
+        assert_eq!(host("[s1]\n[s1\nhost=h\n").unwrap(), Some(None));
+        assert_eq!(host("[s1]\n[s1]\nhost=h\n").unwrap(), Some(None));
+        // Only the line is trimmed, not the value.
+        assert_eq!(
+            host("[s1]\n  host= h  \n").unwrap(),
+            Some(Some(" h".into()))
+        );
+        // Spaces before "=", unknown keywords, a line without "=": the line number.
+        for (text, line) in [
+            ("[s1]\ndbname = x\n", 2),
+            ("[s1]\nhost=h\n\nbogus=1\n", 4),
+            ("[s1]\n=x\n", 2),
+            ("# c\n[s1]\nhost\n", 3),
+        ] {
+            let e = host(text).unwrap_err();
+            assert!(
+                matches!(e, ConnectError::ServiceFileSyntax { line: l, .. } if l == line),
+                "{text:?}: {e:?}"
+            );
+        }
+        let e = host("[s1]\ndbname = x\n").unwrap_err().to_string();
+        assert!(e.contains("no spaces"), "{e}");
     }
 
     #[test]
