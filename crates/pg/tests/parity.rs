@@ -9,14 +9,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use pgkill_pg::connect::{self, ConnectArgs, ConnectError, MemoryEnv, Settings};
 use pgkill_sandbox::{cases, Installation, Options, Sandbox};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
+
+#[path = "support/recorder.rs"]
+mod recorder;
+use recorder::recorder;
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -125,58 +127,6 @@ async fn pgkill(conninfo: &str, vars: &[(&str, &str)]) -> Result<(), ConnectErro
             detail: e.to_string(),
         })?;
     Ok(())
-}
-
-/// A TCP proxy to `port` that records every byte clients send.
-struct Recorder {
-    port: u16,
-    sent: Arc<Mutex<Vec<u8>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn recorder(port: u16) -> Result<Recorder> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let local = listener.local_addr()?.port();
-    let sent = Arc::new(Mutex::new(Vec::new()));
-    let log = sent.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-                return;
-            };
-            let log = log.clone();
-            tokio::spawn(async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = async {
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
-                        log.lock().unwrap().extend_from_slice(&buf[..n]);
-                        if sw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = sw.shutdown().await;
-                };
-                let down = async {
-                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                    let _ = cw.shutdown().await;
-                };
-                tokio::join!(up, down);
-            });
-        }
-    });
-    Ok(Recorder {
-        port: local,
-        sent,
-        task,
-    })
 }
 
 /// The SSLRequest packet: length 8, code 80877103.
