@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 mod support;
 
-use support::{db_row, recvlogical, wait_no_sessions};
+use support::{db_row, recvlogical, wait_fenced, wait_no_sessions};
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -318,14 +318,7 @@ async fn crash_leaves_fence_that_unfence_restores(pg: Installation) -> Result<()
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let began = Instant::now();
-    while db_row(&admin, "busy").await?.is_some_and(|r| r.0) {
-        ensure!(
-            began.elapsed() < Duration::from_secs(20),
-            "drain never fenced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_fenced(&admin, "busy").await?;
     child.kill()?; // SIGKILL: nothing of pgkill runs any more
     child.wait()?;
     let fenced = db_row(&admin, "busy")
@@ -369,11 +362,7 @@ async fn interrupt_restores_settings(pg: Installation) -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let began = Instant::now();
-    while db_row(&admin, "calm").await?.is_some_and(|r| r.0) {
-        ensure!(began.elapsed() < Duration::from_secs(20), "never fenced");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_fenced(&admin, "calm").await?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

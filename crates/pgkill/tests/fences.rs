@@ -8,7 +8,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Result};
 use pgkill_sandbox::{cases, roles, sim, Installation, Options, Sandbox};
@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 
 mod support;
 
-use support::{db_row, DbRow};
+use support::{db_row, wait_fenced, DbRow};
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -200,15 +200,6 @@ async fn a_planned_fence_is_a_note_and_a_dead_ones_a_warning(pg: Installation) -
     );
     m.ok(&["unfence", "busy"])?;
     ensure!(db_row(&admin, "busy").await? == Some(before));
-    Ok(())
-}
-
-async fn wait_fenced(admin: &Client, name: &str) -> Result<()> {
-    let began = Instant::now();
-    while db_row(admin, name).await?.is_some_and(|r| r.0) {
-        ensure!(began.elapsed() < Duration::from_secs(20), "never fenced");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     Ok(())
 }
 

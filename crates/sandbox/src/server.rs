@@ -193,84 +193,41 @@ impl Sandbox {
         let (template, template_build) = template::ensure(installation, &run_as)?;
         let os_user = effective_user_name()?;
 
-        let private = std::fs::Permissions::from_mode(0o700);
-        let client_dir = tempfile::Builder::new()
-            .prefix(DIR_PREFIX)
-            .rand_bytes(RANDOM_CHARS)
-            .permissions(private.clone())
-            .tempdir_in(&root)
-            .map_err(Error::io("create sandbox directory in", &root))?;
-        write_new(
-            &client_dir.path().join(OWNER_FILE),
-            std::process::id().to_string().as_bytes(),
-        )?;
-        let server_dir = tempfile::Builder::new()
-            .prefix(&server_dir_name(client_dir.path()))
-            .rand_bytes(0)
-            .permissions(private)
-            .tempdir_in(&root)
-            .map_err(Error::io("create sandbox server directory in", &root))?;
+        let (client_dir, server_dir) = private_dirs(&root)?;
         let copy_began = Instant::now();
         let data = server_dir.path().join("data");
         template::copy_data_dir(&template, &data)?;
         write_hba(&data, &os_user)?;
-        for (name, contents, mode) in &options.data_files {
-            let path = data.join(name);
-            std::fs::write(&path, contents).map_err(Error::io("write", &path))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
-                .map_err(Error::io("chmod", &path))?;
-        }
+        write_data_files(&data, options)?;
         run_as.chown_tree(server_dir.path())?;
         let copy = copy_began.elapsed();
 
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port()?;
-            let start_began = Instant::now();
-            let record = client_dir.path().join(SERVER_PID_FILE);
-            match launch(
-                installation,
-                &run_as,
-                server_dir.path(),
-                &record,
-                port,
-                options,
-            ) {
-                Ok((keeper, postmaster_pid)) => {
-                    let passfile = client_dir.path().join(PASSFILE);
-                    let mut sandbox = Sandbox {
-                        installation: installation.clone(),
-                        port,
-                        postmaster_pid,
-                        timing: StartTiming {
-                            template_build,
-                            copy,
-                            start: start_began.elapsed(),
-                            passwords: Duration::ZERO,
-                            total: Duration::ZERO,
-                        },
-                        passfile,
-                        passwords: Passwords(Mutex::new(BTreeMap::new())),
-                        keeper: Some(keeper),
-                        server_dir: Some(server_dir),
-                        client_dir: Some(client_dir),
-                    };
-                    // Dropping `sandbox` on an error stops the server again.
-                    let passwords_began = Instant::now();
-                    sandbox.set_template_passwords()?;
-                    sandbox.timing.passwords = passwords_began.elapsed();
-                    sandbox.timing.total = began.elapsed();
-                    tracing::debug!(version = %installation.version, port, timing = ?sandbox.timing, "sandbox ready");
-                    return Ok(sandbox);
-                }
-                Err(Launch::PortTaken(e)) => last_error = Some(e),
-                Err(Launch::Failed(e)) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| Error::Program {
-            program: "postgres".into(),
-            detail: "could not find a free port".into(),
-        }))
+        let started =
+            launch_on_a_free_port(installation, &run_as, &client_dir, &server_dir, options)?;
+        let mut sandbox = Sandbox {
+            installation: installation.clone(),
+            port: started.port,
+            postmaster_pid: started.postmaster_pid,
+            timing: StartTiming {
+                template_build,
+                copy,
+                start: started.took,
+                passwords: Duration::ZERO,
+                total: Duration::ZERO,
+            },
+            passfile: client_dir.path().join(PASSFILE),
+            passwords: Passwords(Mutex::new(BTreeMap::new())),
+            keeper: Some(started.keeper),
+            server_dir: Some(server_dir),
+            client_dir: Some(client_dir),
+        };
+        // Dropping `sandbox` on an error stops the server again.
+        let passwords_began = Instant::now();
+        sandbox.set_template_passwords()?;
+        sandbox.timing.passwords = passwords_began.elapsed();
+        sandbox.timing.total = began.elapsed();
+        tracing::debug!(version = %installation.version, port = sandbox.port, timing = ?sandbox.timing, "sandbox ready");
+        Ok(sandbox)
     }
 
     /// Starts a streaming standby of this (running) sandbox, returning once it accepts
@@ -298,23 +255,7 @@ impl Sandbox {
             detail: "the primary has no password for its admin role".into(),
         })?;
 
-        let private = std::fs::Permissions::from_mode(0o700);
-        let client_dir = tempfile::Builder::new()
-            .prefix(DIR_PREFIX)
-            .rand_bytes(RANDOM_CHARS)
-            .permissions(private.clone())
-            .tempdir_in(&root)
-            .map_err(Error::io("create sandbox directory in", &root))?;
-        write_new(
-            &client_dir.path().join(OWNER_FILE),
-            std::process::id().to_string().as_bytes(),
-        )?;
-        let server_dir = tempfile::Builder::new()
-            .prefix(&server_dir_name(client_dir.path()))
-            .rand_bytes(0)
-            .permissions(private)
-            .tempdir_in(&root)
-            .map_err(Error::io("create sandbox server directory in", &root))?;
+        let (client_dir, server_dir) = private_dirs(&root)?;
         let copy_began = Instant::now();
         let data = server_dir.path().join("data");
         self.base_backup(&data)?;
@@ -345,60 +286,38 @@ impl Sandbox {
                 .as_bytes(),
             )?;
         }
-        for (name, contents, mode) in &options.data_files {
-            let path = data.join(name);
-            std::fs::write(&path, contents).map_err(Error::io("write", &path))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
-                .map_err(Error::io("chmod", &path))?;
-        }
+        write_data_files(&data, options)?;
         run_as.chown_tree(server_dir.path())?;
         let copy = copy_began.elapsed();
 
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port()?;
-            let start_began = Instant::now();
-            let record = client_dir.path().join(SERVER_PID_FILE);
-            match launch(
-                &self.installation,
-                &run_as,
-                server_dir.path(),
-                &record,
-                port,
-                options,
-            ) {
-                Ok((keeper, postmaster_pid)) => {
-                    let passfile = client_dir.path().join(PASSFILE);
-                    let sandbox = Sandbox {
-                        installation: self.installation.clone(),
-                        port,
-                        postmaster_pid,
-                        timing: StartTiming {
-                            template_build: None,
-                            copy,
-                            start: start_began.elapsed(),
-                            passwords: Duration::ZERO,
-                            total: began.elapsed(),
-                        },
-                        passfile,
-                        passwords: Passwords(Mutex::new(self.passwords.lock().clone())),
-                        keeper: Some(keeper),
-                        server_dir: Some(server_dir),
-                        client_dir: Some(client_dir),
-                    };
-                    // Dropping `sandbox` on an error stops the server again.
-                    sandbox.write_passfile()?;
-                    tracing::debug!(version = %self.installation.version, port, primary = self.port, "standby ready");
-                    return Ok(sandbox);
-                }
-                Err(Launch::PortTaken(e)) => last_error = Some(e),
-                Err(Launch::Failed(e)) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| Error::Program {
-            program: "postgres".into(),
-            detail: "could not find a free port".into(),
-        }))
+        let started = launch_on_a_free_port(
+            &self.installation,
+            &run_as,
+            &client_dir,
+            &server_dir,
+            options,
+        )?;
+        let sandbox = Sandbox {
+            installation: self.installation.clone(),
+            port: started.port,
+            postmaster_pid: started.postmaster_pid,
+            timing: StartTiming {
+                template_build: None,
+                copy,
+                start: started.took,
+                passwords: Duration::ZERO,
+                total: began.elapsed(),
+            },
+            passfile: client_dir.path().join(PASSFILE),
+            passwords: Passwords(Mutex::new(self.passwords.lock().clone())),
+            keeper: Some(started.keeper),
+            server_dir: Some(server_dir),
+            client_dir: Some(client_dir),
+        };
+        // Dropping `sandbox` on an error stops the server again.
+        sandbox.write_passfile()?;
+        tracing::debug!(version = %self.installation.version, port = sandbox.port, primary = self.port, "standby ready");
+        Ok(sandbox)
     }
 
     /// An online backup of this server's data directory into `dest` (see
@@ -417,39 +336,20 @@ impl Sandbox {
                 "SELECT labelfile FROM pg_catalog.pg_stop_backup(false, false)",
             )
         };
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| Error::Program {
-                            program: "tokio".into(),
-                            detail: format!("cannot start a runtime: {e}"),
-                        })?;
-                    runtime.block_on(async {
-                        let client = connect(&config).await?;
-                        client
-                            .query_one(start_sql, &[])
-                            .await
-                            .map_err(Error::sql("starting a backup for the standby"))?;
-                        let copied = copy_live_data_dir(&src, dest);
-                        let row = client
-                            .query_one(stop_sql, &[])
-                            .await
-                            .map_err(Error::sql("stopping the backup for the standby"))?;
-                        copied?;
-                        let label: String = row.get(0);
-                        write_new(&dest.join("backup_label"), label.as_bytes())
-                    })
-                })
-                .join()
-                .unwrap_or_else(|_| {
-                    Err(Error::Program {
-                        program: "sandbox".into(),
-                        detail: "the thread taking the standby's backup panicked".into(),
-                    })
-                })
+        on_own_runtime("taking the standby's backup", || async {
+            let client = connect(&config).await?;
+            client
+                .query_one(start_sql, &[])
+                .await
+                .map_err(Error::sql("starting a backup for the standby"))?;
+            let copied = copy_live_data_dir(&src, dest);
+            let row = client
+                .query_one(stop_sql, &[])
+                .await
+                .map_err(Error::sql("stopping the backup for the standby"))?;
+            copied?;
+            let label: String = row.get(0);
+            write_new(&dest.join("backup_label"), label.as_bytes())
         })
     }
 
@@ -469,40 +369,18 @@ impl Sandbox {
             .dbname("postgres")
             .application_name("pgkill-sandbox")
             .connect_timeout(Duration::from_secs(10));
-        // `start` is blocking and may be called from inside a runtime, which cannot be
-        // blocked on: the one connection runs on a runtime of its own, on its own thread.
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| Error::Program {
-                            program: "tokio".into(),
-                            detail: format!("cannot start a runtime: {e}"),
-                        })?;
-                    runtime.block_on(async {
-                        let (client, connection) =
-                            config.connect(NoTls).await.map_err(Error::sql(
-                                "setting the sandbox's passwords (peer authentication over its Unix socket)",
-                            ))?;
-                        let connection = tokio::spawn(connection);
-                        client
-                            .batch_execute(&sql)
-                            .await
-                            .map_err(Error::sql("setting the sandbox's passwords"))?;
-                        drop(client);
-                        let _ = connection.await;
-                        Ok(())
-                    })
-                })
-                .join()
-                .unwrap_or_else(|_| {
-                    Err(Error::Program {
-                        program: "sandbox".into(),
-                        detail: "the thread setting the passwords panicked".into(),
-                    })
-                })
+        on_own_runtime("setting the passwords", || async {
+            let (client, connection) = config.connect(NoTls).await.map_err(Error::sql(
+                "setting the sandbox's passwords (peer authentication over its Unix socket)",
+            ))?;
+            let connection = tokio::spawn(connection);
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(Error::sql("setting the sandbox's passwords"))?;
+            drop(client);
+            let _ = connection.await;
+            Ok(())
         })?;
         self.passwords.lock().extend(fresh);
         self.write_passfile()
@@ -795,6 +673,120 @@ fn conninfo_value(value: &str) -> String {
         return value.to_owned();
     }
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Runs the future `work` makes on a runtime of its own, on a thread of its own, and
+/// waits for it: [`Sandbox::start`] is blocking and may be called from inside a runtime,
+/// which cannot be blocked on.
+fn on_own_runtime<T, F>(what: &str, work: impl FnOnce() -> F + Send) -> Result<T>
+where
+    T: Send,
+    F: std::future::Future<Output = Result<T>>,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Program {
+                        program: "tokio".into(),
+                        detail: format!("cannot start a runtime: {e}"),
+                    })?;
+                runtime.block_on(work())
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::Program {
+                    program: "sandbox".into(),
+                    detail: format!("the thread {what} panicked"),
+                })
+            })
+    })
+}
+
+/// A sandbox's two private (0700) directories, in `root`: the client directory (the
+/// invoking user's: owner record, server record, password file) and the server
+/// directory beside it (handed to the server's OS user: data, socket, log).
+fn private_dirs(root: &Path) -> Result<(tempfile::TempDir, tempfile::TempDir)> {
+    let private = std::fs::Permissions::from_mode(0o700);
+    let client_dir = tempfile::Builder::new()
+        .prefix(DIR_PREFIX)
+        .rand_bytes(RANDOM_CHARS)
+        .permissions(private.clone())
+        .tempdir_in(root)
+        .map_err(Error::io("create sandbox directory in", root))?;
+    write_new(
+        &client_dir.path().join(OWNER_FILE),
+        std::process::id().to_string().as_bytes(),
+    )?;
+    let server_dir = tempfile::Builder::new()
+        .prefix(&server_dir_name(client_dir.path()))
+        .rand_bytes(0)
+        .permissions(private)
+        .tempdir_in(root)
+        .map_err(Error::io("create sandbox server directory in", root))?;
+    Ok((client_dir, server_dir))
+}
+
+/// Writes [`Options::data_files`] into the data directory `data`.
+fn write_data_files(data: &Path, options: &Options) -> Result<()> {
+    for (name, contents, mode) in &options.data_files {
+        let path = data.join(name);
+        std::fs::write(&path, contents).map_err(Error::io("write", &path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
+            .map_err(Error::io("chmod", &path))?;
+    }
+    Ok(())
+}
+
+/// A server that [`launch_on_a_free_port`] started.
+struct Started {
+    keeper: Keeper,
+    postmaster_pid: u32,
+    port: u16,
+    /// From launch to accepting connections.
+    took: Duration,
+}
+
+/// Launches the server of `server_dir` on a free loopback port, trying another port
+/// when the chosen one was taken meanwhile.
+fn launch_on_a_free_port(
+    installation: &Installation,
+    run_as: &RunAs,
+    client_dir: &tempfile::TempDir,
+    server_dir: &tempfile::TempDir,
+    options: &Options,
+) -> Result<Started> {
+    let mut last_error = None;
+    for _ in 0..PORT_ATTEMPTS {
+        let port = free_port()?;
+        let began = Instant::now();
+        let record = client_dir.path().join(SERVER_PID_FILE);
+        match launch(
+            installation,
+            run_as,
+            server_dir.path(),
+            &record,
+            port,
+            options,
+        ) {
+            Ok((keeper, postmaster_pid)) => {
+                return Ok(Started {
+                    keeper,
+                    postmaster_pid,
+                    port,
+                    took: began.elapsed(),
+                })
+            }
+            Err(Launch::PortTaken(e)) => last_error = Some(e),
+            Err(Launch::Failed(e)) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| Error::Program {
+        program: "postgres".into(),
+        detail: "could not find a free port".into(),
+    }))
 }
 
 enum Launch {

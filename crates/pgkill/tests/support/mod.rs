@@ -200,3 +200,14 @@ pub async fn db_row(admin: &Client, name: &str) -> Result<Option<DbRow>> {
         .await?
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))))
 }
+
+/// Waits until database `name` refuses connections (a pgkill running in the background
+/// has fenced it).
+pub async fn wait_fenced(admin: &Client, name: &str) -> Result<()> {
+    let began = Instant::now();
+    while db_row(admin, name).await?.is_some_and(|r| r.0) {
+        ensure!(began.elapsed() < Duration::from_secs(20), "never fenced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
