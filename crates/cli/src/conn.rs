@@ -1,7 +1,10 @@
 //! Connecting for the commands that talk to a server, as libpq tools do (see
 //! `pgkill_pg::connect`), and the fence notice every such command gives.
 
-use pgkill_pg::connect::{self, ConnectArgs, Host, NoPrompt, Settings, SystemEnv, TerminalPrompt};
+use pgkill_pg::connect::{
+    self, ConnectArgs, Host, NoPrompt, PasswordSource, Settings, SystemEnv, TargetSessionAttrs,
+    TerminalPrompt,
+};
 use tokio_postgres::Client;
 
 use crate::args::ConnArgs;
@@ -14,6 +17,9 @@ pub struct Connected {
     /// `PGPASSWORD`/`.pgpass`): to reach another database of the same server, or to
     /// reconnect, without asking again.
     pub settings: Settings,
+    /// The settings as resolved before connecting: every host the connection string
+    /// named (to say where the primary is when a standby was reached).
+    pub requested: Settings,
     /// `host:port`, how the local fence records of older pgkill versions name the server.
     pub server: String,
 }
@@ -32,11 +38,69 @@ impl std::fmt::Debug for Connected {
 /// server that pgkill has fenced (see [`crate::fences`]).
 pub async fn connect(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
     let connected = connect_quietly(args, conninfo).await?;
-    for warning in &connected.settings.warnings {
-        eprintln!("pgkill: warning: {}", pgkill_core::printable(warning));
-    }
+    tell(&connected.settings);
     crate::fences::notice(&connected.client, None).await;
     Ok(connected)
+}
+
+/// Says on stderr what the user should hear about a connection: its warnings (an ignored
+/// world-readable `.pgpass`, ...), and which server was reached when the connection string
+/// named several or asked for a kind of server (`target_session_attrs`).
+pub fn tell(settings: &Settings) {
+    for warning in &settings.warnings {
+        eprintln!("pgkill: warning: {}", pgkill_core::printable(warning));
+    }
+    if let Some(line) = reached(settings) {
+        eprintln!("pgkill: {}", pgkill_core::printable(&line));
+    }
+}
+
+/// `connected to host=b port=5433 user=… dbname=… (server 2 of 2 given, …)` for settings
+/// a connection settled with several hosts or a `target_session_attrs`; `None` otherwise.
+pub fn reached(settings: &Settings) -> Option<String> {
+    let (hosts, index) = settings.reached?;
+    let want = settings.target_session_attrs;
+    if hosts < 2 && want == TargetSessionAttrs::Any {
+        return None;
+    }
+    let mut why = format!("server {} of {hosts} given", index + 1);
+    if want != TargetSessionAttrs::Any {
+        why.push_str(&format!(", target_session_attrs={want}"));
+    }
+    if settings.load_balance_hosts {
+        why.push_str(", load_balance_hosts=random");
+    }
+    Some(format!("connected to {} ({why})", settings.describe()))
+}
+
+/// On a standby reached through a connection string with several hosts: where
+/// `target_session_attrs=read-write` would take the same string (the primary, which must
+/// run database commands), found by connecting there without asking for anything.
+/// `None` when only one host was named.
+pub async fn primary_hint(connected: &Connected) -> Option<String> {
+    let given = &connected.requested;
+    if given.endpoints.len() < 2 {
+        return None;
+    }
+    let mut s = given.clone();
+    s.target_session_attrs = TargetSessionAttrs::ReadWrite;
+    s.load_balance_hosts = false;
+    s.force_password_prompt = false;
+    if connected.settings.password_source == Some(PasswordSource::Prompt) {
+        for e in s.endpoints.iter_mut().filter(|e| e.password.is_none()) {
+            e.password.clone_from(&connected.settings.password);
+            e.password_source = Some(PasswordSource::Prompt);
+        }
+    }
+    Some(match connect::connect_reusable(&s, &NoPrompt).await {
+        Ok((_client, _task, settled)) => format!(
+            "with target_session_attrs=read-write this connection string reaches the primary: {}",
+            settled.describe()
+        ),
+        Err(e) => format!(
+            "with target_session_attrs=read-write no host of this connection string can be used now: {e}"
+        ),
+    })
 }
 
 /// Connects like [`connect`] without printing anything.
@@ -61,11 +125,13 @@ pub async fn connect_quietly(args: &ConnArgs, conninfo: Option<&str>) -> anyhow:
         Some(o) if !o.trim().is_empty() => format!("{o} {limit}"),
         _ => limit,
     });
+    let requested = settings.clone();
     let (client, _task, settings) = connect::connect_reusable(&settings, &TerminalPrompt).await?;
     let server = server_name(&settings);
     Ok(Connected {
         client,
         settings,
+        requested,
         server,
     })
 }

@@ -144,7 +144,15 @@ pub async fn run(
             if !pre.refusals.is_empty() || args.dry_run {
                 crate::output::json(
                     &mut out,
-                    &OpDoc::new(&caps, verb, name, new_name, args.dry_run, Some(&pre)),
+                    &OpDoc::new(
+                        &caps,
+                        &connected.settings,
+                        verb,
+                        name,
+                        new_name,
+                        args.dry_run,
+                        Some(&pre),
+                    ),
                 )?;
             }
         } else {
@@ -152,9 +160,13 @@ pub async fn run(
         }
         if !pre.refusals.is_empty() {
             out.flush()?;
+            let mut refusals = pre.refusals.clone();
+            if caps.in_recovery {
+                refusals.extend(conn::primary_hint(&connected).await);
+            }
             anyhow::bail!(UsageError(format!(
                 "refusing to {verb} {name}; nothing was changed:\n  - {}",
-                pre.refusals.join("\n  - ")
+                refusals.join("\n  - ")
             )));
         }
         if args.dry_run {
@@ -235,7 +247,15 @@ pub async fn run(
         eprintln!();
     }
     if args.json {
-        let mut d = OpDoc::new(&caps, verb, name, new_name, args.dry_run, Some(&pre));
+        let mut d = OpDoc::new(
+            &caps,
+            &connected.settings,
+            verb,
+            name,
+            new_name,
+            args.dry_run,
+            Some(&pre),
+        );
         match &result {
             Ok(report) => d.result = Some(ResultJson::of(op, then_unfence, report)),
             Err(e) => d.error = Some(e.to_string()),
@@ -403,9 +423,7 @@ pub async fn unfence(
     args: &UnfenceArgs,
 ) -> anyhow::Result<Exit> {
     let connected = conn::connect_quietly(conn_args, conninfo).await?;
-    for warning in &connected.settings.warnings {
-        eprintln!("pgkill: warning: {}", pgkill_core::printable(warning));
-    }
+    conn::tell(&connected.settings);
     let mut signals = Signals::listen()?;
     inflight::guard(&connected, &mut signals, unfence_on(&connected, args)).await
 }
@@ -418,8 +436,13 @@ async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::
         anyhow::bail!(UsageError(why));
     }
     if caps.in_recovery {
+        let mut refusals = vec![format!(
+            "the server is a standby (in recovery, read-only): unfence {db} on the primary, which the standby then replays"
+        )];
+        refusals.extend(conn::primary_hint(connected).await);
         anyhow::bail!(UsageError(format!(
-            "refusing to unfence {db}; nothing was changed:\n  - the server is a standby (in recovery, read-only): unfence {db} on the primary, which the standby then replays"
+            "refusing to unfence {db}; nothing was changed:\n  - {}",
+            refusals.join("\n  - ")
         )));
     }
     for line in fences::adopt_legacy(client, &connected.server, db).await? {
@@ -432,7 +455,7 @@ async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::
     let mut out = crate::output::lines_for_people();
     let record = match info.comment.as_deref().and_then(pgkill_core::fence::FenceRecord::from_comment) {
         None if args.json => {
-            let mut d = OpDoc::new(&caps, "unfence", db, None, false, None);
+            let mut d = OpDoc::new(&caps, &connected.settings, "unfence", db, None, false, None);
             d.result = Some(ResultJson::unfence(None, None, !info.settings.allow_connections));
             crate::output::json(&mut out, &d)?;
             return Ok(Exit::Ok);
@@ -465,7 +488,7 @@ async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::
     }
     let plan = databases::restore(client, info.oid, &record).await?;
     if args.json {
-        let mut d = OpDoc::new(&caps, "unfence", db, None, false, None);
+        let mut d = OpDoc::new(&caps, &connected.settings, "unfence", db, None, false, None);
         d.result = Some(ResultJson::unfence(Some(&record), Some(&plan), false));
         crate::output::json(&mut out, &d)?;
     } else {

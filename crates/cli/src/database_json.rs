@@ -41,6 +41,7 @@ impl<'a> OpDoc<'a> {
     /// The document of `action` on `database`, with what the preflight found.
     pub fn new(
         caps: &pgkill_pg::sessions::Capabilities,
+        settings: &pgkill_pg::connect::Settings,
         action: &'static str,
         database: &'a str,
         new_name: Option<&'a str>,
@@ -48,7 +49,7 @@ impl<'a> OpDoc<'a> {
         preflight: Option<&'a Preflight>,
     ) -> OpDoc<'a> {
         OpDoc {
-            server: crate::sessions_cmd::server_json(caps),
+            server: crate::sessions_cmd::server_json(caps, settings),
             action,
             database,
             new_name,

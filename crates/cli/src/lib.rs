@@ -212,6 +212,7 @@ async fn top(
     // Connect once first, before the full screen: a wrong password or host is a plain
     // error, and the password is asked for (if at all) here, once. Reconnects reuse it.
     let settings = inflight::connect(conn_args, conninfo).await?.settings;
+    let target = settings.host_port();
     let statement_timeout = conn_args.statement_timeout;
     let connector: pgkill_tui::Connector = Box::new(move || {
         let settings = settings.clone();
@@ -222,6 +223,7 @@ async fn top(
         args.filters.to_filter(false),
         args.interval,
         statement_timeout,
+        target,
     )
     .await?;
     Ok(Outcome::Ok)

@@ -425,6 +425,11 @@ pub fn stdout_is_terminal() -> bool {
 /// The server part of JSON documents.
 #[derive(Debug, Serialize)]
 pub struct ServerJson {
+    /// The server reached: a host name, an IP address or a Unix-socket directory (with
+    /// several hosts in the connection string, the one that was used).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
     /// Server version (`15.18`).
     pub version: String,
     /// The role pgkill connected as.

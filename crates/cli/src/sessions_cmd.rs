@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use pgkill_core::plan::{exit_code, Outcome};
 use pgkill_core::planner::Signal;
+use pgkill_pg::connect::Settings;
 use pgkill_pg::sessions::{self, Capabilities};
 use serde::Serialize;
 
 use crate::args::{ConnArgs, FilterArgs};
+use crate::conn::Connected;
 use crate::inflight::{self, Signals};
 use crate::output::{self, ServerJson};
 use crate::Outcome as Exit;
@@ -66,8 +68,10 @@ fn width() -> Option<usize> {
     }
 }
 
-pub(crate) fn server_json(caps: &Capabilities) -> ServerJson {
+pub(crate) fn server_json(caps: &Capabilities, settings: &Settings) -> ServerJson {
     ServerJson {
+        host: settings.host.to_string(),
+        port: settings.port,
         version: caps.version.to_string(),
         user: caps.caller.user.clone(),
         superuser: caps.caller.superuser,
@@ -85,16 +89,17 @@ pub async fn ls(
     let connected = inflight::connect(conn_args, conninfo).await?;
     let mut signals = Signals::listen()?;
     inflight::guard(&connected, &mut signals, async {
-        list_sessions(&connected.client, args, &filter).await
+        list_sessions(&connected, args, &filter).await
     })
     .await
 }
 
 async fn list_sessions(
-    client: &tokio_postgres::Client,
+    connected: &Connected,
     args: &LsArgs,
     filter: &pgkill_core::Filter,
 ) -> anyhow::Result<Exit> {
+    let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
     let list = sessions::list(client, &caps, filter).await?;
     if args.json || args.csv {
@@ -102,7 +107,7 @@ async fn list_sessions(
         // CSV is escaped only on a terminal).
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         if args.json {
-            output::sessions_json(&mut out, &server_json(&caps), &list)?;
+            output::sessions_json(&mut out, &server_json(&caps, &connected.settings), &list)?;
         } else {
             output::sessions_csv(&mut out, &list, output::stdout_is_terminal())?;
         }
@@ -190,19 +195,20 @@ pub async fn signal(
     let connected = inflight::connect(conn_args, conninfo).await?;
     let mut signals = Signals::listen()?;
     inflight::guard(&connected, &mut signals, async {
-        signal_sessions(&connected.client, args, &filter, signal, action, timeout).await
+        signal_sessions(&connected, args, &filter, signal, action, timeout).await
     })
     .await
 }
 
 async fn signal_sessions(
-    client: &tokio_postgres::Client,
+    connected: &Connected,
     args: &SignalArgs,
     filter: &pgkill_core::Filter,
     signal: Signal,
     action: &'static str,
     timeout: Duration,
 ) -> anyhow::Result<Exit> {
+    let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
     let plan = sessions::plan(client, &caps, filter, signal).await?;
     let mut out = output::for_people();
@@ -210,7 +216,7 @@ async fn signal_sessions(
     let doc = |outcomes: &[Outcome], dry_run: bool, out: &mut dyn Write| -> anyhow::Result<()> {
         let entries = plan_entries(&plan);
         let d = SignalDoc {
-            server: server_json(&caps),
+            server: server_json(&caps, &connected.settings),
             action,
             dry_run,
             plan: entries,
@@ -341,15 +347,13 @@ pub async fn free_slot(
     let connected = inflight::connect(conn_args, conninfo).await?;
     let mut signals = Signals::listen()?;
     inflight::guard(&connected, &mut signals, async {
-        end_idle_sessions(&connected.client, args).await
+        end_idle_sessions(&connected, args).await
     })
     .await
 }
 
-async fn end_idle_sessions(
-    client: &tokio_postgres::Client,
-    args: &FreeSlotArgs,
-) -> anyhow::Result<Exit> {
+async fn end_idle_sessions(connected: &Connected, args: &FreeSlotArgs) -> anyhow::Result<Exit> {
+    let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
     if let Err(why) = pgkill_core::database::check_name("role", &args.role, caps.max_name_bytes) {
         anyhow::bail!(crate::UsageError(why));
@@ -448,7 +452,7 @@ async fn end_idle_sessions(
     };
     if args.json {
         let d = FreeSlotDoc {
-            server: server_json(&caps),
+            server: server_json(&caps, &connected.settings),
             action: "free_slot",
             role: &args.role,
             connection_limit: limit,

@@ -24,6 +24,8 @@ pub struct ServerInfo {
     pub connections: i64,
     /// `max_connections`.
     pub max_connections: i64,
+    /// The server is a standby (`pg_is_in_recovery()`).
+    pub in_recovery: bool,
 }
 
 /// One refresh's result.
@@ -198,6 +200,8 @@ pub struct Counts {
 /// The whole state of the view: plain data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct App {
+    /// The server pgkill is connected to (`host:port`), for the header.
+    pub target: Option<String>,
     /// Server facts from the last refresh.
     pub server: Option<ServerInfo>,
     /// Sessions from the last refresh.
@@ -247,6 +251,7 @@ impl App {
     /// A fresh view refreshing every `interval`.
     pub fn new(interval: Duration) -> App {
         App {
+            target: None,
             server: None,
             sessions: Vec::new(),
             filter_text: String::new(),
@@ -714,6 +719,7 @@ pub(crate) mod tests {
                 uptime: Duration::from_secs(3 * 3600 + 125),
                 connections: 12,
                 max_connections: 100,
+                in_recovery: false,
             },
             caller: Caller {
                 user: "postgres".into(),

@@ -41,6 +41,7 @@ pub async fn run(
     filter: Filter,
     interval: Duration,
     statement_timeout: Duration,
+    target: String,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     anyhow::ensure!(
@@ -48,6 +49,7 @@ pub async fn run(
         "pgkill top needs a terminal; for scripts use `pgkill ls --json`"
     );
     let mut app = App::new(interval);
+    app.target = Some(target);
     app.include_superusers = filter.include_superusers;
     app.color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let (req_tx, req_rx) = mpsc::unbounded_channel::<Request>();
@@ -262,6 +264,7 @@ async fn snapshot(
             max_connections: row.try_get(0)?,
             connections: row.try_get(1)?,
             uptime: Duration::from_secs_f64(row.try_get::<_, f64>(2)?.max(0.0)),
+            in_recovery: caps.in_recovery,
         },
         sessions,
     })

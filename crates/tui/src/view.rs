@@ -70,10 +70,14 @@ pub fn view(app: &App, frame: &mut Frame) {
 
 fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
     let mut first = vec![Span::styled("pgkill top", bold())];
+    if let Some(target) = &app.target {
+        first.push(Span::raw(format!(" · {}", line(target))));
+    }
     match &app.server {
         Some(s) => first.push(Span::raw(format!(
-            " · PG {} · up {} · {}/{} conns · refresh {} · sort {}{}{}",
+            " · PG {}{} · up {} · {}/{} conns · refresh {} · sort {}{}{}",
             s.version,
+            if s.in_recovery { " standby" } else { "" },
             format_duration(s.uptime),
             s.connections,
             s.max_connections,

@@ -13,7 +13,10 @@ use super::error::{ConnectError, Result};
 use super::require_auth::StartupScanner;
 use super::stream::{self, Socket, Watched, WatchedTls};
 use super::tls;
-use super::{ChannelBinding, Host, Password, PasswordSource, Settings, SslMode, APPLICATION_NAME};
+use super::{
+    ChannelBinding, Host, Password, PasswordSource, Settings, SslMode, TargetSessionAttrs,
+    APPLICATION_NAME,
+};
 
 /// The task driving a connection; it ends when the [`Client`] is dropped or the server
 /// closes the connection, with the error that closed it, if any.
@@ -76,11 +79,132 @@ pub async fn connect(
 
 /// Like [`connect`], and also returns the settings that worked, for connecting again
 /// without asking anything: the password typed at the prompt (and `-W` cleared), the
-/// database actually reached (`template1` when the default `postgres` is missing).
+/// database actually reached (`template1` when the default `postgres` is missing), and
+/// the one server reached when the connection string named several (so that a
+/// reconnect never lands on another server unseen).
+///
+/// With several hosts (`host=a,b port=1,2`), as libpq: each is tried in order (in a
+/// random order with `load_balance_hosts=random`); pgkill moves on to the next when one
+/// cannot be reached, times out (`connect_timeout` is per host) or answers 57P03 (not
+/// accepting connections yet), and when the server reached is not of the kind
+/// `target_session_attrs` asks for (`prefer-standby`: a standby, else any server on a
+/// second round). Any other failure (a wrong password, a missing database, TLS refused)
+/// ends the attempt at once, as in libpq.
 pub async fn connect_reusable(
     settings: &Settings,
     prompt: &dyn PasswordPrompt,
 ) -> Result<(Client, ConnectionTask, Settings)> {
+    if settings.endpoints.len() <= 1 && settings.target_session_attrs == TargetSessionAttrs::Any {
+        let (client, task, settled, _) = connect_one(settings, prompt).await?;
+        return Ok((client, task, settled));
+    }
+    let mut order: Vec<usize> = (0..settings.endpoints.len()).collect();
+    if settings.load_balance_hosts {
+        shuffle(&mut order);
+    }
+    let rounds = match settings.target_session_attrs {
+        TargetSessionAttrs::PreferStandby => {
+            vec![TargetSessionAttrs::Standby, TargetSessionAttrs::Any]
+        }
+        other => vec![other],
+    };
+    let mut attempts = Vec::new();
+    let mut typed: Option<Password> = None;
+    for want in rounds {
+        for &i in &order {
+            let mut one = settings.for_endpoint(i);
+            if one.password.is_none() {
+                if let Some(p) = &typed {
+                    one.password = Some(p.clone());
+                    one.password_source = Some(PasswordSource::Prompt);
+                    one.force_password_prompt = false;
+                }
+            }
+            match connect_one(&one, prompt).await {
+                Ok((client, task, settled, kind)) => {
+                    if settled.password_source == Some(PasswordSource::Prompt) {
+                        typed.clone_from(&settled.password);
+                    }
+                    if let Some(why) = kind.mismatch(want) {
+                        attempts.push(format!("{}: {why}", one.describe()));
+                        drop(client);
+                        continue;
+                    }
+                    return Ok((client, task, settled));
+                }
+                Err(e) if moves_on(&e) => attempts.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Err(ConnectError::NoHostSuitable {
+        hosts: settings.endpoints.len(),
+        target_session_attrs: settings.target_session_attrs,
+        attempts,
+    })
+}
+
+/// The failures after which libpq tries the next host: the server cannot be reached (or
+/// the name resolved), does not answer in time, or answers 57P03.
+fn moves_on(e: &ConnectError) -> bool {
+    matches!(
+        e,
+        ConnectError::Unreachable { .. }
+            | ConnectError::Timeout { .. }
+            | ConnectError::NotAcceptingConnections { .. }
+    )
+}
+
+/// Shuffles the hosts for `load_balance_hosts=random` (Fisher-Yates; the order stays as
+/// given if the system has no randomness to offer).
+fn shuffle(order: &mut [usize]) {
+    let mut bytes = vec![0u8; order.len() * 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return;
+    }
+    for i in (1..order.len()).rev() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+        let j = (u64::from_le_bytes(word) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+}
+
+/// What kind of server a connection reached, read with the `search_path` check at no
+/// extra round trip: for `target_session_attrs`.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    /// `transaction_read_only` is on.
+    read_only: bool,
+    /// `pg_is_in_recovery()`.
+    in_recovery: bool,
+}
+
+impl Kind {
+    /// Why this server is not what `want` asks for, in libpq's words; `None` if it is.
+    fn mismatch(self, want: TargetSessionAttrs) -> Option<&'static str> {
+        match want {
+            TargetSessionAttrs::Any => None,
+            TargetSessionAttrs::ReadWrite if self.read_only => Some("session is read-only"),
+            TargetSessionAttrs::ReadOnly if !self.read_only => Some("session is not read-only"),
+            TargetSessionAttrs::Primary if self.in_recovery => {
+                Some("server is in hot standby mode")
+            }
+            TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby
+                if !self.in_recovery =>
+            {
+                Some("server is not in hot standby mode")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Connects to the one server `settings` names.
+async fn connect_one(
+    settings: &Settings,
+    prompt: &dyn PasswordPrompt,
+) -> Result<(Client, ConnectionTask, Settings, Kind)> {
     let ask = || {
         prompt
             .prompt(&format!("Password for user {}: ", settings.user))
@@ -98,7 +222,7 @@ pub async fn connect_reusable(
     let mut first_missing_db: Option<ConnectError> = None;
     loop {
         let failure = match attempt(settings, &dbname, password.as_ref()).await {
-            Ok((client, task)) => {
+            Ok((client, task, kind)) => {
                 let mut settled = settings.clone();
                 settled.force_password_prompt = false;
                 settled.password = password;
@@ -107,7 +231,7 @@ pub async fn connect_reusable(
                     settled.dbname = dbname;
                     settled.dbname_is_default = false;
                 }
-                return Ok((client, task, settled));
+                return Ok((client, task, settled, kind));
             }
             Err(f) => f,
         };
@@ -168,7 +292,7 @@ async fn attempt(
     settings: &Settings,
     dbname: &str,
     password: Option<&Password>,
-) -> std::result::Result<(Client, ConnectionTask), Failure> {
+) -> std::result::Result<(Client, ConnectionTask, Kind), Failure> {
     let mut config = Config::new();
     config
         .user(&settings.user)
@@ -235,8 +359,8 @@ async fn attempt(
     };
     let connecting = async {
         let (client, task) = connecting.await?;
-        pin_search_path(&client).await.map_err(Failure::Client)?;
-        Ok::<_, Failure>((client, task))
+        let kind = pin_search_path(&client).await.map_err(Failure::Client)?;
+        Ok::<_, Failure>((client, task, kind))
     };
     let result = match settings.connect_timeout {
         Some(t) => tokio::time::timeout(t, connecting)
@@ -382,15 +506,21 @@ fn pinned_options(user: Option<&str>) -> String {
 
 /// Checks that the session's `search_path` is the pinned one and pins it if not (a
 /// server-side setting cannot override a startup option, but a proxy may drop the option),
-/// and records the connection's backend pid as one of pgkill's own. The statements call
-/// only qualified functions and no operator, so they are safe whatever `search_path` is.
-async fn pin_search_path(client: &Client) -> std::result::Result<(), tokio_postgres::Error> {
-    let read = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.pg_backend_pid()";
+/// and records the connection's backend pid as one of pgkill's own; it also reads what
+/// kind of server this is. The statements call only qualified functions and no operator,
+/// so they are safe whatever `search_path` is.
+async fn pin_search_path(client: &Client) -> std::result::Result<Kind, tokio_postgres::Error> {
+    let read = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.pg_backend_pid(), \
+                pg_catalog.current_setting('transaction_read_only'), pg_catalog.pg_is_in_recovery()";
     let is_pinned = |path: String| path.replace(' ', "") == SEARCH_PATH.replace(' ', "");
     let row = client.query_one(read, &[]).await?;
     crate::sessions::register_own_pid(row.try_get(1)?);
+    let kind = Kind {
+        read_only: row.try_get::<_, String>(2)? == "on",
+        in_recovery: row.try_get(3)?,
+    };
     if is_pinned(row.try_get(0)?) {
-        return Ok(());
+        return Ok(kind);
     }
     client
         .query_one(
@@ -398,7 +528,7 @@ async fn pin_search_path(client: &Client) -> std::result::Result<(), tokio_postg
             &[&SEARCH_PATH],
         )
         .await?;
-    Ok(())
+    Ok(kind)
 }
 
 /// Whether tokio-postgres gave up because the server asked for a password and none was

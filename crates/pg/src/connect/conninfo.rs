@@ -73,7 +73,7 @@ pub(crate) const KEYWORDS: &[Keyword] = &[
     kw(
         "load_balance_hosts",
         Some("PGLOADBALANCEHOSTS"),
-        Support::Ignored,
+        Support::Used,
     ),
     // tokio-postgres always speaks UTF-8; keepalives are on by default.
     kw(
@@ -331,40 +331,51 @@ fn parse_uri(rest: &str) -> Result<Params> {
         s = &s[authority_end + 1..];
     }
 
-    // Host and port.
-    let host;
-    if let Some(inner) = s.strip_prefix('[') {
-        let Some(close) = inner.find(']') else {
-            return Err(bad("the IPv6 host address in the URI has no closing \"]\""));
-        };
-        if close == 0 {
-            return Err(bad("empty IPv6 host address \"[]\" in the URI"));
+    // Hosts and ports: `host[:port][,host[:port]...]`, gathered into comma-separated
+    // lists as libpq does (a host without a port leaves an empty entry: the default).
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    loop {
+        let host;
+        if let Some(inner) = s.strip_prefix('[') {
+            let Some(close) = inner.find(']') else {
+                return Err(bad("the IPv6 host address in the URI has no closing \"]\""));
+            };
+            if close == 0 {
+                return Err(bad("empty IPv6 host address \"[]\" in the URI"));
+            }
+            host = inner[..close].to_owned();
+            s = &inner[close + 1..];
+            if !(s.is_empty() || s.starts_with([':', '/', '?', ','])) {
+                return Err(bad(
+                    "unexpected character after the IPv6 host address in the URI",
+                ));
+            }
+        } else {
+            let end = s.find([':', '/', '?', ',']).unwrap_or(s.len());
+            host = decode(&s[..end], "host")?;
+            s = &s[end..];
         }
-        host = inner[..close].to_owned();
-        s = &inner[close + 1..];
-        if !(s.is_empty() || s.starts_with([':', '/', '?', ','])) {
-            return Err(bad(
-                "unexpected character after the IPv6 host address in the URI",
-            ));
+        hosts.push(host);
+        let mut port = String::new();
+        if let Some(after) = s.strip_prefix(':') {
+            let end = after.find(['/', '?', ',']).unwrap_or(after.len());
+            port = decode(&after[..end], "port")?;
+            s = &after[end..];
         }
-    } else {
-        let end = s.find([':', '/', '?', ',']).unwrap_or(s.len());
-        host = decode(&s[..end], "host")?;
-        s = &s[end..];
-    }
-    if !host.is_empty() {
-        params.insert("host".into(), host);
-    }
-    if let Some(after) = s.strip_prefix(':') {
-        let end = after.find(['/', '?', ',']).unwrap_or(after.len());
-        let port = decode(&after[..end], "port")?;
-        if !port.is_empty() {
-            params.insert("port".into(), port);
+        ports.push(port);
+        match s.strip_prefix(',') {
+            Some(rest) => s = rest,
+            None => break,
         }
-        s = &after[end..];
     }
-    if s.starts_with(',') {
-        return Err(ConnectError::MultipleHosts);
+    let hosts = hosts.join(",");
+    if !hosts.is_empty() {
+        params.insert("host".into(), hosts);
+    }
+    let ports = ports.join(",");
+    if !ports.is_empty() {
+        params.insert("port".into(), ports);
     }
 
     // Database.
@@ -629,7 +640,6 @@ mod tests {
     #[test]
     fn uri_errors() {
         for (uri, want) in [
-            ("postgresql://h1:1,h2:2/db", "several hosts"),
             ("postgresql://[::1/db", "closing"),
             ("postgresql://[]/db", "empty IPv6"),
             ("postgresql://[::1]x/db", "after the IPv6"),

@@ -52,9 +52,27 @@ pub enum ConnectError {
         /// The value given.
         value: String,
     },
-    /// Comma-separated host or port lists.
-    #[error("several hosts or ports were given: pgkill connects to one server at a time; give one host and one port (use --target for several servers)")]
-    MultipleHosts,
+    /// None of several hosts could be used (each was down, not accepting connections yet, or
+    /// not the kind `target_session_attrs` asks for).
+    #[error("{}", no_host_suitable(*hosts, *target_session_attrs, attempts))]
+    NoHostSuitable {
+        /// How many hosts were named.
+        hosts: usize,
+        /// What kind of server was asked for.
+        target_session_attrs: super::TargetSessionAttrs,
+        /// Each host tried and why it did not do.
+        attempts: Vec<String>,
+    },
+    /// Host, hostaddr and port lists of different lengths (libpq's wording).
+    #[error("could not match {given} {what} to {hosts} hosts: give one port for all hosts or one per host")]
+    HostCountMismatch {
+        /// `port numbers` or `hostaddr values`.
+        what: &'static str,
+        /// How many of them were given.
+        given: usize,
+        /// How many hosts.
+        hosts: usize,
+    },
     /// The service named by `service=` or `PGSERVICE` is in no service file.
     #[error(
         "definition of service \"{name}\" not found (looked in {})",
@@ -351,6 +369,23 @@ impl ConnectError {
                 | ConnectError::AuthMethodRefused { .. }
         )
     }
+}
+
+fn no_host_suitable(hosts: usize, want: super::TargetSessionAttrs, attempts: &[String]) -> String {
+    let mut s = if hosts == 1 {
+        "could not connect to the server given".to_owned()
+    } else {
+        format!("could not connect to any of the {hosts} servers given")
+    };
+    if want != super::TargetSessionAttrs::Any {
+        s.push_str(&format!(" with target_session_attrs={want}"));
+    }
+    s.push(':');
+    for a in attempts {
+        s.push_str("\n  - ");
+        s.push_str(a);
+    }
+    s
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

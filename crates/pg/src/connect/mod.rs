@@ -42,7 +42,11 @@
 //! opens the socket itself and hands it to tokio-postgres; cancel requests therefore go
 //! through [`cancel`], which opens theirs the same way.
 //!
-//! Differences from libpq worth knowing: one host only (comma lists are refused); `allow` behaves like
+//! Several hosts (`host=a,b port=1,2`, URI host lists, `PGHOST` lists), `hostaddr` lists,
+//! `target_session_attrs` and `load_balance_hosts` work as in libpq: see
+//! [`connect_reusable`]. `.pgpass` is matched per host.
+//!
+//! Differences from libpq worth knowing: `allow` behaves like
 //! `prefer`; `prefer` never verifies certificates; a handshake failure under `prefer` is
 //! an error (libpq retries without TLS); only TLS 1.2 and 1.3 (a maximum below
 //! TLSv1.2 is refused); a `sslcrl`/`sslcrldir` that was named but cannot be read, or
@@ -367,8 +371,83 @@ impl fmt::Debug for Crls {
     }
 }
 
+/// One of the servers a connection string names (`host=a,b port=1,2`), with the password
+/// that goes with it (`.pgpass` is matched per host, as in libpq).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where the server is.
+    pub host: Host,
+    /// `hostaddr` for this host.
+    pub hostaddr: Option<IpAddr>,
+    /// TCP port (also names the Unix socket).
+    pub port: u16,
+    /// The password for this host, if one was found before connecting.
+    pub password: Option<Password>,
+    /// Where [`Endpoint::password`] came from.
+    pub password_source: Option<PasswordSource>,
+    /// Why the password file was not read, said if this host then asks for a password.
+    pub password_file_ignored: Option<String>,
+}
+
+/// libpq's `target_session_attrs`: which kind of server a connection must reach; hosts
+/// that are not of that kind are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetSessionAttrs {
+    /// Any server.
+    #[default]
+    Any,
+    /// One that accepts writes (`transaction_read_only` is off).
+    ReadWrite,
+    /// One that does not (`transaction_read_only` is on).
+    ReadOnly,
+    /// A server that is not in recovery.
+    Primary,
+    /// A server in recovery (a standby).
+    Standby,
+    /// A standby if one is reachable, else any server.
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+
+    /// Parses the libpq spelling.
+    pub fn parse(s: &str) -> Option<TargetSessionAttrs> {
+        [
+            TargetSessionAttrs::Any,
+            TargetSessionAttrs::ReadWrite,
+            TargetSessionAttrs::ReadOnly,
+            TargetSessionAttrs::Primary,
+            TargetSessionAttrs::Standby,
+            TargetSessionAttrs::PreferStandby,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for TargetSessionAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Resolved connection settings: what [`connect`] uses. `Debug` and `Display` never show
 /// the password.
+///
+/// `host`, `hostaddr`, `port` and the password fields are those of the first of
+/// [`Settings::endpoints`] as resolved, and of the server reached in the settings that
+/// [`connect_reusable`] returns (which then name only that server).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Where the server is.
@@ -417,6 +496,17 @@ pub struct Settings {
     /// Things the user should hear about (e.g. a `.pgpass` others can read, an ignored
     /// environment variable). The front-end prints them.
     pub warnings: Vec<String>,
+    /// Every server named, in the order given (at least one; the first is the one in
+    /// `host`/`port` above).
+    pub endpoints: Vec<Endpoint>,
+    /// `target_session_attrs`.
+    pub target_session_attrs: TargetSessionAttrs,
+    /// `load_balance_hosts=random`: try the hosts in a random order.
+    pub load_balance_hosts: bool,
+    /// How many servers the connection string named, and which of them (0-based) these
+    /// settings are for: set on the settings [`connect_reusable`] returns, `None` when
+    /// only one was named.
+    pub reached: Option<(usize, usize)>,
 }
 
 impl Settings {
@@ -444,6 +534,32 @@ impl Settings {
     /// Whether the connection is over a Unix socket (never TLS).
     pub fn is_unix_socket(&self) -> bool {
         matches!(self.host, Host::Socket(_))
+    }
+
+    /// Whether the connection string named several servers (or a target kind of server):
+    /// then outputs say which one was reached.
+    pub fn is_multi_host(&self) -> bool {
+        self.endpoints.len() > 1 || self.reached.is_some_and(|(n, _)| n > 1)
+    }
+
+    /// These settings for one of [`Settings::endpoints`] only.
+    pub fn for_endpoint(&self, index: usize) -> Settings {
+        let e = &self.endpoints[index];
+        let mut s = self.clone();
+        s.host = e.host.clone();
+        s.hostaddr = e.hostaddr;
+        s.port = e.port;
+        s.password = e.password.clone();
+        s.password_source = e.password_source.clone();
+        s.password_file_ignored = e.password_file_ignored.clone();
+        s.endpoints = vec![e.clone()];
+        s.reached = Some((self.endpoints.len(), index));
+        s
+    }
+
+    /// `host:port` of the server these settings are for.
+    pub fn host_port(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 }
 

@@ -14,9 +14,9 @@ use super::env::Env;
 use super::error::{ConnectError, Result};
 use super::tls::{self, Verify};
 use super::{
-    pgpass, service, ChannelBinding, ConnectArgs, Crls, Host, Password, PasswordSource,
-    RequireAuth, RootCerts, Settings, SslMode, TlsVersion, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DATABASE,
+    pgpass, service, ChannelBinding, ConnectArgs, Crls, Endpoint, Host, Password, PasswordSource,
+    RequireAuth, RootCerts, Settings, SslMode, TargetSessionAttrs, TlsVersion,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DATABASE,
 };
 
 /// Unix-socket directories tried when no host is given, as Debian's libpq (first) and
@@ -132,63 +132,6 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
 
     check_values(&layers, &mut warnings)?;
 
-    // Host, hostaddr, port.
-    let host_v = layers.get("host");
-    let hostaddr_v = layers.get("hostaddr");
-    let port_v = layers.get("port");
-    for v in [&host_v, &hostaddr_v, &port_v].into_iter().flatten() {
-        if v.0.contains(',') {
-            return Err(ConnectError::MultipleHosts);
-        }
-    }
-    // As libpq: hostaddr, wherever it came from, means TCP to that address (even with
-    // `-h /socket/dir`); `.pgpass` is matched on host if given, else on hostaddr, as text.
-    let pgpass_host_text = host_v
-        .as_ref()
-        .or(hostaddr_v.as_ref())
-        .map(|(h, _)| h.clone());
-    let mut hostaddr = match hostaddr_v {
-        Some((v, _)) => Some(
-            v.trim()
-                .parse::<IpAddr>()
-                .map_err(|_| invalid("hostaddr", &v, "an IPv4 or IPv6 address"))?,
-        ),
-        None => None,
-    };
-    let mut host = match host_v {
-        Some((h, _)) if h.starts_with('/') => Host::Socket(PathBuf::from(h)),
-        Some((h, _)) if h.starts_with('@') => {
-            return Err(invalid(
-                "host",
-                &h,
-                "a host name, an IP address or a Unix-socket directory \
-                 (abstract Unix sockets are not supported)",
-            ))
-        }
-        Some((h, _)) => Host::Tcp(h),
-        None => match hostaddr.take() {
-            Some(addr) => Host::Tcp(addr.to_string()),
-            None => Host::Socket(default_socket_dir(env)),
-        },
-    };
-    if let (Host::Socket(_), Some(addr)) = (&host, hostaddr) {
-        // hostaddr means TCP; a socket directory has no name to verify or look up.
-        host = Host::Tcp(addr.to_string());
-        hostaddr = None;
-    }
-    let port_text = port_v
-        .as_ref()
-        .map_or_else(|| "5432".to_owned(), |(p, _)| p.clone());
-    let port = match port_v {
-        Some((v, _)) => v
-            .trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| invalid("port", &v, "a TCP port number from 1 to 65535"))?,
-        None => 5432,
-    };
-
     let user = match layers.get("user") {
         Some((u, _)) => u,
         None => env.os_user().ok_or(ConnectError::NoUser)?,
@@ -198,56 +141,115 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
         None => (DEFAULT_DATABASE.to_owned(), true),
     };
 
-    // Password: given, else the password file.
-    let mut password_file_ignored = None;
-    let (password, password_source) = match layers.get("password") {
-        Some((p, origin)) => {
-            let source = match origin {
-                Origin::Flag | Origin::Conninfo => PasswordSource::ConnectionString,
-                Origin::Service(path) => PasswordSource::ServiceFile(path),
-                Origin::Env(_) => PasswordSource::Environment,
-            };
-            (Some(Password::new(p)), Some(source))
+    // Hosts, addresses and ports: comma-separated lists, as libpq's connectOptions2.
+    let list = |key: &str| -> Option<Vec<String>> {
+        layers
+            .get(key)
+            .map(|(v, _)| v.split(',').map(str::to_owned).collect())
+    };
+    let hosts = list("host");
+    let hostaddrs = list("hostaddr");
+    let count = match (&hosts, &hostaddrs) {
+        (Some(h), Some(a)) if h.len() != a.len() => {
+            return Err(ConnectError::HostCountMismatch {
+                what: "hostaddr values",
+                given: a.len(),
+                hosts: h.len(),
+            })
         }
-        None => {
-            let passfile = match layers.get("passfile") {
-                Some((f, _)) => Some(PathBuf::from(f)),
-                None => env.home_dir().map(|h| h.join(".pgpass")),
-            };
-            // libpq's passwordFromFile: the default socket directory (or no host) is
-            // `localhost`; any other socket directory is its path text.
-            let default_dir = default_socket_dir(env);
-            let pgpass_host = match pgpass_host_text {
-                None => "localhost".to_owned(),
-                Some(h) if Path::new(&h).as_os_str() == default_dir.as_os_str() => {
-                    "localhost".to_owned()
-                }
-                Some(h) => h,
-            };
-            let key = pgpass::Key {
-                host: &pgpass_host,
-                port: &port_text,
-                dbname: &dbname,
-                user: &user,
-            };
-            let warned = warnings.len();
-            let found = passfile.and_then(|f| {
-                pgpass::lookup(&f, key, env, &mut warnings)
-                    .filter(|p| !p.is_empty())
-                    .map(|p| (p, f))
-            });
-            if warnings.len() > warned {
-                password_file_ignored = warnings.last().cloned();
-            }
-            match found {
-                Some((p, f)) => (
-                    Some(Password::new(p)),
-                    Some(PasswordSource::PasswordFile(f)),
-                ),
-                None => (None, None),
-            }
+        (Some(h), _) => h.len(),
+        (None, Some(a)) => a.len(),
+        (None, None) => 1,
+    };
+    let ports = match list("port") {
+        None => vec![String::new(); count],
+        Some(p) if p.len() == 1 => vec![p[0].clone(); count],
+        Some(p) if p.len() == count => p,
+        Some(p) => {
+            return Err(ConnectError::HostCountMismatch {
+                what: "port numbers",
+                given: p.len(),
+                hosts: count,
+            })
         }
     };
+    let given_password = layers.get("password").map(|(p, origin)| {
+        let source = match origin {
+            Origin::Flag | Origin::Conninfo => PasswordSource::ConnectionString,
+            Origin::Service(path) => PasswordSource::ServiceFile(path),
+            Origin::Env(_) => PasswordSource::Environment,
+        };
+        (Password::new(p), source)
+    });
+    let passfile = match layers.get("passfile") {
+        Some((f, _)) => Some(PathBuf::from(f)),
+        None => env.home_dir().map(|h| h.join(".pgpass")),
+    };
+    let default_dir = default_socket_dir(env);
+    let mut endpoints = Vec::with_capacity(count);
+    for (i, port_text) in ports.iter().enumerate() {
+        let host_text = hosts
+            .as_ref()
+            .map(|h| h[i].clone())
+            .filter(|h| !h.is_empty());
+        let addr_text = hostaddrs
+            .as_ref()
+            .map(|a| a[i].clone())
+            .filter(|a| !a.is_empty());
+        let mut resolved = endpoint(host_text, addr_text, port_text, &default_dir)?;
+        let endpoint = &mut resolved.endpoint;
+        match &given_password {
+            Some((p, source)) => {
+                endpoint.password = Some(p.clone());
+                endpoint.password_source = Some(source.clone());
+            }
+            None => {
+                let key = pgpass::Key {
+                    host: &resolved.pgpass_host,
+                    port: &resolved.pgpass_port,
+                    dbname: &dbname,
+                    user: &user,
+                };
+                let warned = warnings.len();
+                let found = passfile.as_ref().and_then(|f| {
+                    pgpass::lookup(f, key, env, &mut warnings)
+                        .filter(|p| !p.is_empty())
+                        .map(|p| (p, f.clone()))
+                });
+                if warnings.len() > warned {
+                    endpoint.password_file_ignored = warnings.last().cloned();
+                    // Said once, however many hosts look the file up.
+                    if warnings[..warned].contains(&warnings[warned]) {
+                        warnings.truncate(warned);
+                    }
+                }
+                if let Some((p, f)) = found {
+                    endpoint.password = Some(Password::new(p));
+                    endpoint.password_source = Some(PasswordSource::PasswordFile(f));
+                }
+            }
+        }
+        endpoints.push(resolved.endpoint);
+    }
+    let target_session_attrs = match layers.get("target_session_attrs") {
+        Some((v, _)) => TargetSessionAttrs::parse(&v).ok_or_else(|| {
+            invalid(
+                "target_session_attrs",
+                &v,
+                "one of any, read-write, read-only, primary, standby, prefer-standby",
+            )
+        })?,
+        None => TargetSessionAttrs::Any,
+    };
+    let load_balance_hosts = match layers.get("load_balance_hosts") {
+        Some((v, _)) => match v.as_str() {
+            "disable" => false,
+            "random" => true,
+            _ => return Err(invalid("load_balance_hosts", &v, "disable or random")),
+        },
+        None => false,
+    };
+    let first = endpoints[0].clone();
 
     // TLS.
     let sslrootcert = layers.get("sslrootcert");
@@ -267,13 +269,14 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
         None if env.var("PGREQUIRESSL").is_some_and(|v| v.starts_with('1')) => SslMode::Require,
         None => SslMode::Prefer,
     };
-    let root_certs = if matches!(host, Host::Socket(_)) {
-        RootCerts::None
-    } else {
+    let any_tcp = endpoints.iter().any(|e| matches!(e.host, Host::Tcp(_)));
+    let root_certs = if any_tcp {
         root_certs(ssl_mode, sslrootcert.map(|(r, _)| r), env)?
+    } else {
+        RootCerts::None
     };
 
-    let tls_possible = !matches!(host, Host::Socket(_)) && ssl_mode != SslMode::Disable;
+    let tls_possible = any_tcp && ssl_mode != SslMode::Disable;
     let (ssl_min_protocol_version, ssl_max_protocol_version) = tls_versions(&layers, tls_possible)?;
     let crls = match tls::verification(ssl_mode, &root_certs) {
         Some(Verify::Chain | Verify::Full) if tls_possible => crls(&layers, env)?,
@@ -309,13 +312,13 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
     }
 
     Ok(Settings {
-        host,
-        hostaddr,
-        port,
+        host: first.host,
+        hostaddr: first.hostaddr,
+        port: first.port,
         user,
-        password,
-        password_source,
-        password_file_ignored,
+        password: first.password,
+        password_source: first.password_source,
+        password_file_ignored: first.password_file_ignored,
         dbname,
         dbname_is_default,
         ssl_mode,
@@ -330,6 +333,88 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
         channel_binding,
         force_password_prompt: args.force_password_prompt,
         warnings,
+        endpoints,
+        target_session_attrs,
+        load_balance_hosts,
+        reached: None,
+    })
+}
+
+/// One host of the lists, before its password is looked up, with the texts `.pgpass` is
+/// matched on.
+struct Resolved {
+    endpoint: Endpoint,
+    pgpass_host: String,
+    pgpass_port: String,
+}
+
+/// One entry of the host, hostaddr and port lists (each may be empty: the default). As
+/// libpq: hostaddr, wherever it came from, means TCP to that address (even with a socket
+/// directory as host); `.pgpass` is matched on host if given, else on hostaddr, as text;
+/// the default socket directory (or no host) as `localhost`, any other socket directory
+/// as its path; the port as text.
+fn endpoint(
+    host: Option<String>,
+    addr: Option<String>,
+    port: &str,
+    default_dir: &Path,
+) -> Result<Resolved> {
+    let pgpass_host = match host.as_ref().or(addr.as_ref()) {
+        None => "localhost".to_owned(),
+        Some(h) if Path::new(h).as_os_str() == default_dir.as_os_str() => "localhost".to_owned(),
+        Some(h) => h.clone(),
+    };
+    let mut hostaddr = match &addr {
+        Some(v) => Some(
+            v.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| invalid("hostaddr", v, "an IPv4 or IPv6 address"))?,
+        ),
+        None => None,
+    };
+    let mut host = match host {
+        Some(h) if h.starts_with('/') => Host::Socket(PathBuf::from(h)),
+        Some(h) if h.starts_with('@') => {
+            return Err(invalid(
+                "host",
+                &h,
+                "a host name, an IP address or a Unix-socket directory \
+                 (abstract Unix sockets are not supported)",
+            ))
+        }
+        Some(h) => Host::Tcp(h),
+        None => match hostaddr.take() {
+            Some(addr) => Host::Tcp(addr.to_string()),
+            None => Host::Socket(default_dir.to_path_buf()),
+        },
+    };
+    if let (Host::Socket(_), Some(addr)) = (&host, hostaddr) {
+        // hostaddr means TCP; a socket directory has no name to verify or look up.
+        host = Host::Tcp(addr.to_string());
+        hostaddr = None;
+    }
+    let (port, pgpass_port) = if port.is_empty() {
+        (5432, "5432".to_owned())
+    } else {
+        let number = port
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid("port", port, "a TCP port number from 1 to 65535"))?;
+        (number, port.to_owned())
+    };
+    Ok(Resolved {
+        endpoint: Endpoint {
+            host,
+            hostaddr,
+            port,
+            password: None,
+            password_source: None,
+            password_file_ignored: None,
+        },
+        pgpass_host,
+        pgpass_port,
     })
 }
 
@@ -487,7 +572,7 @@ fn check_values(layers: &Layers<'_>, warnings: &mut Vec<String>) -> Result<()> {
         }
     }
     // (keyword, accepted values, valid values pgkill refuses, why)
-    let checks: [(&str, &[&str], &[&str], &str); 4] = [
+    let checks: [(&str, &[&str], &[&str], &str); 3] = [
         (
             "gssencmode",
             &["disable", "prefer"],
@@ -499,18 +584,6 @@ fn check_values(layers: &Layers<'_>, warnings: &mut Vec<String>) -> Result<()> {
             &["postgres"],
             &["direct"],
             "pgkill uses the standard PostgreSQL TLS negotiation",
-        ),
-        (
-            "target_session_attrs",
-            &["any"],
-            &[
-                "read-write",
-                "read-only",
-                "primary",
-                "standby",
-                "prefer-standby",
-            ],
-            "pgkill connects to the one server given",
         ),
         (
             "sslcertmode",
@@ -800,15 +873,117 @@ mod tests {
         assert!(e.to_string().contains("abstract"), "{e}");
     }
 
+    fn hosts_of(s: &Settings) -> Vec<(String, Option<IpAddr>, u16)> {
+        s.endpoints
+            .iter()
+            .map(|e| (e.host.to_string(), e.hostaddr, e.port))
+            .collect()
+    }
+
     #[test]
-    fn several_hosts_are_refused() {
-        for c in ["host=a,b", "port=1,2", "postgresql://a:1,b:2/db"] {
-            let e = resolve(&conn(c), &base_env()).unwrap_err();
-            assert!(matches!(e, ConnectError::MultipleHosts), "{c}: {e:?}");
-            assert!(e.to_string().contains("one server"), "{e}");
+    fn several_hosts_as_in_libpq() {
+        let tcp = |h: &str, p| (h.to_owned(), None, p);
+        let s = resolve(&conn("host=a,b port=1,2"), &base_env()).unwrap();
+        assert_eq!(hosts_of(&s), [tcp("a", 1), tcp("b", 2)]);
+        assert_eq!((s.host.to_string(), s.port), ("a".to_owned(), 1));
+        // One port for all hosts; empty entries are the defaults.
+        let s = resolve(&conn("host=a,,/sock port=7"), &base_env()).unwrap();
+        assert_eq!(
+            hosts_of(&s),
+            [tcp("a", 7), tcp("/tmp", 7), ("/sock".to_owned(), None, 7)]
+        );
+        let s = resolve(&conn("host=a,b port=,9"), &base_env()).unwrap();
+        assert_eq!(hosts_of(&s), [tcp("a", 5432), tcp("b", 9)]);
+        // URIs, with IPv6 and a host without a port.
+        let s = resolve(&conn("postgresql://a:1,[::1]:2,c/db"), &base_env()).unwrap();
+        assert_eq!(hosts_of(&s), [tcp("a", 1), tcp("::1", 2), tcp("c", 5432)]);
+        assert_eq!(s.dbname, "db");
+        // PGHOST/PGPORT lists, and hostaddr lists paired with host lists.
+        let env = base_env().var("PGHOST", "x,y").var("PGPORT", "3,4");
+        let s = resolve(&args(), &env).unwrap();
+        assert_eq!(hosts_of(&s), [tcp("x", 3), tcp("y", 4)]);
+        let s = resolve(&conn("host=a,b hostaddr=10.0.0.1,"), &base_env()).unwrap();
+        assert_eq!(
+            hosts_of(&s),
+            [
+                ("a".to_owned(), Some("10.0.0.1".parse().unwrap()), 5432),
+                tcp("b", 5432)
+            ]
+        );
+        // Counts that do not match, in libpq's words.
+        let e = resolve(&conn("host=a,b,c port=1,2"), &base_env()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "could not match 2 port numbers to 3 hosts: give one port for all hosts or one per host"
+        );
+        let e = resolve(&conn("host=a,b hostaddr=10.0.0.1"), &base_env()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("could not match 1 hostaddr values to 2 hosts"),
+            "{e}"
+        );
+        let e = resolve(&conn("host=a,b port=1,x"), &base_env()).unwrap_err();
+        assert!(
+            matches!(&e, ConnectError::InvalidValue { name, .. } if name == "port"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn pgpass_is_matched_per_host() {
+        let env = base_env().file(
+            "/home/osuser/.pgpass",
+            "a:1:*:*:pa\nb:2:*:*:pb\nlocalhost:5432:*:*:pl\n",
+            0o600,
+        );
+        let s = resolve(&conn("host=a,b,c,/tmp port=1,2,3,5432"), &env).unwrap();
+        let passwords: Vec<Option<&str>> = s
+            .endpoints
+            .iter()
+            .map(|e| e.password.as_ref().map(Password::expose))
+            .collect();
+        assert_eq!(passwords, [Some("pa"), Some("pb"), None, Some("pl")]);
+        // A password given applies to every host.
+        let s = resolve(&conn("host=a,b password=given"), &env).unwrap();
+        assert!(s
+            .endpoints
+            .iter()
+            .all(|e| e.password.as_ref().map(Password::expose) == Some("given")));
+    }
+
+    #[test]
+    fn target_session_attrs_and_load_balance_hosts() {
+        for (v, want) in [
+            ("any", TargetSessionAttrs::Any),
+            ("read-write", TargetSessionAttrs::ReadWrite),
+            ("read-only", TargetSessionAttrs::ReadOnly),
+            ("primary", TargetSessionAttrs::Primary),
+            ("standby", TargetSessionAttrs::Standby),
+            ("prefer-standby", TargetSessionAttrs::PreferStandby),
+        ] {
+            let s = resolve(&conn(&format!("target_session_attrs={v}")), &base_env()).unwrap();
+            assert_eq!(s.target_session_attrs, want);
+            let env = base_env().var("PGTARGETSESSIONATTRS", v);
+            assert_eq!(resolve(&args(), &env).unwrap().target_session_attrs, want);
         }
-        let e = resolve(&args(), &base_env().var("PGHOST", "a,b")).unwrap_err();
-        assert!(matches!(e, ConnectError::MultipleHosts), "{e:?}");
+        let e = resolve(&conn("target_session_attrs=master"), &base_env()).unwrap_err();
+        assert!(
+            matches!(&e, ConnectError::InvalidValue { name, .. } if name == "target_session_attrs"),
+            "{e:?}"
+        );
+        assert!(!resolve(&args(), &base_env()).unwrap().load_balance_hosts);
+        assert!(
+            resolve(&conn("load_balance_hosts=random"), &base_env())
+                .unwrap()
+                .load_balance_hosts
+        );
+        let env = base_env().var("PGLOADBALANCEHOSTS", "random");
+        assert!(resolve(&args(), &env).unwrap().load_balance_hosts);
+        let e = resolve(&conn("load_balance_hosts=sometimes"), &base_env()).unwrap_err();
+        assert!(
+            matches!(&e, ConnectError::InvalidValue { name, .. } if name == "load_balance_hosts"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -1268,8 +1443,6 @@ db.example.com:6432:shop:bob:shop-pw
     fn unsupported_settings() {
         let e = resolve(&conn("gssencmode=require"), &base_env()).unwrap_err();
         assert!(matches!(e, ConnectError::UnsupportedOption { .. }), "{e:?}");
-        let e = resolve(&conn("target_session_attrs=read-write"), &base_env()).unwrap_err();
-        assert!(matches!(e, ConnectError::UnsupportedOption { .. }), "{e:?}");
         let e = resolve(&conn("gssencmode=sometimes"), &base_env()).unwrap_err();
         assert!(matches!(e, ConnectError::InvalidValue { .. }), "{e:?}");
         assert!(resolve(
@@ -1515,7 +1688,7 @@ db.example.com:6432:shop:bob:shop-pw
             format!("postgresql://bob:{secret}@db/shop?sslmode=bogus"),
             format!("postgresql://bob:{secret}@db:99999/shop"),
             format!("postgresql://bob:{secret}@db/shop?sslcert=x"),
-            format!("password={secret} host=a,b"),
+            format!("password={secret} host=a,b port=1,2,3"),
             format!("password={secret} {secret}"),
         ] {
             let e = resolve(&conn(&bad), &base_env()).unwrap_err();
