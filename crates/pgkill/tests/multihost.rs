@@ -132,6 +132,18 @@ async fn a_host_that_is_down_is_skipped(pg: Installation) -> Result<()> {
         code <= 1 && err.contains("(server 2 of 2 given)"),
         "exit {code}\n{out}\n{err}"
     );
+    // -W asks once, before the first host, and the answer serves the host reached.
+    let mut cmd = pgkill(&hosts(&[down, p]), &pass, &["-W", "ls"]);
+    cmd.env("PGPASSFILE", "/nonexistent");
+    let password = sb
+        .password(roles::ADMIN)
+        .ok_or_else(|| anyhow!("no admin password"))?;
+    let (code, screen) = support::on_terminal(&cmd, &format!("{password}\n"))?;
+    let screen = String::from_utf8_lossy(&screen);
+    ensure!(
+        code <= 1 && screen.matches("Password for user").count() == 1,
+        "-W with the first host down: exit {code}\n{screen}"
+    );
     // All down: one error naming each host, exit 2.
     let other = down_port()?;
     let (code, out, err) = support::run({

@@ -109,15 +109,24 @@ pub async fn connect_reusable(
         other => vec![other],
     };
     let mut attempts = Vec::new();
-    let mut typed: Option<Password> = None;
+    // `-W` asks once, before the first host, for every host (as psql does).
+    let forced = match settings.force_password_prompt {
+        true => Some(
+            prompt
+                .prompt(&format!("Password for user {}: ", settings.user))
+                .map_err(|source| ConnectError::Prompt { source })?,
+        ),
+        false => None,
+    };
+    let mut typed = forced.clone();
     for want in rounds {
         for &i in &order {
             let mut one = settings.for_endpoint(i);
-            if one.password.is_none() {
+            one.force_password_prompt = false;
+            if one.password.is_none() || forced.is_some() {
                 if let Some(p) = &typed {
                     one.password = Some(p.clone());
                     one.password_source = Some(PasswordSource::Prompt);
-                    one.force_password_prompt = false;
                 }
             }
             match connect_one(&one, prompt).await {
