@@ -1017,11 +1017,14 @@ fn listed_differences(readme: &str) -> Result<BTreeMap<String, String>> {
     Ok(listed)
 }
 
+/// One trial for the whole comparison (the exact-list check needs every case), run
+/// through libtest-mimic so that `cargo nextest` and `cargo test` can list and run it.
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("differential: {e:#}");
-        std::process::exit(1);
-    }
+    let args = libtest_mimic::Arguments::from_args();
+    let trial = libtest_mimic::Trial::test("pgkill_connects_where_psql_does", || {
+        run().map_err(|e| libtest_mimic::Failed::from(format!("{e:#}")))
+    });
+    libtest_mimic::run(&args, vec![trial]).exit()
 }
 
 fn run() -> Result<()> {
@@ -1125,10 +1128,11 @@ fn run() -> Result<()> {
     if failures.is_empty() {
         return Ok(());
     }
-    for f in &failures {
-        eprintln!("{f}\n");
-    }
-    bail!("{} unexpected result(s)", failures.len())
+    bail!(
+        "{} unexpected result(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    )
 }
 
 fn describe(c: &Case) -> String {
