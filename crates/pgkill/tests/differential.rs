@@ -10,7 +10,11 @@
 //! set of differing cases is not exactly that list. pgkill connects to `postgres` when no
 //! database is named and libpq to the user's name: a documented difference normalised
 //! away here (pgkill's `postgres` counts as the user name unless the case names a
-//! database). Needs no PostgreSQL server, only `psql`.
+//! database). Needs no PostgreSQL server, only `psql`, and fails (never skips) without it.
+//!
+//! `PGKILL_DIFF_ONLY=TEXT` runs only the cases whose id contains TEXT (the exact-list
+//! check then covers only those); `PGKILL_DIFF_VERBOSE=1` prints what both clients did
+//! in every case.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -492,6 +496,26 @@ fn precedence_cases() -> Vec<Case> {
             .flags(&["-h", "127.0.0.1", "-p", "{A}", "-U", ""])
             .env("PGUSER", "envuser"),
         case("prec-port-flag-text").flags(&["-h", "127.0.0.1", "-p", "abc"]),
+        case("prec-socket-dir-flag")
+            .eps(&ALL)
+            .flags(&["-h", "{S.dir}", "-p", "{S}", "-U", "flaguser"]),
+        case("prec-conninfo-port-beats-flag")
+            .flags(&["-p", "1"])
+            .conn("host=127.0.0.1 port={A}"),
+        case("prec-uri-port-beats-pgport")
+            .conn("postgresql://127.0.0.1:{A}")
+            .env("PGPORT", "1"),
+        case("prec-db-flag-and-pgpass")
+            .flags(&["-h", "127.0.0.1", "-p", "{A}"])
+            .db("shop")
+            .pgpass("*:*:postgres:*:no\n*:*:shop:*:for-shop\n"),
+        case("prec-hostaddr-with-unresolvable-name")
+            .conn("host=no-such-host.invalid hostaddr=127.0.0.1 port={A}")
+            .pgpass("127.0.0.1:*:*:*:by-addr\nno-such-host.invalid:*:*:*:by-name\n"),
+        case("prec-conninfo-host-with-pghostaddr")
+            .conn("host=no-such-host.invalid port={A}")
+            .env("PGHOSTADDR", "127.0.0.1"),
+        case("prec-localhost-name").conn("host=localhost port={A}"),
     ]
 }
 
@@ -1061,6 +1085,7 @@ fn run() -> Result<()> {
         .enable_all()
         .build()?;
 
+    let verbose = std::env::var_os("PGKILL_DIFF_VERBOSE").is_some();
     let mut failures = Vec::new();
     let mut differing = BTreeSet::new();
     let mut agreeing = 0;
@@ -1072,7 +1097,6 @@ fn run() -> Result<()> {
         ran += 1;
         let o = run_case(&rt, &psql, c).with_context(|| format!("case {}", c.id))?;
         let differs = o.psql != o.pgkill;
-        let verbose = std::env::var_os("PGKILL_DIFF_VERBOSE").is_some();
         if differs {
             differing.insert(c.id);
         } else {

@@ -53,7 +53,8 @@ pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 pub struct Record {
     /// The endpoint's label.
     pub endpoint: String,
-    /// Whether the first thing the client sent was an SSLRequest.
+    /// Whether the client asked for TLS (an SSLRequest) before its startup packet. A
+    /// GSSENCRequest before it does not count either way: the server says 'N' to both.
     pub ssl_request: bool,
     /// `user` of the startup packet (none if the client sent none).
     pub user: Option<String>,
@@ -300,7 +301,6 @@ async fn conversation<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut first = true;
     let params = loop {
         let len = s.read_u32().await? as usize;
         if !(8..=10_000).contains(&len) {
@@ -311,7 +311,7 @@ where
         s.read_exact(&mut body).await?;
         match code {
             SSL_REQUEST | GSSENC_REQUEST => {
-                if first && code == SSL_REQUEST {
+                if code == SSL_REQUEST {
                     update(shared, index, |r| r.ssl_request = true);
                 }
                 s.write_all(b"N").await?;
@@ -319,7 +319,6 @@ where
             PROTOCOL_3 => break body,
             other => bail!("unexpected startup code {other}"),
         }
-        first = false;
     };
     let mut fields = params.split(|b| *b == 0).map(String::from_utf8_lossy);
     let (mut user, mut database) = (None, None);
