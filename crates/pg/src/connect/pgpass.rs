@@ -49,7 +49,10 @@ pub(crate) fn lookup(
     find(&String::from_utf8_lossy(&bytes), key)
 }
 
-/// The password of the first line of `text` matching `key`.
+/// The password of the first line of `text` matching `key`, matched as libpq's
+/// `passwordFromFile` does: field by field from the start of the line, so that an
+/// unescaped `:` inside a field matches a `:` in the value (user `a:b` matches the line
+/// `*:*:*:a:b:pw`, password `pw`); the password ends at the next unescaped `:`.
 pub(crate) fn find(text: &str, key: Key<'_>) -> Option<String> {
     let wanted = [key.host, key.port, key.dbname, key.user];
     for line in text.lines() {
@@ -57,60 +60,57 @@ pub(crate) fn find(text: &str, key: Key<'_>) -> Option<String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let fields = split_fields(line);
-        if fields.len() < 5 {
-            continue;
-        }
-        let matches = fields[..4]
+        if let Some(rest) = wanted
             .iter()
-            .zip(wanted)
-            .all(|(field, want)| field.raw == "*" || field.value == want);
-        if matches {
-            return Some(fields[4].value.clone());
+            .try_fold(line, |rest, want| match_field(rest, want))
+        {
+            return Some(password(rest));
         }
     }
     None
 }
 
-struct Field {
-    /// As written (to recognise a lone `*`).
-    raw: String,
-    /// With escapes removed.
-    value: String,
+/// Whether the field at the start of `rest` matches `want` (libpq's
+/// `pwdfMatchesString`): a field that is exactly `*` matches anything; otherwise the
+/// line's characters, with `\` escaping the next one, must equal `want`'s and then be
+/// followed by an unescaped `:`. Returns what follows that `:`.
+fn match_field<'a>(rest: &'a str, want: &str) -> Option<&'a str> {
+    if let Some(after) = rest.strip_prefix("*:") {
+        return Some(after);
+    }
+    let mut line = rest.char_indices();
+    let mut want = want.chars();
+    let mut next = want.next();
+    while let Some((i, c)) = line.next() {
+        let (c, escaped) = if c == '\\' {
+            (line.next()?.1, true)
+        } else {
+            (c, false)
+        };
+        if c == ':' && !escaped && next.is_none() {
+            return Some(&rest[i + 1..]);
+        }
+        if next != Some(c) {
+            return None;
+        }
+        next = want.next();
+    }
+    None
 }
 
-/// Splits a line at unescaped `:`; a backslash escapes the next character.
-fn split_fields(line: &str) -> Vec<Field> {
-    let mut fields = Vec::new();
-    let mut raw = String::new();
-    let mut value = String::new();
-    let mut chars = line.chars();
+/// The password field: up to the next unescaped `:`, escapes removed (a `\` at the very
+/// end stays).
+fn password(field: &str) -> String {
+    let mut out = String::new();
+    let mut chars = field.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => {
-                raw.push(c);
-                match chars.next() {
-                    Some(next) => {
-                        raw.push(next);
-                        value.push(next);
-                    }
-                    None => value.push('\\'),
-                }
-            }
-            ':' => {
-                fields.push(Field {
-                    raw: std::mem::take(&mut raw),
-                    value: std::mem::take(&mut value),
-                });
-            }
-            c => {
-                raw.push(c);
-                value.push(c);
-            }
+            ':' => break,
+            '\\' => out.push(chars.next().unwrap_or('\\')),
+            c => out.push(c),
         }
     }
-    fields.push(Field { raw, value });
-    fields
+    out
 }
 
 #[cfg(test)]
@@ -177,6 +177,19 @@ db1:*:*:bob:any-port-any-db
         assert_eq!(find(text, key("h", "5432", "shop", "bob")), None);
         // A '*' inside a field is literal too.
         assert_eq!(find("h*:*:*:*:pw", key("host", "1", "d", "u")), None);
+        // An unescaped ':' inside a field matches a ':' in the value, as in libpq (the
+        // first line is found for user "a:b", before the escaped one).
+        let text = "*:*:*:a:b:unescaped\n*:*:*:a\\:b:escaped\n";
+        assert_eq!(
+            find(text, key("h", "1", "d", "a:b")).as_deref(),
+            Some("unescaped")
+        );
+        assert_eq!(find(text, key("h", "1", "d", "a")).as_deref(), Some("b"));
+        // A lone '\' at the end of the password stays.
+        assert_eq!(
+            find(r"h:1:d:u:pw\", key("h", "1", "d", "u")).as_deref(),
+            Some(r"pw\")
+        );
         // Text after an unescaped ':' past the password is ignored.
         assert_eq!(
             find("h:1:d:u:pw:extra", key("h", "1", "d", "u")).as_deref(),

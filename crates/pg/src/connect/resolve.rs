@@ -96,7 +96,10 @@ pub fn resolve(args: &ConnectArgs, env: &dyn Env) -> Result<Settings> {
         ("user", &args.user),
         ("dbname", &args.maintenance_db),
     ] {
-        if let Some(v) = value {
+        // An empty flag is no flag: psql hands its flags to libpq as a keyword array,
+        // whose empty values libpq skips (`conninfo_array_parse`), so `-h ''` leaves
+        // PGHOST in force.
+        if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
             flags.insert(key.to_owned(), v.clone());
         }
     }
@@ -1015,7 +1018,7 @@ mod tests {
             (s.host.clone(), s.user.as_str()),
             (Host::Tcp("env-host".into()), "env-user")
         );
-        // Empty in the connection string, a URI query or a flag: the built-in default.
+        // Empty in the connection string or a URI query: the built-in default.
         for c in [
             "host='' user='' port='' dbname='' password=''",
             "postgresql:///?host=&user=&port=&dbname=&password=",
@@ -1027,11 +1030,19 @@ mod tests {
             assert_eq!(s.dbname, "postgres", "{c}");
             assert_eq!(s.password, None, "{c}");
         }
+        // An empty flag is no flag (as in psql): the environment applies.
         let a = ConnectArgs {
             host: Some(String::new()),
+            port: Some(String::new()),
+            user: Some(String::new()),
+            maintenance_db: Some(String::new()),
             ..args()
         };
-        assert_eq!(resolve(&a, &env).unwrap().host, Host::Socket("/tmp".into()));
+        let s = resolve(&a, &env).unwrap();
+        assert_eq!(
+            (s.host, s.user.as_str(), s.dbname.as_str()),
+            (Host::Tcp("env-host".into()), "env-user", "env-db")
+        );
         // Empty in the service file: the same.
         let env = env.var("PGSERVICE", "s").file(
             "/home/osuser/.pg_service.conf",
