@@ -11,8 +11,9 @@
 //!    whose values override them); the service-file entry (`service=` or `PGSERVICE`;
 //!    `PGSERVICE=""` is a service that is not found); the `PG*` environment variables;
 //!    the defaults. An empty `host`, `hostaddr`, `port`, `user`, `password`, `passfile`,
-//!    `dbname` or `options` in the connection string, a flag or the service file stands
-//!    for the default and hides the environment, as in libpq; other empty values count
+//!    `dbname` or `options` in the connection string or the service file stands
+//!    for the default and hides the environment, as in libpq (an empty flag, `-h ''`, is no
+//!    flag, as in psql); other empty values count
 //!    as unset. `hostaddr` always means TCP to that address, even with `-h /socket/dir`.
 //!    The deprecated `requiressl=1` (connection string or URI) is stored as
 //!    `sslmode=require` (`requiressl=0` as `prefer`; the later of the two wins);

@@ -39,7 +39,7 @@ struct Layers<'a> {
     env: &'a dyn Env,
 }
 
-/// Keywords whose empty value in the connection string, a flag or the service file
+/// Keywords whose empty value in the connection string or the service file
 /// stands for the built-in default and hides the layers below (libpq fills a keyword
 /// from the environment only when nothing set it, and treats these empty values as the
 /// default). For every other keyword an empty value counts as unset.
