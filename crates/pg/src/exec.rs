@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use pgkill_core::planner::{self, Param, Query};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
 
 use crate::Result;
@@ -32,30 +32,33 @@ fn check(sql: &str) {
     }
 }
 
-/// Runs `q` with its bound parameters.
+/// Runs `q` with its bound parameters, as one unnamed statement with the parameter types
+/// given (`query_typed`): one round trip, and no named prepared statement that could
+/// collide with another client's on a connection a pooler (PgBouncer in transaction
+/// mode) shares.
 pub async fn query(client: &Client, q: &Query) -> Result<Vec<Row>> {
     check(&q.sql);
-    let boxed: Vec<Box<dyn ToSql + Sync + Send>> = q
+    let boxed: Vec<(Box<dyn ToSql + Sync + Send>, Type)> = q
         .params
         .iter()
-        .map(|p| -> Box<dyn ToSql + Sync + Send> {
+        .map(|p| -> (Box<dyn ToSql + Sync + Send>, Type) {
             match p {
-                Param::TextArray(v) => Box::new(v.clone()),
-                Param::OptTextArray(v) => Box::new(v.clone()),
-                Param::IntArray(v) => Box::new(v.clone()),
-                Param::TimestampArray(v) => Box::new(v.clone()),
-                Param::Float(v) => Box::new(*v),
-                Param::Text(v) => Box::new(v.clone()),
-                Param::Int8(v) => Box::new(*v),
-                Param::Bool(v) => Box::new(*v),
+                Param::TextArray(v) => (Box::new(v.clone()), Type::TEXT_ARRAY),
+                Param::OptTextArray(v) => (Box::new(v.clone()), Type::TEXT_ARRAY),
+                Param::IntArray(v) => (Box::new(v.clone()), Type::INT4_ARRAY),
+                Param::TimestampArray(v) => (Box::new(v.clone()), Type::TIMESTAMPTZ_ARRAY),
+                Param::Float(v) => (Box::new(*v), Type::FLOAT8),
+                Param::Text(v) => (Box::new(v.clone()), Type::TEXT),
+                Param::Int8(v) => (Box::new(*v), Type::INT8),
+                Param::Bool(v) => (Box::new(*v), Type::BOOL),
             }
         })
         .collect();
-    let refs: Vec<&(dyn ToSql + Sync)> = boxed
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> = boxed
         .iter()
-        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .map(|(b, t)| (b.as_ref() as &(dyn ToSql + Sync), t.clone()))
         .collect();
-    Ok(client.query(q.sql.as_str(), &refs).await?)
+    Ok(client.query_typed(q.sql.as_str(), &typed).await?)
 }
 
 /// Runs `q` and returns its first row, if any.
