@@ -87,7 +87,13 @@ pub async fn primary_hint(connected: &Connected) -> Option<String> {
     s.load_balance_hosts = false;
     s.force_password_prompt = false;
     if connected.settings.password_source == Some(PasswordSource::Prompt) {
-        for e in s.endpoints.iter_mut().filter(|e| e.password.is_none()) {
+        // `-W` serves every host; a password typed when asked, the hosts without one.
+        let forced = given.force_password_prompt;
+        for e in s
+            .endpoints
+            .iter_mut()
+            .filter(|e| forced || e.password.is_none())
+        {
             e.password.clone_from(&connected.settings.password);
             e.password_source = Some(PasswordSource::Prompt);
         }

@@ -26,7 +26,7 @@ use tokio_postgres::Client;
 
 #[path = "support/recorder.rs"]
 mod recorder;
-use recorder::recorder;
+use recorder::{options_dropper, recorder};
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -38,6 +38,7 @@ fn main() {
         sslcrl_refuses_a_revoked_server_certificate,
         tls_protocol_version_bounds,
         cancel_goes_through_the_same_kind_of_socket,
+        a_proxy_that_drops_the_startup_options_is_refused,
     ]);
 }
 
@@ -856,5 +857,44 @@ async fn cancel_goes_through_the_same_kind_of_socket(pg: Installation) -> Result
             "{how}: {e}"
         );
     }
+    Ok(())
+}
+
+/// A pooler that drops pgkill's startup options (PgBouncer with
+/// `ignore_startup_parameters = options`) would have pgkill run without its pinned
+/// `search_path`, and setting it afterwards would change a server connection other
+/// clients share: pgkill refuses such a connection, and says why. The proxy is a working
+/// oracle: the same connection string straight to the server works.
+async fn a_proxy_that_drops_the_startup_options_is_refused(pg: Installation) -> Result<()> {
+    let s = server(&pg, Options::default()).await?;
+    let proxy = options_dropper(s.sb.port()).await?;
+    let through = |port: u16| {
+        format!("host=127.0.0.1 port={port} user={ROLE} password={PASSWORD} sslmode=disable")
+    };
+    let e = refused(
+        &through(proxy.port),
+        &[],
+        "the startup options were dropped",
+    )
+    .await?;
+    ensure!(
+        matches!(e, ConnectError::OptionsDropped { .. }),
+        "expected OptionsDropped, got {e:?}"
+    );
+    ensure!(
+        e.to_string().contains("lost pgkill's startup options")
+            && e.to_string().contains("connection pooler"),
+        "{e}"
+    );
+    ensure!(
+        !contains(&proxy.sent.lock().unwrap(), "-c search_path"),
+        "the proxy let the options through, so it proves nothing"
+    );
+    let direct = open(&through(s.sb.port()), &[]).await?;
+    let path: String = direct.query_one("SHOW search_path", &[]).await?.get(0);
+    ensure!(
+        path.replace(' ', "") == "pg_catalog,pg_temp",
+        "search_path {path:?}"
+    );
     Ok(())
 }

@@ -207,7 +207,7 @@ async fn a_host_not_accepting_connections_is_skipped(pg: Installation) -> Result
         c
     })?;
     ensure!(
-        code == 2 && err.contains("shutting down"),
+        code == 2 && err.contains("the database system is shutting down"),
         "exit {code}\n{out}\n{err}"
     );
     drop(holder);
@@ -356,12 +356,15 @@ async fn database_commands_on_a_standby_name_the_primary(pg: Installation) -> Re
     Ok(())
 }
 
-/// `top` reached through a multi-host string with `target_session_attrs=standby`: the
-/// header names the standby's host and port and says standby; a long query there is
-/// terminated from the view (the session gets 57P01).
+/// `top` reached through a multi-host string with `target_session_attrs=standby`, the
+/// password typed at the prompt (no password file): the header names the standby's host
+/// and port and says standby (the view's own connection reuses the typed password); a long
+/// query there is terminated from the view (the session gets 57P01).
 async fn top_on_a_standby(pg: Installation) -> Result<()> {
     let (primary, standby) = primary_and_standby(&pg).await?;
-    let (_dir, pass) = passfile(&[&primary, &standby])?;
+    let password = primary
+        .password(roles::ADMIN)
+        .ok_or_else(|| anyhow!("no admin password"))?;
     let long = sim::running(&standby.config("app", roles::PLAIN), "SELECT pg_sleep(120)").await?;
     let tmux = tmux::Tmux {
         socket: format!(
@@ -371,22 +374,23 @@ async fn top_on_a_standby(pg: Installation) -> Result<()> {
         ),
     };
     let line = format!(
-        "env -u PGHOST -u PGPORT -u PGDATABASE -u PGPASSWORD TERM=xterm PGPASSFILE={} PGUSER={} {} '{} target_session_attrs=standby' top; echo PGKILL_TOP_EXIT=$?; sleep 60",
-        pass.display(),
+        "env -u PGHOST -u PGPORT -u PGDATABASE -u PGPASSWORD TERM=xterm PGPASSFILE=/nonexistent PGUSER={} {} '{} target_session_attrs=standby' top; echo PGKILL_TOP_EXIT=$?; sleep 60",
         roles::ADMIN,
         env!("CARGO_BIN_EXE_pgkill"),
         hosts(&[primary.port(), standby.port()]),
     );
     tmux.start(&line)?;
-    let screen = tmux
-        .wait_for(&format!(
-            "127.0.0.1:{} · PG {}",
-            standby.port(),
-            pg.version.major
-        ))
-        .await?;
+    tmux.wait_for("Password for user").await?;
+    tmux.keys(&["-l", &password])?;
+    tmux.keys(&["Enter"])?;
+    let header = format!("127.0.0.1:{} · PG {}", standby.port(), pg.version.major);
+    let screen = tmux.wait_for(&header).await?;
+    let top_line = screen
+        .lines()
+        .find(|l| l.contains(&header))
+        .unwrap_or_default();
     ensure!(
-        screen.contains(" standby"),
+        top_line.starts_with("pgkill top · ") && top_line.contains(" standby · up "),
         "the header does not say standby:\n{screen}"
     );
     tmux.keys(&["/", &format!("pid:{}", long.pid()), "Enter"])?;

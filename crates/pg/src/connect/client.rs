@@ -95,7 +95,8 @@ pub async fn connect_reusable(
     prompt: &dyn PasswordPrompt,
 ) -> Result<(Client, ConnectionTask, Settings)> {
     if settings.endpoints.len() <= 1 && settings.target_session_attrs == TargetSessionAttrs::Any {
-        let (client, task, settled, _) = connect_one(settings, prompt).await?;
+        let (client, task, settled, kind) = connect_one(settings, prompt).await?;
+        crate::sessions::register_own_pid(kind.pid);
         return Ok((client, task, settled));
     }
     let mut order: Vec<usize> = (0..settings.endpoints.len()).collect();
@@ -139,6 +140,7 @@ pub async fn connect_reusable(
                         drop(client);
                         continue;
                     }
+                    crate::sessions::register_own_pid(kind.pid);
                     return Ok((client, task, settled));
                 }
                 Err(e) if moves_on(&e) => attempts.push(e.to_string()),
@@ -166,7 +168,7 @@ fn moves_on(e: &ConnectError) -> bool {
 
 /// Shuffles the hosts for `load_balance_hosts=random` (Fisher-Yates; the order stays as
 /// given if the system has no randomness to offer).
-fn shuffle(order: &mut [usize]) {
+fn shuffle<T>(order: &mut [T]) {
     let mut bytes = vec![0u8; order.len() * 8];
     if getrandom::fill(&mut bytes).is_err() {
         return;
@@ -187,6 +189,11 @@ struct Kind {
     read_only: bool,
     /// `pg_is_in_recovery()`.
     in_recovery: bool,
+    /// The session's backend pid: registered as pgkill's own only once the connection is
+    /// kept (a server of the wrong kind is dropped).
+    pid: i32,
+    /// The address connected to over TCP (a name may have several).
+    addr: Option<std::net::IpAddr>,
 }
 
 impl Kind {
@@ -240,6 +247,23 @@ async fn connect_one(
                     settled.dbname = dbname;
                     settled.dbname_is_default = false;
                 }
+                // A host name may have several addresses: connect again to the one
+                // reached (the name stays for TLS verification).
+                if let (Host::Tcp(name), None, Some(addr)) =
+                    (&settled.host, settled.hostaddr, kind.addr)
+                {
+                    if name.parse::<std::net::IpAddr>().is_err() {
+                        settled.hostaddr = Some(addr);
+                    }
+                }
+                settled.endpoints = vec![super::Endpoint {
+                    host: settled.host.clone(),
+                    hostaddr: settled.hostaddr,
+                    port: settled.port,
+                    password: settled.password.clone(),
+                    password_source: settled.password_source.clone(),
+                    password_file_ignored: settled.password_file_ignored.clone(),
+                }];
                 return Ok((client, task, settled, kind));
             }
             Err(f) => f,
@@ -265,6 +289,24 @@ async fn connect_one(
                 source = Some(PasswordSource::Prompt);
                 prompted = true;
             }
+            Failure::OptionsDropped => {
+                let target = settings.describe_with_dbname(&dbname);
+                return Err(match pgbouncer_version(settings, password.as_ref()).await {
+                    Some(version) => ConnectError::Pooler { target, version },
+                    None => ConnectError::OptionsDropped { target },
+                });
+            }
+            Failure::Client(e) if e.code() == Some(&SqlState::PROTOCOL_VIOLATION) => {
+                // PgBouncer refuses `options` at startup unless told to ignore it, and its
+                // admin console refuses the extended query protocol: both 08P01.
+                if let Some(version) = pgbouncer_version(settings, password.as_ref()).await {
+                    return Err(ConnectError::Pooler {
+                        target: settings.describe_with_dbname(&dbname),
+                        version,
+                    });
+                }
+                return Err(classify(e, settings, &dbname, source.as_ref()));
+            }
             Failure::Client(e) => {
                 let missing_db = e.code() == Some(&SqlState::INVALID_CATALOG_NAME);
                 let error = classify(e, settings, &dbname, source.as_ref());
@@ -286,6 +328,8 @@ async fn connect_one(
 enum Failure {
     Setup(ConnectError),
     Timeout,
+    /// The session does not have the startup options pgkill sent (a pooler dropped them).
+    OptionsDropped,
     /// Opening the socket failed.
     Socket(io::Error),
     Client(tokio_postgres::Error),
@@ -302,6 +346,20 @@ async fn attempt(
     dbname: &str,
     password: Option<&Password>,
 ) -> std::result::Result<(Client, ConnectionTask, Kind), Failure> {
+    let mut config = base_config(settings, dbname, password);
+    // Last, so that it wins over any search_path in the user's own options.
+    config.options(pinned_options(settings.options.as_deref()));
+    bounded(settings, async {
+        let (client, task, addr) = open(settings, &mut config).await?;
+        let mut kind = pin_search_path(&client).await?;
+        kind.addr = addr;
+        Ok((client, task, kind))
+    })
+    .await
+}
+
+/// The connection parameters every connection of pgkill's shares.
+fn base_config(settings: &Settings, dbname: &str, password: Option<&Password>) -> Config {
     let mut config = Config::new();
     config
         .user(&settings.user)
@@ -315,8 +373,15 @@ async fn attempt(
     if let Some(p) = password {
         config.password(p.expose());
     }
-    // Last, so that it wins over any search_path in the user's own options.
-    config.options(pinned_options(settings.options.as_deref()));
+    config
+}
+
+/// Opens the socket and logs in with `config`: TLS per `sslmode`, `requirepeer` and
+/// `require_auth` checked.
+async fn open(
+    settings: &Settings,
+    config: &mut Config,
+) -> std::result::Result<(Client, ConnectionTask, Option<std::net::IpAddr>), Failure> {
     let verify = if settings.is_unix_socket() {
         None
     } else {
@@ -331,46 +396,50 @@ async fn attempt(
         Some(v) => Some(tls::client_config(v, settings).map_err(Failure::Setup)?),
         None => None,
     };
+    let socket = open_socket(settings).await?;
+    let addr = match &socket {
+        Socket::Tcp(stream) => stream.peer_addr().ok().map(|a| a.ip()),
+        Socket::Unix(_) => None,
+    };
+    // The plain socket's watcher reads the SSLRequest's answer first when one is sent
+    // (tokio-postgres sends it for every mode but Disable); under TLS the decrypted
+    // stream gets a watcher of its own.
+    let scanner = |ssl_request| {
+        settings
+            .require_auth
+            .clone()
+            .map(|policy| StartupScanner::new(policy, ssl_request))
+    };
+    let raw = Watched::new(socket, scanner(tls_config.is_some()));
+    let connected = match (tls_config, &settings.host) {
+        (Some(c), Host::Tcp(host)) => {
+            let Ok(tls) = MakeTlsConnect::<Watched<Socket>>::make_tls_connect(
+                &mut MakeRustlsConnect::new(c),
+                host,
+            );
+            let (client, connection) = config
+                .connect_raw(raw, WatchedTls::new(tls, scanner(false)))
+                .await
+                .map_err(Failure::Client)?;
+            (client, tokio::spawn(connection))
+        }
+        _ => {
+            let (client, connection) = config
+                .connect_raw(raw, NoTls)
+                .await
+                .map_err(Failure::Client)?;
+            (client, tokio::spawn(connection))
+        }
+    };
+    Ok((connected.0, connected.1, addr))
+}
 
-    let connecting = async {
-        let socket = open_socket(settings).await?;
-        // The plain socket's watcher reads the SSLRequest's answer first when one is sent
-        // (tokio-postgres sends it for every mode but Disable); under TLS the decrypted
-        // stream gets a watcher of its own.
-        let scanner = |ssl_request| {
-            settings
-                .require_auth
-                .clone()
-                .map(|policy| StartupScanner::new(policy, ssl_request))
-        };
-        let raw = Watched::new(socket, scanner(tls_config.is_some()));
-        let connected = match (tls_config, &settings.host) {
-            (Some(c), Host::Tcp(host)) => {
-                let Ok(tls) = MakeTlsConnect::<Watched<Socket>>::make_tls_connect(
-                    &mut MakeRustlsConnect::new(c),
-                    host,
-                );
-                let (client, connection) = config
-                    .connect_raw(raw, WatchedTls::new(tls, scanner(false)))
-                    .await
-                    .map_err(Failure::Client)?;
-                (client, tokio::spawn(connection))
-            }
-            _ => {
-                let (client, connection) = config
-                    .connect_raw(raw, NoTls)
-                    .await
-                    .map_err(Failure::Client)?;
-                (client, tokio::spawn(connection))
-            }
-        };
-        Ok::<_, Failure>(connected)
-    };
-    let connecting = async {
-        let (client, task) = connecting.await?;
-        let kind = pin_search_path(&client).await.map_err(Failure::Client)?;
-        Ok::<_, Failure>((client, task, kind))
-    };
+/// Runs `connecting` within `connect_timeout`, like libpq (socket, TLS and
+/// authentication as a whole).
+async fn bounded<T>(
+    settings: &Settings,
+    connecting: impl std::future::Future<Output = std::result::Result<T, Failure>>,
+) -> std::result::Result<T, Failure> {
     let result = match settings.connect_timeout {
         Some(t) => tokio::time::timeout(t, connecting)
             .await
@@ -385,6 +454,34 @@ async fn attempt(
         }
         Failure::Socket(e) if e.kind() == io::ErrorKind::TimedOut => Failure::Timeout,
         other => other,
+    })
+}
+
+/// Whether the server at `settings` is a PgBouncer, and which version: its admin console
+/// (database `pgbouncer`, the simple query protocol) answers `SHOW VERSION` with
+/// `PgBouncer 1.x.y`. Asked only after a connection went wrong in a way a pooler explains
+/// (startup options dropped or refused, 08P01), with the same user and password, within
+/// `connect_timeout`. `None` when it is not (or does not let this user ask).
+async fn pgbouncer_version(settings: &Settings, password: Option<&Password>) -> Option<String> {
+    use tokio_postgres::SimpleQueryMessage;
+    let mut config = base_config(settings, "pgbouncer", password);
+    let asked = bounded(settings, async {
+        let (client, _task, _) = open(settings, &mut config).await?;
+        client
+            .simple_query("SHOW VERSION")
+            .await
+            .map_err(Failure::Client)
+    })
+    .await
+    .ok()?;
+    asked.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row
+            .try_get(0)
+            .ok()
+            .flatten()
+            .filter(|v| v.starts_with("PgBouncer"))
+            .map(str::to_owned),
+        _ => None,
     })
 }
 
@@ -435,6 +532,10 @@ pub async fn cancel(settings: &Settings, token: &tokio_postgres::CancelToken) ->
             reason: chain(&e),
             source: e,
         },
+        // Not a state a cancel request reaches (it never logs in).
+        Failure::OptionsDropped => ConnectError::OptionsDropped {
+            target: target.clone(),
+        },
     })
 }
 
@@ -443,12 +544,16 @@ pub async fn cancel(settings: &Settings, token: &tokio_postgres::CancelToken) ->
 async fn open_socket(settings: &Settings) -> std::result::Result<Socket, Failure> {
     match &settings.host {
         Host::Tcp(host) => {
-            let addrs = match settings.hostaddr {
+            let mut addrs = match settings.hostaddr {
                 Some(addr) => vec![addr],
                 None => stream::lookup(host, settings.port)
                     .await
                     .map_err(Failure::Socket)?,
             };
+            // libpq 16+ shuffles a name's addresses too.
+            if settings.load_balance_hosts {
+                shuffle(&mut addrs);
+            }
             stream::connect_tcp(&addrs, settings.port)
                 .await
                 .map_err(Failure::Socket)
@@ -513,30 +618,35 @@ fn pinned_options(user: Option<&str>) -> String {
     }
 }
 
-/// Checks that the session's `search_path` is the pinned one and pins it if not (a
-/// server-side setting cannot override a startup option, but a proxy may drop the option),
-/// and records the connection's backend pid as one of pgkill's own; it also reads what
-/// kind of server this is. The statements call only qualified functions and no operator,
+/// Checks that the session's `search_path` is the pinned one (a server-side setting
+/// cannot override a startup option; a pooler may drop it, and then pgkill stops), and
+/// reads the backend pid (see [`Kind::pid`]) and what kind of server this is. The statements call only qualified functions and no operator,
 /// so they are safe whatever `search_path` is.
-async fn pin_search_path(client: &Client) -> std::result::Result<Kind, tokio_postgres::Error> {
+async fn pin_search_path(client: &Client) -> std::result::Result<Kind, Failure> {
     let read = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.pg_backend_pid(), \
                 pg_catalog.current_setting('transaction_read_only'), pg_catalog.pg_is_in_recovery()";
     let is_pinned = |path: String| path.replace(' ', "") == SEARCH_PATH.replace(' ', "");
-    let row = client.query_one(read, &[]).await?;
-    crate::sessions::register_own_pid(row.try_get(1)?);
-    let kind = Kind {
-        read_only: row.try_get::<_, String>(2)? == "on",
-        in_recovery: row.try_get(3)?,
+    // Unnamed statements (`query_typed`), as everywhere: nothing left prepared on a
+    // connection a pooler may share.
+    let read = async {
+        let row = client.query_typed_one(read, &[]).await?;
+        let path: String = row.try_get(0)?;
+        let pid: i32 = row.try_get(1)?;
+        let kind = Kind {
+            read_only: row.try_get::<_, String>(2)? == "on",
+            in_recovery: row.try_get(3)?,
+            pid,
+            addr: None,
+        };
+        Ok::<_, tokio_postgres::Error>((path, kind))
     };
-    if is_pinned(row.try_get(0)?) {
-        return Ok(kind);
+    let (path, kind) = read.await.map_err(Failure::Client)?;
+    if !is_pinned(path) {
+        // PostgreSQL always applies a startup option: something in between (a pooler
+        // with `ignore_startup_parameters = options`) dropped it. Setting it now would
+        // change a pooled server connection other clients share: refuse instead.
+        return Err(Failure::OptionsDropped);
     }
-    client
-        .query_one(
-            "SELECT pg_catalog.set_config('search_path', $1, false)",
-            &[&SEARCH_PATH],
-        )
-        .await?;
     Ok(kind)
 }
 

@@ -344,7 +344,7 @@ fn parse_uri(rest: &str) -> Result<Params> {
             if close == 0 {
                 return Err(bad("empty IPv6 host address \"[]\" in the URI"));
             }
-            host = inner[..close].to_owned();
+            host = decode(&inner[..close], "host")?;
             s = &inner[close + 1..];
             if !(s.is_empty() || s.starts_with([':', '/', '?', ','])) {
                 return Err(bad(
@@ -613,6 +613,16 @@ mod tests {
                 ("host", "2001:db8::1234"),
                 ("port", "6000"),
                 ("dbname", "database")
+            ])
+        );
+        // Host lists (a host without a port leaves an empty port entry), with IPv6 in
+        // brackets percent-decoded like every other part.
+        assert_eq!(
+            parse("postgresql://a:1,[fe80::1%25eth0],c:3/db").unwrap(),
+            p(&[
+                ("host", "a,fe80::1%eth0,c"),
+                ("port", "1,,3"),
+                ("dbname", "db")
             ])
         );
         assert_eq!(

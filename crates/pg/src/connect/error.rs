@@ -63,8 +63,23 @@ pub enum ConnectError {
         /// Each host tried and why it did not do.
         attempts: Vec<String>,
     },
+    /// The server is a PgBouncer, not PostgreSQL.
+    #[error("the server at {target} is {version}, a connection pooler, not PostgreSQL: pgkill must talk to the PostgreSQL server itself to see and end sessions; connect it to the server behind the pooler (its address is in the pooler's [databases] section, or SHOW DATABASES on its admin console)")]
+    Pooler {
+        /// Where.
+        target: String,
+        /// `PgBouncer 1.18.0`.
+        version: String,
+    },
+    /// The session lacks the startup options pgkill sent (`search_path`,
+    /// `statement_timeout`): something between pgkill and PostgreSQL dropped them.
+    #[error("the connection to {target} lost pgkill's startup options (the pinned search_path): something between pgkill and PostgreSQL, such as a connection pooler with ignore_startup_parameters = options, dropped them; pgkill will not change settings on a connection that may be shared: connect it to the PostgreSQL server itself")]
+    OptionsDropped {
+        /// Where.
+        target: String,
+    },
     /// Host, hostaddr and port lists of different lengths (libpq's wording).
-    #[error("could not match {given} {what} to {hosts} hosts: give one port for all hosts or one per host")]
+    #[error("{}", count_mismatch(what, *given, *hosts))]
     HostCountMismatch {
         /// `port numbers` or `hostaddr values`.
         what: &'static str,
@@ -368,6 +383,14 @@ impl ConnectError {
                 | ConnectError::PasswordRequired { .. }
                 | ConnectError::AuthMethodRefused { .. }
         )
+    }
+}
+
+fn count_mismatch(what: &str, given: usize, hosts: usize) -> String {
+    if what == "hostaddr values" {
+        format!("could not match {hosts} host names to {given} hostaddr values: give one hostaddr per host (an empty entry looks the name up)")
+    } else {
+        format!("could not match {given} {what} to {hosts} hosts: give one port for all hosts or one per host")
     }
 }
 

@@ -537,12 +537,6 @@ impl Settings {
         matches!(self.host, Host::Socket(_))
     }
 
-    /// Whether the connection string named several servers (or a target kind of server):
-    /// then outputs say which one was reached.
-    pub fn is_multi_host(&self) -> bool {
-        self.endpoints.len() > 1 || self.reached.is_some_and(|(n, _)| n > 1)
-    }
-
     /// These settings for one of [`Settings::endpoints`] only.
     pub fn for_endpoint(&self, index: usize) -> Settings {
         let e = &self.endpoints[index];

@@ -876,16 +876,17 @@ mod tests {
         assert!(e.to_string().contains("abstract"), "{e}");
     }
 
-    fn hosts_of(s: &Settings) -> Vec<(String, Option<IpAddr>, u16)> {
+    fn hosts_of(s: &Settings) -> Vec<(Host, Option<IpAddr>, u16)> {
         s.endpoints
             .iter()
-            .map(|e| (e.host.to_string(), e.hostaddr, e.port))
+            .map(|e| (e.host.clone(), e.hostaddr, e.port))
             .collect()
     }
 
     #[test]
     fn several_hosts_as_in_libpq() {
-        let tcp = |h: &str, p| (h.to_owned(), None, p);
+        let tcp = |h: &str, p| (Host::Tcp(h.to_owned()), None, p);
+        let socket = |d: &str, p| (Host::Socket(PathBuf::from(d)), None, p);
         let s = resolve(&conn("host=a,b port=1,2"), &base_env()).unwrap();
         assert_eq!(hosts_of(&s), [tcp("a", 1), tcp("b", 2)]);
         assert_eq!((s.host.to_string(), s.port), ("a".to_owned(), 1));
@@ -893,7 +894,7 @@ mod tests {
         let s = resolve(&conn("host=a,,/sock port=7"), &base_env()).unwrap();
         assert_eq!(
             hosts_of(&s),
-            [tcp("a", 7), tcp("/tmp", 7), ("/sock".to_owned(), None, 7)]
+            [tcp("a", 7), socket("/tmp", 7), socket("/sock", 7)]
         );
         let s = resolve(&conn("host=a,b port=,9"), &base_env()).unwrap();
         assert_eq!(hosts_of(&s), [tcp("a", 5432), tcp("b", 9)]);
@@ -909,7 +910,11 @@ mod tests {
         assert_eq!(
             hosts_of(&s),
             [
-                ("a".to_owned(), Some("10.0.0.1".parse().unwrap()), 5432),
+                (
+                    Host::Tcp("a".into()),
+                    Some("10.0.0.1".parse().unwrap()),
+                    5432
+                ),
                 tcp("b", 5432)
             ]
         );
@@ -920,10 +925,9 @@ mod tests {
             "could not match 2 port numbers to 3 hosts: give one port for all hosts or one per host"
         );
         let e = resolve(&conn("host=a,b hostaddr=10.0.0.1"), &base_env()).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("could not match 1 hostaddr values to 2 hosts"),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            "could not match 2 host names to 1 hostaddr values: give one hostaddr per host (an empty entry looks the name up)"
         );
         let e = resolve(&conn("host=a,b port=1,x"), &base_env()).unwrap_err();
         assert!(

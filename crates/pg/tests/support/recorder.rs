@@ -25,6 +25,41 @@ impl Drop for Recorder {
 
 /// Starts a proxy to the server on 127.0.0.1:`port`.
 pub async fn recorder(port: u16) -> Result<Recorder> {
+    proxy(port, false).await
+}
+
+/// Starts a proxy to the server on 127.0.0.1:`port` that removes the `options` parameter
+/// from each startup packet, as a pooler with `ignore_startup_parameters = options`
+/// does (clients must not use TLS through it: it reads the startup packet in the clear).
+pub async fn options_dropper(port: u16) -> Result<Recorder> {
+    proxy(port, true).await
+}
+
+/// A startup packet (length included) without its `options` parameter.
+fn without_options(packet: &[u8]) -> Vec<u8> {
+    let mut body = packet[4..8].to_vec();
+    let mut parts = packet[8..].split(|b| *b == 0);
+    while let (Some(key), Some(value)) = (parts.next(), parts.next()) {
+        if key.is_empty() {
+            break;
+        }
+        if key != b"options" {
+            for part in [key, value] {
+                body.extend_from_slice(part);
+                body.push(0);
+            }
+        }
+    }
+    body.push(0);
+    let mut out = u32::try_from(body.len() + 4)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+async fn proxy(port: u16, drop_options: bool) -> Result<Recorder> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let local = listener.local_addr()?.port();
     let sent = Arc::new(Mutex::new(Vec::new()));
@@ -39,6 +74,23 @@ pub async fn recorder(port: u16) -> Result<Recorder> {
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
                 let up = async {
+                    if drop_options {
+                        let mut len = [0u8; 4];
+                        if cr.read_exact(&mut len).await.is_err() {
+                            return;
+                        }
+                        let n = u32::from_be_bytes(len) as usize;
+                        let mut packet = len.to_vec();
+                        packet.resize(n, 0);
+                        if cr.read_exact(&mut packet[4..]).await.is_err() {
+                            return;
+                        }
+                        let packet = without_options(&packet);
+                        log.lock().unwrap().extend_from_slice(&packet);
+                        if sw.write_all(&packet).await.is_err() {
+                            return;
+                        }
+                    }
                     let mut buf = [0u8; 4096];
                     while let Ok(n @ 1..) = cr.read(&mut buf).await {
                         log.lock().unwrap().extend_from_slice(&buf[..n]);
