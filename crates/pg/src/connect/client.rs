@@ -120,7 +120,13 @@ pub async fn connect_reusable(
         false => None,
     };
     let mut typed = forced.clone();
+    let second_round = rounds.len() > 1;
     for want in rounds {
+        let round = if second_round && want == TargetSessionAttrs::Any {
+            " (second round, any server)"
+        } else {
+            ""
+        };
         for &i in &order {
             let mut one = settings.for_endpoint(i);
             one.force_password_prompt = false;
@@ -136,14 +142,14 @@ pub async fn connect_reusable(
                         typed.clone_from(&settled.password);
                     }
                     if let Some(why) = kind.mismatch(want) {
-                        attempts.push(format!("{}: {why}", one.describe()));
+                        attempts.push(format!("{}{round}: {why}", one.describe()));
                         drop(client);
                         continue;
                     }
                     crate::sessions::register_own_pid(kind.pid);
                     return Ok((client, task, settled));
                 }
-                Err(e) if moves_on(&e) => attempts.push(e.to_string()),
+                Err(e) if moves_on(&e) => attempts.push(format!("{e}{round}")),
                 Err(e) => return Err(e),
             }
         }
