@@ -1,0 +1,222 @@
+//! A real PgBouncer in front of a sandbox, on every PostgreSQL version: for each PgBouncer
+//! version (1.18, 1.24.1) and pool mode (session, transaction), an application connection
+//! through the pooler reaches the database its alias names, on a backend PgBouncer
+//! reports as its server; the admin console reports the expected version; a stats user
+//! can `SHOW CLIENTS` but not `PAUSE`; and once the bouncer is dropped its process is
+//! gone, its clients are cut off, its port is free and its directory removed.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use pgkill_sandbox::{
+    cases, roles, Bouncer, BouncerOptions, BouncerVersion, Installation, Options, PoolMode, Sandbox,
+};
+use tokio_postgres::SimpleQueryMessage;
+
+fn main() {
+    pgkill_sandbox::matrix::main(cases![
+        pgbouncer_1_18_session,
+        pgbouncer_1_18_transaction,
+        pgbouncer_1_24_1_session,
+        pgbouncer_1_24_1_transaction,
+    ]);
+}
+
+const APP_DB: &str = "bouncer_target";
+const ALIAS: &str = "app";
+const APP_ROLE: &str = roles::PLAIN;
+const STATS_ROLE: &str = roles::SIGNALLER;
+
+async fn pgbouncer_1_18_session(pg: Installation) -> Result<()> {
+    through_the_pooler(pg, BouncerVersion::V1_18, PoolMode::Session).await
+}
+
+async fn pgbouncer_1_18_transaction(pg: Installation) -> Result<()> {
+    through_the_pooler(pg, BouncerVersion::V1_18, PoolMode::Transaction).await
+}
+
+async fn pgbouncer_1_24_1_session(pg: Installation) -> Result<()> {
+    through_the_pooler(pg, BouncerVersion::V1_24_1, PoolMode::Session).await
+}
+
+async fn pgbouncer_1_24_1_transaction(pg: Installation) -> Result<()> {
+    through_the_pooler(pg, BouncerVersion::V1_24_1, PoolMode::Transaction).await
+}
+
+/// The first row of a simple query's result, as text.
+fn first_row(messages: &[SimpleQueryMessage]) -> Result<Vec<Option<String>>> {
+    for message in messages {
+        if let SimpleQueryMessage::Row(row) = message {
+            return Ok((0..row.len())
+                .map(|i| row.get(i).map(str::to_owned))
+                .collect());
+        }
+    }
+    bail!("the query returned no row")
+}
+
+async fn through_the_pooler(
+    pg: Installation,
+    version: BouncerVersion,
+    mode: PoolMode,
+) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database(APP_DB, None).await?;
+    let options = BouncerOptions::new(version, mode)
+        .database(ALIAS, APP_DB)
+        .stats_user(STATS_ROLE);
+    let bouncer = Bouncer::start(&sb, &options)?;
+    ensure!(
+        version.matches(bouncer.reported_version()),
+        "started {} for {version}",
+        bouncer.reported_version()
+    );
+
+    // An application connection: the alias leads to the right database, as the right
+    // role, on the sandbox server; the backend is one PgBouncer lists as its server.
+    // Simple queries, as transaction pooling wants (no prepared statements).
+    let app = bouncer
+        .connect(ALIAS, APP_ROLE)
+        .await
+        .context("application connection through the pooler")?;
+    let row = first_row(
+        &app.simple_query(
+            "SELECT pg_catalog.current_database(), current_user, \
+             pg_catalog.inet_server_port()::text, pg_catalog.pg_backend_pid()::text",
+        )
+        .await?,
+    )?;
+    let want_port = sb.port().to_string();
+    ensure!(
+        row[0].as_deref() == Some(APP_DB)
+            && row[1].as_deref() == Some(APP_ROLE)
+            && row[2].as_deref() == Some(want_port.as_str()),
+        "through alias {ALIAS} as {APP_ROLE}: got {row:?}, wanted {APP_DB}, {APP_ROLE}, port {want_port}"
+    );
+    let backend_pid: i32 = row[3].as_deref().unwrap_or_default().parse()?;
+    let direct = sb.admin("postgres").await?;
+    let seen = direct
+        .query_opt(
+            "SELECT datname::text, usename::text, host(client_addr) FROM pg_catalog.pg_stat_activity \
+             WHERE pid = $1",
+            &[&backend_pid],
+        )
+        .await?
+        .ok_or_else(|| anyhow!("backend {backend_pid} is not on the sandbox server"))?;
+    let seen: (String, String, Option<String>) = (seen.get(0), seen.get(1), seen.get(2));
+    ensure!(
+        seen == (APP_DB.into(), APP_ROLE.into(), Some("127.0.0.1".into())),
+        "the backend on the server: {seen:?}"
+    );
+
+    // The admin console (simple query protocol only) reports the version.
+    let admin = bouncer.admin(roles::ADMIN).await?;
+    let shown = admin.simple_query("SHOW VERSION").await?;
+    let shown = shown
+        .first()
+        .and_then(|r| r.get("version"))
+        .ok_or_else(|| anyhow!("SHOW VERSION gave no version: {shown:?}"))?
+        .to_owned();
+    ensure!(
+        shown == format!("PgBouncer {}", bouncer.reported_version()),
+        "SHOW VERSION said {shown:?}, the binary {}",
+        bouncer.reported_version()
+    );
+    let servers = admin.simple_query("SHOW SERVERS").await?;
+    ensure!(
+        servers.iter().any(|s| s.get("database") == Some(ALIAS)
+            && s.get("user") == Some(APP_ROLE)
+            && s.get("remote_pid") == Some(backend_pid.to_string().as_str())),
+        "SHOW SERVERS does not list backend {backend_pid}: {servers:?}"
+    );
+
+    // A stats user sees the clients but may not pause.
+    let stats = bouncer.admin(STATS_ROLE).await?;
+    let clients = stats.simple_query("SHOW CLIENTS").await?;
+    ensure!(
+        clients
+            .iter()
+            .any(|c| c.get("database") == Some(ALIAS) && c.get("user") == Some(APP_ROLE)),
+        "SHOW CLIENTS (as stats user) does not list the application: {clients:?}"
+    );
+    let denied = match stats.simple_query("PAUSE").await {
+        Ok(rows) => bail!("a stats user could PAUSE: {rows:?}"),
+        Err(e) => e,
+    };
+    let refusal = match &denied {
+        pgkill_sandbox::Error::Sql { source, .. } => source.as_db_error(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        anyhow!("PAUSE as stats user failed, but not with an error from PgBouncer: {denied:#}")
+    })?;
+    ensure!(
+        refusal.message().contains("admin access needed"),
+        "PAUSE as stats user was refused otherwise: {} {}",
+        refusal.code().code(),
+        refusal.message()
+    );
+    let databases = admin.simple_query("SHOW DATABASES").await?;
+    let paused = databases
+        .iter()
+        .find(|d| d.get("name") == Some(ALIAS))
+        .and_then(|d| d.get("paused"))
+        .ok_or_else(|| anyhow!("SHOW DATABASES has no {ALIAS}: {databases:?}"))?;
+    ensure!(
+        paused == "0",
+        "{ALIAS} is paused ({paused}) after a refused PAUSE"
+    );
+    let row = first_row(&app.simple_query("SELECT 1").await?)?;
+    ensure!(
+        row[0].as_deref() == Some("1"),
+        "the application after the refused PAUSE: {row:?}"
+    );
+
+    // Dropping the bouncer: its process goes, its clients are cut off, its port is free,
+    // its directory removed.
+    let (pid, port, dir) = (bouncer.pid(), bouncer.port(), bouncer.dir().to_path_buf());
+    ensure!(
+        pgkill_sandbox::process_alive(pid),
+        "pgbouncer {pid} is not running"
+    );
+    let dropping = Instant::now();
+    drop(bouncer);
+    // SIGKILL would only come after 10 s: this was the immediate shutdown.
+    ensure!(
+        dropping.elapsed() < Duration::from_secs(5),
+        "dropping the bouncer took {:?}",
+        dropping.elapsed()
+    );
+    ensure!(
+        !pgkill_sandbox::process_alive(pid),
+        "pgbouncer {pid} survived its drop"
+    );
+    ensure!(!dir.exists(), "{} survived the drop", dir.display());
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .with_context(|| format!("port {port} is still taken after the drop"))?;
+    ensure!(
+        app.simple_query("SELECT 1").await.is_err(),
+        "the application connection still works after the bouncer went"
+    );
+    // Its server connection goes too (PgBouncer closed it), on the server's own time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1",
+                &[&backend_pid],
+            )
+            .await?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "backend {backend_pid} still there 10 s after the bouncer went"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
