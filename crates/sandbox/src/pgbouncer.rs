@@ -208,36 +208,41 @@ impl BouncerBinary {
     /// how to install it, never a reason to skip.
     pub fn find(version: BouncerVersion) -> Result<BouncerBinary> {
         let explicit = std::env::var_os("PGKILL_PGBOUNCER_BIN").unwrap_or_default();
-        for entry in std::env::split_paths(&explicit).filter(|p| !p.as_os_str().is_empty()) {
-            let path = if entry.is_dir() {
+        find_in(version, &explicit, &bouncer_cache_dir())
+    }
+}
+
+/// [`BouncerBinary::find`] with the override list and the cache given.
+fn find_in(
+    version: BouncerVersion,
+    explicit: &std::ffi::OsStr,
+    cache: &Path,
+) -> Result<BouncerBinary> {
+    let cached = cache.join(version.as_str()).join("bin").join("pgbouncer");
+    let explicit = std::env::split_paths(explicit)
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|entry| {
+            if entry.is_dir() {
                 entry.join("pgbouncer")
             } else {
                 entry
-            };
-            if let Some(reported) = reported_version(&path) {
-                if version.matches(&reported) {
-                    return Ok(BouncerBinary {
-                        version,
-                        reported,
-                        path,
-                    });
-                }
+            }
+        });
+    for path in explicit.chain(std::iter::once(cached)) {
+        if let Some(reported) = reported_version(&path) {
+            if version.matches(&reported) {
+                return Ok(BouncerBinary {
+                    version,
+                    reported,
+                    path,
+                });
             }
         }
-        let cache = bouncer_cache_dir();
-        let path = cache.join(version.as_str()).join("bin").join("pgbouncer");
-        match reported_version(&path) {
-            Some(reported) if version.matches(&reported) => Ok(BouncerBinary {
-                version,
-                reported,
-                path,
-            }),
-            _ => Err(Error::MissingBouncer {
-                version: version.as_str().to_owned(),
-                cache: cache.display().to_string(),
-            }),
-        }
     }
+    Err(Error::MissingBouncer {
+        version: version.as_str().to_owned(),
+        cache: cache.display().to_string(),
+    })
 }
 
 /// `x.y.z` of `PgBouncer x.y.z`, the first line of `pgbouncer --version`.
@@ -777,6 +782,67 @@ mod tests {
             &BouncerOptions::new(BouncerVersion::V1_18, PoolMode::Session),
         );
         assert!(wildcard.contains("\n* = host=127.0.0.1 port=5432\n"));
+    }
+
+    /// A stand-in `pgbouncer` that reports `version`, in a directory of its own.
+    fn fake_bouncer(version: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgbouncer");
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho 'PgBouncer {version}'\necho 'libevent 2.1.12-stable'\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn missing_version_names_the_fetch_script() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = find_in(BouncerVersion::V1_24_1, "".as_ref(), empty.path()).unwrap_err();
+        assert!(matches!(err, Error::MissingBouncer { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("scripts/fetch-pgbouncer 1.24.1"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&empty.path().display().to_string()),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn override_comes_first_and_must_be_the_version() {
+        let cache = tempfile::tempdir().unwrap();
+        let cached = cache.path().join("1.18").join("bin");
+        std::fs::create_dir_all(&cached).unwrap();
+        let cached_fake = fake_bouncer("1.18.0");
+        std::fs::copy(
+            cached_fake.path().join("pgbouncer"),
+            cached.join("pgbouncer"),
+        )
+        .unwrap();
+        let other = fake_bouncer("1.24.1");
+        let wanted = fake_bouncer("1.18.3");
+        // A directory and a file path; the one of another version is passed over.
+        let list =
+            std::env::join_paths([other.path().to_path_buf(), wanted.path().join("pgbouncer")])
+                .unwrap();
+        let found = find_in(BouncerVersion::V1_18, &list, cache.path()).unwrap();
+        assert_eq!(found.reported, "1.18.3");
+        assert_eq!(found.path, wanted.path().join("pgbouncer"));
+        // Without an override of that version, the cache's.
+        let found = find_in(
+            BouncerVersion::V1_18,
+            other.path().as_os_str(),
+            cache.path(),
+        )
+        .unwrap();
+        assert_eq!(found.path, cached.join("pgbouncer"));
+        let found = find_in(BouncerVersion::V1_24_1, &list, cache.path()).unwrap();
+        assert_eq!(found.path, other.path().join("pgbouncer"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! gone, its clients are cut off, its port is free and its directory removed.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -73,6 +74,17 @@ async fn through_the_pooler(
         bouncer.reported_version()
     );
 
+    // It runs as the servers' OS user (not root), with a private directory, and in the
+    // mode asked for, on 127.0.0.1 only.
+    let server_uid = std::fs::metadata(sb.data_dir())?.uid();
+    let bouncer_uid = std::fs::metadata(format!("/proc/{}", bouncer.pid()))?.uid();
+    ensure!(
+        bouncer_uid == server_uid,
+        "pgbouncer runs as uid {bouncer_uid}, the server as {server_uid}"
+    );
+    let dir_mode = std::fs::metadata(bouncer.dir())?.permissions().mode() & 0o777;
+    ensure!(dir_mode == 0o700, "its directory has mode {dir_mode:o}");
+
     // An application connection: the alias leads to the right database, as the right
     // role, on the sandbox server; the backend is one PgBouncer lists as its server.
     // Simple queries, as transaction pooling wants (no prepared statements).
@@ -122,6 +134,21 @@ async fn through_the_pooler(
         shown == format!("PgBouncer {}", bouncer.reported_version()),
         "SHOW VERSION said {shown:?}, the binary {}",
         bouncer.reported_version()
+    );
+    let config = admin.simple_query("SHOW CONFIG").await?;
+    let setting = |key: &str| {
+        config
+            .iter()
+            .find(|r| r.get("key") == Some(key))
+            .and_then(|r| r.get("value"))
+            .map(str::to_owned)
+    };
+    ensure!(
+        setting("pool_mode").as_deref() == Some(mode.as_str())
+            && setting("listen_addr").as_deref() == Some("127.0.0.1"),
+        "SHOW CONFIG: pool_mode {:?}, listen_addr {:?}",
+        setting("pool_mode"),
+        setting("listen_addr")
     );
     let servers = admin.simple_query("SHOW SERVERS").await?;
     ensure!(
