@@ -3,7 +3,10 @@
 //! through the pooler reaches the database its alias names, on a backend PgBouncer
 //! reports as its server; the admin console reports the expected version; a stats user
 //! can `SHOW CLIENTS` but not `PAUSE`; and once the bouncer is dropped its process is
-//! gone, its clients are cut off, its port is free and its directory removed.
+//! gone, its clients are cut off, its port is free and its directory removed, also when
+//! the test holding it panics.
+
+#![allow(clippy::panic)] // a test harness: one case panics on purpose
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -21,6 +24,7 @@ fn main() {
         pgbouncer_1_18_transaction,
         pgbouncer_1_24_1_session,
         pgbouncer_1_24_1_transaction,
+        teardown_on_panic_leaves_nothing,
     ]);
 }
 
@@ -244,6 +248,39 @@ async fn through_the_pooler(
             "backend {backend_pid} still there 10 s after the bouncer went"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// A test that panics while holding a bouncer (of each version) leaves no process, no
+/// directory and no taken port behind.
+async fn teardown_on_panic_leaves_nothing(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    for version in BouncerVersion::ALL {
+        let options = BouncerOptions::new(version, PoolMode::Session);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let joined = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let bouncer = Bouncer::start(&sb, &options);
+                    let held = bouncer
+                        .as_ref()
+                        .map(|b| (b.pid(), b.port(), b.dir().to_path_buf()))
+                        .map_err(|e| format!("{e:#}"));
+                    let _ = tx.send(held);
+                    panic!("on purpose, holding a PgBouncer {version}");
+                })
+                .join()
+        });
+        ensure!(joined.is_err(), "the thread did not panic");
+        let (pid, port, dir) = rx.recv()?.map_err(|e| anyhow!("starting {version}: {e}"))?;
+        ensure!(
+            !pgkill_sandbox::process_alive(pid),
+            "pgbouncer {version} ({pid}) survived the panic"
+        );
+        ensure!(!dir.exists(), "{} survived the panic", dir.display());
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .with_context(|| format!("port {port} of pgbouncer {version} is still taken"))?;
     }
     Ok(())
 }
