@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
 use crate::runas::RunAs;
-use crate::server::{free_port, log_tail, sandbox_root, write_new};
+use crate::server::{free_port, log_tail, write_new};
 use crate::{roles, Error, Result, Sandbox};
 
 const DIR_PREFIX: &str = "pgkill-bouncer-";
@@ -137,8 +137,9 @@ pub struct BouncerOptions {
     pub admin_users: Vec<String>,
     /// `stats_users`: sandbox roles that may only run the console's `SHOW` commands.
     pub stats_users: Vec<String>,
-    /// Where its directory goes; `None`: where the sandboxes go (`$PGKILL_SANDBOX_DIR`,
-    /// else `/dev/shm`, else the temp directory).
+    /// Where its directory goes; `None`: inside the sandbox's server directory (private
+    /// to the servers' OS user), so that what a killed test leaves behind is swept with
+    /// its sandbox.
     pub dir: Option<PathBuf>,
 }
 
@@ -264,6 +265,9 @@ fn reported_version(path: &Path) -> Option<String> {
 
 /// A running PgBouncer in front of one sandbox server, listening on 127.0.0.1 only.
 ///
+/// Drop it before its sandbox: its directory is inside the sandbox's (unless
+/// [`BouncerOptions::dir`] says otherwise), and its server is the sandbox's.
+///
 /// Its clients log in with the sandbox's roles and passwords (SCRAM-SHA-256), as do its
 /// server connections. Dropping it stops the process (immediate shutdown: SIGTERM on
 /// 1.18, SIGQUIT on 1.24.1, whose SIGTERM waits for the clients to leave; then
@@ -317,7 +321,10 @@ impl Bouncer {
                 ),
             });
         }
-        let root = options.dir.clone().unwrap_or_else(sandbox_root);
+        let root = options
+            .dir
+            .clone()
+            .unwrap_or_else(|| sandbox.socket_dir().to_path_buf());
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
             .permissions(std::fs::Permissions::from_mode(0o700))
