@@ -18,13 +18,20 @@ use pgkill_sandbox::{
 };
 use tokio_postgres::SimpleQueryMessage;
 
+const HOLD_ENV: &str = "PGKILL_BOUNCER_TEST_HOLD";
+
 fn main() {
+    // Re-executed by `bouncer_dies_with_its_process`: start bouncers, say where, hang.
+    if let Ok(bin_dir) = std::env::var(HOLD_ENV) {
+        hold(std::path::PathBuf::from(bin_dir));
+    }
     pgkill_sandbox::matrix::main(cases![
         pgbouncer_1_18_session,
         pgbouncer_1_18_transaction,
         pgbouncer_1_24_1_session,
         pgbouncer_1_24_1_transaction,
         teardown_on_panic_leaves_nothing,
+        bouncer_dies_with_its_process,
     ]);
 }
 
@@ -281,6 +288,88 @@ async fn teardown_on_panic_leaves_nothing(pg: Installation) -> Result<()> {
         ensure!(!dir.exists(), "{} survived the panic", dir.display());
         TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .with_context(|| format!("port {port} of pgbouncer {version} is still taken"))?;
+    }
+    Ok(())
+}
+
+/// The body of the process `bouncer_dies_with_its_process` kills: a sandbox with one
+/// bouncer of each version; prints `pid dir` of each on one line, then waits to be killed.
+fn hold(bin_dir: std::path::PathBuf) -> ! {
+    let held = || -> Result<(Sandbox, Vec<Bouncer>)> {
+        let inst = Installation::probe(&bin_dir, pgkill_sandbox::Source::Explicit)
+            .ok_or_else(|| anyhow!("no installation in {}", bin_dir.display()))?;
+        let sb = Sandbox::start(&inst, &Options::default())?;
+        let mut bouncers = Vec::new();
+        for version in BouncerVersion::ALL {
+            bouncers.push(Bouncer::start(
+                &sb,
+                &BouncerOptions::new(version, PoolMode::Transaction),
+            )?);
+        }
+        Ok((sb, bouncers))
+    };
+    let code = match held() {
+        Ok((_sb, bouncers)) => {
+            let line: Vec<String> = bouncers
+                .iter()
+                .map(|b| format!("{} {}", b.pid(), b.dir().display()))
+                .collect();
+            println!("{}", line.join(" "));
+            std::thread::sleep(Duration::from_secs(600));
+            0
+        }
+        Err(e) => {
+            println!("error {e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+/// When the process holding a bouncer is killed outright (no destructor runs), PgBouncer
+/// goes with it (parent-death signal: its immediate shutdown), and its directory, inside
+/// the sandbox's, is swept with the sandbox's by the next sandbox started.
+async fn bouncer_dies_with_its_process(pg: Installation) -> Result<()> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .env(HOLD_ENV, &pg.bin_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    ensure!(
+        words.len() == 2 * BouncerVersion::ALL.len() && words[0] != "error",
+        "the holder said {line:?}"
+    );
+    let mut held = Vec::new();
+    for pair in words.chunks(2) {
+        let pid: u32 = pair[0].parse().with_context(|| line.clone())?;
+        ensure!(
+            pgkill_sandbox::process_alive(pid),
+            "pgbouncer {pid} is not running"
+        );
+        held.push((pid, std::path::PathBuf::from(pair[1])));
+    }
+
+    child.kill()?; // SIGKILL: no destructor runs
+    child.wait()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held
+        .iter()
+        .any(|(pid, _)| pgkill_sandbox::process_alive(*pid))
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "pgbouncer outlived its owner by 10 s: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _next = Sandbox::start(&pg, &Options::default())?;
+    for (_, dir) in &held {
+        ensure!(!dir.exists(), "stale {} was not swept", dir.display());
     }
     Ok(())
 }
