@@ -31,6 +31,27 @@ pub enum Error {
         /// The project cache directory.
         cache: String,
     },
+    /// A PgBouncer version that was asked for is not installed.
+    #[error(
+        "PgBouncer {version} not found. Run `scripts/fetch-pgbouncer {version}` \
+         (installs into {cache}) or set PGKILL_PGBOUNCER_BIN to its pgbouncer binary."
+    )]
+    MissingBouncer {
+        /// The version asked for.
+        version: String,
+        /// The project cache directory.
+        cache: String,
+    },
+    /// PgBouncer did not start listening.
+    #[error("PgBouncer did not start within {seconds}s; its log ({log}) ends with:\n{tail}")]
+    BouncerNotReady {
+        /// How long we waited.
+        seconds: u64,
+        /// Where its log is.
+        log: PathBuf,
+        /// Last lines of its log.
+        tail: String,
+    },
     /// A program (initdb, postgres) could not be run or failed.
     #[error("{program} failed: {detail}")]
     Program {

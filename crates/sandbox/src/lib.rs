@@ -13,11 +13,14 @@
 //! - [`sim`] opens real client sessions of named kinds (idle, idle in transaction,
 //!   active, lock chains, prepared transactions, committing writers, reconnecting pools)
 //!   and records how each one ended;
+//! - [`Bouncer`] runs a real PgBouncer (1.18 or 1.24.1, from `scripts/fetch-pgbouncer`)
+//!   in front of a sandbox, in session, transaction or statement mode;
 //! - [`matrix`] runs a test suite once per installed major version.
 
 mod error;
 mod install;
 pub mod matrix;
+mod pgbouncer;
 pub mod roles;
 mod runas;
 mod server;
@@ -26,4 +29,8 @@ mod template;
 
 pub use error::{Error, Result};
 pub use install::{Installation, Source};
+pub use pgbouncer::{
+    bouncer_cache_dir, Bouncer, BouncerBinary, BouncerOptions, BouncerVersion, Console, ConsoleRow,
+    PoolMode,
+};
 pub use server::{process_alive, Options, Sandbox, StartTiming};

@@ -453,6 +453,11 @@ impl Sandbox {
         self.passwords.lock().get(role).cloned()
     }
 
+    /// Every role this sandbox knows the password of, with it (for a pooler's auth file).
+    pub(crate) fn role_passwords(&self) -> BTreeMap<String, String> {
+        self.passwords.lock().clone()
+    }
+
     /// What a client program needs in its environment to log in to this server as any
     /// of its roles: `PGHOST`, `PGPORT` and `PGPASSFILE` (add `PGUSER` or `-U`).
     pub fn client_env(&self) -> Vec<(&'static str, String)> {
@@ -609,7 +614,7 @@ fn effective_user_name() -> Result<String> {
 
 /// Creates `path` with `contents`: a new file (never an existing one, never through a
 /// symlink), mode 0600.
-fn write_new(path: &Path, contents: &[u8]) -> Result<()> {
+pub(crate) fn write_new(path: &Path, contents: &[u8]) -> Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -794,7 +799,7 @@ enum Launch {
     Failed(Error),
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener =
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(Error::io("bind", "127.0.0.1:0"))?;
     let port = listener
@@ -1112,7 +1117,7 @@ fn postmaster_ready(pid_file: &Path) -> bool {
         .is_some_and(|l| matches!(l.trim(), "ready" | "standby"))
 }
 
-fn log_tail(path: &Path, offset: u64) -> String {
+pub(crate) fn log_tail(path: &Path, offset: u64) -> String {
     let mut text = String::new();
     if let Ok(mut f) = File::open(path) {
         let _ = f.seek(SeekFrom::Start(offset));
