@@ -10,6 +10,7 @@ pub mod fence;
 pub mod filter;
 pub mod plan;
 pub mod planner;
+pub mod pooler;
 pub mod printable;
 pub mod quote;
 pub mod session;

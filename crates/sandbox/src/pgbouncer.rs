@@ -137,6 +137,9 @@ pub struct BouncerOptions {
     pub admin_users: Vec<String>,
     /// `stats_users`: sandbox roles that may only run the console's `SHOW` commands.
     pub stats_users: Vec<String>,
+    /// `ignore_startup_parameters`: startup parameters PgBouncer accepts and drops
+    /// (`extra_float_digits` by default, which psql and JDBC send).
+    pub ignore_startup_parameters: Vec<String>,
     /// Where its directory goes; `None`: inside the sandbox's server directory (private
     /// to the servers' OS user), so that what a killed test leaves behind is swept with
     /// its sandbox.
@@ -159,8 +162,16 @@ impl BouncerOptions {
             query_wait_timeout: Duration::from_secs(120),
             admin_users: vec![roles::ADMIN.to_owned()],
             stats_users: Vec::new(),
+            ignore_startup_parameters: vec!["extra_float_digits".to_owned()],
             dir: None,
         }
+    }
+
+    /// Also accepts and drops startup parameter `name` (e.g. `options`, as many
+    /// deployments configure so that clients sending it can log in).
+    pub fn ignore_startup_parameter(mut self, name: &str) -> Self {
+        self.ignore_startup_parameters.push(name.to_owned());
+        self
     }
 
     /// Adds a `[databases]` entry: `alias` leads to the server's database `dbname`.
@@ -571,8 +582,11 @@ fn ini_text(dir: &Path, port: u16, server_port: u16, options: &BouncerOptions) -
         ("query_wait_timeout", seconds(options.query_wait_timeout)),
         ("admin_users", options.admin_users.join(",")),
         ("stats_users", options.stats_users.join(",")),
-        // Sent by psql and JDBC; PgBouncer refuses unknown startup parameters otherwise.
-        ("ignore_startup_parameters", "extra_float_digits".into()),
+        // PgBouncer refuses unknown startup parameters otherwise.
+        (
+            "ignore_startup_parameters",
+            options.ignore_startup_parameters.join(","),
+        ),
         ("server_tls_sslmode", "disable".into()),
     ];
     text.push_str("\n[pgbouncer]\n");

@@ -1,0 +1,399 @@
+//! PgBouncer as pgkill sees it: what its admin console's `SHOW` commands say (parsed by
+//! column name, since columns were added and moved across versions), and how its
+//! connections line up with the server's sessions. Pure: the console is read by
+//! `pgkill_pg::pgbouncer`.
+//!
+//! A server backend belongs to a pooler when its client address and port
+//! (`pg_stat_activity.client_addr/client_port`) are one of the pooler's server
+//! connections' `local_addr/local_port` (`SHOW SERVERS`). The application using it right
+//! now is the client whose `link` is that server's `ptr` (`SHOW CLIENTS`). Application
+//! connections linked to no server are sessions of their own, without a backend.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+/// One row of a `SHOW` command: column name to value (`None`: NULL).
+pub type ShowRow = BTreeMap<String, Option<String>>;
+
+/// A PgBouncer version, from `SHOW VERSION` (`PgBouncer 1.24.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PoolerVersion {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+    /// Patch.
+    pub patch: u32,
+}
+
+impl PoolerVersion {
+    /// Reads `PgBouncer 1.24.1` (anything after the numbers, such as `/bouncer` or a build
+    /// note, is ignored). `None` if the text is not PgBouncer's.
+    pub fn parse(text: &str) -> Option<PoolerVersion> {
+        let rest = text.trim().strip_prefix("PgBouncer")?.trim_start();
+        let numbers: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let mut parts = numbers.split('.').map(|p| p.parse::<u32>().ok());
+        let major = parts.next()??;
+        let minor = parts.next()??;
+        let patch = parts.next().flatten().unwrap_or(0);
+        Some(PoolerVersion {
+            major,
+            minor,
+            patch,
+        })
+    }
+
+    /// Whether `KILL_CLIENT` exists (1.24+).
+    pub fn has_kill_client(self) -> bool {
+        self >= PoolerVersion::new(1, 24, 0)
+    }
+
+    /// Whether `KILL_CLIENT` is open to `stats_users` (1.24.0 to 1.25.1, CVE-2026-6667).
+    pub fn kill_client_open_to_stats_users(self) -> bool {
+        self.has_kill_client() && self < PoolerVersion::new(1, 25, 2)
+    }
+
+    /// `major.minor.patch`.
+    pub const fn new(major: u32, minor: u32, patch: u32) -> PoolerVersion {
+        PoolerVersion {
+            major,
+            minor,
+            patch,
+        }
+    }
+}
+
+impl fmt::Display for PoolerVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+fn text(row: &ShowRow, column: &str) -> Option<String> {
+    row.get(column).cloned().flatten().filter(|v| !v.is_empty())
+}
+
+fn number<T: std::str::FromStr>(row: &ShowRow, column: &str) -> Option<T> {
+    text(row, column).and_then(|v| v.trim().parse().ok())
+}
+
+fn flag(row: &ShowRow, column: &str) -> bool {
+    number::<i64>(row, column).is_some_and(|n| n != 0)
+}
+
+/// A connection the pooler has with an application (`SHOW CLIENTS`) or with the server
+/// (`SHOW SERVERS`): the two share their columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolConnection {
+    /// `id` (1.24+): stable, what `KILL_CLIENT` takes.
+    pub id: Option<i64>,
+    /// `ptr`: the pooler's handle for the connection (reused after it closes).
+    pub ptr: String,
+    /// `link`: the `ptr` of the connection it is paired with right now, if any.
+    pub link: Option<String>,
+    /// `user`.
+    pub user: String,
+    /// `database`: the pooler's database name (an alias of the server's).
+    pub database: String,
+    /// `state`: `active`, `idle`, `used`, `waiting`, ...
+    pub state: String,
+    /// `addr`: the other end (the application, or the server).
+    pub addr: Option<IpAddr>,
+    /// `port`.
+    pub port: Option<i32>,
+    /// `local_addr`: the pooler's end.
+    pub local_addr: Option<IpAddr>,
+    /// `local_port`.
+    pub local_port: Option<i32>,
+    /// `remote_pid`: for server connections over TCP the backend's pid.
+    pub remote_pid: Option<i32>,
+    /// `application_name` (1.18+).
+    pub application_name: Option<String>,
+    /// `connect_time` as the pooler prints it (its local time).
+    pub connect_time: Option<String>,
+}
+
+impl PoolConnection {
+    /// Reads one `SHOW CLIENTS` or `SHOW SERVERS` row by column name.
+    pub fn from_row(row: &ShowRow) -> PoolConnection {
+        let addr = |column: &str| text(row, column).and_then(|a| a.parse().ok());
+        PoolConnection {
+            id: number(row, "id"),
+            ptr: text(row, "ptr").unwrap_or_default(),
+            link: text(row, "link"),
+            user: text(row, "user").unwrap_or_default(),
+            database: text(row, "database").unwrap_or_default(),
+            state: text(row, "state").unwrap_or_default(),
+            addr: addr("addr"),
+            port: number(row, "port"),
+            local_addr: addr("local_addr"),
+            local_port: number(row, "local_port"),
+            remote_pid: number(row, "remote_pid"),
+            application_name: text(row, "application_name"),
+            connect_time: text(row, "connect_time"),
+        }
+    }
+}
+
+/// A `[databases]` entry (`SHOW DATABASES`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolDatabase {
+    /// `name`: the alias applications connect to.
+    pub name: String,
+    /// `host`: the server (`None`: the pooler's default, a Unix socket).
+    pub host: Option<String>,
+    /// `port`.
+    pub port: Option<u16>,
+    /// `database`: the server's database name.
+    pub database: String,
+    /// `pool_mode` of this entry (`None`: the pooler's default).
+    pub pool_mode: Option<String>,
+    /// `paused`.
+    pub paused: bool,
+    /// `disabled`.
+    pub disabled: bool,
+}
+
+impl PoolDatabase {
+    /// Reads one `SHOW DATABASES` row by column name.
+    pub fn from_row(row: &ShowRow) -> PoolDatabase {
+        let name = text(row, "name").unwrap_or_default();
+        PoolDatabase {
+            database: text(row, "database").unwrap_or_else(|| name.clone()),
+            name,
+            host: text(row, "host"),
+            port: number(row, "port"),
+            pool_mode: text(row, "pool_mode"),
+            paused: flag(row, "paused"),
+            disabled: flag(row, "disabled"),
+        }
+    }
+}
+
+/// What one pooler's console said, read at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolerState {
+    /// How the user named it (`host=… port=…`), for messages.
+    pub name: String,
+    /// Its version.
+    pub version: PoolerVersion,
+    /// The default `pool_mode` (`SHOW CONFIG`).
+    pub pool_mode: String,
+    /// `SHOW DATABASES`.
+    pub databases: Vec<PoolDatabase>,
+    /// `SHOW CLIENTS`.
+    pub clients: Vec<PoolConnection>,
+    /// `SHOW SERVERS`.
+    pub servers: Vec<PoolConnection>,
+}
+
+impl PoolerState {
+    /// The pool mode of alias `name`.
+    pub fn pool_mode_of(&self, alias: &str) -> String {
+        self.databases
+            .iter()
+            .find(|d| d.name == alias)
+            .and_then(|d| d.pool_mode.clone())
+            .unwrap_or_else(|| self.pool_mode.clone())
+    }
+
+    /// The server's database name behind alias `name` (the alias itself if unknown).
+    pub fn server_database(&self, alias: &str) -> String {
+        self.databases
+            .iter()
+            .find(|d| d.name == alias)
+            .map_or_else(|| alias.to_owned(), |d| d.database.clone())
+    }
+
+    /// The pooler's server connection whose pooler-side end is `addr:port` (a backend's
+    /// `client_addr/client_port`).
+    pub fn server_at(&self, addr: Option<IpAddr>, port: Option<i32>) -> Option<&PoolConnection> {
+        let (addr, port) = (addr?, port?);
+        self.servers
+            .iter()
+            .find(|s| s.local_addr == Some(addr) && s.local_port == Some(port))
+    }
+
+    /// The application connection linked to server connection `server` right now.
+    pub fn client_of(&self, server: &PoolConnection) -> Option<&PoolConnection> {
+        self.clients
+            .iter()
+            .find(|c| c.link.is_some() && c.link.as_deref() == Some(server.ptr.as_str()))
+    }
+
+    /// Application connections linked to no server connection of this pooler.
+    pub fn unlinked_clients(&self) -> impl Iterator<Item = &PoolConnection> {
+        self.clients.iter().filter(|c| {
+            c.link
+                .as_deref()
+                .is_none_or(|l| !self.servers.iter().any(|s| s.ptr == l))
+        })
+    }
+}
+
+/// What pgkill knows about the application behind a session that goes through a pooler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolerLink {
+    /// The pooler (`host=… port=…`).
+    pub pooler: String,
+    /// Its version.
+    pub version: String,
+    /// The pool mode: `session`, `transaction` or `statement`.
+    pub pool_mode: String,
+    /// The pooler's database name (alias).
+    pub alias: String,
+    /// The application connection, when one is linked (a server connection idle in the
+    /// pool has none).
+    pub client: Option<PoolConnection>,
+    /// The backend's pid as the pooler reports it (`remote_pid`), for server connections.
+    pub remote_pid: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pairs: &[(&str, Option<&str>)]) -> ShowRow {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
+            .collect()
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            PoolerVersion::parse("PgBouncer 1.18.0"),
+            Some(PoolerVersion::new(1, 18, 0))
+        );
+        assert_eq!(
+            PoolerVersion::parse("PgBouncer 1.24.1/bouncer"),
+            Some(PoolerVersion::new(1, 24, 1))
+        );
+        assert_eq!(
+            PoolerVersion::parse("PgBouncer 1.9"),
+            Some(PoolerVersion::new(1, 9, 0))
+        );
+        assert_eq!(PoolerVersion::parse("PostgreSQL 15.2"), None);
+        assert_eq!(PoolerVersion::parse("PgBouncer x"), None);
+        let v = |s| PoolerVersion::parse(s).unwrap();
+        assert!(!v("PgBouncer 1.18.0").has_kill_client());
+        assert!(v("PgBouncer 1.24.0").kill_client_open_to_stats_users());
+        assert!(v("PgBouncer 1.25.1").kill_client_open_to_stats_users());
+        assert!(!v("PgBouncer 1.25.2").kill_client_open_to_stats_users());
+        assert!(v("PgBouncer 1.25.2").has_kill_client());
+        assert_eq!(v("PgBouncer 1.24.1").to_string(), "1.24.1");
+    }
+
+    #[test]
+    fn rows_are_read_by_column_name_whatever_the_version() {
+        // 1.18: no `replication`, no `id`; 1.24: both, `replication` fourth.
+        let old = row(&[
+            ("type", Some("C")),
+            ("user", Some("app")),
+            ("database", Some("shop")),
+            ("state", Some("active")),
+            ("addr", Some("10.0.0.7")),
+            ("port", Some("50123")),
+            ("local_addr", Some("127.0.0.1")),
+            ("local_port", Some("6432")),
+            ("ptr", Some("0x55d0c1")),
+            ("link", Some("")),
+            ("remote_pid", Some("0")),
+            ("application_name", Some("web-1")),
+        ]);
+        let c = PoolConnection::from_row(&old);
+        assert_eq!(c.id, None);
+        assert_eq!(c.link, None);
+        assert_eq!(c.addr, Some("10.0.0.7".parse().unwrap()));
+        assert_eq!(c.port, Some(50123));
+        assert_eq!(c.application_name.as_deref(), Some("web-1"));
+        let mut new = old.clone();
+        new.insert("replication".into(), Some("none".into()));
+        new.insert("id".into(), Some("17".into()));
+        new.insert("link".into(), Some("0x55d0ff".into()));
+        let c = PoolConnection::from_row(&new);
+        assert_eq!((c.id, c.link.as_deref()), (Some(17), Some("0x55d0ff")));
+        // Unix-socket clients have no address.
+        let mut unix = old;
+        unix.insert("addr".into(), Some("unix".into()));
+        assert_eq!(PoolConnection::from_row(&unix).addr, None);
+    }
+
+    #[test]
+    fn databases_map_aliases_and_modes() {
+        let state = PoolerState {
+            name: "host=127.0.0.1 port=6432".into(),
+            version: PoolerVersion::new(1, 18, 0),
+            pool_mode: "session".into(),
+            databases: vec![
+                PoolDatabase::from_row(&row(&[
+                    ("name", Some("app")),
+                    ("host", Some("127.0.0.1")),
+                    ("port", Some("5432")),
+                    ("database", Some("app_db")),
+                    ("pool_mode", Some("transaction")),
+                    ("paused", Some("1")),
+                    ("disabled", Some("0")),
+                ])),
+                PoolDatabase::from_row(&row(&[
+                    ("name", Some("other")),
+                    ("database", Some("other")),
+                    ("pool_mode", None),
+                ])),
+            ],
+            clients: vec![],
+            servers: vec![],
+        };
+        assert_eq!(state.server_database("app"), "app_db");
+        assert_eq!(state.pool_mode_of("app"), "transaction");
+        assert_eq!(state.pool_mode_of("other"), "session");
+        assert!(state.databases[0].paused && !state.databases[0].disabled);
+        assert_eq!(state.databases[0].port, Some(5432));
+    }
+
+    #[test]
+    fn servers_and_clients_line_up() {
+        let conn = |ptr: &str, link: &str, local: &str, port: &str| {
+            PoolConnection::from_row(&row(&[
+                ("ptr", Some(ptr)),
+                ("link", Some(link)),
+                ("local_addr", Some(local)),
+                ("local_port", Some(port)),
+                ("database", Some("app")),
+                ("user", Some("u")),
+                ("state", Some("active")),
+            ]))
+        };
+        let state = PoolerState {
+            name: "p".into(),
+            version: PoolerVersion::new(1, 24, 1),
+            pool_mode: "transaction".into(),
+            databases: vec![],
+            clients: vec![
+                conn("c1", "s1", "127.0.0.1", "6432"),
+                conn("c2", "", "127.0.0.1", "6432"),
+                conn("c3", "gone", "127.0.0.1", "6432"),
+            ],
+            servers: vec![
+                conn("s1", "c1", "127.0.0.1", "40001"),
+                conn("s2", "", "127.0.0.1", "40002"),
+            ],
+        };
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let s1 = state.server_at(Some(lo), Some(40001)).unwrap();
+        assert_eq!(state.client_of(s1).map(|c| c.ptr.as_str()), Some("c1"));
+        let s2 = state.server_at(Some(lo), Some(40002)).unwrap();
+        assert_eq!(state.client_of(s2), None);
+        assert_eq!(state.server_at(Some(lo), Some(40003)), None);
+        assert_eq!(state.server_at(None, Some(-1)), None);
+        let unlinked: Vec<&str> = state.unlinked_clients().map(|c| c.ptr.as_str()).collect();
+        assert_eq!(unlinked, ["c2", "c3"]);
+    }
+}
