@@ -28,6 +28,26 @@ pub struct ConnArgs {
     #[arg(long = "statement-timeout", global = true, value_name = "DUR", default_value = "5s",
           value_parser = duration)]
     pub statement_timeout: Duration,
+    /// A PgBouncer admin console in front of this server (a connection string; database
+    /// `pgbouncer` unless named; repeat for several poolers; default: PGKILL_PGBOUNCER).
+    /// `ls` then shows the applications behind the pooler.
+    #[arg(long = "pgbouncer", global = true, value_name = "CONNINFO")]
+    pub pgbouncer: Vec<String>,
+}
+
+impl ConnArgs {
+    /// The poolers named: `--pgbouncer`, else `PGKILL_PGBOUNCER` (connection strings
+    /// separated by white space; see `pgkill_pg::pgbouncer::split_conninfos`), and whether
+    /// they came from the environment.
+    pub fn poolers(&self) -> (Vec<String>, bool) {
+        if !self.pgbouncer.is_empty() {
+            return (self.pgbouncer.clone(), false);
+        }
+        match std::env::var("PGKILL_PGBOUNCER") {
+            Ok(v) if !v.trim().is_empty() => (pgkill_pg::pgbouncer::split_conninfos(&v), true),
+            _ => (Vec::new(), false),
+        }
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -102,6 +102,24 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+impl Command {
+    /// The command's name on the command line.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Ls(_) => "ls",
+            Command::Kill(_) => "kill",
+            Command::Cancel(_) => "cancel",
+            Command::Drain(_) => "drain",
+            Command::Unfence(_) => "unfence",
+            Command::Drop(_) => "drop",
+            Command::Rename(_) => "rename",
+            Command::FreeSlot(_) => "free-slot",
+            Command::Top(_) => "top",
+            Command::Demo(_) => "demo",
+        }
+    }
+}
+
 /// Runs pgkill with the process's arguments and returns the exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -138,6 +156,24 @@ fn run_async(
         .build()?;
     let conninfo = conninfo.as_deref();
     let limit = conn.statement_timeout;
+    if !matches!(command, Command::Ls(_)) {
+        // Only `ls` sees through poolers so far: ending or fencing what a pooler serves
+        // without it would look done while the applications stay connected.
+        match conn.poolers() {
+            (p, false) if !p.is_empty() => {
+                return Err(UsageError(format!(
+                    "--pgbouncer is supported by `pgkill ls` only so far; {} through a pooler is not supported yet: run it without --pgbouncer, knowing that applications connected to the pooler stay connected to it",
+                    command.name()
+                ))
+                .into())
+            }
+            (p, true) if !p.is_empty() => eprintln!(
+                "pgkill: warning: PGKILL_PGBOUNCER is set but `pgkill {}` does not use poolers yet: applications connected to a pooler stay connected to it",
+                command.name()
+            ),
+            _ => {}
+        }
+    }
     let outcome = runtime.block_on(async {
         match &command {
             Command::Ls(a) => sessions_cmd::ls(&conn, conninfo, a).await,

@@ -19,7 +19,10 @@ use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 /// One session as scripts see it: stable keys, times in RFC 3339, durations in seconds.
 #[derive(Debug, Serialize)]
 pub struct SessionJson<'a> {
-    pid: i32,
+    /// `backend` (a server process) or `pooled` (an application connection of a pooler
+    /// that holds no server connection right now; no pid).
+    kind: &'static str,
+    pid: Option<i32>,
     backend_start: Option<String>,
     database: Option<&'a str>,
     user: Option<&'a str>,
@@ -43,6 +46,62 @@ pub struct SessionJson<'a> {
     blocked_by: &'a [i32],
     blocking: i32,
     can_signal: bool,
+    /// With `--pgbouncer`: the pooler and the application behind it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pooler: Option<PoolerJson<'a>>,
+}
+
+/// The `pooler` object of a session row.
+#[derive(Debug, Serialize)]
+struct PoolerJson<'a> {
+    pooler: &'a str,
+    version: &'a str,
+    pool_mode: &'a str,
+    alias: &'a str,
+    /// The application connection linked right now (`null`: a server connection idle in
+    /// the pool).
+    client: Option<&'a pgkill_core::pooler::PoolConnection>,
+    remote_pid: Option<i32>,
+}
+
+impl<'a> From<&'a pgkill_core::pooler::Pooled> for SessionJson<'a> {
+    fn from(p: &'a pgkill_core::pooler::Pooled) -> Self {
+        SessionJson {
+            kind: "pooled",
+            pid: None,
+            backend_start: None,
+            database: Some(&p.database),
+            user: Some(&p.client.user),
+            application_name: p.client.application_name.as_deref(),
+            client_addr: p.client.addr.map(|a| a.to_string()),
+            client_hostname: None,
+            client_port: p.client.port,
+            state: Some(&p.state),
+            wait_event_type: None,
+            wait_event: None,
+            backend_type: None,
+            xact_start: None,
+            query_start: None,
+            state_change: None,
+            backend_age_s: None,
+            xact_age_s: None,
+            query_age_s: None,
+            state_age_s: None,
+            query: None,
+            superuser: None,
+            blocked_by: &[],
+            blocking: 0,
+            can_signal: false,
+            pooler: Some(PoolerJson {
+                pooler: &p.pooler,
+                version: &p.version,
+                pool_mode: &p.pool_mode,
+                alias: &p.alias,
+                client: Some(&p.client),
+                remote_pid: None,
+            }),
+        }
+    }
 }
 
 fn rfc3339(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
@@ -56,7 +115,8 @@ fn secs(d: Option<Duration>) -> Option<f64> {
 impl<'a> From<&'a Session> for SessionJson<'a> {
     fn from(s: &'a Session) -> Self {
         SessionJson {
-            pid: s.pid,
+            kind: "backend",
+            pid: Some(s.pid),
             backend_start: rfc3339(s.backend_start),
             database: s.database.as_deref(),
             user: s.user.as_deref(),
@@ -80,6 +140,14 @@ impl<'a> From<&'a Session> for SessionJson<'a> {
             blocked_by: &s.blocked_by,
             blocking: s.blocking,
             can_signal: s.can_signal,
+            pooler: s.pooler.as_ref().map(|l| PoolerJson {
+                pooler: &l.pooler,
+                version: &l.version,
+                pool_mode: &l.pool_mode,
+                alias: &l.alias,
+                client: l.client.as_ref(),
+                remote_pid: l.remote_pid,
+            }),
         }
     }
 }
@@ -201,12 +269,25 @@ const SESSION_HEADER: [&str; 11] = [
 
 fn session_row(s: &Session) -> Vec<String> {
     let wait = s.wait_text();
+    let (application, client) = match &s.pooler {
+        Some(l) => match &l.client {
+            Some(c) => (
+                unknown(c.application_name.as_deref()),
+                format!("{} via pgbouncer ({})", pooled_client_text(c), l.pool_mode),
+            ),
+            None => (
+                unknown(s.application_name.as_deref()),
+                format!("pgbouncer pool ({}), no client", l.pool_mode),
+            ),
+        },
+        None => (unknown(s.application_name.as_deref()), client_text(s)),
+    };
     vec![
         s.pid.to_string(),
         unknown(s.user.as_deref()),
         unknown(s.database.as_deref()),
-        unknown(s.application_name.as_deref()),
-        client_text(s),
+        application,
+        client,
         unknown(s.state.as_deref()),
         wait,
         age(s.backend_age()),
@@ -218,21 +299,60 @@ fn session_row(s: &Session) -> Vec<String> {
     ]
 }
 
-/// Sessions as a table.
+fn pooled_client_text(c: &pgkill_core::pooler::PoolConnection) -> String {
+    match (c.addr, c.port) {
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => a.to_string(),
+        (None, _) => "local".to_owned(),
+    }
+}
+
+/// An application connection of a pooler that no backend serves right now.
+fn pooled_row(p: &pgkill_core::pooler::Pooled) -> Vec<String> {
+    vec![
+        "-".to_owned(),
+        p.client.user.clone(),
+        p.database.clone(),
+        unknown(p.client.application_name.as_deref()),
+        format!(
+            "{} via pgbouncer ({})",
+            pooled_client_text(&p.client),
+            p.pool_mode
+        ),
+        p.state.clone(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        match p.state.as_str() {
+            "waiting" => "(waiting for a server connection)".to_owned(),
+            _ => "(pooled: no server connection right now)".to_owned(),
+        },
+    ]
+}
+
+/// Sessions as a table, then the pooled application connections without a backend.
 pub fn sessions_table(
     out: &mut dyn Write,
     sessions: &[Session],
+    pooled: &[pgkill_core::pooler::Pooled],
     width: Option<usize>,
 ) -> io::Result<()> {
-    let rows: Vec<Vec<String>> = sessions.iter().map(session_row).collect();
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(session_row)
+        .chain(pooled.iter().map(pooled_row))
+        .collect();
     table(out, &SESSION_HEADER, &rows, width)
 }
 
-/// Sessions as one JSON document.
+/// Sessions as one JSON document (the pooled application connections after the
+/// backends, `kind` telling them apart).
 pub fn sessions_json(
     out: &mut dyn Write,
     server: &ServerJson,
     sessions: &[Session],
+    pooled: &[pgkill_core::pooler::Pooled],
 ) -> io::Result<()> {
     #[derive(Serialize)]
     struct Doc<'a> {
@@ -241,9 +361,20 @@ pub fn sessions_json(
     }
     let doc = Doc {
         server,
-        sessions: sessions.iter().map(SessionJson::from).collect(),
+        sessions: rows_json(sessions, pooled),
     };
     json(out, &doc)
+}
+
+fn rows_json<'a>(
+    sessions: &'a [Session],
+    pooled: &'a [pgkill_core::pooler::Pooled],
+) -> Vec<SessionJson<'a>> {
+    sessions
+        .iter()
+        .map(SessionJson::from)
+        .chain(pooled.iter().map(SessionJson::from))
+        .collect()
 }
 
 /// `value` as one pretty JSON document and a newline. serde_json escapes the C0 controls;
@@ -283,16 +414,22 @@ fn csv_error(e: csv::Error) -> io::Error {
 
 /// Sessions as CSV with a header line (a subset of the JSON keys, scalar ones only):
 /// exact data, except that on a `terminal` control characters are shown escaped.
-pub fn sessions_csv(out: &mut dyn Write, sessions: &[Session], terminal: bool) -> io::Result<()> {
+pub fn sessions_csv(
+    out: &mut dyn Write,
+    sessions: &[Session],
+    pooled: &[pgkill_core::pooler::Pooled],
+    terminal: bool,
+) -> io::Result<()> {
+    let rows = rows_json(sessions, pooled);
     if terminal {
         let mut escaped = Escaped::new(out);
-        write_csv(&mut escaped, sessions)?;
+        write_csv(&mut escaped, &rows)?;
         return escaped.flush();
     }
-    write_csv(out, sessions)
+    write_csv(out, &rows)
 }
 
-fn write_csv(out: &mut dyn Write, sessions: &[Session]) -> io::Result<()> {
+fn write_csv(out: &mut dyn Write, rows: &[SessionJson<'_>]) -> io::Result<()> {
     let mut w = csv::Writer::from_writer(out);
     let header = [
         "pid",
@@ -317,8 +454,8 @@ fn write_csv(out: &mut dyn Write, sessions: &[Session]) -> io::Result<()> {
     ];
     w.write_record(header).map_err(csv_error)?;
     // The values are the JSON document's, so both formats always agree.
-    for s in sessions {
-        let json = serde_json::to_value(SessionJson::from(s)).map_err(io::Error::other)?;
+    for row in rows {
+        let json = serde_json::to_value(row).map_err(io::Error::other)?;
         let cell = |key: &str| match &json[key] {
             serde_json::Value::Null => String::new(),
             serde_json::Value::String(text) => text.clone(),

@@ -88,8 +88,9 @@ pub async fn ls(
     let filter = args.filters.to_filter(args.all_backends);
     let connected = inflight::connect(conn_args, conninfo).await?;
     let mut signals = Signals::listen()?;
+    let (poolers, _) = conn_args.poolers();
     inflight::guard(&connected, &mut signals, async {
-        list_sessions(&connected, args, &filter).await
+        list_sessions(&connected, args, &filter, &poolers).await
     })
     .await
 }
@@ -98,18 +99,29 @@ async fn list_sessions(
     connected: &Connected,
     args: &LsArgs,
     filter: &pgkill_core::Filter,
+    poolers: &[String],
 ) -> anyhow::Result<Exit> {
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
-    let list = sessions::list(client, &caps, filter).await?;
+    let poolers = read_poolers(poolers).await?;
+    let (list, pooled) = if poolers.is_empty() {
+        (sessions::list(client, &caps, filter).await?, Vec::new())
+    } else {
+        pgkill_pg::pgbouncer::list_through(client, &caps, filter, &poolers).await?
+    };
     if args.json || args.csv {
         // Data for scripts: exact (JSON escapes what a terminal must not see itself;
         // CSV is escaped only on a terminal).
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         if args.json {
-            output::sessions_json(&mut out, &server_json(&caps, &connected.settings), &list)?;
+            output::sessions_json(
+                &mut out,
+                &server_json(&caps, &connected.settings),
+                &list,
+                &pooled,
+            )?;
         } else {
-            output::sessions_csv(&mut out, &list, output::stdout_is_terminal())?;
+            output::sessions_csv(&mut out, &list, &pooled, output::stdout_is_terminal())?;
         }
         out.flush()?;
     } else {
@@ -117,7 +129,18 @@ async fn list_sessions(
         if caps.in_recovery {
             writeln!(out, "{}", output::STANDBY_HEADER)?;
         }
-        output::sessions_table(&mut out, &list, width())?;
+        for p in &poolers {
+            writeln!(
+                out,
+                "Pooler: PgBouncer {} at {} (default pool_mode {}): {} application connection(s), {} server connection(s)",
+                p.version,
+                p.name,
+                p.pool_mode,
+                p.clients.len(),
+                p.servers.len()
+            )?;
+        }
+        output::sessions_table(&mut out, &list, &pooled, width())?;
         if !caps.read_all_stats && !caps.caller.superuser && list.iter().any(|s| s.state.is_none())
         {
             writeln!(
@@ -128,11 +151,34 @@ async fn list_sessions(
         }
         out.flush()?;
     }
-    Ok(if list.is_empty() {
+    Ok(if list.is_empty() && pooled.is_empty() {
         Exit::NothingMatched
     } else {
         Exit::Ok
     })
+}
+
+/// Reads every pooler named (`--pgbouncer`, `PGKILL_PGBOUNCER`), all at once. One that
+/// cannot be reached or read stops the command (exit 2): a listing without it would
+/// miss applications.
+async fn read_poolers(
+    conninfos: &[String],
+) -> anyhow::Result<Vec<pgkill_core::pooler::PoolerState>> {
+    // A few poolers at most: read one after the other.
+    let mut reads = Vec::new();
+    for c in conninfos {
+        let pooler = pgkill_pg::pgbouncer::Pooler::resolve(c, &pgkill_pg::connect::SystemEnv)
+            .map_err(|e| crate::UsageError(e.to_string()))?;
+        reads.push(async move {
+            let console = pooler.connect().await?;
+            pooler.read(&console).await
+        });
+    }
+    let mut states = Vec::new();
+    for read in reads {
+        states.push(read.await.map_err(|e| crate::UsageError(e.to_string()))?);
+    }
+    Ok(states)
 }
 
 #[derive(Serialize)]

@@ -286,6 +286,7 @@ mod tests {
             blocked_by: vec![],
             blocking: 0,
             can_signal,
+            pooler: None,
             now: DateTime::from_timestamp(1_700_000_300, 0).unwrap_or_default(),
         }
     }

@@ -255,6 +255,119 @@ pub struct PoolerLink {
     pub remote_pid: Option<i32>,
 }
 
+/// An application connection of a pooler that holds no server connection right now: a
+/// session of its own, without a backend (kind `pooled`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pooled {
+    /// The pooler (`host=… port=…`).
+    pub pooler: String,
+    /// Its version.
+    pub version: String,
+    /// The pool mode of its database.
+    pub pool_mode: String,
+    /// The pooler's database name (alias).
+    pub alias: String,
+    /// The server's database name behind the alias.
+    pub database: String,
+    /// `idle` (logged in, between transactions) or `waiting` (for a server connection).
+    pub state: String,
+    /// The connection itself.
+    pub client: PoolConnection,
+}
+
+impl Pooled {
+    /// This connection as a session row without a backend, for evaluating filters: pid
+    /// `-1` (no `--pid` matches it), no times (no age filter matches it), state `idle`.
+    pub fn as_session(&self, now: chrono::DateTime<chrono::Utc>) -> crate::Session {
+        crate::Session {
+            pid: -1,
+            backend_start: None,
+            database: Some(self.database.clone()),
+            user: Some(self.client.user.clone()),
+            application_name: self.client.application_name.clone(),
+            client_addr: self.client.addr,
+            client_hostname: None,
+            client_port: self.client.port,
+            state: Some(self.state.clone()),
+            wait_event_type: None,
+            wait_event: None,
+            backend_type: Some("client backend".to_owned()),
+            xact_start: None,
+            query_start: None,
+            state_change: None,
+            query: None,
+            leader_pid: None,
+            superuser: None,
+            blocked_by: Vec::new(),
+            blocking: 0,
+            can_signal: false,
+            pooler: None,
+            now,
+        }
+    }
+}
+
+/// `s` with the application behind its pooler in place of the pooler (its name, address
+/// and port), when an application is linked to it right now.
+pub fn as_seen_by_the_application(s: &crate::Session) -> crate::Session {
+    let mut seen = s.clone();
+    if let Some(c) = s.pooler.as_ref().and_then(|p| p.client.as_ref()) {
+        seen.application_name.clone_from(&c.application_name);
+        seen.client_addr = c.addr;
+        seen.client_port = c.port;
+    }
+    seen
+}
+
+/// Attaches the poolers' view to `sessions` (see the module documentation) and returns
+/// the application connections that no backend serves right now.
+pub fn attach(sessions: &mut [crate::Session], poolers: &[PoolerState]) -> Vec<Pooled> {
+    let mut served: Vec<(usize, &str)> = Vec::new();
+    for s in sessions.iter_mut() {
+        for (i, p) in poolers.iter().enumerate() {
+            let Some(server) = p.server_at(s.client_addr, s.client_port) else {
+                continue;
+            };
+            let linked = p.client_of(server);
+            if let Some(c) = linked {
+                served.push((i, c.ptr.as_str()));
+            }
+            let client = linked.cloned();
+            s.pooler = Some(PoolerLink {
+                pooler: p.name.clone(),
+                version: p.version.to_string(),
+                pool_mode: p.pool_mode_of(&server.database),
+                alias: server.database.clone(),
+                client,
+                remote_pid: server.remote_pid,
+            });
+            break;
+        }
+    }
+    let mut pooled = Vec::new();
+    for (i, p) in poolers.iter().enumerate() {
+        for c in &p.clients {
+            if served.iter().any(|(j, ptr)| *j == i && *ptr == c.ptr) {
+                continue;
+            }
+            pooled.push(Pooled {
+                pooler: p.name.clone(),
+                version: p.version.to_string(),
+                pool_mode: p.pool_mode_of(&c.database),
+                alias: c.database.clone(),
+                database: p.server_database(&c.database),
+                state: if c.state.starts_with("waiting") {
+                    "waiting".to_owned()
+                } else {
+                    "idle".to_owned()
+                },
+                client: c.clone(),
+            });
+        }
+    }
+    pooled
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

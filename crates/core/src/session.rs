@@ -57,6 +57,9 @@ pub struct Session {
     pub blocking: i32,
     /// Whether the caller may signal this session.
     pub can_signal: bool,
+    /// The pooler whose server connection this backend is, and the application using it
+    /// right now (`--pgbouncer`; `None` otherwise).
+    pub pooler: Option<crate::pooler::PoolerLink>,
     /// The server's clock when the row was read (ages are relative to it).
     #[serde(skip)]
     pub now: DateTime<Utc>,

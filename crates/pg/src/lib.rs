@@ -9,6 +9,7 @@ pub mod databases;
 pub mod error;
 pub mod exec;
 pub mod journal;
+pub mod pgbouncer;
 pub mod sessions;
 
 pub use error::{Error, Result};

@@ -103,6 +103,7 @@ fn session_from_row(row: &Row) -> Result<Session> {
         can_signal: row
             .try_get::<_, Option<bool>>("can_signal")?
             .unwrap_or(false),
+        pooler: None,
         now: row.try_get("now")?,
     })
 }

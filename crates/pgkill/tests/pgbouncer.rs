@@ -8,15 +8,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use anyhow::{ensure, Result};
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, ensure, Context, Result};
 use pgkill_sandbox::{
     cases, roles, Bouncer, BouncerOptions, BouncerVersion, Installation, Options, PoolMode, Sandbox,
 };
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
 
 mod support;
 
 fn main() {
-    pgkill_sandbox::matrix::main(cases![pointed_at_pgbouncer_it_says_so]);
+    pgkill_sandbox::matrix::main(cases![
+        pointed_at_pgbouncer_it_says_so,
+        ls_shows_the_applications_behind_the_pooler,
+        commands_that_do_not_see_through_poolers_yet_say_so,
+    ]);
 }
 
 async fn pointed_at_pgbouncer_it_says_so(pg: Installation) -> Result<()> {
@@ -70,5 +78,230 @@ async fn pointed_at_pgbouncer_it_says_so(pg: Installation) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// An application connection through the pooler on a socket of the test's own, so that
+/// its port is known independently of what PgBouncer says.
+async fn app(bouncer: &Bouncer, alias: &str, name: &str) -> Result<(Client, u16)> {
+    let stream = tokio::net::TcpStream::connect((bouncer.host(), bouncer.port())).await?;
+    let port = stream.local_addr()?.port();
+    let mut config = bouncer.config(alias, roles::PLAIN);
+    config.application_name(name);
+    let (client, connection) = config
+        .connect_raw(stream, NoTls)
+        .await
+        .with_context(|| format!("{name} through the pooler"))?;
+    tokio::spawn(connection);
+    Ok((client, port))
+}
+
+/// `pgkill --pgbouncer … ls --json`, as the bootstrap superuser, on the server itself.
+fn ls(sb: &Sandbox, bouncer: &Bouncer, args: &[&str]) -> Result<Value> {
+    let console = format!(
+        "host={} port={} user={} password={}",
+        bouncer.host(),
+        bouncer.port(),
+        roles::ADMIN,
+        sb.password(roles::ADMIN).unwrap_or_default()
+    );
+    let mut all = vec!["--pgbouncer", &console, "ls", "--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = support::run(support::pgkill(sb, roles::ADMIN, &all))?;
+    ensure!(code <= 1, "ls --pgbouncer: exit {code}\n{out}\n{err}");
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// Rows of `doc` that have an application behind the pooler: application name to
+/// (kind, client port).
+fn applications(doc: &Value) -> BTreeMap<String, (String, u16)> {
+    let mut out = BTreeMap::new();
+    for row in doc["sessions"].as_array().into_iter().flatten() {
+        let client = &row["pooler"]["client"];
+        if let (Some(name), Some(port)) = (
+            client["application_name"].as_str(),
+            client["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+        ) {
+            out.insert(
+                name.to_owned(),
+                (row["kind"].as_str().unwrap_or("").to_owned(), port),
+            );
+        }
+    }
+    out
+}
+
+/// 20 applications through 5 server connections in transaction mode (3 of them in a
+/// transaction, so linked to a backend), behind an alias whose server database has
+/// another name: `ls --pgbouncer` lists 20 application rows with their real ports and
+/// names (3 as backends, 17 pooled, under the server's database name), plus the pool's
+/// server connections; `--app` and `--client` select on the applications. In session
+/// mode, every application is its backend's row.
+async fn ls_shows_the_applications_behind_the_pooler(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("shop_db", None).await?;
+    let admin = sb.admin("postgres").await?;
+    for version in BouncerVersion::ALL {
+        // Transaction mode.
+        let mut options =
+            BouncerOptions::new(version, PoolMode::Transaction).database("shop", "shop_db");
+        options.default_pool_size = 5;
+        let bouncer = Bouncer::start(&sb, &options)?;
+        let mut apps = BTreeMap::new();
+        let mut clients = Vec::new();
+        for i in 0..20 {
+            let name = format!("web-{i:02}");
+            let (client, port) = app(&bouncer, "shop", &name).await?;
+            client.simple_query("SELECT 1").await?;
+            if i < 3 {
+                client.batch_execute("BEGIN; SELECT 1").await?;
+            }
+            apps.insert(name, port);
+            clients.push(client);
+        }
+        let doc = ls(&sb, &bouncer, &[])?;
+        let seen = applications(&doc);
+        let want: BTreeMap<String, (String, u16)> = apps
+            .iter()
+            .enumerate()
+            .map(|(i, (name, port))| {
+                let kind = if i < 3 { "backend" } else { "pooled" };
+                (name.clone(), (kind.to_owned(), *port))
+            })
+            .collect();
+        ensure!(
+            seen == want,
+            "PgBouncer {}: applications seen\n{seen:?}\nwanted\n{want:?}\n{doc}",
+            version.as_str()
+        );
+        let rows = doc["sessions"].as_array().ok_or_else(|| anyhow!("{doc}"))?;
+        for row in rows.iter().filter(|r| r["kind"] == "pooled") {
+            ensure!(
+                row["pid"].is_null()
+                    && row["database"] == "shop_db"
+                    && row["pooler"]["alias"] == "shop"
+                    && row["pooler"]["pool_mode"] == "transaction"
+                    && row["user"] == roles::PLAIN,
+                "{row}"
+            );
+        }
+        // The server's side: every backend the pooler opened is a row of its own.
+        let backends: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop_db'",
+                &[],
+            )
+            .await?
+            .get(0);
+        let pool_rows = rows
+            .iter()
+            .filter(|r| r["kind"] == "backend" && !r["pooler"].is_null())
+            .count();
+        ensure!(
+            i64::try_from(pool_rows)? == backends && (3..=5).contains(&backends),
+            "{pool_rows} pooler backend rows, the server has {backends}: {doc}"
+        );
+        // The table for people says so too.
+        let console = format!(
+            "host={} port={} user={} password={}",
+            bouncer.host(),
+            bouncer.port(),
+            roles::ADMIN,
+            sb.password(roles::ADMIN).unwrap_or_default()
+        );
+        let (code, table, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &["--pgbouncer", &console, "ls", "--db", "shop_db"],
+        ))?;
+        let web_05 = format!("127.0.0.1:{} via pgbouncer (transaction)", apps["web-05"]);
+        ensure!(
+            code == 0
+                && table.starts_with(&format!("Pooler: PgBouncer {}", bouncer.reported_version()))
+                && table.lines().any(|l| l.trim_start().starts_with("- ")
+                    && l.contains("web-05")
+                    && l.contains(&web_05)),
+            "exit {code}\n{table}\n{err}"
+        );
+        // Filters select on the applications.
+        let one = applications(&ls(&sb, &bouncer, &["--app", "web-07"])?);
+        ensure!(
+            one.keys().collect::<Vec<_>>() == ["web-07"],
+            "--app web-07 selected {one:?}"
+        );
+        let linked = applications(&ls(&sb, &bouncer, &["--app", "web-01"])?);
+        ensure!(
+            linked.get("web-01").map(|(k, _)| k.as_str()) == Some("backend"),
+            "--app web-01 (in a transaction) selected {linked:?}"
+        );
+        let all = applications(&ls(
+            &sb,
+            &bouncer,
+            &["--client", "127.0.0.1/32", "--db", "shop_db"],
+        )?);
+        ensure!(
+            all.len() == 20,
+            "--client 127.0.0.1/32 selected {} applications",
+            all.len()
+        );
+        let none = applications(&ls(&sb, &bouncer, &["--client", "10.0.0.0/8"])?);
+        ensure!(none.is_empty(), "--client 10.0.0.0/8 selected {none:?}");
+        drop(clients);
+        drop(bouncer);
+
+        // Session mode: each application is its backend's row.
+        let options = BouncerOptions::new(version, PoolMode::Session).database("shop", "shop_db");
+        let bouncer = Bouncer::start(&sb, &options)?;
+        let mut apps = BTreeMap::new();
+        let mut clients = Vec::new();
+        for i in 0..5 {
+            let name = format!("job-{i}");
+            let (client, port) = app(&bouncer, "shop", &name).await?;
+            client.simple_query("SELECT 1").await?;
+            apps.insert(name, ("backend".to_owned(), port));
+            clients.push(client);
+        }
+        let doc = ls(&sb, &bouncer, &["--db", "shop_db"])?;
+        let seen = applications(&doc);
+        ensure!(
+            seen == apps,
+            "PgBouncer {} session mode: seen {seen:?}, wanted {apps:?}\n{doc}",
+            version.as_str()
+        );
+        drop(clients);
+    }
+    Ok(())
+}
+
+/// Only `ls` uses the poolers so far: the other commands refuse `--pgbouncer` before
+/// connecting (exit 2, nothing done) rather than "terminate" backends whose applications
+/// stay connected to the pooler; from `PGKILL_PGBOUNCER` they warn and go on.
+async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let victim = pgkill_sandbox::sim::idle(&sb.config("postgres", roles::PLAIN)).await?;
+    let pid = victim.pid().to_string();
+    for args in [
+        &["kill", "--pid", &pid, "-y"][..],
+        &["cancel", "--pid", &pid, "-y"],
+        &["drain", "postgres", "-y"],
+        &["top"],
+    ] {
+        let mut all = vec!["--pgbouncer", "host=127.0.0.1 port=1"];
+        all.extend_from_slice(args);
+        let (code, out, err) = support::run(support::pgkill(&sb, roles::ADMIN, &all))?;
+        ensure!(
+            code == 2 && err.contains("supported by `pgkill ls` only so far"),
+            "{args:?}: exit {code}\n{out}\n{err}"
+        );
+    }
+    ensure!(victim.is_connected(), "a refused command ended the session");
+    let mut cmd = support::pgkill(&sb, roles::ADMIN, &["kill", "--pid", &pid, "-y"]);
+    cmd.env("PGKILL_PGBOUNCER", "host=127.0.0.1 port=1");
+    let (code, out, err) = support::run(cmd)?;
+    ensure!(
+        code == 0
+            && err.contains("PGKILL_PGBOUNCER is set but `pgkill kill` does not use poolers yet"),
+        "exit {code}\n{out}\n{err}"
+    );
     Ok(())
 }

@@ -699,6 +699,7 @@ pub(crate) mod tests {
             blocked_by: vec![],
             blocking: 0,
             can_signal: true,
+            pooler: None,
             now: at(0).unwrap_or_default(),
         }
     }

@@ -463,6 +463,40 @@ async fn bounded<T>(
     })
 }
 
+/// Connects to a PgBouncer admin console (`settings.dbname`, normally `pgbouncer`): no
+/// startup options (the console takes none) and no `search_path` check (it runs no SQL,
+/// only its own commands, over the simple query protocol), within `connect_timeout`. It
+/// never prompts: a console that wants a password pgkill does not have is an error.
+pub async fn connect_console(settings: &Settings) -> Result<(Client, ConnectionTask)> {
+    let password = settings.password.as_ref();
+    let mut config = base_config(settings, &settings.dbname, password);
+    match bounded(settings, open(settings, &mut config)).await {
+        Ok((client, task, _)) => Ok((client, task)),
+        Err(Failure::Setup(e)) => Err(e),
+        Err(Failure::Timeout) => Err(ConnectError::Timeout {
+            target: settings.describe(),
+            seconds: settings.connect_timeout.map_or(0, |t| t.as_secs()),
+        }),
+        Err(Failure::Socket(e)) => Err(unreachable(e, settings, &settings.dbname)),
+        Err(Failure::Client(e)) if password.is_none() && is_password_missing(&e) => {
+            Err(ConnectError::PasswordRequired {
+                user: settings.user.clone(),
+                target: settings.describe(),
+                ignored: settings.password_file_ignored.clone(),
+            })
+        }
+        Err(Failure::Client(e)) => Err(classify(
+            e,
+            settings,
+            &settings.dbname,
+            settings.password_source.as_ref(),
+        )),
+        Err(Failure::OptionsDropped) => Err(ConnectError::OptionsDropped {
+            target: settings.describe(),
+        }),
+    }
+}
+
 /// Whether the server at `settings` is a PgBouncer, and which version: its admin console
 /// (database `pgbouncer`, the simple query protocol) answers `SHOW VERSION` with
 /// `PgBouncer 1.x.y`. Asked only after a connection went wrong in a way a pooler explains

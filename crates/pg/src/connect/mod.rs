@@ -84,7 +84,8 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 
 pub use client::{
-    cancel, connect, connect_reusable, ConnectionTask, NoPrompt, PasswordPrompt, TerminalPrompt,
+    cancel, connect, connect_console, connect_reusable, ConnectionTask, NoPrompt, PasswordPrompt,
+    TerminalPrompt,
 };
 pub use env::{Env, FileInfo, MemoryEnv, SystemEnv};
 pub use error::{ConnectError, Result};

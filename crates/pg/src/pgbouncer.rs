@@ -1,0 +1,269 @@
+//! PgBouncer admin consoles (`--pgbouncer CONNINFO`): connecting as libpq would (the
+//! database defaults to `pgbouncer`), reading `SHOW VERSION`, `SHOW CONFIG`,
+//! `SHOW DATABASES`, `SHOW CLIENTS` and `SHOW SERVERS` over the simple query protocol (the
+//! only one the console speaks), by column name, into [`PoolerState`]; and attaching what
+//! they say to the server's sessions ([`attach`]).
+
+use pgkill_core::pooler::{
+    PoolConnection, PoolDatabase, Pooled, PoolerState, PoolerVersion, ShowRow,
+};
+use pgkill_core::{Filter, Session};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::connect::{self, ConnectArgs, Env, Settings};
+
+/// A pooler's console, as the user named it.
+#[derive(Debug, Clone)]
+pub struct Pooler {
+    /// Resolved connection settings (database `pgbouncer` unless named).
+    pub settings: Settings,
+    /// `host=… port=…`, for messages.
+    pub name: String,
+}
+
+/// Why a pooler could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolerError {
+    /// Its connection string or the connection failed.
+    #[error("PgBouncer {name}: {source}")]
+    Connect {
+        /// Which pooler.
+        name: String,
+        /// Why.
+        source: connect::ConnectError,
+    },
+    /// A console command failed.
+    #[error("PgBouncer {name}: {command} failed: {message}")]
+    Command {
+        /// Which pooler.
+        name: String,
+        /// The command.
+        command: &'static str,
+        /// The console's message.
+        message: String,
+    },
+    /// It does not answer as PgBouncer does.
+    #[error("{name} does not answer SHOW VERSION as a PgBouncer admin console (it said {said:?}): --pgbouncer names PgBouncer's admin console (database pgbouncer)")]
+    NotPgBouncer {
+        /// Which pooler.
+        name: String,
+        /// What it said.
+        said: String,
+    },
+}
+
+impl Pooler {
+    /// Resolves `conninfo` as libpq would (environment and files included), with the
+    /// database `pgbouncer` when none is named.
+    pub fn resolve(conninfo: &str, env: &dyn Env) -> Result<Pooler, PoolerError> {
+        let mut settings = connect::resolve(
+            &ConnectArgs {
+                conninfo: Some(conninfo.to_owned()),
+                ..ConnectArgs::default()
+            },
+            env,
+        )
+        .map_err(|source| PoolerError::Connect {
+            name: conninfo_for_messages(conninfo),
+            source,
+        })?;
+        if settings.dbname_is_default {
+            settings.dbname = "pgbouncer".to_owned();
+            settings.dbname_is_default = false;
+        }
+        let name = format!("host={} port={}", settings.host, settings.port);
+        Ok(Pooler { settings, name })
+    }
+
+    /// Connects to the console.
+    pub async fn connect(&self) -> Result<Client, PoolerError> {
+        let (client, _task) = connect::connect_console(&self.settings)
+            .await
+            .map_err(|source| PoolerError::Connect {
+                name: self.name.clone(),
+                source,
+            })?;
+        Ok(client)
+    }
+
+    /// Reads everything pgkill uses from the console, on one connection.
+    pub async fn read(&self, client: &Client) -> Result<PoolerState, PoolerError> {
+        let version_rows = self.show(client, "SHOW VERSION").await?;
+        let said = version_rows
+            .first()
+            .and_then(|r| r.get("version").cloned().flatten())
+            .unwrap_or_default();
+        let version = PoolerVersion::parse(&said).ok_or_else(|| PoolerError::NotPgBouncer {
+            name: self.name.clone(),
+            said: said.clone(),
+        })?;
+        let config = self.show(client, "SHOW CONFIG").await?;
+        let pool_mode = config
+            .iter()
+            .find(|r| r.get("key").cloned().flatten().as_deref() == Some("pool_mode"))
+            .and_then(|r| r.get("value").cloned().flatten())
+            .unwrap_or_else(|| "session".to_owned());
+        let databases = self
+            .show(client, "SHOW DATABASES")
+            .await?
+            .iter()
+            .map(PoolDatabase::from_row)
+            .collect();
+        let clients = self
+            .show(client, "SHOW CLIENTS")
+            .await?
+            .iter()
+            .map(PoolConnection::from_row)
+            // The console's own connections (pgkill's among them) are no application's.
+            .filter(|c| c.database != "pgbouncer")
+            .collect();
+        let servers = self
+            .show(client, "SHOW SERVERS")
+            .await?
+            .iter()
+            .map(PoolConnection::from_row)
+            .collect();
+        Ok(PoolerState {
+            name: self.name.clone(),
+            version,
+            pool_mode,
+            databases,
+            clients,
+            servers,
+        })
+    }
+
+    async fn show(
+        &self,
+        client: &Client,
+        command: &'static str,
+    ) -> Result<Vec<ShowRow>, PoolerError> {
+        let messages = client
+            .simple_query(command)
+            .await
+            .map_err(|e| PoolerError::Command {
+                name: self.name.clone(),
+                command,
+                message: e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+            })?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(
+                    row.columns()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (c.name().to_owned(), row.get(i).map(str::to_owned)))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// A connection string for messages: a URI or `key=value` text without any password.
+fn conninfo_for_messages(conninfo: &str) -> String {
+    if conninfo.contains("password") || conninfo.contains('@') {
+        "(the connection string given)".to_owned()
+    } else {
+        conninfo.to_owned()
+    }
+}
+
+/// Splits `PGKILL_PGBOUNCER` into connection strings: URIs separated by white space, and
+/// `key=value` strings, a new one starting where a keyword comes again (`host=a port=1
+/// host=b port=2` is two poolers).
+pub fn split_conninfos(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut keys: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        let is_uri = word.starts_with("postgresql://") || word.starts_with("postgres://");
+        let key = word.split_once('=').map(|(k, _)| k.trim().to_owned());
+        let repeats = key.as_ref().is_some_and(|k| keys.contains(k));
+        match out.last_mut() {
+            Some(last) if !is_uri && !repeats && !keys.is_empty() => {
+                last.push(' ');
+                last.push_str(word);
+            }
+            _ => {
+                out.push(word.to_owned());
+                keys.clear();
+            }
+        }
+        if is_uri {
+            keys.clear();
+        } else if let Some(k) = key {
+            keys.push(k);
+        }
+    }
+    out
+}
+
+/// The sessions matching `filter` as [`crate::sessions::list`] returns them, with what
+/// the poolers say attached (each backend that is one of a pooler's server connections
+/// gets its [`pgkill_core::pooler::PoolerLink`]), and the poolers' application
+/// connections that no backend serves right now.
+///
+/// `--app` and `--client` select on the application behind the pooler (its name and its
+/// address), so they are evaluated here, after the poolers' view is attached, and so are
+/// `--newest`/`--oldest`; the server evaluates the rest. Pooled connections match the
+/// filters they have values for (database, user, application, client, state `idle`);
+/// filters on pids, ages, query text or locks need a backend, and select none of them.
+pub async fn list_through(
+    client: &Client,
+    caps: &crate::sessions::Capabilities,
+    filter: &Filter,
+    poolers: &[PoolerState],
+) -> crate::Result<(Vec<Session>, Vec<Pooled>)> {
+    let mut on_server = filter.clone();
+    on_server.apps.clear();
+    on_server.clients.clear();
+    on_server.newest = None;
+    on_server.oldest = None;
+    let mut sessions = crate::sessions::list(client, caps, &on_server).await?;
+    let pooled = pgkill_core::pooler::attach(&mut sessions, poolers);
+    let behind = Filter {
+        apps: filter.apps.clone(),
+        clients: filter.clients.clone(),
+        all_backends: true,
+        ..Filter::default()
+    };
+    sessions.retain(|s| behind.matches_row(&pgkill_core::pooler::as_seen_by_the_application(s)));
+    let sessions = filter.limit(sessions);
+    let now = sessions.first().map_or_else(chrono::Utc::now, |s| s.now);
+    let pooled = pooled
+        .into_iter()
+        .filter(|p| {
+            filter.queries.is_empty()
+                && filter.newest.is_none()
+                && filter.oldest.is_none()
+                && filter.matches_row(&p.as_session(now))
+        })
+        .collect();
+    Ok((sessions, pooled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgkill_pgbouncer_lists() {
+        assert_eq!(
+            split_conninfos("host=a port=6432 host=b port=6433"),
+            ["host=a port=6432", "host=b port=6433"]
+        );
+        assert_eq!(
+            split_conninfos("postgresql://a:6432/pgbouncer  postgres://b/pgbouncer"),
+            ["postgresql://a:6432/pgbouncer", "postgres://b/pgbouncer"]
+        );
+        assert_eq!(
+            split_conninfos("host=a user=admin postgresql://b/pgbouncer port=1"),
+            ["host=a user=admin", "postgresql://b/pgbouncer", "port=1"]
+        );
+        assert!(split_conninfos("  ").is_empty());
+    }
+}
