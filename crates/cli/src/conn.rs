@@ -20,6 +20,9 @@ pub struct Connected {
     /// The settings as resolved before connecting: every host the connection string
     /// named (to say where the primary is when a standby was reached).
     pub requested: Settings,
+    /// The poolers of the command line (`--pgbouncer`, `PGKILL_PGBOUNCER`), and whether
+    /// they came from the environment.
+    pub poolers: (Vec<String>, bool),
     /// `host:port`, how the local fence records of older pgkill versions name the server.
     pub server: String,
 }
@@ -138,6 +141,7 @@ pub async fn connect_quietly(args: &ConnArgs, conninfo: Option<&str>) -> anyhow:
         client,
         settings,
         requested,
+        poolers: args.poolers(),
         server,
     })
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use pgkill_core::database::{Operation, Resolve};
 use pgkill_core::fence::{FenceState, RestorePlan};
 use pgkill_core::format_duration;
+use pgkill_pg::connect::SystemEnv;
 use pgkill_pg::databases::{self, Preflight, Progress, Request};
 use pgkill_pg::sessions;
 
@@ -123,6 +124,25 @@ pub async fn run(
     )?;
     let connected = inflight::connect(conn_args, conninfo).await?;
     let client = &connected.client;
+    // Before anything changes: every pooler named must answer, let this user pause, and
+    // say which of its aliases lead to the database.
+    let (pooler_args, _) = conn_args.poolers();
+    let poolers = match op {
+        Operation::Drain => pooler_plans(&pooler_args, name, connected.settings.port).await?,
+        _ if pooler_args.is_empty() => Vec::new(),
+        _ => anyhow::bail!(UsageError(format!(
+            "{verb} --pgbouncer is not supported yet (only drain and unfence pause and resume a pooler's aliases); nothing was changed"
+        ))),
+    };
+    for plan in &poolers {
+        writeln!(
+            crate::output::lines_for_people(),
+            "PgBouncer at {}: will pause {} first (queries queue there while {name} is drained), and resume {} when it is unfenced",
+            plan.pooler.name,
+            if plan.aliases.is_empty() { "nothing (no alias leads to this database)".to_owned() } else { plan.aliases.join(", ") },
+            if then_unfence { "them" } else { "them with `pgkill unfence`" },
+        )?;
+    }
     let mut signals = Signals::listen()?;
     let resolve = Resolve {
         rollback_prepared: args.rollback_prepared,
@@ -206,6 +226,7 @@ pub async fn run(
         resolve,
         then_unfence,
         deadline: Duration::from_secs(60),
+        poolers,
     };
     let tty = std::io::stderr().is_terminal();
     let show = move |p: Progress| {
@@ -287,6 +308,38 @@ pub async fn run(
             }
         ),
     };
+    if !report.paused.is_empty() {
+        writeln!(
+            out,
+            "Paused at PgBouncer: {} in {:.1}s (applications' queries queued there instead of failing).",
+            report
+                .paused
+                .iter()
+                .map(|(p, a)| format!("{a} ({p})"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            report.pause_took.unwrap_or_default().as_secs_f64()
+        )?;
+    }
+    if !report.resumed.is_empty() {
+        writeln!(
+            out,
+            "Resumed at PgBouncer: {}.",
+            report
+                .resumed
+                .iter()
+                .map(|(p, a)| format!("{a} ({p})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+    }
+    for problem in &report.pooler_problems {
+        eprintln!(
+            "pgkill: warning: {} (run `pgkill unfence {}` to retry)",
+            pgkill_core::printable(problem),
+            fences::shell_word(name)
+        );
+    }
     if !report.prepared_rolled_back.is_empty() {
         writeln!(
             out,
@@ -487,6 +540,32 @@ async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::
         )));
     }
     let plan = databases::restore(client, info.oid, &record).await?;
+    // The server first, then the poolers: queued applications then find the database
+    // open (no failed login, no login backoff at the pooler).
+    let (pooler_args, _) = connected.poolers.clone();
+    let mut resumed = Vec::new();
+    let mut problems = Vec::new();
+    for fence in &record.poolers {
+        let given = pooler_args
+            .iter()
+            .filter_map(|c| pgkill_pg::pgbouncer::Pooler::resolve(c, &SystemEnv).ok())
+            .find(|p| p.is_at(fence));
+        let pooler = match given {
+            Some(p) => p,
+            None => match pgkill_pg::pgbouncer::Pooler::of_fence(fence, &SystemEnv) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+            },
+        };
+        let failed = pgkill_pg::pgbouncer::resume(&pooler, &fence.aliases).await;
+        if failed.is_empty() {
+            resumed.push(format!("{} ({})", fence.aliases.join(", "), pooler.name));
+        }
+        problems.extend(failed);
+    }
     if args.json {
         let mut d = OpDoc::new(&caps, &connected.settings, "unfence", db, None, false, None);
         d.result = Some(ResultJson::unfence(Some(&record), Some(&plan), false));
@@ -498,6 +577,51 @@ async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::
             describe_restore(db, &plan),
             describe(&record)
         )?;
+        if !resumed.is_empty() {
+            writeln!(out, "Resumed at PgBouncer: {}.", resumed.join("; "))?;
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{db} is unfenced on the server, but aliases pgkill paused could not be resumed:\n  - {}\nrun `pgkill unfence {}` again (with --pgbouncer CONNINFO for the console's password), or RESUME them on the console",
+            problems.join("\n  - "),
+            fences::shell_word(db)
+        );
     }
     Ok(Exit::Ok)
+}
+
+/// The aliases of `name` to pause at each pooler of `conninfos`, after checking that the
+/// console answers, is PgBouncer and lets this user pause (exit 2 otherwise: nothing has
+/// changed yet).
+async fn pooler_plans(
+    conninfos: &[String],
+    name: &str,
+    server_port: u16,
+) -> anyhow::Result<Vec<pgkill_pg::pgbouncer::PoolerPlan>> {
+    let mut plans = Vec::new();
+    for c in conninfos {
+        let pooler = pgkill_pg::pgbouncer::Pooler::resolve(c, &SystemEnv)
+            .map_err(|e| UsageError(format!("{e}; nothing was changed")))?;
+        let console = pooler
+            .connect()
+            .await
+            .map_err(|e| UsageError(format!("{e}; nothing was changed")))?;
+        let state = pooler
+            .read(&console)
+            .await
+            .map_err(|e| UsageError(format!("{e}; nothing was changed")))?;
+        pooler.check_admin(&console).await.map_err(|e| {
+            UsageError(format!(
+                "{e}: the console's user must be in PgBouncer's admin_users to pause {name}; nothing was changed"
+            ))
+        })?;
+        let aliases = pgkill_pg::pgbouncer::aliases_of(&state, name, server_port);
+        for a in &aliases {
+            pgkill_pg::pgbouncer::check_alias(a)
+                .map_err(|e| UsageError(format!("{e}; nothing was changed")))?;
+        }
+        plans.push(pgkill_pg::pgbouncer::PoolerPlan { pooler, aliases });
+    }
+    Ok(plans)
 }

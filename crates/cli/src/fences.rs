@@ -180,6 +180,7 @@ pub async fn adopt_legacy(
             },
             since: r.at,
             at: r.at,
+            poolers: Vec::new(),
         };
         let sql = fence::record_statement(name, &record).map_err(pgkill_pg::Error::Name)?;
         pgkill_pg::exec::batch(client, &sql).await?;

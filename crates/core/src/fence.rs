@@ -67,6 +67,26 @@ pub struct FenceRecord {
     pub since: DateTime<Utc>,
     /// When `operation` took the fence.
     pub at: DateTime<Utc>,
+    /// PgBouncer aliases of the database that pgkill paused (`drain --pgbouncer`): what
+    /// `unfence` resumes. Written before the first `PAUSE`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poolers: Vec<PoolerFence>,
+}
+
+/// The aliases of the database pgkill paused at one PgBouncer, and where that pooler's
+/// admin console is (no password: `unfence` finds it as libpq would).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolerFence {
+    /// The console's host (a name, an address or a Unix-socket directory).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The admin user.
+    pub user: String,
+    /// The console's database (`pgbouncer`).
+    pub dbname: String,
+    /// The aliases paused.
+    pub aliases: Vec<String>,
 }
 
 /// A comment that says it is a fence record but cannot be read as one.
@@ -117,6 +137,7 @@ impl FenceRecord {
                 by,
                 since: now,
                 at: now,
+                poolers: Vec::new(),
             },
         }
     }
@@ -316,6 +337,22 @@ mod tests {
             FenceRecord::from_comment("pgkill fence: {not json"),
             Some(Err(_))
         ));
+    }
+
+    #[test]
+    fn pooler_aliases_are_part_of_the_record_and_older_records_still_read() {
+        let mut r = record();
+        let plain = r.to_comment();
+        assert!(!plain.contains("poolers"), "{plain}");
+        assert_eq!(FenceRecord::from_comment(&plain), Some(Ok(r.clone())));
+        r.poolers.push(PoolerFence {
+            host: "127.0.0.1".into(),
+            port: 6432,
+            user: "admin".into(),
+            dbname: "pgbouncer".into(),
+            aliases: vec!["shop".into(), "shop_ro".into()],
+        });
+        assert_eq!(FenceRecord::from_comment(&r.to_comment()), Some(Ok(r)));
     }
 
     #[test]

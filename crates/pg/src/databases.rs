@@ -273,6 +273,8 @@ pub struct Request {
     pub then_unfence: bool,
     /// How long to keep retrying DROP / RENAME against sessions that keep arriving.
     pub deadline: Duration,
+    /// `drain --pgbouncer`: the aliases of the database to pause at each pooler first.
+    pub poolers: Vec<crate::pgbouncer::PoolerPlan>,
 }
 
 /// What happened.
@@ -298,6 +300,14 @@ pub struct Report {
     pub left_fenced: bool,
     /// Restoration done at the end (rename, --then-unfence).
     pub restored: Option<RestorePlan>,
+    /// Aliases paused at each pooler (`--pgbouncer`): `(pooler, alias)`.
+    pub paused: Vec<(String, String)>,
+    /// Aliases resumed at the end (`--then-unfence`, or on failure).
+    pub resumed: Vec<(String, String)>,
+    /// How long the pausing took (the applications' queries queued from its start).
+    pub pause_took: Option<Duration>,
+    /// Resumes that failed (the aliases stay paused: `pgkill unfence` retries them).
+    pub pooler_problems: Vec<String>,
     /// Pids terminated so far (a session signalled again while it exits counts once).
     signalled: std::collections::BTreeSet<i32>,
 }
@@ -408,6 +418,35 @@ pub async fn run(
         this_holder(&caps.caller.user),
         chrono::Utc::now(),
     );
+    let mut record = record;
+    // The aliases this operation pauses, on top of those an earlier drain paused (they
+    // are still paused: not paused again).
+    let mut to_pause: Vec<crate::pgbouncer::PoolerPlan> = Vec::new();
+    for plan in &req.poolers {
+        let mut fence = plan.fence();
+        let already: Vec<String> = record
+            .poolers
+            .iter()
+            .filter(|f| f.host == fence.host && f.port == fence.port)
+            .flat_map(|f| f.aliases.clone())
+            .collect();
+        fence.aliases.retain(|a| !already.contains(a));
+        if fence.aliases.is_empty() {
+            continue;
+        }
+        to_pause.push(crate::pgbouncer::PoolerPlan {
+            pooler: plan.pooler.clone(),
+            aliases: fence.aliases.clone(),
+        });
+        match record
+            .poolers
+            .iter_mut()
+            .find(|f| f.host == fence.host && f.port == fence.port)
+        {
+            Some(f) => f.aliases.extend(fence.aliases),
+            None => record.poolers.push(fence),
+        }
+    }
     // Built first: a statement that cannot be written must not leave a fence behind.
     let statement = match req.op {
         Operation::Drain => None,
@@ -417,6 +456,32 @@ pub async fn run(
             req.new_name.as_deref().unwrap_or(&info.name),
         )?),
     };
+    if !to_pause.is_empty() {
+        // The journal first: the record names the aliases before the first PAUSE, so
+        // that `unfence` resumes them whatever happens to this process.
+        batch(client, &fence::record_statement(&info.name, &record)?).await?;
+        let began = std::time::Instant::now();
+        let (paused, error) = crate::pgbouncer::pause_all(&to_pause, req.grace).await;
+        report.pause_took = Some(began.elapsed());
+        for (plan, aliases) in to_pause.iter().zip(&paused) {
+            for a in aliases {
+                report.paused.push((plan.pooler.name.clone(), a.clone()));
+            }
+        }
+        if let Some(e) = error {
+            let mut problems = resume_paused(&to_pause, &paused, &mut report).await;
+            let put = put_back(client, info.oid, &record, prior.as_ref()).await;
+            report.pooler_problems.append(&mut problems);
+            return match put {
+                Ok(_) => Err(Error::Refused(vec![e.to_string()])),
+                Err(restore_error) => Err(Error::StillFenced {
+                    name: info.name.clone(),
+                    error: e.to_string(),
+                    restore: restore_error.to_string(),
+                }),
+            };
+        }
+    }
     batch(
         client,
         &fence::fence_statements(&info.name, &info.settings, &record)?,
@@ -442,6 +507,9 @@ pub async fn run(
             }
             Operation::Drain => {
                 report.restored = Some(restore(client, info.oid, &record).await?);
+                let all: Vec<Vec<String>> = to_pause.iter().map(|p| p.aliases.clone()).collect();
+                let mut problems = resume_paused(&to_pause, &all, &mut report).await;
+                report.pooler_problems.append(&mut problems);
                 Ok(())
             }
             Operation::Rename => {
@@ -455,6 +523,12 @@ pub async fn run(
     match finished {
         Ok(()) => Ok(report),
         Err(e) => match put_back(client, info.oid, &record, prior.as_ref()).await {
+            Ok(_) if !to_pause.is_empty() => {
+                let all: Vec<Vec<String>> = to_pause.iter().map(|p| p.aliases.clone()).collect();
+                let mut problems = resume_paused(&to_pause, &all, &mut report).await;
+                report.pooler_problems.append(&mut problems);
+                Err(e)
+            }
             Ok(_) => Err(e),
             Err(restore_error) => Err(Error::StillFenced {
                 name: info.name.clone(),
@@ -463,6 +537,28 @@ pub async fn run(
             }),
         },
     }
+}
+
+/// Resumes, at each pooler of `plans`, the aliases `paused[i]`; returns what failed.
+async fn resume_paused(
+    plans: &[crate::pgbouncer::PoolerPlan],
+    paused: &[Vec<String>],
+    report: &mut Report,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (plan, aliases) in plans.iter().zip(paused) {
+        if aliases.is_empty() {
+            continue;
+        }
+        let failed = crate::pgbouncer::resume(&plan.pooler, aliases).await;
+        if failed.is_empty() {
+            for a in aliases {
+                report.resumed.push((plan.pooler.name.clone(), a.clone()));
+            }
+        }
+        problems.extend(failed);
+    }
+    problems
 }
 
 /// Puts the database back as it was before this operation: its earlier fence (settings and

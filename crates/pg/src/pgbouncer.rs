@@ -4,6 +4,7 @@
 //! only one the console speaks), by column name, into [`PoolerState`]; and attaching what
 //! they say to the server's sessions ([`attach`]).
 
+use pgkill_core::fence::PoolerFence;
 use pgkill_core::pooler::{
     PoolConnection, PoolDatabase, Pooled, PoolerState, PoolerVersion, ShowRow,
 };
@@ -162,6 +163,173 @@ impl Pooler {
             })
             .collect())
     }
+}
+
+/// What `drain` does at one pooler: pause these aliases of the database.
+#[derive(Debug, Clone)]
+pub struct PoolerPlan {
+    /// The pooler's console.
+    pub pooler: Pooler,
+    /// Its aliases of the database (`SHOW DATABASES` entries whose `database` it is).
+    pub aliases: Vec<String>,
+}
+
+impl PoolerPlan {
+    /// The part of the fence record that says what to resume, and where.
+    pub fn fence(&self) -> PoolerFence {
+        PoolerFence {
+            host: self.pooler.settings.host.to_string(),
+            port: self.pooler.settings.port,
+            user: self.pooler.settings.user.clone(),
+            dbname: self.pooler.settings.dbname.clone(),
+            aliases: self.aliases.clone(),
+        }
+    }
+}
+
+/// The aliases of `database` at a pooler: `[databases]` entries that lead to it (on this
+/// server's port, when the entry names one), not the console itself.
+pub fn aliases_of(state: &PoolerState, database: &str, server_port: u16) -> Vec<String> {
+    state
+        .databases
+        .iter()
+        .filter(|d| d.name != "pgbouncer" && d.database == database)
+        .filter(|d| d.port.is_none_or(|p| p == server_port))
+        .map(|d| d.name.clone())
+        .collect()
+}
+
+/// Whether PgBouncer's console can be given `name` as a command argument as it is: it
+/// takes database names as bare words.
+pub fn check_alias(name: &str) -> Result<(), String> {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "PgBouncer database {name:?}: pgkill pauses and resumes only names of letters, digits, '_', '-' and '.'"
+        ))
+    }
+}
+
+impl Pooler {
+    /// The console at `fence`'s address, as the fence record names it (the password is
+    /// found as libpq would: `PGPASSWORD`, `~/.pgpass`).
+    pub fn of_fence(fence: &PoolerFence, env: &dyn Env) -> Result<Pooler, PoolerError> {
+        let q = crate::connect::quote_conninfo_value;
+        Pooler::resolve(
+            &format!(
+                "host={} port={} user={} dbname={}",
+                q(&fence.host),
+                fence.port,
+                q(&fence.user),
+                q(&fence.dbname)
+            ),
+            env,
+        )
+    }
+
+    /// Whether these settings name the console at `fence`'s address.
+    pub fn is_at(&self, fence: &PoolerFence) -> bool {
+        self.settings.host.to_string() == fence.host && self.settings.port == fence.port
+    }
+
+    /// Checks that the console lets this user change things (`admin_users`): `SHOW FDS`
+    /// is refused to everyone else.
+    pub async fn check_admin(&self, client: &Client) -> Result<(), PoolerError> {
+        self.show(client, "SHOW FDS").await.map(drop)
+    }
+
+    /// Runs a console command that changes something (`PAUSE shop`, `RESUME shop`).
+    pub async fn command(
+        &self,
+        client: &Client,
+        command: &'static str,
+        alias: &str,
+    ) -> Result<(), PoolerError> {
+        check_alias(alias).map_err(|message| PoolerError::Command {
+            name: self.name.clone(),
+            command,
+            message,
+        })?;
+        client
+            .simple_query(&format!("{command} {alias}"))
+            .await
+            .map_err(|e| PoolerError::Command {
+                name: self.name.clone(),
+                command,
+                message: e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+            })?;
+        Ok(())
+    }
+}
+
+/// Pauses every alias of `plans`, each pooler on a console connection of its own, within
+/// `limit` in all (`PAUSE` returns once the alias's server connections are released:
+/// transactions finish, new queries queue at the pooler). Returns, per plan, the aliases
+/// paused, and the error if not all were: a `PAUSE` still pending then is abandoned by
+/// closing its connection (a `RESUME` would leave it hanging, PgBouncer issue 715).
+pub async fn pause_all(
+    plans: &[PoolerPlan],
+    limit: std::time::Duration,
+) -> (Vec<Vec<String>>, Option<PoolerError>) {
+    let mut paused: Vec<Vec<String>> = vec![Vec::new(); plans.len()];
+    let deadline = tokio::time::Instant::now() + limit;
+    for (i, plan) in plans.iter().enumerate() {
+        let client = match plan.pooler.connect().await {
+            Ok(c) => c,
+            Err(e) => return (paused, Some(e)),
+        };
+        for alias in &plan.aliases {
+            match tokio::time::timeout_at(deadline, plan.pooler.command(&client, "PAUSE", alias))
+                .await
+            {
+                Ok(Ok(())) => paused[i].push(alias.clone()),
+                Ok(Err(e)) => return (paused, Some(e)),
+                Err(_) => {
+                    drop(client);
+                    return (
+                        paused,
+                        Some(PoolerError::Command {
+                            name: plan.pooler.name.clone(),
+                            command: "PAUSE",
+                            message: format!(
+                                "{alias} did not pause within {}s: its transactions did not finish (the PAUSE was abandoned)",
+                                limit.as_secs()
+                            ),
+                        }),
+                    );
+                }
+            }
+        }
+    }
+    (paused, None)
+}
+
+/// Resumes `aliases` at `pooler`; returns a line per alias that could not be resumed.
+pub async fn resume(pooler: &Pooler, aliases: &[String]) -> Vec<String> {
+    let client = match pooler.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![format!(
+                "could not resume {} at {}: {e}",
+                aliases.join(", "),
+                pooler.name
+            )]
+        }
+    };
+    let mut problems = Vec::new();
+    for alias in aliases {
+        if let Err(e) = pooler.command(&client, "RESUME", alias).await {
+            problems.push(e.to_string());
+        }
+    }
+    problems
 }
 
 /// A connection string for messages: a URI or `key=value` text without any password.

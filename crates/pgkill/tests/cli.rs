@@ -80,6 +80,7 @@ async fn ls_prints_table_json_and_csv(pg: Installation) -> Result<()> {
         .map(|o| o.keys().map(String::as_str).collect())
         .unwrap_or_default();
     let want: BTreeSet<&str> = [
+        "kind",
         "pid",
         "backend_start",
         "database",
@@ -108,6 +109,10 @@ async fn ls_prints_table_json_and_csv(pg: Installation) -> Result<()> {
     .into_iter()
     .collect();
     ensure!(keys == want, "keys {keys:?}");
+    ensure!(
+        sessions.iter().all(|s| s["kind"] == "backend"),
+        "rows without a pooler are backends: {doc}"
+    );
     let a = sessions
         .iter()
         .find(|s| s["pid"] == active.pid())

@@ -24,6 +24,8 @@ fn main() {
         pointed_at_pgbouncer_it_says_so,
         ls_shows_the_applications_behind_the_pooler,
         commands_that_do_not_see_through_poolers_yet_say_so,
+        drain_through_the_pooler_costs_the_applications_nothing,
+        a_pooler_that_refuses_stops_the_drain_before_any_change,
     ]);
 }
 
@@ -283,14 +285,16 @@ async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -
     for args in [
         &["kill", "--pid", &pid, "-y"][..],
         &["cancel", "--pid", &pid, "-y"],
-        &["drain", "postgres", "-y"],
+        &["drop", "postgres", "-y"],
         &["top"],
     ] {
         let mut all = vec!["--pgbouncer", "host=127.0.0.1 port=1"];
         all.extend_from_slice(args);
         let (code, out, err) = support::run(support::pgkill(&sb, roles::ADMIN, &all))?;
         ensure!(
-            code == 2 && err.contains("supported by `pgkill ls` only so far"),
+            code == 2
+                && (err.contains("supported by `pgkill ls`, `drain` and `unfence` only so far")
+                    || err.contains("--pgbouncer is not supported yet")),
             "{args:?}: exit {code}\n{out}\n{err}"
         );
     }
@@ -303,5 +307,268 @@ async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -
             && err.contains("PGKILL_PGBOUNCER is set but `pgkill kill` does not use poolers yet"),
         "exit {code}\n{out}\n{err}"
     );
+    Ok(())
+}
+
+/// What the applications of a workload through the pooler saw.
+#[derive(Debug, Default)]
+struct Seen {
+    acknowledged: Vec<(i32, i64)>,
+    errors: BTreeMap<String, usize>,
+    longest_wait: std::time::Duration,
+}
+
+/// `writers` applications committing short transactions through the pooler (simple
+/// protocol, as pooled applications do) until `stop`, reconnecting after an error.
+fn workload(
+    bouncer: &Bouncer,
+    alias: &str,
+    writers: i32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (
+    tokio::task::JoinHandle<Seen>,
+    std::sync::Arc<std::sync::Mutex<Seen>>,
+) {
+    let config = bouncer.config(alias, roles::ADMIN);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+    let shared = seen.clone();
+    let handle = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let (config, stop, seen) = (config.clone(), stop.clone(), seen.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut seq = 0i64;
+                let mut client = None;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if client.is_none() {
+                        match config.connect(NoTls).await {
+                            Ok((c, conn)) => {
+                                tokio::spawn(conn);
+                                client = Some(c);
+                            }
+                            Err(e) => {
+                                let code = e.code().map_or("connect".to_owned(), |c| c.code().to_owned());
+                                *seen.lock().unwrap().errors.entry(code).or_default() += 1;
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    seq += 1;
+                    let began = std::time::Instant::now();
+                    let sql = format!("BEGIN; INSERT INTO writes VALUES ({w}, {seq}); SELECT pg_sleep(0.02); COMMIT");
+                    match client.as_ref().unwrap().simple_query(&sql).await {
+                        Ok(_) => {
+                            let mut s = seen.lock().unwrap();
+                            s.acknowledged.push((w, seq));
+                            s.longest_wait = s.longest_wait.max(began.elapsed());
+                        }
+                        Err(e) => {
+                            let code = e.code().map_or("closed".to_owned(), |c| c.code().to_owned());
+                            *seen.lock().unwrap().errors.entry(code).or_default() += 1;
+                            client = None;
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let taken = std::mem::take(&mut *seen.lock().unwrap());
+        taken
+    });
+    (handle, shared)
+}
+
+fn console(sb: &Sandbox, bouncer: &Bouncer) -> String {
+    format!(
+        "host={} port={} user={} password={}",
+        bouncer.host(),
+        bouncer.port(),
+        roles::ADMIN,
+        sb.password(roles::ADMIN).unwrap_or_default()
+    )
+}
+
+/// `drain --pgbouncer DB --grace 5s --then-unfence` under a committing workload through
+/// PgBouncer in transaction mode: the alias is paused first (queries queue), the database
+/// drained and unfenced, the alias resumed: 0 application errors, every acknowledged
+/// commit stored, the applications go on after it. Then a drain that leaves the fence up
+/// keeps the alias paused, and `pgkill unfence` (finding the pooler in the fence record)
+/// resumes it: still 0 errors.
+async fn drain_through_the_pooler_costs_the_applications_nothing(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("shop_db", None).await?;
+    sb.admin("shop_db")
+        .await?
+        .batch_execute("CREATE TABLE writes (writer int, seq bigint, PRIMARY KEY (writer, seq))")
+        .await?;
+    for version in BouncerVersion::ALL {
+        sb.admin("shop_db")
+            .await?
+            .batch_execute("TRUNCATE writes")
+            .await?;
+        let mut options =
+            BouncerOptions::new(version, PoolMode::Transaction).database("shop", "shop_db");
+        options.default_pool_size = 3;
+        let bouncer = Bouncer::start(&sb, &options)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (apps, progress) = workload(&bouncer, "shop", 6, stop.clone());
+        let acks = || progress.lock().unwrap().acknowledged.len();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+        let (code, out, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &[
+                "--pgbouncer",
+                &console(&sb, &bouncer),
+                "drain",
+                "shop_db",
+                "--grace",
+                "5s",
+                "--then-unfence",
+                "-y",
+            ],
+        ))?;
+        ensure!(
+            code == 0
+                && out.contains("Paused at PgBouncer: shop (")
+                && out.contains("Resumed at PgBouncer: shop ("),
+            "PgBouncer {}: drain exit {code}\n{out}\n{err}",
+            version.as_str()
+        );
+        // The held drain: the alias stays paused until unfence.
+        let (code, out, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &[
+                "--pgbouncer",
+                &console(&sb, &bouncer),
+                "drain",
+                "shop_db",
+                "--grace",
+                "5s",
+                "-y",
+            ],
+        ))?;
+        ensure!(
+            code == 0 && out.contains("Paused at PgBouncer: shop ("),
+            "drain exit {code}\n{out}\n{err}"
+        );
+        let paused = bouncer
+            .admin(roles::ADMIN)
+            .await?
+            .simple_query("SHOW DATABASES")
+            .await?
+            .into_iter()
+            .find(|r| r.get("name") == Some("shop"))
+            .and_then(|r| r.get("paused").map(str::to_owned));
+        ensure!(
+            paused.as_deref() == Some("1"),
+            "shop is not paused after a held drain: {paused:?}"
+        );
+        let before = acks();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        ensure!(
+            acks() == before,
+            "commits went on while shop was paused and shop_db fenced"
+        );
+        // Unfence from the record alone: the console's address is in it, the password
+        // comes from the environment as libpq would take it.
+        let mut cmd = support::pgkill(&sb, roles::ADMIN, &["unfence", "shop_db"]);
+        cmd.env("PGPASSWORD", sb.password(roles::ADMIN).unwrap_or_default());
+        let (code, out, err) = support::run(cmd)?;
+        ensure!(
+            code == 0 && out.contains("Resumed at PgBouncer: shop"),
+            "unfence exit {code}\n{out}\n{err}"
+        );
+        let began = std::time::Instant::now();
+        while acks() <= before + 6 {
+            ensure!(
+                began.elapsed() < std::time::Duration::from_secs(10),
+                "the applications did not go on after unfence"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = apps.await?;
+        ensure!(
+            seen.errors.is_empty(),
+            "PgBouncer {}: the applications saw errors {:?}",
+            version.as_str(),
+            seen.errors
+        );
+        let admin = sb.admin("shop_db").await?;
+        let stored: i64 = admin
+            .query_one("SELECT count(*) FROM writes", &[])
+            .await?
+            .get(0);
+        ensure!(
+            stored == i64::try_from(seen.acknowledged.len())?,
+            "{} commits acknowledged, {stored} stored",
+            seen.acknowledged.len()
+        );
+        let allow: bool = admin
+            .query_one(
+                "SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = 'shop_db'",
+                &[],
+            )
+            .await?
+            .get(0);
+        ensure!(allow, "shop_db was left fenced");
+        eprintln!(
+            "PgBouncer {}: {} commits, longest wait {:?}",
+            version.as_str(),
+            seen.acknowledged.len(),
+            seen.longest_wait
+        );
+    }
+    Ok(())
+}
+
+/// A console whose user may not pause (a stats user), or a pooler that cannot be
+/// reached: the drain stops before changing anything, exit 2.
+async fn a_pooler_that_refuses_stops_the_drain_before_any_change(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("shop_db", None).await?;
+    let options = BouncerOptions::new(BouncerVersion::V1_18, PoolMode::Transaction)
+        .database("shop", "shop_db")
+        .stats_user(roles::PLAIN);
+    let bouncer = Bouncer::start(&sb, &options)?;
+    let stats = format!(
+        "host={} port={} user={} password={}",
+        bouncer.host(),
+        bouncer.port(),
+        roles::PLAIN,
+        sb.password(roles::PLAIN).unwrap_or_default()
+    );
+    for (how, conninfo) in [
+        ("a stats user", stats),
+        (
+            "nothing listening",
+            "host=127.0.0.1 port=1 connect_timeout=2".to_owned(),
+        ),
+    ] {
+        let (code, out, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &["--pgbouncer", &conninfo, "drain", "shop_db", "-y"],
+        ))?;
+        ensure!(
+            code == 2 && err.contains("nothing was changed"),
+            "{how}: exit {code}\n{out}\n{err}"
+        );
+        let admin = sb.admin("postgres").await?;
+        let row = admin
+            .query_one("SELECT datallowconn, description FROM pg_catalog.pg_database d LEFT JOIN pg_catalog.pg_shdescription s ON s.objoid = d.oid WHERE datname = 'shop_db'", &[])
+            .await?;
+        let (allow, comment): (bool, Option<String>) = (row.get(0), row.get(1));
+        ensure!(
+            allow && comment.is_none(),
+            "{how}: shop_db was changed: {allow} {comment:?}"
+        );
+    }
     Ok(())
 }

@@ -92,6 +92,11 @@ pub use error::{ConnectError, Result};
 pub use require_auth::RequireAuth;
 pub use resolve::resolve;
 
+/// Quotes a value for a `key=value` connection string when it needs it, as libpq reads it.
+pub fn quote_conninfo_value(value: &str) -> String {
+    conninfo::quote_value(value)
+}
+
 /// The `application_name` of every connection pgkill opens. Not configurable (not even by
 /// `PGAPPNAME`): a DBA looking at `pg_stat_activity` can tell pgkill's sessions.
 pub const APPLICATION_NAME: &str = "pgkill";

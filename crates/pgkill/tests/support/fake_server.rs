@@ -62,6 +62,8 @@ pub struct Record {
     pub database: Option<String>,
     /// The password message's contents (none if the client sent none).
     pub password: Option<String>,
+    /// A connection of [`FakeServer::take`]'s own (never returned).
+    marker: bool,
 }
 
 impl std::fmt::Display for Record {
@@ -218,22 +220,58 @@ impl FakeServer {
         self.endpoints.iter().find(|e| e.label == label)
     }
 
-    /// Waits until every connection accepted so far has been served to its end, then
-    /// returns the records in arrival order and forgets them.
+    /// Waits until every connection a client made so far has been accepted and served to
+    /// its end, then returns the records in arrival order and forgets them. A connection
+    /// can still wait in a listener's backlog after the client has exited: a marker
+    /// connection of this server's own goes to the back of each listener's queue, and
+    /// once every marker has been accepted, so has everything before it.
     pub fn take(&self, within: Duration) -> Result<Vec<Record>> {
+        let mut markers = 0;
+        let mut held = Vec::new();
+        let packet = [&8u32.to_be_bytes()[..], &MARKER.to_be_bytes()[..]].concat();
+        for e in &self.endpoints {
+            if e.behaviour == Behaviour::Down {
+                continue;
+            }
+            use std::io::Write as _;
+            match (e.listen, &e.dir) {
+                (Listen::Tcp4 | Listen::Tcp6, _) => {
+                    let ip = if e.listen == Listen::Tcp4 {
+                        "127.0.0.1"
+                    } else {
+                        "::1"
+                    };
+                    let mut c = std::net::TcpStream::connect((ip, e.port))?;
+                    c.write_all(&packet)?;
+                    held.push(Box::new(c) as Box<dyn std::any::Any>);
+                }
+                (_, Some(dir)) => {
+                    let mut c = std::os::unix::net::UnixStream::connect(socket_file(dir, e.port))?;
+                    c.write_all(&packet)?;
+                    held.push(Box::new(c) as Box<dyn std::any::Any>);
+                }
+                (_, None) => continue,
+            }
+            markers += 1;
+        }
         let state = self.shared.state.lock().map_err(|_| anyhow!("poisoned"))?;
         let (mut state, timeout) = self
             .shared
             .idle
-            .wait_timeout_while(state, within, |s| s.active > 0)
+            .wait_timeout_while(state, within, |s| {
+                s.active > 0 || s.records.iter().filter(|r| r.marker).count() < markers
+            })
             .map_err(|_| anyhow!("poisoned"))?;
+        drop(held);
         if timeout.timed_out() {
             bail!(
                 "{} connection(s) still open {within:?} after the client ended",
                 state.active
             );
         }
-        Ok(std::mem::take(&mut state.records))
+        let mut records = std::mem::take(&mut state.records);
+        records.retain(|r| !r.marker);
+        Ok(records)
     }
 }
 
@@ -268,6 +306,7 @@ where
             user: None,
             database: None,
             password: None,
+            marker: false,
         });
         state.records.len() - 1
     };
@@ -291,6 +330,8 @@ fn update(shared: &Shared, index: usize, f: impl FnOnce(&mut Record)) {
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const PROTOCOL_3: u32 = 196_608;
+/// The request code of [`FakeServer::take`]'s marker connections (no client sends it).
+const MARKER: u32 = 0x7067_6b6c;
 
 async fn conversation<S>(
     mut s: S,
@@ -310,6 +351,10 @@ where
         let mut body = vec![0; len - 8];
         s.read_exact(&mut body).await?;
         match code {
+            MARKER => {
+                update(shared, index, |r| r.marker = true);
+                return Ok(());
+            }
             SSL_REQUEST | GSSENC_REQUEST => {
                 if code == SSL_REQUEST {
                     update(shared, index, |r| r.ssl_request = true);
