@@ -62,7 +62,12 @@ async fn pointed_at_pgbouncer_it_says_so(pg: Installation) -> Result<()> {
                             && err.lines().count() == 1
                             && err
                                 .contains(&format!("is PgBouncer {}", bouncer.reported_version()))
-                            && err.contains("a connection pooler, not PostgreSQL"),
+                            && err.contains("a connection pooler, not PostgreSQL")
+                            && err.contains(&format!(
+                                "--pgbouncer 'host=127.0.0.1 port={} user={} dbname=pgbouncer'",
+                                bouncer.port(),
+                                roles::ADMIN
+                            )),
                         "{case}: exit {code}\n{out}\n{err}"
                     );
                 }

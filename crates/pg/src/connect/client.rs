@@ -298,7 +298,11 @@ async fn connect_one(
             Failure::OptionsDropped => {
                 let target = settings.describe_with_dbname(&dbname);
                 return Err(match pgbouncer_version(settings, password.as_ref()).await {
-                    Some(version) => ConnectError::Pooler { target, version },
+                    Some(version) => ConnectError::Pooler {
+                        target,
+                        version,
+                        console: console_conninfo(settings),
+                    },
                     None => ConnectError::OptionsDropped { target },
                 });
             }
@@ -309,6 +313,7 @@ async fn connect_one(
                     return Err(ConnectError::Pooler {
                         target: settings.describe_with_dbname(&dbname),
                         version,
+                        console: console_conninfo(settings),
                     });
                 }
                 return Err(classify(e, settings, &dbname, source.as_ref()));
@@ -495,6 +500,17 @@ pub async fn connect_console(settings: &Settings) -> Result<(Client, ConnectionT
             target: settings.describe(),
         }),
     }
+}
+
+/// `host=… port=… user=… dbname=pgbouncer`: the admin console of the pooler at
+/// `settings`, as `--pgbouncer` takes it (no password).
+fn console_conninfo(settings: &Settings) -> String {
+    let mut s = settings.describe_with_dbname("pgbouncer");
+    if let Some(addr) = settings.hostaddr {
+        // describe() shows hostaddr; keep only what a user would type.
+        s = s.replace(&format!(" hostaddr={addr}"), "");
+    }
+    s
 }
 
 /// Whether the server at `settings` is a PgBouncer, and which version: its admin console

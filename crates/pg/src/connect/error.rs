@@ -64,12 +64,14 @@ pub enum ConnectError {
         attempts: Vec<String>,
     },
     /// The server is a PgBouncer, not PostgreSQL.
-    #[error("the server at {target} is {version}, a connection pooler, not PostgreSQL: pgkill must talk to the PostgreSQL server itself to see and end sessions; connect it to the server behind the pooler (its address is in the pooler's [databases] section, or SHOW DATABASES on its admin console)")]
+    #[error("the server at {target} is {version}, a connection pooler, not PostgreSQL: connect pgkill to the PostgreSQL server behind it (the pooler's [databases] section, or SHOW DATABASES on its admin console, says where) and name the pooler with --pgbouncer '{console}' to see and steer the applications behind it")]
     Pooler {
         /// Where.
         target: String,
         /// `PgBouncer 1.18.0`.
         version: String,
+        /// The pooler's admin console, as `--pgbouncer` takes it (no password).
+        console: String,
     },
     /// The session lacks the startup options pgkill sent (`search_path`,
     /// `statement_timeout`): something between pgkill and PostgreSQL dropped them.
