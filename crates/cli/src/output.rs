@@ -609,6 +609,85 @@ pub fn plan_table(out: &mut dyn Write, plan: &Plan, width: Option<usize>) -> io:
     )
 }
 
+/// Application connections `kill` ends at a pooler, as a table.
+pub fn app_targets_table(
+    out: &mut dyn Write,
+    targets: &[pgkill_core::pooler::AppTarget],
+    width: Option<usize>,
+) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = targets
+        .iter()
+        .map(|t| {
+            vec![
+                t.client
+                    .id
+                    .map_or_else(|| "?".to_owned(), |i| i.to_string()),
+                t.client.user.clone(),
+                t.database.clone(),
+                unknown(t.client.application_name.as_deref()),
+                format!(
+                    "{} via pgbouncer ({})",
+                    pooled_client_text(&t.client),
+                    t.pool_mode
+                ),
+                match &t.refused {
+                    Some(why) => format!("SKIP: {why}"),
+                    None => format!("KILL_CLIENT at {}", t.pooler),
+                },
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "client id",
+            "user",
+            "database",
+            "application",
+            "client",
+            "how",
+        ],
+        &rows,
+        width,
+    )
+}
+
+/// What happened to the application connections at a pooler, as a table.
+pub fn app_outcomes_table(
+    out: &mut dyn Write,
+    outcomes: &[pgkill_core::pooler::AppOutcome],
+    width: Option<usize>,
+) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = outcomes
+        .iter()
+        .map(|o| {
+            vec![
+                o.client
+                    .id
+                    .map_or_else(|| "?".to_owned(), |i| i.to_string()),
+                o.client.user.clone(),
+                unknown(o.client.application_name.as_deref()),
+                pooled_client_text(&o.client),
+                o.outcome.as_str().to_owned(),
+                o.detail.clone(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "client id",
+            "user",
+            "application",
+            "client",
+            "outcome",
+            "detail",
+        ],
+        &rows,
+        width,
+    )
+}
+
 /// Outcomes as a table.
 pub fn outcomes_table(
     out: &mut dyn Write,

@@ -103,7 +103,7 @@ async fn list_sessions(
 ) -> anyhow::Result<Exit> {
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
-    let poolers = read_poolers(poolers).await?;
+    let poolers = states_of(&read_poolers(poolers).await?);
     let (list, pooled) = if poolers.is_empty() {
         (sessions::list(client, &caps, filter).await?, Vec::new())
     } else {
@@ -158,27 +158,42 @@ async fn list_sessions(
     })
 }
 
-/// Reads every pooler named (`--pgbouncer`, `PGKILL_PGBOUNCER`), all at once. One that
-/// cannot be reached or read stops the command (exit 2): a listing without it would
-/// miss applications.
+/// Reads every pooler named (`--pgbouncer`, `PGKILL_PGBOUNCER`). One that cannot be
+/// reached or read stops the command (exit 2): a listing without it would miss
+/// applications.
 async fn read_poolers(
     conninfos: &[String],
-) -> anyhow::Result<Vec<pgkill_core::pooler::PoolerState>> {
+) -> anyhow::Result<
+    Vec<(
+        pgkill_pg::pgbouncer::Pooler,
+        pgkill_core::pooler::PoolerState,
+    )>,
+> {
     // A few poolers at most: read one after the other.
-    let mut reads = Vec::new();
+    let mut states = Vec::new();
     for c in conninfos {
         let pooler = pgkill_pg::pgbouncer::Pooler::resolve(c, &pgkill_pg::connect::SystemEnv)
             .map_err(|e| crate::UsageError(e.to_string()))?;
-        reads.push(async move {
-            let console = pooler.connect().await?;
-            pooler.read(&console).await
-        });
-    }
-    let mut states = Vec::new();
-    for read in reads {
-        states.push(read.await.map_err(|e| crate::UsageError(e.to_string()))?);
+        let console = pooler
+            .connect()
+            .await
+            .map_err(|e| crate::UsageError(e.to_string()))?;
+        let state = pooler
+            .read(&console)
+            .await
+            .map_err(|e| crate::UsageError(e.to_string()))?;
+        states.push((pooler, state));
     }
     Ok(states)
+}
+
+fn states_of(
+    poolers: &[(
+        pgkill_pg::pgbouncer::Pooler,
+        pgkill_core::pooler::PoolerState,
+    )],
+) -> Vec<pgkill_core::pooler::PoolerState> {
+    poolers.iter().map(|(_, s)| s.clone()).collect()
 }
 
 #[derive(Serialize)]
@@ -188,6 +203,12 @@ struct SignalDoc<'a> {
     dry_run: bool,
     plan: Vec<PlanEntry<'a>>,
     outcomes: &'a [Outcome],
+    /// With `--pgbouncer`: application connections ended at the pooler.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pooler_plan: &'a [pgkill_core::pooler::AppTarget],
+    /// What happened to them, verified at the pooler.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pooler_outcomes: &'a [pgkill_core::pooler::AppOutcome],
 }
 
 #[derive(Serialize)]
@@ -240,10 +261,211 @@ pub async fn signal(
     )?;
     let connected = inflight::connect(conn_args, conninfo).await?;
     let mut signals = Signals::listen()?;
+    // Only kill ends connections at a pooler; cancel warned at start that it does not.
+    let poolers = match signal {
+        Signal::Terminate => conn_args.poolers().0,
+        Signal::Cancel => Vec::new(),
+    };
     inflight::guard(&connected, &mut signals, async {
-        signal_sessions(&connected, args, &filter, signal, action, timeout).await
+        if poolers.is_empty() {
+            signal_sessions(&connected, args, &filter, signal, action, timeout).await
+        } else {
+            kill_through_poolers(&connected, args, &filter, timeout, &poolers).await
+        }
     })
     .await
+}
+
+/// `kill --pgbouncer`: ends the application connections the filters select, wherever
+/// they are (see `pgkill_core::pooler::split_for_kill`): backends no pooler owns and
+/// session-pooled ones through the server's signalling path (re-checked there), the rest
+/// at the pooler (`KILL_CLIENT`), each verified gone from the pooler's `SHOW CLIENTS`.
+async fn kill_through_poolers(
+    connected: &Connected,
+    args: &SignalArgs,
+    filter: &pgkill_core::Filter,
+    timeout: Duration,
+    conninfos: &[String],
+) -> anyhow::Result<Exit> {
+    use pgkill_core::plan::{OutcomeKind, Plan};
+    let client = &connected.client;
+    let caps = sessions::capabilities(client).await?;
+    let read = read_poolers(conninfos).await?;
+    let states = states_of(&read);
+    let poolers: Vec<pgkill_pg::pgbouncer::Pooler> = read.into_iter().map(|(p, _)| p).collect();
+    let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, &caps, filter, &states).await?;
+    let mut split = pgkill_core::pooler::split_for_kill(list, pooled, &states);
+    // Superusers' connections are protected behind a pooler too.
+    let users: Vec<String> = split
+        .at_pooler
+        .iter()
+        .map(|t| t.client.user.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !users.is_empty() && !filter.include_superusers {
+        let supers: Vec<String> =
+            pgkill_pg::exec::query(client, &pgkill_core::planner::superusers_among(users))
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+        for t in split.at_pooler.iter_mut().filter(|t| t.refused.is_none()) {
+            if supers.contains(&t.client.user) {
+                t.refused = Some(format!(
+                    "role {} is a superuser: protected (--include-superusers to include it)",
+                    t.client.user
+                ));
+            }
+        }
+    }
+    let mut behind = filter.clone();
+    behind.apps.clear();
+    behind.clients.clear();
+    behind.newest = None;
+    behind.oldest = None;
+    let direct = Plan::build(Signal::Terminate, split.direct, filter, &caps.caller);
+    let session_pooled = Plan::build(
+        Signal::Terminate,
+        split.session_pooled,
+        &behind,
+        &caps.caller,
+    );
+    let acting = direct.to_signal().count()
+        + session_pooled.to_signal().count()
+        + split
+            .at_pooler
+            .iter()
+            .filter(|t| t.refused.is_none())
+            .count();
+    let mut out = output::for_people();
+    let nothing = direct.targets.is_empty()
+        && session_pooled.targets.is_empty()
+        && split.at_pooler.is_empty();
+    if !args.json {
+        if nothing {
+            writeln!(out, "No session matched.")?;
+        } else {
+            writeln!(
+                out,
+                "Plan: terminate {acting} application connection(s) on PostgreSQL {} as {}:",
+                caps.version, caps.caller.user
+            )?;
+            let mut plan = direct.clone();
+            plan.targets.extend(session_pooled.targets.iter().cloned());
+            if !plan.targets.is_empty() {
+                output::plan_table(&mut out, &plan, width())?;
+            }
+            if !split.at_pooler.is_empty() {
+                writeln!(out, "At the pooler:")?;
+                output::app_targets_table(&mut out, &split.at_pooler, width())?;
+            }
+        }
+        if split.idle_pool_connections > 0 {
+            writeln!(
+                out,
+                "({} pooler server connection(s) serving no application right now left alone: ending them ends no application)",
+                split.idle_pool_connections
+            )?;
+        }
+    }
+    let doc = |outcomes: &[Outcome],
+               apps: &[pgkill_core::pooler::AppOutcome],
+               dry_run: bool,
+               out: &mut dyn Write|
+     -> anyhow::Result<()> {
+        let mut entries = plan_entries(&direct);
+        entries.extend(plan_entries(&session_pooled));
+        let d = SignalDoc {
+            server: server_json(&caps, &connected.settings),
+            action: "terminate",
+            dry_run,
+            plan: entries,
+            outcomes,
+            pooler_plan: &split.at_pooler,
+            pooler_outcomes: apps,
+        };
+        output::json(out, &d)?;
+        Ok(())
+    };
+    if nothing {
+        if args.json {
+            doc(&[], &[], args.dry_run, &mut out)?;
+        }
+        out.flush()?;
+        return Ok(Exit::NothingMatched);
+    }
+    if args.dry_run {
+        if args.json {
+            doc(&[], &[], true, &mut out)?;
+        } else {
+            writeln!(out, "Dry run: nothing was changed.")?;
+        }
+        out.flush()?;
+        return Ok(Exit::Ok);
+    }
+    if !args.yes
+        && !crate::confirm::ask(
+            &mut out,
+            &format!("Terminate {acting} application connection(s)?"),
+        )
+        .await?
+    {
+        return Ok(Exit::Error);
+    }
+    let mut outcomes = sessions::execute(client, &caps, filter, &direct, timeout).await?;
+    let via_backend = sessions::execute(client, &caps, &behind, &session_pooled, timeout).await?;
+    // Session pooling: the pooler closes the application once its backend is gone;
+    // verify that at the pooler too.
+    let mut at_pooler = split.at_pooler.clone();
+    for (o, t) in via_backend.iter().zip(session_pooled.to_signal()) {
+        if o.outcome != OutcomeKind::Terminated {
+            continue;
+        }
+        if let Some(link) = &t.session.pooler {
+            if let Some(c) = &link.client {
+                at_pooler.push(pgkill_core::pooler::AppTarget {
+                    pooler: link.pooler.clone(),
+                    version: link.version.clone(),
+                    pool_mode: link.pool_mode.clone(),
+                    alias: link.alias.clone(),
+                    database: t.session.database.clone().unwrap_or_default(),
+                    client: c.clone(),
+                    backend: Some(t.session.pid),
+                    end: pgkill_core::pooler::AppEnd::TerminateBackend,
+                    refused: None,
+                });
+            }
+        }
+    }
+    outcomes.extend(via_backend);
+    let killing = at_pooler
+        .iter()
+        .any(|t| t.refused.is_none() && t.end == pgkill_core::pooler::AppEnd::KillClient);
+    for st in &states {
+        if killing && st.version.kill_client_open_to_stats_users() {
+            eprintln!(
+                "pgkill: warning: PgBouncer {} at {} lets stats_users run KILL_CLIENT too (CVE-2026-6667, fixed in 1.25.2): upgrade it",
+                st.version, st.name
+            );
+        }
+    }
+    let apps = pgkill_pg::pgbouncer::end_clients(&poolers, &at_pooler, timeout).await;
+    if args.json {
+        doc(&outcomes, &apps, false, &mut out)?;
+    } else {
+        if !outcomes.is_empty() {
+            output::outcomes_table(&mut out, &outcomes, width())?;
+        }
+        if !apps.is_empty() {
+            writeln!(out, "At the pooler:")?;
+            output::app_outcomes_table(&mut out, &apps, width())?;
+        }
+    }
+    out.flush()?;
+    let failed = outcomes.iter().any(|o| o.outcome.is_failure())
+        || apps.iter().any(|a| a.outcome.is_failure());
+    Ok(if failed { Exit::Partial } else { Exit::Ok })
 }
 
 async fn signal_sessions(
@@ -267,6 +489,8 @@ async fn signal_sessions(
             dry_run,
             plan: entries,
             outcomes,
+            pooler_plan: &[],
+            pooler_outcomes: &[],
         };
         output::json(out, &d)?;
         Ok(())

@@ -360,6 +360,17 @@ pub fn server_summary() -> Query {
     }
 }
 
+/// Which of the roles `names` are superusers (for the protection of application
+/// connections behind a pooler, which have no backend row to say so).
+pub fn superusers_among(names: Vec<String>) -> Query {
+    Query {
+        sql: "SELECT r.rolname::text FROM pg_catalog.pg_roles r
+ WHERE r.rolsuper AND r.rolname::text = ANY ($1::text[])"
+            .into(),
+        params: vec![Param::TextArray(names)],
+    }
+}
+
 /// Sets this session's `statement_timeout` to `ms` milliseconds (0: no limit).
 pub fn set_statement_timeout(ms: u64) -> Query {
     Query {
@@ -486,6 +497,7 @@ mod tests {
             set_statement_timeout(5000).sql,
             raise_statement_timeout(60_000).sql,
             still_present(std::slice::from_ref(&id)).sql,
+            superusers_among(vec!["a".into()]).sql,
         ];
         for major in 10..=18 {
             for f in [Filter::default(), every_filter()] {

@@ -368,6 +368,152 @@ pub fn attach(sessions: &mut [crate::Session], poolers: &[PoolerState]) -> Vec<P
     pooled
 }
 
+/// How `kill` ends an application connection behind a pooler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppEnd {
+    /// Session pooling: its backend is terminated (through the server's signalling path)
+    /// and the pooler then closes the application's connection.
+    TerminateBackend,
+    /// `KILL_CLIENT id` at the pooler (PgBouncer 1.24+).
+    KillClient,
+}
+
+/// An application connection behind a pooler that `kill` selected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppTarget {
+    /// The pooler (`host=… port=…`).
+    pub pooler: String,
+    /// Its version.
+    pub version: String,
+    /// The pool mode.
+    pub pool_mode: String,
+    /// The pooler's database name.
+    pub alias: String,
+    /// The server's database name.
+    pub database: String,
+    /// The application connection.
+    pub client: PoolConnection,
+    /// The backend it is linked to right now, if any.
+    pub backend: Option<i32>,
+    /// How it is ended.
+    pub end: AppEnd,
+    /// Why it will not be ended, if so.
+    pub refused: Option<String>,
+}
+
+/// What happened to an [`AppTarget`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppOutcome {
+    /// The pooler.
+    pub pooler: String,
+    /// The connection (`id`, address, port, name as listed).
+    pub client: PoolConnection,
+    /// The backend it was linked to, if any.
+    pub backend: Option<i32>,
+    /// What happened (`terminated`: gone from the pooler's `SHOW CLIENTS`).
+    #[serde(serialize_with = "outcome_name")]
+    pub outcome: crate::plan::OutcomeKind,
+    /// Details for people.
+    pub detail: String,
+}
+
+fn outcome_name<S: serde::Serializer>(
+    k: &crate::plan::OutcomeKind,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(k.as_str())
+}
+
+/// What `kill` does with a listing that went through poolers.
+#[derive(Debug, Clone, Default)]
+pub struct KillSplit {
+    /// Backends no pooler owns: the server's signalling path, with every filter.
+    pub direct: Vec<crate::Session>,
+    /// Backends of session pools, each the one application linked to it: the server's
+    /// signalling path (its `--app`/`--client` were matched on the application, so they
+    /// are not re-checked on the backend), then verified at the pooler.
+    pub session_pooled: Vec<crate::Session>,
+    /// Application connections ended at the pooler (or refused there).
+    pub at_pooler: Vec<AppTarget>,
+    /// Server connections of pools that serve no application right now: left alone.
+    pub idle_pool_connections: usize,
+}
+
+/// Sorts a listing that went through poolers for `kill`: a session-pooled application
+/// is ended by terminating its backend; in transaction or statement pooling a backend
+/// serves whichever application comes next, so the application is ended at the pooler
+/// (`KILL_CLIENT`, PgBouncer 1.24+; refused with the reason on older versions) and its
+/// backend is never signalled.
+pub fn split_for_kill(
+    sessions: Vec<crate::Session>,
+    pooled: Vec<Pooled>,
+    poolers: &[PoolerState],
+) -> KillSplit {
+    let mut split = KillSplit::default();
+    let version_of = |name: &str| poolers.iter().find(|p| p.name == name).map(|p| p.version);
+    let at_pooler = |pooler: &str,
+                     version: &str,
+                     mode: &str,
+                     alias: &str,
+                     database: &str,
+                     client: PoolConnection,
+                     backend: Option<i32>| {
+        let v = version_of(pooler);
+        let refused = match v {
+            Some(v) if v.has_kill_client() && client.id.is_some() => None,
+            _ => Some(format!(
+                "PgBouncer {version} cannot end one application connection in {mode} pooling (KILL_CLIENT needs PgBouncer 1.24): nothing was done to it; `pgkill drain --pgbouncer` pauses the whole database instead"
+            )),
+        };
+        AppTarget {
+            pooler: pooler.to_owned(),
+            version: version.to_owned(),
+            pool_mode: mode.to_owned(),
+            alias: alias.to_owned(),
+            database: database.to_owned(),
+            client,
+            backend,
+            end: AppEnd::KillClient,
+            refused,
+        }
+    };
+    for s in sessions {
+        let Some(link) = s.pooler.clone() else {
+            split.direct.push(s);
+            continue;
+        };
+        match link.client {
+            None => split.idle_pool_connections += 1,
+            Some(_) if link.pool_mode == "session" => split.session_pooled.push(s),
+            Some(client) => {
+                let database = s.database.clone().unwrap_or_default();
+                split.at_pooler.push(at_pooler(
+                    &link.pooler,
+                    &link.version,
+                    &link.pool_mode,
+                    &link.alias,
+                    &database,
+                    client,
+                    Some(s.pid),
+                ));
+            }
+        }
+    }
+    for p in pooled {
+        split.at_pooler.push(at_pooler(
+            &p.pooler,
+            &p.version,
+            &p.pool_mode,
+            &p.alias,
+            &p.database,
+            p.client,
+            None,
+        ));
+    }
+    split
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,10 @@
 //! they say to the server's sessions ([`attach`]).
 
 use pgkill_core::fence::PoolerFence;
+use pgkill_core::plan::OutcomeKind;
 use pgkill_core::pooler::{
-    PoolConnection, PoolDatabase, Pooled, PoolerState, PoolerVersion, ShowRow,
+    AppEnd, AppOutcome, AppTarget, PoolConnection, PoolDatabase, Pooled, PoolerState,
+    PoolerVersion, ShowRow,
 };
 use pgkill_core::{Filter, Session};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -237,6 +239,16 @@ impl Pooler {
         self.settings.host.to_string() == fence.host && self.settings.port == fence.port
     }
 
+    /// `SHOW CLIENTS`.
+    async fn clients(&self, client: &Client) -> Result<Vec<PoolConnection>, PoolerError> {
+        Ok(self
+            .show(client, "SHOW CLIENTS")
+            .await?
+            .iter()
+            .map(PoolConnection::from_row)
+            .collect())
+    }
+
     /// Checks that the console lets this user change things (`admin_users`): `SHOW FDS`
     /// is refused to everyone else.
     pub async fn check_admin(&self, client: &Client) -> Result<(), PoolerError> {
@@ -330,6 +342,121 @@ pub async fn resume(pooler: &Pooler, aliases: &[String]) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Ends the application connections `targets` at their poolers (`KILL_CLIENT id`), and
+/// verifies, for every target, that the pooler no longer lists it (`SHOW CLIENTS`) within
+/// `timeout`. Targets whose backend the caller terminated (session pooling) are only
+/// verified. Right before `KILL_CLIENT` the client is looked up again by its id (ids are
+/// never reused) and must still have the address and port it was listed with; otherwise
+/// it is `already_gone`. Refused targets are reported `not_permitted` untouched.
+pub async fn end_clients(
+    poolers: &[Pooler],
+    targets: &[AppTarget],
+    timeout: std::time::Duration,
+) -> Vec<AppOutcome> {
+    let outcome = |t: &AppTarget, kind: OutcomeKind, detail: String| AppOutcome {
+        pooler: t.pooler.clone(),
+        client: t.client.clone(),
+        backend: t.backend,
+        outcome: kind,
+        detail,
+    };
+    let same = |a: &PoolConnection, b: &PoolConnection| match (a.id, b.id) {
+        (Some(x), Some(y)) => x == y && a.addr == b.addr && a.port == b.port,
+        _ => a.ptr == b.ptr && a.addr == b.addr && a.port == b.port,
+    };
+    let mut outcomes = Vec::new();
+    for pooler in poolers {
+        let mine: Vec<&AppTarget> = targets.iter().filter(|t| t.pooler == pooler.name).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let console = match pooler.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                for t in mine {
+                    outcomes.push(outcome(t, OutcomeKind::NotPermitted, e.to_string()));
+                }
+                continue;
+            }
+        };
+        let mut sent = Vec::new();
+        for t in &mine {
+            if let Some(why) = &t.refused {
+                outcomes.push(outcome(t, OutcomeKind::NotPermitted, why.clone()));
+                continue;
+            }
+            match t.end {
+                AppEnd::TerminateBackend => sent.push(*t),
+                AppEnd::KillClient => {
+                    let now = match pooler.clients(&console).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            outcomes.push(outcome(t, OutcomeKind::NotPermitted, e.to_string()));
+                            continue;
+                        }
+                    };
+                    let (Some(id), true) = (t.client.id, now.iter().any(|c| same(c, &t.client)))
+                    else {
+                        outcomes.push(outcome(
+                            t,
+                            OutcomeKind::AlreadyGone,
+                            "no longer connected to the pooler".to_owned(),
+                        ));
+                        continue;
+                    };
+                    match console.simple_query(&format!("KILL_CLIENT {id}")).await {
+                        Ok(_) => sent.push(*t),
+                        Err(e) => outcomes.push(outcome(
+                            t,
+                            OutcomeKind::NotPermitted,
+                            format!(
+                                "KILL_CLIENT {id} failed: {}",
+                                e.as_db_error()
+                                    .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+                            ),
+                        )),
+                    }
+                }
+            }
+        }
+        // Verify at the pooler: each target must leave SHOW CLIENTS.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut waiting: Vec<&AppTarget> = sent;
+        loop {
+            let now = pooler.clients(&console).await.unwrap_or_default();
+            waiting.retain(|t| {
+                let gone = !now.iter().any(|c| same(c, &t.client));
+                if gone {
+                    outcomes.push(outcome(
+                        t,
+                        OutcomeKind::Terminated,
+                        match t.end {
+                            AppEnd::KillClient => "ended at the pooler (KILL_CLIENT); gone from its SHOW CLIENTS".to_owned(),
+                            AppEnd::TerminateBackend => "its backend was terminated and the pooler closed it; gone from its SHOW CLIENTS".to_owned(),
+                        },
+                    ));
+                }
+                !gone
+            });
+            if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        for t in waiting {
+            outcomes.push(outcome(
+                t,
+                OutcomeKind::StillAlive,
+                format!(
+                    "still in the pooler's SHOW CLIENTS after {}s",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+    }
+    outcomes
 }
 
 /// A connection string for messages: a URI or `key=value` text without any password.

@@ -26,6 +26,7 @@ fn main() {
         commands_that_do_not_see_through_poolers_yet_say_so,
         drain_through_the_pooler_costs_the_applications_nothing,
         a_pooler_that_refuses_stops_the_drain_before_any_change,
+        kill_through_the_pooler_ends_what_the_user_meant,
     ]);
 }
 
@@ -288,8 +289,7 @@ async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -
     let victim = pgkill_sandbox::sim::idle(&sb.config("postgres", roles::PLAIN)).await?;
     let pid = victim.pid().to_string();
     for args in [
-        &["kill", "--pid", &pid, "-y"][..],
-        &["cancel", "--pid", &pid, "-y"],
+        &["cancel", "--pid", &pid, "-y"][..],
         &["drop", "postgres", "-y"],
         &["top"],
     ] {
@@ -298,18 +298,31 @@ async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -
         let (code, out, err) = support::run(support::pgkill(&sb, roles::ADMIN, &all))?;
         ensure!(
             code == 2
-                && (err.contains("supported by `pgkill ls`, `drain` and `unfence` only so far")
-                    || err.contains("--pgbouncer is not supported yet")),
+                && (err.contains(
+                    "supported by `pgkill ls`, `kill`, `drain` and `unfence` only so far"
+                ) || err.contains("--pgbouncer is not supported yet")),
             "{args:?}: exit {code}\n{out}\n{err}"
         );
     }
     ensure!(victim.is_connected(), "a refused command ended the session");
     let mut cmd = support::pgkill(&sb, roles::ADMIN, &["kill", "--pid", &pid, "-y"]);
     cmd.env("PGKILL_PGBOUNCER", "host=127.0.0.1 port=1");
+    // kill does use poolers: one that cannot be reached stops it before anything is done.
+    let (code, out, err) = support::run(cmd)?;
+    ensure!(
+        code == 2,
+        "kill with an unreachable pooler: exit {code}\n{out}\n{err}"
+    );
+    ensure!(
+        victim.is_connected(),
+        "kill ended the session though the pooler was unreachable"
+    );
+    let mut cmd = support::pgkill(&sb, roles::ADMIN, &["cancel", "--pid", &pid, "-y"]);
+    cmd.env("PGKILL_PGBOUNCER", "host=127.0.0.1 port=1");
     let (code, out, err) = support::run(cmd)?;
     ensure!(
         code == 0
-            && err.contains("PGKILL_PGBOUNCER is set but `pgkill kill` does not use poolers yet"),
+            && err.contains("PGKILL_PGBOUNCER is set but `pgkill cancel` does not use poolers yet"),
         "exit {code}\n{out}\n{err}"
     );
     Ok(())
@@ -573,6 +586,129 @@ async fn a_pooler_that_refuses_stops_the_drain_before_any_change(pg: Installatio
         ensure!(
             allow && comment.is_none(),
             "{how}: shop_db was changed: {allow} {comment:?}"
+        );
+    }
+    Ok(())
+}
+
+/// `pgkill --pgbouncer … kill ARGS -y --json` as the bootstrap superuser: exit code and
+/// the document.
+fn kill(sb: &Sandbox, bouncer: &Bouncer, args: &[&str]) -> Result<(i32, Value, String)> {
+    let console = console(sb, bouncer);
+    let mut all = vec!["--pgbouncer", &console, "kill"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-y", "--json"]);
+    let (code, out, err) = support::run(support::pgkill(sb, roles::ADMIN, &all))?;
+    let doc = serde_json::from_str(&out).with_context(|| format!("exit {code}\n{out}\n{err}"))?;
+    Ok((code, doc, err))
+}
+
+/// Whether an application connection still works (a query through the pooler).
+async fn works(client: &Client) -> bool {
+    client.simple_query("SELECT 1").await.is_ok()
+}
+
+/// `kill --pgbouncer --app X`: in transaction pooling PgBouncer 1.24 ends exactly X's
+/// application connection at the pooler (KILL_CLIENT; verified gone from SHOW CLIENTS,
+/// and X's next query fails) while the others go on; 1.18 cannot end one client there:
+/// `not_permitted` with the reason, exit 3, nothing ended. In session pooling X's backend
+/// is terminated and the pooler closes X, on both versions.
+async fn kill_through_the_pooler_ends_what_the_user_meant(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("shop_db", None).await?;
+    for version in BouncerVersion::ALL {
+        let mut options =
+            BouncerOptions::new(version, PoolMode::Transaction).database("shop", "shop_db");
+        options.default_pool_size = 2;
+        let bouncer = Bouncer::start(&sb, &options)?;
+        let mut apps = Vec::new();
+        for i in 0..6 {
+            let (client, _) = app(&bouncer, "shop", &format!("web-{i}")).await?;
+            client.simple_query("SELECT 1").await?;
+            apps.push(client);
+        }
+        let (code, doc, err) = kill(&sb, &bouncer, &["--app", "web-3"])?;
+        let outcomes = doc["pooler_outcomes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        ensure!(
+            outcomes.len() == 1 && doc["outcomes"].as_array().is_some_and(Vec::is_empty),
+            "PgBouncer {}: {doc}\n{err}",
+            version.as_str()
+        );
+        let o = &outcomes[0];
+        ensure!(o["client"]["application_name"] == "web-3", "{o}");
+        if version == BouncerVersion::V1_24_1 {
+            ensure!(
+                code == 0 && o["outcome"] == "terminated",
+                "exit {code}: {doc}\n{err}"
+            );
+            ensure!(!works(&apps[3]).await, "web-3 still works after its kill");
+            ensure!(
+                err.contains("CVE-2026-6667"),
+                "no warning about KILL_CLIENT on 1.24.1: {err}"
+            );
+            // A superuser's application connection is protected behind the pooler too.
+            let stream = tokio::net::TcpStream::connect((bouncer.host(), bouncer.port())).await?;
+            let mut config = bouncer.config("shop", roles::ADMIN);
+            config.application_name("boss");
+            let (boss, connection) = config.connect_raw(stream, NoTls).await?;
+            tokio::spawn(connection);
+            boss.simple_query("SELECT 1").await?;
+            let (code, doc, err) = kill(&sb, &bouncer, &["--app", "boss"])?;
+            ensure!(
+                code == 3
+                    && doc["pooler_outcomes"][0]["outcome"] == "not_permitted"
+                    && doc["pooler_outcomes"][0]["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("superuser")),
+                "exit {code}: {doc}\n{err}"
+            );
+            ensure!(works(&boss).await, "the superuser's connection was ended");
+        } else {
+            ensure!(
+                code == 3
+                    && o["outcome"] == "not_permitted"
+                    && o["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("KILL_CLIENT needs PgBouncer 1.24")),
+                "exit {code}: {doc}\n{err}"
+            );
+            ensure!(works(&apps[3]).await, "web-3 was ended on 1.18");
+        }
+        for (i, a) in apps.iter().enumerate().filter(|(i, _)| *i != 3) {
+            ensure!(works(a).await, "web-{i} was hit by the kill of web-3");
+        }
+        drop(apps);
+        drop(bouncer);
+
+        let options = BouncerOptions::new(version, PoolMode::Session).database("shop", "shop_db");
+        let bouncer = Bouncer::start(&sb, &options)?;
+        let mut apps = Vec::new();
+        for i in 0..3 {
+            let (client, _) = app(&bouncer, "shop", &format!("job-{i}")).await?;
+            client.simple_query("SELECT 1").await?;
+            apps.push(client);
+        }
+        let (code, doc, err) = kill(&sb, &bouncer, &["--app", "job-1"])?;
+        ensure!(
+            code == 0
+                && doc["outcomes"]
+                    .as_array()
+                    .is_some_and(|o| o.len() == 1 && o[0]["outcome"] == "terminated")
+                && doc["pooler_outcomes"]
+                    .as_array()
+                    .is_some_and(|o| o.len() == 1
+                        && o[0]["outcome"] == "terminated"
+                        && o[0]["client"]["application_name"] == "job-1"),
+            "PgBouncer {} session mode: exit {code}: {doc}\n{err}",
+            version.as_str()
+        );
+        ensure!(!works(&apps[1]).await, "job-1 still works after its kill");
+        ensure!(
+            works(&apps[0]).await && works(&apps[2]).await,
+            "another job was hit"
         );
     }
     Ok(())
