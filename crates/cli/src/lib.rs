@@ -158,14 +158,18 @@ fn run_async(
     let limit = conn.statement_timeout;
     if !matches!(
         command,
-        Command::Ls(_) | Command::Kill(_) | Command::Drain(_) | Command::Unfence(_)
+        Command::Ls(_)
+            | Command::Kill(_)
+            | Command::Cancel(_)
+            | Command::Drain(_)
+            | Command::Unfence(_)
     ) {
         // Only `ls` sees through poolers so far: ending or fencing what a pooler serves
         // without it would look done while the applications stay connected.
         match conn.poolers() {
             (p, false) if !p.is_empty() => {
                 return Err(UsageError(format!(
-                    "--pgbouncer is supported by `pgkill ls`, `kill`, `drain` and `unfence` only so far; {} through a pooler is not supported yet: run it without --pgbouncer, knowing that applications connected to the pooler stay connected to it",
+                    "--pgbouncer is supported by `pgkill ls`, `kill`, `cancel`, `drain` and `unfence` only so far; {} through a pooler is not supported yet: run it without --pgbouncer, knowing that applications connected to the pooler stay connected to it",
                     command.name()
                 ))
                 .into())

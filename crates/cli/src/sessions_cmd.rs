@@ -261,19 +261,145 @@ pub async fn signal(
     )?;
     let connected = inflight::connect(conn_args, conninfo).await?;
     let mut signals = Signals::listen()?;
-    // Only kill ends connections at a pooler; cancel warned at start that it does not.
-    let poolers = match signal {
-        Signal::Terminate => conn_args.poolers().0,
-        Signal::Cancel => Vec::new(),
-    };
+    let (poolers, _) = conn_args.poolers();
     inflight::guard(&connected, &mut signals, async {
-        if poolers.is_empty() {
-            signal_sessions(&connected, args, &filter, signal, action, timeout).await
-        } else {
-            kill_through_poolers(&connected, args, &filter, timeout, &poolers).await
+        match signal {
+            _ if poolers.is_empty() => {
+                signal_sessions(&connected, args, &filter, signal, action, timeout).await
+            }
+            Signal::Terminate => {
+                kill_through_poolers(&connected, args, &filter, timeout, &poolers).await
+            }
+            Signal::Cancel => cancel_through_poolers(&connected, args, &filter, &poolers).await,
         }
     })
     .await
+}
+
+/// `cancel --pgbouncer`: cancels the statements of the backends the filters select, an
+/// application behind a pooler selected by the application's name and address. Right
+/// before the signal, each pooler backend must still be linked to the application it was
+/// listed with (a transaction-pooled backend serves whichever application comes next
+/// once its statement is over). Pooled application connections run no statement: they
+/// are named and left alone.
+async fn cancel_through_poolers(
+    connected: &Connected,
+    args: &SignalArgs,
+    filter: &pgkill_core::Filter,
+    conninfos: &[String],
+) -> anyhow::Result<Exit> {
+    use pgkill_core::plan::{OutcomeKind, Plan};
+    let client = &connected.client;
+    let caps = sessions::capabilities(client).await?;
+    let read = read_poolers(conninfos).await?;
+    let states = states_of(&read);
+    let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, &caps, filter, &states).await?;
+    let (behind_pooler, direct): (Vec<_>, Vec<_>) = list
+        .into_iter()
+        .filter(|s| s.pooler.as_ref().is_none_or(|l| l.client.is_some()))
+        .partition(|s| s.pooler.is_some());
+    let mut relaxed = filter.clone();
+    relaxed.apps.clear();
+    relaxed.clients.clear();
+    relaxed.newest = None;
+    relaxed.oldest = None;
+    let direct = Plan::build(Signal::Cancel, direct, filter, &caps.caller);
+    let linked = Plan::build(Signal::Cancel, behind_pooler, &relaxed, &caps.caller);
+    let mut out = output::for_people();
+    let count = direct.to_signal().count() + linked.to_signal().count();
+    if !args.json {
+        if direct.targets.is_empty() && linked.targets.is_empty() {
+            writeln!(out, "No session matched.")?;
+        } else {
+            writeln!(
+                out,
+                "Plan: cancel the running statement of {count} session(s) on PostgreSQL {} as {}:",
+                caps.version, caps.caller.user
+            )?;
+            let mut plan = direct.clone();
+            plan.targets.extend(linked.targets.iter().cloned());
+            output::plan_table(&mut out, &plan, width())?;
+        }
+        if !pooled.is_empty() {
+            writeln!(
+                out,
+                "({} application connection(s) at the pooler hold no backend and run no statement: nothing to cancel)",
+                pooled.len()
+            )?;
+        }
+    }
+    let doc = |outcomes: &[Outcome], dry_run: bool, out: &mut dyn Write| -> anyhow::Result<()> {
+        let mut entries = plan_entries(&direct);
+        entries.extend(plan_entries(&linked));
+        let d = SignalDoc {
+            server: server_json(&caps, &connected.settings),
+            action: "cancel",
+            dry_run,
+            plan: entries,
+            outcomes,
+            pooler_plan: &[],
+            pooler_outcomes: &[],
+        };
+        output::json(out, &d)?;
+        Ok(())
+    };
+    if count == 0 || args.dry_run {
+        if args.json {
+            doc(&[], args.dry_run, &mut out)?;
+        } else if args.dry_run && count > 0 {
+            writeln!(out, "Dry run: nothing was changed.")?;
+        }
+        out.flush()?;
+        return Ok(if count == 0 {
+            Exit::NothingMatched
+        } else {
+            Exit::Ok
+        });
+    }
+    if !args.yes
+        && !crate::confirm::ask(
+            &mut out,
+            &format!("Cancel the running statement of {count} session(s)?"),
+        )
+        .await?
+    {
+        return Ok(Exit::Error);
+    }
+    let mut outcomes = sessions::execute(client, &caps, filter, &direct, Duration::ZERO).await?;
+    // Still the same application on each pooler backend? Read the poolers again.
+    let again = states_of(&read_poolers(conninfos).await?);
+    let mut still = linked.clone();
+    let mut moved = Vec::new();
+    still.targets.retain(|t| {
+        let Some(link) = &t.session.pooler else {
+            return true;
+        };
+        let same = again.iter().filter(|p| p.name == link.pooler).any(|p| {
+            p.server_at(t.session.client_addr, t.session.client_port)
+                .and_then(|server| p.client_of(server))
+                .zip(link.client.as_ref())
+                .is_some_and(|(now, then)| {
+                    now.ptr == then.ptr && now.port == then.port && now.addr == then.addr
+                })
+        });
+        if !same && t.refused.is_none() {
+            moved.push(pgkill_core::plan::Outcome::new(
+                t,
+                OutcomeKind::AlreadyGone,
+                "its backend now serves another application (or none): not signalled",
+            ));
+        }
+        same
+    });
+    outcomes.extend(sessions::execute(client, &caps, &relaxed, &still, Duration::ZERO).await?);
+    outcomes.extend(moved);
+    if args.json {
+        doc(&outcomes, false, &mut out)?;
+    } else {
+        output::outcomes_table(&mut out, &outcomes, width())?;
+    }
+    out.flush()?;
+    Ok(Exit::from_code(exit_code(&outcomes)))
 }
 
 /// `kill --pgbouncer`: ends the application connections the filters select, wherever

@@ -27,6 +27,7 @@ fn main() {
         drain_through_the_pooler_costs_the_applications_nothing,
         a_pooler_that_refuses_stops_the_drain_before_any_change,
         kill_through_the_pooler_ends_what_the_user_meant,
+        cancel_through_the_pooler_cancels_the_application_s_statement,
     ]);
 }
 
@@ -281,16 +282,18 @@ async fn ls_shows_the_applications_behind_the_pooler(pg: Installation) -> Result
     Ok(())
 }
 
-/// Only `ls` uses the poolers so far: the other commands refuse `--pgbouncer` before
-/// connecting (exit 2, nothing done) rather than "terminate" backends whose applications
-/// stay connected to the pooler; from `PGKILL_PGBOUNCER` they warn and go on.
+/// The commands that do not use poolers yet refuse `--pgbouncer` before connecting
+/// (exit 2, nothing done) rather than act on backends whose applications stay connected
+/// to the pooler; from `PGKILL_PGBOUNCER` they warn and go on. Those that use poolers stop
+/// before doing anything when one cannot be reached.
 async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
     let victim = pgkill_sandbox::sim::idle(&sb.config("postgres", roles::PLAIN)).await?;
     let pid = victim.pid().to_string();
     for args in [
-        &["cancel", "--pid", &pid, "-y"][..],
-        &["drop", "postgres", "-y"],
+        &["drop", "postgres", "-y"][..],
+        &["rename", "postgres", "p2", "-y"],
+        &["free-slot", roles::PLAIN, "-y"],
         &["top"],
     ] {
         let mut all = vec!["--pgbouncer", "host=127.0.0.1 port=1"];
@@ -298,33 +301,116 @@ async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -
         let (code, out, err) = support::run(support::pgkill(&sb, roles::ADMIN, &all))?;
         ensure!(
             code == 2
-                && (err.contains(
-                    "supported by `pgkill ls`, `kill`, `drain` and `unfence` only so far"
-                ) || err.contains("--pgbouncer is not supported yet")),
+                && (err.contains("only so far")
+                    || err.contains("--pgbouncer is not supported yet")),
             "{args:?}: exit {code}\n{out}\n{err}"
         );
     }
     ensure!(victim.is_connected(), "a refused command ended the session");
-    let mut cmd = support::pgkill(&sb, roles::ADMIN, &["kill", "--pid", &pid, "-y"]);
+    for args in [
+        &["kill", "--pid", &pid, "-y"][..],
+        &["cancel", "--pid", &pid, "-y"],
+    ] {
+        let mut cmd = support::pgkill(&sb, roles::ADMIN, args);
+        cmd.env(
+            "PGKILL_PGBOUNCER",
+            "host=127.0.0.1 port=1 connect_timeout=2",
+        );
+        let (code, out, err) = support::run(cmd)?;
+        ensure!(
+            code == 2,
+            "{args:?} with an unreachable pooler: exit {code}\n{out}\n{err}"
+        );
+        ensure!(
+            victim.is_connected(),
+            "{args:?} acted though the pooler was unreachable"
+        );
+    }
+    let mut cmd = support::pgkill(&sb, roles::ADMIN, &["free-slot", roles::PLAIN, "-y"]);
     cmd.env("PGKILL_PGBOUNCER", "host=127.0.0.1 port=1");
-    // kill does use poolers: one that cannot be reached stops it before anything is done.
     let (code, out, err) = support::run(cmd)?;
     ensure!(
-        code == 2,
-        "kill with an unreachable pooler: exit {code}\n{out}\n{err}"
-    );
-    ensure!(
-        victim.is_connected(),
-        "kill ended the session though the pooler was unreachable"
-    );
-    let mut cmd = support::pgkill(&sb, roles::ADMIN, &["cancel", "--pid", &pid, "-y"]);
-    cmd.env("PGKILL_PGBOUNCER", "host=127.0.0.1 port=1");
-    let (code, out, err) = support::run(cmd)?;
-    ensure!(
-        code == 0
-            && err.contains("PGKILL_PGBOUNCER is set but `pgkill cancel` does not use poolers yet"),
+        code <= 3
+            && err.contains(
+                "PGKILL_PGBOUNCER is set but `pgkill free-slot` does not use poolers yet"
+            ),
         "exit {code}\n{out}\n{err}"
     );
+    Ok(())
+}
+
+/// `cancel --pgbouncer --app X` in transaction pooling: X's running statement is
+/// cancelled through its backend (X sees 57014), another application's is not; pooled
+/// connections are named and left alone.
+async fn cancel_through_the_pooler_cancels_the_application_s_statement(
+    pg: Installation,
+) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("shop_db", None).await?;
+    for version in BouncerVersion::ALL {
+        let mut options =
+            BouncerOptions::new(version, PoolMode::Transaction).database("shop", "shop_db");
+        options.default_pool_size = 3;
+        let bouncer = Bouncer::start(&sb, &options)?;
+        let (x, _) = app(&bouncer, "shop", "report-x").await?;
+        let (y, _) = app(&bouncer, "shop", "report-y").await?;
+        let (idle, _) = app(&bouncer, "shop", "idle-app").await?;
+        idle.simple_query("SELECT 1").await?;
+        let x_query =
+            tokio::spawn(async move { x.simple_query("SELECT pg_sleep(30)").await.map(drop) });
+        let y_query =
+            tokio::spawn(async move { y.simple_query("SELECT pg_sleep(2)").await.map(drop) });
+        // Both statements running on their backends.
+        let admin = sb.admin("postgres").await?;
+        let began = std::time::Instant::now();
+        while admin
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop_db' AND state = 'active'", &[])
+            .await?
+            .get::<_, i64>(0)
+            < 2
+        {
+            ensure!(began.elapsed() < std::time::Duration::from_secs(10), "the statements never started");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let console = console(&sb, &bouncer);
+        let (code, out, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &[
+                "--pgbouncer",
+                &console,
+                "cancel",
+                "--app",
+                "report-x",
+                "-y",
+                "--json",
+            ],
+        ))?;
+        let doc: Value =
+            serde_json::from_str(&out).with_context(|| format!("exit {code}\n{out}\n{err}"))?;
+        ensure!(
+            code == 0
+                && doc["outcomes"]
+                    .as_array()
+                    .is_some_and(|o| o.len() == 1 && o[0]["outcome"] == "cancelled"),
+            "PgBouncer {}: exit {code}: {doc}\n{err}",
+            version.as_str()
+        );
+        let x_result = x_query.await?;
+        let cancelled = match &x_result {
+            Err(e) => e.code().map(|c| c.code().to_owned()),
+            Ok(()) => None,
+        };
+        ensure!(
+            cancelled.as_deref() == Some("57014"),
+            "report-x: {x_result:?}"
+        );
+        ensure!(
+            y_query.await?.is_ok(),
+            "report-y's statement was cancelled too"
+        );
+        ensure!(works(&idle).await, "the idle application was hit");
+    }
     Ok(())
 }
 
