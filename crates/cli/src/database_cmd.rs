@@ -321,6 +321,13 @@ pub async fn run(
             report.pause_took.unwrap_or_default().as_secs_f64()
         )?;
     }
+    if !report.ended_at_pooler.is_empty() {
+        writeln!(
+            out,
+            "Ended at PgBouncer, still in a transaction when --grace ran out: {}.",
+            report.ended_at_pooler.join("; ")
+        )?;
+    }
     if !report.resumed.is_empty() {
         writeln!(
             out,
@@ -621,7 +628,11 @@ async fn pooler_plans(
             pgkill_pg::pgbouncer::check_alias(a)
                 .map_err(|e| UsageError(format!("{e}; nothing was changed")))?;
         }
-        plans.push(pgkill_pg::pgbouncer::PoolerPlan { pooler, aliases });
+        plans.push(pgkill_pg::pgbouncer::PoolerPlan {
+            pooler,
+            version: state.version,
+            aliases,
+        });
     }
     Ok(plans)
 }

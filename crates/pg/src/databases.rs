@@ -306,6 +306,9 @@ pub struct Report {
     pub resumed: Vec<(String, String)>,
     /// How long the pausing took (the applications' queries queued from its start).
     pub pause_took: Option<Duration>,
+    /// Application connections ended at a pooler because their transactions outlasted
+    /// `--grace` (so that the pause could complete).
+    pub ended_at_pooler: Vec<String>,
     /// Resumes that failed (the aliases stay paused: `pgkill unfence` retries them).
     pub pooler_problems: Vec<String>,
     /// Pids terminated so far (a session signalled again while it exits counts once).
@@ -436,6 +439,7 @@ pub async fn run(
         }
         to_pause.push(crate::pgbouncer::PoolerPlan {
             pooler: plan.pooler.clone(),
+            version: plan.version,
             aliases: fence.aliases.clone(),
         });
         match record
@@ -461,8 +465,13 @@ pub async fn run(
         // that `unfence` resumes them whatever happens to this process.
         batch(client, &fence::record_statement(&info.name, &record)?).await?;
         let began = std::time::Instant::now();
-        let (paused, error) = crate::pgbouncer::pause_all(&to_pause, req.grace).await;
+        let crate::pgbouncer::Paused {
+            aliases: paused,
+            mut ended,
+            error,
+        } = crate::pgbouncer::pause_all(&to_pause, req.grace).await;
         report.pause_took = Some(began.elapsed());
+        report.ended_at_pooler.append(&mut ended);
         for (plan, aliases) in to_pause.iter().zip(&paused) {
             for a in aliases {
                 report.paused.push((plan.pooler.name.clone(), a.clone()));

@@ -172,6 +172,8 @@ impl Pooler {
 pub struct PoolerPlan {
     /// The pooler's console.
     pub pooler: Pooler,
+    /// Its version (for `KILL_CLIENT`).
+    pub version: PoolerVersion,
     /// Its aliases of the database (`SHOW DATABASES` entries whose `database` it is).
     pub aliases: Vec<String>,
 }
@@ -281,49 +283,137 @@ impl Pooler {
     }
 }
 
+/// What [`pause_all`] did.
+#[derive(Debug, Default)]
+pub struct Paused {
+    /// Per plan, the aliases paused.
+    pub aliases: Vec<Vec<String>>,
+    /// Application connections ended at the pooler because their transactions outlasted
+    /// `--grace` (`KILL_CLIENT`, 1.24+), one line each.
+    pub ended: Vec<String>,
+    /// Why not every alias paused.
+    pub error: Option<PoolerError>,
+}
+
+/// How long a `PAUSE` may still take once the transactions that held it up were ended.
+const PAUSE_AFTER_KILL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Pauses every alias of `plans`, each pooler on a console connection of its own, within
 /// `limit` in all (`PAUSE` returns once the alias's server connections are released:
-/// transactions finish, new queries queue at the pooler). Returns, per plan, the aliases
-/// paused, and the error if not all were: a `PAUSE` still pending then is abandoned by
-/// closing its connection (a `RESUME` would leave it hanging, PgBouncer issue 715).
-pub async fn pause_all(
-    plans: &[PoolerPlan],
-    limit: std::time::Duration,
-) -> (Vec<Vec<String>>, Option<PoolerError>) {
-    let mut paused: Vec<Vec<String>> = vec![Vec::new(); plans.len()];
+/// transactions finish, new queries queue at the pooler). When `limit` runs out, the
+/// application connections still holding a server connection of the alias (in a
+/// transaction) are ended at the pooler (`KILL_CLIENT`, PgBouncer 1.24+) and the `PAUSE`
+/// completes; on older versions, or if it still does not, the pending `PAUSE` is
+/// abandoned by closing its connection (a `RESUME` would leave it hanging, PgBouncer
+/// issue 715), the alias is counted as paused (PgBouncer keeps it so: the caller resumes
+/// it) and the error says why.
+pub async fn pause_all(plans: &[PoolerPlan], limit: std::time::Duration) -> Paused {
+    let mut result = Paused {
+        aliases: vec![Vec::new(); plans.len()],
+        ..Paused::default()
+    };
     let deadline = tokio::time::Instant::now() + limit;
     for (i, plan) in plans.iter().enumerate() {
         let client = match plan.pooler.connect().await {
             Ok(c) => c,
-            Err(e) => return (paused, Some(e)),
+            Err(e) => {
+                result.error = Some(e);
+                return result;
+            }
         };
         for alias in &plan.aliases {
-            match tokio::time::timeout_at(deadline, plan.pooler.command(&client, "PAUSE", alias))
-                .await
-            {
-                Ok(Ok(())) => paused[i].push(alias.clone()),
-                Ok(Err(e)) => return (paused, Some(e)),
-                Err(_) => {
+            let done = {
+                let pause = plan.pooler.command(&client, "PAUSE", alias);
+                tokio::pin!(pause);
+                match tokio::time::timeout_at(deadline, &mut pause).await {
+                    Ok(r) => Some(r),
+                    Err(_) if plan.version.has_kill_client() => {
+                        match end_holders(&plan.pooler, alias).await {
+                            Ok(mut ended) => result.ended.append(&mut ended),
+                            Err(e) => {
+                                result.error = Some(e);
+                                return result;
+                            }
+                        }
+                        tokio::time::timeout(PAUSE_AFTER_KILL, &mut pause)
+                            .await
+                            .ok()
+                    }
+                    Err(_) => None,
+                }
+            };
+            match done {
+                Some(Ok(())) => result.aliases[i].push(alias.clone()),
+                Some(Err(e)) => {
+                    result.error = Some(e);
+                    return result;
+                }
+                None => {
+                    // Abandon the pending PAUSE by closing its connection, and let the
+                    // pooler see that before the caller resumes the alias (which stays
+                    // paused): a RESUME while the PAUSE is pending would leave it hanging.
                     drop(client);
-                    return (
-                        paused,
-                        Some(PoolerError::Command {
-                            name: plan.pooler.name.clone(),
-                            command: "PAUSE",
-                            message: format!(
-                                "{alias} did not pause within {}s: its transactions did not finish (the PAUSE was abandoned)",
-                                limit.as_secs()
-                            ),
-                        }),
-                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    result.aliases[i].push(alias.clone());
+                    result.error = Some(PoolerError::Command {
+                        name: plan.pooler.name.clone(),
+                        command: "PAUSE",
+                        message: format!(
+                            "{alias} did not pause within {}s: its transactions did not finish{} (the PAUSE was abandoned)",
+                            limit.as_secs(),
+                            if plan.version.has_kill_client() {
+                                ""
+                            } else {
+                                ", and PgBouncer 1.18 cannot end one application connection (KILL_CLIENT needs 1.24)"
+                            }
+                        ),
+                    });
+                    return result;
                 }
             }
         }
     }
-    (paused, None)
+    result
 }
 
-/// Resumes `aliases` at `pooler`; returns a line per alias that could not be resumed.
+/// Ends at the pooler the application connections of `alias` that hold a server
+/// connection right now, on a console connection of its own; one line per connection.
+async fn end_holders(pooler: &Pooler, alias: &str) -> Result<Vec<String>, PoolerError> {
+    let console = pooler.connect().await?;
+    let holders: Vec<PoolConnection> = pooler
+        .clients(&console)
+        .await?
+        .into_iter()
+        .filter(|c| c.database == alias && c.link.is_some())
+        .collect();
+    let mut ended = Vec::new();
+    for c in holders {
+        let Some(id) = c.id else { continue };
+        console
+            .simple_query(&format!("KILL_CLIENT {id}"))
+            .await
+            .map_err(|e| PoolerError::Command {
+                name: pooler.name.clone(),
+                command: "KILL_CLIENT",
+                message: e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+            })?;
+        ended.push(format!(
+            "{} ({}:{}, {}) at {}",
+            c.application_name.as_deref().unwrap_or("?"),
+            c.addr.map_or_else(|| "local".to_owned(), |a| a.to_string()),
+            c.port.unwrap_or(0),
+            c.user,
+            pooler.name
+        ));
+    }
+    Ok(ended)
+}
+
+/// Resumes `aliases` at `pooler` (those `SHOW DATABASES` says are paused: one that is not,
+/// say because the pgkill that paused it died while its `PAUSE` was pending, needs
+/// nothing); returns a line per alias that could not be resumed.
 pub async fn resume(pooler: &Pooler, aliases: &[String]) -> Vec<String> {
     let client = match pooler.connect().await {
         Ok(c) => c,
@@ -335,8 +425,17 @@ pub async fn resume(pooler: &Pooler, aliases: &[String]) -> Vec<String> {
             )]
         }
     };
+    let paused: Vec<String> = match pooler.show(&client, "SHOW DATABASES").await {
+        Ok(rows) => rows
+            .iter()
+            .map(PoolDatabase::from_row)
+            .filter(|d| d.paused)
+            .map(|d| d.name)
+            .collect(),
+        Err(e) => return vec![e.to_string()],
+    };
     let mut problems = Vec::new();
-    for alias in aliases {
+    for alias in aliases.iter().filter(|a| paused.contains(a)) {
         if let Err(e) = pooler.command(&client, "RESUME", alias).await {
             problems.push(e.to_string());
         }

@@ -28,6 +28,8 @@ fn main() {
         a_pooler_that_refuses_stops_the_drain_before_any_change,
         kill_through_the_pooler_ends_what_the_user_meant,
         cancel_through_the_pooler_cancels_the_application_s_statement,
+        a_transaction_that_outlasts_the_grace_at_the_pooler,
+        kill_9_during_a_pooler_drain_then_unfence,
     ]);
 }
 
@@ -796,6 +798,206 @@ async fn kill_through_the_pooler_ends_what_the_user_meant(pg: Installation) -> R
             works(&apps[0]).await && works(&apps[2]).await,
             "another job was hit"
         );
+    }
+    Ok(())
+}
+
+/// Starts a pooler in transaction mode in front of `shop_db` (alias `shop`) and a
+/// committing workload of 4 applications through it, plus one application idle in a
+/// transaction (it holds a server connection, so a `PAUSE` waits for it).
+async fn pooler_with_a_long_transaction(
+    sb: &Sandbox,
+    version: BouncerVersion,
+) -> Result<(
+    Bouncer,
+    Client,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<Seen>,
+)> {
+    let mut options =
+        BouncerOptions::new(version, PoolMode::Transaction).database("shop", "shop_db");
+    options.default_pool_size = 4;
+    let bouncer = Bouncer::start(sb, &options)?;
+    let (long, _) = app(&bouncer, "shop", "long-tx").await?;
+    long.batch_execute("BEGIN; SELECT 1").await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (apps, _) = workload(&bouncer, "shop", 4, stop.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    Ok((bouncer, long, stop, apps))
+}
+
+async fn shop_db_is_as_it_was(sb: &Sandbox) -> Result<()> {
+    let admin = sb.admin("postgres").await?;
+    let row = admin
+        .query_one("SELECT datallowconn, description FROM pg_catalog.pg_database d LEFT JOIN pg_catalog.pg_shdescription s ON s.objoid = d.oid WHERE datname = 'shop_db'", &[])
+        .await?;
+    let (allow, comment): (bool, Option<String>) = (row.get(0), row.get(1));
+    ensure!(
+        allow && comment.is_none(),
+        "shop_db was left changed: allow_connections {allow}, comment {comment:?}"
+    );
+    Ok(())
+}
+
+async fn shop_is_paused(bouncer: &Bouncer) -> Result<bool> {
+    Ok(bouncer
+        .admin(roles::ADMIN)
+        .await?
+        .simple_query("SHOW DATABASES")
+        .await?
+        .into_iter()
+        .find(|r| r.get("name") == Some("shop"))
+        .and_then(|r| r.get("paused").map(|p| p == "1"))
+        .unwrap_or(false))
+}
+
+/// A transaction through the pooler that outlasts `--grace`: PgBouncer 1.24 ends that
+/// application at the pooler (KILL_CLIENT) so the pause completes, and the drain goes on
+/// (the others see no error); 1.18 cannot: the drain stops (exit 2), resumes the alias and
+/// puts the database back, and nobody sees an error.
+async fn a_transaction_that_outlasts_the_grace_at_the_pooler(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("shop_db", None).await?;
+    sb.admin("shop_db")
+        .await?
+        .batch_execute("CREATE TABLE writes (writer int, seq bigint, PRIMARY KEY (writer, seq))")
+        .await?;
+    for version in BouncerVersion::ALL {
+        let (bouncer, long, stop, apps) = pooler_with_a_long_transaction(&sb, version).await?;
+        let (code, out, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &[
+                "--pgbouncer",
+                &console(&sb, &bouncer),
+                "drain",
+                "shop_db",
+                "--grace",
+                "1s",
+                "--then-unfence",
+                "-y",
+            ],
+        ))?;
+        if version == BouncerVersion::V1_24_1 {
+            ensure!(
+                code == 0
+                    && out.contains(
+                        "Ended at PgBouncer, still in a transaction when --grace ran out: long-tx"
+                    ),
+                "1.24.1: exit {code}\n{out}\n{err}"
+            );
+            ensure!(!works(&long).await, "long-tx was not ended");
+        } else {
+            ensure!(
+                code == 2
+                    && err.contains("did not pause within 1s")
+                    && err.contains("KILL_CLIENT needs 1.24"),
+                "1.18: exit {code}\n{out}\n{err}"
+            );
+            ensure!(works(&long).await, "long-tx was hit on 1.18");
+        }
+        ensure!(!shop_is_paused(&bouncer).await?, "shop was left paused");
+        shop_db_is_as_it_was(&sb).await?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = apps.await?;
+        ensure!(
+            seen.errors.is_empty() && !seen.acknowledged.is_empty(),
+            "PgBouncer {}: the applications saw {:?} ({} commits)",
+            version.as_str(),
+            seen.errors,
+            seen.acknowledged.len()
+        );
+        sb.admin("shop_db")
+            .await?
+            .batch_execute("TRUNCATE writes")
+            .await?;
+    }
+    Ok(())
+}
+
+/// `kill -9` of a `drain --pgbouncer` while its PAUSE waits for a transaction: the fence
+/// record already names the alias, and `pgkill unfence` puts the database back and makes
+/// sure the alias is not left paused; the applications then go on without an error.
+async fn kill_9_during_a_pooler_drain_then_unfence(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("shop_db", None).await?;
+    sb.admin("shop_db")
+        .await?
+        .batch_execute("CREATE TABLE writes (writer int, seq bigint, PRIMARY KEY (writer, seq))")
+        .await?;
+    for version in BouncerVersion::ALL {
+        let (bouncer, long, stop, apps) = pooler_with_a_long_transaction(&sb, version).await?;
+        let console = console(&sb, &bouncer);
+        let mut drain = support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &[
+                "--pgbouncer",
+                &console,
+                "drain",
+                "shop_db",
+                "--grace",
+                "60s",
+                "--then-unfence",
+                "-y",
+            ],
+        );
+        drain
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = drain.spawn()?;
+        let admin = sb.admin("postgres").await?;
+        let began = std::time::Instant::now();
+        loop {
+            let comment: Option<String> = admin
+                .query_one("SELECT pg_catalog.shobj_description(d.oid, 'pg_database') FROM pg_catalog.pg_database d WHERE datname = 'shop_db'", &[])
+                .await?
+                .get(0);
+            if comment.is_some_and(|c| c.contains("\"poolers\"")) {
+                break;
+            }
+            ensure!(
+                began.elapsed() < std::time::Duration::from_secs(10),
+                "the drain never recorded the alias"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Let the PAUSE reach the pooler, then kill pgkill mid-way.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        child.kill()?;
+        child.wait()?;
+        let mut unfence = support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &["--pgbouncer", &console, "unfence", "shop_db"],
+        );
+        unfence.stdin(std::process::Stdio::null());
+        let (code, out, err) = support::run(unfence)?;
+        ensure!(
+            code == 0 && out.contains("Unfenced"),
+            "PgBouncer {}: unfence exit {code}\n{out}\n{err}",
+            version.as_str()
+        );
+        ensure!(
+            !shop_is_paused(&bouncer).await?,
+            "shop was left paused after unfence"
+        );
+        shop_db_is_as_it_was(&sb).await?;
+        drop(long);
+        // The applications go on.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = apps.await?;
+        ensure!(
+            seen.errors.is_empty(),
+            "PgBouncer {}: the applications saw {:?}",
+            version.as_str(),
+            seen.errors
+        );
+        sb.admin("shop_db")
+            .await?
+            .batch_execute("TRUNCATE writes")
+            .await?;
     }
     Ok(())
 }
