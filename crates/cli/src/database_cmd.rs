@@ -68,6 +68,11 @@ pub struct RenameArgs {
     /// Its new name.
     #[arg(value_name = "NEW")]
     pub(crate) new: String,
+    /// With --pgbouncer: resume the paused aliases once renamed (only once their
+    /// [databases] entries lead to NEW; by default they stay paused, and pgkill says which
+    /// entries to change).
+    #[arg(long = "resume")]
+    pub(crate) resume: bool,
     #[command(flatten)]
     pub(crate) op: OpArgs,
 }
@@ -127,20 +132,24 @@ pub async fn run(
     // Before anything changes: every pooler named must answer, let this user pause, and
     // say which of its aliases lead to the database.
     let (pooler_args, _) = conn_args.poolers();
-    let poolers = match op {
-        Operation::Drain => pooler_plans(&pooler_args, name, connected.settings.port).await?,
-        _ if pooler_args.is_empty() => Vec::new(),
-        _ => anyhow::bail!(UsageError(format!(
-            "{verb} --pgbouncer is not supported yet (only drain and unfence pause and resume a pooler's aliases); nothing was changed"
-        ))),
-    };
+    let poolers = pooler_plans(&pooler_args, name, connected.settings.port).await?;
     for plan in &poolers {
+        let aliases = if plan.aliases.is_empty() {
+            "nothing (no alias leads to this database)".to_owned()
+        } else {
+            plan.aliases.join(", ")
+        };
+        let what = match op {
+            Operation::Drain if then_unfence => format!("will pause {aliases} first (queries queue there while {name} is drained), and resume them when it is unfenced"),
+            Operation::Drain => format!("will pause {aliases} first (queries queue there while {name} is drained), and resume them at `pgkill unfence`"),
+            Operation::Rename if then_unfence => format!("will pause {aliases} first, and resume them once renamed (--resume)"),
+            Operation::Rename => format!("will pause {aliases} first; they stay paused until their [databases] entries lead to the new name"),
+            Operation::Drop => format!("will disable {aliases} and drop their connections (DISABLE, KILL) first"),
+        };
         writeln!(
             crate::output::lines_for_people(),
-            "PgBouncer at {}: will pause {} first (queries queue there while {name} is drained), and resume {} when it is unfenced",
-            plan.pooler.name,
-            if plan.aliases.is_empty() { "nothing (no alias leads to this database)".to_owned() } else { plan.aliases.join(", ") },
-            if then_unfence { "them" } else { "them with `pgkill unfence`" },
+            "PgBouncer at {}: {what}",
+            plan.pooler.name
         )?;
     }
     let mut signals = Signals::listen()?;
@@ -224,9 +233,11 @@ pub async fn run(
         new_name: new_name.map(str::to_owned),
         grace: args.grace,
         resolve,
-        then_unfence,
+        then_unfence: op == Operation::Drain && then_unfence,
         deadline: Duration::from_secs(60),
         poolers,
+        // `then_unfence` is rename's --resume (see lib.rs).
+        resume: op == Operation::Rename && then_unfence,
     };
     let tty = std::io::stderr().is_terminal();
     let show = move |p: Progress| {
@@ -339,6 +350,25 @@ pub async fn run(
                 .collect::<Vec<_>>()
                 .join(", ")
         )?;
+    }
+    let done_at: Vec<String> = report
+        .paused
+        .iter()
+        .map(|(p, a)| format!("{a} (PgBouncer at {p})"))
+        .collect();
+    match op {
+        Operation::Drop if !done_at.is_empty() => writeln!(
+            out,
+            "Remove these [databases] entries, which lead to the dropped database, and RELOAD each PgBouncer (they are disabled meanwhile): {}.",
+            done_at.join(", ")
+        )?,
+        Operation::Rename if !done_at.is_empty() && report.resumed.is_empty() => writeln!(
+            out,
+            "Point these [databases] entries at {} and RELOAD each PgBouncer, then RESUME them on its console (they stay paused until then): {}.",
+            new_name.unwrap_or_default(),
+            done_at.join(", ")
+        )?,
+        _ => {}
     }
     for problem in &report.pooler_problems {
         eprintln!(

@@ -114,6 +114,25 @@ pub struct ResultJson<'a> {
     pub left_fenced: bool,
     /// What restoring did (rename, `--then-unfence`, `unfence`).
     pub restore: Option<RestoreJson<'a>>,
+    /// `--pgbouncer`: what was done at the poolers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooler: Option<PoolerJson>,
+}
+
+/// What a database command did at the poolers (`alias (pooler)` each).
+#[derive(Debug, Serialize)]
+pub struct PoolerJson {
+    /// Aliases paused (`drain`, `rename`) or disabled and killed (`drop`).
+    pub paused: Vec<String>,
+    /// Aliases resumed.
+    pub resumed: Vec<String>,
+    /// Application connections ended at a pooler because their transactions outlasted
+    /// `--grace`.
+    pub ended: Vec<String>,
+    /// How long pausing took, in seconds.
+    pub pause_s: Option<f64>,
+    /// What could not be undone (the aliases stay paused: `pgkill unfence` retries).
+    pub problems: Vec<String>,
 }
 
 /// Sessions ended, and how.
@@ -182,6 +201,7 @@ impl<'a> ResultJson<'a> {
             already_fenced: record,
             left_fenced: still_fenced,
             restore: plan.map(RestoreJson::of),
+            pooler: None,
         }
     }
 
@@ -221,6 +241,22 @@ impl<'a> ResultJson<'a> {
             already_fenced: report.already_fenced.as_ref(),
             left_fenced: report.left_fenced,
             restore: report.restored.as_ref().map(RestoreJson::of),
+            pooler: (!report.paused.is_empty() || !report.pooler_problems.is_empty()).then(|| {
+                let each = |v: &[(String, String)]| {
+                    v.iter()
+                        .map(|(p, a)| format!("{a} ({p})"))
+                        .collect::<Vec<_>>()
+                };
+                PoolerJson {
+                    paused: each(&report.paused),
+                    resumed: each(&report.resumed),
+                    ended: report.ended_at_pooler.clone(),
+                    pause_s: report
+                        .pause_took
+                        .map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
+                    problems: report.pooler_problems.clone(),
+                }
+            }),
         }
     }
 }

@@ -162,6 +162,8 @@ fn run_async(
             | Command::Kill(_)
             | Command::Cancel(_)
             | Command::Drain(_)
+            | Command::Drop(_)
+            | Command::Rename(_)
             | Command::Unfence(_)
     ) {
         // Only `ls` sees through poolers so far: ending or fencing what a pooler serves
@@ -169,7 +171,7 @@ fn run_async(
         match conn.poolers() {
             (p, false) if !p.is_empty() => {
                 return Err(UsageError(format!(
-                    "--pgbouncer is supported by `pgkill ls`, `kill`, `cancel`, `drain` and `unfence` only so far; {} through a pooler is not supported yet: run it without --pgbouncer, knowing that applications connected to the pooler stay connected to it",
+                    "--pgbouncer is supported by `pgkill ls`, `kill`, `cancel`, `drain`, `drop`, `rename` and `unfence` only so far; {} through a pooler is not supported yet: run it without --pgbouncer, knowing that applications connected to the pooler stay connected to it",
                     command.name()
                 ))
                 .into())
@@ -214,6 +216,7 @@ fn run_async(
                 database_cmd::run(&conn, conninfo, Operation::Drop, &a.db, None, &a.op, false).await
             }
             Command::Rename(a) => {
+                // For rename the last argument is --resume (of the pooler aliases).
                 database_cmd::run(
                     &conn,
                     conninfo,
@@ -221,7 +224,7 @@ fn run_async(
                     &a.old,
                     Some(&a.new),
                     &a.op,
-                    false,
+                    a.resume,
                 )
                 .await
             }

@@ -87,6 +87,9 @@ pub struct PoolerFence {
     pub dbname: String,
     /// The aliases paused.
     pub aliases: Vec<String>,
+    /// Whether they were also disabled and their connections killed (`drop`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 /// A comment that says it is a fence record but cannot be read as one.
@@ -351,6 +354,7 @@ mod tests {
             user: "admin".into(),
             dbname: "pgbouncer".into(),
             aliases: vec!["shop".into(), "shop_ro".into()],
+            disabled: false,
         });
         assert_eq!(FenceRecord::from_comment(&r.to_comment()), Some(Ok(r)));
     }

@@ -273,8 +273,12 @@ pub struct Request {
     pub then_unfence: bool,
     /// How long to keep retrying DROP / RENAME against sessions that keep arriving.
     pub deadline: Duration,
-    /// `drain --pgbouncer`: the aliases of the database to pause at each pooler first.
+    /// `--pgbouncer`: the aliases of the database at each pooler, paused first (`drain`,
+    /// `rename`) or disabled and killed (`drop`).
     pub poolers: Vec<crate::pgbouncer::PoolerPlan>,
+    /// `rename --resume`: resume the aliases once renamed (they still lead to the old
+    /// name until their `[databases]` entries are changed).
+    pub resume: bool,
 }
 
 /// What happened.
@@ -442,6 +446,7 @@ pub async fn run(
             version: plan.version,
             aliases: fence.aliases.clone(),
         });
+        fence.disabled = req.op == Operation::Drop;
         match record
             .poolers
             .iter_mut()
@@ -469,7 +474,10 @@ pub async fn run(
             aliases: paused,
             mut ended,
             error,
-        } = crate::pgbouncer::pause_all(&to_pause, req.grace).await;
+        } = match req.op {
+            Operation::Drop => crate::pgbouncer::disable_and_kill(&to_pause).await,
+            _ => crate::pgbouncer::pause_all(&to_pause, req.grace).await,
+        };
         report.pause_took = Some(began.elapsed());
         report.ended_at_pooler.append(&mut ended);
         for (plan, aliases) in to_pause.iter().zip(&paused) {
@@ -524,6 +532,12 @@ pub async fn run(
             Operation::Rename => {
                 report.left_fenced = prior.is_some();
                 report.restored = Some(put_back(client, info.oid, &record, prior.as_ref()).await?);
+                if req.resume {
+                    let all: Vec<Vec<String>> =
+                        to_pause.iter().map(|p| p.aliases.clone()).collect();
+                    let mut problems = resume_paused(&to_pause, &all, &mut report).await;
+                    report.pooler_problems.append(&mut problems);
+                }
                 Ok(())
             }
         },

@@ -187,6 +187,7 @@ impl PoolerPlan {
             user: self.pooler.settings.user.clone(),
             dbname: self.pooler.settings.dbname.clone(),
             aliases: self.aliases.clone(),
+            disabled: false,
         }
     }
 }
@@ -295,11 +296,14 @@ pub struct Paused {
     pub error: Option<PoolerError>,
 }
 
+/// The least time a `PAUSE` is given, whatever `--grace` says.
+pub const PAUSE_FLOOR: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long a `PAUSE` may still take once the transactions that held it up were ended.
 const PAUSE_AFTER_KILL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Pauses every alias of `plans`, each pooler on a console connection of its own, within
-/// `limit` in all (`PAUSE` returns once the alias's server connections are released:
+/// `limit` (at least [`PAUSE_FLOOR`]) in all (`PAUSE` returns once the alias's server connections are released:
 /// transactions finish, new queries queue at the pooler). When `limit` runs out, the
 /// application connections still holding a server connection of the alias (in a
 /// transaction) are ended at the pooler (`KILL_CLIENT`, PgBouncer 1.24+) and the `PAUSE`
@@ -308,6 +312,9 @@ const PAUSE_AFTER_KILL: std::time::Duration = std::time::Duration::from_secs(10)
 /// issue 715), the alias is counted as paused (PgBouncer keeps it so: the caller resumes
 /// it) and the error says why.
 pub async fn pause_all(plans: &[PoolerPlan], limit: std::time::Duration) -> Paused {
+    // Even with no grace (rename's default) a PAUSE needs its round trip, and the
+    // statements under way their end.
+    let limit = limit.max(PAUSE_FLOOR);
     let mut result = Paused {
         aliases: vec![Vec::new(); plans.len()],
         ..Paused::default()
@@ -359,8 +366,9 @@ pub async fn pause_all(plans: &[PoolerPlan], limit: std::time::Duration) -> Paus
                         name: plan.pooler.name.clone(),
                         command: "PAUSE",
                         message: format!(
-                            "{alias} did not pause within {}s: its transactions did not finish{} (the PAUSE was abandoned)",
+                            "{alias} did not pause within {}s (--grace, at least {}s): its transactions did not finish{} (the PAUSE was abandoned)",
                             limit.as_secs(),
+                            PAUSE_FLOOR.as_secs(),
                             if plan.version.has_kill_client() {
                                 ""
                             } else {
@@ -411,9 +419,10 @@ async fn end_holders(pooler: &Pooler, alias: &str) -> Result<Vec<String>, Pooler
     Ok(ended)
 }
 
-/// Resumes `aliases` at `pooler` (those `SHOW DATABASES` says are paused: one that is not,
-/// say because the pgkill that paused it died while its `PAUSE` was pending, needs
-/// nothing); returns a line per alias that could not be resumed.
+/// Puts `aliases` at `pooler` back in service: `ENABLE` for those `SHOW DATABASES` says
+/// are disabled, `RESUME` for those it says are paused (one that is neither, say because
+/// the pgkill that paused it died while its `PAUSE` was pending, needs nothing); returns
+/// a line per alias that could not be put back.
 pub async fn resume(pooler: &Pooler, aliases: &[String]) -> Vec<String> {
     let client = match pooler.connect().await {
         Ok(c) => c,
@@ -425,22 +434,54 @@ pub async fn resume(pooler: &Pooler, aliases: &[String]) -> Vec<String> {
             )]
         }
     };
-    let paused: Vec<String> = match pooler.show(&client, "SHOW DATABASES").await {
-        Ok(rows) => rows
-            .iter()
-            .map(PoolDatabase::from_row)
-            .filter(|d| d.paused)
-            .map(|d| d.name)
-            .collect(),
+    let now: Vec<PoolDatabase> = match pooler.show(&client, "SHOW DATABASES").await {
+        Ok(rows) => rows.iter().map(PoolDatabase::from_row).collect(),
         Err(e) => return vec![e.to_string()],
     };
     let mut problems = Vec::new();
-    for alias in aliases.iter().filter(|a| paused.contains(a)) {
-        if let Err(e) = pooler.command(&client, "RESUME", alias).await {
-            problems.push(e.to_string());
+    for d in now.iter().filter(|d| aliases.contains(&d.name)) {
+        if d.disabled {
+            if let Err(e) = pooler.command(&client, "ENABLE", &d.name).await {
+                problems.push(e.to_string());
+            }
+        }
+        if d.paused {
+            if let Err(e) = pooler.command(&client, "RESUME", &d.name).await {
+                problems.push(e.to_string());
+            }
         }
     }
     problems
+}
+
+/// For `drop`: refuses new logins to every alias of `plans` (`DISABLE`) and drops their
+/// application and server connections at once (`KILL`, which leaves them paused).
+/// Returns, per plan, the aliases done, and the error if not all were.
+pub async fn disable_and_kill(plans: &[PoolerPlan]) -> Paused {
+    let mut result = Paused {
+        aliases: vec![Vec::new(); plans.len()],
+        ..Paused::default()
+    };
+    for (i, plan) in plans.iter().enumerate() {
+        let client = match plan.pooler.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                result.error = Some(e);
+                return result;
+            }
+        };
+        for alias in &plan.aliases {
+            // Counted first: whatever of it got done is undone on failure.
+            result.aliases[i].push(alias.clone());
+            for command in ["DISABLE", "KILL"] {
+                if let Err(e) = plan.pooler.command(&client, command, alias).await {
+                    result.error = Some(e);
+                    return result;
+                }
+            }
+        }
+    }
+    result
 }
 
 /// Ends the application connections `targets` at their poolers (`KILL_CLIENT id`), and

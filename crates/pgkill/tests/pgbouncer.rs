@@ -30,6 +30,7 @@ fn main() {
         cancel_through_the_pooler_cancels_the_application_s_statement,
         a_transaction_that_outlasts_the_grace_at_the_pooler,
         kill_9_during_a_pooler_drain_then_unfence,
+        drop_and_rename_through_the_pooler,
     ]);
 }
 
@@ -292,12 +293,8 @@ async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -
     let sb = Sandbox::start(&pg, &Options::default())?;
     let victim = pgkill_sandbox::sim::idle(&sb.config("postgres", roles::PLAIN)).await?;
     let pid = victim.pid().to_string();
-    for args in [
-        &["drop", "postgres", "-y"][..],
-        &["rename", "postgres", "p2", "-y"],
-        &["free-slot", roles::PLAIN, "-y"],
-        &["top"],
-    ] {
+    sb.create_database("scratch", None).await?;
+    for args in [&["free-slot", roles::PLAIN, "-y"][..], &["top"]] {
         let mut all = vec!["--pgbouncer", "host=127.0.0.1 port=1"];
         all.extend_from_slice(args);
         let (code, out, err) = support::run(support::pgkill(&sb, roles::ADMIN, &all))?;
@@ -312,6 +309,9 @@ async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -
     for args in [
         &["kill", "--pid", &pid, "-y"][..],
         &["cancel", "--pid", &pid, "-y"],
+        &["drop", "scratch", "-y"],
+        &["rename", "scratch", "scratch2", "-y"],
+        &["drain", "scratch", "-y"],
     ] {
         let mut cmd = support::pgkill(&sb, roles::ADMIN, args);
         cmd.env(
@@ -890,7 +890,7 @@ async fn a_transaction_that_outlasts_the_grace_at_the_pooler(pg: Installation) -
         } else {
             ensure!(
                 code == 2
-                    && err.contains("did not pause within 1s")
+                    && err.contains("did not pause within 2s (--grace, at least 2s)")
                     && err.contains("KILL_CLIENT needs 1.24"),
                 "1.18: exit {code}\n{out}\n{err}"
             );
@@ -997,6 +997,152 @@ async fn kill_9_during_a_pooler_drain_then_unfence(pg: Installation) -> Result<(
         sb.admin("shop_db")
             .await?
             .batch_execute("TRUNCATE writes")
+            .await?;
+    }
+    Ok(())
+}
+
+/// The state of alias `shop`: (paused, disabled).
+async fn shop_state(bouncer: &Bouncer) -> Result<(bool, bool)> {
+    let row = bouncer
+        .admin(roles::ADMIN)
+        .await?
+        .simple_query("SHOW DATABASES")
+        .await?
+        .into_iter()
+        .find(|r| r.get("name") == Some("shop"))
+        .ok_or_else(|| anyhow!("no alias shop"))?;
+    Ok((
+        row.get("paused") == Some("1"),
+        row.get("disabled") == Some("1"),
+    ))
+}
+
+/// `drop --pgbouncer`: the aliases are disabled and their connections dropped at the
+/// pooler first, and pgkill says which `[databases]` entries to remove. `rename
+/// --pgbouncer`: the aliases are paused and stay paused (pgkill says which entries to
+/// point at the new name), or are resumed with `--resume`.
+async fn drop_and_rename_through_the_pooler(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    for version in BouncerVersion::ALL {
+        sb.create_database("shop_db", None).await?;
+        let options =
+            BouncerOptions::new(version, PoolMode::Transaction).database("shop", "shop_db");
+        let bouncer = Bouncer::start(&sb, &options)?;
+        let console = console(&sb, &bouncer);
+        let (app1, _) = app(&bouncer, "shop", "web-1").await?;
+        app1.simple_query("SELECT 1").await?;
+        let (code, out, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &["--pgbouncer", &console, "drop", "shop_db", "-y"],
+        ))?;
+        ensure!(
+            code == 0
+                && out.contains("Dropped shop_db")
+                && out.contains("Remove these [databases] entries")
+                && out.contains("shop (PgBouncer at"),
+            "PgBouncer {} drop: exit {code}\n{out}\n{err}",
+            version.as_str()
+        );
+        ensure!(
+            shop_state(&bouncer).await? == (true, true),
+            "shop is not disabled and paused after the drop"
+        );
+        ensure!(
+            !works(&app1).await,
+            "the application's connection survived the drop"
+        );
+        let gone = sb
+            .admin("postgres")
+            .await?
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'shop_db'",
+                &[],
+            )
+            .await?
+            .is_none();
+        ensure!(gone, "shop_db was not dropped");
+        drop(bouncer);
+
+        sb.create_database("shop_db", None).await?;
+        let bouncer = Bouncer::start(&sb, &options)?;
+        let console = format!(
+            "host={} port={} user={} password={}",
+            bouncer.host(),
+            bouncer.port(),
+            roles::ADMIN,
+            sb.password(roles::ADMIN).unwrap_or_default()
+        );
+        let (app2, _) = app(&bouncer, "shop", "web-2").await?;
+        app2.simple_query("SELECT 1").await?;
+        let (code, out, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &[
+                "--pgbouncer",
+                &console,
+                "rename",
+                "shop_db",
+                "shop_new",
+                "-y",
+            ],
+        ))?;
+        ensure!(
+            code == 0
+                && out.contains("Renamed shop_db to shop_new")
+                && out.contains("Point these [databases] entries at shop_new")
+                && out.contains("shop (PgBouncer at"),
+            "PgBouncer {} rename: exit {code}\n{out}\n{err}",
+            version.as_str()
+        );
+        ensure!(
+            shop_state(&bouncer).await? == (true, false),
+            "shop is not paused after the rename"
+        );
+        // Back, with --resume this time (the alias leads to shop_db again).
+        bouncer
+            .admin(roles::ADMIN)
+            .await?
+            .simple_query("RESUME shop")
+            .await?;
+        let (code, out, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &[
+                "--pgbouncer",
+                &console,
+                "rename",
+                "shop_new",
+                "shop_db",
+                "-y",
+            ],
+        ))?;
+        ensure!(code == 0, "rename back: exit {code}\n{out}\n{err}");
+        let (code, out, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &[
+                "--pgbouncer",
+                &console,
+                "rename",
+                "shop_db",
+                "shop_new",
+                "--resume",
+                "-y",
+            ],
+        ))?;
+        ensure!(
+            code == 0 && out.contains("Resumed at PgBouncer: shop ("),
+            "rename --resume: exit {code}\n{out}\n{err}"
+        );
+        ensure!(
+            shop_state(&bouncer).await? == (false, false),
+            "shop is still paused after rename --resume"
+        );
+        sb.admin("postgres")
+            .await?
+            .batch_execute("DROP DATABASE shop_new")
             .await?;
     }
     Ok(())
