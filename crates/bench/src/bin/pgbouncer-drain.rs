@@ -8,7 +8,10 @@
 //!    under it, and while the database is fenced its logins fail, after which PgBouncer
 //!    waits `server_login_retry` before trying again (expected: errors and a long stall);
 //! 3. by hand: `PAUSE shop` on the admin console, `pgkill drain shop_db --grace 5s -y`,
-//!    `pgkill unfence shop_db`, `RESUME shop`.
+//!    `pgkill unfence shop_db`, `RESUME shop`;
+//!
+//! and, for reference, runs with no operation at all (the workload alone: the floor under
+//! every stall, since 8 writers share 5 server connections).
 //!
 //! Database `shop_db` sits behind alias `shop` in transaction mode (`default_pool_size`
 //! 5). Each run starts a fresh PgBouncer and a fresh workload of 8 writers committing
@@ -16,8 +19,9 @@
 //! reconnecting after an error; the operation starts once they have committed for a
 //! while, and they go on until every writer has committed again after it, and one more
 //! second. Per run: the application errors by SQLSTATE, the stall (the longest any single
-//! transaction attempt waited for its answer, success or error, including the connect
-//! when it needed one), the longest gap between two commits of one writer, the wall time
+//! transaction attempt answered after the operation started waited for its answer,
+//! success or error, including the connect when it needed one), the longest gap between
+//! two commits of one writer ending after it started, the wall time
 //! of the operation, the time until every writer committed again after it, and whether
 //! every acknowledged commit is stored.
 //!
@@ -70,9 +74,16 @@ enum Method {
     Pooler,
     NoPooler,
     ByHand,
+    /// No operation: the workload alone, the floor under every stall.
+    Baseline,
 }
 
-const METHODS: [Method; 3] = [Method::Pooler, Method::NoPooler, Method::ByHand];
+const METHODS: [Method; 4] = [
+    Method::Pooler,
+    Method::NoPooler,
+    Method::ByHand,
+    Method::Baseline,
+];
 
 impl Method {
     fn name(self) -> &'static str {
@@ -80,6 +91,7 @@ impl Method {
             Method::Pooler => "pgkill --pgbouncer drain --then-unfence",
             Method::NoPooler => "pgkill drain --then-unfence (no --pgbouncer)",
             Method::ByHand => "PAUSE; pgkill drain; pgkill unfence; RESUME",
+            Method::Baseline => "(reference) no operation, the workload alone",
         }
     }
 
@@ -88,6 +100,7 @@ impl Method {
             Method::Pooler => "pgbouncer",
             Method::NoPooler => "plain",
             Method::ByHand => "by-hand",
+            Method::Baseline => "baseline",
         }
     }
 
@@ -96,6 +109,7 @@ impl Method {
             Method::Pooler => 0,
             Method::NoPooler => 1,
             Method::ByHand => 2,
+            Method::Baseline => 3,
         }
     }
 }
@@ -175,10 +189,16 @@ fn main() -> anyhow::Result<()> {
 struct Seen {
     acknowledged: u64,
     errors: BTreeMap<String, u64>,
-    /// The longest single transaction attempt (until its answer, success or error).
+    /// The longest single transaction attempt (until its answer, success or error) of
+    /// those answered once the operation had started.
     stall: Duration,
-    /// The longest time between two commits of one writer (or its start and its first).
+    /// The longest time between two commits of one writer (or its start and its first),
+    /// the later one once the operation had started.
     gap: Duration,
+    /// When the operation started; set by the harness. Only what is answered from then on
+    /// counts towards `stall` and `gap`: the pool's first logins during the warm-up are
+    /// not the operation's.
+    op_start: Option<Instant>,
     /// When the operation ended; set by the harness.
     op_end: Option<Instant>,
     /// Per writer: its first commit acknowledged after `op_end`.
@@ -224,10 +244,10 @@ impl Bench<'_> {
                 .await?;
             anyhow::Ok(())
         })?;
-        let mut results: Vec<(String, [Vec<RunFigures>; 3])> = Vec::new();
+        let mut results: Vec<(String, [Vec<RunFigures>; 4])> = Vec::new();
         let mut harness_errors = Vec::new();
         for &version in versions {
-            let mut figures: [Vec<RunFigures>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+            let mut figures: [Vec<RunFigures>; 4] = Default::default();
             let mut reported = version.as_str().to_owned();
             let outcome = (|| -> anyhow::Result<()> {
                 for run in 0..runs {
@@ -312,10 +332,12 @@ impl Bench<'_> {
         std::thread::sleep(WARM_UP);
 
         let began = Instant::now();
+        lock(&seen).op_start = Some(began);
         let failure = match method {
             Method::Pooler => self.pgkill_drain(Some(&self.console_conninfo(&bouncer)), true)?,
             Method::NoPooler => self.pgkill_drain(None, true)?,
             Method::ByHand => self.by_hand(&console)?,
+            Method::Baseline => String::new(),
         };
         let op_end = Instant::now();
         let wall = op_end - began;
@@ -496,7 +518,7 @@ impl Bench<'_> {
         Ok(failure)
     }
 
-    fn print_table(&self, results: &[(String, [Vec<RunFigures>; 3])], runs: usize) {
+    fn print_table(&self, results: &[(String, [Vec<RunFigures>; 4])], runs: usize) {
         println!(
             "pgbouncer-drain: PostgreSQL {} · {WRITERS} writers through alias {ALIAS} → {DB}, transaction pooling, default_pool_size {POOL_SIZE}, server_login_retry {} s · {runs} run(s) per method, each on a fresh PgBouncer and workload",
             self.sandbox.version(),
@@ -506,7 +528,7 @@ impl Bench<'_> {
             "workload: BEGIN; INSERT; SELECT pg_sleep(0.02); COMMIT over the simple protocol, reconnecting after errors · pgkill: {}",
             self.pgkill.display()
         );
-        println!("stall: the longest any single transaction waited for its answer (ms) · gap: the longest between two commits of one writer · back: from the end of the operation until every writer committed again");
+        println!("stall: the longest any single transaction answered after the operation started waited for its answer (ms; the warm-up's first pool logins are not counted) · gap: the longest between two commits of one writer · back: from the end of the operation until every writer committed again");
         println!("| PgBouncer | method | stall median | stall max | gap max | errors (SQLSTATE: count) | wall median | back median | commits lost | failed runs | stall vs by hand |");
         println!("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|");
         let mut goal = true;
@@ -543,7 +565,7 @@ impl Bench<'_> {
                 } else {
                     String::new()
                 };
-                if method != Method::NoPooler {
+                if matches!(method, Method::Pooler | Method::ByHand) {
                     let total: u64 = errors.values().sum();
                     if total > 0 || lost != 0 || failed > 0 || f.len() < runs {
                         goal = false;
@@ -648,7 +670,9 @@ fn workload(
                             Err(e) => {
                                 {
                                     let mut s = lock(&seen);
-                                    s.stall = s.stall.max(began.elapsed());
+                                    if s.op_start.is_some() {
+                                        s.stall = s.stall.max(began.elapsed());
+                                    }
                                     *s.errors.entry(sqlstate(&e, "connect")).or_default() += 1;
                                 }
                                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -663,11 +687,16 @@ fn workload(
                     let result = c.simple_query(&sql).await;
                     let now = Instant::now();
                     let mut s = lock(&seen);
-                    s.stall = s.stall.max(now - began);
+                    let counts = s.op_start.is_some();
+                    if counts {
+                        s.stall = s.stall.max(now - began);
+                    }
                     match result {
                         Ok(_) => {
                             s.acknowledged += 1;
-                            s.gap = s.gap.max(now - last_commit);
+                            if counts {
+                                s.gap = s.gap.max(now - last_commit);
+                            }
                             last_commit = now;
                             if s.op_end.is_some_and(|end| began >= end) {
                                 let back = &mut s.back[w];
