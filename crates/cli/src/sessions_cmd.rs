@@ -298,11 +298,7 @@ async fn cancel_through_poolers(
         .into_iter()
         .filter(|s| s.pooler.as_ref().is_none_or(|l| l.client.is_some()))
         .partition(|s| s.pooler.is_some());
-    let mut relaxed = filter.clone();
-    relaxed.apps.clear();
-    relaxed.clients.clear();
-    relaxed.newest = None;
-    relaxed.oldest = None;
+    let relaxed = pgkill_pg::pgbouncer::on_the_server(filter);
     let direct = Plan::build(Signal::Cancel, direct, filter, &caps.caller);
     let linked = Plan::build(Signal::Cancel, behind_pooler, &relaxed, &caps.caller);
     let mut out = output::for_people();
@@ -445,11 +441,7 @@ async fn kill_through_poolers(
             }
         }
     }
-    let mut behind = filter.clone();
-    behind.apps.clear();
-    behind.clients.clear();
-    behind.newest = None;
-    behind.oldest = None;
+    let behind = pgkill_pg::pgbouncer::on_the_server(filter);
     let direct = Plan::build(Signal::Terminate, split.direct, filter, &caps.caller);
     let session_pooled = Plan::build(
         Signal::Terminate,

@@ -637,6 +637,19 @@ pub fn split_conninfos(text: &str) -> Vec<String> {
     out
 }
 
+/// What of `filter` the server evaluates when poolers are named: all but `--app` and
+/// `--client` (a pooler backend's own name and address are the pooler's, the
+/// application's are at the pooler) and `--newest`/`--oldest` (applied after those).
+pub fn on_the_server(filter: &Filter) -> Filter {
+    Filter {
+        apps: Vec::new(),
+        clients: Vec::new(),
+        newest: None,
+        oldest: None,
+        ..filter.clone()
+    }
+}
+
 /// The sessions matching `filter` as [`crate::sessions::list`] returns them, with what
 /// the poolers say attached (each backend that is one of a pooler's server connections
 /// gets its [`pgkill_core::pooler::PoolerLink`]), and the poolers' application
@@ -653,12 +666,7 @@ pub async fn list_through(
     filter: &Filter,
     poolers: &[PoolerState],
 ) -> crate::Result<(Vec<Session>, Vec<Pooled>)> {
-    let mut on_server = filter.clone();
-    on_server.apps.clear();
-    on_server.clients.clear();
-    on_server.newest = None;
-    on_server.oldest = None;
-    let mut sessions = crate::sessions::list(client, caps, &on_server).await?;
+    let mut sessions = crate::sessions::list(client, caps, &on_the_server(filter)).await?;
     let pooled = pgkill_core::pooler::attach(&mut sessions, poolers);
     let behind = Filter {
         apps: filter.apps.clone(),

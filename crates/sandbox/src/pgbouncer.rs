@@ -23,8 +23,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
 use crate::runas::RunAs;
@@ -748,25 +747,14 @@ fn keep(
 
 /// `immediate` (PgBouncer's immediate shutdown), then SIGKILL if it is still there.
 fn shut_down(child: &mut Child, immediate: Signal) {
-    let pid = Pid::from_raw(child.id() as i32);
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    let _ = kill(pid, immediate);
-    let began = Instant::now();
-    while began.elapsed() < TERM_TIMEOUT {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    tracing::warn!(
-        pid = pid.as_raw(),
-        ?immediate,
-        "pgbouncer did not stop; killing it"
+    crate::server::stop_child(
+        child,
+        "pgbouncer",
+        &[
+            (immediate, TERM_TIMEOUT),
+            (Signal::SIGKILL, Duration::from_secs(5)),
+        ],
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[cfg(test)]

@@ -1077,12 +1077,22 @@ fn keep(
 
 /// Fast shutdown (SIGINT); if that hangs, immediate shutdown (SIGQUIT); then SIGKILL.
 fn shut_down(child: &mut Child) {
+    stop_child(
+        child,
+        "postmaster",
+        &[
+            (Signal::SIGINT, FAST_SHUTDOWN_TIMEOUT),
+            (Signal::SIGQUIT, Duration::from_secs(5)),
+            (Signal::SIGKILL, Duration::from_secs(5)),
+        ],
+    );
+}
+
+/// Stops `child` (a server the sandbox runs, named `what` in the log): each signal in
+/// turn, waiting up to its patience for the process to exit, then reaps it.
+pub(crate) fn stop_child(child: &mut Child, what: &str, steps: &[(Signal, Duration)]) {
     let pid = Pid::from_raw(child.id() as i32);
-    for (signal, patience) in [
-        (Signal::SIGINT, FAST_SHUTDOWN_TIMEOUT),
-        (Signal::SIGQUIT, Duration::from_secs(5)),
-        (Signal::SIGKILL, Duration::from_secs(5)),
-    ] {
+    for &(signal, patience) in steps {
         if matches!(child.try_wait(), Ok(Some(_))) {
             return;
         }
@@ -1092,13 +1102,9 @@ fn shut_down(child: &mut Child) {
             if matches!(child.try_wait(), Ok(Some(_))) {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(5));
         }
-        tracing::warn!(
-            pid = pid.as_raw(),
-            ?signal,
-            "postmaster did not stop in time"
-        );
+        tracing::warn!(pid = pid.as_raw(), ?signal, what, "did not stop in time");
     }
     let _ = child.wait();
 }
