@@ -131,7 +131,7 @@ pub async fn run(
     let client = &connected.client;
     // Before anything changes: every pooler named must answer, let this user pause, and
     // say which of its aliases lead to the database.
-    let (pooler_args, _) = conn_args.poolers();
+    let (pooler_args, _) = connected.poolers.clone();
     let poolers = pooler_plans(&pooler_args, name, connected.settings.port).await?;
     for plan in &poolers {
         let aliases = if plan.aliases.is_empty() {

@@ -88,7 +88,7 @@ pub async fn ls(
     let filter = args.filters.to_filter(args.all_backends);
     let connected = inflight::connect(conn_args, conninfo).await?;
     let mut signals = Signals::listen()?;
-    let (poolers, _) = conn_args.poolers();
+    let (poolers, _) = connected.poolers.clone();
     inflight::guard(&connected, &mut signals, async {
         list_sessions(&connected, args, &filter, &poolers).await
     })
@@ -261,7 +261,7 @@ pub async fn signal(
     )?;
     let connected = inflight::connect(conn_args, conninfo).await?;
     let mut signals = Signals::listen()?;
-    let (poolers, _) = conn_args.poolers();
+    let (poolers, _) = connected.poolers.clone();
     inflight::guard(&connected, &mut signals, async {
         match signal {
             _ if poolers.is_empty() => {
