@@ -165,13 +165,14 @@ fn run_async(
             | Command::Drop(_)
             | Command::Rename(_)
             | Command::Unfence(_)
+            | Command::Top(_)
     ) {
         // Only `ls` sees through poolers so far: ending or fencing what a pooler serves
         // without it would look done while the applications stay connected.
         match conn.poolers() {
             (p, false) if !p.is_empty() => {
                 return Err(UsageError(format!(
-                    "--pgbouncer is supported by `pgkill ls`, `kill`, `cancel`, `drain`, `drop`, `rename` and `unfence` only so far; {} through a pooler is not supported yet: run it without --pgbouncer, knowing that applications connected to the pooler stay connected to it",
+                    "--pgbouncer is supported by every command but `free-slot` so far; {} through a pooler is not supported yet: run it without --pgbouncer, knowing that applications connected to the pooler stay connected to it",
                     command.name()
                 ))
                 .into())
@@ -257,7 +258,24 @@ async fn top(
 ) -> anyhow::Result<Outcome> {
     // Connect once first, before the full screen: a wrong password or host is a plain
     // error, and the password is asked for (if at all) here, once. Reconnects reuse it.
-    let settings = inflight::connect(conn_args, conninfo).await?.settings;
+    let connected = inflight::connect(conn_args, conninfo).await?;
+    // The poolers are checked here, before the full screen: one that cannot be used is a
+    // plain error.
+    let mut poolers = Vec::new();
+    for c in &connected.poolers.0 {
+        let pooler = pgkill_pg::pgbouncer::Pooler::resolve(c, &pgkill_pg::connect::SystemEnv)
+            .map_err(|e| UsageError(e.to_string()))?;
+        let console = pooler
+            .connect()
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        pooler
+            .read(&console)
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        poolers.push(pooler);
+    }
+    let settings = connected.settings;
     let target = settings.host_port();
     let statement_timeout = conn_args.statement_timeout;
     let connector: pgkill_tui::Connector = Box::new(move || {
@@ -270,6 +288,7 @@ async fn top(
         args.interval,
         statement_timeout,
         target,
+        poolers,
     )
     .await?;
     Ok(Outcome::Ok)

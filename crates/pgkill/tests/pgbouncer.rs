@@ -18,6 +18,8 @@ use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
 mod support;
+#[path = "support/tmux.rs"]
+mod tmux;
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -31,6 +33,7 @@ fn main() {
         a_transaction_that_outlasts_the_grace_at_the_pooler,
         kill_9_during_a_pooler_drain_then_unfence,
         drop_and_rename_through_the_pooler,
+        top_shows_the_applications_and_leaves_pooled_backends_alone,
     ]);
 }
 
@@ -294,17 +297,22 @@ async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -
     let victim = pgkill_sandbox::sim::idle(&sb.config("postgres", roles::PLAIN)).await?;
     let pid = victim.pid().to_string();
     sb.create_database("scratch", None).await?;
-    for args in [&["free-slot", roles::PLAIN, "-y"][..], &["top"]] {
-        let mut all = vec!["--pgbouncer", "host=127.0.0.1 port=1"];
-        all.extend_from_slice(args);
-        let (code, out, err) = support::run(support::pgkill(&sb, roles::ADMIN, &all))?;
-        ensure!(
-            code == 2
-                && (err.contains("only so far")
-                    || err.contains("--pgbouncer is not supported yet")),
-            "{args:?}: exit {code}\n{out}\n{err}"
-        );
-    }
+    let (code, out, err) = support::run(support::pgkill(
+        &sb,
+        roles::ADMIN,
+        &[
+            "--pgbouncer",
+            "host=127.0.0.1 port=1",
+            "free-slot",
+            roles::PLAIN,
+            "-y",
+        ],
+    ))?;
+    ensure!(
+        code == 2
+            && err.contains("--pgbouncer is supported by every command but `free-slot` so far"),
+        "free-slot --pgbouncer: exit {code}\n{out}\n{err}"
+    );
     ensure!(victim.is_connected(), "a refused command ended the session");
     for args in [
         &["kill", "--pid", &pid, "-y"][..],
@@ -312,6 +320,7 @@ async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -
         &["drop", "scratch", "-y"],
         &["rename", "scratch", "scratch2", "-y"],
         &["drain", "scratch", "-y"],
+        &["top"],
     ] {
         let mut cmd = support::pgkill(&sb, roles::ADMIN, args);
         cmd.env(
@@ -1145,5 +1154,93 @@ async fn drop_and_rename_through_the_pooler(pg: Installation) -> Result<()> {
             .batch_execute("DROP DATABASE shop_new")
             .await?;
     }
+    Ok(())
+}
+
+/// `top --pgbouncer`: the header names each pooler, a pooler backend shows the application
+/// linked to it (name, address, pool mode), and terminating a transaction-pooled backend
+/// from the view is refused in the confirmation and in the signalling path (the
+/// application keeps working).
+async fn top_shows_the_applications_and_leaves_pooled_backends_alone(
+    pg: Installation,
+) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("shop_db", None).await?;
+    let options = BouncerOptions::new(BouncerVersion::V1_24_1, PoolMode::Transaction)
+        .database("shop", "shop_db");
+    let bouncer = Bouncer::start(&sb, &options)?;
+    let (tx_app, _) = app(&bouncer, "shop", "web-tx").await?;
+    tx_app.batch_execute("BEGIN; SELECT 1").await?;
+    let admin = sb.admin("postgres").await?;
+    let pid: i32 = admin
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE datname = 'shop_db' AND state = 'idle in transaction'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let tmux = tmux::Tmux {
+        socket: format!(
+            "pgkill-pgbouncer-top-{}-{}",
+            std::process::id(),
+            pg.version.major
+        ),
+    };
+    let line = format!(
+        "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD TERM=xterm PGPASSFILE={} {} -h {} -p {} -U {} --pgbouncer '{}' top; echo PGKILL_TOP_EXIT=$?; sleep 60",
+        sb.passfile().display(),
+        env!("CARGO_BIN_EXE_pgkill"),
+        sb.host(),
+        sb.port(),
+        roles::ADMIN,
+        console(&sb, &bouncer),
+    );
+    tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "200",
+        "-y",
+        "40",
+        &line,
+    ])?;
+    let screen = tmux.wait_for("PgBouncer 1.24.1 at").await?;
+    ensure!(
+        screen.lines().any(|l| l.contains(&pid.to_string())
+            && l.contains("web-tx")
+            && l.contains("pgb:127.0.0.1")),
+        "the pooler backend does not show its application:\n{screen}"
+    );
+    tmux.keys(&["/", &format!("pid:{pid}"), "Enter"])?;
+    tmux.wait_for("shown 1/").await?;
+    tmux.keys(&["a", "k"])?;
+    let dialog = tmux
+        .wait_for("behind PgBouncer in transaction pooling")
+        .await?;
+    ensure!(
+        dialog.contains("Terminate 0 session(s)?")
+            && dialog.contains("1 will NOT be signalled")
+            && dialog.contains("nothing to signal"),
+        "the confirmation does not refuse it:\n{dialog}"
+    );
+    tmux.keys(&["y"])?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    ensure!(
+        works(&tx_app).await,
+        "the application behind the pooler was ended from top"
+    );
+    let alive: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await?
+        .get(0);
+    ensure!(alive == 1, "the pooler backend was terminated");
+    tmux.keys(&["Escape", "q"])?;
+    let screen = tmux.wait_for("PGKILL_TOP_EXIT=").await?;
+    ensure!(screen.contains("PGKILL_TOP_EXIT=0"), "{screen}");
     Ok(())
 }

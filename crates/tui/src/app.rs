@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub sessions: Vec<Session>,
     /// Who pgkill is connected as (what it may signal).
     pub caller: Caller,
+    /// `--pgbouncer`: each pooler, one line (`PgBouncer 1.24.1 at …: …`).
+    pub poolers: Vec<String>,
 }
 
 /// A key press, reduced to what the view uses.
@@ -202,6 +204,8 @@ pub struct Counts {
 pub struct App {
     /// The server pgkill is connected to (`host:port`), for the header.
     pub target: Option<String>,
+    /// `--pgbouncer`: a line per pooler, from the last refresh.
+    pub poolers: Vec<String>,
     /// Server facts from the last refresh.
     pub server: Option<ServerInfo>,
     /// Sessions from the last refresh.
@@ -252,6 +256,7 @@ impl App {
     pub fn new(interval: Duration) -> App {
         App {
             target: None,
+            poolers: Vec::new(),
             server: None,
             sessions: Vec::new(),
             filter_text: String::new(),
@@ -307,6 +312,7 @@ impl App {
             &filter,
             self.caller.as_ref().unwrap_or(&nobody),
         )
+        .refuse_behind_poolers()
     }
 
     /// Whether `!` can include protected superuser sessions (the caller may signal them).
@@ -452,6 +458,7 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
                 app.history.pop_front();
             }
             app.server = Some(snapshot.server);
+            app.poolers = snapshot.poolers;
             app.sessions = snapshot.sessions;
             app.caller = Some(snapshot.caller);
             let present: BTreeSet<i32> = app.sessions.iter().map(|s| s.pid).collect();
@@ -715,6 +722,7 @@ pub(crate) mod tests {
         w2.pid = 103;
         w2.backend_start = at(-90);
         Snapshot {
+            poolers: Vec::new(),
             server: ServerInfo {
                 version: "15.18".into(),
                 uptime: Duration::from_secs(3 * 3600 + 125),

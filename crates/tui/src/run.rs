@@ -9,6 +9,7 @@ use pgkill_core::plan::Plan;
 use pgkill_core::planner::{self, Signal};
 use pgkill_core::{Filter, Session};
 use pgkill_pg::connect::ConnectError;
+use pgkill_pg::pgbouncer::Pooler;
 use pgkill_pg::sessions::{self, Capabilities};
 use ratatui::crossterm::event::{
     self as ct, Event as CtEvent, KeyCode, KeyEventKind, KeyModifiers,
@@ -42,6 +43,7 @@ pub async fn run(
     interval: Duration,
     statement_timeout: Duration,
     target: String,
+    poolers: Vec<Pooler>,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     anyhow::ensure!(
@@ -58,6 +60,7 @@ pub async fn run(
         connect,
         statement_timeout,
         filter,
+        poolers,
         req_rx,
         ev_tx.clone(),
     ));
@@ -158,6 +161,7 @@ async fn database_task(
     connect: Connector,
     statement_timeout: Duration,
     filter: Filter,
+    poolers: Vec<Pooler>,
     mut requests: mpsc::UnboundedReceiver<Request>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -200,7 +204,7 @@ async fn database_task(
         };
         let event = match request {
             Request::Refresh => Event::Snapshot(
-                snapshot(client, caps, &filter)
+                snapshot(client, caps, &filter, &poolers)
                     .await
                     .map_err(|e| format!("{e:#}")),
             ),
@@ -212,7 +216,10 @@ async fn database_task(
                     ..filter.clone()
                 }
                 .and(*typed);
-                let plan = Plan::build(signal, targets, &filter, &caps.caller);
+                // Behind a pooler in transaction pooling a backend is not the
+                // application: those are refused here as in the confirmation.
+                let plan =
+                    Plan::build(signal, targets, &filter, &caps.caller).refuse_behind_poolers();
                 Event::Outcomes(
                     sessions::execute(client, caps, &filter, &plan, Duration::from_secs(5))
                         .await
@@ -252,12 +259,37 @@ async fn snapshot(
     client: &Client,
     caps: &Capabilities,
     filter: &Filter,
+    poolers: &[Pooler],
 ) -> anyhow::Result<Snapshot> {
     let row = pgkill_pg::exec::query_opt(client, &planner::server_summary())
         .await?
         .ok_or_else(|| anyhow::anyhow!("the server summary returned no row"))?;
-    let sessions = sessions::list(client, caps, filter).await?;
+    let mut lines = Vec::new();
+    let sessions = if poolers.is_empty() {
+        sessions::list(client, caps, filter).await?
+    } else {
+        // Each refresh reads every pooler anew, on a console connection of its own.
+        let mut states = Vec::new();
+        for p in poolers {
+            let console = p.connect().await?;
+            states.push(p.read(&console).await?);
+        }
+        let (sessions, pooled) =
+            pgkill_pg::pgbouncer::list_through(client, caps, filter, &states).await?;
+        for st in &states {
+            let without = pooled.iter().filter(|p| p.pooler == st.name).count();
+            lines.push(format!(
+                "PgBouncer {} at {} ({}): {} application connection(s), {without} holding no backend (see `pgkill ls --pgbouncer`)",
+                st.version,
+                st.name,
+                st.pool_mode,
+                st.clients.len()
+            ));
+        }
+        sessions
+    };
     Ok(Snapshot {
+        poolers: lines,
         caller: caps.caller.clone(),
         server: ServerInfo {
             version: caps.version.to_string(),
@@ -294,6 +326,7 @@ mod tests {
             connector,
             Duration::from_secs(5),
             Filter::default(),
+            Vec::new(),
             req_rx,
             ev_tx,
         ));

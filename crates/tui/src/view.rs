@@ -124,6 +124,12 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
                     app.visible().len(),
                     app.sessions.len()
                 )),
+                Span::raw(
+                    app.poolers
+                        .iter()
+                        .map(|p| format!("  · {}", line(p)))
+                        .collect::<String>(),
+                ),
             ])
         }
     };
@@ -166,13 +172,33 @@ fn session_cells(app: &App, s: &Session) -> Vec<Cell<'static>> {
         _ => Style::default(),
     };
     let wait = line(&s.wait_text());
-    let client = line(&s.client_text());
+    // Behind a pooler: the application linked to the backend right now.
+    let (application, client) = match &s.pooler {
+        Some(link) => match &link.client {
+            // `pgb:`: through PgBouncer (the header says which, and its pool mode).
+            Some(c) => (
+                unknown(c.application_name.as_deref()),
+                line(&format!(
+                    "pgb:{}",
+                    c.addr.map_or_else(|| "local".to_owned(), |a| a.to_string())
+                )),
+            ),
+            None => (
+                unknown(s.application_name.as_deref()),
+                "pgb:(pool)".to_owned(),
+            ),
+        },
+        None => (
+            unknown(s.application_name.as_deref()),
+            line(&s.client_text()),
+        ),
+    };
     vec![
         Cell::from(mark),
         Cell::from(s.pid.to_string()),
         Cell::from(unknown(s.user.as_deref())),
         Cell::from(unknown(s.database.as_deref())),
-        Cell::from(unknown(s.application_name.as_deref())),
+        Cell::from(application),
         Cell::from(client),
         Cell::from(state).style(state_style),
         Cell::from(wait),
