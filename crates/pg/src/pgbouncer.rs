@@ -299,6 +299,15 @@ pub struct Paused {
 /// The least time a `PAUSE` is given, whatever `--grace` says.
 pub const PAUSE_FLOOR: std::time::Duration = std::time::Duration::from_secs(2);
 
+impl Paused {
+    fn for_plans(plans: &[PoolerPlan]) -> Paused {
+        Paused {
+            aliases: vec![Vec::new(); plans.len()],
+            ..Paused::default()
+        }
+    }
+}
+
 /// How long a `PAUSE` may still take once the transactions that held it up were ended.
 const PAUSE_AFTER_KILL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -315,10 +324,7 @@ pub async fn pause_all(plans: &[PoolerPlan], limit: std::time::Duration) -> Paus
     // Even with no grace (rename's default) a PAUSE needs its round trip, and the
     // statements under way their end.
     let limit = limit.max(PAUSE_FLOOR);
-    let mut result = Paused {
-        aliases: vec![Vec::new(); plans.len()],
-        ..Paused::default()
-    };
+    let mut result = Paused::for_plans(plans);
     let deadline = tokio::time::Instant::now() + limit;
     for (i, plan) in plans.iter().enumerate() {
         let client = match plan.pooler.connect().await {
@@ -458,10 +464,7 @@ pub async fn resume(pooler: &Pooler, aliases: &[String]) -> Vec<String> {
 /// application and server connections at once (`KILL`, which leaves them paused).
 /// Returns, per plan, the aliases done, and the error if not all were.
 pub async fn disable_and_kill(plans: &[PoolerPlan]) -> Paused {
-    let mut result = Paused {
-        aliases: vec![Vec::new(); plans.len()],
-        ..Paused::default()
-    };
+    let mut result = Paused::for_plans(plans);
     for (i, plan) in plans.iter().enumerate() {
         let client = match plan.pooler.connect().await {
             Ok(c) => c,

@@ -722,27 +722,15 @@ fn launch(
 /// Body of the keeper thread: owns PgBouncer until told to stop (or until the sender is
 /// dropped), then stops it.
 fn keep(
-    mut cmd: Command,
+    cmd: Command,
     immediate: Signal,
     started: mpsc::Sender<std::io::Result<u32>>,
     exited: mpsc::Sender<()>,
     stop: mpsc::Receiver<()>,
 ) {
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            let _ = started.send(Err(e));
-            return;
-        }
-    };
-    let _ = started.send(Ok(child.id()));
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(20)) {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            let _ = exited.send(());
-            return;
-        }
-    }
-    shut_down(&mut child, immediate);
+    crate::server::keep_child(cmd, started, exited, stop, |child| {
+        shut_down(child, immediate)
+    });
 }
 
 /// `immediate` (PgBouncer's immediate shutdown), then SIGKILL if it is still there.

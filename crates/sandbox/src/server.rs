@@ -1052,10 +1052,24 @@ impl Drop for Keeper {
 /// Body of the keeper thread: owns the postmaster until told to stop (or until the
 /// sender is dropped), then shuts it down.
 fn keep(
+    cmd: Command,
+    started: mpsc::Sender<std::io::Result<u32>>,
+    exited: mpsc::Sender<()>,
+    stop: mpsc::Receiver<()>,
+) {
+    keep_child(cmd, started, exited, stop, shut_down);
+}
+
+/// Body of a keeper thread of a server the sandbox runs (postmaster, PgBouncer): spawns
+/// `cmd`, says its pid on `started` (or why it did not start), watches for it dying alone
+/// (then says so on `exited`) until told to stop or the sender is dropped, then stops it
+/// with `shut_down`.
+pub(crate) fn keep_child(
     mut cmd: Command,
     started: mpsc::Sender<std::io::Result<u32>>,
     exited: mpsc::Sender<()>,
     stop: mpsc::Receiver<()>,
+    shut_down: impl FnOnce(&mut Child),
 ) {
     let mut child = match cmd.spawn() {
         Ok(child) => child,
@@ -1065,7 +1079,6 @@ fn keep(
         }
     };
     let _ = started.send(Ok(child.id()));
-    // Until told to stop (or the sandbox is dropped), watch for the server dying alone.
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(20)) {
         if matches!(child.try_wait(), Ok(Some(_))) {
             let _ = exited.send(());

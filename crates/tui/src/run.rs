@@ -166,6 +166,8 @@ async fn database_task(
     events: mpsc::UnboundedSender<Event>,
 ) {
     let mut conn: Option<(Client, Capabilities)> = None;
+    // One console connection per pooler, kept across refreshes (opened again when lost).
+    let mut consoles: Vec<Option<Client>> = poolers.iter().map(|_| None).collect();
     let mut backoff = Duration::from_millis(500);
     let mut retry_at = tokio::time::Instant::now();
     // Once logging in again fails, it stays failed: the same password will not start
@@ -204,7 +206,7 @@ async fn database_task(
         };
         let event = match request {
             Request::Refresh => Event::Snapshot(
-                snapshot(client, caps, &filter, &poolers)
+                snapshot(client, caps, &filter, &poolers, &mut consoles)
                     .await
                     .map_err(|e| format!("{e:#}")),
             ),
@@ -260,6 +262,7 @@ async fn snapshot(
     caps: &Capabilities,
     filter: &Filter,
     poolers: &[Pooler],
+    consoles: &mut [Option<Client>],
 ) -> anyhow::Result<Snapshot> {
     let row = pgkill_pg::exec::query_opt(client, &planner::server_summary())
         .await?
@@ -268,11 +271,22 @@ async fn snapshot(
     let sessions = if poolers.is_empty() {
         sessions::list(client, caps, filter).await?
     } else {
-        // Each refresh reads every pooler anew, on a console connection of its own.
         let mut states = Vec::new();
-        for p in poolers {
-            let console = p.connect().await?;
-            states.push(p.read(&console).await?);
+        for (p, console) in poolers.iter().zip(consoles.iter_mut()) {
+            if console.as_ref().is_none_or(Client::is_closed) {
+                *console = Some(p.connect().await?);
+            }
+            let Some(open) = console.as_ref() else {
+                continue;
+            };
+            match p.read(open).await {
+                Ok(state) => states.push(state),
+                Err(e) => {
+                    // Opened again at the next refresh.
+                    *console = None;
+                    return Err(e.into());
+                }
+            }
         }
         let (sessions, pooled) =
             pgkill_pg::pgbouncer::list_through(client, caps, filter, &states).await?;
