@@ -302,11 +302,11 @@ pub async fn run(
         }
         Ok(report) => report,
         // `run` has put the database back as it was before (or says why it could not).
-        Err(e @ pgkill_pg::Error::StillFenced { .. }) => {
+        Err(e @ (pgkill_pg::Error::StillFenced { .. } | pgkill_pg::Error::PoolersLeft { .. })) => {
             anyhow::bail!("{verb} {name} failed: {e}")
         }
         Err(e) => anyhow::bail!(
-            "{verb} {name} failed: {e}{}; {}",
+            "{verb} {name} failed: {e}{}; {}{}",
             if matches!(e, pgkill_pg::Error::Cancelled(_)) {
                 format!(" ({})", inflight::timeout_hint(conn_args.statement_timeout))
             } else {
@@ -316,20 +316,37 @@ pub async fn run(
                 "it stays fenced as it was before"
             } else {
                 "the database's settings were restored"
+            },
+            if req.poolers.is_empty() {
+                ""
+            } else if op == Operation::Drop {
+                ", and its aliases at PgBouncer enabled and resumed"
+            } else {
+                ", and its aliases at PgBouncer resumed"
             }
         ),
     };
     if !report.paused.is_empty() {
         writeln!(
             out,
-            "Paused at PgBouncer: {} in {:.1}s (applications' queries queued there instead of failing).",
+            "{} at PgBouncer: {} in {:.1}s{}.",
+            if op == Operation::Drop {
+                "Disabled and dropped"
+            } else {
+                "Paused"
+            },
             report
                 .paused
                 .iter()
                 .map(|(p, a)| format!("{a} ({p})"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            report.pause_took.unwrap_or_default().as_secs_f64()
+            report.pause_took.unwrap_or_default().as_secs_f64(),
+            if op == Operation::Drop {
+                " (applications are told the database is gone instead of retrying logins)"
+            } else {
+                " (applications' queries queued there instead of failing)"
+            }
         )?;
     }
     if !report.ended_at_pooler.is_empty() {

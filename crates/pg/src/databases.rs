@@ -486,10 +486,14 @@ pub async fn run(
             }
         }
         if let Some(e) = error {
-            let mut problems = resume_paused(&to_pause, &paused, &mut report).await;
+            let problems = resume_paused(&to_pause, &paused, &mut report).await;
             let put = put_back(client, info.oid, &record, prior.as_ref()).await;
-            report.pooler_problems.append(&mut problems);
             return match put {
+                Ok(_) if !problems.is_empty() => Err(Error::PoolersLeft {
+                    name: info.name.clone(),
+                    error: e.to_string(),
+                    problems,
+                }),
                 Ok(_) => Err(Error::Refused(vec![e.to_string()])),
                 Err(restore_error) => Err(Error::StillFenced {
                     name: info.name.clone(),
@@ -548,9 +552,16 @@ pub async fn run(
         Err(e) => match put_back(client, info.oid, &record, prior.as_ref()).await {
             Ok(_) if !to_pause.is_empty() => {
                 let all: Vec<Vec<String>> = to_pause.iter().map(|p| p.aliases.clone()).collect();
-                let mut problems = resume_paused(&to_pause, &all, &mut report).await;
-                report.pooler_problems.append(&mut problems);
-                Err(e)
+                let problems = resume_paused(&to_pause, &all, &mut report).await;
+                if problems.is_empty() {
+                    Err(e)
+                } else {
+                    Err(Error::PoolersLeft {
+                        name: info.name.clone(),
+                        error: e.to_string(),
+                        problems,
+                    })
+                }
             }
             Ok(_) => Err(e),
             Err(restore_error) => Err(Error::StillFenced {

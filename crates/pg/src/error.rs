@@ -41,6 +41,17 @@ pub enum Error {
         /// Why restoring failed.
         restore: String,
     },
+    /// An operation failed and the database was put back, but some aliases at a pooler
+    /// could not be (they stay paused or disabled there).
+    #[error("{error}\n{name}'s settings were restored, but at PgBouncer: {}; ENABLE/RESUME them in its admin console", .problems.join("; "))]
+    PoolersLeft {
+        /// The database.
+        name: String,
+        /// What failed.
+        error: String,
+        /// What could not be put back, pooler by pooler.
+        problems: Vec<String>,
+    },
     /// The server is older than pgkill supports.
     #[error(transparent)]
     Version(pgkill_core::VersionError),

@@ -33,6 +33,7 @@ fn main() {
         a_transaction_that_outlasts_the_grace_at_the_pooler,
         kill_9_during_a_pooler_drain_then_unfence,
         drop_and_rename_through_the_pooler,
+        drop_and_rename_through_the_pooler_are_undone,
         top_shows_the_applications_and_leaves_pooled_backends_alone,
     ]);
 }
@@ -1242,5 +1243,155 @@ async fn top_shows_the_applications_and_leaves_pooled_backends_alone(
     tmux.keys(&["Escape", "q"])?;
     let screen = tmux.wait_for("PGKILL_TOP_EXIT=").await?;
     ensure!(screen.contains("PGKILL_TOP_EXIT=0"), "{screen}");
+    Ok(())
+}
+
+/// Waits until the fence record of `shop_db` names its aliases (pgkill is past the
+/// journal, at the pooler or beyond) and the database is fenced.
+async fn wait_pooler_fence(sb: &Sandbox) -> Result<()> {
+    let admin = sb.admin("postgres").await?;
+    let began = std::time::Instant::now();
+    loop {
+        let row = admin
+            .query_opt("SELECT d.datallowconn, pg_catalog.shobj_description(d.oid, 'pg_database') FROM pg_catalog.pg_database d WHERE datname = 'shop_db'", &[])
+            .await?;
+        let (allow, comment): (bool, Option<String>) = match &row {
+            Some(r) => (r.get(0), r.get(1)),
+            None => (true, None),
+        };
+        if !allow && comment.is_some_and(|c| c.contains("\"poolers\"")) {
+            return Ok(());
+        }
+        ensure!(
+            began.elapsed() < std::time::Duration::from_secs(20),
+            "pgkill never fenced shop_db with its aliases in the record"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `drop` and `rename` through the pooler that do not get to the end put the aliases back
+/// exactly as they were (enabled, not paused) with the database, and a new application
+/// connection works: Ctrl-C while the drop waits for a session (the aliases are already
+/// disabled and killed), a rename whose new name was taken meanwhile (it fails at the
+/// `ALTER DATABASE`, after the pause), and `kill -9` of either, then `pgkill unfence`.
+async fn drop_and_rename_through_the_pooler_are_undone(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("shop_db", None).await?;
+    let admin = sb.admin("postgres").await?;
+    for version in BouncerVersion::ALL {
+        let options =
+            BouncerOptions::new(version, PoolMode::Transaction).database("shop", "shop_db");
+        let bouncer = Bouncer::start(&sb, &options)?;
+        let console = console(&sb, &bouncer);
+        let v = version.as_str();
+        for (op, how) in [
+            ("drop", "ctrl-c"),
+            ("rename", "taken"),
+            ("drop", "kill-9"),
+            ("rename", "kill-9"),
+        ] {
+            let (app1, _) = app(&bouncer, "shop", "web-1").await?;
+            app1.simple_query("SELECT 1").await?;
+            // A transaction on the server itself keeps the drain waiting for --grace.
+            let holder = sb.admin("shop_db").await?;
+            holder.batch_execute("BEGIN; SELECT 1").await?;
+            let holder_pid: i32 = holder
+                .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+                .await?
+                .get(0);
+            let mut args = vec!["--pgbouncer", &console, op, "shop_db"];
+            if op == "rename" {
+                args.push("shop_new");
+            }
+            args.extend_from_slice(&["--grace", "60s", "-y"]);
+            let mut cmd = support::pgkill(&sb, roles::ADMIN, &args);
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn()?;
+            wait_pooler_fence(&sb).await?;
+            let (_, disabled) = shop_state(&bouncer).await?;
+            ensure!(
+                disabled == (op == "drop"),
+                "PgBouncer {v} {op}: alias disabled = {disabled} while it waits"
+            );
+            match how {
+                "ctrl-c" | "taken" => {
+                    if how == "ctrl-c" {
+                        nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(child.id() as i32),
+                            nix::sys::signal::Signal::SIGINT,
+                        )?;
+                    } else {
+                        admin.batch_execute("CREATE DATABASE shop_new").await?;
+                        admin
+                            .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&holder_pid])
+                            .await?;
+                    }
+                    let out = child.wait_with_output()?;
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    let expected = if how == "ctrl-c" {
+                        "interrupted"
+                    } else {
+                        "already exists"
+                    };
+                    let put_back = if op == "drop" {
+                        "its aliases at PgBouncer enabled and resumed"
+                    } else {
+                        "its aliases at PgBouncer resumed"
+                    };
+                    ensure!(
+                        out.status.code() == Some(2)
+                            && err.contains(expected)
+                            && err.contains(put_back),
+                        "PgBouncer {v} {op} ({how}): {}\n{}\n{err}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stdout)
+                    );
+                    if how == "taken" {
+                        admin.batch_execute("DROP DATABASE shop_new").await?;
+                    }
+                }
+                _ => {
+                    child.kill()?;
+                    child.wait()?;
+                    ensure!(
+                        shop_state(&bouncer).await?.0,
+                        "PgBouncer {v} {op}: the alias is not paused after kill -9"
+                    );
+                    let mut unfence = support::pgkill(
+                        &sb,
+                        roles::ADMIN,
+                        &["--pgbouncer", &console, "unfence", "shop_db"],
+                    );
+                    unfence.stdin(std::process::Stdio::null());
+                    let (code, out, err) = support::run(unfence)?;
+                    ensure!(
+                        code == 0 && out.contains("Unfenced"),
+                        "PgBouncer {v} {op}: unfence after kill -9: exit {code}\n{out}\n{err}"
+                    );
+                }
+            }
+            ensure!(
+                shop_state(&bouncer).await? == (false, false),
+                "PgBouncer {v} {op} ({how}): the alias was not put back (paused, disabled) = {:?}",
+                shop_state(&bouncer).await?
+            );
+            shop_db_is_as_it_was(&sb).await?;
+            let (app2, _) = app(&bouncer, "shop", "web-2").await?;
+            ensure!(
+                works(&app2).await,
+                "PgBouncer {v} {op} ({how}): a new application connection fails"
+            );
+            if op == "rename" {
+                ensure!(
+                    works(&app1).await,
+                    "PgBouncer {v} rename ({how}): the paused application did not go on"
+                );
+            }
+            drop(holder);
+        }
+    }
     Ok(())
 }
