@@ -288,23 +288,17 @@ async fn cancel_through_poolers(
     filter: &pgkill_core::Filter,
     conninfos: &[String],
 ) -> anyhow::Result<Exit> {
-    use pgkill_core::plan::{OutcomeKind, Plan};
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
     let read = read_poolers(conninfos).await?;
     let states = states_of(&read);
+    let poolers: Vec<pgkill_pg::pgbouncer::Pooler> = read.into_iter().map(|(p, _)| p).collect();
     let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, &caps, filter, &states).await?;
-    let (behind_pooler, direct): (Vec<_>, Vec<_>) = list
-        .into_iter()
-        .filter(|s| s.pooler.as_ref().is_none_or(|l| l.client.is_some()))
-        .partition(|s| s.pooler.is_some());
-    let relaxed = pgkill_pg::pgbouncer::on_the_server(filter);
-    let direct = Plan::build(Signal::Cancel, direct, filter, &caps.caller);
-    let linked = Plan::build(Signal::Cancel, behind_pooler, &relaxed, &caps.caller);
+    let plan = pgkill_pg::through::CancelPlan::build(&caps, filter, list, &pooled);
     let mut out = output::for_people();
-    let count = direct.to_signal().count() + linked.to_signal().count();
+    let count = plan.count();
     if !args.json {
-        if direct.targets.is_empty() && linked.targets.is_empty() {
+        if plan.direct.targets.is_empty() && plan.linked.targets.is_empty() {
             writeln!(out, "No session matched.")?;
         } else {
             writeln!(
@@ -312,26 +306,23 @@ async fn cancel_through_poolers(
                 "Plan: cancel the running statement of {count} session(s) on PostgreSQL {} as {}:",
                 caps.version, caps.caller.user
             )?;
-            let mut plan = direct.clone();
-            plan.targets.extend(linked.targets.iter().cloned());
-            output::plan_table(&mut out, &plan, width())?;
+            output::plan_table(&mut out, &plan.backends(), width())?;
         }
-        if !pooled.is_empty() {
+        if plan.pooled > 0 {
             writeln!(
                 out,
                 "({} application connection(s) at the pooler hold no backend and run no statement: nothing to cancel)",
-                pooled.len()
+                plan.pooled
             )?;
         }
     }
+    let backends = plan.backends();
     let doc = |outcomes: &[Outcome], dry_run: bool, out: &mut dyn Write| -> anyhow::Result<()> {
-        let mut entries = plan_entries(&direct);
-        entries.extend(plan_entries(&linked));
         let d = SignalDoc {
             server: server_json(&caps, &connected.settings),
             action: "cancel",
             dry_run,
-            plan: entries,
+            plan: plan_entries(&backends),
             outcomes,
             pooler_plan: &[],
             pooler_outcomes: &[],
@@ -361,34 +352,7 @@ async fn cancel_through_poolers(
     {
         return Ok(Exit::Error);
     }
-    let mut outcomes = sessions::execute(client, &caps, filter, &direct, Duration::ZERO).await?;
-    // Still the same application on each pooler backend? Read the poolers again.
-    let again = states_of(&read_poolers(conninfos).await?);
-    let mut still = linked.clone();
-    let mut moved = Vec::new();
-    still.targets.retain(|t| {
-        let Some(link) = &t.session.pooler else {
-            return true;
-        };
-        let same = again.iter().filter(|p| p.name == link.pooler).any(|p| {
-            p.server_at(t.session.client_addr, t.session.client_port)
-                .and_then(|server| p.client_of(server))
-                .zip(link.client.as_ref())
-                .is_some_and(|(now, then)| {
-                    now.ptr == then.ptr && now.port == then.port && now.addr == then.addr
-                })
-        });
-        if !same && t.refused.is_none() {
-            moved.push(pgkill_core::plan::Outcome::new(
-                t,
-                OutcomeKind::AlreadyGone,
-                "its backend now serves another application (or none): not signalled",
-            ));
-        }
-        same
-    });
-    outcomes.extend(sessions::execute(client, &caps, &relaxed, &still, Duration::ZERO).await?);
-    outcomes.extend(moved);
+    let outcomes = plan.execute(client, &caps, filter, &poolers).await?;
     if args.json {
         doc(&outcomes, false, &mut out)?;
     } else {
@@ -409,57 +373,18 @@ async fn kill_through_poolers(
     timeout: Duration,
     conninfos: &[String],
 ) -> anyhow::Result<Exit> {
-    use pgkill_core::plan::{OutcomeKind, Plan};
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
     let read = read_poolers(conninfos).await?;
     let states = states_of(&read);
     let poolers: Vec<pgkill_pg::pgbouncer::Pooler> = read.into_iter().map(|(p, _)| p).collect();
     let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, &caps, filter, &states).await?;
-    let mut split = pgkill_core::pooler::split_for_kill(list, pooled, &states);
-    // Superusers' connections are protected behind a pooler too.
-    let users: Vec<String> = split
-        .at_pooler
-        .iter()
-        .map(|t| t.client.user.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if !users.is_empty() && !filter.include_superusers {
-        let supers: Vec<String> =
-            pgkill_pg::exec::query(client, &pgkill_core::planner::superusers_among(users))
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?;
-        for t in split.at_pooler.iter_mut().filter(|t| t.refused.is_none()) {
-            if supers.contains(&t.client.user) {
-                t.refused = Some(format!(
-                    "role {} is a superuser: protected (--include-superusers to include it)",
-                    t.client.user
-                ));
-            }
-        }
-    }
-    let behind = pgkill_pg::pgbouncer::on_the_server(filter);
-    let direct = Plan::build(Signal::Terminate, split.direct, filter, &caps.caller);
-    let session_pooled = Plan::build(
-        Signal::Terminate,
-        split.session_pooled,
-        &behind,
-        &caps.caller,
-    );
-    let acting = direct.to_signal().count()
-        + session_pooled.to_signal().count()
-        + split
-            .at_pooler
-            .iter()
-            .filter(|t| t.refused.is_none())
-            .count();
+    let plan =
+        pgkill_pg::through::KillPlan::build(client, &caps, filter, list, pooled, &states).await?;
+    let acting = plan.acting();
     let mut out = output::for_people();
-    let nothing = direct.targets.is_empty()
-        && session_pooled.targets.is_empty()
-        && split.at_pooler.is_empty();
+    let nothing = plan.is_empty();
+    let backends = plan.backends();
     if !args.json {
         if nothing {
             writeln!(out, "No session matched.")?;
@@ -469,21 +394,19 @@ async fn kill_through_poolers(
                 "Plan: terminate {acting} application connection(s) on PostgreSQL {} as {}:",
                 caps.version, caps.caller.user
             )?;
-            let mut plan = direct.clone();
-            plan.targets.extend(session_pooled.targets.iter().cloned());
-            if !plan.targets.is_empty() {
-                output::plan_table(&mut out, &plan, width())?;
+            if !backends.targets.is_empty() {
+                output::plan_table(&mut out, &backends, width())?;
             }
-            if !split.at_pooler.is_empty() {
+            if !plan.at_pooler.is_empty() {
                 writeln!(out, "At the pooler:")?;
-                output::app_targets_table(&mut out, &split.at_pooler, width())?;
+                output::app_targets_table(&mut out, &plan.at_pooler, width())?;
             }
         }
-        if split.idle_pool_connections > 0 {
+        if plan.idle_pool_connections > 0 {
             writeln!(
                 out,
                 "({} pooler server connection(s) serving no application right now left alone: ending them ends no application)",
-                split.idle_pool_connections
+                plan.idle_pool_connections
             )?;
         }
     }
@@ -492,15 +415,13 @@ async fn kill_through_poolers(
                dry_run: bool,
                out: &mut dyn Write|
      -> anyhow::Result<()> {
-        let mut entries = plan_entries(&direct);
-        entries.extend(plan_entries(&session_pooled));
         let d = SignalDoc {
             server: server_json(&caps, &connected.settings),
             action: "terminate",
             dry_run,
-            plan: entries,
+            plan: plan_entries(&backends),
             outcomes,
-            pooler_plan: &split.at_pooler,
+            pooler_plan: &plan.at_pooler,
             pooler_outcomes: apps,
         };
         output::json(out, &d)?;
@@ -531,44 +452,12 @@ async fn kill_through_poolers(
     {
         return Ok(Exit::Error);
     }
-    let mut outcomes = sessions::execute(client, &caps, filter, &direct, timeout).await?;
-    let via_backend = sessions::execute(client, &caps, &behind, &session_pooled, timeout).await?;
-    // Session pooling: the pooler closes the application once its backend is gone;
-    // verify that at the pooler too.
-    let mut at_pooler = split.at_pooler.clone();
-    for (o, t) in via_backend.iter().zip(session_pooled.to_signal()) {
-        if o.outcome != OutcomeKind::Terminated {
-            continue;
-        }
-        if let Some(link) = &t.session.pooler {
-            if let Some(c) = &link.client {
-                at_pooler.push(pgkill_core::pooler::AppTarget {
-                    pooler: link.pooler.clone(),
-                    version: link.version.clone(),
-                    pool_mode: link.pool_mode.clone(),
-                    alias: link.alias.clone(),
-                    database: t.session.database.clone().unwrap_or_default(),
-                    client: c.clone(),
-                    backend: Some(t.session.pid),
-                    end: pgkill_core::pooler::AppEnd::TerminateBackend,
-                    refused: None,
-                });
-            }
-        }
+    for warning in plan.warnings(&states) {
+        eprintln!("pgkill: warning: {warning}");
     }
-    outcomes.extend(via_backend);
-    let killing = at_pooler
-        .iter()
-        .any(|t| t.refused.is_none() && t.end == pgkill_core::pooler::AppEnd::KillClient);
-    for st in &states {
-        if killing && st.version.kill_client_open_to_stats_users() {
-            eprintln!(
-                "pgkill: warning: PgBouncer {} at {} lets stats_users run KILL_CLIENT too (CVE-2026-6667, fixed in 1.25.2): upgrade it",
-                st.version, st.name
-            );
-        }
-    }
-    let apps = pgkill_pg::pgbouncer::end_clients(&poolers, &at_pooler, timeout).await;
+    let (outcomes, apps) = plan
+        .execute(client, &caps, filter, &poolers, timeout)
+        .await?;
     if args.json {
         doc(&outcomes, &apps, false, &mut out)?;
     } else {

@@ -11,5 +11,6 @@ pub mod exec;
 pub mod journal;
 pub mod pgbouncer;
 pub mod sessions;
+pub mod through;
 
 pub use error::{Error, Result};
