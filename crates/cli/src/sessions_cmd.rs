@@ -294,7 +294,7 @@ async fn cancel_through_poolers(
     let states = states_of(&read);
     let poolers: Vec<pgkill_pg::pgbouncer::Pooler> = read.into_iter().map(|(p, _)| p).collect();
     let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, &caps, filter, &states).await?;
-    let plan = pgkill_pg::through::CancelPlan::build(&caps, filter, list, &pooled);
+    let plan = pgkill_pg::through::CancelPlan::build(&caps.caller, filter, list, &pooled);
     let mut out = output::for_people();
     let count = plan.count();
     if !args.json {

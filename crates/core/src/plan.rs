@@ -61,34 +61,6 @@ fn serialize_signal<S: serde::Serializer>(s: &Signal, ser: S) -> Result<S::Ok, S
 }
 
 impl Plan {
-    /// Marks as refused the targets that are server connections of a pooler in
-    /// transaction or statement pooling, or that serve no application right now: ending
-    /// such a backend ends no application (and may hit whichever application it serves
-    /// next). `top` uses it; `pgkill kill --pgbouncer` ends those applications at the
-    /// pooler instead.
-    pub fn refuse_behind_poolers(mut self) -> Plan {
-        for t in &mut self.targets {
-            let Some(link) = &t.session.pooler else {
-                continue;
-            };
-            if t.refused.is_some() {
-                continue;
-            }
-            if link.client.is_none() {
-                t.refused = Some(format!(
-                    "a server connection of PgBouncer at {} that serves no application right now",
-                    link.pooler
-                ));
-            } else if link.pool_mode != "session" {
-                t.refused = Some(format!(
-                    "behind PgBouncer in {} pooling: use `pgkill --pgbouncer … kill` or `cancel`, which end the application at the pooler",
-                    link.pool_mode
-                ));
-            }
-        }
-        self
-    }
-
     /// Builds the plan from the listed sessions (already filtered and limited).
     pub fn build(signal: Signal, sessions: Vec<Session>, filter: &Filter, caller: &Caller) -> Plan {
         let targets = sessions
@@ -317,61 +289,6 @@ mod tests {
             pooler: None,
             now: DateTime::from_timestamp(1_700_000_300, 0).unwrap_or_default(),
         }
-    }
-
-    #[test]
-    fn backends_of_transaction_pools_are_refused_for_top() {
-        use crate::pooler::{PoolConnection, PoolerLink};
-        let client = PoolConnection {
-            id: Some(1),
-            ptr: "c".into(),
-            link: Some("s".into()),
-            user: "app".into(),
-            database: "shop".into(),
-            state: "active".into(),
-            addr: None,
-            port: None,
-            local_addr: None,
-            local_port: None,
-            remote_pid: None,
-            application_name: None,
-            connect_time: None,
-        };
-        let behind = |pid, mode: &str, linked: bool| {
-            let mut s = session(pid, Some(false), true);
-            s.pooler = Some(PoolerLink {
-                pooler: "host=p port=6432".into(),
-                version: "1.24.1".into(),
-                pool_mode: mode.into(),
-                alias: "shop".into(),
-                client: linked.then(|| client.clone()),
-                remote_pid: None,
-            });
-            s
-        };
-        let sessions = vec![
-            session(1, Some(false), true),
-            behind(2, "session", true),
-            behind(3, "transaction", true),
-            behind(4, "session", false),
-        ];
-        let plan = Plan::build(
-            Signal::Terminate,
-            sessions,
-            &Filter::default(),
-            &caller(true, false),
-        )
-        .refuse_behind_poolers();
-        let signalled: Vec<i32> = plan.to_signal().map(|t| t.session.pid).collect();
-        assert_eq!(signalled, [1, 2]);
-        assert!(plan.targets[2]
-            .refused
-            .as_deref()
-            .is_some_and(|r| r.contains("transaction pooling")));
-        assert!(plan.targets[3]
-            .refused
-            .as_deref()
-            .is_some_and(|r| r.contains("serves no application")));
     }
 
     fn caller(superuser: bool, signal_backend: bool) -> Caller {

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use pgkill_core::plan::{Outcome, OutcomeKind, Plan};
+use pgkill_core::plan::{Caller, Outcome, OutcomeKind, Plan};
 use pgkill_core::planner::{self, Signal};
 use pgkill_core::pooler::{split_for_kill, AppEnd, AppOutcome, AppTarget, Pooled, PoolerState};
 use pgkill_core::{Filter, Session};
@@ -29,6 +29,30 @@ pub async fn read_all(poolers: &[Pooler]) -> std::result::Result<Vec<PoolerState
         states.push(p.read(&console).await?);
     }
     Ok(states)
+}
+
+/// The roles of the applications behind the poolers in a listing (`sessions` linked to
+/// one, and `pooled`) that are superusers.
+pub async fn superusers_behind(
+    client: &Client,
+    sessions: &[Session],
+    pooled: &[Pooled],
+) -> Result<BTreeSet<String>> {
+    let users: Vec<String> = sessions
+        .iter()
+        .filter_map(|s| s.pooler.as_ref()?.client.as_ref().map(|c| c.user.clone()))
+        .chain(pooled.iter().map(|p| p.client.user.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if users.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    exec::query(client, &planner::superusers_among(users))
+        .await?
+        .iter()
+        .map(|r| r.try_get(0).map_err(Into::into))
+        .collect()
 }
 
 /// What terminating a listing that went through poolers does to each application.
@@ -58,22 +82,31 @@ impl KillPlan {
         pooled: Vec<Pooled>,
         states: &[PoolerState],
     ) -> Result<KillPlan> {
+        let supers = superusers_behind(client, &sessions, &pooled).await?;
+        Ok(KillPlan::new(
+            &caps.caller,
+            filter,
+            sessions,
+            pooled,
+            states,
+            &supers,
+        ))
+    }
+
+    /// [`KillPlan::build`] given which of the applications' roles are superusers
+    /// (`superusers`, from [`superusers_behind`]): what `top` shows before asking.
+    pub fn new(
+        caller: &Caller,
+        filter: &Filter,
+        sessions: Vec<Session>,
+        pooled: Vec<Pooled>,
+        states: &[PoolerState],
+        superusers: &BTreeSet<String>,
+    ) -> KillPlan {
         let mut split = split_for_kill(sessions, pooled, states);
-        let users: Vec<String> = split
-            .at_pooler
-            .iter()
-            .map(|t| t.client.user.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !users.is_empty() && !filter.include_superusers {
-            let supers: Vec<String> = exec::query(client, &planner::superusers_among(users))
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<std::result::Result<_, _>>()?;
+        if !filter.include_superusers {
             for t in split.at_pooler.iter_mut().filter(|t| t.refused.is_none()) {
-                if supers.contains(&t.client.user) {
+                if superusers.contains(&t.client.user) {
                     t.refused = Some(format!(
                         "role {} is a superuser: protected (--include-superusers to include it)",
                         t.client.user
@@ -82,18 +115,13 @@ impl KillPlan {
             }
         }
         let behind = on_the_server(filter);
-        Ok(KillPlan {
-            direct: Plan::build(Signal::Terminate, split.direct, filter, &caps.caller),
-            session_pooled: Plan::build(
-                Signal::Terminate,
-                split.session_pooled,
-                &behind,
-                &caps.caller,
-            ),
+        KillPlan {
+            direct: Plan::build(Signal::Terminate, split.direct, filter, caller),
+            session_pooled: Plan::build(Signal::Terminate, split.session_pooled, &behind, caller),
             at_pooler: split.at_pooler,
             idle_pool_connections: split.idle_pool_connections,
             behind,
-        })
+        }
     }
 
     /// How many application connections will be ended (refused ones not counted).
@@ -195,6 +223,8 @@ pub struct CancelPlan {
     pub linked: Plan,
     /// Application connections holding no backend: no statement to cancel.
     pub pooled: usize,
+    /// Pool server connections serving nobody right now, left alone.
+    pub idle_pool_connections: usize,
     relaxed: Filter,
 }
 
@@ -202,20 +232,22 @@ impl CancelPlan {
     /// Plans cancelling `sessions` (pooler backends serving nobody are left out: they
     /// run nobody's statement); `pooled` are only counted.
     pub fn build(
-        caps: &Capabilities,
+        caller: &Caller,
         filter: &Filter,
         sessions: Vec<Session>,
         pooled: &[Pooled],
     ) -> CancelPlan {
-        let (behind_pooler, direct): (Vec<_>, Vec<_>) = sessions
+        let (serving, idle): (Vec<_>, Vec<_>) = sessions
             .into_iter()
-            .filter(|s| s.pooler.as_ref().is_none_or(|l| l.client.is_some()))
-            .partition(|s| s.pooler.is_some());
+            .partition(|s| s.pooler.as_ref().is_none_or(|l| l.client.is_some()));
+        let (behind_pooler, direct): (Vec<_>, Vec<_>) =
+            serving.into_iter().partition(|s| s.pooler.is_some());
         let relaxed = on_the_server(filter);
         CancelPlan {
-            direct: Plan::build(Signal::Cancel, direct, filter, &caps.caller),
-            linked: Plan::build(Signal::Cancel, behind_pooler, &relaxed, &caps.caller),
+            direct: Plan::build(Signal::Cancel, direct, filter, caller),
+            linked: Plan::build(Signal::Cancel, behind_pooler, &relaxed, caller),
             pooled: pooled.len(),
+            idle_pool_connections: idle.len(),
             relaxed,
         }
     }
@@ -278,5 +310,192 @@ impl CancelPlan {
             .extend(sessions::execute(client, caps, &self.relaxed, &still, Duration::ZERO).await?);
         outcomes.extend(moved);
         Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgkill_core::pooler::{PoolConnection, PoolerLink, PoolerVersion};
+
+    const POOLER: &str = "host=p port=6432";
+
+    fn client(ptr: &str, user: &str, id: Option<i64>) -> PoolConnection {
+        PoolConnection {
+            id,
+            ptr: ptr.into(),
+            link: None,
+            user: user.into(),
+            database: "shop".into(),
+            state: "active".into(),
+            addr: Some("10.0.0.7".parse().unwrap()),
+            port: Some(50_000),
+            local_addr: None,
+            local_port: None,
+            remote_pid: None,
+            application_name: Some(format!("{user}-app")),
+            connect_time: None,
+        }
+    }
+
+    fn session(pid: i32, link: Option<(&str, Option<PoolConnection>)>) -> Session {
+        Session {
+            pid,
+            backend_start: None,
+            database: Some("shop".into()),
+            user: Some("app".into()),
+            application_name: None,
+            client_addr: None,
+            client_hostname: None,
+            client_port: Some(40_000 + pid),
+            state: Some("idle".into()),
+            wait_event_type: None,
+            wait_event: None,
+            backend_type: Some("client backend".into()),
+            xact_start: None,
+            query_start: None,
+            state_change: None,
+            query: None,
+            leader_pid: None,
+            superuser: Some(false),
+            blocked_by: vec![],
+            blocking: 0,
+            can_signal: true,
+            pooler: link.map(|(mode, client)| PoolerLink {
+                pooler: POOLER.into(),
+                version: "1.24.1".into(),
+                pool_mode: mode.into(),
+                alias: "shop".into(),
+                client,
+                remote_pid: None,
+            }),
+            now: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+        }
+    }
+
+    fn pooled(ptr: &str, user: &str, id: Option<i64>) -> Pooled {
+        Pooled {
+            pooler: POOLER.into(),
+            version: "1.24.1".into(),
+            pool_mode: "transaction".into(),
+            alias: "shop".into(),
+            database: "shop".into(),
+            state: "idle".into(),
+            client: client(ptr, user, id),
+        }
+    }
+
+    fn state(version: PoolerVersion) -> PoolerState {
+        PoolerState {
+            name: POOLER.into(),
+            version,
+            pool_mode: "transaction".into(),
+            databases: vec![],
+            clients: vec![],
+            servers: vec![],
+        }
+    }
+
+    fn listing() -> (Vec<Session>, Vec<Pooled>) {
+        (
+            vec![
+                session(1, None),
+                session(2, Some(("session", Some(client("c2", "app", Some(2)))))),
+                session(3, Some(("transaction", Some(client("c3", "app", Some(3)))))),
+                session(4, Some(("transaction", None))),
+            ],
+            vec![pooled("c5", "app", Some(5)), pooled("c6", "admin", Some(6))],
+        )
+    }
+
+    fn dba() -> Caller {
+        Caller {
+            user: "dba".into(),
+            superuser: true,
+            signal_backend: true,
+        }
+    }
+
+    /// `kill --pgbouncer` and `top` decide alike: a backend no pooler owns and a
+    /// session-pooled one are terminated, a transaction-pooled application and a pooled
+    /// one are ended at the pooler (never their backend), a pool connection serving nobody
+    /// is left alone, and a superuser's application is protected unless asked.
+    #[test]
+    fn kill_ends_each_application_where_it_is() {
+        let (sessions, pooled) = listing();
+        let supers = BTreeSet::from(["admin".to_owned()]);
+        let states = [state(PoolerVersion::new(1, 24, 1))];
+        let plan = KillPlan::new(
+            &dba(),
+            &Filter::default(),
+            sessions.clone(),
+            pooled.clone(),
+            &states,
+            &supers,
+        );
+        let pids = |p: &Plan| p.to_signal().map(|t| t.session.pid).collect::<Vec<_>>();
+        assert_eq!(pids(&plan.direct), [1]);
+        assert_eq!(pids(&plan.session_pooled), [2]);
+        assert_eq!(plan.idle_pool_connections, 1);
+        let at: Vec<(&str, Option<i32>, bool)> = plan
+            .at_pooler
+            .iter()
+            .map(|t| (t.client.ptr.as_str(), t.backend, t.refused.is_none()))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                ("c3", Some(3), true),
+                ("c5", None, true),
+                ("c6", None, false)
+            ]
+        );
+        assert!(plan.at_pooler[2]
+            .refused
+            .as_deref()
+            .is_some_and(|r| r.contains("superuser")));
+        assert_eq!(plan.acting(), 4);
+        assert!(plan
+            .warnings(&states)
+            .iter()
+            .any(|w| w.contains("CVE-2026-6667")));
+
+        let everyone = Filter {
+            include_superusers: true,
+            ..Filter::default()
+        };
+        let plan = KillPlan::new(
+            &dba(),
+            &everyone,
+            sessions.clone(),
+            pooled.clone(),
+            &states,
+            &supers,
+        );
+        assert_eq!(plan.acting(), 5);
+
+        // PgBouncer 1.18 cannot end one application in transaction pooling.
+        let old = [state(PoolerVersion::new(1, 18, 0))];
+        let plan = KillPlan::new(&dba(), &everyone, sessions, pooled, &old, &supers);
+        assert!(plan.at_pooler.iter().all(|t| t
+            .refused
+            .as_deref()
+            .is_some_and(|r| r.contains("KILL_CLIENT needs PgBouncer 1.24"))));
+        assert_eq!(plan.acting(), 2);
+        assert!(plan.warnings(&old).is_empty());
+    }
+
+    /// Cancelling: backends serving an application (or no pooler's) are cancelled; pool
+    /// connections serving nobody and pooled connections have no statement of anyone's.
+    #[test]
+    fn cancel_reaches_only_statements_of_applications() {
+        let (sessions, pooled) = listing();
+        let plan = CancelPlan::build(&dba(), &Filter::default(), sessions, &pooled);
+        let pids: Vec<i32> = plan.backends().to_signal().map(|t| t.session.pid).collect();
+        assert_eq!(pids, [1, 2, 3]);
+        assert_eq!(
+            (plan.count(), plan.pooled, plan.idle_pool_connections),
+            (3, 2, 1)
+        );
     }
 }

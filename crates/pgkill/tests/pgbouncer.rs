@@ -34,7 +34,7 @@ fn main() {
         kill_9_during_a_pooler_drain_then_unfence,
         drop_and_rename_through_the_pooler,
         drop_and_rename_through_the_pooler_are_undone,
-        top_shows_the_applications_and_leaves_pooled_backends_alone,
+        top_ends_applications_at_the_pooler,
     ]);
 }
 
@@ -1158,91 +1158,133 @@ async fn drop_and_rename_through_the_pooler(pg: Installation) -> Result<()> {
     Ok(())
 }
 
-/// `top --pgbouncer`: the header names each pooler, a pooler backend shows the application
-/// linked to it (name, address, pool mode), and terminating a transaction-pooled backend
-/// from the view is refused in the confirmation and in the signalling path (the
-/// application keeps working).
-async fn top_shows_the_applications_and_leaves_pooled_backends_alone(
-    pg: Installation,
-) -> Result<()> {
+/// `top --pgbouncer`, as `kill --pgbouncer` does: the header names each pooler, a pooler
+/// backend shows the application linked to it, an application connection holding no
+/// backend is a row of its own; terminating either from the view ends that application
+/// at the pooler (KILL_CLIENT, verified gone there) on PgBouncer 1.24 while the other
+/// application goes on, and is refused in the confirmation on 1.18 (nothing ended).
+async fn top_ends_applications_at_the_pooler(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
     sb.create_database("shop_db", None).await?;
-    let options = BouncerOptions::new(BouncerVersion::V1_24_1, PoolMode::Transaction)
-        .database("shop", "shop_db");
-    let bouncer = Bouncer::start(&sb, &options)?;
-    let (tx_app, _) = app(&bouncer, "shop", "web-tx").await?;
-    tx_app.batch_execute("BEGIN; SELECT 1").await?;
     let admin = sb.admin("postgres").await?;
-    let pid: i32 = admin
-        .query_one(
-            "SELECT pid FROM pg_stat_activity WHERE datname = 'shop_db' AND state = 'idle in transaction'",
-            &[],
-        )
-        .await?
-        .get(0);
-    let tmux = tmux::Tmux {
-        socket: format!(
-            "pgkill-pgbouncer-top-{}-{}",
-            std::process::id(),
-            pg.version.major
-        ),
-    };
-    let line = format!(
-        "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD TERM=xterm PGPASSFILE={} {} -h {} -p {} -U {} --pgbouncer '{}' top; echo PGKILL_TOP_EXIT=$?; sleep 60",
-        sb.passfile().display(),
-        env!("CARGO_BIN_EXE_pgkill"),
-        sb.host(),
-        sb.port(),
-        roles::ADMIN,
-        console(&sb, &bouncer),
-    );
-    tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "top",
-        "-x",
-        "200",
-        "-y",
-        "40",
-        &line,
-    ])?;
-    let screen = tmux.wait_for("PgBouncer 1.24.1 at").await?;
-    ensure!(
-        screen.lines().any(|l| l.contains(&pid.to_string())
-            && l.contains("web-tx")
-            && l.contains("pgb:127.0.0.1")),
-        "the pooler backend does not show its application:\n{screen}"
-    );
-    tmux.keys(&["/", &format!("pid:{pid}"), "Enter"])?;
-    tmux.wait_for("shown 1/").await?;
-    tmux.keys(&["a", "k"])?;
-    let dialog = tmux
-        .wait_for("behind PgBouncer in transaction pooling")
-        .await?;
-    ensure!(
-        dialog.contains("Terminate 0 session(s)?")
-            && dialog.contains("1 will NOT be signalled")
-            && dialog.contains("nothing to signal"),
-        "the confirmation does not refuse it:\n{dialog}"
-    );
-    tmux.keys(&["y"])?;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    ensure!(
-        works(&tx_app).await,
-        "the application behind the pooler was ended from top"
-    );
-    let alive: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-            &[&pid],
-        )
-        .await?
-        .get(0);
-    ensure!(alive == 1, "the pooler backend was terminated");
-    tmux.keys(&["Escape", "q"])?;
-    let screen = tmux.wait_for("PGKILL_TOP_EXIT=").await?;
-    ensure!(screen.contains("PGKILL_TOP_EXIT=0"), "{screen}");
+    for version in BouncerVersion::ALL {
+        let v = version.as_str();
+        let options =
+            BouncerOptions::new(version, PoolMode::Transaction).database("shop", "shop_db");
+        let bouncer = Bouncer::start(&sb, &options)?;
+        let (tx_app, _) = app(&bouncer, "shop", "web-tx").await?;
+        tx_app.batch_execute("BEGIN; SELECT 1").await?;
+        let (idle_app, _) = app(&bouncer, "shop", "web-idle").await?;
+        idle_app.simple_query("SELECT 1").await?;
+        let (other, _) = app(&bouncer, "shop", "web-other").await?;
+        other.simple_query("SELECT 1").await?;
+        let pid: i32 = admin
+            .query_one(
+                "SELECT pid FROM pg_stat_activity WHERE datname = 'shop_db' AND state = 'idle in transaction'",
+                &[],
+            )
+            .await?
+            .get(0);
+        let tmux = tmux::Tmux {
+            socket: format!(
+                "pgkill-pgbouncer-top-{}-{}-{}",
+                std::process::id(),
+                pg.version.major,
+                v
+            ),
+        };
+        let line = format!(
+            "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD TERM=xterm PGPASSFILE={} {} -h {} -p {} -U {} --pgbouncer '{}' top; echo PGKILL_TOP_EXIT=$?; sleep 60",
+            sb.passfile().display(),
+            env!("CARGO_BIN_EXE_pgkill"),
+            sb.host(),
+            sb.port(),
+            roles::ADMIN,
+            console(&sb, &bouncer),
+        );
+        tmux.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "200",
+            "-y",
+            "40",
+            &line,
+        ])?;
+        let screen = tmux
+            .wait_for(&format!("port={} (transaction)", bouncer.port()))
+            .await?;
+        ensure!(
+            screen.lines().any(|l| l.contains(&pid.to_string())
+                && l.contains("web-tx")
+                && l.contains("pgb:127.0.0.1")),
+            "PgBouncer {v}: the pooler backend does not show its application:\n{screen}"
+        );
+        ensure!(
+            screen
+                .lines()
+                .any(|l| l.contains("web-idle") && l.contains("(pooled)") && l.contains(" - ")),
+            "PgBouncer {v}: the application holding no backend is not a row:\n{screen}"
+        );
+        // The pooled application connection.
+        tmux.keys(&["/", "app:web-idle", "Enter"])?;
+        tmux.wait_for("shown 1/").await?;
+        tmux.keys(&["k"])?;
+        if version == BouncerVersion::V1_18 {
+            let dialog = tmux
+                .wait_for("cannot end one application connection")
+                .await?;
+            ensure!(
+                dialog.contains("Terminate 0 session(s)?") && dialog.contains("nothing to signal"),
+                "1.18: the confirmation does not refuse it:\n{dialog}"
+            );
+            tmux.keys(&["y"])?;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            ensure!(
+                works(&idle_app).await && works(&tx_app).await,
+                "1.18: an application was ended from top"
+            );
+        } else {
+            let dialog = tmux.wait_for("ended at the pooler (KILL_CLIENT)").await?;
+            ensure!(
+                dialog.contains("Terminate 1 session(s)?") && dialog.contains("web-idle@127.0.0.1"),
+                "{v}: the confirmation does not name the application:\n{dialog}"
+            );
+            tmux.keys(&["y"])?;
+            tmux.wait_for("terminated at the pooler").await?;
+            ensure!(!works(&idle_app).await, "{v}: web-idle was not ended");
+            // The transaction-pooled backend: its application is ended at the pooler.
+            tmux.keys(&["/"])?;
+            tmux.keys(&["BSpace"; 14])?;
+            tmux.keys(&[&format!("pid:{pid}"), "Enter"])?;
+            tmux.wait_for("shown 1/").await?;
+            tmux.keys(&["k"])?;
+            let dialog = tmux.wait_for("ended at the pooler (KILL_CLIENT)").await?;
+            ensure!(
+                dialog.contains("web-tx@127.0.0.1"),
+                "{v}: the confirmation does not name web-tx:\n{dialog}"
+            );
+            tmux.keys(&["y"])?;
+            let began = std::time::Instant::now();
+            while works(&tx_app).await {
+                ensure!(
+                    began.elapsed() < std::time::Duration::from_secs(5),
+                    "{v}: web-tx was not ended"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        ensure!(
+            works(&other).await,
+            "PgBouncer {v}: an application nobody selected was hit"
+        );
+        tmux.keys(&["Escape", "q"])?;
+        let screen = tmux.wait_for("PGKILL_TOP_EXIT=").await?;
+        ensure!(screen.contains("PGKILL_TOP_EXIT=0"), "{screen}");
+        drop(bouncer);
+    }
     Ok(())
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 use pgkill_core::filter::parse_words;
 use pgkill_core::plan::{Caller, Outcome, Plan};
 use pgkill_core::planner::Signal;
+use pgkill_core::pooler::{AppOutcome, AppTarget, Pooled, PoolerState};
 use pgkill_core::{Filter, Session};
+use pgkill_pg::through::{CancelPlan, KillPlan};
 
 /// How many refreshes the history graph keeps.
 pub const HISTORY: usize = 120;
@@ -39,6 +41,93 @@ pub struct Snapshot {
     pub caller: Caller,
     /// `--pgbouncer`: each pooler, one line (`PgBouncer 1.24.1 at …: …`).
     pub poolers: Vec<String>,
+    /// `--pgbouncer`: the application connections holding no backend (rows of their own).
+    pub pooled: Vec<Pooled>,
+    /// `--pgbouncer`: what each pooler said (versions and pool modes decide how an
+    /// application is ended).
+    pub pooler_states: Vec<PoolerState>,
+    /// `--pgbouncer`: the roles of the applications behind the poolers that are
+    /// superusers (protected as their backends are).
+    pub pooler_superusers: BTreeSet<String>,
+}
+
+/// What identifies a row across refreshes: a backend by its pid; an application
+/// connection at a pooler that holds no backend by the pooler, its handle there (`id`
+/// from PgBouncer 1.24, else `ptr`) and its address and port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RowKey {
+    /// A backend.
+    Backend(i32),
+    /// An application connection at a pooler, holding no backend.
+    Pooled {
+        /// The pooler (`host=… port=…`).
+        pooler: String,
+        /// Its `id` (1.24+).
+        id: Option<i64>,
+        /// Its `ptr`.
+        ptr: String,
+        /// The application's address and port.
+        addr: Option<std::net::IpAddr>,
+        /// The application's port.
+        port: Option<i32>,
+    },
+}
+
+impl RowKey {
+    /// The key of a pooled application connection.
+    pub fn of_pooled(p: &Pooled) -> RowKey {
+        RowKey::Pooled {
+            pooler: p.pooler.clone(),
+            id: p.client.id,
+            ptr: p.client.ptr.clone(),
+            addr: p.client.addr,
+            port: p.client.port,
+        }
+    }
+}
+
+/// A row of the table: a backend, or an application connection at a pooler that holds
+/// no backend (listed after the backends).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Row<'a> {
+    /// A backend.
+    Backend(&'a Session),
+    /// An application connection at a pooler.
+    Pooled(&'a Pooled),
+}
+
+impl Row<'_> {
+    /// What identifies it across refreshes.
+    pub fn key(&self) -> RowKey {
+        match self {
+            Row::Backend(s) => RowKey::Backend(s.pid),
+            Row::Pooled(p) => RowKey::of_pooled(p),
+        }
+    }
+}
+
+/// What confirming an action would do: the decisions `pgkill kill`/`cancel` make (with
+/// `--pgbouncer` too), shown before the answer.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The backends: signalled, or refused with the reason.
+    pub backends: Plan,
+    /// Applications ended at their pooler (`KILL_CLIENT`), or refused with the reason.
+    pub at_pooler: Vec<AppTarget>,
+    /// What is left alone and why (no row of its own).
+    pub left_alone: Vec<String>,
+}
+
+impl Decision {
+    /// How many backends are signalled and applications ended.
+    pub fn acting(&self) -> usize {
+        self.backends.to_signal().count()
+            + self
+                .at_pooler
+                .iter()
+                .filter(|t| t.refused.is_none())
+                .count()
+    }
 }
 
 /// A key press, reduced to what the view uses.
@@ -70,8 +159,9 @@ pub enum Event {
     /// Reconnecting failed to log in (wrong password now, say): trying again with the
     /// same settings cannot help, and `top` never asks for a password on its screen.
     AuthFailed(String),
-    /// A cancel / terminate finished.
-    Outcomes(Result<Vec<Outcome>, String>),
+    /// A cancel / terminate finished: what happened to each backend, and to each
+    /// application ended at a pooler.
+    Outcomes(Result<(Vec<Outcome>, Vec<AppOutcome>), String>),
 }
 
 /// Something the loop must do.
@@ -86,6 +176,8 @@ pub enum Effect {
         signal: Signal,
         /// The sessions as they were shown when confirmed.
         targets: Vec<Session>,
+        /// The application connections at a pooler holding no backend, as shown.
+        pooled: Vec<Pooled>,
         /// The filter typed in the view when they were selected: a session that no
         /// longer matches it is not signalled.
         filter: Box<Filter>,
@@ -106,17 +198,17 @@ pub enum Mode {
         /// The filter text before editing.
         previous: String,
     },
-    /// Asking before signalling these pids.
+    /// Asking before signalling these rows.
     Confirm {
         /// Cancel or terminate.
         signal: Signal,
         /// The targets.
-        pids: Vec<i32>,
+        rows: Vec<RowKey>,
         /// `!` pressed: include protected superuser sessions in this action.
         include_superusers: bool,
     },
-    /// Details of one session.
-    Detail(i32),
+    /// Details of one row.
+    Detail(RowKey),
     /// Who blocks whom; the cursor moves over the roots.
     Blocking {
         /// Index into the roots.
@@ -210,6 +302,12 @@ pub struct App {
     pub server: Option<ServerInfo>,
     /// Sessions from the last refresh.
     pub sessions: Vec<Session>,
+    /// `--pgbouncer`: application connections holding no backend, from the last refresh.
+    pub pooled: Vec<Pooled>,
+    /// `--pgbouncer`: what each pooler said at the last refresh.
+    pub pooler_states: Vec<PoolerState>,
+    /// `--pgbouncer`: the applications' roles that are superusers.
+    pub pooler_superusers: BTreeSet<String>,
     /// The filter being typed or applied (`/`).
     pub filter_text: String,
     /// Why the filter text is not understood, if so (the last good filter stays applied).
@@ -220,8 +318,8 @@ pub struct App {
     contains: Vec<String>,
     /// The screen.
     pub mode: Mode,
-    /// Selected pids.
-    pub selected: BTreeSet<i32>,
+    /// Selected rows.
+    pub selected: BTreeSet<RowKey>,
     /// Row of the cursor in the visible list.
     pub cursor: usize,
     /// Sort column.
@@ -238,6 +336,8 @@ pub struct App {
     pub history: VecDeque<Counts>,
     /// Outcomes of the last action.
     pub outcomes: Vec<Outcome>,
+    /// Outcomes of the last action at the poolers.
+    pub app_outcomes: Vec<AppOutcome>,
     /// The last action failed as a whole.
     pub action_error: Option<String>,
     /// Draw with colours (off with `NO_COLOR`).
@@ -259,6 +359,9 @@ impl App {
             poolers: Vec::new(),
             server: None,
             sessions: Vec::new(),
+            pooled: Vec::new(),
+            pooler_states: Vec::new(),
+            pooler_superusers: BTreeSet::new(),
             filter_text: String::new(),
             filter_error: None,
             applied_filter: String::new(),
@@ -274,6 +377,7 @@ impl App {
             conn: ConnState::Connected,
             history: VecDeque::new(),
             outcomes: Vec::new(),
+            app_outcomes: Vec::new(),
             action_error: None,
             color: true,
             caller: None,
@@ -290,12 +394,19 @@ impl App {
         })
     }
 
-    /// What confirming `signal` of `pids` would do: who is signalled, who is refused and
-    /// why (the same decisions `pgkill kill` makes).
-    pub fn plan(&self, signal: Signal, pids: &[i32], include_superusers: bool) -> Plan {
-        let sessions = pids
+    /// What confirming `signal` of `rows` would do: who is signalled or ended at a
+    /// pooler, who is refused and why (the decisions `pgkill kill`/`cancel` make).
+    pub fn plan(&self, signal: Signal, rows: &[RowKey], include_superusers: bool) -> Decision {
+        let sessions: Vec<Session> = rows
             .iter()
-            .filter_map(|p| self.session(*p).cloned())
+            .filter_map(|k| match k {
+                RowKey::Backend(pid) => self.session(*pid).cloned(),
+                RowKey::Pooled { .. } => None,
+            })
+            .collect();
+        let pooled: Vec<Pooled> = rows
+            .iter()
+            .filter_map(|k| self.pooled_row(k).cloned())
             .collect();
         let filter = Filter {
             include_superusers: include_superusers || self.include_superusers,
@@ -306,13 +417,52 @@ impl App {
             superuser: false,
             signal_backend: false,
         };
-        Plan::build(
-            signal,
-            sessions,
-            &filter,
-            self.caller.as_ref().unwrap_or(&nobody),
-        )
-        .refuse_behind_poolers()
+        let caller = self.caller.as_ref().unwrap_or(&nobody);
+        if self.pooler_states.is_empty() && pooled.is_empty() {
+            return Decision {
+                backends: Plan::build(signal, sessions, &filter, caller),
+                at_pooler: Vec::new(),
+                left_alone: Vec::new(),
+            };
+        }
+        let idle = |n: usize| {
+            (n > 0).then(|| {
+                format!("{n} pooler server connection(s) serving no application: left alone")
+            })
+        };
+        match signal {
+            Signal::Terminate => {
+                let kill = KillPlan::new(
+                    caller,
+                    &filter,
+                    sessions,
+                    pooled,
+                    &self.pooler_states,
+                    &self.pooler_superusers,
+                );
+                Decision {
+                    backends: kill.backends(),
+                    left_alone: idle(kill.idle_pool_connections).into_iter().collect(),
+                    at_pooler: kill.at_pooler,
+                }
+            }
+            Signal::Cancel => {
+                let cancel = CancelPlan::build(caller, &filter, sessions, &pooled);
+                let mut left_alone: Vec<String> =
+                    idle(cancel.idle_pool_connections).into_iter().collect();
+                if cancel.pooled > 0 {
+                    left_alone.push(format!(
+                        "{} application connection(s) at the pooler hold no backend and run no statement: nothing to cancel",
+                        cancel.pooled
+                    ));
+                }
+                Decision {
+                    backends: cancel.backends(),
+                    at_pooler: Vec::new(),
+                    left_alone,
+                }
+            }
+        }
     }
 
     /// Whether `!` can include protected superuser sessions (the caller may signal them).
@@ -328,7 +478,7 @@ impl App {
         if matches!(self.mode, Mode::Filtering { .. }) {
             return;
         }
-        let shown: BTreeSet<i32> = self.visible().iter().map(|s| s.pid).collect();
+        let shown: BTreeSet<RowKey> = self.visible().iter().map(Row::key).collect();
         let before = self.selected.len();
         self.selected.retain(|p| shown.contains(p));
         let hidden = before - self.selected.len();
@@ -352,12 +502,20 @@ impl App {
         }
     }
 
-    /// The sessions shown: filtered and sorted.
-    pub fn visible(&self) -> Vec<&Session> {
+    /// The rows shown: the sessions filtered and sorted, then the application
+    /// connections at poolers that hold no backend (filtered as `ls --pgbouncer` does:
+    /// filters that need a backend select none of them).
+    pub fn visible(&self) -> Vec<Row<'_>> {
         let mut rows: Vec<&Session> = self
             .sessions
             .iter()
-            .filter(|s| self.filter.matches_row(s))
+            .filter(|s| match &s.pooler {
+                // Behind a pooler `app:` and `client:` are the application's, as in `ls`.
+                Some(_) => self
+                    .filter
+                    .matches_row(&pgkill_core::pooler::as_seen_by_the_application(s)),
+                None => self.filter.matches_row(s),
+            })
             .filter(|s| {
                 self.contains.iter().all(|needle| {
                     s.visible_query()
@@ -379,17 +537,54 @@ impl App {
             let ord = if self.descending { ord.reverse() } else { ord };
             ord.then(a.pid.cmp(&b.pid))
         });
-        rows
+        let mut pooled: Vec<&Pooled> = if self.contains.is_empty() {
+            let now = self
+                .sessions
+                .first()
+                .map_or_else(chrono::Utc::now, |s| s.now);
+            self.pooled
+                .iter()
+                .filter(|p| self.filter.matches_row(&p.as_session(now)))
+                .collect()
+        } else {
+            // `q:` needs a query: pooled connections run none.
+            Vec::new()
+        };
+        pooled.sort_by(|a, b| {
+            (&a.pooler, &a.database, &a.client.user, a.client.port).cmp(&(
+                &b.pooler,
+                &b.database,
+                &b.client.user,
+                b.client.port,
+            ))
+        });
+        rows.into_iter()
+            .map(Row::Backend)
+            .chain(pooled.into_iter().map(Row::Pooled))
+            .collect()
     }
 
-    /// The session under the cursor.
-    pub fn current(&self) -> Option<&Session> {
+    /// The row under the cursor.
+    pub fn current(&self) -> Option<Row<'_>> {
         self.visible().get(self.cursor).copied()
     }
 
     /// The session with this pid.
     pub fn session(&self, pid: i32) -> Option<&Session> {
         self.sessions.iter().find(|s| s.pid == pid)
+    }
+
+    /// The pooled application connection with this key.
+    pub fn pooled_row(&self, key: &RowKey) -> Option<&Pooled> {
+        self.pooled.iter().find(|p| RowKey::of_pooled(p) == *key)
+    }
+
+    /// Whether the row with this key is in the last refresh.
+    pub fn present(&self, key: &RowKey) -> bool {
+        match key {
+            RowKey::Backend(pid) => self.session(*pid).is_some(),
+            RowKey::Pooled { .. } => self.pooled_row(key).is_some(),
+        }
     }
 
     /// Sessions that block others but wait for nobody: the roots of the blocking tree.
@@ -432,11 +627,11 @@ impl App {
         self.cursor = self.cursor.min(n.saturating_sub(1));
     }
 
-    fn targets(&self) -> Vec<i32> {
+    fn targets(&self) -> Vec<RowKey> {
         if self.selected.is_empty() {
-            self.current().map(|s| vec![s.pid]).unwrap_or_default()
+            self.current().map(|r| vec![r.key()]).unwrap_or_default()
         } else {
-            self.selected.iter().copied().collect()
+            self.selected.iter().cloned().collect()
         }
     }
 }
@@ -460,10 +655,13 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
             app.server = Some(snapshot.server);
             app.poolers = snapshot.poolers;
             app.sessions = snapshot.sessions;
+            app.pooled = snapshot.pooled;
+            app.pooler_states = snapshot.pooler_states;
+            app.pooler_superusers = snapshot.pooler_superusers;
             app.caller = Some(snapshot.caller);
-            let present: BTreeSet<i32> = app.sessions.iter().map(|s| s.pid).collect();
             // Rows that ended go quietly; rows that stopped matching the filter are said.
-            app.selected.retain(|p| present.contains(p));
+            let selected = std::mem::take(&mut app.selected);
+            app.selected = selected.into_iter().filter(|k| app.present(k)).collect();
             app.prune_selection();
             app.clamp_cursor();
             vec![]
@@ -478,11 +676,24 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
         }
         Event::Outcomes(result) => {
             match result {
-                Ok(outcomes) => {
+                Ok((outcomes, app_outcomes)) => {
                     for o in &outcomes {
-                        app.selected.remove(&o.pid);
+                        app.selected.remove(&RowKey::Backend(o.pid));
+                    }
+                    for o in &app_outcomes {
+                        app.selected.retain(|k| match k {
+                            RowKey::Pooled {
+                                pooler, ptr, port, ..
+                            } => {
+                                !(*pooler == o.pooler
+                                    && *ptr == o.client.ptr
+                                    && *port == o.client.port)
+                            }
+                            RowKey::Backend(pid) => o.backend != Some(*pid),
+                        });
                     }
                     app.outcomes = outcomes;
+                    app.app_outcomes = app_outcomes;
                     app.action_error = None;
                 }
                 Err(e) => app.action_error = Some(e),
@@ -515,21 +726,29 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
         }
         Mode::Confirm {
             signal,
-            pids,
+            rows,
             include_superusers,
         } => match key {
             Key::Char('y') | Key::Char('Y') => {
                 app.mode = Mode::Normal;
-                let targets: Vec<_> = pids
+                let targets: Vec<_> = rows
                     .iter()
-                    .filter_map(|p| app.session(*p).cloned())
+                    .filter_map(|k| match k {
+                        RowKey::Backend(pid) => app.session(*pid).cloned(),
+                        RowKey::Pooled { .. } => None,
+                    })
                     .collect();
-                if targets.is_empty() {
+                let pooled: Vec<_> = rows
+                    .iter()
+                    .filter_map(|k| app.pooled_row(k).cloned())
+                    .collect();
+                if targets.is_empty() && pooled.is_empty() {
                     vec![]
                 } else {
                     vec![Effect::Signal {
                         signal,
                         targets,
+                        pooled,
                         filter: Box::new(app.typed_filter()),
                         include_superusers: include_superusers || app.include_superusers,
                     }]
@@ -538,7 +757,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
             Key::Char('!') if app.may_include_superusers() => {
                 app.mode = Mode::Confirm {
                     signal,
-                    pids,
+                    rows,
                     include_superusers: !include_superusers,
                 };
                 vec![]
@@ -573,7 +792,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                     if let Some(pid) = roots.get(cursor) {
                         app.mode = Mode::Confirm {
                             signal: Signal::Terminate,
-                            pids: vec![*pid],
+                            rows: vec![RowKey::Backend(*pid)],
                             include_superusers: false,
                         };
                     }
@@ -605,27 +824,28 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
             app.clamp_cursor();
         }
         Key::Char(' ') => {
-            if let Some(pid) = app.current().map(|s| s.pid) {
-                if !app.selected.remove(&pid) {
-                    app.selected.insert(pid);
+            if let Some(key) = app.current().map(|r| r.key()) {
+                if !app.selected.remove(&key) {
+                    app.selected.insert(key);
                 }
                 app.cursor += 1;
                 app.clamp_cursor();
             }
         }
         Key::Char('a') if !app.filter_blocks_action() => {
-            let pids: Vec<i32> = app.visible().iter().map(|s| s.pid).collect();
-            app.selected.extend(pids);
+            let keys: Vec<RowKey> = app.visible().iter().map(Row::key).collect();
+            app.selected.extend(keys);
         }
         Key::Esc => {
             app.selected.clear();
             app.outcomes.clear();
+            app.app_outcomes.clear();
             app.action_error = None;
             app.note = None;
         }
         Key::Char('c') | Key::Char('k') if !app.filter_blocks_action() => {
-            let pids = app.targets();
-            if !pids.is_empty() {
+            let rows = app.targets();
+            if !rows.is_empty() {
                 let signal = if key == Key::Char('c') {
                     Signal::Cancel
                 } else {
@@ -633,14 +853,14 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
                 };
                 app.mode = Mode::Confirm {
                     signal,
-                    pids,
+                    rows,
                     include_superusers: false,
                 };
             }
         }
         Key::Enter => {
-            if let Some(pid) = app.current().map(|s| s.pid) {
-                app.mode = Mode::Detail(pid);
+            if let Some(key) = app.current().map(|r| r.key()) {
+                app.mode = Mode::Detail(key);
             }
         }
         Key::Char('b') => app.mode = Mode::Blocking { cursor: 0 },
@@ -723,6 +943,9 @@ pub(crate) mod tests {
         w2.backend_start = at(-90);
         Snapshot {
             poolers: Vec::new(),
+            pooled: Vec::new(),
+            pooler_states: Vec::new(),
+            pooler_superusers: BTreeSet::new(),
             server: ServerInfo {
                 version: "15.18".into(),
                 uptime: Duration::from_secs(3 * 3600 + 125),
@@ -743,6 +966,24 @@ pub(crate) mod tests {
                 session(105, "reports", "analyst", "active", 45),
                 session(106, "shop", "worker", "idle in transaction", 30),
             ],
+        }
+    }
+
+    /// The pids of backend rows, in order.
+    fn pids<'a>(rows: impl IntoIterator<Item = &'a RowKey>) -> Vec<i32> {
+        rows.into_iter()
+            .filter_map(|k| match k {
+                RowKey::Backend(pid) => Some(*pid),
+                RowKey::Pooled { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The pid of a backend row.
+    fn pid(row: Row<'_>) -> i32 {
+        match row {
+            Row::Backend(s) => s.pid,
+            Row::Pooled(_) => -1,
         }
     }
 
@@ -787,7 +1028,7 @@ pub(crate) mod tests {
         keys(&mut app, "/db:reports");
         assert!(matches!(app.mode, Mode::Filtering { .. }));
         assert_eq!(
-            app.visible().iter().map(|s| s.pid).collect::<Vec<_>>(),
+            app.visible().into_iter().map(pid).collect::<Vec<_>>(),
             vec![105]
         );
         update(&mut app, Event::Key(Key::Enter));
@@ -806,7 +1047,7 @@ pub(crate) mod tests {
         keys(&mut app, "state:idle-in-transaction user:worker");
         update(&mut app, Event::Key(Key::Enter));
         assert_eq!(
-            app.visible().iter().map(|s| s.pid).collect::<Vec<_>>(),
+            app.visible().into_iter().map(pid).collect::<Vec<_>>(),
             vec![106]
         );
         keys(&mut app, "/");
@@ -832,12 +1073,12 @@ pub(crate) mod tests {
     #[test]
     fn sort_cycles_and_reverses() {
         let mut app = loaded();
-        assert_eq!(app.visible()[0].pid, 104, "connected the longest first");
+        assert_eq!(pid(app.visible()[0]), 104, "connected the longest first");
         keys(&mut app, "S");
-        assert_eq!(app.visible()[0].pid, 106);
+        assert_eq!(pid(app.visible()[0]), 106);
         keys(&mut app, "ssss");
         assert_eq!(app.sort, SortKey::Pid);
-        assert_eq!(app.visible()[0].pid, 101);
+        assert_eq!(pid(app.visible()[0]), 101);
     }
 
     #[test]
@@ -846,11 +1087,11 @@ pub(crate) mod tests {
         keys(&mut app, "  ");
         assert_eq!(app.selected.len(), 2);
         assert!(keys(&mut app, "k").is_empty());
-        let Mode::Confirm { signal, pids, .. } = app.mode.clone() else {
+        let Mode::Confirm { signal, rows, .. } = app.mode.clone() else {
             panic!("{:?}", app.mode)
         };
         assert_eq!(signal, Signal::Terminate);
-        assert_eq!(pids.len(), 2);
+        assert_eq!(rows.len(), 2);
         let effects = keys(&mut app, "y");
         assert_eq!(app.mode, Mode::Normal);
         match &effects[..] {
@@ -860,7 +1101,10 @@ pub(crate) mod tests {
                 include_superusers: false,
                 ..
             }] => {
-                assert_eq!(targets.iter().map(|t| t.pid).collect::<Vec<_>>(), pids)
+                assert_eq!(
+                    targets.iter().map(|t| t.pid).collect::<Vec<_>>(),
+                    pids(&rows)
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -899,7 +1143,7 @@ pub(crate) mod tests {
     fn detail_help_and_blocking_tree() {
         let mut app = loaded();
         update(&mut app, Event::Key(Key::Enter));
-        assert_eq!(app.mode, Mode::Detail(104));
+        assert_eq!(app.mode, Mode::Detail(RowKey::Backend(104)));
         update(&mut app, Event::Key(Key::Esc));
         keys(&mut app, "?");
         assert_eq!(app.mode, Mode::Help);
@@ -918,7 +1162,7 @@ pub(crate) mod tests {
             app.mode,
             Mode::Confirm {
                 signal: Signal::Terminate,
-                pids: vec![101],
+                rows: vec![RowKey::Backend(101)],
                 include_superusers: false,
             }
         );
@@ -932,7 +1176,7 @@ pub(crate) mod tests {
         keys(&mut app, "/state:idle q:select");
         update(&mut app, Event::Key(Key::Enter));
         keys(&mut app, "a");
-        assert_eq!(app.selected.iter().copied().collect::<Vec<_>>(), vec![104]);
+        assert_eq!(pids(&app.selected), vec![104]);
         keys(&mut app, "k");
         match &keys(&mut app, "y")[..] {
             [Effect::Signal { filter, .. }] => {
@@ -954,7 +1198,7 @@ pub(crate) mod tests {
         assert_eq!(app.selected.len(), 6);
         keys(&mut app, "/db:reports");
         update(&mut app, Event::Key(Key::Enter));
-        assert_eq!(app.selected.iter().copied().collect::<Vec<_>>(), vec![105]);
+        assert_eq!(pids(&app.selected), vec![105]);
         assert!(
             app.note
                 .as_deref()
@@ -963,10 +1207,14 @@ pub(crate) mod tests {
             app.note
         );
         keys(&mut app, "k");
-        let Mode::Confirm { pids, .. } = app.mode.clone() else {
+        let Mode::Confirm { rows, .. } = app.mode.clone() else {
             panic!("{:?}", app.mode)
         };
-        assert_eq!(pids, vec![105], "the question only names rows on screen");
+        assert_eq!(
+            pids(&rows),
+            vec![105],
+            "the question only names rows on screen"
+        );
         // A row that stops matching at a refresh leaves the selection too.
         update(&mut app, Event::Key(Key::Esc));
         keys(&mut app, "/state:active");
@@ -975,7 +1223,11 @@ pub(crate) mod tests {
         let mut later = sample();
         later.sessions[4].state = Some("idle".into()); // 105 finished its query
         update(&mut app, Event::Snapshot(Ok(later)));
-        assert!(!app.selected.contains(&105), "{:?}", app.selected);
+        assert!(
+            !app.selected.contains(&RowKey::Backend(105)),
+            "{:?}",
+            app.selected
+        );
     }
 
     #[test]
@@ -1022,9 +1274,9 @@ pub(crate) mod tests {
         let plan = |app: &App| match &app.mode {
             Mode::Confirm {
                 signal,
-                pids,
+                rows,
                 include_superusers,
-            } => app.plan(*signal, pids, *include_superusers),
+            } => app.plan(*signal, rows, *include_superusers).backends,
             other => panic!("{other:?}"),
         };
         let p = plan(&app);
@@ -1083,7 +1335,7 @@ pub(crate) mod tests {
     fn outcomes_clear_selection_and_refresh() {
         let mut app = loaded();
         keys(&mut app, " ");
-        let pid = *app.selected.iter().next().unwrap();
+        let pid = pids(&app.selected)[0];
         let t = pgkill_core::plan::Target {
             session: app.session(pid).unwrap().clone(),
             reason: String::new(),
@@ -1095,10 +1347,207 @@ pub(crate) mod tests {
             "session ended",
         );
         assert_eq!(
-            update(&mut app, Event::Outcomes(Ok(vec![o]))),
+            update(&mut app, Event::Outcomes(Ok((vec![o], Vec::new())))),
             vec![Effect::Refresh]
         );
         assert!(app.selected.is_empty());
         assert_eq!(app.outcomes.len(), 1);
+    }
+
+    /// A pooler in front of `sample()`: PgBouncer `version` in transaction pooling,
+    /// backend 106 serving application `web-tx`, backend 104 serving nobody, and two
+    /// application connections holding no backend: `web-idle` and a superuser's `ops`.
+    pub(crate) fn behind_a_pooler(version: pgkill_core::pooler::PoolerVersion) -> Snapshot {
+        use pgkill_core::pooler::{PoolConnection, PoolerLink};
+        let pooler = "host=127.0.0.1 port=6432";
+        let conn = |id: i64, user: &str, app: &str, port: i32| PoolConnection {
+            id: version.has_kill_client().then_some(id),
+            ptr: format!("0x{id:x}"),
+            link: None,
+            user: user.into(),
+            database: "shop".into(),
+            state: "idle".into(),
+            addr: Some("10.0.0.9".parse().unwrap()),
+            port: Some(port),
+            local_addr: None,
+            local_port: None,
+            remote_pid: None,
+            application_name: Some(app.into()),
+            connect_time: None,
+        };
+        let link = |client: Option<PoolConnection>| PoolerLink {
+            pooler: pooler.into(),
+            version: version.to_string(),
+            pool_mode: "transaction".into(),
+            alias: "shop".into(),
+            client,
+            remote_pid: None,
+        };
+        let pooled = |c: PoolConnection| Pooled {
+            pooler: pooler.into(),
+            version: version.to_string(),
+            pool_mode: "transaction".into(),
+            alias: "shop".into(),
+            database: "shop".into(),
+            state: "idle".into(),
+            client: c,
+        };
+        let mut snap = sample();
+        snap.sessions[5].pooler = Some(link(Some(conn(1, "worker", "web-tx", 50001))));
+        snap.sessions[3].pooler = Some(link(None));
+        snap.pooled = vec![
+            pooled(conn(2, "web", "web-idle", 50002)),
+            pooled(conn(3, "ops", "ops", 50003)),
+        ];
+        snap.pooler_states = vec![PoolerState {
+            name: pooler.into(),
+            version,
+            pool_mode: "transaction".into(),
+            databases: vec![],
+            clients: vec![],
+            servers: vec![],
+        }];
+        snap.pooler_superusers = BTreeSet::from(["ops".to_owned()]);
+        snap
+    }
+
+    fn confirm_plan(app: &App) -> Decision {
+        match &app.mode {
+            Mode::Confirm {
+                signal,
+                rows,
+                include_superusers,
+            } => app.plan(*signal, rows, *include_superusers),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pooled_connections_are_rows_that_filters_select_like_ls() {
+        let mut app = App::new(Duration::from_secs(1));
+        let v = pgkill_core::pooler::PoolerVersion::new(1, 24, 1);
+        update(&mut app, Event::Snapshot(Ok(behind_a_pooler(v))));
+        let rows = app.visible();
+        assert_eq!(rows.len(), 8, "6 backends, then 2 pooled connections");
+        assert!(
+            matches!(rows[6], Row::Pooled(p) if p.client.application_name.as_deref() == Some("ops"))
+        );
+        keys(&mut app, "/app:web-*");
+        update(&mut app, Event::Key(Key::Enter));
+        let names: Vec<&str> = app
+            .visible()
+            .iter()
+            .filter_map(|r| match r {
+                Row::Pooled(p) => p.client.application_name.as_deref(),
+                Row::Backend(_) => None,
+            })
+            .collect();
+        assert_eq!(names, ["web-idle"]);
+        // Filters that need a backend select no pooled connection.
+        for needs_a_backend in ["pid:104", "idle:1s", "q:select"] {
+            keys(&mut app, "/");
+            for _ in 0..20 {
+                update(&mut app, Event::Key(Key::Backspace));
+            }
+            keys(&mut app, needs_a_backend);
+            update(&mut app, Event::Key(Key::Enter));
+            assert!(
+                app.visible().iter().all(|r| matches!(r, Row::Backend(_))),
+                "{needs_a_backend}"
+            );
+        }
+    }
+
+    #[test]
+    fn terminating_behind_a_pooler_ends_applications_where_they_are() {
+        let v = pgkill_core::pooler::PoolerVersion::new(1, 24, 1);
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(behind_a_pooler(v))));
+        // Everything: the web-tx application is ended at the pooler (not its backend
+        // 106), the pooled web-idle too; the pool connection 104 is left alone; ops is a
+        // superuser's.
+        keys(&mut app, "ak");
+        let d = confirm_plan(&app);
+        let backends: Vec<i32> = d.backends.to_signal().map(|t| t.session.pid).collect();
+        assert_eq!(backends, [101, 102, 103, 105]);
+        let ended: Vec<(&str, bool)> = d
+            .at_pooler
+            .iter()
+            .map(|t| {
+                (
+                    t.client.application_name.as_deref().unwrap_or("?"),
+                    t.refused.is_none(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ended,
+            [("web-tx", true), ("web-idle", true), ("ops", false)]
+        );
+        assert!(d
+            .left_alone
+            .iter()
+            .any(|l| l.contains("1 pooler server connection")));
+        assert_eq!(d.acting(), 6);
+        keys(&mut app, "!");
+        assert_eq!(
+            confirm_plan(&app).acting(),
+            7,
+            "! includes the superuser's ops"
+        );
+        match &keys(&mut app, "y")[..] {
+            [Effect::Signal {
+                signal: Signal::Terminate,
+                targets,
+                pooled,
+                include_superusers: true,
+                ..
+            }] => {
+                assert_eq!(targets.len(), 6);
+                assert_eq!(pooled.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Cancelling: pooled connections run no statement; 104 serves nobody.
+        keys(&mut app, "c");
+        let d = confirm_plan(&app);
+        assert!(d.at_pooler.is_empty());
+        assert_eq!(d.backends.to_signal().count(), 5);
+        assert!(d.left_alone.iter().any(|l| l.contains("nothing to cancel")));
+
+        // PgBouncer 1.18 cannot end one application in transaction pooling.
+        let mut old = App::new(Duration::from_secs(1));
+        let v = pgkill_core::pooler::PoolerVersion::new(1, 18, 0);
+        update(&mut old, Event::Snapshot(Ok(behind_a_pooler(v))));
+        keys(&mut old, "/app:web-tx app:web-idle");
+        update(&mut old, Event::Key(Key::Enter));
+        keys(&mut old, "ak");
+        let d = confirm_plan(&old);
+        assert_eq!(d.acting(), 0);
+        assert!(d.at_pooler.iter().all(|t| t
+            .refused
+            .as_deref()
+            .is_some_and(|r| r.contains("KILL_CLIENT needs PgBouncer 1.24"))));
+    }
+
+    #[test]
+    fn a_pooled_row_stays_selected_while_it_is_there() {
+        let v = pgkill_core::pooler::PoolerVersion::new(1, 24, 1);
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(behind_a_pooler(v))));
+        keys(&mut app, "/app:web-idle");
+        update(&mut app, Event::Key(Key::Enter));
+        keys(&mut app, " ");
+        assert_eq!(app.selected.len(), 1);
+        update(&mut app, Event::Snapshot(Ok(behind_a_pooler(v))));
+        assert_eq!(
+            app.selected.len(),
+            1,
+            "the same connection at the next refresh"
+        );
+        let mut later = behind_a_pooler(v);
+        later.pooled.retain(|p| p.client.user != "web");
+        update(&mut app, Event::Snapshot(Ok(later)));
+        assert!(app.selected.is_empty(), "it closed");
     }
 }

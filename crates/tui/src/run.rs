@@ -5,12 +5,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use pgkill_core::plan::Plan;
+use pgkill_core::plan::{Outcome, Plan};
 use pgkill_core::planner::{self, Signal};
+use pgkill_core::pooler::{AppOutcome, Pooled, PoolerState};
 use pgkill_core::{Filter, Session};
 use pgkill_pg::connect::ConnectError;
 use pgkill_pg::pgbouncer::Pooler;
 use pgkill_pg::sessions::{self, Capabilities};
+use pgkill_pg::through::{superusers_behind, CancelPlan, KillPlan};
 use ratatui::crossterm::event::{
     self as ct, Event as CtEvent, KeyCode, KeyEventKind, KeyModifiers,
 };
@@ -29,9 +31,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 enum Request {
     Refresh,
-    /// Signal the sessions shown, re-checking the typed filter; with protected superuser
-    /// sessions too when asked.
-    Signal(Signal, Vec<Session>, Box<Filter>, bool),
+    /// Signal the sessions shown (and end the pooled application connections shown),
+    /// re-checking the typed filter; with protected superuser sessions too when asked.
+    Signal(Signal, Vec<Session>, Vec<Pooled>, Box<Filter>, bool),
 }
 
 /// Runs `pgkill top` until `q`: takes over the terminal and always gives it back (also
@@ -137,12 +139,14 @@ pub async fn run(
                     Effect::Signal {
                         signal,
                         targets,
+                        pooled,
                         filter,
                         include_superusers,
                     } => {
                         let _ = req_tx.send(Request::Signal(
                             signal,
                             targets,
+                            pooled,
                             filter,
                             include_superusers,
                         ));
@@ -168,6 +172,9 @@ async fn database_task(
     let mut conn: Option<(Client, Capabilities)> = None;
     // One console connection per pooler, kept across refreshes (opened again when lost).
     let mut consoles: Vec<Option<Client>> = poolers.iter().map(|_| None).collect();
+    // What the poolers said at the last refresh: their versions and pool modes decide
+    // how an application is ended.
+    let mut states: Vec<PoolerState> = Vec::new();
     let mut backoff = Duration::from_millis(500);
     let mut retry_at = tokio::time::Instant::now();
     // Once logging in again fails, it stays failed: the same password will not start
@@ -208,9 +215,13 @@ async fn database_task(
             Request::Refresh => Event::Snapshot(
                 snapshot(client, caps, &filter, &poolers, &mut consoles)
                     .await
+                    .map(|s| {
+                        states.clone_from(&s.pooler_states);
+                        s
+                    })
                     .map_err(|e| format!("{e:#}")),
             ),
-            Request::Signal(signal, targets, typed, include_superusers) => {
+            Request::Signal(signal, targets, pooled, typed, include_superusers) => {
                 // The same path as `pgkill kill`: the command line's filters and the one
                 // typed in the view are both re-checked inside the signalling statement.
                 let filter = Filter {
@@ -218,14 +229,12 @@ async fn database_task(
                     ..filter.clone()
                 }
                 .and(*typed);
-                // Behind a pooler in transaction pooling a backend is not the
-                // application: those are refused here as in the confirmation.
-                let plan =
-                    Plan::build(signal, targets, &filter, &caps.caller).refuse_behind_poolers();
                 Event::Outcomes(
-                    sessions::execute(client, caps, &filter, &plan, Duration::from_secs(5))
-                        .await
-                        .map_err(|e| e.to_string()),
+                    signal_rows(
+                        client, caps, &filter, signal, targets, pooled, &poolers, &states,
+                    )
+                    .await
+                    .map_err(|e| e.to_string()),
                 )
             }
         };
@@ -234,6 +243,45 @@ async fn database_task(
         }
         if events.send(event).is_err() {
             return;
+        }
+    }
+}
+
+/// Signals what the view confirmed, through the path `pgkill kill`/`cancel` use: without
+/// poolers the re-checking statement; with `--pgbouncer` the same plans as `kill
+/// --pgbouncer` (applications of transaction pools ended at the pooler, verified gone
+/// there) and `cancel --pgbouncer` (a pooler backend must still serve the application
+/// shown).
+#[allow(clippy::too_many_arguments)]
+async fn signal_rows(
+    client: &Client,
+    caps: &Capabilities,
+    filter: &Filter,
+    signal: Signal,
+    targets: Vec<Session>,
+    pooled: Vec<Pooled>,
+    poolers: &[Pooler],
+    states: &[PoolerState],
+) -> pgkill_pg::Result<(Vec<Outcome>, Vec<AppOutcome>)> {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    if poolers.is_empty() {
+        let plan = Plan::build(signal, targets, filter, &caps.caller);
+        return Ok((
+            sessions::execute(client, caps, filter, &plan, TIMEOUT).await?,
+            Vec::new(),
+        ));
+    }
+    match signal {
+        Signal::Terminate => {
+            let plan = KillPlan::build(client, caps, filter, targets, pooled, states).await?;
+            plan.execute(client, caps, filter, poolers, TIMEOUT).await
+        }
+        Signal::Cancel => {
+            let plan = CancelPlan::build(&caps.caller, filter, targets, &pooled);
+            Ok((
+                plan.execute(client, caps, filter, poolers).await?,
+                Vec::new(),
+            ))
         }
     }
 }
@@ -268,6 +316,9 @@ async fn snapshot(
         .await?
         .ok_or_else(|| anyhow::anyhow!("the server summary returned no row"))?;
     let mut lines = Vec::new();
+    let mut pooled = Vec::new();
+    let mut pooler_states = Vec::new();
+    let mut superusers = std::collections::BTreeSet::new();
     let sessions = if poolers.is_empty() {
         sessions::list(client, caps, filter).await?
     } else {
@@ -288,22 +339,28 @@ async fn snapshot(
                 }
             }
         }
-        let (sessions, pooled) =
+        let (sessions, listed) =
             pgkill_pg::pgbouncer::list_through(client, caps, filter, &states).await?;
+        pooled = listed;
+        superusers = superusers_behind(client, &sessions, &pooled).await?;
         for st in &states {
             let without = pooled.iter().filter(|p| p.pooler == st.name).count();
             lines.push(format!(
-                "PgBouncer {} at {} ({}): {} application connection(s), {without} holding no backend (see `pgkill ls --pgbouncer`)",
+                "PgBouncer {} at {} ({}): {} application connection(s), {without} holding no backend (listed after the backends)",
                 st.version,
                 st.name,
                 st.pool_mode,
                 st.clients.len()
             ));
         }
+        pooler_states = states;
         sessions
     };
     Ok(Snapshot {
         poolers: lines,
+        pooled,
+        pooler_states,
+        pooler_superusers: superusers,
         caller: caps.caller.clone(),
         server: ServerInfo {
             version: caps.version.to_string(),

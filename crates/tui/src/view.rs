@@ -12,7 +12,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
 use ratatui::Frame;
 
-use crate::app::{App, ConnState, Mode};
+use crate::app::{App, ConnState, Mode, RowKey};
 
 fn style(app: &App, color: Color) -> Style {
     if app.color {
@@ -52,7 +52,8 @@ pub fn view(app: &App, frame: &mut Frame) {
     draw_header(app, frame, header);
     draw_graph(app, frame, graph);
     match &app.mode {
-        Mode::Detail(pid) => draw_detail(app, frame, body, *pid),
+        Mode::Detail(RowKey::Backend(pid)) => draw_detail(app, frame, body, *pid),
+        Mode::Detail(key) => draw_pooled_detail(app, frame, body, key),
         Mode::Blocking { cursor } => draw_blocking(app, frame, body, *cursor),
         Mode::Help => draw_help(frame, body),
         _ => draw_table(app, frame, body),
@@ -60,11 +61,11 @@ pub fn view(app: &App, frame: &mut Frame) {
     draw_status(app, frame, status);
     if let Mode::Confirm {
         signal,
-        pids,
+        rows,
         include_superusers,
     } = &app.mode
     {
-        draw_confirm(app, frame, body, *signal, pids, *include_superusers);
+        draw_confirm(app, frame, body, *signal, rows, *include_superusers);
     }
 }
 
@@ -122,7 +123,7 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
                 Span::raw(format!(
                     "  shown {}/{}",
                     app.visible().len(),
-                    app.sessions.len()
+                    app.sessions.len() + app.pooled.len()
                 )),
                 Span::raw(
                     app.poolers
@@ -160,7 +161,7 @@ fn draw_graph(app: &App, frame: &mut Frame, area: Rect) {
 }
 
 fn session_cells(app: &App, s: &Session) -> Vec<Cell<'static>> {
-    let mark = if app.selected.contains(&s.pid) {
+    let mark = if app.selected.contains(&RowKey::Backend(s.pid)) {
         "*"
     } else {
         " "
@@ -208,6 +209,37 @@ fn session_cells(app: &App, s: &Session) -> Vec<Cell<'static>> {
     ]
 }
 
+/// An application connection at a pooler holding no backend: no pid, no times; its
+/// client is the application itself (`pgb:` says it is behind PgBouncer).
+fn pooled_cells(app: &App, p: &pgkill_core::pooler::Pooled) -> Vec<Cell<'static>> {
+    let mark = if app.selected.contains(&RowKey::of_pooled(p)) {
+        "*"
+    } else {
+        " "
+    };
+    // As for a pooler backend's application: the port is in the details (Enter).
+    let client = p
+        .client
+        .addr
+        .map_or_else(|| "pgb:local".to_owned(), |a| format!("pgb:{a}"));
+    vec![
+        Cell::from(mark),
+        Cell::from("-"),
+        Cell::from(line(&p.client.user)),
+        Cell::from(line(&p.database)),
+        Cell::from(unknown(p.client.application_name.as_deref())),
+        Cell::from(line(&client)),
+        Cell::from(line(&format!("{} (pooled)", p.state))).style(style(app, Color::Cyan)),
+        Cell::from(if p.state == "waiting" { "pooler" } else { "" }),
+        Cell::from(""),
+        Cell::from(""),
+        Cell::from(line(&format!(
+            "(no backend: {} pooling at {})",
+            p.pool_mode, p.pooler
+        ))),
+    ]
+}
+
 fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
     let rows = app.visible();
     let height = area.height.saturating_sub(1) as usize;
@@ -219,7 +251,10 @@ fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
         .skip(first)
         .take(height)
         .map(|(i, s)| {
-            let row = Row::new(session_cells(app, s));
+            let row = Row::new(match s {
+                crate::app::Row::Backend(s) => session_cells(app, s),
+                crate::app::Row::Pooled(p) => pooled_cells(app, p),
+            });
             if i == app.cursor {
                 row.style(Style::default().add_modifier(Modifier::REVERSED))
             } else {
@@ -400,7 +435,53 @@ const HELP: &[&str] = &[
     "space select · a select all shown · Esc clear selection",
     "c cancel · k terminate (the selection, or the row under the cursor), after confirmation",
     "Enter details · b blocking tree · p pause · + / - refresh interval",
+    "--pgbouncer: connections holding no backend are rows of their own (pid -), after the",
+    "  backends; k ends an application where it is (its backend in session pooling, else",
+    "  KILL_CLIENT at the pooler, PgBouncer 1.24+), as `pgkill kill --pgbouncer` does",
 ];
+
+fn draw_pooled_detail(app: &App, frame: &mut Frame, area: Rect, key: &RowKey) {
+    let Some(p) = app.pooled_row(key) else {
+        frame.render_widget(
+            Paragraph::new("this application connection is gone (or holds a backend now)")
+                .block(Block::bordered()),
+            area,
+        );
+        return;
+    };
+    let c = &p.client;
+    let lines = vec![
+        Line::from(format!(
+            "application connection at PgBouncer {} at {} ({} pooling), holding no backend",
+            line(&p.version),
+            line(&p.pooler),
+            line(&p.pool_mode)
+        )),
+        Line::from(format!(
+            "user {}  database {} (alias {})  application {}",
+            line(&c.user),
+            line(&p.database),
+            line(&p.alias),
+            unknown(c.application_name.as_deref())
+        )),
+        Line::from(format!(
+            "client {}:{}  state {}  connected {}  id {}",
+            c.addr.map_or_else(|| "local".to_owned(), |a| a.to_string()),
+            c.port.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            line(&p.state),
+            unknown(c.connect_time.as_deref()),
+            c.id.map_or_else(|| "- (PgBouncer before 1.24)".to_owned(), |i| i.to_string())
+        )),
+        Line::from(""),
+        Line::from("k ends it at the pooler (KILL_CLIENT, PgBouncer 1.24+); it runs no statement to cancel"),
+    ];
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title("pooled connection (Esc: back)")),
+        area,
+    );
+}
 
 fn draw_help(frame: &mut Frame, area: Rect) {
     let lines: Vec<Line> = HELP.iter().map(|l| Line::from(*l)).collect();
@@ -444,11 +525,18 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
             format!("action failed: {}", line(e)),
             style(app, Color::Red),
         ))
-    } else if !app.outcomes.is_empty() {
+    } else if !app.outcomes.is_empty() || !app.app_outcomes.is_empty() {
         let parts: Vec<String> = app
             .outcomes
             .iter()
             .map(|o| format!("{} {}", o.pid, o.outcome.as_str()))
+            .chain(app.app_outcomes.iter().map(|o| {
+                format!(
+                    "{} {} at the pooler",
+                    line(&app_name(&o.client)),
+                    o.outcome.as_str()
+                )
+            }))
             .collect();
         Line::from(format!("last action: {}", parts.join(", ")))
     } else if !app.filter_text.is_empty() {
@@ -466,6 +554,36 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(vec![first, keys]), area);
 }
 
+/// `text` in lines of at most `width` characters, broken at spaces (a longer word is a
+/// line of its own).
+fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for word in text.split(' ') {
+        if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(word);
+    }
+    if !current.is_empty() {
+        lines.push(current);
+    }
+    lines
+}
+
+/// An application connection as people know it: its name and address.
+fn app_name(c: &pgkill_core::pooler::PoolConnection) -> String {
+    format!(
+        "{}@{}:{}",
+        c.application_name.as_deref().unwrap_or("?"),
+        c.addr.map_or_else(|| "local".to_owned(), |a| a.to_string()),
+        c.port.map_or_else(|| "-".to_owned(), |p| p.to_string())
+    )
+}
+
 /// The question names what will happen to each selected session before the answer: who
 /// is signalled, and who is refused and why (the decisions `pgkill kill` makes).
 fn draw_confirm(
@@ -473,17 +591,23 @@ fn draw_confirm(
     frame: &mut Frame,
     area: Rect,
     signal: Signal,
-    pids: &[i32],
+    rows: &[RowKey],
     include_superusers: bool,
 ) {
     let verb = match signal {
         Signal::Terminate => "Terminate",
         Signal::Cancel => "Cancel the running statement of",
     };
-    let plan = app.plan(signal, pids, include_superusers);
-    let go = plan.to_signal().count();
+    let decision = app.plan(signal, rows, include_superusers);
+    let plan = &decision.backends;
+    let go = decision.acting();
     let refused: Vec<_> = plan
         .targets
+        .iter()
+        .filter(|t| t.refused.is_some())
+        .collect();
+    let apps_refused: Vec<_> = decision
+        .at_pooler
         .iter()
         .filter(|t| t.refused.is_some())
         .collect();
@@ -502,21 +626,52 @@ fn draw_confirm(
             line(s.visible_query().unwrap_or("?"))
         )
     };
+    let describe_app = |t: &pgkill_core::pooler::AppTarget| {
+        format!(
+            "{} {} {} ({} pooling)",
+            line(&app_name(&t.client)),
+            line(&t.client.user),
+            line(&t.database),
+            line(&t.pool_mode)
+        )
+    };
     for t in plan.to_signal().take(room) {
         lines.push(Line::from(describe(&t.session)));
+    }
+    let ending: Vec<_> = decision
+        .at_pooler
+        .iter()
+        .filter(|t| t.refused.is_none())
+        .collect();
+    if !ending.is_empty() {
+        lines.push(Line::from(
+            "ended at the pooler (KILL_CLIENT), verified gone there:",
+        ));
+        for t in ending
+            .iter()
+            .take(room.saturating_sub(plan.to_signal().count()).max(2))
+        {
+            lines.push(Line::from(format!("  {}", describe_app(t))));
+        }
     }
     if go > room {
         lines.push(Line::from("…"));
     }
-    let gone = pids.len() - plan.targets.len();
+    let gone = rows.iter().filter(|k| !app.present(k)).count();
     if gone > 0 {
         lines.push(Line::from(format!(
             "{gone} selected session(s) ended already"
         )));
     }
-    if !refused.is_empty() {
+    for why in &decision.left_alone {
+        lines.push(Line::from(line(why)));
+    }
+    if !refused.is_empty() || !apps_refused.is_empty() {
         lines.push(Line::from(Span::styled(
-            format!("{} will NOT be signalled:", refused.len()),
+            format!(
+                "{} will NOT be signalled:",
+                refused.len() + apps_refused.len()
+            ),
             style(app, Color::Yellow).add_modifier(Modifier::BOLD),
         )));
         for t in refused.iter().take(room.saturating_sub(go).max(2)) {
@@ -527,11 +682,26 @@ fn draw_confirm(
                 line(t.refused.as_deref().unwrap_or_default())
             )));
         }
+        // The reasons at a pooler are long (what would work instead): wrapped, indented.
+        let inner = area.width.saturating_sub(8).min(96) as usize;
+        for t in apps_refused.iter().take(room.saturating_sub(go).max(2)) {
+            lines.push(Line::from(format!("{}:", describe_app(t))));
+            let why = line(t.refused.as_deref().unwrap_or_default());
+            lines.extend(
+                wrap_words(&why, inner)
+                    .into_iter()
+                    .map(|l| Line::from(format!("  {l}"))),
+            );
+        }
     }
     let protected = refused
         .iter()
         .filter(|t| t.session.superuser == Some(true))
-        .count();
+        .count()
+        + apps_refused
+            .iter()
+            .filter(|t| app.pooler_superusers.contains(&t.client.user))
+            .count();
     if include_superusers {
         lines.push(Line::from(Span::styled(
             "including superuser sessions in this action (! to leave them out)",
@@ -585,6 +755,31 @@ mod tests {
     #[test]
     fn default_view() {
         both("default", &loaded());
+    }
+
+    #[test]
+    fn behind_a_pooler() {
+        let mut snap =
+            crate::app::tests::behind_a_pooler(pgkill_core::pooler::PoolerVersion::new(1, 24, 1));
+        snap.poolers = vec!["PgBouncer 1.24.1 at host=127.0.0.1 port=6432 (transaction): 3 application connection(s), 2 holding no backend (listed after the backends)".into()];
+        let mut app = App::new(std::time::Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        both("pooler", &app);
+        keys_for_tests(&mut app, "ak");
+        both("pooler_confirm", &app);
+    }
+
+    #[test]
+    fn long_reasons_wrap_at_spaces() {
+        assert_eq!(
+            wrap_words("one two three four", 9),
+            ["one two", "three", "four"]
+        );
+        assert_eq!(
+            wrap_words("averyveryverylongword x", 5),
+            ["averyveryverylongword", "x"]
+        );
+        assert!(wrap_words("", 5).is_empty());
     }
 
     #[test]
