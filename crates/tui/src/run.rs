@@ -215,10 +215,7 @@ async fn database_task(
             Request::Refresh => Event::Snapshot(
                 snapshot(client, caps, &filter, &poolers, &mut consoles)
                     .await
-                    .map(|s| {
-                        states.clone_from(&s.pooler_states);
-                        s
-                    })
+                    .inspect(|s| states.clone_from(&s.pooler_states))
                     .map_err(|e| format!("{e:#}")),
             ),
             Request::Signal(signal, targets, pooled, typed, include_superusers) => {
