@@ -132,7 +132,12 @@ pub async fn run(
     // Before anything changes: every pooler named must answer, let this user pause, and
     // say which of its aliases lead to the database.
     let (pooler_args, _) = connected.poolers.clone();
-    let poolers = pooler_plans(&pooler_args, name, connected.settings.port).await?;
+    let poolers = if pooler_args.is_empty() {
+        Vec::new()
+    } else {
+        let server = pgkill_pg::pgbouncer::server_identity(client, &connected.settings).await?;
+        pooler_plans(&pooler_args, name, &server).await?
+    };
     for plan in &poolers {
         let aliases = if plan.aliases.is_empty() {
             "nothing (no alias leads to this database)".to_owned()
@@ -651,7 +656,7 @@ async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::
 async fn pooler_plans(
     conninfos: &[String],
     name: &str,
-    server_port: u16,
+    server: &pgkill_core::pooler::ServerIdentity,
 ) -> anyhow::Result<Vec<pgkill_pg::pgbouncer::PoolerPlan>> {
     let mut plans = Vec::new();
     for c in conninfos {
@@ -670,7 +675,14 @@ async fn pooler_plans(
                 "{e}: the console's user must be in PgBouncer's admin_users to pause {name}; nothing was changed"
             ))
         })?;
-        let aliases = pgkill_pg::pgbouncer::aliases_of(&state, name, server_port);
+        let (aliases, elsewhere) =
+            pgkill_pg::pgbouncer::aliases_of(&pooler, &state, name, server).await;
+        for e in &elsewhere {
+            eprintln!(
+                "pgkill: note: PgBouncer at {}: alias {e} is taken to lead to another server and is left alone",
+                pooler.name
+            );
+        }
         for a in &aliases {
             pgkill_pg::pgbouncer::check_alias(a)
                 .map_err(|e| UsageError(format!("{e}; nothing was changed")))?;

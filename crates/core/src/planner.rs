@@ -371,6 +371,20 @@ pub fn superusers_among(names: Vec<String>) -> Query {
     }
 }
 
+/// How poolers know this server ([`crate::pooler::ServerIdentity`]): the address and port
+/// pgkill's connection came in on, `listen_addresses`, and every client's address and port
+/// (one row per TCP client; at least pgkill's own when it came over TCP).
+pub fn server_identity() -> Query {
+    Query {
+        sql: "SELECT pg_catalog.host(pg_catalog.inet_server_addr()), pg_catalog.inet_server_port(),
+ pg_catalog.current_setting('listen_addresses'),
+ pg_catalog.host(a.client_addr), a.client_port
+ FROM (SELECT 1) AS one LEFT JOIN pg_catalog.pg_stat_activity a ON a.client_port > 0"
+            .into(),
+        params: vec![],
+    }
+}
+
 /// Sets this session's `statement_timeout` to `ms` milliseconds (0: no limit).
 pub fn set_statement_timeout(ms: u64) -> Query {
     Query {
@@ -498,6 +512,7 @@ mod tests {
             raise_statement_timeout(60_000).sql,
             still_present(std::slice::from_ref(&id)).sql,
             superusers_among(vec!["a".into()]).sql,
+            server_identity().sql,
         ];
         for major in 10..=18 {
             for f in [Filter::default(), every_filter()] {

@@ -307,6 +307,126 @@ impl Pooled {
     }
 }
 
+/// How a server is known to the poolers in front of it, for telling which `[databases]`
+/// entries lead to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerIdentity {
+    /// Its port.
+    pub port: u16,
+    /// Addresses it is reached at: the one pgkill's connection came in on, the addresses
+    /// of the host name pgkill connected to, loopback when pgkill came over a socket.
+    pub addrs: Vec<IpAddr>,
+    /// Its clients' addresses and ports: a pooler's server connection from one of them is
+    /// a connection to this server.
+    pub clients: Vec<(IpAddr, i32)>,
+    /// Its `listen_addresses`, entry by entry (`*`, `localhost`, addresses).
+    pub listen_addresses: Vec<String>,
+}
+
+impl ServerIdentity {
+    /// Whether a client on the server's own machine reaches this server at loopback
+    /// address `a`: it is the address pgkill came in on, or the server listens there.
+    fn listens_on_loopback(&self, a: &IpAddr) -> bool {
+        self.addrs.contains(a)
+            || self.listen_addresses.iter().any(|l| match l.as_str() {
+                "*" => true,
+                "0.0.0.0" => a.is_ipv4(),
+                "::" => a.is_ipv6(),
+                "localhost" => {
+                    *a == IpAddr::from([127, 0, 0, 1])
+                        || *a == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+                }
+                other => other.parse::<IpAddr>().is_ok_and(|l| l == *a),
+            })
+    }
+}
+
+/// Where a `[databases]` entry's `host` leads, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryHost {
+    /// A Unix socket directory (or none: PgBouncer's default socket) on the pooler's
+    /// machine.
+    Socket,
+    /// A host name or address, and the addresses it resolves to.
+    Tcp(String, Vec<IpAddr>),
+}
+
+/// Whether `[databases]` entry `db` of `state` leads to `server`: `Ok` with how that is
+/// known, or `Err` with why it is not taken to. `pooler_addrs` are the addresses of the
+/// pooler's own machine as pgkill reached it (the console's host): an entry on loopback or
+/// a Unix socket leads to this server only if the pooler runs on the server's machine.
+///
+/// In order: a different port is another server; a server connection of the entry that
+/// is one of the server's clients proves it (whatever its host is called); else the
+/// entry's host must be one of the server's addresses (or a socket or loopback address of
+/// a pooler on the server's machine).
+pub fn leads_here(
+    state: &PoolerState,
+    db: &PoolDatabase,
+    host: &EntryHost,
+    server: &ServerIdentity,
+    pooler_addrs: &[IpAddr],
+) -> Result<&'static str, String> {
+    if let Some(port) = db.port.filter(|p| *p != server.port) {
+        return Err(format!(
+            "its port {port} is not this server's ({})",
+            server.port
+        ));
+    }
+    let connected = state
+        .servers
+        .iter()
+        .filter(|c| c.database == db.name)
+        .any(|c| {
+            c.local_addr
+                .zip(c.local_port)
+                .is_some_and(|pair| server.clients.contains(&pair))
+        });
+    if connected {
+        return Ok("its server connections are this server's clients");
+    }
+    let on_the_servers_machine = pooler_addrs.iter().any(|a| {
+        server.addrs.contains(a)
+            || (a.is_loopback() && server.addrs.iter().any(IpAddr::is_loopback))
+    });
+    match host {
+        EntryHost::Socket if on_the_servers_machine => {
+            Ok("a Unix socket of the pooler, which runs on this server's machine")
+        }
+        EntryHost::Socket => Err(
+            "it leads to a Unix socket of the pooler's machine, which is not known to be this server's"
+                .to_owned(),
+        ),
+        EntryHost::Tcp(_, addrs)
+            if addrs.iter().any(|a| {
+                server.addrs.contains(a)
+                    || (a.is_loopback() && on_the_servers_machine && server.listens_on_loopback(a))
+            }) =>
+        {
+            Ok("its host is this server's address")
+        }
+        EntryHost::Tcp(name, addrs) if addrs.is_empty() => {
+            Err(format!("its host {name} does not resolve here"))
+        }
+        EntryHost::Tcp(name, addrs) => Err(format!(
+            "its host {name} ({}) is not one of this server's addresses ({})",
+            join_addrs(addrs),
+            join_addrs(&server.addrs)
+        )),
+    }
+}
+
+fn join_addrs(addrs: &[IpAddr]) -> String {
+    if addrs.is_empty() {
+        return "none known".to_owned();
+    }
+    addrs
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `s` with the application behind its pooler in place of the pooler (its name, address
 /// and port), when an application is linked to it right now.
 pub fn as_seen_by_the_application(s: &crate::Session) -> crate::Session {
@@ -654,5 +774,106 @@ mod tests {
         assert_eq!(state.server_at(None, Some(-1)), None);
         let unlinked: Vec<&str> = state.unlinked_clients().map(|c| c.ptr.as_str()).collect();
         assert_eq!(unlinked, ["c2", "c3"]);
+    }
+
+    #[test]
+    fn entries_lead_here_by_connection_or_by_address() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let far: IpAddr = "10.0.0.5".parse().unwrap();
+        let entry = |name: &str, port: u16| PoolDatabase {
+            name: name.into(),
+            host: None,
+            port: Some(port),
+            database: "shop".into(),
+            pool_mode: None,
+            paused: false,
+            disabled: false,
+        };
+        let server_conn = |alias: &str, local_port: i32| {
+            PoolConnection::from_row(&row(&[
+                ("ptr", Some("s1")),
+                ("database", Some(alias)),
+                ("user", Some("u")),
+                ("state", Some("idle")),
+                ("local_addr", Some("10.0.0.9")),
+                ("local_port", Some(&local_port.to_string())),
+            ]))
+        };
+        let state = PoolerState {
+            name: "p".into(),
+            version: PoolerVersion::new(1, 24, 1),
+            pool_mode: "transaction".into(),
+            databases: vec![],
+            clients: vec![],
+            servers: vec![server_conn("busy", 40001)],
+        };
+        let server = ServerIdentity {
+            port: 5432,
+            addrs: vec![far],
+            clients: vec![("10.0.0.9".parse().unwrap(), 40001)],
+            listen_addresses: vec!["*".into()],
+        };
+        let tcp = |name: &str, addrs: &[IpAddr]| EntryHost::Tcp(name.into(), addrs.to_vec());
+        let here = |db: &PoolDatabase, host: &EntryHost, pooler: &[IpAddr]| {
+            leads_here(&state, db, host, &server, pooler)
+        };
+        // Another port: another server, whatever else.
+        assert!(here(&entry("busy", 5433), &tcp("db1", &[far]), &[])
+            .is_err_and(|e| e.contains("port 5433")));
+        // A server connection that is one of the server's clients proves it, under any name.
+        assert!(here(&entry("busy", 5432), &tcp("db-alias", &[]), &[]).is_ok());
+        // Else the host's addresses decide.
+        assert!(here(&entry("idle", 5432), &tcp("db1", &[far]), &[]).is_ok());
+        assert!(here(
+            &entry("idle", 5432),
+            &tcp("db2", &["10.0.0.6".parse().unwrap()]),
+            &[]
+        )
+        .is_err_and(|e| e.contains("not one of this server's addresses")));
+        assert!(here(&entry("idle", 5432), &tcp("gone", &[]), &[])
+            .is_err_and(|e| e.contains("does not resolve")));
+        // Loopback and sockets are the pooler's machine: this server's only if the pooler
+        // runs there.
+        assert!(here(&entry("idle", 5432), &EntryHost::Socket, &[lo]).is_err());
+        assert!(here(&entry("idle", 5432), &tcp("localhost", &[lo]), &[lo]).is_err());
+        assert!(here(&entry("idle", 5432), &EntryHost::Socket, &[far]).is_ok());
+        assert!(here(&entry("idle", 5432), &tcp("localhost", &[lo]), &[far]).is_ok());
+        let local = ServerIdentity {
+            addrs: vec![lo],
+            listen_addresses: vec!["127.0.0.1".into()],
+            ..server.clone()
+        };
+        assert!(leads_here(
+            &state,
+            &entry("idle", 5432),
+            &EntryHost::Socket,
+            &local,
+            &[lo]
+        )
+        .is_ok());
+        let lo2: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(
+            leads_here(
+                &state,
+                &entry("idle", 5432),
+                &tcp("127.0.0.2", &[lo2]),
+                &local,
+                &[lo]
+            )
+            .is_err(),
+            "the server listens on 127.0.0.1 only: 127.0.0.2:5432 is another server"
+        );
+        let everywhere = ServerIdentity {
+            listen_addresses: vec!["*".into()],
+            ..local.clone()
+        };
+        assert!(leads_here(
+            &state,
+            &entry("idle", 5432),
+            &tcp("127.0.0.2", &[lo2]),
+            &everywhere,
+            &[lo]
+        )
+        .is_ok());
     }
 }

@@ -7,10 +7,11 @@
 use pgkill_core::fence::PoolerFence;
 use pgkill_core::plan::OutcomeKind;
 use pgkill_core::pooler::{
-    AppEnd, AppOutcome, AppTarget, PoolConnection, PoolDatabase, Pooled, PoolerState,
-    PoolerVersion, ShowRow,
+    leads_here, AppEnd, AppOutcome, AppTarget, EntryHost, PoolConnection, PoolDatabase, Pooled,
+    PoolerState, PoolerVersion, ServerIdentity, ShowRow,
 };
 use pgkill_core::{Filter, Session};
+use std::net::IpAddr;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::connect::{self, ConnectArgs, Env, Settings};
@@ -192,16 +193,115 @@ impl PoolerPlan {
     }
 }
 
-/// The aliases of `database` at a pooler: `[databases]` entries that lead to it (on this
-/// server's port, when the entry names one), not the console itself.
-pub fn aliases_of(state: &PoolerState, database: &str, server_port: u16) -> Vec<String> {
-    state
+/// How poolers know the server `client` is connected to (reached with `settings`): see
+/// [`pgkill_core::pooler::ServerIdentity`].
+pub async fn server_identity(
+    client: &Client,
+    settings: &Settings,
+) -> crate::Result<ServerIdentity> {
+    let rows = crate::exec::query(client, &pgkill_core::planner::server_identity()).await?;
+    let mut server = ServerIdentity {
+        port: settings.port,
+        ..ServerIdentity::default()
+    };
+    let parse = |v: Option<String>| v.and_then(|a| a.parse::<IpAddr>().ok());
+    for row in &rows {
+        if let Some(a) = parse(row.try_get(0)?) {
+            if !server.addrs.contains(&a) {
+                server.addrs.push(a);
+            }
+        }
+        if let Some(p) = row.try_get::<_, Option<i32>>(1)? {
+            server.port = u16::try_from(p).unwrap_or(server.port);
+        }
+        let listen: Option<String> = row.try_get(2)?;
+        server.listen_addresses = listen
+            .unwrap_or_default()
+            .split(',')
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        if let (Some(a), Some(p)) = (parse(row.try_get(3)?), row.try_get::<_, Option<i32>>(4)?) {
+            server.clients.push((a, p));
+        }
+    }
+    let (reached, socket) = addresses_of(&settings.host, settings.hostaddr, settings.port).await;
+    for a in reached {
+        if !server.addrs.contains(&a) {
+            server.addrs.push(a);
+        }
+    }
+    // Over a Unix socket pgkill is on the server's machine: its loopback is the server's.
+    if socket && !server.addrs.iter().any(IpAddr::is_loopback) {
+        server.addrs.push(IpAddr::from([127, 0, 0, 1]));
+    }
+    Ok(server)
+}
+
+/// The addresses `host` (with `hostaddr`, when given) resolves to, and whether it is a
+/// Unix socket directory.
+async fn addresses_of(
+    host: &connect::Host,
+    hostaddr: Option<IpAddr>,
+    port: u16,
+) -> (Vec<IpAddr>, bool) {
+    let name = match host {
+        connect::Host::Socket(_) => return (Vec::new(), true),
+        connect::Host::Tcp(name) => name,
+    };
+    let mut addrs: Vec<IpAddr> = hostaddr.into_iter().collect();
+    if let Ok(found) = tokio::net::lookup_host((name.as_str(), port)).await {
+        for a in found.map(|s| s.ip()) {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+    }
+    (addrs, false)
+}
+
+/// The aliases of `database` at `pooler` (whose state is `state`): `[databases]` entries
+/// that lead to it on `server` (see [`pgkill_core::pooler::leads_here`]), not the console
+/// itself; and, for entries naming `database` that are taken to lead to another server,
+/// why (for a note: pgkill leaves them alone).
+pub async fn aliases_of(
+    pooler: &Pooler,
+    state: &PoolerState,
+    database: &str,
+    server: &ServerIdentity,
+) -> (Vec<String>, Vec<String>) {
+    let (pooler_addrs, _) = addresses_of(
+        &pooler.settings.host,
+        pooler.settings.hostaddr,
+        pooler.settings.port,
+    )
+    .await;
+    let mut ours = Vec::new();
+    let mut elsewhere = Vec::new();
+    for db in state
         .databases
         .iter()
         .filter(|d| d.name != "pgbouncer" && d.database == database)
-        .filter(|d| d.port.is_none_or(|p| p == server_port))
-        .map(|d| d.name.clone())
-        .collect()
+    {
+        let host = match db.host.as_deref() {
+            None | Some("") => EntryHost::Socket,
+            Some(h) if h.starts_with('/') || h.starts_with('@') => EntryHost::Socket,
+            Some(h) => {
+                let (addrs, _) = addresses_of(
+                    &connect::Host::Tcp(h.to_owned()),
+                    None,
+                    db.port.unwrap_or(server.port),
+                )
+                .await;
+                EntryHost::Tcp(h.to_owned(), addrs)
+            }
+        };
+        match leads_here(state, db, &host, server, &pooler_addrs) {
+            Ok(_) => ours.push(db.name.clone()),
+            Err(why) => elsewhere.push(format!("{} ({why})", db.name)),
+        }
+    }
+    (ours, elsewhere)
 }
 
 /// Whether PgBouncer's console can be given `name` as a command argument as it is: it

@@ -35,6 +35,7 @@ fn main() {
         drop_and_rename_through_the_pooler,
         drop_and_rename_through_the_pooler_are_undone,
         top_ends_applications_at_the_pooler,
+        aliases_are_matched_to_the_server_by_address,
     ]);
 }
 
@@ -1434,6 +1435,62 @@ async fn drop_and_rename_through_the_pooler_are_undone(pg: Installation) -> Resu
             }
             drop(holder);
         }
+    }
+    Ok(())
+}
+
+/// Which `[databases]` entries lead to the database being drained is told by address, not
+/// by name and port alone: an entry at an address this server does not listen on
+/// (127.0.0.2, another server on the same port) is left alone and pgkill says why; one
+/// through the server's Unix socket (the pooler runs on its machine) is this server's and
+/// is paused with the plain one.
+async fn aliases_are_matched_to_the_server_by_address(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("shop_db", None).await?;
+    let socket = sb.socket_dir().display().to_string();
+    for version in BouncerVersion::ALL {
+        let options = BouncerOptions::new(version, PoolMode::Transaction)
+            .database("shop", "shop_db")
+            .database_at("shop_far", "127.0.0.2", "shop_db")
+            .database_at("shop_sock", &socket, "shop_db");
+        let bouncer = Bouncer::start(&sb, &options)?;
+        // (The sandbox's servers take socket logins by peer authentication only: no
+        // application goes through shop_sock, its entry is matched by its host alone.)
+        let (plain, _) = app(&bouncer, "shop", "web-plain").await?;
+        plain.simple_query("SELECT 1").await?;
+        let (code, out, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &[
+                "--pgbouncer",
+                &console(&sb, &bouncer),
+                "drain",
+                "shop_db",
+                "--then-unfence",
+                "-y",
+            ],
+        ))?;
+        let v = version.as_str();
+        let paused = out
+            .lines()
+            .find(|l| l.starts_with("Paused at PgBouncer:"))
+            .unwrap_or_default();
+        ensure!(
+            code == 0
+                && paused.contains("shop (")
+                && paused.contains("shop_sock (")
+                && !paused.contains("shop_far"),
+            "PgBouncer {v}: exit {code}, paused line {paused:?}\n{out}\n{err}"
+        );
+        ensure!(
+            err.contains("alias shop_far (its host 127.0.0.2 (127.0.0.2) is not one of this server's addresses")
+                && err.contains("left alone"),
+            "PgBouncer {v}: no note on shop_far:\n{err}"
+        );
+        ensure!(
+            works(&plain).await,
+            "PgBouncer {v}: an application did not go on after the drain"
+        );
     }
     Ok(())
 }

@@ -124,6 +124,9 @@ pub struct BouncerOptions {
     /// `[databases]`: alias → the server's database name. Empty: one wildcard entry
     /// (`* = host=127.0.0.1 port=<sandbox port>`), every database under its own name.
     pub databases: Vec<(String, String)>,
+    /// More `[databases]` entries that name a host of their own: alias, host (an address,
+    /// a name or a socket directory; the sandbox's port), the server's database name.
+    pub databases_at: Vec<(String, String, String)>,
     /// `default_pool_size`.
     pub default_pool_size: u32,
     /// `max_client_conn`.
@@ -155,6 +158,7 @@ impl BouncerOptions {
             version,
             pool_mode,
             databases: Vec::new(),
+            databases_at: Vec::new(),
             default_pool_size: 20,
             max_client_conn: 200,
             server_login_retry: Duration::from_secs(1),
@@ -176,6 +180,14 @@ impl BouncerOptions {
     /// Adds a `[databases]` entry: `alias` leads to the server's database `dbname`.
     pub fn database(mut self, alias: &str, dbname: &str) -> Self {
         self.databases.push((alias.to_owned(), dbname.to_owned()));
+        self
+    }
+
+    /// Adds a `[databases]` entry leading to `dbname` at `host` (the sandbox's port): an
+    /// address the sandbox's server does not listen on stands for another server.
+    pub fn database_at(mut self, alias: &str, host: &str, dbname: &str) -> Self {
+        self.databases_at
+            .push((alias.to_owned(), host.to_owned(), dbname.to_owned()));
         self
     }
 
@@ -564,6 +576,13 @@ fn ini_text(dir: &Path, port: u16, server_port: u16, options: &BouncerOptions) -
     for (alias, dbname) in &options.databases {
         text.push_str(&format!(
             "{alias} = {server} dbname={}\n",
+            connstr_value(dbname)
+        ));
+    }
+    for (alias, host, dbname) in &options.databases_at {
+        text.push_str(&format!(
+            "{alias} = host={} port={server_port} dbname={}\n",
+            connstr_value(host),
             connstr_value(dbname)
         ));
     }
