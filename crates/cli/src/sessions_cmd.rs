@@ -109,6 +109,7 @@ async fn list_sessions(
     } else {
         pgkill_pg::pgbouncer::list_through(client, &caps, filter, &poolers).await?
     };
+    let horizon = say_what_holds_xmin(client, &caps, filter).await?;
     if args.json || args.csv {
         // Data for scripts: exact (JSON escapes what a terminal must not see itself;
         // CSV is escaped only on a terminal).
@@ -119,6 +120,7 @@ async fn list_sessions(
                 &server_json(&caps, &connected.settings),
                 &list,
                 &pooled,
+                horizon.as_ref(),
             )?;
         } else {
             output::sessions_csv(&mut out, &list, &pooled, output::stdout_is_terminal())?;
@@ -156,6 +158,24 @@ async fn list_sessions(
     } else {
         Exit::Ok
     })
+}
+
+/// With `--holding-xmin`: reads what holds the server's xmin horizon and, when it is not
+/// (only) client sessions, says so on stderr, so that an empty selection never hides the
+/// cause (see `pgkill_core::horizon`).
+async fn say_what_holds_xmin(
+    client: &tokio_postgres::Client,
+    caps: &Capabilities,
+    filter: &pgkill_core::Filter,
+) -> anyhow::Result<Option<pgkill_core::horizon::XminHorizon>> {
+    if !filter.holding_xmin {
+        return Ok(None);
+    }
+    let horizon = sessions::xmin_horizon(client, caps).await?;
+    if let Some(text) = horizon.describe() {
+        eprintln!("pgkill: {}", pgkill_core::printable(&text));
+    }
+    Ok(Some(horizon))
 }
 
 /// Reads every pooler named (`--pgbouncer`, `PGKILL_PGBOUNCER`). One that cannot be
@@ -597,6 +617,7 @@ async fn signal_sessions(
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
     let plan = sessions::plan(client, &caps, filter, signal).await?;
+    say_what_holds_xmin(client, &caps, filter).await?;
     let mut out = output::for_people();
 
     let doc = |outcomes: &[Outcome], dry_run: bool, out: &mut dyn Write| -> anyhow::Result<()> {
