@@ -292,6 +292,17 @@ async fn holding_xmin_says_what_else_holds_the_horizon(pg: Installation) -> Resu
         "kill: exit {code}: {err}"
     );
     ensure!(idle.is_connected() && preparer.is_connected());
+    // A role without pg_read_all_stats is told the same.
+    let (code, out, err) = support::run(support::pgkill(
+        &sb,
+        roles::SIGNALLER,
+        &["ls", "--holding-xmin"],
+    ))?;
+    ensure!(
+        code == 1 && err.contains("pgkill-gid"),
+        "as {}: exit {code}\n{out}\n{err}",
+        roles::SIGNALLER
+    );
 
     // A snapshot taken now starts at the prepared transaction's xid: both hold the horizon.
     let reader = snapshot(&sb).await?;
