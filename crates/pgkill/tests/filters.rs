@@ -17,6 +17,7 @@ fn main() {
         an_exclusion_wins_over_an_inclusion,
         holding_xmin_picks_the_oldest_snapshot,
         holding_xmin_says_what_else_holds_the_horizon,
+        holding_xmin_names_a_standby_s_feedback,
         blocking_for_waits_for_the_waiters_clock,
     ]);
 }
@@ -343,6 +344,40 @@ async fn holding_xmin_says_what_else_holds_the_horizon(pg: Installation) -> Resu
     Ok(())
 }
 
+/// A snapshot on a standby with `hot_standby_feedback` holds the primary's horizon
+/// through its walsender: `ls --holding-xmin` on the primary names the standby.
+async fn holding_xmin_names_a_standby_s_feedback(pg: Installation) -> Result<()> {
+    let primary = Sandbox::start(&pg, &Options::default())?;
+    let standby = primary.start_standby(
+        &Options::default()
+            .setting("hot_standby_feedback", "on")
+            .setting("wal_receiver_status_interval", "1s"),
+    )?;
+    let admin = primary.admin("postgres").await?;
+    let reader = snapshot(&standby).await?;
+    burn_xids(&admin).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (got, doc, err) = listed(&primary, &["ls", "--holding-xmin"])?;
+        let held = &doc["xmin_horizon"]["held_by"];
+        if held[0]["kind"] == "standby" {
+            ensure!(got.is_empty(), "{doc}");
+            ensure!(
+                err.contains("hot_standby_feedback") && held[0]["pid"].is_i64(),
+                "{err}\n{doc}"
+            );
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the standby's feedback never showed: {doc}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(reader);
+    Ok(())
+}
+
 async fn blocking_for_waits_for_the_waiters_clock(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
     let admin = sb.admin("postgres").await?;
@@ -370,6 +405,11 @@ async fn blocking_for_waits_for_the_waiters_clock(pg: Installation) -> Result<()
     );
     let (got, _, _) = listed(&sb, &["ls", "--blocking-for", "1h"])?;
     ensure!(got.is_empty());
+    let (code, out, err) = run(&sb, &["kill", "--blocking-for", "1s", "--dry-run"])?;
+    ensure!(
+        code == 0 && out.contains("waited on for") && out.contains("Dry run"),
+        "exit {code}: {out}\n{err}"
+    );
     let (code, out, err) = run(&sb, &["kill", "--blocking-for", "1s", "-y"])?;
     ensure!(code == 0, "exit {code}: {out}\n{err}");
     ensure!(
