@@ -229,6 +229,9 @@ struct SignalDoc<'a> {
     /// What happened to them, verified at the pooler.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pooler_outcomes: &'a [pgkill_core::pooler::AppOutcome],
+    /// With `--holding-xmin`: the horizon and what holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xmin_horizon: Option<&'a pgkill_core::horizon::XminHorizon>,
 }
 
 #[derive(Serialize)]
@@ -314,6 +317,7 @@ async fn cancel_through_poolers(
     let read = read_poolers(conninfos).await?;
     let states = states_of(&read);
     let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, &caps, filter, &states).await?;
+    let horizon = say_what_holds_xmin(client, &caps, filter).await?;
     let (behind_pooler, direct): (Vec<_>, Vec<_>) = list
         .into_iter()
         .filter(|s| s.pooler.as_ref().is_none_or(|l| l.client.is_some()))
@@ -355,6 +359,7 @@ async fn cancel_through_poolers(
             outcomes,
             pooler_plan: &[],
             pooler_outcomes: &[],
+            xmin_horizon: horizon.as_ref(),
         };
         output::json(out, &d)?;
         Ok(())
@@ -436,6 +441,7 @@ async fn kill_through_poolers(
     let states = states_of(&read);
     let poolers: Vec<pgkill_pg::pgbouncer::Pooler> = read.into_iter().map(|(p, _)| p).collect();
     let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, &caps, filter, &states).await?;
+    let horizon = say_what_holds_xmin(client, &caps, filter).await?;
     let mut split = pgkill_core::pooler::split_for_kill(list, pooled, &states);
     // Superusers' connections are protected behind a pooler too.
     let users: Vec<String> = split
@@ -522,6 +528,7 @@ async fn kill_through_poolers(
             outcomes,
             pooler_plan: &split.at_pooler,
             pooler_outcomes: apps,
+            xmin_horizon: horizon.as_ref(),
         };
         output::json(out, &d)?;
         Ok(())
@@ -617,7 +624,7 @@ async fn signal_sessions(
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
     let plan = sessions::plan(client, &caps, filter, signal).await?;
-    say_what_holds_xmin(client, &caps, filter).await?;
+    let horizon = say_what_holds_xmin(client, &caps, filter).await?;
     let mut out = output::for_people();
 
     let doc = |outcomes: &[Outcome], dry_run: bool, out: &mut dyn Write| -> anyhow::Result<()> {
@@ -630,6 +637,7 @@ async fn signal_sessions(
             outcomes,
             pooler_plan: &[],
             pooler_outcomes: &[],
+            xmin_horizon: horizon.as_ref(),
         };
         output::json(out, &d)?;
         Ok(())

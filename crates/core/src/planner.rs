@@ -341,6 +341,12 @@ pub fn xmin_holders(v: ServerVersion, own: &[i32]) -> Query {
     }
     let age = xmin_age("a");
     let client = client_backend(v, "a");
+    // A parallel worker shares its leader's snapshot: the leader is the one to name.
+    let not_a_worker = if v.major >= 13 {
+        " AND a.leader_pid IS NULL"
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT h.kind, h.name, h.database, h.pid, h.age, h.detail FROM (
   SELECT 'replication_slot'::text AS kind, l.slot_name::text AS name, l.database::text AS database,
@@ -358,7 +364,7 @@ pub fn xmin_holders(v: ServerVersion, own: &[i32]) -> Query {
   UNION ALL
   SELECT 'backend'::text, a.backend_type, a.datname::text, a.pid, {age}, NULL::text
   FROM pg_catalog.pg_stat_activity a
-  WHERE {not_own} AND NOT {client} AND a.backend_type IS DISTINCT FROM 'walsender'::text
+  WHERE {not_own} AND NOT {client} AND a.backend_type IS DISTINCT FROM 'walsender'::text{not_a_worker}
   UNION ALL
   (SELECT 'session'::text, a.usename::text, a.datname::text, a.pid, {age}, a.application_name
    FROM pg_catalog.pg_stat_activity a
@@ -734,8 +740,12 @@ mod tests {
         let v18 = xmin_holders(v(18), &[5]);
         assert!(v10.params.is_empty() && !v10.sql.contains("$1"));
         assert_eq!(v18.params, vec![Param::IntArray(vec![5])]);
-        // leader_pid (13+) tells parallel workers from client sessions.
-        assert!(!v10.sql.contains("leader_pid") && v18.sql.contains("a.leader_pid IS NULL"));
+        // leader_pid (13+) tells parallel workers from client sessions, and leaves them out
+        // of the other backends (their leader is named).
+        assert!(!v10.sql.contains("leader_pid"));
+        assert!(v18
+            .sql
+            .contains("'walsender'::text AND a.leader_pid IS NULL"));
         for q in [&v10.sql, &v18.sql] {
             for kind in [
                 "replication_slot",

@@ -287,10 +287,16 @@ async fn holding_xmin_says_what_else_holds_the_horizon(pg: Installation) -> Resu
         "{doc}"
     );
     ensure!(doc["xmin_horizon"]["held_by_sessions"] == false, "{doc}");
-    let (code, _, err) = run(&sb, &["kill", "--holding-xmin", "-y"])?;
+    let (code, out, err) = run(&sb, &["kill", "--holding-xmin", "-y", "--json"])?;
     ensure!(
         code == 1 && err.contains("pgkill-gid"),
         "kill: exit {code}: {err}"
+    );
+    let doc: Value = serde_json::from_str(&out)?;
+    ensure!(
+        doc["xmin_horizon"]["held_by"][0]["name"] == "pgkill-gid"
+            && doc["plan"].as_array().is_some_and(Vec::is_empty),
+        "{doc}"
     );
     ensure!(idle.is_connected() && preparer.is_connected());
     // A role without pg_read_all_stats is told the same.
