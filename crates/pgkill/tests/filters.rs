@@ -170,6 +170,30 @@ async fn an_exclusion_wins_over_an_inclusion(pg: Installation) -> Result<()> {
         "kill --exclude-app cron-* hit an excluded session:\n{out}"
     );
 
+    // A role that may not see other roles' client addresses: they may be in the excluded
+    // network, so --exclude-client leaves them out too (and, signalling, alone).
+    let as_signaller = |args: &[&str]| -> Result<Vec<i64>> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (code, out, err) = support::run(support::pgkill(&sb, roles::SIGNALLER, &all))?;
+        let doc: Value = serde_json::from_str(&out)
+            .map_err(|e| anyhow!("{args:?}: exit {code} ({e}):\n{out}\n{err}"))?;
+        let mut pids: Vec<i64> = doc["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["pid"].as_i64())
+            .collect();
+        pids.sort_unstable();
+        Ok(pids)
+    };
+    ensure!(as_signaller(&["ls", "--db", "a"])? == pids(&[&cron, &owner]));
+    let hidden = as_signaller(&["ls", "--db", "a", "--exclude-client", "10.0.0.0/8"])?;
+    ensure!(
+        hidden.is_empty(),
+        "hidden addresses were not excluded: {hidden:?}"
+    );
+
     // Bad input: a clear message, exit 2.
     for (args, says) in [
         (
