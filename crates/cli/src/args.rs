@@ -104,6 +104,28 @@ pub struct FilterArgs {
     /// Sessions that other sessions wait for (lock holders).
     #[arg(long = "blocking")]
     pub blocking: bool,
+    /// Sessions on whose locks another session has been waiting for at least DUR (since
+    /// the waiting statement started).
+    #[arg(long = "blocking-for", value_name = "DUR", value_parser = duration)]
+    pub blocking_for: Option<Duration>,
+    /// Sessions whose snapshot or transaction id is the server's xmin horizon (holding
+    /// back vacuum); when something else holds it (a replication slot, a prepared
+    /// transaction, a standby's feedback), pgkill says what.
+    #[arg(long = "holding-xmin")]
+    pub holding_xmin: bool,
+    /// Never sessions of this database (an exclusion wins over every inclusion).
+    #[arg(long = "exclude-db", value_name = "NAME")]
+    pub exclude_databases: Vec<String>,
+    /// Never sessions of this role.
+    #[arg(long = "exclude-user", value_name = "ROLE")]
+    pub exclude_users: Vec<String>,
+    /// Never sessions whose application_name matches this glob.
+    #[arg(long = "exclude-app", value_name = "GLOB")]
+    pub exclude_apps: Vec<String>,
+    /// Never sessions from this address or network, or `local` (nor those whose address
+    /// is hidden from you).
+    #[arg(long = "exclude-client", value_name = "CIDR", value_parser = client)]
+    pub exclude_clients: Vec<ClientMatch>,
     /// Only the N most recently connected of the matching sessions.
     #[arg(long = "newest", value_name = "N", conflicts_with = "oldest")]
     pub newest: Option<u32>,
@@ -131,6 +153,12 @@ impl FilterArgs {
             backend_older: self.backend_older,
             queries: self.queries.clone(),
             blocking: self.blocking,
+            blocking_for: self.blocking_for,
+            holding_xmin: self.holding_xmin,
+            exclude_databases: self.exclude_databases.clone(),
+            exclude_users: self.exclude_users.clone(),
+            exclude_apps: self.exclude_apps.clone(),
+            exclude_clients: self.exclude_clients.clone(),
             newest: self.newest,
             oldest: self.oldest,
             include_superusers: self.include_superusers,

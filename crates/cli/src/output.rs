@@ -45,6 +45,8 @@ pub struct SessionJson<'a> {
     superuser: Option<bool>,
     blocked_by: &'a [i32],
     blocking: i32,
+    /// Transaction ids its snapshot or transaction id is behind the current one.
+    xmin_age: Option<i32>,
     can_signal: bool,
     /// With `--pgbouncer`: the pooler and the application behind it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +93,7 @@ impl<'a> From<&'a pgkill_core::pooler::Pooled> for SessionJson<'a> {
             superuser: None,
             blocked_by: &[],
             blocking: 0,
+            xmin_age: None,
             can_signal: false,
             pooler: Some(PoolerJson {
                 pooler: &p.pooler,
@@ -139,6 +142,7 @@ impl<'a> From<&'a Session> for SessionJson<'a> {
             superuser: s.superuser,
             blocked_by: &s.blocked_by,
             blocking: s.blocking,
+            xmin_age: s.xmin_age,
             can_signal: s.can_signal,
             pooler: s.pooler.as_ref().map(|l| PoolerJson {
                 pooler: &l.pooler,
@@ -353,15 +357,20 @@ pub fn sessions_json(
     server: &ServerJson,
     sessions: &[Session],
     pooled: &[pgkill_core::pooler::Pooled],
+    horizon: Option<&pgkill_core::horizon::XminHorizon>,
 ) -> io::Result<()> {
     #[derive(Serialize)]
     struct Doc<'a> {
         server: &'a ServerJson,
         sessions: Vec<SessionJson<'a>>,
+        /// With `--holding-xmin`: the horizon and what holds it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        xmin_horizon: Option<&'a pgkill_core::horizon::XminHorizon>,
     }
     let doc = Doc {
         server,
         sessions: rows_json(sessions, pooled),
+        xmin_horizon: horizon,
     };
     json(out, &doc)
 }

@@ -109,6 +109,7 @@ async fn list_sessions(
     } else {
         pgkill_pg::pgbouncer::list_through(client, &caps, filter, &poolers).await?
     };
+    let horizon = say_what_holds_xmin(client, &caps, filter).await?;
     if args.json || args.csv {
         // Data for scripts: exact (JSON escapes what a terminal must not see itself;
         // CSV is escaped only on a terminal).
@@ -119,6 +120,7 @@ async fn list_sessions(
                 &server_json(&caps, &connected.settings),
                 &list,
                 &pooled,
+                horizon.as_ref(),
             )?;
         } else {
             output::sessions_csv(&mut out, &list, &pooled, output::stdout_is_terminal())?;
@@ -156,6 +158,24 @@ async fn list_sessions(
     } else {
         Exit::Ok
     })
+}
+
+/// With `--holding-xmin`: reads what holds the server's xmin horizon and, when it is not
+/// (only) client sessions, says so on stderr, so that an empty selection never hides the
+/// cause (see `pgkill_core::horizon`).
+async fn say_what_holds_xmin(
+    client: &tokio_postgres::Client,
+    caps: &Capabilities,
+    filter: &pgkill_core::Filter,
+) -> anyhow::Result<Option<pgkill_core::horizon::XminHorizon>> {
+    if !filter.holding_xmin {
+        return Ok(None);
+    }
+    let horizon = sessions::xmin_horizon(client, caps).await?;
+    if let Some(text) = horizon.describe() {
+        eprintln!("pgkill: {}", pgkill_core::printable(&text));
+    }
+    Ok(Some(horizon))
 }
 
 /// Reads every pooler named (`--pgbouncer`, `PGKILL_PGBOUNCER`). One that cannot be
@@ -209,6 +229,9 @@ struct SignalDoc<'a> {
     /// What happened to them, verified at the pooler.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pooler_outcomes: &'a [pgkill_core::pooler::AppOutcome],
+    /// With `--holding-xmin`: the horizon and what holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xmin_horizon: Option<&'a pgkill_core::horizon::XminHorizon>,
 }
 
 #[derive(Serialize)]
@@ -294,6 +317,7 @@ async fn cancel_through_poolers(
     let states = states_of(&read);
     let poolers: Vec<pgkill_pg::pgbouncer::Pooler> = read.into_iter().map(|(p, _)| p).collect();
     let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, &caps, filter, &states).await?;
+    let horizon = say_what_holds_xmin(client, &caps, filter).await?;
     let plan = pgkill_pg::through::CancelPlan::build(&caps.caller, filter, list, &pooled);
     let mut out = output::for_people();
     let count = plan.count();
@@ -326,6 +350,7 @@ async fn cancel_through_poolers(
             outcomes,
             pooler_plan: &[],
             pooler_outcomes: &[],
+            xmin_horizon: horizon.as_ref(),
         };
         output::json(out, &d)?;
         Ok(())
@@ -379,6 +404,7 @@ async fn kill_through_poolers(
     let states = states_of(&read);
     let poolers: Vec<pgkill_pg::pgbouncer::Pooler> = read.into_iter().map(|(p, _)| p).collect();
     let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, &caps, filter, &states).await?;
+    let horizon = say_what_holds_xmin(client, &caps, filter).await?;
     let plan =
         pgkill_pg::through::KillPlan::build(client, &caps, filter, list, pooled, &states).await?;
     let acting = plan.acting();
@@ -423,6 +449,7 @@ async fn kill_through_poolers(
             outcomes,
             pooler_plan: &plan.at_pooler,
             pooler_outcomes: apps,
+            xmin_horizon: horizon.as_ref(),
         };
         output::json(out, &d)?;
         Ok(())
@@ -486,6 +513,7 @@ async fn signal_sessions(
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
     let plan = sessions::plan(client, &caps, filter, signal).await?;
+    let horizon = say_what_holds_xmin(client, &caps, filter).await?;
     let mut out = output::for_people();
 
     let doc = |outcomes: &[Outcome], dry_run: bool, out: &mut dyn Write| -> anyhow::Result<()> {
@@ -498,6 +526,7 @@ async fn signal_sessions(
             outcomes,
             pooler_plan: &[],
             pooler_outcomes: &[],
+            xmin_horizon: horizon.as_ref(),
         };
         output::json(out, &d)?;
         Ok(())

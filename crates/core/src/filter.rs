@@ -190,6 +190,23 @@ pub struct Filter {
     pub queries: Vec<String>,
     /// `--blocking`: sessions that others wait for.
     pub blocking: bool,
+    /// `--blocking-for`: sessions on whose locks some session has been waiting for at
+    /// least this long (the waiter's time since its `state_change`: its waiting statement
+    /// started then, and it waits on a lock).
+    pub blocking_for: Option<Duration>,
+    /// `--holding-xmin`: sessions whose snapshot (`backend_xmin`) or transaction id
+    /// (`backend_xid`) is the server's xmin horizon: nothing else (no other backend,
+    /// replication slot or prepared transaction) is older.
+    pub holding_xmin: bool,
+    /// `--exclude-db`: never sessions of these databases (wins over every inclusion).
+    pub exclude_databases: Vec<String>,
+    /// `--exclude-user`: never sessions of these roles.
+    pub exclude_users: Vec<String>,
+    /// `--exclude-app`: never sessions whose application_name matches one of these globs.
+    pub exclude_apps: Vec<String>,
+    /// `--exclude-client`: never sessions from these networks (or `local`), nor sessions
+    /// whose client address the caller may not see (they may be in one of them).
+    pub exclude_clients: Vec<ClientMatch>,
     /// `--newest N`.
     pub newest: Option<u32>,
     /// `--oldest N`.
@@ -214,7 +231,9 @@ pub const IDLE_STATES: [&str; 3] = [
 impl Filter {
     /// Evaluates the per-row filters in process, against `now` (the server's clock).
     /// `--newest/--oldest` are set-level and applied by [`Filter::limit`]; `--blocking`
-    /// uses the session's `blocking` count. `queries` (PostgreSQL regular expressions) are
+    /// uses the session's `blocking` count, `--blocking-for` its `waited_on_since` and
+    /// `--holding-xmin` its `holds_xmin`, all computed by the server (a row without a
+    /// backend, such as a pooler's application connection, has none and matches neither). `queries` (PostgreSQL regular expressions) are
     /// not evaluated here: only the server evaluates them exactly.
     pub fn matches_row(&self, s: &Session) -> bool {
         let older = |at: Option<chrono::DateTime<chrono::Utc>>, d: Option<Duration>| match d {
@@ -257,7 +276,30 @@ impl Filter {
                 || (s.state.as_deref() == Some("active") && older(s.query_start, self.query_older)))
             && older(s.backend_start, self.backend_older)
             && (!self.blocking || s.blocking > 0)
+            && (self.blocking_for.is_none() || older(s.waited_on_since, self.blocking_for))
+            && (!self.holding_xmin || s.holds_xmin)
+            && !self.excludes(s)
             && self.also.iter().all(|f| f.matches_row(s))
+    }
+
+    /// Whether one of the exclusions (`--exclude-*`) rules `s` out.
+    pub fn excludes(&self, s: &Session) -> bool {
+        let listed =
+            |list: &[String], v: &Option<String>| v.as_ref().is_some_and(|v| list.contains(v));
+        // A session whose client columns are hidden (no backend type, no port) may be
+        // in an excluded network: it is excluded too.
+        let hidden_client = s.backend_type.is_none() && s.client_port.is_none();
+        listed(&self.exclude_databases, &s.database)
+            || listed(&self.exclude_users, &s.user)
+            || s.application_name
+                .as_deref()
+                .is_some_and(|a| self.exclude_apps.iter().any(|g| glob_matches(g, a)))
+            || (!self.exclude_clients.is_empty()
+                && (hidden_client
+                    || self
+                        .exclude_clients
+                        .iter()
+                        .any(|c| c.matches(s.client_addr, s.client_port))))
     }
 
     /// This filter, and `other` too.
@@ -301,37 +343,61 @@ impl Filter {
     }
 }
 
+/// The keys of `top`'s filter language, for help texts and error messages.
+pub const FILTER_KEYS: &str = "db, user, app, client, state, pid, idle, xact, query-age, backend, blocking-for, q; -db, -user, -app, -client exclude; or the words `blocking`, `holding-xmin`";
+
 /// Parses the filter language of `pgkill top` (the CLI flags as `key:value` words):
 /// `db:shop user:app app:web-* client:10.0.0.0/8 state:idle-in-transaction pid:42
-/// idle:5m xact:5m query-age:30s backend:1h q:TEXT blocking`. Words of one key are OR-ed,
+/// idle:5m xact:5m query-age:30s backend:1h blocking-for:30s q:TEXT blocking
+/// holding-xmin`, and the exclusions `-db:NAME -user:ROLE -app:GLOB -client:CIDR`
+/// (`--exclude-*`: an exclusion wins over every inclusion). Words of one key are OR-ed,
 /// different keys AND-ed, as on the command line. `q:` values are returned separately:
 /// the live view matches them as case-insensitive substrings of the query text.
 pub fn parse_words(text: &str) -> Result<(Filter, Vec<String>), String> {
     let mut f = Filter::default();
     let mut contains = Vec::new();
     for word in text.split_whitespace() {
-        if word == "blocking" {
-            f.blocking = true;
-            continue;
+        match word {
+            "blocking" => {
+                f.blocking = true;
+                continue;
+            }
+            "holding-xmin" => {
+                f.holding_xmin = true;
+                continue;
+            }
+            _ => {}
         }
         let (key, value) = word
             .split_once(':')
             .filter(|(_, v)| !v.is_empty())
-            .ok_or_else(|| format!("{word:?}: use key:value (db, user, app, client, state, pid, idle, xact, query-age, backend, q) or `blocking`"))?;
+            .ok_or_else(|| format!("{word:?}: use key:value ({FILTER_KEYS})"))?;
         let dur = |v: &str| crate::duration::parse_duration(v).map_err(|e| e.to_string());
+        let client = |v: &str| v.parse().map_err(|e: ClientMatchError| e.to_string());
         match key {
             "db" => f.databases.push(value.to_owned()),
             "user" => f.users.push(value.to_owned()),
             "app" => f.apps.push(value.to_owned()),
-            "client" => f.clients.push(value.parse().map_err(|e: ClientMatchError| e.to_string())?),
-            "state" => f.states.push(value.parse().map_err(|e: StateError| e.to_string())?),
-            "pid" => f.pids.push(value.parse().map_err(|_| format!("pid:{value}: not a process id"))?),
+            "client" => f.clients.push(client(value)?),
+            "-db" => f.exclude_databases.push(value.to_owned()),
+            "-user" => f.exclude_users.push(value.to_owned()),
+            "-app" => f.exclude_apps.push(value.to_owned()),
+            "-client" => f.exclude_clients.push(client(value)?),
+            "state" => f
+                .states
+                .push(value.parse().map_err(|e: StateError| e.to_string())?),
+            "pid" => f.pids.push(
+                value
+                    .parse()
+                    .map_err(|_| format!("pid:{value}: not a process id"))?,
+            ),
             "idle" => f.idle_for = Some(dur(value)?),
             "xact" => f.xact_older = Some(dur(value)?),
             "query-age" => f.query_older = Some(dur(value)?),
             "backend" => f.backend_older = Some(dur(value)?),
+            "blocking-for" => f.blocking_for = Some(dur(value)?),
             "q" => contains.push(value.to_lowercase()),
-            other => return Err(format!("unknown filter key {other:?}: use db, user, app, client, state, pid, idle, xact, query-age, backend, q or blocking")),
+            other => return Err(format!("unknown filter key {other:?}: use {FILTER_KEYS}")),
         }
     }
     Ok((f, contains))
@@ -365,6 +431,119 @@ mod tests {
         ] {
             assert!(parse_words(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn filter_words_for_exclusions_xmin_and_blocking_for() {
+        let (f, _) = parse_words(
+            "db:shop -db:other -user:batch -app:cron-* -client:10.0.0.0/8 -client:local blocking-for:30s holding-xmin",
+        )
+        .unwrap();
+        assert_eq!(f.databases, ["shop"]);
+        assert_eq!(f.exclude_databases, ["other"]);
+        assert_eq!(f.exclude_users, ["batch"]);
+        assert_eq!(f.exclude_apps, ["cron-*"]);
+        assert_eq!(
+            f.exclude_clients,
+            [
+                ClientMatch::Net("10.0.0.0/8".parse().unwrap()),
+                ClientMatch::Local
+            ]
+        );
+        assert_eq!(f.blocking_for, Some(Duration::from_secs(30)));
+        assert!(f.holding_xmin && !f.blocking);
+        for bad in [
+            "-db:",
+            "-client:nonsense",
+            "blocking-for:xyz",
+            "-colour:red",
+            "xmin",
+        ] {
+            let e = parse_words(bad).expect_err(bad);
+            if !bad.starts_with("-client") && !bad.starts_with("blocking-for") {
+                assert!(
+                    e.contains("-db") && e.contains("holding-xmin") && e.contains("blocking-for"),
+                    "the error lists the keys: {e}"
+                );
+            }
+        }
+    }
+
+    fn row() -> Session {
+        let example = Session::example(7);
+        Session {
+            application_name: Some("cron-nightly".into()),
+            client_addr: Some("10.1.2.3".parse().unwrap()),
+            client_port: Some(5000),
+            ..example
+        }
+    }
+
+    #[test]
+    fn an_exclusion_wins_over_an_inclusion() {
+        let s = row();
+        let f = |text: &str| parse_words(text).unwrap().0;
+        assert!(f("db:shop").matches_row(&s));
+        for text in [
+            "db:shop -db:shop",
+            "user:app -user:app",
+            "app:cron-* -app:cron-n*",
+            "client:10.0.0.0/8 -client:10.1.0.0/16",
+            "pid:7 -db:shop",
+        ] {
+            assert!(!f(text).matches_row(&s), "{text}");
+        }
+        for text in [
+            "-db:other",
+            "-user:other",
+            "-app:web-*",
+            "-client:local",
+            "-client:11.0.0.0/8",
+        ] {
+            assert!(f(text).matches_row(&s), "{text}");
+        }
+        // A row whose client columns are hidden may be in the excluded network.
+        let hidden = Session {
+            backend_type: None,
+            client_addr: None,
+            client_port: None,
+            state: None,
+            ..row()
+        };
+        assert!(f("user:app").matches_row(&hidden));
+        assert!(!f("-client:192.168.0.0/16").matches_row(&hidden));
+        // A background process has no database, role or application: never excluded by them.
+        let worker = Session {
+            database: None,
+            user: None,
+            application_name: None,
+            backend_type: Some("autovacuum worker".into()),
+            client_addr: None,
+            client_port: None,
+            ..row()
+        };
+        let all = |text: &str| Filter {
+            all_backends: true,
+            ..f(text)
+        };
+        assert!(all("-db:shop -user:app -app:* -client:local").matches_row(&worker));
+    }
+
+    #[test]
+    fn holding_xmin_and_blocking_for_use_what_the_server_computed() {
+        let f = |text: &str| parse_words(text).unwrap().0;
+        let mut s = row();
+        assert!(!f("holding-xmin").matches_row(&s));
+        assert!(!f("blocking-for:1s").matches_row(&s));
+        s.holds_xmin = true;
+        s.xmin_age = Some(12);
+        assert!(f("holding-xmin").matches_row(&s));
+        // Waited on since 30 s before the server's clock.
+        s.waited_on_since = Some(s.now - chrono::Duration::seconds(30));
+        assert!(f("blocking-for:30s").matches_row(&s));
+        assert!(f("blocking-for:1s").matches_row(&s));
+        assert!(!f("blocking-for:31s").matches_row(&s));
+        assert!(!f("blocking-for:1h").matches_row(&s));
     }
 
     #[test]

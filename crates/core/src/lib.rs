@@ -8,6 +8,7 @@ pub mod database;
 pub mod duration;
 pub mod fence;
 pub mod filter;
+pub mod horizon;
 pub mod plan;
 pub mod planner;
 pub mod pooler;

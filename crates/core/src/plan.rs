@@ -167,6 +167,19 @@ fn reason(s: &Session, f: &Filter) -> String {
     if f.blocking {
         why.push(format!("blocks {} session(s)", s.blocking));
     }
+    if f.blocking_for.is_some() {
+        why.push(age(
+            "waited on for",
+            s.waited_on_since
+                .and_then(|at| s.now.signed_duration_since(at).to_std().ok()),
+        ));
+    }
+    if f.holding_xmin {
+        why.push(format!(
+            "holds the xmin horizon ({} transaction ids behind)",
+            s.xmin_age.map_or_else(|| "?".to_owned(), |a| a.to_string())
+        ));
+    }
     if f.newest.is_some() {
         why.push("among the newest".into());
     }
@@ -265,29 +278,9 @@ mod tests {
 
     fn session(pid: i32, superuser: Option<bool>, can_signal: bool) -> Session {
         Session {
-            pid,
-            backend_start: DateTime::from_timestamp(1_700_000_000, 0),
-            database: Some("shop".into()),
-            user: Some("app".into()),
-            application_name: Some("web".into()),
-            client_addr: None,
-            client_hostname: None,
-            client_port: Some(-1),
-            state: Some("idle".into()),
-            wait_event_type: None,
-            wait_event: None,
-            backend_type: Some("client backend".into()),
-            xact_start: None,
-            query_start: None,
-            state_change: DateTime::from_timestamp(1_700_000_000, 0),
-            query: Some("SELECT 1".into()),
-            leader_pid: None,
             superuser,
-            blocked_by: vec![],
-            blocking: 0,
             can_signal,
-            pooler: None,
-            now: DateTime::from_timestamp(1_700_000_300, 0).unwrap_or_default(),
+            ..Session::example(pid)
         }
     }
 

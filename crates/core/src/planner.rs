@@ -64,6 +64,8 @@ struct Predicate {
     clauses: Vec<String>,
     params: Vec<Param>,
     first: usize,
+    /// The placeholder of pgkill's own pids (`int[]`), when there are any.
+    own: Option<String>,
 }
 
 impl Predicate {
@@ -72,6 +74,7 @@ impl Predicate {
             clauses: Vec::new(),
             params: Vec::new(),
             first,
+            own: None,
         }
     }
     fn bind(&mut self, p: Param) -> String {
@@ -104,6 +107,59 @@ const BLOCKERS: &str = "SELECT b.pid, pg_catalog.count(*)::int AS waiters
   WHERE w.wait_event_type = 'Lock'::text
   GROUP BY b.pid";
 
+/// How many transaction ids the snapshot or transaction id of the backend `alias` is
+/// behind the current one (`age(xid)` exists on every version; NULL when it has neither).
+fn xmin_age(alias: &str) -> String {
+    format!("greatest(pg_catalog.age({alias}.backend_xmin), pg_catalog.age({alias}.backend_xid))")
+}
+
+/// The server's xmin horizon as an age: the oldest snapshot or transaction id of any
+/// backend but pgkill's own (read from `activity`: the view, or a CTE of it), any
+/// replication slot (`xmin`, `catalog_xmin`) and any prepared transaction. (A standby's
+/// `hot_standby_feedback` is its walsender's `backend_xmin`, or its slot's `xmin`.)
+fn horizon_age(activity: &str, own: Option<&str>) -> String {
+    let own = own.map_or_else(String::new, |x| format!(" AND a.pid <> ALL({x}::int[])"));
+    format!(
+        "(SELECT pg_catalog.max(h.age) FROM (
+    SELECT {a} AS age FROM {activity} a WHERE a.pid <> pg_catalog.pg_backend_pid(){own}
+    UNION ALL SELECT greatest(pg_catalog.age(l.xmin), pg_catalog.age(l.catalog_xmin)) FROM pg_catalog.pg_replication_slots l
+    UNION ALL SELECT pg_catalog.age(x.transaction) FROM pg_catalog.pg_prepared_xacts x) AS h)",
+        a = xmin_age("a")
+    )
+}
+
+/// Whether the row `alias` of pg_stat_activity is (or, hidden, may be) a client session.
+fn client_backend(v: ServerVersion, alias: &str) -> String {
+    let leader = if v.major >= 13 {
+        format!(" AND {alias}.leader_pid IS NULL")
+    } else {
+        String::new()
+    };
+    format!(
+        "({alias}.backend_type = 'client backend'::text OR ({alias}.backend_type IS NULL AND {alias}.usesysid IS NOT NULL AND {alias}.datid IS NOT NULL{leader}))"
+    )
+}
+
+/// The SQL alternatives matching `clients` for the row `s`, binding the networks.
+fn client_alternatives(p: &mut Predicate, clients: &[ClientMatch]) -> String {
+    let nets: Vec<String> = clients
+        .iter()
+        .filter_map(|c| match c {
+            ClientMatch::Net(n) => Some(n.to_string()),
+            ClientMatch::Local => None,
+        })
+        .collect();
+    let mut alternatives = Vec::new();
+    if !nets.is_empty() {
+        let x = p.bind(Param::TextArray(nets));
+        alternatives.push(format!("s.client_addr <<= ANY({x}::text[]::inet[])"));
+    }
+    if clients.contains(&ClientMatch::Local) {
+        alternatives.push("(s.client_addr IS NULL AND s.client_port = -1)".into());
+    }
+    format!("({})", alternatives.join(" OR "))
+}
+
 fn predicate(v: ServerVersion, f: &Filter, own: &[i32], first: usize) -> Predicate {
     let mut p = Predicate::new(first);
     // Never pgkill's own connections: known by their backend pids, never by a name any
@@ -113,68 +169,50 @@ fn predicate(v: ServerVersion, f: &Filter, own: &[i32], first: usize) -> Predica
     if !own.is_empty() {
         let x = p.bind(Param::IntArray(own.to_vec()));
         p.clauses.push(format!("s.pid <> ALL({x}::int[])"));
+        p.own = Some(x);
     }
     add_filter(&mut p, v, f);
     p
 }
 
+/// Adds `EXPR ANY($n::text[])` with `values` bound, unless there are none; for an
+/// exclusion, its negation that keeps rows without a value (`IS NOT TRUE`).
+fn any_text(p: &mut Predicate, expr: &str, values: &[String], exclude: bool) {
+    if values.is_empty() {
+        return;
+    }
+    let x = p.bind(Param::TextArray(values.to_vec()));
+    let test = format!("{expr} ANY({x}::text[])");
+    p.clauses.push(if exclude {
+        format!("({test}) IS NOT TRUE")
+    } else {
+        test
+    });
+}
+
+/// Application-name globs as the regular expressions the server matches.
+fn globs(globs: &[String]) -> Vec<String> {
+    globs.iter().map(|g| glob_to_regex(g)).collect()
+}
+
 /// Adds the clauses of `f` (and of the filters it holds in `also`) to `p`.
 fn add_filter(p: &mut Predicate, v: ServerVersion, f: &Filter) {
     if !f.all_backends {
-        let leader = if v.major >= 13 {
-            " AND s.leader_pid IS NULL"
-        } else {
-            ""
-        };
-        p.clauses.push(format!(
-            "(s.backend_type = 'client backend'::text OR (s.backend_type IS NULL AND s.usesysid IS NOT NULL AND s.datid IS NOT NULL{leader}))"
-        ));
+        p.clauses.push(client_backend(v, "s"));
     }
-    if !f.databases.is_empty() {
-        let x = p.bind(Param::TextArray(f.databases.clone()));
-        p.clauses
-            .push(format!("s.datname::text = ANY({x}::text[])"));
-    }
-    if !f.users.is_empty() {
-        let x = p.bind(Param::TextArray(f.users.clone()));
-        p.clauses
-            .push(format!("s.usename::text = ANY({x}::text[])"));
-    }
-    if !f.apps.is_empty() {
-        let x = p.bind(Param::TextArray(
-            f.apps.iter().map(|g| glob_to_regex(g)).collect(),
-        ));
-        p.clauses
-            .push(format!("s.application_name ~ ANY({x}::text[])"));
-    }
+    any_text(p, "s.datname::text =", &f.databases, false);
+    any_text(p, "s.usename::text =", &f.users, false);
+    any_text(p, "s.application_name ~", &globs(&f.apps), false);
     if !f.clients.is_empty() {
-        let nets: Vec<String> = f
-            .clients
-            .iter()
-            .filter_map(|c| match c {
-                ClientMatch::Net(n) => Some(n.to_string()),
-                ClientMatch::Local => None,
-            })
-            .collect();
-        let mut alternatives = Vec::new();
-        if !nets.is_empty() {
-            let x = p.bind(Param::TextArray(nets));
-            alternatives.push(format!("s.client_addr <<= ANY({x}::text[]::inet[])"));
-        }
-        if f.clients.contains(&ClientMatch::Local) {
-            alternatives.push("(s.client_addr IS NULL AND s.client_port = -1)".into());
-        }
-        p.clauses.push(format!("({})", alternatives.join(" OR ")));
+        let alternatives = client_alternatives(p, &f.clients);
+        p.clauses.push(alternatives);
     }
-    if !f.states.is_empty() {
-        let x = p.bind(Param::TextArray(
-            f.states
-                .iter()
-                .map(|s| s.server_name().to_owned())
-                .collect(),
-        ));
-        p.clauses.push(format!("s.state = ANY({x}::text[])"));
-    }
+    let states: Vec<String> = f
+        .states
+        .iter()
+        .map(|s| s.server_name().to_owned())
+        .collect();
+    any_text(p, "s.state =", &states, false);
     if !f.pids.is_empty() {
         let x = p.bind(Param::IntArray(f.pids.clone()));
         p.clauses.push(format!("s.pid = ANY({x}::int[])"));
@@ -213,6 +251,32 @@ fn add_filter(p: &mut Predicate, v: ServerVersion, f: &Filter) {
             "s.pid IN (SELECT pid FROM ({BLOCKERS}) AS blockers)"
         ));
     }
+    if let Some(d) = f.blocking_for {
+        // Only waiters that have waited that long get pg_blocking_pids called for them.
+        let waited = older(p, "w.state_change", d);
+        p.clauses.push(format!(
+            "s.pid IN (SELECT b.pid
+  FROM pg_catalog.pg_stat_activity w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) AS b(pid)
+  WHERE w.wait_event_type = 'Lock'::text AND {waited})"
+        ));
+    }
+    if f.holding_xmin {
+        let horizon = horizon_age("pg_catalog.pg_stat_activity", p.own.as_deref());
+        p.clauses.push(format!("{} >= {horizon}", xmin_age("s")));
+    }
+    // Exclusions win: a session they name is out whatever else matches (`IS NOT TRUE`:
+    // a row without a database, role or application is not excluded by them).
+    any_text(p, "s.datname::text =", &f.exclude_databases, true);
+    any_text(p, "s.usename::text =", &f.exclude_users, true);
+    any_text(p, "s.application_name ~", &globs(&f.exclude_apps), true);
+    if !f.exclude_clients.is_empty() {
+        // A row whose client columns are hidden from the caller may be in an excluded
+        // network: it is excluded too.
+        let alternatives = client_alternatives(p, &f.exclude_clients);
+        p.clauses.push(format!(
+            "NOT (s.backend_type IS NULL AND s.client_port IS NULL) AND {alternatives} IS NOT TRUE"
+        ));
+    }
     for also in &f.also {
         add_filter(p, v, also);
     }
@@ -227,25 +291,29 @@ pub fn list_sessions(v: ServerVersion, filter: &Filter, own: &[i32]) -> Query {
     } else {
         "NULL::int"
     };
+    let horizon = horizon_age("s", pred.own.as_deref());
+    let age = xmin_age("s");
     // `s` reads pg_stat_activity once (a CTE used twice is materialized on every
     // version); `waits` calls pg_blocking_pids once per session waiting on a lock, and
     // both who a session waits for and how many wait for it come from it, counted over
     // all sessions, not only the selected ones.
     let sql = format!(
         "WITH s AS (SELECT * FROM pg_catalog.pg_stat_activity), waits AS (
-  SELECT w.pid, pg_catalog.pg_blocking_pids(w.pid) AS blockers
+  SELECT w.pid, w.state_change, pg_catalog.pg_blocking_pids(w.pid) AS blockers
   FROM s w WHERE w.wait_event_type = 'Lock'::text
 ), blockers AS (
-  SELECT b.pid, pg_catalog.count(*)::int AS waiters
+  SELECT b.pid, pg_catalog.count(*)::int AS waiters, pg_catalog.min(waits.state_change) AS waited_on_since
   FROM waits, pg_catalog.unnest(waits.blockers) AS b(pid) GROUP BY b.pid
-)
+), horizon AS (SELECT {horizon} AS age)
 SELECT s.pid, s.backend_start, s.datname::text AS datname, s.usename::text AS usename,
        s.application_name, pg_catalog.host(s.client_addr) AS client_addr, s.client_hostname,
        s.client_port, s.state, s.wait_event_type, s.wait_event, s.backend_type,
        s.xact_start, s.query_start, s.state_change, s.query, {leader} AS leader_pid,
        r.rolsuper, wt.blockers AS blocked_by, coalesce(bl.waiters, 0) AS blocking,
+       bl.waited_on_since, {age} AS xmin_age, coalesce({age} >= horizon.age, false) AS holds_xmin,
        {CAN_SIGNAL} AS can_signal, pg_catalog.clock_timestamp() AS now
 FROM s
+CROSS JOIN horizon
 LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.usesysid
 LEFT JOIN waits wt ON wt.pid = s.pid
 LEFT JOIN blockers bl ON bl.pid = s.pid
@@ -257,6 +325,56 @@ ORDER BY s.backend_start, s.pid",
         sql,
         params: pred.params,
     }
+}
+
+/// What holds the server's xmin horizon back, for `--holding-xmin`'s report (see
+/// [`crate::horizon`]): every replication slot, prepared transaction, standby (a
+/// walsender with a feedback xmin) and other non-client backend with an xmin, and the
+/// oldest client session. Columns `kind, name, database, pid, age, detail`; pgkill's
+/// own connections are left out.
+pub fn xmin_holders(v: ServerVersion, own: &[i32]) -> Query {
+    let mut params = Vec::new();
+    let mut not_own = String::from("a.pid <> pg_catalog.pg_backend_pid()");
+    if !own.is_empty() {
+        params.push(Param::IntArray(own.to_vec()));
+        not_own.push_str(" AND a.pid <> ALL($1::int[])");
+    }
+    let age = xmin_age("a");
+    let client = client_backend(v, "a");
+    // A parallel worker shares its leader's snapshot: the leader is the one to name.
+    let not_a_worker = if v.major >= 13 {
+        " AND a.leader_pid IS NULL"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT h.kind, h.name, h.database, h.pid, h.age, h.detail FROM (
+  SELECT 'replication_slot'::text AS kind, l.slot_name::text AS name, l.database::text AS database,
+         l.active_pid AS pid, greatest(pg_catalog.age(l.xmin), pg_catalog.age(l.catalog_xmin)) AS age,
+         CASE WHEN l.xmin IS NULL THEN 'catalog_xmin'::text ELSE 'xmin'::text END AS detail
+  FROM pg_catalog.pg_replication_slots l
+  UNION ALL
+  SELECT 'prepared_transaction'::text, x.gid, x.database::text, NULL::int, pg_catalog.age(x.transaction),
+         x.owner::text
+  FROM pg_catalog.pg_prepared_xacts x
+  UNION ALL
+  SELECT 'standby'::text, r.application_name, NULL::text, r.pid, pg_catalog.age(r.backend_xmin),
+         pg_catalog.host(r.client_addr)
+  FROM pg_catalog.pg_stat_replication r
+  UNION ALL
+  SELECT 'backend'::text, a.backend_type, a.datname::text, a.pid, {age}, NULL::text
+  FROM pg_catalog.pg_stat_activity a
+  WHERE {not_own} AND NOT {client} AND a.backend_type IS DISTINCT FROM 'walsender'::text{not_a_worker}
+  UNION ALL
+  (SELECT 'session'::text, a.usename::text, a.datname::text, a.pid, {age}, a.application_name
+   FROM pg_catalog.pg_stat_activity a
+   WHERE {not_own} AND {client} AND {age} IS NOT NULL
+   ORDER BY 5 DESC, a.pid LIMIT 1)
+) AS h
+WHERE h.age IS NOT NULL
+ORDER BY h.age DESC, h.kind, h.name"
+    );
+    Query { sql, params }
 }
 
 /// The identity of a target session. `backend_start` distinguishes a reused pid; it is
@@ -461,11 +579,11 @@ mod tests {
         let q = list_sessions(v(10), &f, &[]);
         assert!(!q.sql.contains("DROP DATABASE"));
         assert!(!q.sql.contains("bob") && !q.sql.contains("web-") && !q.sql.contains("10.0.0.0"));
-        assert_eq!(q.params.len(), 12);
-        for i in 1..=12 {
+        assert_eq!(q.params.len(), 17);
+        for i in 1..=17 {
             assert!(q.sql.contains(&format!("${i}")), "placeholder ${i} unused");
         }
-        assert!(!q.sql.contains("$13"));
+        assert!(!q.sql.contains("$18"));
         assert_eq!(
             q.params[0],
             Param::TextArray(vec!["shop'; DROP DATABASE x; --".into()])
@@ -493,6 +611,12 @@ mod tests {
             backend_older: Some(Duration::from_secs(3600)),
             queries: vec!["^UPDATE".into()],
             blocking: true,
+            blocking_for: Some(Duration::from_secs(1)),
+            holding_xmin: true,
+            exclude_databases: vec!["postgres".into()],
+            exclude_users: vec!["batch".into()],
+            exclude_apps: vec!["cron-*".into()],
+            exclude_clients: vec!["192.168.0.0/16".parse().unwrap(), ClientMatch::Local],
             ..Filter::default()
         }
     }
@@ -515,6 +639,8 @@ mod tests {
             server_identity().sql,
         ];
         for major in 10..=18 {
+            all.push(xmin_holders(v(major), &[]).sql);
+            all.push(xmin_holders(v(major), &[1, 2]).sql);
             for f in [Filter::default(), every_filter()] {
                 all.push(list_sessions(v(major), &f, &[1, 2]).sql);
                 for s in [Signal::Cancel, Signal::Terminate] {
@@ -533,6 +659,119 @@ mod tests {
                 Vec::<String>::new(),
                 "in:\n{sql}"
             );
+        }
+    }
+
+    #[test]
+    fn exclusions_are_on_the_server_and_win() {
+        let f = Filter {
+            databases: vec!["shop".into()],
+            exclude_databases: vec!["shop".into()],
+            exclude_users: vec!["u".into()],
+            exclude_apps: vec!["web-*".into()],
+            exclude_clients: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Filter::default()
+        };
+        let q = list_sessions(v(15), &f, &[]);
+        assert!(
+            q.sql.contains("s.datname::text = ANY($1::text[])"),
+            "{}",
+            q.sql
+        );
+        assert!(q
+            .sql
+            .contains("(s.datname::text = ANY($2::text[])) IS NOT TRUE"));
+        assert!(q
+            .sql
+            .contains("(s.usename::text = ANY($3::text[])) IS NOT TRUE"));
+        assert!(q
+            .sql
+            .contains("(s.application_name ~ ANY($4::text[])) IS NOT TRUE"));
+        assert!(q.sql.contains(
+            "NOT (s.backend_type IS NULL AND s.client_port IS NULL) AND (s.client_addr <<= ANY($5::text[]::inet[])) IS NOT TRUE"
+        ));
+        assert_eq!(q.params[3], Param::TextArray(vec![r"^web\-.*$".into()]));
+        // The signalling statement re-checks them.
+        let sig = signal(v(15), &f, Signal::Terminate, &[], &[]);
+        assert!(sig
+            .sql
+            .contains("(s.usename::text = ANY($8::text[])) IS NOT TRUE"));
+    }
+
+    #[test]
+    fn blocking_for_calls_pg_blocking_pids_only_for_long_lock_waiters() {
+        let f = Filter {
+            blocking_for: Some(Duration::from_millis(1500)),
+            ..Filter::default()
+        };
+        for major in [10, 18] {
+            let q = signal(v(major), &f, Signal::Terminate, &[], &[]);
+            assert!(
+                q.sql.contains(
+                    "WHERE w.wait_event_type = 'Lock'::text AND w.state_change <= pg_catalog.clock_timestamp() - $6::float8 * interval '1 second')"
+                ),
+                "{}",
+                q.sql
+            );
+            assert_eq!(q.params[5], Param::Float(1.5));
+        }
+        let listed = list_sessions(v(12), &f, &[]).sql;
+        assert!(listed.contains("pg_catalog.min(waits.state_change) AS waited_on_since"));
+    }
+
+    #[test]
+    fn holding_xmin_compares_with_every_holder_but_pgkill() {
+        let f = Filter {
+            holding_xmin: true,
+            ..Filter::default()
+        };
+        let q = list_sessions(v(10), &f, &[77]);
+        let age = "greatest(pg_catalog.age(s.backend_xmin), pg_catalog.age(s.backend_xid))";
+        assert!(
+            q.sql
+                .contains(&format!("{age} >= (SELECT pg_catalog.max(h.age)")),
+            "{}",
+            q.sql
+        );
+        assert!(q.sql.contains("FROM pg_catalog.pg_replication_slots l"));
+        assert!(q
+            .sql
+            .contains("pg_catalog.age(x.transaction) FROM pg_catalog.pg_prepared_xacts x"));
+        assert!(q
+            .sql
+            .contains("a.pid <> pg_catalog.pg_backend_pid() AND a.pid <> ALL($1::int[])"));
+        assert!(q.sql.contains(&format!("{age} AS xmin_age")));
+        // The re-check inside the signalling statement does the same.
+        let sig = signal(v(18), &f, Signal::Cancel, &[], &[77]);
+        assert!(sig
+            .sql
+            .contains(&format!("{age} >= (SELECT pg_catalog.max(h.age)")));
+        assert!(sig.sql.contains("a.pid <> ALL($6::int[])"), "{}", sig.sql);
+    }
+
+    #[test]
+    fn xmin_holders_per_version() {
+        let v10 = xmin_holders(v(10), &[]);
+        let v18 = xmin_holders(v(18), &[5]);
+        assert!(v10.params.is_empty() && !v10.sql.contains("$1"));
+        assert_eq!(v18.params, vec![Param::IntArray(vec![5])]);
+        // leader_pid (13+) tells parallel workers from client sessions, and leaves them out
+        // of the other backends (their leader is named).
+        assert!(!v10.sql.contains("leader_pid"));
+        assert!(v18
+            .sql
+            .contains("'walsender'::text AND a.leader_pid IS NULL"));
+        for q in [&v10.sql, &v18.sql] {
+            for kind in [
+                "replication_slot",
+                "prepared_transaction",
+                "standby",
+                "backend",
+                "session",
+            ] {
+                assert!(q.contains(&format!("'{kind}'::text")), "{kind}");
+            }
+            assert!(q.contains("pg_catalog.age(r.backend_xmin)"));
         }
     }
 

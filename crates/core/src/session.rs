@@ -55,6 +55,15 @@ pub struct Session {
     pub blocked_by: Vec<i32>,
     /// How many sessions wait for this one.
     pub blocking: i32,
+    /// Transaction ids between the oldest of `backend_xmin`/`backend_xid` and the
+    /// current one (`age()`), when the session has either.
+    pub xmin_age: Option<i32>,
+    /// Whether that is the server's xmin horizon (nothing else is older): the session
+    /// holds back vacuum (`--holding-xmin`).
+    pub holds_xmin: bool,
+    /// The earliest `state_change` of the sessions waiting on this one's locks: they have
+    /// waited since then (`--blocking-for`).
+    pub waited_on_since: Option<DateTime<Utc>>,
     /// Whether the caller may signal this session.
     pub can_signal: bool,
     /// The pooler whose server connection this backend is, and the application using it
@@ -122,5 +131,42 @@ impl Session {
         self.query
             .as_deref()
             .filter(|q| *q != INSUFFICIENT_PRIVILEGE)
+    }
+}
+
+#[cfg(test)]
+impl Session {
+    /// An idle client session (role `app`, database `shop`, application `web`, over a
+    /// Unix socket), read 5 minutes after it connected, for tests.
+    pub(crate) fn example(pid: i32) -> Session {
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        Session {
+            pid,
+            backend_start: Some(at),
+            database: Some("shop".into()),
+            user: Some("app".into()),
+            application_name: Some("web".into()),
+            client_addr: None,
+            client_hostname: None,
+            client_port: Some(-1),
+            state: Some("idle".into()),
+            wait_event_type: None,
+            wait_event: None,
+            backend_type: Some("client backend".into()),
+            xact_start: None,
+            query_start: None,
+            state_change: Some(at),
+            query: Some("SELECT 1".into()),
+            leader_pid: None,
+            superuser: Some(false),
+            blocked_by: vec![],
+            blocking: 0,
+            xmin_age: None,
+            holds_xmin: false,
+            waited_on_since: None,
+            can_signal: true,
+            pooler: None,
+            now: at + chrono::Duration::seconds(300),
+        }
     }
 }

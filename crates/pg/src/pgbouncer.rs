@@ -740,13 +740,15 @@ pub fn split_conninfos(text: &str) -> Vec<String> {
     out
 }
 
-/// What of `filter` the server evaluates when poolers are named: all but `--app` and
-/// `--client` (a pooler backend's own name and address are the pooler's, the
-/// application's are at the pooler) and `--newest`/`--oldest` (applied after those).
+/// What of `filter` the server evaluates when poolers are named: all but `--app`,
+/// `--client`, `--exclude-app` and `--exclude-client` (a pooler backend's own name and
+/// address are the pooler's, the application's are at the pooler) and `--newest`/`--oldest` (applied after those).
 pub fn on_the_server(filter: &Filter) -> Filter {
     Filter {
         apps: Vec::new(),
         clients: Vec::new(),
+        exclude_apps: Vec::new(),
+        exclude_clients: Vec::new(),
         newest: None,
         oldest: None,
         ..filter.clone()
@@ -774,6 +776,8 @@ pub async fn list_through(
     let behind = Filter {
         apps: filter.apps.clone(),
         clients: filter.clients.clone(),
+        exclude_apps: filter.exclude_apps.clone(),
+        exclude_clients: filter.exclude_clients.clone(),
         all_backends: true,
         ..Filter::default()
     };

@@ -100,6 +100,11 @@ fn session_from_row(row: &Row) -> Result<Session> {
             .try_get::<_, Option<Vec<i32>>>("blocked_by")?
             .unwrap_or_default(),
         blocking: row.try_get("blocking")?,
+        xmin_age: row.try_get("xmin_age")?,
+        holds_xmin: row
+            .try_get::<_, Option<bool>>("holds_xmin")?
+            .unwrap_or(false),
+        waited_on_since: row.try_get("waited_on_since")?,
         can_signal: row
             .try_get::<_, Option<bool>>("can_signal")?
             .unwrap_or(false),
@@ -120,6 +125,28 @@ pub async fn list(client: &Client, caps: &Capabilities, filter: &Filter) -> Resu
         .map(session_from_row)
         .collect::<Result<Vec<_>>>()?;
     Ok(filter.limit(sessions))
+}
+
+/// What holds the server's xmin horizon back (`--holding-xmin`'s report).
+pub async fn xmin_horizon(
+    client: &Client,
+    caps: &Capabilities,
+) -> Result<pgkill_core::horizon::XminHorizon> {
+    let rows = query(client, &planner::xmin_holders(caps.version, &caps.own_pids)).await?;
+    let holders = rows
+        .iter()
+        .map(|r| {
+            Ok(pgkill_core::horizon::XminHolder {
+                kind: r.try_get("kind")?,
+                name: r.try_get("name")?,
+                database: r.try_get("database")?,
+                pid: r.try_get("pid")?,
+                age: r.try_get("age")?,
+                detail: r.try_get("detail")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(pgkill_core::horizon::XminHorizon::from_holders(holders))
 }
 
 /// Builds the plan for `signal` over the sessions matching `filter`.

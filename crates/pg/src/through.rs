@@ -360,6 +360,9 @@ mod tests {
             superuser: Some(false),
             blocked_by: vec![],
             blocking: 0,
+            xmin_age: None,
+            holds_xmin: false,
+            waited_on_since: None,
             can_signal: true,
             pooler: link.map(|(mode, client)| PoolerLink {
                 pooler: POOLER.into(),

@@ -70,6 +70,8 @@ struct Pick {
     globs: Vec<usize>,
     states: Vec<usize>,
     clients: Vec<usize>, // 0 local, 1 127.0.0.0/8, 2 10.0.0.0/8
+    /// `--exclude-db/-user/-app/-client`, of the same values (an exclusion wins).
+    excluded: (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>),
     newest: Option<u32>,
     oldest: Option<u32>,
 }
@@ -83,14 +85,21 @@ fn pick() -> impl Strategy<Value = Pick> {
         prop::collection::vec(0..3usize, 0..=2),
         prop::option::weighted(0.2, 1..4u32),
         prop::option::weighted(0.2, 1..4u32),
+        (
+            prop::collection::vec(0..2usize, 0..=1),
+            prop::collection::vec(0..2usize, 0..=1),
+            prop::collection::vec(0..5usize, 0..=1),
+            prop::collection::vec(0..3usize, 0..=1),
+        ),
     )
         .prop_map(
-            |(dbs, users, globs, states, clients, newest, oldest)| Pick {
+            |(dbs, users, globs, states, clients, newest, oldest, excluded)| Pick {
                 dbs,
                 users,
                 globs,
                 states,
                 clients,
+                excluded,
                 // The CLI does not allow both.
                 oldest: if newest.is_some() { None } else { oldest },
                 newest,
@@ -100,11 +109,13 @@ fn pick() -> impl Strategy<Value = Pick> {
 
 impl Pick {
     fn filter(&self) -> Result<Filter> {
-        let clients = self
-            .clients
-            .iter()
-            .map(|c| ["local", "127.0.0.0/8", "10.0.0.0/8"][*c].parse::<ClientMatch>())
-            .collect::<Result<Vec<_>, _>>()?;
+        let networks = |list: &[usize]| {
+            list.iter()
+                .map(|c| ["local", "127.0.0.0/8", "10.0.0.0/8"][*c].parse::<ClientMatch>())
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let clients = networks(&self.clients)?;
+        let (ex_dbs, ex_users, ex_globs, ex_clients) = &self.excluded;
         Ok(Filter {
             databases: self.dbs.iter().map(|d| DATABASES[*d].to_owned()).collect(),
             users: self.users.iter().map(|u| USERS[*u].to_owned()).collect(),
@@ -115,6 +126,10 @@ impl Pick {
                 .map(|s| [State::Idle, State::IdleInTransaction, State::Active][*s])
                 .collect(),
             clients,
+            exclude_databases: ex_dbs.iter().map(|d| DATABASES[*d].to_owned()).collect(),
+            exclude_users: ex_users.iter().map(|u| USERS[*u].to_owned()).collect(),
+            exclude_apps: ex_globs.iter().map(|g| GLOBS[*g].to_owned()).collect(),
+            exclude_clients: networks(ex_clients)?,
             newest: self.newest,
             oldest: self.oldest,
             ..Filter::default()
@@ -131,20 +146,26 @@ impl Pick {
             "ps*l" => app == "psql",
             _ => false,
         };
+        let client = |c: &usize, s: &Spec| match c {
+            0 => s.local,
+            1 => !s.local,
+            _ => false,
+        };
+        let (ex_dbs, ex_users, ex_globs, ex_clients) = &self.excluded;
         let matching: Vec<usize> = (0..specs.len())
             .filter(|&i| {
                 let s = &specs[i];
+                let excluded = ex_dbs.contains(&s.db)
+                    || ex_users.contains(&s.user)
+                    || ex_globs.iter().any(|g| glob(GLOBS[*g], APPS[s.app]))
+                    || ex_clients.iter().any(|c| client(c, s));
                 (self.dbs.is_empty() || self.dbs.contains(&s.db))
                     && (self.users.is_empty() || self.users.contains(&s.user))
                     && (self.globs.is_empty()
                         || self.globs.iter().any(|g| glob(GLOBS[*g], APPS[s.app])))
                     && (self.states.is_empty() || self.states.contains(&s.kind))
-                    && (self.clients.is_empty()
-                        || self.clients.iter().any(|c| match c {
-                            0 => s.local,
-                            1 => !s.local,
-                            _ => false,
-                        }))
+                    && (self.clients.is_empty() || self.clients.iter().any(|c| client(c, s)))
+                    && !excluded
             })
             .collect();
         match (self.newest, self.oldest) {

@@ -105,6 +105,7 @@ async fn ls_prints_table_json_and_csv(pg: Installation) -> Result<()> {
         "blocked_by",
         "blocking",
         "can_signal",
+        "xmin_age",
     ]
     .into_iter()
     .collect();

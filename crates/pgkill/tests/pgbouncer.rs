@@ -263,6 +263,54 @@ async fn ls_shows_the_applications_behind_the_pooler(pg: Installation) -> Result
         );
         let none = applications(&ls(&sb, &bouncer, &["--client", "10.0.0.0/8"])?);
         ensure!(none.is_empty(), "--client 10.0.0.0/8 selected {none:?}");
+        // Exclusions apply to the applications too, backends and pooled rows alike, and
+        // win over inclusions.
+        let names = |doc: &Value| applications(doc).into_keys().collect::<Vec<_>>();
+        let rest = names(&ls(
+            &sb,
+            &bouncer,
+            &[
+                "--db",
+                "shop_db",
+                "--exclude-app",
+                "web-01",
+                "--exclude-app",
+                "web-1*",
+            ],
+        )?);
+        let want: Vec<String> = (0..10)
+            .filter(|i| *i != 1)
+            .map(|i| format!("web-{i:02}"))
+            .collect();
+        ensure!(rest == want, "--exclude-app kept {rest:?}");
+        let none = names(&ls(
+            &sb,
+            &bouncer,
+            &["--app", "web-0*", "--exclude-app", "web-0*"],
+        )?);
+        ensure!(none.is_empty(), "--exclude-app web-0* kept {none:?}");
+        let none = names(&ls(
+            &sb,
+            &bouncer,
+            &["--db", "shop_db", "--exclude-client", "127.0.0.1"],
+        )?);
+        ensure!(none.is_empty(), "--exclude-client 127.0.0.1 kept {none:?}");
+        let others = names(&ls(
+            &sb,
+            &bouncer,
+            &["--db", "shop_db", "--exclude-user", roles::PLAIN],
+        )?);
+        ensure!(others.is_empty(), "--exclude-user kept {others:?}");
+        // Filters that need a backend select no pooled row.
+        for args in [&["--holding-xmin"][..], &["--blocking-for", "0s"][..]] {
+            let doc = ls(&sb, &bouncer, args)?;
+            ensure!(
+                doc["sessions"]
+                    .as_array()
+                    .is_some_and(|rows| rows.iter().all(|r| r["kind"] != "pooled")),
+                "{args:?} selected pooled rows: {doc}"
+            );
+        }
         drop(clients);
         drop(bouncer);
 

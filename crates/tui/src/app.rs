@@ -925,6 +925,9 @@ pub(crate) mod tests {
             superuser: Some(false),
             blocked_by: vec![],
             blocking: 0,
+            xmin_age: None,
+            holds_xmin: false,
+            waited_on_since: None,
             can_signal: true,
             pooler: None,
             now: at(0).unwrap_or_default(),
@@ -934,6 +937,10 @@ pub(crate) mod tests {
     pub(crate) fn sample() -> Snapshot {
         let mut holder = session(101, "shop", "migrations", "idle in transaction", 600);
         holder.blocking = 2;
+        // Its waiters' statements started 40 s ago; its snapshot is the horizon.
+        holder.waited_on_since = at(-40);
+        holder.xmin_age = Some(50);
+        holder.holds_xmin = true;
         let mut w1 = session(102, "shop", "web", "active", 120);
         w1.wait_event_type = Some("Lock".into());
         w1.wait_event = Some("relation".into());
@@ -1166,6 +1173,45 @@ pub(crate) mod tests {
                 include_superusers: false,
             }
         );
+    }
+
+    #[test]
+    fn typed_exclusions_blocking_for_and_holding_xmin() {
+        let shown = |text: &str| {
+            let mut app = loaded();
+            keys(&mut app, &format!("/{text}"));
+            update(&mut app, Event::Key(Key::Enter));
+            assert!(app.filter_error.is_none(), "{text}: {:?}", app.filter_error);
+            app.visible().into_iter().map(pid).collect::<Vec<_>>()
+        };
+        assert_eq!(shown("blocking-for:30s"), [101]);
+        assert_eq!(shown("blocking-for:1m"), Vec::<i32>::new());
+        assert_eq!(shown("holding-xmin"), [101]);
+        assert_eq!(shown("holding-xmin -user:migrations"), Vec::<i32>::new());
+        let app = loaded();
+        let not_web: Vec<i32> = app
+            .visible()
+            .into_iter()
+            .filter(|r| matches!(r, Row::Backend(s) if s.user.as_deref() != Some("web")))
+            .map(pid)
+            .collect();
+        let without_web = shown("-user:web");
+        assert!(without_web.contains(&101) && !without_web.contains(&102));
+        assert_eq!(without_web, not_web);
+        assert_eq!(shown("user:web -user:web"), Vec::<i32>::new());
+        // The signal re-checks them on the server.
+        let mut app = loaded();
+        keys(&mut app, "/blocking-for:30s -app:x*");
+        update(&mut app, Event::Key(Key::Enter));
+        keys(&mut app, "a");
+        keys(&mut app, "k");
+        match &keys(&mut app, "y")[..] {
+            [Effect::Signal { filter, .. }] => {
+                assert_eq!(filter.blocking_for, Some(Duration::from_secs(30)));
+                assert_eq!(filter.exclude_apps, ["x*"]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

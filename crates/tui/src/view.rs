@@ -430,7 +430,9 @@ fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
 const HELP: &[&str] = &[
     "q quit · ? help",
     "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N",
-    "  idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking  (same kinds OR-ed, others AND-ed)",
+    "  idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking blocking-for:DUR holding-xmin",
+    "  exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local  (an exclusion always wins;",
+    "  same kinds OR-ed, others AND-ed; holding-xmin: the sessions that are the xmin horizon)",
     "s / S sort column / order · ↑ ↓ move",
     "space select · a select all shown · Esc clear selection",
     "c cancel · k terminate (the selection, or the row under the cursor), after confirmation",
@@ -740,6 +742,40 @@ mod tests {
     use crate::app::{update, Event, Key};
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
+
+    #[test]
+    fn help_names_every_key_of_the_filter_language() {
+        let help = HELP.join(" ");
+        let keys = pgkill_core::filter::FILTER_KEYS
+            .split(|c: char| c == ',' || c == ';' || c.is_whitespace())
+            .map(|k| k.trim_matches('`'))
+            .filter(|k| !k.is_empty() && !["exclude", "or", "the", "words"].contains(k));
+        for key in keys {
+            let word = if ["blocking", "holding-xmin"].contains(&key) {
+                format!(" {key}")
+            } else {
+                format!("{key}:")
+            };
+            assert!(help.contains(&word), "the help does not name {word:?}");
+            // Every key the help names is understood.
+            let example = if word.ends_with(':') {
+                let value = match key.trim_start_matches('-') {
+                    "client" => "local",
+                    "state" => "idle",
+                    "pid" => "1",
+                    "idle" | "xact" | "query-age" | "backend" | "blocking-for" => "1s",
+                    _ => "x",
+                };
+                format!("{word}{value}")
+            } else {
+                key.to_owned()
+            };
+            assert!(
+                pgkill_core::filter::parse_words(&example).is_ok(),
+                "{example}"
+            );
+        }
+    }
 
     fn render(app: &App, w: u16, h: u16) -> String {
         let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
