@@ -5,7 +5,8 @@
 //! [`pgkill_core::printable`] (stderr), so no control sequence the server hands pgkill
 //! (in a role name, a query, an error message) reaches the terminal; JSON is always exact
 //! data with those characters as `\u` escapes; CSV is exact on a pipe and escaped on a
-//! terminal.
+//! terminal. The one exception is `ls`'s table in colour ([`sessions_table`]): it escapes
+//! every cell itself, so that its only control sequences are pgkill's own colours.
 
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;

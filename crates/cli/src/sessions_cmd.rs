@@ -141,7 +141,6 @@ async fn list_sessions(
             )?;
         }
         if output::colour_stdout() {
-            out.flush()?;
             output::sessions_table(out.unescaped(), &list, &pooled, width(), true)?;
         } else {
             output::sessions_table(&mut out, &list, &pooled, width(), false)?;

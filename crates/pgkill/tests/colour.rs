@@ -1,7 +1,7 @@
 //! Colours in `pgkill ls` on the real binary, on every PostgreSQL version (issue 12): on
 //! a terminal the states are coloured as in `top` (active green, idle in transaction
-//! yellow, waiting on a lock red) without moving the columns; `NO_COLOR`, a pipe,
-//! `--json` and `--csv` get no escape at all.
+//! yellow, waiting on a lock red) without moving the columns, and server text is still
+//! shown escaped; `NO_COLOR`, a pipe, `--json` and `--csv` get no colour at all.
 
 use std::process::Command;
 use std::time::Duration;
@@ -49,6 +49,8 @@ async fn ls_colours_states_on_a_terminal_only(pg: Installation) -> Result<()> {
     let idle_in_xact = sim::idle_in_transaction(&config, Some("SELECT 1")).await?;
     let chain = sim::lock_chain(&sb.config("app", roles::SUPERUSER), "t", 1).await?;
     let _idle = sim::idle(&config).await?;
+    // Server text with a control sequence: escaped also when the table is in colour.
+    let _hostile = sim::running(&config, "SELECT pg_sleep(120) /* x\x1b]0;pwned\x07 */").await?;
 
     // A terminal: each state in its colour, the rest plain.
     let shown = text_on_terminal(&ls_allowing_colour(&sb, &[]))?;
@@ -84,6 +86,10 @@ async fn ls_colours_states_on_a_terminal_only(pg: Installation) -> Result<()> {
         .replace(RED, "")
         .replace(RESET, "");
     ensure!(!plain.contains('\x1b'), "other escapes: {shown:?}");
+    ensure!(
+        plain.contains("x\\x1b]0;pwned\\x07") && !plain.contains('\x07'),
+        "the query is not shown escaped: {shown:?}"
+    );
     let bars = |l: &str| -> Vec<usize> {
         l.char_indices()
             .filter(|(_, c)| *c == '|')
