@@ -11,6 +11,7 @@
 //! instructions (and the demo's own sessions) use.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -193,10 +194,51 @@ async fn setup_database(sandbox: &Sandbox) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the printed commands call pgkill: `pgkill` when that is what `PATH` finds, else
+/// the path of the binary that is running (quoted for the shell if it needs it), so that
+/// every suggestion works when pasted.
+fn program() -> String {
+    let running = std::env::current_exe().ok();
+    let on_path = std::env::var_os("PATH").and_then(|p| on_path("pgkill", &p));
+    invocation(running.as_deref(), on_path.as_deref())
+}
+
+/// The first executable file `name` in the directories of `path` (as a shell looks).
+fn on_path(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// `pgkill` if `on_path` is the `running` binary itself, else `running`'s path for a
+/// shell (plain `pgkill` if even that is unknown).
+fn invocation(running: Option<&Path>, on_path: Option<&Path>) -> String {
+    let Some(running) = running else {
+        return "pgkill".to_owned();
+    };
+    let same = |p: &Path| match (p.canonicalize(), running.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if on_path.is_some_and(same) {
+        return "pgkill".to_owned();
+    }
+    let text = running.to_string_lossy();
+    // Only a NUL cannot be quoted, and no path holds one.
+    shlex::try_quote(&text)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| text.into_owned())
+}
+
 fn print_instructions(sandbox: &Sandbox, sessions: &[DemoSession]) {
     let (host, port) = (sandbox.host(), sandbox.port());
     let passfile = sandbox.passfile().display();
     let admin = roles::ADMIN;
+    let pgkill = program();
     println!();
     println!(
         "PostgreSQL {} is running on {host}:{port} (data in {}).",
@@ -217,15 +259,62 @@ fn print_instructions(sandbox: &Sandbox, sessions: &[DemoSession]) {
     println!();
     println!("Try (after the export above):");
     println!("  psql -c \"SELECT pid, usename, application_name, state, query FROM pg_stat_activity WHERE datname = '{DB}'\"");
-    println!("  pgkill ls --db {DB}");
-    println!("  pgkill kill --db {DB} --state idle-in-transaction --dry-run");
-    println!("  pgkill kill --db {DB} --blocking");
-    println!("  pgkill top --db {DB}");
-    println!("  pgkill drop {DB}      # beats the reconnecting pool");
+    println!("  {pgkill} ls --db {DB}");
+    println!("  {pgkill} kill --db {DB} --state idle-in-transaction --dry-run");
+    println!("  {pgkill} kill --db {DB} --blocking");
+    println!("  {pgkill} top --db {DB}");
+    println!("  {pgkill} drop {DB}      # beats the reconnecting pool");
     println!();
     println!(
         "Sessions that get ended are reported below. Press Ctrl-C to stop and remove everything."
     );
     println!("Ready.");
     let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_name_the_running_binary_unless_path_finds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("pgkill");
+        std::fs::write(&exe, "").unwrap();
+        let exe = exe.canonicalize().unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, "").unwrap();
+        // PATH finds this very binary (also through a link): plain `pgkill`.
+        assert_eq!(invocation(Some(&exe), Some(&exe)), "pgkill");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&exe, &link).unwrap();
+        assert_eq!(invocation(Some(&exe), Some(&link)), "pgkill");
+        // Another pgkill, or none: the path, quoted when the shell needs it.
+        let shown = exe.display().to_string();
+        assert_eq!(invocation(Some(&exe), Some(&other)), shown);
+        assert_eq!(invocation(Some(&exe), None), shown);
+        assert_eq!(
+            invocation(Some(Path::new("/opt/my tools/pgkill")), None),
+            "'/opt/my tools/pgkill'"
+        );
+        assert_eq!(
+            invocation(Some(Path::new("/opt/it's/pgkill")), None),
+            "\"/opt/it's/pgkill\""
+        );
+        assert_eq!(invocation(None, None), "pgkill");
+    }
+
+    #[test]
+    fn path_lookup_takes_the_first_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let not_executable = a.path().join("pgkill");
+        std::fs::write(&not_executable, "").unwrap();
+        let executable = b.path().join("pgkill");
+        std::fs::write(&executable, "").unwrap();
+        std::fs::set_permissions(&executable, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths([a.path(), b.path()]).unwrap();
+        assert_eq!(on_path("pgkill", &path), Some(executable));
+        assert_eq!(on_path("pgkill", std::ffi::OsStr::new("")), None);
+    }
 }

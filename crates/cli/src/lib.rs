@@ -13,6 +13,7 @@ mod database_json;
 mod demo;
 mod fences;
 mod inflight;
+mod manual;
 mod output;
 mod sessions_cmd;
 
@@ -63,7 +64,7 @@ pub struct UsageError(pub String);
 
 /// Get people out of PostgreSQL databases safely.
 #[derive(Debug, Parser)]
-#[command(name = "pgkill", version, about, long_about = None, disable_help_flag = true)]
+#[command(name = "pgkill", version, long_about = None, disable_help_flag = true)]
 pub struct Cli {
     #[command(flatten)]
     conn: args::ConnArgs,
@@ -100,6 +101,10 @@ enum Command {
     Top(TopArgs),
     /// Start a throw-away local PostgreSQL full of realistic sessions to practise on.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions(manual::CompletionsArgs),
+    /// Print the manual page (roff) on stdout: `pgkill man | man -l -`.
+    Man(manual::ManArgs),
 }
 
 impl Command {
@@ -116,6 +121,8 @@ impl Command {
             Command::FreeSlot(_) => "free-slot",
             Command::Top(_) => "top",
             Command::Demo(_) => "demo",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
         }
     }
 }
@@ -133,6 +140,13 @@ pub fn main() -> i32 {
     init_tracing();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        // Generated from the definition above: no connection, no environment.
+        Command::Completions(args) => manual::completions(&args, &mut std::io::stdout().lock())
+            .map(|()| 0)
+            .map_err(Into::into),
+        Command::Man(_) => manual::man(&mut std::io::stdout().lock())
+            .map(|()| 0)
+            .map_err(Into::into),
         command => run_async(cli.conn, cli.conninfo, command),
     };
     match result {
@@ -232,7 +246,7 @@ fn run_async(
             Command::Unfence(a) => database_cmd::unfence(&conn, conninfo, a).await,
             Command::FreeSlot(a) => sessions_cmd::free_slot(&conn, conninfo, a).await,
             Command::Top(a) => top(&conn, conninfo, a).await,
-            Command::Demo(_) => Ok(Outcome::Error),
+            Command::Demo(_) | Command::Completions(_) | Command::Man(_) => Ok(Outcome::Error),
         }
     });
     // A statement the server cancelled without pgkill asking ran into the time limit.

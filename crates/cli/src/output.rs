@@ -5,7 +5,8 @@
 //! [`pgkill_core::printable`] (stderr), so no control sequence the server hands pgkill
 //! (in a role name, a query, an error message) reaches the terminal; JSON is always exact
 //! data with those characters as `\u` escapes; CSV is exact on a pipe and escaped on a
-//! terminal.
+//! terminal. The one exception is `ls`'s table in colour ([`sessions_table`]): it escapes
+//! every cell itself, so that its only control sequences are pgkill's own colours.
 
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
@@ -179,6 +180,22 @@ pub fn table(
     rows: &[Vec<String>],
     width: Option<usize>,
 ) -> io::Result<()> {
+    painted_table(out, header, rows, width, &|_, _| None)
+}
+
+/// How [`painted_table`] colours a cell: `paint(row, column)`, `None` for plain text.
+type Paint<'a> = &'a dyn Fn(usize, usize) -> Option<anstyle::Style>;
+
+/// [`table`] with some cells in colour. The widths are those of the text shown, so the
+/// colours do not move the columns; every cell is shown escaped ([`one_line`]), so the
+/// only control sequences in the output are the colours'.
+fn painted_table(
+    out: &mut dyn Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+    width: Option<usize>,
+    paint: Paint<'_>,
+) -> io::Result<()> {
     let n = header.len();
     // Widths of the cells as shown: escaped, on one line.
     let rows: Vec<Vec<String>> = rows
@@ -196,7 +213,7 @@ pub fn table(
         let fixed: usize = widths[..n - 1].iter().sum::<usize>() + 3 * (n - 1) + 2;
         widths[n - 1] = widths[n - 1].min(total.saturating_sub(fixed).max(header[n - 1].width()));
     }
-    let line = |cells: Vec<String>| -> String {
+    let line = |cells: Vec<String>, styles: &dyn Fn(usize) -> Option<anstyle::Style>| {
         let mut s = String::new();
         for (i, cell) in cells.into_iter().enumerate() {
             if i > 0 {
@@ -206,7 +223,10 @@ pub fn table(
             }
             let cell = truncate(&cell, widths[i]);
             let pad = widths[i].saturating_sub(cell.width());
-            s.push_str(&cell);
+            match styles(i) {
+                Some(style) => s.push_str(&format!("{style}{cell}{style:#}")),
+                None => s.push_str(&cell),
+            }
             if i + 1 < n {
                 s.push_str(&" ".repeat(pad));
             }
@@ -216,12 +236,12 @@ pub fn table(
     writeln!(
         out,
         "{}",
-        line(header.iter().map(|h| (*h).to_owned()).collect())
+        line(header.iter().map(|h| (*h).to_owned()).collect(), &|_| None)
     )?;
     let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
     writeln!(out, "-{}-", sep.join("-+-"))?;
-    for row in &rows {
-        writeln!(out, "{}", line(row.clone()))?;
+    for (r, row) in rows.iter().enumerate() {
+        writeln!(out, "{}", line(row.clone(), &|c| paint(r, c)))?;
     }
     writeln!(
         out,
@@ -335,19 +355,72 @@ fn pooled_row(p: &pgkill_core::pooler::Pooled) -> Vec<String> {
     ]
 }
 
-/// Sessions as a table, then the pooled application connections without a backend.
+/// Sessions as a table, then the pooled application connections without a backend;
+/// with `colour`, their states in the colours of `top` (see [`state_style`]).
+///
+/// The table is printable by construction (every cell is escaped): with `colour` it may
+/// go to the terminal without [`Escaped`], which would show the colours as `\x1b[…`.
 pub fn sessions_table(
     out: &mut dyn Write,
     sessions: &[Session],
     pooled: &[pgkill_core::pooler::Pooled],
     width: Option<usize>,
+    colour: bool,
 ) -> io::Result<()> {
     let rows: Vec<Vec<String>> = sessions
         .iter()
         .map(session_row)
         .chain(pooled.iter().map(pooled_row))
         .collect();
-    table(out, &SESSION_HEADER, &rows, width)
+    if !colour {
+        return table(out, &SESSION_HEADER, &rows, width);
+    }
+    let column = |name: &str| SESSION_HEADER.iter().position(|h| *h == name);
+    let (state, wait) = (column("state"), column("wait"));
+    // Per row: the state's colour, and whether the session waits on a lock (then its
+    // wait is in that colour too).
+    let tones: Vec<(Option<anstyle::Style>, bool)> = sessions
+        .iter()
+        .map(|s| {
+            let lock = s.wait_event_type.as_deref() == Some("Lock");
+            (state_style(s.state.as_deref(), lock), lock)
+        })
+        .chain(
+            pooled
+                .iter()
+                .map(|p| (state_style(Some(&p.state), false), false)),
+        )
+        .collect();
+    painted_table(out, &SESSION_HEADER, &rows, width, &|r, c| {
+        let (style, lock) = tones[r];
+        if Some(c) == state || (lock && Some(c) == wait) {
+            style
+        } else {
+            None
+        }
+    })
+}
+
+/// The colour of a session's state, as `top` shows it: active green, idle in
+/// transaction (also aborted) yellow; waiting red (on a lock, as `top` counts waiters,
+/// or a pooled application waiting for a server connection).
+fn state_style(state: Option<&str>, waits_on_a_lock: bool) -> Option<anstyle::Style> {
+    use anstyle::AnsiColor::{Green, Red, Yellow};
+    let colour = match state {
+        _ if waits_on_a_lock => Red,
+        Some("waiting") => Red,
+        Some("active") => Green,
+        Some(s) if s.starts_with("idle in transaction") => Yellow,
+        _ => return None,
+    };
+    Some(anstyle::Style::new().fg_color(Some(colour.into())))
+}
+
+/// Whether what is written for people on standard output may be coloured: a terminal,
+/// and neither `NO_COLOR` (any non-empty value) nor `TERM=dumb` nor `CLICOLOR=0` says no
+/// (`CLICOLOR_FORCE` says yes even on a pipe); as anstream decides for clap's help.
+pub fn colour_stdout() -> bool {
+    anstream::AutoStream::choice(&io::stdout()) != anstream::ColorChoice::Never
 }
 
 /// Sessions as one JSON document (the pooled application connections after the
@@ -493,6 +566,12 @@ impl<W: Write> Escaped<W> {
             inner,
             pending: Vec::new(),
         }
+    }
+
+    /// The writer underneath, for text that is printable by construction and carries
+    /// pgkill's own colours (a [`sessions_table`] in colour): those would be escaped here.
+    pub fn unescaped(&mut self) -> &mut W {
+        &mut self.inner
     }
 }
 
@@ -765,6 +844,56 @@ mod tests {
             Some(" 1   | x\\x1b]0;t\\x07"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn painted_cells_keep_the_columns_and_only_the_colours_are_escapes() {
+        let rows = vec![
+            vec!["1".into(), "active".into(), "x\x1b[2Jy".into()],
+            vec!["22".into(), "idle".into(), "SELECT 1".into()],
+        ];
+        let green = anstyle::Style::new().fg_color(Some(anstyle::AnsiColor::Green.into()));
+        let paint = |r: usize, c: usize| (r == 0 && c == 1).then_some(green);
+        let (mut plain, mut painted) = (Vec::new(), Vec::new());
+        table(&mut plain, &["pid", "state", "query"], &rows, None).unwrap();
+        painted_table(
+            &mut painted,
+            &["pid", "state", "query"],
+            &rows,
+            None,
+            &paint,
+        )
+        .unwrap();
+        let painted = String::from_utf8(painted).unwrap();
+        assert_eq!(
+            painted.lines().nth(2),
+            Some(" 1   | \x1b[32mactive\x1b[0m | x\\x1b[2Jy"),
+            "{painted}"
+        );
+        // Without the colours it is the plain table, column for column.
+        assert_eq!(
+            painted.replace("\x1b[32m", "").replace("\x1b[0m", ""),
+            String::from_utf8(plain).unwrap()
+        );
+        assert_eq!(painted.matches('\x1b').count(), 2, "{painted:?}");
+    }
+
+    #[test]
+    fn states_have_the_colours_of_top() {
+        use anstyle::AnsiColor::{Green, Red, Yellow};
+        let fg = |state: Option<&str>, lock: bool| {
+            state_style(state, lock).and_then(|s| s.get_fg_color())
+        };
+        assert_eq!(fg(Some("active"), false), Some(Green.into()));
+        assert_eq!(fg(Some("idle in transaction"), false), Some(Yellow.into()));
+        assert_eq!(
+            fg(Some("idle in transaction (aborted)"), false),
+            Some(Yellow.into())
+        );
+        assert_eq!(fg(Some("active"), true), Some(Red.into()));
+        assert_eq!(fg(Some("waiting"), false), Some(Red.into()));
+        assert_eq!(fg(Some("idle"), false), None);
+        assert_eq!(fg(None, false), None);
     }
 
     #[test]

@@ -142,7 +142,11 @@ async fn list_sessions(
                 p.servers.len()
             )?;
         }
-        output::sessions_table(&mut out, &list, &pooled, width())?;
+        if output::colour_stdout() {
+            output::sessions_table(out.unescaped(), &list, &pooled, width(), true)?;
+        } else {
+            output::sessions_table(&mut out, &list, &pooled, width(), false)?;
+        }
         if !caps.read_all_stats && !caps.caller.superuser && list.iter().any(|s| s.state.is_none())
         {
             writeln!(

@@ -23,6 +23,7 @@ fn main() {
     pgkill_sandbox::matrix::main(cases![
         demo_serves_sessions_and_cleans_up,
         second_os_user_cannot_enter_the_demo,
+        suggested_commands_work_when_pasted,
     ]);
 }
 
@@ -53,7 +54,12 @@ struct Demo {
 impl Demo {
     /// Starts the demo and reads its instructions up to `Ready.`.
     async fn start(pg: &Installation) -> Result<Demo> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pgkill"))
+        Demo::start_with(pg, Command::new(env!("CARGO_BIN_EXE_pgkill"))).await
+    }
+
+    /// [`Demo::start`] with `cmd` (the binary, maybe with an environment of its own).
+    async fn start_with(pg: &Installation, mut cmd: Command) -> Result<Demo> {
+        let mut child = cmd
             .args(["demo", "--pg-version", &pg.version.major.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -391,4 +397,60 @@ async fn second_os_user_cannot_enter_the_demo(pg: Installation) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     demo.stop().await
+}
+
+/// Issue 12: the commands the demo suggests work when pasted into a shell (with the
+/// printed `export`), whether or not `pgkill` is on `PATH`: they name the running binary
+/// unless `PATH` finds that very binary.
+async fn suggested_commands_work_when_pasted(pg: Installation) -> Result<()> {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_pgkill")).canonicalize()?;
+    // A PATH with a link named pgkill to this binary, and one with no pgkill at all.
+    let bin = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(&exe, bin.path().join("pgkill"))?;
+    let with_link = format!("{}:/usr/bin:/bin", bin.path().display());
+    for (path, program) in [
+        ("/usr/bin:/bin".to_owned(), exe.display().to_string()),
+        (with_link, "pgkill".to_owned()),
+    ] {
+        let mut cmd = Command::new(&exe);
+        support::clean_env(&mut cmd);
+        cmd.env("PATH", &path);
+        let demo = Demo::start_with(&pg, cmd).await?;
+        let suggested: Vec<&str> = demo
+            .seen
+            .iter()
+            .filter_map(|l| l.trim().strip_prefix(&format!("{program} ")))
+            .collect();
+        ensure!(
+            suggested.iter().any(|l| l.starts_with("ls --db shop"))
+                && suggested.iter().any(|l| l.starts_with("top --db shop")),
+            "with PATH={path} the suggestions should call {program}:\n{}",
+            demo.seen.join("\n")
+        );
+        // The ones that run without a terminal, pasted as printed (after the export).
+        let mut pasted = 0;
+        for line in &demo.seen {
+            let line = line.trim();
+            if !(line.starts_with(&format!("{program} ls "))
+                || (line.starts_with(&format!("{program} kill ")) && line.ends_with("--dry-run")))
+            {
+                continue;
+            }
+            let mut sh = Command::new("sh");
+            support::clean_env(&mut sh);
+            sh.env("PATH", &path)
+                .envs(&demo.env)
+                .args(["-c", line])
+                .stdin(Stdio::null());
+            let (code, out, err) = support::run(sh)?;
+            ensure!(
+                code == 0 && out.contains(" | "),
+                "pasting `{line}` with PATH={path}: exit {code}\n{out}{err}"
+            );
+            pasted += 1;
+        }
+        ensure!(pasted >= 2, "pasted only {pasted} suggestions");
+        demo.stop().await?;
+    }
+    Ok(())
 }
