@@ -312,6 +312,21 @@ async fn stored(sb: &Sandbox) -> Result<BTreeSet<(i32, i64)>> {
         .collect())
 }
 
+/// The backends connected to `shop_db` now: (pid, backend_start as text).
+async fn backends(sb: &Sandbox) -> Result<BTreeSet<(i32, String)>> {
+    Ok(sb
+        .admin("postgres")
+        .await?
+        .query(
+            "SELECT pid, backend_start::text FROM pg_catalog.pg_stat_activity WHERE datname = 'shop_db'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 /// Every commit the application was told about is in the table.
 fn all_stored(report: &Report, stored: &BTreeSet<(i32, i64)>, who: &str) -> Result<()> {
     let lost: Vec<_> = report
@@ -384,8 +399,8 @@ fn both_apps(sb: &Sandbox, bouncer: &Bouncer) -> Result<(App, App)> {
 /// Both applications through PgBouncer in transaction mode, and
 /// `pgkill --pgbouncer CONSOLE drain shop_db --grace 5s --then-unfence -y`: the alias is
 /// paused (the applications' queries queue), the database drained and unfenced, the alias
-/// resumed. The applications see no error, every commit they were told about is stored,
-/// and they commit again after the drain.
+/// resumed. Every backend the pooler had is gone, yet the applications see no error, every
+/// commit they were told about is stored, and they commit again after the drain.
 async fn drain_through_the_pooler_with_psycopg_pool_and_sqlalchemy_apps(
     pg: Installation,
 ) -> Result<()> {
@@ -394,7 +409,7 @@ async fn drain_through_the_pooler_with_psycopg_pool_and_sqlalchemy_apps(
     for version in BouncerVersion::ALL {
         empty_writes(&sb).await?;
         let (bouncer, mut pool, mut engine) = apps_through_the_pooler(&sb, version, 4)?;
-
+        let before = backends(&sb).await?;
         let (code, out, err) = pgkill_via(
             &sb,
             &bouncer,
@@ -407,6 +422,11 @@ async fn drain_through_the_pooler_with_psycopg_pool_and_sqlalchemy_apps(
                 && out.contains("(applications' queries queued there instead of failing)")
                 && out.contains("Resumed at PgBouncer: shop ("),
             "PgBouncer {v}: drain exit {code}\n{out}\n{err}"
+        );
+        let left = backends(&sb).await?;
+        ensure!(
+            before.is_disjoint(&left),
+            "PgBouncer {v}: backends {before:?} were not drained (after: {left:?})"
         );
         let paused_line = out
             .lines()
@@ -615,13 +635,14 @@ async fn drop_while_a_psycopg_pool_reconnects_to_the_server(pg: Installation) ->
 }
 
 /// `pgkill drain shop_db --then-unfence -y` (no pooler) under a psycopg_pool application:
-/// its connections are ended, and once the database is unfenced the pool reconnects by
-/// itself and commits again; every commit it was told about is stored.
+/// its backends are ended (none is left), and once the database is unfenced the pool
+/// reconnects by itself and commits again; every commit it was told about is stored.
 async fn drain_then_unfence_and_a_psycopg_pool_recovers(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
     shop(&sb).await?;
     let mut app = direct_app(&sb, roles::PLAIN, "storefront", 6)?;
     app.wait_commits(50, Duration::from_secs(30))?;
+    let before = backends(&sb).await?;
     let (code, out, err) = support::run(support::pgkill(
         &sb,
         roles::ADMIN,
@@ -629,6 +650,11 @@ async fn drain_then_unfence_and_a_psycopg_pool_recovers(pg: Installation) -> Res
     ))?;
     ensure!(code == 0, "drain exit {code}\n{out}\n{err}");
     let drained = Instant::now();
+    let left = backends(&sb).await?;
+    ensure!(
+        before.len() >= 6 && before.is_disjoint(&left),
+        "the pool's backends {before:?} were not drained (after: {left:?})"
+    );
     let at_drain = app.status()?;
     let again = app.wait_commits(at_drain.commits + 50, Duration::from_secs(30))?;
     let recovered = drained.elapsed();
