@@ -7,7 +7,8 @@ retrying after an error as real applications do (a short pause, then the next
 transaction on whatever connection the pool hands out).
 
     python pool_app.py --kind psycopg_pool|sqlalchemy --host H --port P --dbname D \
-        --user U --application-name NAME [--pool-size N] [--workers W] [--writer-base B]
+        --user U --application-name NAME [--pool-size N] [--workers W] [--writer-base B] \
+        [--prepare-threshold none|default|N]
 
 The password comes from the environment (PGPASSWORD), as libpq takes it.
 
@@ -35,12 +36,19 @@ import sqlalchemy
 
 # psycopg 3 prepares a statement on the server after `prepare_threshold` executions (5 by
 # default) and reuses it by name. Behind PgBouncer in transaction mode the next
-# transaction may run on another server connection, where that name does not exist:
-# before PgBouncer 1.21 (which tracks protocol-level prepared statements with
-# max_prepared_statements) users must turn preparing off, and that is what PgBouncer's and
-# psycopg's documentation tell them to do. 1.18 and 1.24.1 (max_prepared_statements off by
-# default) are both tested here, so: never prepare.
-PREPARE_THRESHOLD = None
+# transaction may run on another server connection, where that name does not exist
+# (26000, or 42P05 when a name is prepared twice): before PgBouncer 1.21, which tracks
+# protocol-level prepared statements (max_prepared_statements, 200 by default from 1.22),
+# users must turn preparing off with prepare_threshold=None, as psycopg's documentation
+# tells them to. --prepare-threshold picks: "none" (the default here, what a 1.18 user
+# sets), "default" (psycopg's own, what a 1.22+ user keeps) or a number.
+def prepare_threshold(value):
+    if value == "none":
+        return {"prepare_threshold": None}
+    if value == "default":
+        return {}
+    return {"prepare_threshold": int(value)}
+
 
 INSERT = "INSERT INTO writes (writer, seq) VALUES (%s, %s)"
 
@@ -80,6 +88,9 @@ class State:
         self.last_errors = []
         self.longest_wait = 0.0
         self.ports = set()
+        # The pool's own figures (psycopg_pool's get_stats(): connections opened, failed
+        # attempts, connections lost...; SQLAlchemy's pool status line).
+        self.pool_stats = dict
 
     def ack(self, writer, seq, took):
         with self.lock:
@@ -110,6 +121,7 @@ class State:
             if final:
                 doc["final"] = True
                 doc["acknowledged"] = [list(a) for a in self.acknowledged]
+        doc["pool"] = self.pool_stats()
         return json.dumps(doc)
 
 
@@ -122,15 +134,13 @@ def psycopg_pool_app(args, state):
         conninfo,
         min_size=args.pool_size,
         max_size=args.pool_size,
-        kwargs={
-            "application_name": args.application_name,
-            "prepare_threshold": PREPARE_THRESHOLD,
-        },
+        kwargs={"application_name": args.application_name, **args.prepare},
         configure=state.connected,
         name=args.application_name,
         open=False,
     )
     pool.open(wait=True, timeout=30)
+    state.pool_stats = pool.get_stats
 
     def transaction(writer, seq):
         with pool.connection() as conn:
@@ -153,13 +163,11 @@ def sqlalchemy_app(args, state):
         url,
         pool_size=args.pool_size,
         pool_pre_ping=True,
-        connect_args={
-            "application_name": args.application_name,
-            "prepare_threshold": PREPARE_THRESHOLD,
-        },
+        connect_args={"application_name": args.application_name, **args.prepare},
     )
     sqlalchemy.event.listen(engine, "connect", lambda dbapi, _record: state.connected(dbapi))
     insert = sqlalchemy.text("INSERT INTO writes (writer, seq) VALUES (:writer, :seq)")
+    state.pool_stats = lambda: {"status": engine.pool.status()}
     # Connect once now, as an application does at start-up.
     with engine.connect() as conn:
         conn.execute(sqlalchemy.text("SELECT 1"))
@@ -201,6 +209,8 @@ def main():
     parser.add_argument("--pool-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--writer-base", type=int, default=0)
+    parser.add_argument("--prepare-threshold", dest="prepare", type=prepare_threshold,
+                        default=prepare_threshold("none"))
     args = parser.parse_args()
 
     state = State()
