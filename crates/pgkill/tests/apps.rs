@@ -165,6 +165,7 @@ impl App {
         support::clean_env(&mut cmd);
         cmd.env("PGPASSWORD", &spec.password)
             .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .arg(&script)
             .args(["--kind", spec.kind.as_str()])
             .args(["--host", spec.host])
