@@ -180,22 +180,18 @@ fn run_async(
             | Command::Rename(_)
             | Command::Unfence(_)
             | Command::Top(_)
+            | Command::FreeSlot(_)
     ) {
-        // Only `ls` sees through poolers so far: ending or fencing what a pooler serves
-        // without it would look done while the applications stay connected.
-        match conn.poolers() {
-            (p, false) if !p.is_empty() => {
+        // The commands that work on a server of the user's take its poolers; `demo`
+        // starts a server of its own, with none in front of it.
+        if let (p, false) = conn.poolers() {
+            if !p.is_empty() {
                 return Err(UsageError(format!(
-                    "--pgbouncer is supported by every command but `free-slot` so far; {} through a pooler is not supported yet: run it without --pgbouncer, knowing that applications connected to the pooler stay connected to it",
+                    "--pgbouncer names a pooler in front of the server pgkill connects to; `pgkill {}` starts a server of its own and takes none",
                     command.name()
                 ))
-                .into())
+                .into());
             }
-            (p, true) if !p.is_empty() => eprintln!(
-                "pgkill: warning: PGKILL_PGBOUNCER is set but `pgkill {}` does not use poolers yet: applications connected to a pooler stay connected to it",
-                command.name()
-            ),
-            _ => {}
         }
     }
     let outcome = runtime.block_on(async {

@@ -686,7 +686,16 @@ async fn end_idle_sessions(connected: &Connected, args: &FreeSlotArgs) -> anyhow
         include_superusers: args.include_superusers,
         ..pgkill_core::Filter::default()
     };
-    let all = sessions::list(client, &caps, &filter).await?;
+    // Behind poolers: which backends are their server connections, and whom they serve.
+    let (pooler_args, _) = connected.poolers.clone();
+    let all = if pooler_args.is_empty() {
+        sessions::list(client, &caps, &filter).await?
+    } else {
+        let states = states_of(&read_poolers(&pooler_args).await?);
+        pgkill_pg::pgbouncer::list_through(client, &caps, &filter, &states)
+            .await?
+            .0
+    };
     let before = all.len();
     // The server's clock when the role's sessions were read: a session that starts after
     // it logged in while free-slot ran.
@@ -704,14 +713,37 @@ async fn end_idle_sessions(connected: &Connected, args: &FreeSlotArgs) -> anyhow
             args.role
         )?;
     }
-    // Idle the longest first: those are the ones a pool can best spare.
-    let mut idle: Vec<_> = all
-        .into_iter()
-        .filter(|s| s.state.as_deref() == Some("idle"))
-        .collect();
-    idle.sort_by_key(|s| (s.state_change, s.pid));
+    // Idle the longest first: those are the ones a pool can best spare; behind a pooler
+    // its server connections serving nobody before anything else.
+    let (mut idle, left_alone) = pgkill_core::pooler::spare_first(
+        all.into_iter()
+            .filter(|s| s.state.as_deref() == Some("idle"))
+            .collect(),
+    );
     idle.truncate(args.count as usize);
-    let plan = pgkill_core::plan::Plan::build(Signal::Terminate, idle, &filter, &caps.caller);
+    let mut plan = pgkill_core::plan::Plan::build(Signal::Terminate, idle, &filter, &caps.caller);
+    for t in &mut plan.targets {
+        if let Some(link) = &t.session.pooler {
+            t.reason = match &link.client {
+                None => format!(
+                    "a server connection of PgBouncer at {} serving no application (ending it ends nobody's connection)",
+                    link.pooler
+                ),
+                Some(c) => format!(
+                    "session pooling at PgBouncer {}: ends application {}",
+                    link.pooler,
+                    c.application_name.as_deref().unwrap_or("?")
+                ),
+            };
+        }
+    }
+    if !left_alone.is_empty() && !args.json {
+        writeln!(
+            out,
+            "({} idle backend(s) of transaction pools serving an application right now left alone: ending one would hit whichever application it serves next)",
+            left_alone.len()
+        )?;
+    }
     if plan.targets.is_empty() && !args.json {
         writeln!(out, "No idle session of {} to end.", args.role)?;
         out.flush()?;

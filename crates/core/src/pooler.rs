@@ -310,6 +310,25 @@ impl Pooled {
     }
 }
 
+/// Orders a role's idle sessions for `free-slot` behind poolers: first the poolers'
+/// server connections serving no application (ending one ends nobody's connection; the
+/// pooler opens another when it needs one), then sessions no pooler owns and session-pooled
+/// backends of idle applications (ending one ends that application), each idle the longest
+/// first. A backend of a transaction or statement pool linked to an application right now
+/// is never chosen (it serves whichever application comes next): those are returned apart.
+pub fn spare_first(idle: Vec<crate::Session>) -> (Vec<crate::Session>, Vec<crate::Session>) {
+    let (mut spare, left): (Vec<_>, Vec<_>) = idle.into_iter().partition(|s| {
+        s.pooler
+            .as_ref()
+            .is_none_or(|l| l.client.is_none() || l.pool_mode == "session")
+    });
+    spare.sort_by_key(|s| {
+        let serves_nobody = s.pooler.as_ref().is_some_and(|l| l.client.is_none());
+        (!serves_nobody, s.state_change, s.pid)
+    });
+    (spare, left)
+}
+
 /// How a server is known to the poolers in front of it, for telling which `[databases]`
 /// entries lead to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -878,5 +897,41 @@ mod tests {
             &[lo]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn free_slot_spares_what_serves_nobody_first() {
+        let at = |secs| chrono::DateTime::from_timestamp(1_700_000_000 + secs, 0);
+        let session = |pid: i32, mode: Option<&str>, linked: bool, since: i64| {
+            let mut s = crate::Session::example(pid);
+            s.state_change = at(since);
+            s.pooler = mode.map(|m| PoolerLink {
+                pooler: "p".into(),
+                version: "1.24.1".into(),
+                pool_mode: m.into(),
+                alias: "shop".into(),
+                client: linked.then(|| PoolConnection::from_row(&row(&[("ptr", Some("c"))]))),
+                remote_pid: None,
+            });
+            s
+        };
+        let (spare, left) = spare_first(vec![
+            session(1, None, false, 0),
+            session(2, Some("transaction"), false, 50),
+            session(3, Some("session"), true, -10),
+            session(4, Some("transaction"), true, -20),
+            session(5, Some("session"), false, 10),
+        ]);
+        let pids = |v: &[crate::Session]| v.iter().map(|s| s.pid).collect::<Vec<_>>();
+        assert_eq!(
+            pids(&spare),
+            [5, 2, 3, 1],
+            "serving nobody first, then idle the longest first"
+        );
+        assert_eq!(
+            pids(&left),
+            [4],
+            "a transaction pool's linked backend is never chosen"
+        );
     }
 }

@@ -25,7 +25,8 @@ fn main() {
     pgkill_sandbox::matrix::main(cases![
         pointed_at_pgbouncer_it_says_so,
         ls_shows_the_applications_behind_the_pooler,
-        commands_that_do_not_see_through_poolers_yet_say_so,
+        an_unreachable_pooler_stops_every_command,
+        free_slot_through_the_pooler_ends_what_serves_nobody_first,
         drain_through_the_pooler_costs_the_applications_nothing,
         a_pooler_that_refuses_stops_the_drain_before_any_change,
         kill_through_the_pooler_ends_what_the_user_meant,
@@ -342,61 +343,145 @@ async fn ls_shows_the_applications_behind_the_pooler(pg: Installation) -> Result
 /// (exit 2, nothing done) rather than act on backends whose applications stay connected
 /// to the pooler; from `PGKILL_PGBOUNCER` they warn and go on. Those that use poolers stop
 /// before doing anything when one cannot be reached.
-async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -> Result<()> {
+/// Every command that takes poolers stops before acting when one cannot be reached
+/// (exit 2: a listing without it would miss applications), named on the command line or
+/// in `PGKILL_PGBOUNCER`.
+async fn an_unreachable_pooler_stops_every_command(pg: Installation) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
     let victim = pgkill_sandbox::sim::idle(&sb.config("postgres", roles::PLAIN)).await?;
     let pid = victim.pid().to_string();
     sb.create_database("scratch", None).await?;
-    let (code, out, err) = support::run(support::pgkill(
-        &sb,
-        roles::ADMIN,
-        &[
-            "--pgbouncer",
-            "host=127.0.0.1 port=1",
-            "free-slot",
-            roles::PLAIN,
-            "-y",
-        ],
-    ))?;
-    ensure!(
-        code == 2
-            && err.contains("--pgbouncer is supported by every command but `free-slot` so far"),
-        "free-slot --pgbouncer: exit {code}\n{out}\n{err}"
-    );
-    ensure!(victim.is_connected(), "a refused command ended the session");
     for args in [
         &["kill", "--pid", &pid, "-y"][..],
         &["cancel", "--pid", &pid, "-y"],
+        &["free-slot", roles::PLAIN, "-y"],
         &["drop", "scratch", "-y"],
         &["rename", "scratch", "scratch2", "-y"],
         &["drain", "scratch", "-y"],
         &["top"],
     ] {
-        let mut cmd = support::pgkill(&sb, roles::ADMIN, args);
-        cmd.env(
-            "PGKILL_PGBOUNCER",
-            "host=127.0.0.1 port=1 connect_timeout=2",
-        );
-        let (code, out, err) = support::run(cmd)?;
-        ensure!(
-            code == 2,
-            "{args:?} with an unreachable pooler: exit {code}\n{out}\n{err}"
-        );
-        ensure!(
-            victim.is_connected(),
-            "{args:?} acted though the pooler was unreachable"
-        );
+        for from_env in [false, true] {
+            let mut cmd = if from_env {
+                let mut cmd = support::pgkill(&sb, roles::ADMIN, args);
+                cmd.env(
+                    "PGKILL_PGBOUNCER",
+                    "host=127.0.0.1 port=1 connect_timeout=2",
+                );
+                cmd
+            } else {
+                let mut all = vec!["--pgbouncer", "host=127.0.0.1 port=1 connect_timeout=2"];
+                all.extend_from_slice(args);
+                support::pgkill(&sb, roles::ADMIN, &all)
+            };
+            cmd.stdin(std::process::Stdio::null());
+            let (code, out, err) = support::run(cmd)?;
+            ensure!(
+                code == 2,
+                "{args:?} with an unreachable pooler (from the environment: {from_env}): exit {code}\n{out}\n{err}"
+            );
+            ensure!(
+                victim.is_connected(),
+                "{args:?} acted though the pooler was unreachable"
+            );
+        }
     }
-    let mut cmd = support::pgkill(&sb, roles::ADMIN, &["free-slot", roles::PLAIN, "-y"]);
-    cmd.env("PGKILL_PGBOUNCER", "host=127.0.0.1 port=1");
-    let (code, out, err) = support::run(cmd)?;
     ensure!(
-        code <= 3
-            && err.contains(
-                "PGKILL_PGBOUNCER is set but `pgkill free-slot` does not use poolers yet"
-            ),
-        "exit {code}\n{out}\n{err}"
+        sb.admin("postgres")
+            .await?
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'scratch' AND datallowconn",
+                &[]
+            )
+            .await?
+            .is_some(),
+        "scratch was changed"
     );
+    Ok(())
+}
+
+/// `free-slot ROLE --pgbouncer`: the pooler's server connections serving no application
+/// go first (ending them ends nobody's connection, and the applications' next queries get
+/// new ones), before a session of the role's own; in the plan they say so.
+async fn free_slot_through_the_pooler_ends_what_serves_nobody_first(
+    pg: Installation,
+) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("shop_db", None).await?;
+    let admin = sb.admin("postgres").await?;
+    for version in BouncerVersion::ALL {
+        let v = version.as_str();
+        let options =
+            BouncerOptions::new(version, PoolMode::Transaction).database("shop", "shop_db");
+        let bouncer = Bouncer::start(&sb, &options)?;
+        let mut apps = Vec::new();
+        for i in 0..3 {
+            apps.push(app(&bouncer, "shop", &format!("web-{i}")).await?.0);
+        }
+        // At once, so that each gets a server connection of its own.
+        let sleep = "SELECT pg_sleep(0.3)";
+        let (a, b, c) = tokio::join!(
+            apps[0].simple_query(sleep),
+            apps[1].simple_query(sleep),
+            apps[2].simple_query(sleep)
+        );
+        (a?, b?, c?);
+        let own = pgkill_sandbox::sim::idle(&sb.config("postgres", roles::PLAIN)).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let pool: Vec<i32> = admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = 'shop_db' AND usename = $1 AND state = 'idle'",
+                &[&roles::PLAIN],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        ensure!(
+            pool.len() == 3,
+            "PgBouncer {v}: {} pool connections",
+            pool.len()
+        );
+        let (code, out, err) = support::run(support::pgkill(
+            &sb,
+            roles::ADMIN,
+            &[
+                "--pgbouncer",
+                &console(&sb, &bouncer),
+                "free-slot",
+                roles::PLAIN,
+                "--count",
+                "2",
+                "-y",
+            ],
+        ))?;
+        ensure!(
+            code == 0 && out.matches("serving no application").count() == 2,
+            "PgBouncer {v}: free-slot exit {code}\n{out}\n{err}"
+        );
+        ensure!(
+            own.is_connected(),
+            "PgBouncer {v}: the role's own session was ended first"
+        );
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&pool],
+            )
+            .await?
+            .get(0);
+        ensure!(
+            left == 1,
+            "PgBouncer {v}: {left} of the 3 pool connections left"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        for (i, a) in apps.iter().enumerate() {
+            ensure!(
+                works(a).await,
+                "PgBouncer {v}: application web-{i} lost its connection"
+            );
+        }
+        drop(own);
+    }
     Ok(())
 }
 
