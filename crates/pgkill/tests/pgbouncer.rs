@@ -424,7 +424,9 @@ async fn free_slot_through_the_pooler_ends_what_serves_nobody_first(
             apps[1].simple_query(sleep),
             apps[2].simple_query(sleep)
         );
-        (a?, b?, c?);
+        a?;
+        b?;
+        c?;
         let own = pgkill_sandbox::sim::idle(&sb.config("postgres", roles::PLAIN)).await?;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let pool: Vec<i32> = admin
