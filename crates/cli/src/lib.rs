@@ -256,7 +256,7 @@ struct TopArgs {
     #[command(flatten)]
     filters: args::FilterArgs,
     /// Refresh interval.
-    #[arg(short = 'i', long = "interval", value_name = "DUR", default_value = "1s",
+    #[arg(short = 'i', long = "interval", value_name = "DUR", default_value = "1s", help_heading = "Options",
           value_parser = |s: &str| pgkill_core::parse_duration(s).map_err(|e| e.to_string()))]
     interval: std::time::Duration,
 }

@@ -21,13 +21,13 @@ pub struct LsArgs {
     #[command(flatten)]
     filters: FilterArgs,
     /// Print one JSON document.
-    #[arg(long, conflicts_with = "csv")]
+    #[arg(long, conflicts_with = "csv", help_heading = "Options")]
     json: bool,
     /// Print CSV with a header line.
-    #[arg(long)]
+    #[arg(long, help_heading = "Options")]
     csv: bool,
     /// Not only client sessions: also walsenders, autovacuum and other background processes.
-    #[arg(long = "all-backends")]
+    #[arg(long = "all-backends", help_heading = "Options")]
     all_backends: bool,
 }
 
@@ -37,16 +37,16 @@ pub struct SignalArgs {
     #[command(flatten)]
     filters: FilterArgs,
     /// Do not ask for confirmation.
-    #[arg(short = 'y', long = "yes")]
+    #[arg(short = 'y', long = "yes", help_heading = "Options")]
     yes: bool,
     /// Print the plan and change nothing.
-    #[arg(long = "dry-run")]
+    #[arg(long = "dry-run", help_heading = "Options")]
     dry_run: bool,
     /// Print one JSON document (the plan and each session's outcome).
-    #[arg(long)]
+    #[arg(long, help_heading = "Options")]
     json: bool,
     /// Also act on walsenders and background processes (deliberate use only).
-    #[arg(long = "all-backends")]
+    #[arg(long = "all-backends", help_heading = "Options")]
     all_backends: bool,
 }
 
@@ -56,7 +56,7 @@ pub struct KillArgs {
     #[command(flatten)]
     pub(crate) signal: SignalArgs,
     /// How long to wait for terminated sessions to be gone.
-    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = |s: &str| pgkill_core::parse_duration(s).map_err(|e| e.to_string()))]
+    #[arg(long, value_name = "DUR", default_value = "5s", help_heading = "Options", value_parser = |s: &str| pgkill_core::parse_duration(s).map_err(|e| e.to_string()))]
     pub(crate) timeout: Duration,
 }
 
