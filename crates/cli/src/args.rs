@@ -33,6 +33,18 @@ pub struct ConnArgs {
     /// `ls` then shows the applications behind the pooler.
     #[arg(long = "pgbouncer", global = true, value_name = "CONNINFO")]
     pub pgbouncer: Vec<String>,
+    /// A server to work on (a connection string, URI or `service=NAME`; repeat for several:
+    /// `ls`, `kill` and `cancel` run on all of them at once). `-h`/`-p`/`-U` and the PG*
+    /// variables are the defaults each one falls back on.
+    #[arg(long = "target", global = true, value_name = "CONNINFO")]
+    pub targets: Vec<String>,
+    /// Servers to work on, from a TOML file of `[[target]]` tables (`name`, `conninfo`).
+    #[arg(long = "targets", global = true, value_name = "FILE")]
+    pub targets_file: Option<std::path::PathBuf>,
+    /// How many of the targets are worked on at a time.
+    #[arg(long = "parallel", global = true, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
 }
 
 impl ConnArgs {

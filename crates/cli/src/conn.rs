@@ -114,6 +114,16 @@ pub async fn primary_hint(connected: &Connected) -> Option<String> {
 
 /// Connects like [`connect`] without printing anything.
 pub async fn connect_quietly(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
+    connect_with(args, conninfo, &TerminalPrompt).await
+}
+
+/// [`connect_quietly`], asking for a password (when the server wants one that was not
+/// found) with `prompt`.
+pub async fn connect_with(
+    args: &ConnArgs,
+    conninfo: Option<&str>,
+    prompt: &dyn connect::PasswordPrompt,
+) -> anyhow::Result<Connected> {
     let connect_args = ConnectArgs {
         host: args.host.clone(),
         port: args.port.clone(),
@@ -135,7 +145,7 @@ pub async fn connect_quietly(args: &ConnArgs, conninfo: Option<&str>) -> anyhow:
         _ => limit,
     });
     let requested = settings.clone();
-    let (client, _task, settings) = connect::connect_reusable(&settings, &TerminalPrompt).await?;
+    let (client, _task, settings) = connect::connect_reusable(&settings, prompt).await?;
     let server = server_name(&settings);
     Ok(Connected {
         client,

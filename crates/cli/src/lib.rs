@@ -12,6 +12,7 @@ mod database_cmd;
 mod database_json;
 mod demo;
 mod fences;
+mod fleet;
 mod inflight;
 mod manual;
 mod output;
@@ -193,6 +194,37 @@ fn run_async(
                 .into());
             }
         }
+    }
+    // Several servers: `--target` / `--targets` (see `fleet`).
+    let targets = fleet::targets(&conn)?;
+    if !targets.is_empty() {
+        fleet::check(&conn, command.name(), &targets)?;
+        if conninfo.is_some() {
+            anyhow::bail!(UsageError(
+                "a connection string and --target/--targets together: give that server as a --target too".into()
+            ));
+        }
+        let outcome = runtime.block_on(async {
+            match &command {
+                Command::Ls(a) => fleet::ls(&conn, &targets, a).await,
+                Command::Kill(a) => {
+                    fleet::signal(&conn, &targets, &a.signal, Signal::Terminate, a.timeout).await
+                }
+                Command::Cancel(a) => {
+                    fleet::signal(
+                        &conn,
+                        &targets,
+                        a,
+                        Signal::Cancel,
+                        std::time::Duration::ZERO,
+                    )
+                    .await
+                }
+                _ => Ok(Outcome::Error),
+            }
+        });
+        let outcome = outcome.map_err(|e| inflight::timed_out(&e, limit).unwrap_or(e))?;
+        return Ok(outcome.code());
     }
     let outcome = runtime.block_on(async {
         match &command {

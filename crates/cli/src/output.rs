@@ -277,7 +277,8 @@ pub fn truncate(s: &str, max: usize) -> String {
     out
 }
 
-const SESSION_HEADER: [&str; 11] = [
+/// The columns of [`sessions_table`].
+pub const SESSION_HEADER: [&str; 11] = [
     "pid",
     "user",
     "database",
@@ -360,6 +361,18 @@ fn pooled_row(p: &pgkill_core::pooler::Pooled) -> Vec<String> {
 ///
 /// The table is printable by construction (every cell is escaped): with `colour` it may
 /// go to the terminal without [`Escaped`], which would show the colours as `\x1b[…`.
+/// The rows of [`sessions_table`] (without colour).
+pub fn session_rows(
+    sessions: &[Session],
+    pooled: &[pgkill_core::pooler::Pooled],
+) -> Vec<Vec<String>> {
+    sessions
+        .iter()
+        .map(session_row)
+        .chain(pooled.iter().map(pooled_row))
+        .collect()
+}
+
 pub fn sessions_table(
     out: &mut dyn Write,
     sessions: &[Session],
@@ -367,11 +380,7 @@ pub fn sessions_table(
     width: Option<usize>,
     colour: bool,
 ) -> io::Result<()> {
-    let rows: Vec<Vec<String>> = sessions
-        .iter()
-        .map(session_row)
-        .chain(pooled.iter().map(pooled_row))
-        .collect();
+    let rows = session_rows(sessions, pooled);
     if !colour {
         return table(out, &SESSION_HEADER, &rows, width);
     }
@@ -502,16 +511,49 @@ pub fn sessions_csv(
     pooled: &[pgkill_core::pooler::Pooled],
     terminal: bool,
 ) -> io::Result<()> {
-    let rows = rows_json(sessions, pooled);
-    if terminal {
-        let mut escaped = Escaped::new(out);
-        write_csv(&mut escaped, &rows)?;
-        return escaped.flush();
-    }
-    write_csv(out, &rows)
+    let rows: Vec<(Option<&str>, SessionJson<'_>)> = rows_json(sessions, pooled)
+        .into_iter()
+        .map(|r| (None, r))
+        .collect();
+    csv_out(out, &rows, false, terminal)
 }
 
-fn write_csv(out: &mut dyn Write, rows: &[SessionJson<'_>]) -> io::Result<()> {
+/// [`sessions_csv`] for several servers: a first field `target` names each row's.
+pub fn per_target_sessions_csv(
+    out: &mut dyn Write,
+    per_target: &[(&str, &[Session], &[pgkill_core::pooler::Pooled])],
+    terminal: bool,
+) -> io::Result<()> {
+    let rows: Vec<(Option<&str>, SessionJson<'_>)> = per_target
+        .iter()
+        .flat_map(|(name, sessions, pooled)| {
+            rows_json(sessions, pooled)
+                .into_iter()
+                .map(move |r| (Some(*name), r))
+        })
+        .collect();
+    csv_out(out, &rows, true, terminal)
+}
+
+fn csv_out(
+    out: &mut dyn Write,
+    rows: &[(Option<&str>, SessionJson<'_>)],
+    with_target: bool,
+    terminal: bool,
+) -> io::Result<()> {
+    if terminal {
+        let mut escaped = Escaped::new(out);
+        write_csv(&mut escaped, rows, with_target)?;
+        return escaped.flush();
+    }
+    write_csv(out, rows, with_target)
+}
+
+fn write_csv(
+    out: &mut dyn Write,
+    rows: &[(Option<&str>, SessionJson<'_>)],
+    with_target: bool,
+) -> io::Result<()> {
     let mut w = csv::Writer::from_writer(out);
     let header = [
         "pid",
@@ -534,16 +576,19 @@ fn write_csv(out: &mut dyn Write, rows: &[SessionJson<'_>]) -> io::Result<()> {
         "state_age_s",
         "query",
     ];
-    w.write_record(header).map_err(csv_error)?;
+    let first = with_target.then_some("target");
+    w.write_record(first.iter().chain(header.iter()))
+        .map_err(csv_error)?;
     // The values are the JSON document's, so both formats always agree.
-    for row in rows {
+    for (target, row) in rows {
         let json = serde_json::to_value(row).map_err(io::Error::other)?;
         let cell = |key: &str| match &json[key] {
             serde_json::Value::Null => String::new(),
             serde_json::Value::String(text) => text.clone(),
             other => other.to_string(),
         };
-        w.write_record(header.iter().map(|key| cell(key)))
+        let name = with_target.then(|| target.unwrap_or_default().to_owned());
+        w.write_record(name.into_iter().chain(header.iter().map(|key| cell(key))))
             .map_err(csv_error)?;
     }
     w.flush()
@@ -671,8 +716,15 @@ pub const STANDBY_HEADER: &str =
 
 /// A plan as a table: who would be signalled, why, and who would be refused.
 pub fn plan_table(out: &mut dyn Write, plan: &Plan, width: Option<usize>) -> io::Result<()> {
-    let rows: Vec<Vec<String>> = plan
-        .targets
+    table(out, &PLAN_HEADER, &plan_rows(plan), width)
+}
+
+/// The columns of [`plan_table`].
+pub const PLAN_HEADER: [&str; 6] = ["pid", "user", "database", "application", "state", "why"];
+
+/// The rows of [`plan_table`].
+pub fn plan_rows(plan: &Plan) -> Vec<Vec<String>> {
+    plan.targets
         .iter()
         .map(|t| {
             let s = &t.session;
@@ -688,13 +740,30 @@ pub fn plan_table(out: &mut dyn Write, plan: &Plan, width: Option<usize>) -> io:
                 },
             ]
         })
+        .collect()
+}
+
+/// Rows of several servers in one table: a first column `target` names each row's.
+pub fn per_target_table(
+    out: &mut dyn Write,
+    header: &[&str],
+    per_target: &[(&str, Vec<Vec<String>>)],
+    width: Option<usize>,
+) -> io::Result<()> {
+    let header: Vec<&str> = std::iter::once("target")
+        .chain(header.iter().copied())
         .collect();
-    table(
-        out,
-        &["pid", "user", "database", "application", "state", "why"],
-        &rows,
-        width,
-    )
+    let rows: Vec<Vec<String>> = per_target
+        .iter()
+        .flat_map(|(name, rows)| {
+            rows.iter().map(move |r| {
+                std::iter::once((*name).to_owned())
+                    .chain(r.iter().cloned())
+                    .collect()
+            })
+        })
+        .collect();
+    table(out, &header, &rows, width)
 }
 
 /// Application connections `kill` ends at a pooler, as a table.
@@ -782,7 +851,22 @@ pub fn outcomes_table(
     outcomes: &[Outcome],
     width: Option<usize>,
 ) -> io::Result<()> {
-    let rows: Vec<Vec<String>> = outcomes
+    table(out, &OUTCOME_HEADER, &outcome_rows(outcomes), width)
+}
+
+/// The columns of [`outcomes_table`].
+pub const OUTCOME_HEADER: [&str; 6] = [
+    "pid",
+    "user",
+    "database",
+    "application",
+    "outcome",
+    "detail",
+];
+
+/// The rows of [`outcomes_table`].
+pub fn outcome_rows(outcomes: &[Outcome]) -> Vec<Vec<String>> {
+    outcomes
         .iter()
         .map(|o| {
             vec![
@@ -794,20 +878,7 @@ pub fn outcomes_table(
                 o.detail.clone(),
             ]
         })
-        .collect();
-    table(
-        out,
-        &[
-            "pid",
-            "user",
-            "database",
-            "application",
-            "outcome",
-            "detail",
-        ],
-        &rows,
-        width,
-    )
+        .collect()
 }
 
 #[cfg(test)]

@@ -19,35 +19,35 @@ use crate::Outcome as Exit;
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
     #[command(flatten)]
-    filters: FilterArgs,
+    pub(crate) filters: FilterArgs,
     /// Print one JSON document.
     #[arg(long, conflicts_with = "csv", help_heading = "Options")]
-    json: bool,
+    pub(crate) json: bool,
     /// Print CSV with a header line.
     #[arg(long, help_heading = "Options")]
-    csv: bool,
+    pub(crate) csv: bool,
     /// Not only client sessions: also walsenders, autovacuum and other background processes.
     #[arg(long = "all-backends", help_heading = "Options")]
-    all_backends: bool,
+    pub(crate) all_backends: bool,
 }
 
 /// Arguments of `pgkill kill` and `pgkill cancel`.
 #[derive(Debug, clap::Args)]
 pub struct SignalArgs {
     #[command(flatten)]
-    filters: FilterArgs,
+    pub(crate) filters: FilterArgs,
     /// Do not ask for confirmation.
     #[arg(short = 'y', long = "yes", help_heading = "Options")]
-    yes: bool,
+    pub(crate) yes: bool,
     /// Print the plan and change nothing.
     #[arg(long = "dry-run", help_heading = "Options")]
-    dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Print one JSON document (the plan and each session's outcome).
     #[arg(long, help_heading = "Options")]
-    json: bool,
+    pub(crate) json: bool,
     /// Also act on walsenders and background processes (deliberate use only).
     #[arg(long = "all-backends", help_heading = "Options")]
-    all_backends: bool,
+    pub(crate) all_backends: bool,
 }
 
 /// Arguments of `pgkill kill`: those of `cancel`, and how long to wait.
@@ -60,7 +60,7 @@ pub struct KillArgs {
     pub(crate) timeout: Duration,
 }
 
-fn width() -> Option<usize> {
+pub(crate) fn width() -> Option<usize> {
     if std::io::stdout().is_terminal() {
         terminal_size::terminal_size().map(|(w, _)| w.0 as usize)
     } else {
@@ -218,6 +218,28 @@ fn states_of(
     )],
 ) -> Vec<pgkill_core::pooler::PoolerState> {
     poolers.iter().map(|(_, s)| s.clone()).collect()
+}
+
+/// One server's `kill`/`cancel` document (as `--json` prints it), for `--target`.
+pub(crate) fn signal_doc(
+    caps: &Capabilities,
+    settings: &Settings,
+    action: &'static str,
+    dry_run: bool,
+    plan: &pgkill_core::plan::Plan,
+    outcomes: &[Outcome],
+) -> Result<serde_json::Value, String> {
+    serde_json::to_value(SignalDoc {
+        server: server_json(caps, settings),
+        action,
+        dry_run,
+        plan: plan_entries(plan),
+        outcomes,
+        pooler_plan: &[],
+        pooler_outcomes: &[],
+        xmin_horizon: None,
+    })
+    .map_err(|e| e.to_string())
 }
 
 #[derive(Serialize)]

@@ -1,0 +1,510 @@
+//! Many servers at once: `--target CONNINFO` (repeatable) and `--targets FILE` name the
+//! servers, and `ls`, `kill` and `cancel` run on all of them, `--parallel N` at a time.
+//!
+//! Each server is worked on exactly as a single one is (the same plan, re-checking
+//! statement and verification, per server); what changes is the output (a first column
+//! `target`, a `target` CSV field, `{"targets": [...]}` in JSON), one plan and one
+//! confirmation for all servers, and the exit code: 0 acted on (or listed) at least one
+//! session and no server failed, 1 nothing matched anywhere, 3 a server failed or was
+//! partly done while others worked, 2 every server failed.
+
+use std::future::Future;
+use std::io::Write;
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
+use pgkill_core::plan::{exit_code, Outcome, Plan};
+use pgkill_core::planner::Signal;
+use pgkill_pg::connect::{self, ConnectArgs, NoPrompt, SystemEnv};
+use pgkill_pg::sessions::{self, Capabilities};
+use serde::Deserialize;
+
+use crate::args::ConnArgs;
+use crate::conn::{self, Connected};
+use crate::inflight::Signals;
+use crate::output;
+use crate::sessions_cmd::{self, LsArgs, SignalArgs};
+use crate::{Outcome as Exit, UsageError};
+
+/// A server to work on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// What the output calls it: the `name` in the targets file, else the service name,
+    /// else `host:port`.
+    pub name: String,
+    /// How to connect (may hold a password: never shown).
+    pub conninfo: String,
+}
+
+/// `--targets FILE`: `[[target]]` tables, as in `pgkill watch`'s policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetsFile {
+    #[serde(default)]
+    target: Vec<TargetEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct TargetEntry {
+    name: String,
+    conninfo: String,
+    /// PgBouncer consoles in front of this server (not used with several servers yet).
+    #[serde(default)]
+    pgbouncer: Vec<String>,
+}
+
+/// The servers `--target` and `--targets` name (none: the one server of the command
+/// line, as always).
+pub fn targets(args: &ConnArgs) -> anyhow::Result<Vec<Target>> {
+    let mut all = Vec::new();
+    for conninfo in &args.targets {
+        all.push(Target {
+            name: name_of(args, conninfo)?,
+            conninfo: conninfo.clone(),
+        });
+    }
+    if let Some(path) = &args.targets_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("--targets {}: {e}", path.display())))?;
+        let file: TargetsFile = toml::from_str(&text)
+            .map_err(|e| UsageError(format!("--targets {}: {e}", path.display())))?;
+        for t in file.target {
+            if !t.pgbouncer.is_empty() {
+                anyhow::bail!(UsageError(format!(
+                    "--targets {}: target {:?} names PgBouncer consoles: with several servers pgkill does not see through poolers yet",
+                    path.display(),
+                    t.name
+                )));
+            }
+            all.push(Target {
+                name: t.name,
+                conninfo: t.conninfo,
+            });
+        }
+    }
+    for (i, t) in all.iter().enumerate() {
+        if all[..i].iter().any(|o| o.name == t.name) {
+            anyhow::bail!(UsageError(format!(
+                "two targets are called {:?}: give them names of their own in --targets",
+                t.name
+            )));
+        }
+    }
+    Ok(all)
+}
+
+/// The service name of `conninfo` if it names one, else the `host:port` it resolves to
+/// (with `-h`/`-p` and the environment as defaults). A connection string that cannot be
+/// read is a usage error.
+fn name_of(args: &ConnArgs, conninfo: &str) -> anyhow::Result<String> {
+    let settings = connect::resolve(
+        &ConnectArgs {
+            host: args.host.clone(),
+            port: args.port.clone(),
+            user: args.user.clone(),
+            force_password_prompt: false,
+            maintenance_db: args.maintenance_db.clone(),
+            conninfo: Some(conninfo.to_owned()),
+        },
+        &SystemEnv,
+    )
+    .map_err(|e| UsageError(format!("--target: {e}")))?;
+    Ok(service_of(conninfo).unwrap_or_else(|| settings.host_port()))
+}
+
+/// The `service=NAME` of a connection string (`key=value` words, or a URI's query).
+fn service_of(conninfo: &str) -> Option<String> {
+    let words: Vec<&str> = match conninfo.split_once('?') {
+        Some((_, query)) if conninfo.contains("://") => query.split('&').collect(),
+        _ => conninfo.split_whitespace().collect(),
+    };
+    words
+        .iter()
+        .filter_map(|w| w.strip_prefix("service="))
+        .map(|v| v.trim_matches('\'').to_owned())
+        .find(|v| !v.is_empty())
+}
+
+/// What may be combined with several targets: refused up front, before connecting
+/// anywhere (exit 2).
+pub fn check(args: &ConnArgs, command: &str, targets: &[Target]) -> anyhow::Result<()> {
+    if !matches!(command, "ls" | "kill" | "cancel") {
+        anyhow::bail!(UsageError(format!(
+            "`pgkill {command}` works on one server so far: --target/--targets are taken by ls, kill and cancel"
+        )));
+    }
+    if !args.pgbouncer.is_empty()
+        || std::env::var("PGKILL_PGBOUNCER").is_ok_and(|v| !v.trim().is_empty())
+    {
+        anyhow::bail!(UsageError(
+            "--pgbouncer (or PGKILL_PGBOUNCER) names a pooler in front of one server: it cannot be combined with --target/--targets yet".into()
+        ));
+    }
+    if args.password_prompt && targets.len() > 1 {
+        anyhow::bail!(UsageError(
+            "-W asks for one server's password: with several targets give the passwords in .pgpass or PGPASSWORD".into()
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `work` on every target, `parallel` at a time, and keeps the results in the
+/// targets' order. A target's error (it is down, refuses the login, times out) is its
+/// own: the others go on.
+async fn on_each<'a, T, F, Fut>(
+    targets: &'a [Target],
+    parallel: u16,
+    work: F,
+) -> Vec<Result<T, String>>
+where
+    F: Fn(&'a Target) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>> + 'a,
+{
+    stream::iter(targets.iter().map(work))
+        .buffered(usize::from(parallel))
+        .map(|r| r.map_err(|e| pgkill_core::printable(&format!("{e:#}")).into_owned()))
+        .collect()
+        .await
+}
+
+/// Connects to one target: its connection string over the command line's defaults, never
+/// asking for a password (several prompts at once would mix).
+async fn connect_to(args: &ConnArgs, target: &Target) -> anyhow::Result<(Connected, Capabilities)> {
+    let connected = conn::connect_with(args, Some(&target.conninfo), &NoPrompt).await?;
+    for warning in &connected.settings.warnings {
+        eprintln!(
+            "pgkill: target {}: warning: {}",
+            pgkill_core::printable(&target.name),
+            pgkill_core::printable(warning)
+        );
+    }
+    let caps = sessions::capabilities(&connected.client).await?;
+    Ok((connected, caps))
+}
+
+/// Says on stderr which targets failed and why.
+fn tell_failures<T>(targets: &[Target], results: &[Result<T, String>]) {
+    for (t, r) in targets.iter().zip(results) {
+        if let Err(e) = r {
+            eprintln!("pgkill: target {}: {e}", pgkill_core::printable(&t.name));
+        }
+    }
+}
+
+/// The exit code over all targets, from each one's (a failed target is `Error`).
+fn combined(per_target: &[Exit]) -> Exit {
+    let failed = per_target.iter().filter(|e| **e == Exit::Error).count();
+    if failed == per_target.len() {
+        Exit::Error
+    } else if failed > 0 || per_target.contains(&Exit::Partial) {
+        Exit::Partial
+    } else if per_target.contains(&Exit::Ok) {
+        Exit::Ok
+    } else {
+        Exit::NothingMatched
+    }
+}
+
+/// `{"targets": [{"target": NAME, ...the single-server document...}, {"target": NAME,
+/// "error": {"message": ...}}]}`.
+fn targets_json(
+    out: &mut dyn Write,
+    targets: &[Target],
+    docs: Vec<Result<serde_json::Value, String>>,
+) -> anyhow::Result<()> {
+    let items: Vec<serde_json::Value> = targets
+        .iter()
+        .zip(docs)
+        .map(|(t, d)| {
+            let mut item = serde_json::Map::new();
+            item.insert("target".into(), t.name.clone().into());
+            match d {
+                Ok(serde_json::Value::Object(doc)) => item.extend(doc),
+                Ok(other) => {
+                    item.insert("document".into(), other);
+                }
+                Err(e) => {
+                    item.insert("error".into(), serde_json::json!({ "message": e }));
+                }
+            }
+            serde_json::Value::Object(item)
+        })
+        .collect();
+    output::json(out, &serde_json::json!({ "targets": items }))?;
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM while `work` runs; then stops with exit 2 (every statement
+/// pgkill sends runs under `--statement-timeout`, so the servers stop them too).
+async fn interruptible<T>(work: impl Future<Output = T>) -> anyhow::Result<T> {
+    let mut signals = Signals::listen()?;
+    tokio::select! {
+        r = work => Ok(r),
+        why = signals.recv() => Err(UsageError(format!("{why}: stopped on every target")).into()),
+    }
+}
+
+/// `pgkill --target … ls`.
+pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Result<Exit> {
+    let filter = ls.filters.to_filter(ls.all_backends);
+    let results = interruptible(on_each(targets, args.parallel, |t| {
+        let filter = &filter;
+        async move {
+            let (connected, caps) = connect_to(args, t).await?;
+            let list = sessions::list(&connected.client, &caps, filter).await?;
+            Ok((sessions_cmd::server_json(&caps, &connected.settings), list))
+        }
+    }))
+    .await?;
+    tell_failures(targets, &results);
+    let codes: Vec<Exit> = results
+        .iter()
+        .map(|r| match r {
+            Ok((_, list)) if !list.is_empty() => Exit::Ok,
+            Ok(_) => Exit::NothingMatched,
+            Err(_) => Exit::Error,
+        })
+        .collect();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if ls.json {
+        let docs = results
+            .iter()
+            .map(|r| match r {
+                Ok((server, list)) => {
+                    let mut doc = Vec::new();
+                    output::sessions_json(&mut doc, server, list, &[], None)
+                        .map_err(|e| e.to_string())?;
+                    serde_json::from_slice(&doc).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.clone()),
+            })
+            .collect();
+        targets_json(&mut out, targets, docs)?;
+    } else if ls.csv {
+        let per: Vec<(
+            &str,
+            &[pgkill_core::Session],
+            &[pgkill_core::pooler::Pooled],
+        )> = targets
+            .iter()
+            .zip(&results)
+            .filter_map(|(t, r)| {
+                r.as_ref()
+                    .ok()
+                    .map(|(_, list)| (t.name.as_str(), list.as_slice(), &[][..]))
+            })
+            .collect();
+        output::per_target_sessions_csv(&mut out, &per, output::stdout_is_terminal())?;
+    } else {
+        let mut people = output::for_people();
+        let per: Vec<(&str, Vec<Vec<String>>)> = targets
+            .iter()
+            .zip(&results)
+            .filter_map(|(t, r)| {
+                r.as_ref()
+                    .ok()
+                    .map(|(_, list)| (t.name.as_str(), output::session_rows(list, &[])))
+            })
+            .collect();
+        output::per_target_table(
+            &mut people,
+            &output::SESSION_HEADER,
+            &per,
+            sessions_cmd::width(),
+        )?;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        writeln!(
+            people,
+            "({} target(s) listed, {} failed)",
+            ok,
+            targets.len() - ok
+        )?;
+        people.flush()?;
+    }
+    out.flush()?;
+    Ok(combined(&codes))
+}
+
+/// One target's part of `kill`/`cancel`: its connection, what it can do and its plan.
+struct Planned {
+    connected: Connected,
+    caps: Capabilities,
+    plan: Plan,
+}
+
+/// `pgkill --target … kill` / `cancel`: every target's plan is made first (concurrently),
+/// shown as one, confirmed once, then carried out on each target through the same
+/// re-checking statement as on one server.
+pub async fn signal(
+    args: &ConnArgs,
+    targets: &[Target],
+    sig: &SignalArgs,
+    signal: Signal,
+    timeout: Duration,
+) -> anyhow::Result<Exit> {
+    let filter = sig.filters.to_filter(sig.all_backends);
+    let action = match signal {
+        Signal::Terminate => "terminate",
+        Signal::Cancel => "cancel",
+    };
+    crate::confirm::ensure_possible(
+        sig.yes,
+        sig.dry_run,
+        &format!("{action} sessions"),
+        Some("plan"),
+    )?;
+    let planned = interruptible(on_each(targets, args.parallel, |t| {
+        let filter = &filter;
+        async move {
+            let (connected, caps) = connect_to(args, t).await?;
+            let plan = sessions::plan(&connected.client, &caps, filter, signal).await?;
+            Ok(Planned {
+                connected,
+                caps,
+                plan,
+            })
+        }
+    }))
+    .await?;
+    tell_failures(targets, &planned);
+    let count: usize = planned
+        .iter()
+        .flatten()
+        .map(|p| p.plan.to_signal().count())
+        .sum();
+    let listed: usize = planned.iter().flatten().map(|p| p.plan.targets.len()).sum();
+    let mut out = output::for_people();
+    let docs = |outcomes: &[Option<Result<Vec<Outcome>, String>>], dry_run: bool| {
+        planned
+            .iter()
+            .zip(outcomes)
+            .map(|(p, o)| {
+                let p = p.as_ref().map_err(Clone::clone)?;
+                let outcomes = match o {
+                    Some(Ok(outcomes)) => outcomes.as_slice(),
+                    Some(Err(e)) => return Err(e.clone()),
+                    None => &[],
+                };
+                sessions_cmd::signal_doc(
+                    &p.caps,
+                    &p.connected.settings,
+                    action,
+                    dry_run,
+                    &p.plan,
+                    outcomes,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let nothing: Vec<Option<Result<Vec<Outcome>, String>>> = planned.iter().map(|_| None).collect();
+    if !sig.json {
+        if listed == 0 {
+            writeln!(out, "No session matched on any target.")?;
+        } else {
+            writeln!(
+                out,
+                "Plan: {action} {count} session(s) on {} target(s):",
+                planned
+                    .iter()
+                    .filter(|p| p.as_ref().is_ok_and(|p| !p.plan.targets.is_empty()))
+                    .count()
+            )?;
+            let per: Vec<(&str, Vec<Vec<String>>)> = targets
+                .iter()
+                .zip(&planned)
+                .filter_map(|(t, p)| {
+                    p.as_ref()
+                        .ok()
+                        .map(|p| (t.name.as_str(), output::plan_rows(&p.plan)))
+                })
+                .collect();
+            output::per_target_table(&mut out, &output::PLAN_HEADER, &per, sessions_cmd::width())?;
+        }
+    }
+    let plan_codes: Vec<Exit> = planned
+        .iter()
+        .map(|p| match p {
+            Ok(p) if p.plan.targets.is_empty() => Exit::NothingMatched,
+            Ok(_) => Exit::Ok,
+            Err(_) => Exit::Error,
+        })
+        .collect();
+    if listed == 0 || sig.dry_run {
+        if sig.json {
+            targets_json(&mut out, targets, docs(&nothing, sig.dry_run))?;
+        } else if sig.dry_run && listed > 0 {
+            writeln!(out, "Dry run: nothing was changed.")?;
+        }
+        out.flush()?;
+        return Ok(combined(&plan_codes));
+    }
+    if !sig.yes {
+        let verb = match signal {
+            Signal::Terminate => "Terminate",
+            Signal::Cancel => "Cancel the running statement of",
+        };
+        if !crate::confirm::ask(
+            &mut out,
+            &format!("{verb} {count} session(s) on these targets?"),
+        )
+        .await?
+        {
+            return Ok(Exit::Error);
+        }
+    }
+    let filter = &filter;
+    let outcomes: Vec<Option<Result<Vec<Outcome>, String>>> = interruptible(
+        stream::iter(planned.iter().map(|p| async move {
+            let p = p.as_ref().ok()?;
+            if p.plan.targets.is_empty() {
+                return Some(Ok(Vec::new()));
+            }
+            Some(
+                sessions::execute(&p.connected.client, &p.caps, filter, &p.plan, timeout)
+                    .await
+                    .map_err(|e| pgkill_core::printable(&e.to_string()).into_owned()),
+            )
+        }))
+        .buffered(usize::from(args.parallel))
+        .collect::<Vec<_>>(),
+    )
+    .await?;
+    for (t, o) in targets.iter().zip(&outcomes) {
+        if let Some(Err(e)) = o {
+            eprintln!("pgkill: target {}: {e}", pgkill_core::printable(&t.name));
+        }
+    }
+    let codes: Vec<Exit> = outcomes
+        .iter()
+        .zip(&plan_codes)
+        .map(|(o, planned)| match o {
+            None | Some(Err(_)) => Exit::Error,
+            Some(Ok(_)) if *planned == Exit::NothingMatched => Exit::NothingMatched,
+            Some(Ok(outcomes)) => Exit::from_code(exit_code(outcomes)),
+        })
+        .collect();
+    if sig.json {
+        targets_json(&mut out, targets, docs(&outcomes, false))?;
+    } else {
+        let per: Vec<(&str, Vec<Vec<String>>)> = targets
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(t, o)| match o {
+                Some(Ok(outcomes)) if !outcomes.is_empty() => {
+                    Some((t.name.as_str(), output::outcome_rows(outcomes)))
+                }
+                _ => None,
+            })
+            .collect();
+        output::per_target_table(
+            &mut out,
+            &output::OUTCOME_HEADER,
+            &per,
+            sessions_cmd::width(),
+        )?;
+    }
+    out.flush()?;
+    Ok(combined(&codes))
+}
