@@ -458,7 +458,9 @@ pub fn capabilities() -> Query {
        pg_catalog.pg_has_role('pg_signal_backend'::name, 'USAGE'::text),
        pg_catalog.pg_has_role('pg_read_all_stats'::name, 'USAGE'::text),
        pg_catalog.current_setting('max_identifier_length'::text)::int,
-       pg_catalog.pg_is_in_recovery()"
+       pg_catalog.pg_is_in_recovery(),
+       (extract(epoch FROM pg_catalog.pg_postmaster_start_time()) * 1000000)::int8,
+       pg_catalog.current_setting('port'::text)::int4"
                 .into(),
         params: Vec::new(),
     }

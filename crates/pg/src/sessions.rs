@@ -32,24 +32,62 @@ pub struct Capabilities {
     pub own_pids: Vec<i32>,
 }
 
-/// Backend pids of the connections this process opened (see [`own_pids`]).
-static OWN_PIDS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+/// Which server a backend pid belongs to: its postmaster's start time (microseconds since
+/// the epoch) and its `port`, the same whether reached over TCP or a socket. Two servers
+/// with the same port started in the same microsecond would share one.
+pub type ServerKey = (i64, i32);
 
-/// Records the backend pid of a connection pgkill opened (`connect` does, for each).
-pub fn register_own_pid(pid: i32) {
+/// The SQL that reads a [`ServerKey`] (two columns).
+pub const SERVER_KEY_SQL: &str =
+    "(extract(epoch FROM pg_catalog.pg_postmaster_start_time()) * 1000000)::int8, \
+     pg_catalog.current_setting('port')::int4";
+
+/// Backend pids of the connections this process opened, with their servers (see
+/// [`own_pids_on`]).
+static OWN_PIDS: std::sync::Mutex<Vec<(ServerKey, i32)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records the backend pid of a connection pgkill opened to server `key` (`connect`
+/// does, for each).
+pub fn register_own_pid(key: ServerKey, pid: i32) {
     if let Ok(mut pids) = OWN_PIDS.lock() {
-        if !pids.contains(&pid) {
-            pids.push(pid);
+        if !pids.contains(&(key, pid)) {
+            pids.push((key, pid));
         }
     }
 }
 
-/// The backend pids of the connections this process opened, so that pgkill never lists
-/// or signals its own sessions. (By pid, never by `application_name`, which any client
-/// can set to hide from pgkill.) A pid can stand for a connection to another server too:
-/// the only cost is that a session there with the same pid is not listed.
+/// Registers `client`'s own backend as pgkill's (for connections not opened through
+/// `connect`).
+pub async fn register_own(client: &Client) -> Result<()> {
+    let sql = format!("SELECT {SERVER_KEY_SQL}, pg_catalog.pg_backend_pid()");
+    let row = client.query_typed_one(&sql, &[]).await?;
+    register_own_pid((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+    Ok(())
+}
+
+/// The backend pids of the connections this process opened to server `key`, so that
+/// pgkill never lists or signals its own sessions. (By pid, never by
+/// `application_name`, which any client can set to hide from pgkill; and per server, so
+/// that a session on one server is never hidden by the pid of pgkill's connection to
+/// another.)
+pub fn own_pids_on(key: ServerKey) -> Vec<i32> {
+    OWN_PIDS
+        .lock()
+        .map(|p| {
+            p.iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, pid)| *pid)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The backend pids of every connection this process opened, to any server.
 pub fn own_pids() -> Vec<i32> {
-    OWN_PIDS.lock().map(|p| p.clone()).unwrap_or_default()
+    OWN_PIDS
+        .lock()
+        .map(|p| p.iter().map(|(_, pid)| *pid).collect())
+        .unwrap_or_default()
 }
 
 /// Reads the server version and the caller's privileges.
@@ -70,7 +108,7 @@ pub async fn capabilities(client: &Client) -> Result<Capabilities> {
         read_all_stats: row.try_get(4)?,
         max_name_bytes: usize::try_from(row.try_get::<_, i32>(5)?).unwrap_or(63),
         in_recovery: row.try_get(6)?,
-        own_pids: own_pids(),
+        own_pids: own_pids_on((row.try_get(7)?, row.try_get(8)?)),
     })
 }
 
@@ -313,4 +351,22 @@ pub async fn execute(
         })
         .collect();
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// pgkill's own pid on one server hides nobody on another (several targets at once).
+    #[test]
+    fn own_pids_are_per_server() {
+        let (a, b) = ((1_700_000_000_000_000, 5432), (1_700_000_000_000_000, 5433));
+        register_own_pid(a, 4242);
+        register_own_pid(a, 4243);
+        register_own_pid(b, 77);
+        assert_eq!(own_pids_on(a), [4242, 4243]);
+        assert_eq!(own_pids_on(b), [77]);
+        assert!(own_pids_on((1, 5432)).is_empty());
+        assert!(own_pids().contains(&77) && own_pids().contains(&4242));
+    }
 }

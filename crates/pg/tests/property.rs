@@ -248,7 +248,7 @@ async fn run_rounds(pg: &Installation, runner: &mut TestRunner) -> Result<()> {
     let (me, conn) = config.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     // As `pgkill_pg::connect` does for every connection pgkill opens.
-    sessions::register_own_pid(me.query_one("SELECT pg_backend_pid()", &[]).await?.get(0));
+    sessions::register_own(&me).await?;
     let caps = sessions::capabilities(&me).await?;
     let new = |runner: &mut TestRunner,
                strategy: &dyn Fn() -> BoxedStrategy<Vec<Spec>>|

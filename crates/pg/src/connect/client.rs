@@ -96,7 +96,7 @@ pub async fn connect_reusable(
 ) -> Result<(Client, ConnectionTask, Settings)> {
     if settings.endpoints.len() <= 1 && settings.target_session_attrs == TargetSessionAttrs::Any {
         let (client, task, settled, kind) = connect_one(settings, prompt).await?;
-        crate::sessions::register_own_pid(kind.pid);
+        crate::sessions::register_own_pid(kind.server, kind.pid);
         return Ok((client, task, settled));
     }
     let mut order: Vec<usize> = (0..settings.endpoints.len()).collect();
@@ -146,7 +146,7 @@ pub async fn connect_reusable(
                         drop(client);
                         continue;
                     }
-                    crate::sessions::register_own_pid(kind.pid);
+                    crate::sessions::register_own_pid(kind.server, kind.pid);
                     return Ok((client, task, settled));
                 }
                 Err(e) if moves_on(&e) => attempts.push(format!("{e}{round}")),
@@ -200,6 +200,8 @@ struct Kind {
     pid: i32,
     /// The address connected to over TCP (a name may have several).
     addr: Option<std::net::IpAddr>,
+    /// Which server it is (see [`crate::sessions::ServerKey`]).
+    server: crate::sessions::ServerKey,
 }
 
 impl Kind {
@@ -679,13 +681,16 @@ fn pinned_options(user: Option<&str>) -> String {
 /// reads the backend pid (see [`Kind::pid`]) and what kind of server this is. The statements call only qualified functions and no operator,
 /// so they are safe whatever `search_path` is.
 async fn pin_search_path(client: &Client) -> std::result::Result<Kind, Failure> {
-    let read = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.pg_backend_pid(), \
-                pg_catalog.current_setting('transaction_read_only'), pg_catalog.pg_is_in_recovery()";
+    let read = format!(
+        "SELECT pg_catalog.current_setting('search_path'), pg_catalog.pg_backend_pid(), \
+         pg_catalog.current_setting('transaction_read_only'), pg_catalog.pg_is_in_recovery(), {}",
+        crate::sessions::SERVER_KEY_SQL
+    );
     let is_pinned = |path: String| path.replace(' ', "") == SEARCH_PATH.replace(' ', "");
     // Unnamed statements (`query_typed`), as everywhere: nothing left prepared on a
     // connection a pooler may share.
     let read = async {
-        let row = client.query_typed_one(read, &[]).await?;
+        let row = client.query_typed_one(&read, &[]).await?;
         let path: String = row.try_get(0)?;
         let pid: i32 = row.try_get(1)?;
         let kind = Kind {
@@ -693,6 +698,7 @@ async fn pin_search_path(client: &Client) -> std::result::Result<Kind, Failure> 
             in_recovery: row.try_get(3)?,
             pid,
             addr: None,
+            server: (row.try_get(4)?, row.try_get(5)?),
         };
         Ok::<_, tokio_postgres::Error>((path, kind))
     };
