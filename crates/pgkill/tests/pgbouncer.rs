@@ -1369,11 +1369,11 @@ async fn top_ends_applications_at_the_pooler(pg: Installation) -> Result<()> {
         tmux.wait_for("shown 1/").await?;
         tmux.keys(&["k"])?;
         if version == BouncerVersion::V1_18 {
-            let dialog = tmux
-                .wait_for("cannot end one application connection")
-                .await?;
+            // The dialog's last line: the whole dialog is drawn.
+            let dialog = tmux.wait_for("nothing to signal").await?;
             ensure!(
-                dialog.contains("Terminate 0 session(s)?") && dialog.contains("nothing to signal"),
+                dialog.contains("Terminate 0 session(s)?")
+                    && dialog.contains("cannot end one application connection"),
                 "1.18: the confirmation does not refuse it:\n{dialog}"
             );
             tmux.keys(&["y"])?;
@@ -1383,9 +1383,11 @@ async fn top_ends_applications_at_the_pooler(pg: Installation) -> Result<()> {
                 "1.18: an application was ended from top"
             );
         } else {
-            let dialog = tmux.wait_for("ended at the pooler (KILL_CLIENT)").await?;
+            let dialog = tmux.wait_for("y: yes").await?;
             ensure!(
-                dialog.contains("Terminate 1 session(s)?") && dialog.contains("web-idle@127.0.0.1"),
+                dialog.contains("Terminate 1 session(s)?")
+                    && dialog.contains("ended at the pooler (KILL_CLIENT)")
+                    && dialog.contains("web-idle@127.0.0.1"),
                 "{v}: the confirmation does not name the application:\n{dialog}"
             );
             tmux.keys(&["y"])?;
@@ -1397,9 +1399,10 @@ async fn top_ends_applications_at_the_pooler(pg: Installation) -> Result<()> {
             tmux.keys(&[&format!("pid:{pid}"), "Enter"])?;
             tmux.wait_for("shown 1/").await?;
             tmux.keys(&["k"])?;
-            let dialog = tmux.wait_for("ended at the pooler (KILL_CLIENT)").await?;
+            let dialog = tmux.wait_for("y: yes").await?;
             ensure!(
-                dialog.contains("web-tx@127.0.0.1"),
+                dialog.contains("ended at the pooler (KILL_CLIENT)")
+                    && dialog.contains("web-tx@127.0.0.1"),
                 "{v}: the confirmation does not name web-tx:\n{dialog}"
             );
             tmux.keys(&["y"])?;
