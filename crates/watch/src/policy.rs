@@ -657,6 +657,14 @@ conninfo = "postgresql://me:secret@db/postgres"
     }
 
     #[test]
+    fn the_shipped_sample_parses() {
+        let p = Policy::parse(include_str!("../../../packaging/policy.toml")).unwrap();
+        assert_eq!(p.rules.len(), 3);
+        assert!(p.targets.is_empty());
+        assert_eq!(p.protect.apps, vec!["pg_dump*", "pg_basebackup", "psql"]);
+    }
+
+    #[test]
     fn no_rules_is_a_problem() {
         assert!(problems("interval = \"1s\"\n")[0].contains("no [[rule]]"));
     }
