@@ -189,7 +189,7 @@ fn run_async(
         match conn.poolers() {
             (p, false) if !p.is_empty() => {
                 return Err(UsageError(format!(
-                    "--pgbouncer is supported by every command but `free-slot` so far; {} through a pooler is not supported yet: run it without --pgbouncer, knowing that applications connected to the pooler stay connected to it",
+                    "--pgbouncer is supported by every command but `free-slot` and `watch` so far; {} through a pooler is not supported yet: run it without --pgbouncer, knowing that applications connected to the pooler stay connected to it",
                     command.name()
                 ))
                 .into())

@@ -360,7 +360,9 @@ async fn commands_that_do_not_see_through_poolers_yet_say_so(pg: Installation) -
     ))?;
     ensure!(
         code == 2
-            && err.contains("--pgbouncer is supported by every command but `free-slot` so far"),
+            && err.contains(
+                "--pgbouncer is supported by every command but `free-slot` and `watch` so far"
+            ),
         "free-slot --pgbouncer: exit {code}\n{out}\n{err}"
     );
     ensure!(victim.is_connected(), "a refused command ended the session");

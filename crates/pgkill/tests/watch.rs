@@ -28,6 +28,7 @@ fn main() {
         check_names_the_line_and_the_target_problems,
         the_daemon_reloads_on_sighup_and_stops_on_sigterm,
         two_watchers_exactly_one_acts,
+        a_target_down_never_stops_the_others_and_a_lost_connection_comes_back,
     ]);
 }
 
@@ -773,5 +774,105 @@ async fn two_watchers_exactly_one_acts(pg: Installation) -> Result<()> {
     ensure!(code == 0, "exit {code}:\n{}", b.stderr());
     let lb = audit_lines(&logs[1])?;
     ensure!(lb.len() == 1 && lb[0]["pid"] == late.pid(), "b: {lb:#?}");
+    Ok(())
+}
+
+async fn a_target_down_never_stops_the_others_and_a_lost_connection_comes_back(
+    pg: Installation,
+) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("app", None).await?;
+    let dir = tempfile::tempdir()?;
+    let down = free_port()?;
+    let policy = write_file(
+        dir.path(),
+        "policy.toml",
+        &format!(
+            "interval = \"200ms\"\n{IDLE_IN_TRANSACTION}
+[[target]]
+name = \"down\"
+conninfo = \"host=127.0.0.1 port={down} user=postgres connect_timeout=1\"
+[[target]]
+name = \"up\"
+conninfo = \"host={host} port={port} user=postgres passfile={pass}\"
+",
+            host = sb.host(),
+            port = sb.port(),
+            pass = sb.passfile().display(),
+        ),
+    )?;
+    let audit = dir.path().join("audit.log");
+    let metrics = free_port()?;
+    let mut daemon = Daemon::start(
+        &sb,
+        dir.path(),
+        "watch",
+        &[
+            "--policy",
+            text(&policy)?,
+            "--audit",
+            text(&audit)?,
+            "--metrics",
+            &metrics.to_string(),
+        ],
+    )?;
+    let first = sim::idle_in_transaction(&config(&sb, "app", roles::PLAIN, "web"), None).await?;
+    ensure!(
+        ended_with(&first).await.as_deref() == Some("57P01"),
+        "the target that is up was not served:\n{}",
+        daemon.stderr()
+    );
+    let up = |body: &str, target: &str| {
+        metric(body, &format!("pgkill_target_up{{target=\"{target}\"}}"))
+    };
+    ensure!(
+        eventually(Duration::from_secs(10), || {
+            let (_, body) = http_get(metrics, "/metrics")?;
+            Ok(up(&body, "up") == 1.0
+                && up(&body, "down") == 0.0
+                && metric(&body, "pgkill_evaluation_errors_total{target=\"down\"}") >= 1.0)
+        })
+        .await?,
+        "{}",
+        http_get(metrics, "/metrics")?.1
+    );
+    ensure!(
+        daemon.stderr().contains("target \"down\": cannot connect"),
+        "{}",
+        daemon.stderr()
+    );
+    // The daemon's connection is ended under it: it connects again and goes on.
+    let admin = sb.admin("postgres").await?;
+    let ended = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE application_name = 'pgkill' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    ensure!(!ended.is_empty(), "no daemon connection to end");
+    let second = sim::idle_in_transaction(&config(&sb, "app", roles::PLAIN, "web"), None).await?;
+    ensure!(
+        second
+            .wait_ended(Duration::from_secs(15))
+            .await
+            .and_then(|e| e.sqlstate)
+            .as_deref()
+            == Some("57P01"),
+        "not served after losing its connection:\n{}",
+        daemon.stderr()
+    );
+    let stderr = daemon.stderr();
+    ensure!(
+        stderr.matches("target \"up\": connected").count() >= 2,
+        "{stderr}"
+    );
+    let code = daemon.stop().await?;
+    ensure!(code == 0, "exit {code}:\n{}", daemon.stderr());
+    let acted = with(&audit_lines(&audit)?, "decision", "acted");
+    ensure!(
+        acted.len() == 2 && acted.iter().all(|l| l["target"] == "up"),
+        "{acted:#?}"
+    );
     Ok(())
 }
