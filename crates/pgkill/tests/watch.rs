@@ -29,6 +29,7 @@ fn main() {
         the_daemon_reloads_on_sighup_and_stops_on_sigterm,
         two_watchers_exactly_one_acts,
         a_target_down_never_stops_the_others_and_a_lost_connection_comes_back,
+        sighup_changes_the_targets,
     ]);
 }
 
@@ -873,6 +874,66 @@ conninfo = \"host={host} port={port} user=postgres passfile={pass}\"
     ensure!(
         acted.len() == 2 && acted.iter().all(|l| l["target"] == "up"),
         "{acted:#?}"
+    );
+    Ok(())
+}
+
+async fn sighup_changes_the_targets(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("app", None).await?;
+    let dir = tempfile::tempdir()?;
+    let with_target = |name: &str| {
+        format!(
+            "interval = \"200ms\"\n{IDLE_IN_TRANSACTION}
+[[target]]
+name = \"{name}\"
+conninfo = \"host={host} port={port} user=postgres passfile={pass}\"
+",
+            host = sb.host(),
+            port = sb.port(),
+            pass = sb.passfile().display(),
+        )
+    };
+    let policy = write_file(dir.path(), "policy.toml", &with_target("one"))?;
+    let audit = dir.path().join("audit.log");
+    let mut daemon = Daemon::start(
+        &sb,
+        dir.path(),
+        "watch",
+        &["--policy", text(&policy)?, "--audit", text(&audit)?],
+    )?;
+    ensure!(
+        eventually(Duration::from_secs(10), || Ok(daemon
+            .stderr()
+            .contains("target \"one\": leading")))
+        .await?,
+        "{}",
+        daemon.stderr()
+    );
+    std::fs::write(&policy, with_target("two"))?;
+    daemon.signal(nix::sys::signal::Signal::SIGHUP)?;
+    ensure!(
+        eventually(Duration::from_secs(10), || {
+            let e = daemon.stderr();
+            Ok(e.contains("target \"one\" is no longer watched")
+                && e.contains("target \"two\": leading"))
+        })
+        .await?,
+        "{}",
+        daemon.stderr()
+    );
+    let victim = sim::idle_in_transaction(&config(&sb, "app", roles::PLAIN, "web"), None).await?;
+    ensure!(
+        ended_with(&victim).await.as_deref() == Some("57P01"),
+        "{}",
+        daemon.stderr()
+    );
+    let code = daemon.stop().await?;
+    ensure!(code == 0, "exit {code}:\n{}", daemon.stderr());
+    let lines = audit_lines(&audit)?;
+    ensure!(
+        lines.len() == 1 && lines[0]["target"] == "two",
+        "{lines:#?}"
     );
     Ok(())
 }

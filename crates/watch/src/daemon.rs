@@ -55,6 +55,9 @@ pub struct Options {
 #[derive(Debug, Clone)]
 struct Target {
     name: String,
+    /// What it was made from (its conninfo; empty for the command line's server): a
+    /// reload restarts a target whose conninfo changed.
+    source: String,
     settings: Settings,
 }
 
@@ -85,7 +88,11 @@ fn targets(policy: &Policy, opts: &Options) -> Result<Vec<Target>, Vec<String>> 
             connect::Host::Tcp(h) => format!("{h}:{}", settings.port),
             connect::Host::Socket(d) => format!("{}:{}", d.display(), settings.port),
         };
-        return Ok(vec![Target { name, settings }]);
+        return Ok(vec![Target {
+            name,
+            source: String::new(),
+            settings,
+        }]);
     }
     let mut out = Vec::new();
     let mut problems = Vec::new();
@@ -97,6 +104,7 @@ fn targets(policy: &Policy, opts: &Options) -> Result<Vec<Target>, Vec<String>> 
         match resolve(&args, opts.statement_timeout) {
             Ok(settings) => out.push(Target {
                 name: t.name.clone(),
+                source: t.conninfo.clone(),
                 settings,
             }),
             Err(e) => problems.push(format!("target {:?}: {e}", t.name)),
@@ -327,33 +335,59 @@ async fn daemon(
         if opts.dry_run { ", dry run" } else { "" }
     ));
     let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         audit: audit.clone(),
         metrics: metrics.clone(),
         origin,
         dry_run: opts.dry_run,
     });
-    let mut tasks = Vec::new();
-    for t in targets {
-        tasks.push(tokio::spawn(watch_target(
-            t,
-            shared.clone(),
-            policy_rx.clone(),
-            stop_rx.clone(),
-        )));
-    }
+    let start = |t: Target| {
+        let (stop, stop_rx) = watch::channel(false);
+        let name = t.name.clone();
+        let source = t.source.clone();
+        let handle = tokio::spawn(watch_target(t, shared.clone(), policy_rx.clone(), stop_rx));
+        Running {
+            name,
+            source,
+            stop,
+            handle,
+        }
+    };
+    let mut running: Vec<Running> = targets.into_iter().map(start).collect();
+    let mut stopping: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&opts, &policy_tx, &audit, &metrics),
+            _ = hup.recv() => {
+                let Some(new_targets) = reload(&opts, &policy_tx, &audit, &metrics) else {
+                    continue;
+                };
+                // Targets that went or changed stop (after the pass in flight); new ones start.
+                let (keep, gone): (Vec<Running>, Vec<Running>) = running
+                    .into_iter()
+                    .partition(|r| new_targets.iter().any(|t| t.name == r.name && t.source == r.source));
+                for r in gone {
+                    say(&format!("SIGHUP: target {:?} is no longer watched", r.name));
+                    let _ = r.stop.send(true);
+                    stopping.push(r.handle);
+                }
+                running = keep;
+                for t in new_targets {
+                    if !running.iter().any(|r| r.name == t.name && r.source == t.source) {
+                        say(&format!("SIGHUP: watching target {:?}", t.name));
+                        running.push(start(t));
+                    }
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     say("stopping: finishing the actions in flight");
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
+    for r in &running {
+        let _ = r.stop.send(true);
+    }
+    for h in running.into_iter().map(|r| r.handle).chain(stopping) {
+        let _ = h.await;
     }
     if let Some(s) = server {
         s.abort();
@@ -362,48 +396,60 @@ async fn daemon(
     Ok(0)
 }
 
+/// A target's task and how to stop it.
+struct Running {
+    name: String,
+    source: String,
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// SIGHUP: reopens the audit file and re-reads the policy. A policy that validates (and
+/// whose targets resolve) replaces the running one; its targets are returned. Otherwise
+/// the old one stays, and `None`.
 fn reload(
     opts: &Options,
     policy_tx: &watch::Sender<Arc<Policy>>,
     audit: &Audit,
     metrics: &Metrics,
-) {
+) -> Option<Vec<Target>> {
     if let Err(e) = audit.reopen() {
         say(&format!("SIGHUP: cannot reopen the audit log: {e}"));
     }
-    match Policy::load(&opts.policy) {
-        Ok(new) => {
+    let count = |result: &str| {
+        metrics
+            .reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    };
+    let loaded = Policy::load(&opts.policy)
+        .map_err(|e| e.problems)
+        .and_then(|new| targets(&new, opts).map(|t| (new, t)));
+    match loaded {
+        Ok((new, new_targets)) => {
             let old = policy_tx.borrow().clone();
-            if new.targets != old.targets {
-                say("SIGHUP: the [[target]] list changed: restart the daemon to apply it; the rules, limits and protections apply now");
-            }
             if new.name != old.name {
                 say("SIGHUP: the policy name changed: the leader lock keeps the old key until the daemon restarts");
             }
             say(&format!(
-                "SIGHUP: policy reloaded ({} rule(s), every {})",
+                "SIGHUP: policy reloaded ({} rule(s), {} target(s), every {})",
                 new.rules.len(),
+                new_targets.len(),
                 pgkill_core::format_duration(new.interval)
             ));
             let _ = policy_tx.send(Arc::new(new));
-            metrics
-                .reloads
-                .get_or_create(&ResultLabels {
-                    result: "ok".to_owned(),
-                })
-                .inc();
+            count("ok");
+            Some(new_targets)
         }
-        Err(e) => {
+        Err(problems) => {
             say("SIGHUP: the policy was rejected, the previous one keeps running:");
-            for p in &e.problems {
+            for p in &problems {
                 say(p);
             }
-            metrics
-                .reloads
-                .get_or_create(&ResultLabels {
-                    result: "error".to_owned(),
-                })
-                .inc();
+            count("error");
+            None
         }
     }
 }
