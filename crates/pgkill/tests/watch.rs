@@ -107,6 +107,16 @@ async fn ended_with(s: &sim::Session) -> Option<String> {
         .and_then(|e| e.sqlstate)
 }
 
+/// A `[[target]]` entry for the sandbox, logging in as `role` with its password file.
+fn target_entry(sb: &Sandbox, name: &str, role: &str) -> String {
+    format!(
+        "[[target]]\nname = \"{name}\"\nconninfo = \"host={} port={} user={role} passfile={}\"\n",
+        sb.host(),
+        sb.port(),
+        sb.passfile().display()
+    )
+}
+
 fn config(sb: &Sandbox, db: &str, role: &str, app: &str) -> tokio_postgres::Config {
     let mut c = sb.config(db, role);
     c.application_name(app);
@@ -532,21 +542,9 @@ async fn check_names_the_line_and_the_target_problems(pg: Installation) -> Resul
     // Targets: one that works, one with a plain role lacking privileges, one down.
     let down = free_port()?;
     let targets = format!(
-        "{IDLE_IN_TRANSACTION}
-[[target]]
-name = \"ok\"
-conninfo = \"host={host} port={port} user=postgres passfile={pass}\"
-[[target]]
-name = \"weak\"
-conninfo = \"host={host} port={port} user={plain} passfile={pass}\"
-[[target]]
-name = \"down\"
-conninfo = \"host=127.0.0.1 port={down} user=postgres connect_timeout=2\"
-",
-        host = sb.host(),
-        port = sb.port(),
-        pass = sb.passfile().display(),
-        plain = roles::PLAIN,
+        "{IDLE_IN_TRANSACTION}{}{}[[target]]\nname = \"down\"\nconninfo = \"host=127.0.0.1 port={down} user=postgres connect_timeout=2\"\n",
+        target_entry(&sb, "ok", roles::ADMIN),
+        target_entry(&sb, "weak", roles::PLAIN),
     );
     let targets = write_file(dir.path(), "targets.toml", &targets)?;
     let (code, out, err) = watch(&sb, &["--policy", text(&targets)?, "--check"])?;
@@ -789,17 +787,8 @@ async fn a_target_down_never_stops_the_others_and_a_lost_connection_comes_back(
         dir.path(),
         "policy.toml",
         &format!(
-            "interval = \"200ms\"\n{IDLE_IN_TRANSACTION}
-[[target]]
-name = \"down\"
-conninfo = \"host=127.0.0.1 port={down} user=postgres connect_timeout=1\"
-[[target]]
-name = \"up\"
-conninfo = \"host={host} port={port} user=postgres passfile={pass}\"
-",
-            host = sb.host(),
-            port = sb.port(),
-            pass = sb.passfile().display(),
+            "interval = \"200ms\"\n{IDLE_IN_TRANSACTION}[[target]]\nname = \"down\"\nconninfo = \"host=127.0.0.1 port={down} user=postgres connect_timeout=1\"\n{}",
+            target_entry(&sb, "up", roles::ADMIN),
         ),
     )?;
     let audit = dir.path().join("audit.log");
@@ -884,14 +873,8 @@ async fn sighup_changes_the_targets(pg: Installation) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let with_target = |name: &str| {
         format!(
-            "interval = \"200ms\"\n{IDLE_IN_TRANSACTION}
-[[target]]
-name = \"{name}\"
-conninfo = \"host={host} port={port} user=postgres passfile={pass}\"
-",
-            host = sb.host(),
-            port = sb.port(),
-            pass = sb.passfile().display(),
+            "interval = \"200ms\"\n{IDLE_IN_TRANSACTION}{}",
+            target_entry(&sb, name, roles::ADMIN)
         )
     };
     let policy = write_file(dir.path(), "policy.toml", &with_target("one"))?;
