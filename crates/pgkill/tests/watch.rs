@@ -539,6 +539,17 @@ async fn check_names_the_line_and_the_target_problems(pg: Installation) -> Resul
             && err.contains("selects every client session"),
         "exit {code}:\n{err}"
     );
+    // A password in the policy is refused, and never echoed.
+    let secret = write_file(
+        dir.path(),
+        "secret.toml",
+        &format!("{IDLE_IN_TRANSACTION}[[target]]\nname = \"s\"\nconninfo = \"host=127.0.0.1 password=hunter2\"\n"),
+    )?;
+    let (code, out, err) = watch(&sb, &["--policy", text(&secret)?, "--check"])?;
+    ensure!(
+        code == 2 && err.contains("holds a password") && !format!("{out}{err}").contains("hunter2"),
+        "exit {code}:\n{out}\n{err}"
+    );
     // Targets: one that works, one with a plain role lacking privileges, one down.
     let down = free_port()?;
     let targets = format!(
