@@ -305,7 +305,16 @@ async fn act(
                 report.failed += 1;
                 write(
                     cx.audit,
-                    &Record::new(about, &t.session, action, "failed", None, e.to_string()),
+                    &Record::new(
+                        about,
+                        &t.session,
+                        action,
+                        "failed",
+                        None,
+                        format!(
+                            "the signalling statement failed (the signal may have been sent): {e}"
+                        ),
+                    ),
                 )?;
                 count(cx.metrics, cx.target, &rule.name, action, "failed", false);
             }
