@@ -100,6 +100,8 @@ enum Command {
     FreeSlot(sessions_cmd::FreeSlotArgs),
     /// Watch sessions live; filter, select, cancel and terminate them.
     Top(TopArgs),
+    /// Enforce a policy file: end sessions by rule, with an audit log and metrics.
+    Watch(WatchArgs),
     /// Start a throw-away local PostgreSQL full of realistic sessions to practise on.
     Demo(demo::DemoArgs),
     /// Print a shell completion script (bash, zsh or fish) on stdout.
@@ -121,6 +123,7 @@ impl Command {
             Command::Rename(_) => "rename",
             Command::FreeSlot(_) => "free-slot",
             Command::Top(_) => "top",
+            Command::Watch(_) => "watch",
             Command::Demo(_) => "demo",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
@@ -188,7 +191,7 @@ fn run_async(
         if let (p, false) = conn.poolers() {
             if !p.is_empty() {
                 return Err(UsageError(format!(
-                    "--pgbouncer names a pooler in front of the server pgkill connects to; `pgkill {}` starts a server of its own and takes none",
+                    "--pgbouncer is taken by every command but `watch` (not yet) and `demo` (it starts a server of its own): run `pgkill {}` without it",
                     command.name()
                 ))
                 .into());
@@ -274,6 +277,7 @@ fn run_async(
             Command::Unfence(a) => database_cmd::unfence(&conn, conninfo, a).await,
             Command::FreeSlot(a) => sessions_cmd::free_slot(&conn, conninfo, a).await,
             Command::Top(a) => top(&conn, conninfo, a).await,
+            Command::Watch(a) => watch(&conn, conninfo, a).await,
             Command::Demo(_) | Command::Completions(_) | Command::Man(_) => Ok(Outcome::Error),
         }
     });
@@ -334,6 +338,65 @@ async fn top(
     )
     .await?;
     Ok(Outcome::Ok)
+}
+
+/// Arguments of `pgkill watch`.
+#[derive(Debug, clap::Args)]
+struct WatchArgs {
+    /// The policy file (TOML; see the README's "pgkill watch").
+    #[arg(long = "policy", value_name = "FILE")]
+    policy: std::path::PathBuf,
+    /// Act on nothing; audit what would have been done (`"decision": "dry_run"`).
+    #[arg(long = "dry-run")]
+    dry_run: bool,
+    /// One evaluation pass over every target, then exit (exit codes as `kill`).
+    #[arg(long = "once")]
+    once: bool,
+    /// Check the policy and that every target connects with the privileges it needs;
+    /// exit 0, or 2 listing every problem.
+    #[arg(long = "check")]
+    check: bool,
+    /// Serve /metrics (Prometheus) and /healthz here: a port (loopback), or an address
+    /// and port such as 127.0.0.1:9898 (only an address written out listens beyond
+    /// loopback).
+    #[arg(long = "metrics", value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Append the audit log (JSON lines) to this file (created 0600, never through a
+    /// symlink, reopened on SIGHUP) instead of stdout.
+    #[arg(long = "audit", value_name = "FILE")]
+    audit: Option<std::path::PathBuf>,
+}
+
+async fn watch(
+    conn_args: &args::ConnArgs,
+    conninfo: Option<&str>,
+    args: &WatchArgs,
+) -> anyhow::Result<Outcome> {
+    let metrics = match &args.metrics {
+        Some(text) => Some(
+            pgkill_watch::metrics::check_address(text).map_err(|e| UsageError(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let options = pgkill_watch::Options {
+        policy: args.policy.clone(),
+        dry_run: args.dry_run,
+        once: args.once,
+        check: args.check,
+        metrics,
+        audit: args.audit.clone(),
+        default_target: pgkill_pg::connect::ConnectArgs {
+            host: conn_args.host.clone(),
+            port: conn_args.port.clone(),
+            user: conn_args.user.clone(),
+            // A daemon never prompts: the password comes from .pgpass or PGPASSWORD.
+            force_password_prompt: false,
+            maintenance_db: conn_args.maintenance_db.clone(),
+            conninfo: conninfo.map(str::to_owned),
+        },
+        statement_timeout: conn_args.statement_timeout,
+    };
+    Ok(Outcome::from_code(pgkill_watch::run(options).await?))
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -339,10 +339,6 @@ async fn ls_shows_the_applications_behind_the_pooler(pg: Installation) -> Result
     Ok(())
 }
 
-/// The commands that do not use poolers yet refuse `--pgbouncer` before connecting
-/// (exit 2, nothing done) rather than act on backends whose applications stay connected
-/// to the pooler; from `PGKILL_PGBOUNCER` they warn and go on. Those that use poolers stop
-/// before doing anything when one cannot be reached.
 /// Every command that takes poolers stops before acting when one cannot be reached
 /// (exit 2: a listing without it would miss applications), named on the command line or
 /// in `PGKILL_PGBOUNCER`.
