@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -269,4 +269,48 @@ pub fn find_pgkill(explicit: Option<&std::path::Path>) -> anyhow::Result<PathBuf
         );
     }
     Ok(path)
+}
+
+/// psql: `--psql`, else the installation's own, else the newest of the distribution's
+/// (`/usr/lib/postgresql/*/bin`; not `/usr/bin/psql`, a Perl wrapper that would add its
+/// start-up to every run), else `psql` on `PATH`.
+pub fn find_psql(
+    explicit: Option<&Path>,
+    inst: &pgkill_sandbox::Installation,
+) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let own = inst.program("psql");
+    if own.is_file() {
+        return Ok(own);
+    }
+    let mut system: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse().ok()?;
+            let psql = e.path().join("bin/psql");
+            psql.is_file().then_some((major, psql))
+        })
+        .collect();
+    system.sort();
+    if let Some((_, psql)) = system.pop() {
+        return Ok(psql);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("psql"))
+        .find(|p| p.is_file())
+        .context("psql not found: install the PostgreSQL client or pass --psql PATH")
+}
+
+/// The trimmed stdout of `cmd` (e.g. a program's `--version`).
+pub fn output_of(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
