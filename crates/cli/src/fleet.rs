@@ -269,19 +269,34 @@ pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Res
         .collect();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if ls.json {
-        let docs = results
+        // Written straight from the sessions: no copy of the document but its text.
+        #[derive(serde::Serialize)]
+        struct Item<'a> {
+            target: &'a str,
+            #[serde(flatten)]
+            doc: Option<output::SessionsDoc<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<serde_json::Value>,
+        }
+        let items: Vec<Item<'_>> = targets
             .iter()
-            .map(|r| match r {
-                Ok((server, list)) => {
-                    let mut doc = Vec::new();
-                    output::sessions_json(&mut doc, server, list, &[], None)
-                        .map_err(|e| e.to_string())?;
-                    serde_json::from_slice(&doc).map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e.clone()),
+            .zip(&results)
+            .map(|(t, r)| match r {
+                Ok((server, list)) => Item {
+                    target: &t.name,
+                    doc: Some(output::sessions_doc(server, list, &[], None)),
+                    error: None,
+                },
+                Err(e) => Item {
+                    target: &t.name,
+                    doc: None,
+                    error: Some(serde_json::json!({ "message": e })),
+                },
             })
             .collect();
-        targets_json(&mut out, targets, docs)?;
+        output::json(&mut out, &serde_json::json!({ "targets": items }))?;
+        out.flush()?;
+        return Ok(combined(&codes));
     } else if ls.csv {
         let per: Vec<(
             &str,

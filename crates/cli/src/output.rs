@@ -441,20 +441,31 @@ pub fn sessions_json(
     pooled: &[pgkill_core::pooler::Pooled],
     horizon: Option<&pgkill_core::horizon::XminHorizon>,
 ) -> io::Result<()> {
-    #[derive(Serialize)]
-    struct Doc<'a> {
-        server: &'a ServerJson,
-        sessions: Vec<SessionJson<'a>>,
-        /// With `--holding-xmin`: the horizon and what holds it.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        xmin_horizon: Option<&'a pgkill_core::horizon::XminHorizon>,
-    }
-    let doc = Doc {
+    json(out, &sessions_doc(server, sessions, pooled, horizon))
+}
+
+/// `ls --json`'s document.
+#[derive(Serialize)]
+pub struct SessionsDoc<'a> {
+    server: &'a ServerJson,
+    sessions: Vec<SessionJson<'a>>,
+    /// With `--holding-xmin`: the horizon and what holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xmin_horizon: Option<&'a pgkill_core::horizon::XminHorizon>,
+}
+
+/// The document [`sessions_json`] prints.
+pub fn sessions_doc<'a>(
+    server: &'a ServerJson,
+    sessions: &'a [Session],
+    pooled: &'a [pgkill_core::pooler::Pooled],
+    horizon: Option<&'a pgkill_core::horizon::XminHorizon>,
+) -> SessionsDoc<'a> {
+    SessionsDoc {
         server,
         sessions: rows_json(sessions, pooled),
         xmin_horizon: horizon,
-    };
-    json(out, &doc)
+    }
 }
 
 fn rows_json<'a>(
@@ -474,17 +485,18 @@ fn rows_json<'a>(
 pub fn json(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(json_error)?;
     // Outside strings JSON text is ASCII punctuation and whitespace: escaping any char
-    // of the text is escaping it inside a string.
-    let mut safe = String::with_capacity(text.len() + 1);
-    for c in text.chars() {
+    // of the text is escaping it inside a string. Written run by run (no second copy of
+    // a large document).
+    let mut start = 0;
+    for (at, c) in text.char_indices() {
         if is_unsafe(c) {
-            safe.push_str(&format!("\\u{:04x}", u32::from(c)));
-        } else {
-            safe.push(c);
+            out.write_all(&text.as_bytes()[start..at])?;
+            write!(out, "\\u{:04x}", u32::from(c))?;
+            start = at + c.len_utf8();
         }
     }
-    safe.push('\n');
-    out.write_all(safe.as_bytes())
+    out.write_all(&text.as_bytes()[start..])?;
+    out.write_all(b"\n")
 }
 
 /// Keeps the I/O error kind (a closed pipe must stay recognisable) of a JSON write.
