@@ -478,6 +478,35 @@ pub fn server_summary() -> Query {
     }
 }
 
+/// The lock each of the sessions `pids` waits for (`top`'s blocking tree): one row per
+/// waiter with `pid, locktype, mode, database, nspname, relname, waitstart`. Only the
+/// waiters' ungranted locks are read. The relation is named only when it is in the
+/// database pgkill is connected to (`pg_class` is per database: an oid from another
+/// database could name an unrelated table here). `waitstart` exists from PostgreSQL 14;
+/// before, it is NULL (the caller falls back to the waiter's `state_change`).
+pub fn lock_waits(v: ServerVersion, pids: &[i32]) -> Query {
+    let waitstart = if v.major >= 14 {
+        "l.waitstart"
+    } else {
+        "NULL::timestamptz"
+    };
+    let sql = format!(
+        "SELECT DISTINCT ON (l.pid) l.pid, l.locktype, l.mode, d.datname::text AS database,
+       n.nspname::text AS nspname, c.relname::text AS relname, {waitstart} AS waitstart
+FROM pg_catalog.pg_locks l
+LEFT JOIN pg_catalog.pg_database d ON d.oid = l.database
+LEFT JOIN pg_catalog.pg_class c ON c.oid = l.relation
+  AND l.database = (SELECT o.oid FROM pg_catalog.pg_database o WHERE o.datname = pg_catalog.current_database())
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT l.granted AND l.pid = ANY($1::int[])
+ORDER BY l.pid"
+    );
+    Query {
+        sql,
+        params: vec![Param::IntArray(pids.to_vec())],
+    }
+}
+
 /// Which of the roles `names` are superusers (for the protection of application
 /// connections behind a pooler, which have no backend row to say so).
 pub fn superusers_among(names: Vec<String>) -> Query {
@@ -640,6 +669,7 @@ mod tests {
         ];
         for major in 10..=18 {
             all.push(xmin_holders(v(major), &[]).sql);
+            all.push(lock_waits(v(major), &[1, 2]).sql);
             all.push(xmin_holders(v(major), &[1, 2]).sql);
             for f in [Filter::default(), every_filter()] {
                 all.push(list_sessions(v(major), &f, &[1, 2]).sql);
@@ -649,6 +679,19 @@ mod tests {
             }
         }
         all
+    }
+
+    #[test]
+    fn lock_waits_reads_waitstart_from_14_only() {
+        assert!(lock_waits(v(13), &[1])
+            .sql
+            .contains("NULL::timestamptz AS waitstart"));
+        assert!(lock_waits(v(14), &[1])
+            .sql
+            .contains("l.waitstart AS waitstart"));
+        let q = lock_waits(v(18), &[3, 4]);
+        assert!(q.sql.contains("NOT l.granted AND l.pid = ANY($1::int[])"));
+        assert_eq!(q.params, vec![Param::IntArray(vec![3, 4])]);
     }
 
     #[test]

@@ -68,15 +68,22 @@ pub async fn run(
     ));
 
     // Terminal events are read on a thread of their own (crossterm's read blocks).
-    let (key_tx, mut key_rx) = mpsc::unbounded_channel::<Option<Key>>();
+    let (key_tx, mut key_rx) = mpsc::unbounded_channel::<Option<Event>>();
     std::thread::spawn(move || loop {
         match ct::read() {
             Ok(CtEvent::Key(k)) if k.kind != KeyEventKind::Release => {
                 let key = match k.code {
-                    KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
-                        Some(Key::Char('q'))
+                    KeyCode::Char(c) if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                        Some(Key::Ctrl(c.to_ascii_lowercase()))
                     }
                     KeyCode::Char(c) => Some(Key::Char(c)),
+                    KeyCode::Left => Some(Key::Left),
+                    KeyCode::Right => Some(Key::Right),
+                    KeyCode::Home => Some(Key::Home),
+                    KeyCode::End => Some(Key::End),
+                    KeyCode::PageUp => Some(Key::PageUp),
+                    KeyCode::PageDown => Some(Key::PageDown),
+                    KeyCode::F(1) => Some(Key::F1),
                     KeyCode::Enter => Some(Key::Enter),
                     KeyCode::Esc => Some(Key::Esc),
                     KeyCode::Backspace => Some(Key::Backspace),
@@ -84,13 +91,14 @@ pub async fn run(
                     KeyCode::Down => Some(Key::Down),
                     _ => None,
                 };
-                if key.is_some() && key_tx.send(key).is_err() {
-                    return;
+                if let Some(key) = key {
+                    if key_tx.send(Some(Event::Key(key))).is_err() {
+                        return;
+                    }
                 }
             }
-            // A resize only needs a redraw.
-            Ok(CtEvent::Resize(..)) => {
-                if key_tx.send(None).is_err() {
+            Ok(CtEvent::Resize(width, height)) => {
+                if key_tx.send(Some(Event::Resize { width, height })).is_err() {
                     return;
                 }
             }
@@ -101,15 +109,31 @@ pub async fn run(
 
     // Also installs a panic hook that gives the terminal back before the message.
     let mut terminal = ratatui::try_init()?;
+    app.utc_offset = *chrono::Local::now().offset();
+    if let Ok(size) = terminal.size() {
+        update(
+            &mut app,
+            Event::Resize {
+                width: size.width,
+                height: size.height,
+            },
+        );
+    }
     let result = async {
         let _ = req_tx.send(Request::Refresh);
         let mut in_flight = true;
         let mut next_tick = tokio::time::Instant::now() + app.interval;
+        // When the data on screen was read: older than two intervals, it is marked stale.
+        let mut last_data = tokio::time::Instant::now();
+        // Redraw at least this often, so that "stale" shows while nothing else happens.
+        let redraw = Duration::from_millis(500);
         loop {
+            app.data_age = Some(last_data.elapsed());
             terminal.draw(|f| view(&app, f))?;
+            let interval = app.interval;
             let event = tokio::select! {
                 key = key_rx.recv() => match key {
-                    Some(Some(k)) => Event::Key(k),
+                    Some(Some(ev)) => ev,
                     Some(None) => continue,
                     None => return Ok(()),
                 },
@@ -118,6 +142,9 @@ pub async fn run(
                         if matches!(ev, Event::Snapshot(_) | Event::AuthFailed(_)) {
                             in_flight = false;
                         }
+                        if matches!(ev, Event::Snapshot(Ok(_))) {
+                            last_data = tokio::time::Instant::now();
+                        }
                         ev
                     }
                     None => return Ok(()),
@@ -125,9 +152,16 @@ pub async fn run(
                 _ = tokio::time::sleep_until(next_tick) => {
                     next_tick = tokio::time::Instant::now() + app.interval;
                     Event::Tick
-                }
+                },
+                _ = tokio::time::sleep(redraw) => continue,
             };
-            for effect in update(&mut app, event) {
+            let effects = update(&mut app, event);
+            // A changed interval takes effect at once: the timer is restarted with it
+            // (waiting out the old one froze the screen for up to a minute).
+            if app.interval != interval {
+                next_tick = tokio::time::Instant::now() + app.interval;
+            }
+            for effect in effects {
                 match effect {
                     Effect::Quit => return Ok(()),
                     // At most one refresh at a time: a slow server is not piled on.
@@ -365,6 +399,14 @@ async fn snapshot(
             connections: row.try_get(1)?,
             uptime: Duration::from_secs_f64(row.try_get::<_, f64>(2)?.max(0.0)),
             in_recovery: caps.in_recovery,
+        },
+        locks: {
+            let waiting: Vec<i32> = sessions
+                .iter()
+                .filter(|s| !s.blocked_by.is_empty())
+                .map(|s| s.pid)
+                .collect();
+            sessions::lock_waits(client, caps, &waiting).await?
         },
         sessions,
     })
