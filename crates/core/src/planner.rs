@@ -479,7 +479,7 @@ pub fn server_summary() -> Query {
 }
 
 /// The lock each of the sessions `pids` waits for (`top`'s blocking tree): one row per
-/// waiter with `pid, locktype, mode, database, nspname, relname, waitstart`. Only the
+/// waiter with `pid, locktype, mode, database, relid, nspname, relname, waitstart`. Only the
 /// waiters' ungranted locks are read. The relation is named only when it is in the
 /// database pgkill is connected to (`pg_class` is per database: an oid from another
 /// database could name an unrelated table here). `waitstart` exists from PostgreSQL 14;
@@ -492,7 +492,7 @@ pub fn lock_waits(v: ServerVersion, pids: &[i32]) -> Query {
     };
     let sql = format!(
         "SELECT DISTINCT ON (l.pid) l.pid, l.locktype, l.mode, d.datname::text AS database,
-       n.nspname::text AS nspname, c.relname::text AS relname, {waitstart} AS waitstart
+       l.relation::int8 AS relid, n.nspname::text AS nspname, c.relname::text AS relname, {waitstart} AS waitstart
 FROM pg_catalog.pg_locks l
 LEFT JOIN pg_catalog.pg_database d ON d.oid = l.database
 LEFT JOIN pg_catalog.pg_class c ON c.oid = l.relation

@@ -145,6 +145,8 @@ pub struct LockWait {
     pub mode: String,
     /// The database of the locked object, if it has one.
     pub database: Option<String>,
+    /// The locked relation's oid, if the lock is on one.
+    pub relation_oid: Option<i64>,
     /// The relation's schema and name, when it is in the database pgkill is connected to.
     pub relation: Option<(String, String)>,
     /// Since when it waits (`pg_locks.waitstart`, PostgreSQL 14+).
@@ -159,6 +161,12 @@ impl LockWait {
             (Some((n, r)), "relation") => format!("{n}.{r}"),
             (Some((n, r)), kind) => format!("a {kind} of {n}.{r}"),
             (None, "transactionid") => "a transaction (a row it changed)".into(),
+            // In another database than pgkill's: only its oid can be known from here.
+            (None, kind) if self.relation_oid.is_some() => format!(
+                "a {kind} (oid {}) in database {}",
+                self.relation_oid.unwrap_or_default(),
+                self.database.as_deref().unwrap_or("?")
+            ),
             (None, kind) => match &self.database {
                 Some(db) => format!("a {kind} in database {db}"),
                 None => format!("a {kind}"),

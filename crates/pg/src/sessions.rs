@@ -171,6 +171,7 @@ pub async fn lock_waits(
                     .unwrap_or_default(),
                 mode: r.try_get::<_, Option<String>>("mode")?.unwrap_or_default(),
                 database: r.try_get("database")?,
+                relation_oid: r.try_get("relid")?,
                 relation: nsp.zip(rel),
                 since: r.try_get("waitstart")?,
             })

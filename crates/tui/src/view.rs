@@ -1024,6 +1024,7 @@ mod tests {
             locktype: "relation".into(),
             mode: mode.into(),
             database: Some("shop".into()),
+            relation_oid: Some(16384),
             relation: Some(("public".into(), "orders".into())),
             since: at(since),
         };
@@ -1036,6 +1037,7 @@ mod tests {
                 locktype: "transactionid".into(),
                 mode: "ShareLock".into(),
                 database: None,
+                relation_oid: None,
                 relation: None,
                 since: None,
             },
