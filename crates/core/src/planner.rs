@@ -507,6 +507,48 @@ ORDER BY l.pid"
     }
 }
 
+/// `top`'s health header, from cheap views only, in one statement: the cumulative
+/// counters of `pg_stat_database` summed over databases (`commits, rollbacks, blks_hit,
+/// blks_read, temp_files, temp_bytes`: `top` turns two refreshes into rates), the oldest
+/// client transaction's age (not counting this statement's own) in seconds (`oldest_xact`), the autovacuum workers running
+/// and `autovacuum_max_workers`, and the server's clock (`now`). `pg_stat_activity` is
+/// read once, its timestamps and types only.
+pub fn health() -> Query {
+    Query {
+        sql: "SELECT d.commits, d.rollbacks, d.blks_hit, d.blks_read, d.temp_files, d.temp_bytes,
+       a.oldest_xact, a.autovacuum,
+       pg_catalog.current_setting('autovacuum_max_workers'::text)::int8 AS autovacuum_max,
+       pg_catalog.clock_timestamp() AS now
+FROM (SELECT pg_catalog.sum(s.xact_commit)::int8 AS commits, pg_catalog.sum(s.xact_rollback)::int8 AS rollbacks,
+             pg_catalog.sum(s.blks_hit)::int8 AS blks_hit, pg_catalog.sum(s.blks_read)::int8 AS blks_read,
+             pg_catalog.sum(s.temp_files)::int8 AS temp_files, pg_catalog.sum(s.temp_bytes)::int8 AS temp_bytes
+      FROM pg_catalog.pg_stat_database s) AS d,
+     (SELECT extract(epoch FROM pg_catalog.max(pg_catalog.clock_timestamp() - x.xact_start)
+                     FILTER (WHERE x.backend_type = 'client backend'::text
+                               AND x.pid <> pg_catalog.pg_backend_pid()))::float8 AS oldest_xact,
+             pg_catalog.count(*) FILTER (WHERE x.backend_type = 'autovacuum worker'::text)::int8 AS autovacuum
+      FROM pg_catalog.pg_stat_activity x) AS a"
+            .into(),
+        params: Vec::new(),
+    }
+}
+
+/// Each standby streaming from this server (`pg_stat_replication`, 10+): its name,
+/// address, state, `replay_lag` in seconds, and how many bytes of WAL it has yet to
+/// replay (NULL on a standby, which has no current WAL position of its own).
+pub fn replication_lag() -> Query {
+    Query {
+        sql: "SELECT r.application_name, pg_catalog.host(r.client_addr) AS client_addr, r.state,
+       extract(epoch FROM r.replay_lag)::float8 AS replay_lag,
+       CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+            ELSE pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.replay_lsn)::int8 END AS behind
+FROM pg_catalog.pg_stat_replication r
+ORDER BY r.application_name, r.pid"
+            .into(),
+        params: Vec::new(),
+    }
+}
+
 /// Which of the roles `names` are superusers (for the protection of application
 /// connections behind a pooler, which have no backend row to say so).
 pub fn superusers_among(names: Vec<String>) -> Query {
@@ -661,6 +703,8 @@ mod tests {
         let mut all = vec![
             capabilities().sql,
             server_summary().sql,
+            health().sql,
+            replication_lag().sql,
             set_statement_timeout(5000).sql,
             raise_statement_timeout(60_000).sql,
             still_present(std::slice::from_ref(&id)).sql,

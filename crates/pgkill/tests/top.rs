@@ -169,7 +169,7 @@ async fn the_whole_lock_chain_shows_and_proceeds_when_its_root_is_terminated(
     Ok(())
 }
 
-/// Issue 15, defect 2: `+` up to a minute, `-` down to 250 ms, `+ +` to 1 s: the next
+/// Issue 15, defect 2 (and the health header's statements on every version): `+` up to a minute, `-` down to 250 ms, `+ +` to 1 s: the next
 /// refresh comes within the new interval (it used to wait out the minute), and nothing
 /// says stale.
 async fn a_changed_interval_takes_effect_at_once(pg: Installation) -> Result<()> {
@@ -178,6 +178,15 @@ async fn a_changed_interval_takes_effect_at_once(pg: Installation) -> Result<()>
     let tmux = start_top(&sb, "tick", "").await?;
     tmux.keys(&["/", "db:tick", "Enter"])?;
     tmux.wait_for("shown 0/").await?;
+    // The health header is read on every version (rates from the second refresh on).
+    let header = tmux.wait_for("cache hit").await?;
+    ensure!(
+        header.contains("xact/s ")
+            && header.contains("oldest xact -")
+            && header.contains("autovacuum ")
+            && header.contains("standbys: none"),
+        "{header}"
+    );
     for _ in 0..6 {
         tmux.keys(&["+"])?;
     }

@@ -32,6 +32,87 @@ pub struct ServerInfo {
     pub in_recovery: bool,
 }
 
+/// The server's cumulative counters and gauges for the health header, read at one
+/// refresh (rates come from two of them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// The server's clock when read.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Commits, summed over databases.
+    pub commits: i64,
+    /// Rollbacks.
+    pub rollbacks: i64,
+    /// Blocks found in shared buffers.
+    pub blks_hit: i64,
+    /// Blocks read from outside.
+    pub blks_read: i64,
+    /// Temporary files written.
+    pub temp_files: i64,
+    /// Bytes of temporary files written.
+    pub temp_bytes: i64,
+    /// The oldest client transaction's age.
+    pub oldest_xact: Option<Duration>,
+    /// Autovacuum workers running.
+    pub autovacuum: i64,
+    /// `autovacuum_max_workers`.
+    pub autovacuum_max: i64,
+    /// The xmin horizon's age and what holds it, in a few words.
+    pub xmin: Option<(i32, String)>,
+    /// Each standby: name, address, state, replay lag, bytes behind.
+    pub standbys: Vec<Standby>,
+}
+
+/// A standby streaming from the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standby {
+    /// `application_name`.
+    pub name: String,
+    /// Its address.
+    pub addr: Option<String>,
+    /// `streaming`, `catchup`, …
+    pub state: Option<String>,
+    /// `replay_lag`.
+    pub lag: Option<Duration>,
+    /// WAL bytes it has yet to replay.
+    pub behind: Option<i64>,
+}
+
+/// Rates between two health readings.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Rates {
+    /// Commits per second.
+    pub commits: f64,
+    /// Rollbacks per second.
+    pub rollbacks: f64,
+    /// Share of block reads found in shared buffers over the interval (`None`: no reads).
+    pub cache_hit: Option<f64>,
+    /// Temporary files per second.
+    pub temp_files: f64,
+    /// Temporary bytes per second.
+    pub temp_bytes: f64,
+}
+
+impl Rates {
+    /// The rates from `before` to `now` (`None` when the clock did not move forward or a
+    /// counter went back: statistics were reset).
+    pub fn between(before: &Health, now: &Health) -> Option<Rates> {
+        let secs = (now.at - before.at).to_std().ok()?.as_secs_f64();
+        if secs <= 0.0 {
+            return None;
+        }
+        let d = |a: i64, b: i64| (b >= a).then(|| (b - a) as f64);
+        let hit = d(before.blks_hit, now.blks_hit)?;
+        let read = d(before.blks_read, now.blks_read)?;
+        Some(Rates {
+            commits: d(before.commits, now.commits)? / secs,
+            rollbacks: d(before.rollbacks, now.rollbacks)? / secs,
+            cache_hit: (hit + read > 0.0).then(|| hit / (hit + read)),
+            temp_files: d(before.temp_files, now.temp_files)? / secs,
+            temp_bytes: d(before.temp_bytes, now.temp_bytes)? / secs,
+        })
+    }
+}
+
 /// One refresh's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
@@ -41,6 +122,8 @@ pub struct Snapshot {
     pub sessions: Vec<Session>,
     /// The lock each waiting session asked for (for the blocking tree).
     pub locks: Vec<LockWait>,
+    /// The health header's readings (when it is shown).
+    pub health: Option<Box<Health>>,
     /// Who pgkill is connected as (what it may signal).
     pub caller: Caller,
     /// `--pgbouncer`: each pooler, one line (`PgBouncer 1.24.1 at …: …`).
@@ -306,6 +389,12 @@ pub struct App {
     pub sessions: Vec<Session>,
     /// The lock each waiting session asked for, from the last refresh.
     pub locks: Vec<LockWait>,
+    /// Show the health header (`H`).
+    pub show_health: bool,
+    /// The last health reading.
+    pub health: Option<Health>,
+    /// Rates between the last two health readings.
+    pub rates: Option<Rates>,
     /// `--pgbouncer`: application connections holding no backend, from the last refresh.
     pub pooled: Vec<Pooled>,
     /// `--pgbouncer`: what each pooler said at the last refresh.
@@ -373,6 +462,9 @@ impl App {
             server: None,
             sessions: Vec::new(),
             locks: Vec::new(),
+            show_health: true,
+            health: None,
+            rates: None,
             pooled: Vec::new(),
             pooler_states: Vec::new(),
             pooler_superusers: BTreeSet::new(),
@@ -418,9 +510,16 @@ impl App {
         !self.paused && self.data_age.is_some_and(|a| a > self.interval * 2)
     }
 
+    /// The lines inside the body's border (what the header, graph and status leave).
+    pub fn body_height(&self) -> usize {
+        let (width, height) = self.size;
+        let (header, graph) = (header_height(self.show_health, width), graph_height(height));
+        usize::from(height.saturating_sub(header + graph + 3 + 2)).max(1)
+    }
+
     /// How many table rows fit on a page.
     pub fn page(&self) -> usize {
-        usize::from(self.size.1.saturating_sub(12)).max(1)
+        self.body_height()
     }
 
     /// The lock `pid` waits for, if it waits for one.
@@ -771,6 +870,25 @@ impl App {
     }
 }
 
+/// How many lines the header takes on a screen `width` wide: two, and the health
+/// header's two (wide screens) or three.
+pub fn header_height(show_health: bool, width: u16) -> u16 {
+    match (show_health, width >= 160) {
+        (false, _) => 2,
+        (true, true) => 4,
+        (true, false) => 5,
+    }
+}
+
+/// The history graph's lines: none on a screen under 20 lines (the body needs them).
+pub fn graph_height(height: u16) -> u16 {
+    if height >= 20 {
+        3
+    } else {
+        0
+    }
+}
+
 /// Applies `event` to `app` and says what the loop must do. Pure: no I/O, no clock.
 pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
     match event {
@@ -799,6 +917,12 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
             app.poolers = snapshot.poolers;
             app.sessions = snapshot.sessions;
             app.locks = snapshot.locks;
+            if let Some(now) = snapshot.health {
+                if let Some(before) = &app.health {
+                    app.rates = Rates::between(before, &now).or(app.rates);
+                }
+                app.health = Some(*now);
+            }
             app.pooled = snapshot.pooled;
             app.pooler_states = snapshot.pooler_states;
             app.pooler_superusers = snapshot.pooler_superusers;
@@ -978,7 +1102,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
             _ => vec![],
         },
         Mode::Help { scroll } => {
-            let (_, last) = crate::view::help_lines(app.size.0, app.size.1);
+            let (_, last) = crate::view::help_lines(app.size.0, app.body_height());
             let scroll = match key {
                 Key::Esc | Key::Enter | Key::Char('q' | '?' | 'h') | Key::F1 => {
                     app.mode = Mode::Normal;
@@ -1142,6 +1266,15 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
             return vec![Effect::Refresh];
         }
         Key::Char('?' | 'h') | Key::F1 => app.mode = Mode::Help { scroll: 0 },
+        Key::Char('H') => {
+            app.show_health = !app.show_health;
+            if app.show_health {
+                // Rates need two readings from now on.
+                app.health = None;
+                app.rates = None;
+                return vec![Effect::Refresh];
+            }
+        }
         _ => {}
     }
     vec![]
@@ -1220,6 +1353,7 @@ pub(crate) mod tests {
         w2.backend_start = at(-90);
         Snapshot {
             locks: Vec::new(),
+            health: None,
             poolers: Vec::new(),
             pooled: Vec::new(),
             pooler_states: Vec::new(),

@@ -19,7 +19,7 @@ use ratatui::crossterm::event::{
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::app::{update, App, Effect, Event, Key, ServerInfo, Snapshot};
+use crate::app::{update, App, Effect, Event, Health, Key, ServerInfo, Snapshot, Standby};
 use crate::view::view;
 
 /// Opens a connection to the server (called again to reconnect). It must never prompt:
@@ -30,7 +30,8 @@ pub type Connector =
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 enum Request {
-    Refresh,
+    /// Read sessions again (and the health header's views when it is shown).
+    Refresh { health: bool },
     /// Signal the sessions shown (and end the pooled application connections shown),
     /// re-checking the typed filter; with protected superuser sessions too when asked.
     Signal(Signal, Vec<Session>, Vec<Pooled>, Box<Filter>, bool),
@@ -120,7 +121,9 @@ pub async fn run(
         );
     }
     let result = async {
-        let _ = req_tx.send(Request::Refresh);
+        let _ = req_tx.send(Request::Refresh {
+            health: app.show_health,
+        });
         let mut in_flight = true;
         let mut next_tick = tokio::time::Instant::now() + app.interval;
         // When the data on screen was read: older than two intervals, it is marked stale.
@@ -167,7 +170,9 @@ pub async fn run(
                     // At most one refresh at a time: a slow server is not piled on.
                     Effect::Refresh if !in_flight => {
                         in_flight = true;
-                        let _ = req_tx.send(Request::Refresh);
+                        let _ = req_tx.send(Request::Refresh {
+                            health: app.show_health,
+                        });
                     }
                     Effect::Refresh => {}
                     Effect::Signal {
@@ -246,8 +251,8 @@ async fn database_task(
             continue;
         };
         let event = match request {
-            Request::Refresh => Event::Snapshot(
-                snapshot(client, caps, &filter, &poolers, &mut consoles)
+            Request::Refresh { health } => Event::Snapshot(
+                snapshot(client, caps, &filter, &poolers, &mut consoles, health)
                     .await
                     .inspect(|s| states.clone_from(&s.pooler_states))
                     .map_err(|e| format!("{e:#}")),
@@ -342,6 +347,7 @@ async fn snapshot(
     filter: &Filter,
     poolers: &[Pooler],
     consoles: &mut [Option<Client>],
+    with_health: bool,
 ) -> anyhow::Result<Snapshot> {
     let row = pgkill_pg::exec::query_opt(client, &planner::server_summary())
         .await?
@@ -387,7 +393,13 @@ async fn snapshot(
         pooler_states = states;
         sessions
     };
+    let health = if with_health {
+        Some(Box::new(health(client, caps).await?))
+    } else {
+        None
+    };
     Ok(Snapshot {
+        health,
         poolers: lines,
         pooled,
         pooler_states,
@@ -409,6 +421,65 @@ async fn snapshot(
             sessions::lock_waits(client, caps, &waiting).await?
         },
         sessions,
+    })
+}
+
+/// The health header's readings: one statement over `pg_stat_database` and
+/// `pg_stat_activity`, one over `pg_stat_replication`, and the xmin horizon's holders
+/// (what `--holding-xmin` reports), all under the connection's statement timeout.
+async fn health(client: &Client, caps: &Capabilities) -> anyhow::Result<Health> {
+    let row = pgkill_pg::exec::query_opt(client, &planner::health())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the health query returned no row"))?;
+    let count =
+        |i: &str| -> anyhow::Result<i64> { Ok(row.try_get::<_, Option<i64>>(i)?.unwrap_or(0)) };
+    let standbys = pgkill_pg::exec::query(client, &planner::replication_lag())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Standby {
+                name: r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
+                addr: r.try_get(1)?,
+                state: r.try_get(2)?,
+                lag: r
+                    .try_get::<_, Option<f64>>(3)?
+                    .map(|s| Duration::from_secs_f64(s.max(0.0))),
+                behind: r.try_get(4)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let horizon = sessions::xmin_horizon(client, caps).await?;
+    let xmin = horizon.age.map(|age| {
+        let who = match (horizon.held_by.first(), &horizon.oldest_session) {
+            (Some(h), _) => format!(
+                "{} {}",
+                h.kind.replace('_', " "),
+                h.name.as_deref().unwrap_or("?")
+            ),
+            (None, Some(s)) => format!(
+                "session {} ({})",
+                s.pid.unwrap_or(0),
+                s.name.as_deref().unwrap_or("?")
+            ),
+            (None, None) => "?".into(),
+        };
+        (age, who)
+    });
+    Ok(Health {
+        at: row.try_get("now")?,
+        commits: count("commits")?,
+        rollbacks: count("rollbacks")?,
+        blks_hit: count("blks_hit")?,
+        blks_read: count("blks_read")?,
+        temp_files: count("temp_files")?,
+        temp_bytes: count("temp_bytes")?,
+        oldest_xact: row
+            .try_get::<_, Option<f64>>("oldest_xact")?
+            .map(|s| Duration::from_secs_f64(s.max(0.0))),
+        autovacuum: count("autovacuum")?,
+        autovacuum_max: count("autovacuum_max")?,
+        xmin,
+        standbys,
     })
 }
 
@@ -442,7 +513,7 @@ mod tests {
         ));
         let mut events = Vec::new();
         for _ in 0..n {
-            req_tx.send(Request::Refresh).unwrap();
+            req_tx.send(Request::Refresh { health: true }).unwrap();
             events.push(ev_rx.recv().await.unwrap());
         }
         task.abort();

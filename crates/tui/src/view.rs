@@ -42,13 +42,14 @@ fn line(s: &str) -> String {
 
 /// Draws the whole screen.
 pub fn view(app: &App, frame: &mut Frame) {
+    let area = frame.area();
     let [header, graph, body, status] = Layout::vertical([
-        Constraint::Length(2),
-        Constraint::Length(3),
+        Constraint::Length(crate::app::header_height(app.show_health, area.width)),
+        Constraint::Length(crate::app::graph_height(area.height)),
         Constraint::Min(3),
         Constraint::Length(3),
     ])
-    .areas(frame.area());
+    .areas(area);
     draw_header(app, frame, header);
     draw_graph(app, frame, graph);
     match &app.mode {
@@ -163,7 +164,117 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
             ])
         }
     };
-    frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
+    let mut lines = vec![Line::from(first), second];
+    if app.show_health {
+        lines.extend(health_lines(app, area.width >= 160));
+    }
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+/// `1.2 MB`, `340 kB`, `12 B`.
+fn bytes(n: f64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n.max(0.0);
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} {}", units[u])
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// The health header (`H` hides it): rates between the last two refreshes, the oldest
+/// transaction, the xmin horizon and its holder, autovacuum, and each standby's lag.
+fn health_lines(app: &App, wide: bool) -> Vec<Line<'static>> {
+    let Some(h) = &app.health else {
+        return vec![Line::from(Span::styled(
+            "health: reading… (H hides it)",
+            style(app, Color::DarkGray),
+        ))];
+    };
+    let rate = |v: f64| {
+        if v >= 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.1}")
+        }
+    };
+    let mut first = Vec::new();
+    match &app.rates {
+        Some(r) => {
+            first.push(Span::raw(format!(
+                "xact/s {} · rollback/s ",
+                rate(r.commits + r.rollbacks)
+            )));
+            first.push(Span::styled(
+                rate(r.rollbacks),
+                if r.rollbacks > 0.0 {
+                    style(app, Color::Yellow)
+                } else {
+                    Style::default()
+                },
+            ));
+            first.push(Span::raw(format!(
+                " · cache hit {} · temp {}/s ({} files/s)",
+                r.cache_hit
+                    .map_or_else(|| "-".to_owned(), |c| format!("{:.1}%", c * 100.0)),
+                bytes(r.temp_bytes),
+                rate(r.temp_files)
+            )));
+        }
+        None => first.push(Span::raw("xact/s … (two refreshes needed)")),
+    }
+    let mut second = Vec::new();
+    second.push(Span::raw(format!(
+        "{}oldest xact {}",
+        if wide { " · " } else { "" },
+        h.oldest_xact
+            .map_or_else(|| "-".to_owned(), pgkill_core::format_duration)
+    )));
+    second.push(Span::raw(match &h.xmin {
+        Some((age, who)) => format!(" · xmin age {age} ({})", line(who)),
+        None => " · xmin age -".into(),
+    }));
+    second.push(Span::styled(
+        format!(" · autovacuum {}/{}", h.autovacuum, h.autovacuum_max),
+        if h.autovacuum_max > 0 && h.autovacuum >= h.autovacuum_max {
+            style(app, Color::Yellow)
+        } else {
+            Style::default()
+        },
+    ));
+    let standbys = if h.standbys.is_empty() {
+        "standbys: none streaming from here".to_owned()
+    } else {
+        let each: Vec<String> = h
+            .standbys
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {} lag {}{}",
+                    line(&s.name),
+                    line(s.addr.as_deref().unwrap_or("local")),
+                    line(s.state.as_deref().unwrap_or("?")),
+                    s.lag
+                        .map_or_else(|| "-".to_owned(), pgkill_core::format_duration),
+                    s.behind
+                        .map(|b| format!(" ({} behind)", bytes(b as f64)))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        format!("standbys: {}", each.join(" · "))
+    };
+    if wide {
+        first.extend(second);
+        vec![Line::from(first), Line::from(standbys)]
+    } else {
+        vec![Line::from(first), Line::from(second), Line::from(standbys)]
+    }
 }
 
 fn draw_graph(app: &App, frame: &mut Frame, area: Rect) {
@@ -613,7 +724,7 @@ fn draw_pooled_detail(app: &App, frame: &mut Frame, area: Rect, key: &RowKey) {
 
 /// The help's lines wrapped to a screen `width` columns wide (inside its border), and
 /// how far it can be scrolled on a screen `height` lines high.
-pub fn help_lines(width: u16, height: u16) -> (Vec<String>, usize) {
+pub fn help_lines(width: u16, room: usize) -> (Vec<String>, usize) {
     let inner = usize::from(width.saturating_sub(2)).max(20);
     let lines: Vec<String> = HELP
         .iter()
@@ -627,15 +738,14 @@ pub fn help_lines(width: u16, height: u16) -> (Vec<String>, usize) {
             wrapped
         })
         .collect();
-    // The body is what header, graph and status leave, less the border.
-    let room = usize::from(height.saturating_sub(2 + 3 + 3 + 2)).max(1);
+    let room = room.max(1);
     let last = lines.len().saturating_sub(room);
     (lines, last)
 }
 
 fn draw_help(frame: &mut Frame, area: Rect, scroll: usize) {
     let room = area.height.saturating_sub(2) as usize;
-    let (all, _) = help_lines(area.width, area.height + 8);
+    let (all, _) = help_lines(area.width, room);
     let scroll = scroll.min(all.len().saturating_sub(room));
     let lines: Vec<Line> = all
         .iter()
@@ -1019,6 +1129,7 @@ mod tests {
         r2.blocking = 1;
         ddl.blocking = 2;
         snap.sessions = vec![r1, r2, ddl, api0, api1, api2];
+        snap.health = None;
         let rel = |pid: i32, mode: &str, since: i64| LockWait {
             pid,
             locktype: "relation".into(),
@@ -1210,6 +1321,61 @@ mod tests {
         }
         update(&mut app, Event::Key(Key::Enter));
         both("detail_hidden", &app);
+    }
+
+    /// Two health readings a second apart on a primary with a standby.
+    fn healthy() -> App {
+        use crate::app::{Health, Standby};
+        let mut app = loaded();
+        let reading = |secs: i64, commits: i64, rollbacks: i64, hit: i64, read: i64| Health {
+            at: crate::app::tests::at(secs).unwrap(),
+            commits,
+            rollbacks,
+            blks_hit: hit,
+            blks_read: read,
+            temp_files: secs,
+            temp_bytes: secs * 2_500_000,
+            oldest_xact: Some(std::time::Duration::from_secs(300)),
+            autovacuum: 1,
+            autovacuum_max: 3,
+            xmin: Some((50, "session 101 (migrations)".into())),
+            standbys: vec![Standby {
+                name: "replica1".into(),
+                addr: Some("10.0.0.2".into()),
+                state: Some("streaming".into()),
+                lag: Some(std::time::Duration::from_millis(1500)),
+                behind: Some(123_456),
+            }],
+        };
+        let mut snap = crate::app::tests::sample();
+        snap.health = Some(Box::new(reading(0, 1000, 10, 9000, 1000)));
+        update(&mut app, Event::Snapshot(Ok(snap.clone())));
+        snap.health = Some(Box::new(reading(2, 1400, 14, 9990, 1010)));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        app
+    }
+
+    #[test]
+    fn the_health_header() {
+        let mut app = healthy();
+        let r = app.rates.unwrap();
+        assert_eq!((r.commits, r.rollbacks), (200.0, 2.0));
+        assert_eq!(r.cache_hit, Some(0.99));
+        both("health", &app);
+        let screen = render(&app, 200, 50);
+        assert!(screen.contains("xact/s 202 · rollback/s 2.0 · cache hit 99.0% · temp 2.5 MB/s (1.0 files/s) · oldest xact 5m00s · xmin age 50 (session 101 (migrations)) · autovacuum 1/3"), "{screen}");
+        assert!(
+            screen.contains("standbys: replica1 10.0.0.2 streaming lag 1s (123.5 kB behind)"),
+            "{screen}"
+        );
+        // H hides it (and the refresh stops reading it); showing it again refreshes.
+        assert!(keys_for_tests(&mut app, "H").is_empty());
+        assert!(!render(&app, 200, 50).contains("xact/s"));
+        assert_eq!(
+            keys_for_tests(&mut app, "H"),
+            vec![crate::app::Effect::Refresh]
+        );
+        assert!(app.rates.is_none(), "new rates from two new readings");
     }
 
     #[test]
