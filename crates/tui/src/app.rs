@@ -295,6 +295,8 @@ pub enum Effect {
         /// Signal protected superuser sessions too (`!` in the confirmation).
         include_superusers: bool,
     },
+    /// Put `text` on the terminal's clipboard (OSC 52).
+    Copy(String),
     /// Leave.
     Quit,
 }
@@ -680,6 +682,8 @@ impl App {
                     (a.client_addr, a.client_port).cmp(&(b.client_addr, b.client_port))
                 }
                 Column::Query => a.visible_query().cmp(&b.visible_query()),
+                Column::XminAge => a.xmin_age.cmp(&b.xmin_age),
+                Column::BackendType => a.backend_type.cmp(&b.backend_type),
             };
             let ord = if self.descending { ord.reverse() } else { ord };
             ord.then(a.pid.cmp(&b.pid))
@@ -972,6 +976,32 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
     }
 }
 
+/// `y`: copies the full query of `pid` (as written, line breaks kept); `Y`: its pid.
+fn copy(app: &mut App, pid: i32, just_the_pid: bool) -> Vec<Effect> {
+    let Some(s) = app.session(pid) else {
+        return vec![];
+    };
+    if just_the_pid {
+        app.note = Some(format!("copied pid {pid} to the clipboard (OSC 52)"));
+        return vec![Effect::Copy(pid.to_string())];
+    }
+    match s.visible_query().map(str::to_owned) {
+        Some(q) => {
+            app.note = Some(format!(
+                "copied the query of {pid} ({} characters) to the clipboard (OSC 52: if nothing arrives, the terminal does not allow it)",
+                q.chars().count()
+            ));
+            vec![Effect::Copy(q)]
+        }
+        None => {
+            app.note = Some(format!(
+                "the query of {pid} is hidden from you (needs pg_read_all_stats): nothing copied"
+            ));
+            vec![]
+        }
+    }
+}
+
 /// What the wait column shows: empty unless the session waits on something other than
 /// its client (`Client:ClientRead` on an idle session is no news).
 pub fn shown_wait(s: &Session) -> String {
@@ -1121,11 +1151,14 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
             };
             vec![]
         }
-        Mode::Detail(_) => {
+        Mode::Detail(row) => {
             if matches!(key, Key::Esc | Key::Enter | Key::Char('q' | '?') | Key::F1) {
                 app.mode = Mode::Normal;
             }
-            vec![]
+            match (key, row) {
+                (Key::Char(c @ ('y' | 'Y')), RowKey::Backend(pid)) => copy(app, pid, c == 'Y'),
+                _ => vec![],
+            }
         }
         Mode::Blocking { cursor } => {
             let tree = app.blocking_tree();
@@ -1266,6 +1299,12 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
             return vec![Effect::Refresh];
         }
         Key::Char('?' | 'h') | Key::F1 => app.mode = Mode::Help { scroll: 0 },
+        Key::Char(c @ ('y' | 'Y')) => {
+            if let Some(Row::Backend(s)) = app.current() {
+                let pid = s.pid;
+                return copy(app, pid, c == 'Y');
+            }
+        }
         Key::Char('H') => {
             app.show_health = !app.show_health;
             if app.show_health {
@@ -1903,6 +1942,33 @@ pub(crate) mod tests {
             press(&mut app, &[Key::Esc]);
             assert_eq!(app.mode, Mode::Normal);
         }
+    }
+
+    #[test]
+    fn y_copies_the_query_and_capital_y_the_pid() {
+        let mut snap = sample();
+        snap.sessions[3].query = Some("SELECT 1\n-- two lines".into());
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        assert_eq!(app.current().map(|r| r.key()), Some(RowKey::Backend(104)));
+        assert_eq!(
+            keys(&mut app, "y"),
+            vec![Effect::Copy("SELECT 1\n-- two lines".into())]
+        );
+        assert_eq!(keys(&mut app, "Y"), vec![Effect::Copy("104".into())]);
+        update(&mut app, Event::Key(Key::Enter));
+        assert_eq!(keys(&mut app, "Y"), vec![Effect::Copy("104".into())]);
+        assert_eq!(app.mode, Mode::Detail(RowKey::Backend(104)));
+        // A hidden query is not copied, and the note says why.
+        let mut snap = sample();
+        snap.sessions[3].query = Some(pgkill_core::session::INSUFFICIENT_PRIVILEGE.into());
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        assert!(keys(&mut app, "y").is_empty());
+        assert!(app
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("pg_read_all_stats")));
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub enum Column {
     Application,
     /// Client address.
     Client,
+    /// Transaction ids behind the current one of the session's snapshot or xid.
+    XminAge,
+    /// `backend_type`.
+    BackendType,
     /// The query text.
     Query,
 }
@@ -47,6 +51,8 @@ impl Column {
             Column::BlockedBy => "blocked by",
             Column::Application => "application",
             Column::Client => "client",
+            Column::XminAge => "xmin age",
+            Column::BackendType => "backend type",
             Column::Query => "query",
         }
     }
@@ -78,6 +84,8 @@ pub fn layout(width: u16) -> Vec<(Column, u16)> {
         (Column::BlockedBy, 10),
         (Column::Application, if w >= 180 { 16 } else { 12 }),
         (Column::Client, 15),
+        (Column::XminAge, 8),
+        (Column::BackendType, 14),
     ];
     for col in optional {
         let mut with = shown.clone();
@@ -122,5 +130,7 @@ mod tests {
         assert!(query(80) >= 24);
         assert!(layout(200).len() > layout(120).len());
         assert!(layout(120).len() > layout(80).len());
+        let wide: Vec<Column> = layout(300).into_iter().map(|(c, _)| c).collect();
+        assert!(wide.contains(&Column::XminAge) && wide.contains(&Column::BackendType));
     }
 }

@@ -167,6 +167,14 @@ pub async fn run(
             for effect in effects {
                 match effect {
                     Effect::Quit => return Ok(()),
+                    Effect::Copy(text) => {
+                        use std::io::Write;
+                        // Base64 inside the sequence: the text itself never reaches
+                        // the terminal.
+                        let mut out = std::io::stdout();
+                        let _ = write!(out, "{}", osc52(&text));
+                        let _ = out.flush();
+                    }
                     // At most one refresh at a time: a slow server is not piled on.
                     Effect::Refresh if !in_flight => {
                         in_flight = true;
@@ -320,6 +328,27 @@ async fn signal_rows(
             ))
         }
     }
+}
+
+/// The OSC 52 sequence that puts `text` on the terminal's clipboard (base64-encoded,
+/// so no byte of `text` is sent to the terminal as it is).
+fn osc52(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(text.len().div_ceil(3) * 4);
+    for chunk in text.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    format!("\x1b]52;c;{b64}\x07")
 }
 
 /// Whether connecting failed to log in in a way retrying cannot fix (see
@@ -518,6 +547,19 @@ mod tests {
         }
         task.abort();
         events
+    }
+
+    #[test]
+    fn osc52_is_base64_and_nothing_else() {
+        assert_eq!(osc52(""), "\x1b]52;c;\x07");
+        assert_eq!(osc52("f"), "\x1b]52;c;Zg==\x07");
+        assert_eq!(osc52("fo"), "\x1b]52;c;Zm8=\x07");
+        assert_eq!(osc52("foo"), "\x1b]52;c;Zm9v\x07");
+        assert_eq!(osc52("SELECT 1\n"), "\x1b]52;c;U0VMRUNUIDEK\x07");
+        let hostile = osc52("\x1b]0;pwned\x07");
+        assert!(!hostile[7..hostile.len() - 1]
+            .chars()
+            .any(|c| c.is_control()));
     }
 
     #[tokio::test]

@@ -360,6 +360,13 @@ fn session_cells(app: &App, s: &Session, columns: &[(Column, u16)]) -> Vec<Cell<
                 None => line(&s.client_text()),
             }),
             Column::Query => Cell::from(one_line(s.visible_query().unwrap_or("?"))),
+            Column::XminAge => Cell::from(s.xmin_age.map(|a| a.to_string()).unwrap_or_default())
+                .style(if s.holds_xmin {
+                    style(app, Color::Yellow)
+                } else {
+                    Style::default()
+                }),
+            Column::BackendType => Cell::from(unknown(s.backend_type.as_deref())),
         });
     }
     cells
@@ -403,7 +410,8 @@ fn pooled_cells(
                 "(no backend: {} pooling at {})",
                 p.pool_mode, p.pooler
             ))),
-            Column::StateAge | Column::Xact | Column::BlockedBy => Cell::from(""),
+            Column::BackendType => Cell::from("pooled"),
+            Column::StateAge | Column::Xact | Column::BlockedBy | Column::XminAge => Cell::from(""),
         });
     }
     cells
@@ -675,6 +683,8 @@ pub const HELP: &[&str] = &[
     "space select the row and move down · a select all shown · Esc clear selection",
     "c cancel · k terminate (the selection, or the row under the cursor), asked first: y yes · n, Esc or Enter no · ! include protected superuser sessions",
     "Enter details · b blocking tree (every level; k terminates the line under the cursor)",
+    "y copy the full query (in the list or the details) to the clipboard · Y its pid (OSC 52: the terminal must allow it)",
+    "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys)",
     "p pause · + / - refresh interval (at once; STALE in the header: data over two intervals old)",
     "--pgbouncer: connections holding no backend are rows of their own (pid -), after the backends; k ends an application where it is (its backend in session pooling, else KILL_CLIENT at the pooler, PgBouncer 1.24+), as `pgkill kill --pgbouncer` does",
 ];
@@ -1211,6 +1221,13 @@ mod tests {
     #[test]
     fn default_view() {
         both("default", &loaded());
+        // Wide enough for the xmin age and backend type columns too.
+        let wide = render(&loaded(), 300, 20);
+        assert!(
+            wide.contains("xmin age") && wide.contains("backend type"),
+            "{wide}"
+        );
+        insta::assert_snapshot!("default_300x20", wide);
     }
 
     #[test]
