@@ -126,6 +126,8 @@ pub struct Snapshot {
     pub health: Option<Box<Health>>,
     /// Who pgkill is connected as (what it may signal).
     pub caller: Caller,
+    /// Whether that role sees every session's details (`pg_read_all_stats`).
+    pub read_all_stats: bool,
     /// `--pgbouncer`: each pooler, one line (`PgBouncer 1.24.1 at …: …`).
     pub poolers: Vec<String>,
     /// `--pgbouncer`: the application connections holding no backend (rows of their own).
@@ -251,6 +253,8 @@ pub enum Key {
 }
 
 /// Something that happened.
+// One event a refresh or a key press, moved once: boxing the snapshot saves nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A key press.
@@ -441,6 +445,8 @@ pub struct App {
     pub color: bool,
     /// Who pgkill is connected as (from the last refresh).
     pub caller: Option<Caller>,
+    /// Whether that role sees every session's details (`pg_read_all_stats`).
+    pub read_all_stats: bool,
     /// `top --include-superusers`: superuser sessions may be signalled all along.
     pub include_superusers: bool,
     /// Something to tell the user in the footer (e.g. selected rows the filter now hides
@@ -490,6 +496,7 @@ impl App {
             action_error: None,
             color: true,
             caller: None,
+            read_all_stats: true,
             include_superusers: false,
             note: None,
             size: (120, 40),
@@ -515,13 +522,52 @@ impl App {
     /// The lines inside the body's border (what the header, graph and status leave).
     pub fn body_height(&self) -> usize {
         let (width, height) = self.size;
-        let (header, graph) = (header_height(self.show_health, width), graph_height(height));
+        let (header, graph) = (
+            header_height(self.show_health, width) + u16::from(self.doctor().is_some()),
+            graph_height(height),
+        );
         usize::from(height.saturating_sub(header + graph + 3 + 2)).max(1)
     }
 
     /// How many table rows fit on a page.
     pub fn page(&self) -> usize {
         self.body_height()
+    }
+
+    /// The privilege doctor: when the role cannot see some sessions' details or may not
+    /// signal some sessions, which grant would fix it.
+    pub fn doctor(&self) -> Option<String> {
+        let caller = self.caller.as_ref()?;
+        if caller.superuser {
+            return None;
+        }
+        let hidden = self.sessions.iter().filter(|s| s.state.is_none()).count();
+        let refused = self.sessions.iter().filter(|s| !s.can_signal).count();
+        let mut says = Vec::new();
+        if hidden > 0 && !self.read_all_stats {
+            says.push(format!(
+                "{hidden} session(s) hide their details from {}: GRANT pg_read_all_stats (or pg_monitor) TO it",
+                caller.user
+            ));
+        }
+        if refused > 0 {
+            let supers = self
+                .sessions
+                .iter()
+                .filter(|s| !s.can_signal && s.superuser == Some(true))
+                .count();
+            if caller.signal_backend {
+                says.push(format!(
+                    "{refused} session(s) may not be signalled: {supers} are superusers' (only a superuser may)"
+                ));
+            } else {
+                says.push(format!(
+                    "{refused} session(s) may not be signalled by {}: GRANT pg_signal_backend TO it (superusers' sessions: only a superuser, {supers} here)",
+                    caller.user
+                ));
+            }
+        }
+        (!says.is_empty()).then(|| says.join(" · "))
     }
 
     /// The lock `pid` waits for, if it waits for one.
@@ -931,6 +977,7 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
             app.pooler_states = snapshot.pooler_states;
             app.pooler_superusers = snapshot.pooler_superusers;
             app.caller = Some(snapshot.caller);
+            app.read_all_stats = snapshot.read_all_stats;
             // Rows that ended go quietly; rows that stopped matching the filter are said.
             let selected = std::mem::take(&mut app.selected);
             app.selected = selected.into_iter().filter(|k| app.present(k)).collect();
@@ -1409,6 +1456,7 @@ pub(crate) mod tests {
                 superuser: true,
                 signal_backend: false,
             },
+            read_all_stats: true,
             sessions: vec![
                 holder,
                 w1,
@@ -1969,6 +2017,43 @@ pub(crate) mod tests {
             .note
             .as_deref()
             .is_some_and(|n| n.contains("pg_read_all_stats")));
+    }
+
+    #[test]
+    fn the_privilege_doctor_names_the_grant() {
+        let mut snap = sample();
+        snap.caller = Caller {
+            user: "bob".into(),
+            superuser: false,
+            signal_backend: false,
+        };
+        snap.read_all_stats = false;
+        snap.sessions[3].state = None;
+        snap.sessions[3].can_signal = false;
+        snap.sessions[4].can_signal = false;
+        snap.sessions[4].superuser = Some(true);
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap.clone())));
+        let doctor = app.doctor().unwrap_or_default();
+        assert!(
+            doctor.contains("1 session(s) hide their details from bob: GRANT pg_read_all_stats"),
+            "{doctor}"
+        );
+        assert!(
+            doctor.contains("2 session(s) may not be signalled by bob: GRANT pg_signal_backend"),
+            "{doctor}"
+        );
+        snap.caller.signal_backend = true;
+        snap.read_all_stats = true;
+        update(&mut app, Event::Snapshot(Ok(snap.clone())));
+        let doctor = app.doctor().unwrap_or_default();
+        assert!(
+            !doctor.contains("pg_read_all_stats") && doctor.contains("1 are superusers'"),
+            "{doctor}"
+        );
+        snap.caller.superuser = true;
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        assert_eq!(app.doctor(), None);
     }
 
     #[test]

@@ -434,6 +434,7 @@ async fn snapshot(
         pooler_states,
         pooler_superusers: superusers,
         caller: caps.caller.clone(),
+        read_all_stats: caps.read_all_stats,
         server: ServerInfo {
             version: caps.version.to_string(),
             max_connections: row.try_get(0)?,

@@ -44,7 +44,10 @@ fn line(s: &str) -> String {
 pub fn view(app: &App, frame: &mut Frame) {
     let area = frame.area();
     let [header, graph, body, status] = Layout::vertical([
-        Constraint::Length(crate::app::header_height(app.show_health, area.width)),
+        Constraint::Length(
+            crate::app::header_height(app.show_health, area.width)
+                + u16::from(app.doctor().is_some()),
+        ),
         Constraint::Length(crate::app::graph_height(area.height)),
         Constraint::Min(3),
         Constraint::Length(3),
@@ -165,6 +168,12 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
         }
     };
     let mut lines = vec![Line::from(first), second];
+    if let Some(doctor) = app.doctor() {
+        lines.push(Line::from(Span::styled(
+            format!("privileges: {}", line(&doctor)),
+            style(app, Color::Yellow),
+        )));
+    }
     if app.show_health {
         lines.extend(health_lines(app, area.width >= 160));
     }
@@ -1338,6 +1347,14 @@ mod tests {
         }
         update(&mut app, Event::Key(Key::Enter));
         both("detail_hidden", &app);
+        // The privilege doctor in the header says which grant shows them.
+        let mut plain = crate::app::tests::sample();
+        plain.caller.superuser = false;
+        plain.read_all_stats = false;
+        plain.sessions[3].state = None;
+        let mut app = App::new(std::time::Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(plain)));
+        both("privilege_notice", &app);
     }
 
     /// Two health readings a second apart on a primary with a standby.
