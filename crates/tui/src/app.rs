@@ -397,6 +397,8 @@ pub struct App {
     pub locks: Vec<LockWait>,
     /// Show the health header (`H`).
     pub show_health: bool,
+    /// Wrap queries over several lines in the list (`v`).
+    pub wrap: bool,
     /// The last health reading.
     pub health: Option<Health>,
     /// Rates between the last two health readings.
@@ -471,6 +473,7 @@ impl App {
             sessions: Vec::new(),
             locks: Vec::new(),
             show_health: true,
+            wrap: false,
             health: None,
             rates: None,
             pooled: Vec::new(),
@@ -523,7 +526,8 @@ impl App {
     pub fn body_height(&self) -> usize {
         let (width, height) = self.size;
         let (header, graph) = (
-            header_height(self.show_health, width) + u16::from(self.doctor().is_some()),
+            header_height(self.show_health && self.health.is_some(), width)
+                + u16::from(self.doctor().is_some()),
             graph_height(height),
         );
         usize::from(height.saturating_sub(header + graph + 3 + 2)).max(1)
@@ -1352,6 +1356,7 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
                 return copy(app, pid, c == 'Y');
             }
         }
+        Key::Char('v') => app.wrap = !app.wrap,
         Key::Char('H') => {
             app.show_health = !app.show_health;
             if app.show_health {

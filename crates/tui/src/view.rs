@@ -45,7 +45,7 @@ pub fn view(app: &App, frame: &mut Frame) {
     let area = frame.area();
     let [header, graph, body, status] = Layout::vertical([
         Constraint::Length(
-            crate::app::header_height(app.show_health, area.width)
+            crate::app::header_height(app.show_health && app.health.is_some(), area.width)
                 + u16::from(app.doctor().is_some()),
         ),
         Constraint::Length(crate::app::graph_height(area.height)),
@@ -174,7 +174,7 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
             style(app, Color::Yellow),
         )));
     }
-    if app.show_health {
+    if app.show_health && app.health.is_some() {
         lines.extend(health_lines(app, area.width >= 160));
     }
     frame.render_widget(Paragraph::new(lines), area);
@@ -430,18 +430,62 @@ fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
     let rows = app.visible();
     let columns = crate::columns::layout(area.width);
     let height = area.height.saturating_sub(1) as usize;
-    // Keep the cursor on screen.
-    let first = app.cursor.saturating_sub(height.saturating_sub(1));
+    // `v`: the query over several lines (at most a third of the table), white space
+    // collapsed; else one line.
+    let query_width = columns.last().map_or(10, |(_, w)| usize::from(*w).max(10));
+    let most = (height / 3).max(1);
+    let wrapped: Vec<Option<Vec<String>>> = rows
+        .iter()
+        .map(|r| match r {
+            crate::app::Row::Backend(s) if app.wrap => {
+                let mut lines =
+                    wrap_words(&one_line(s.visible_query().unwrap_or("?")), query_width);
+                if lines.len() > most {
+                    lines.truncate(most);
+                    if let Some(last) = lines.last_mut() {
+                        last.push('…');
+                    }
+                }
+                Some(lines)
+            }
+            _ => None,
+        })
+        .collect();
+    let tall = |i: usize| wrapped[i].as_ref().map_or(1, |l| l.len().max(1));
+    // Keep the cursor on screen: the first row shown is the earliest from which the
+    // cursor's row still fits.
+    let mut first = app.cursor.min(rows.len().saturating_sub(1));
+    let mut used = if rows.is_empty() { 0 } else { tall(first) };
+    while first > 0 && used + tall(first - 1) <= height {
+        first -= 1;
+        used += tall(first);
+    }
+    let mut room = height;
     let body: Vec<Row> = rows
         .iter()
         .enumerate()
         .skip(first)
-        .take(height)
+        .take_while(|(i, _)| {
+            let fits = tall(*i) <= room;
+            room = room.saturating_sub(tall(*i));
+            fits
+        })
         .map(|(i, s)| {
-            let row = Row::new(match s {
+            let mut cells = match s {
                 crate::app::Row::Backend(s) => session_cells(app, s, &columns),
                 crate::app::Row::Pooled(p) => pooled_cells(app, p, &columns),
-            });
+            };
+            let mut row_height = 1;
+            if let (Some(lines), Some(last)) = (&wrapped[i], cells.last_mut()) {
+                row_height = lines.len().max(1);
+                *last = Cell::from(ratatui::text::Text::from(
+                    lines
+                        .iter()
+                        .map(|l| Line::from(l.clone()))
+                        .collect::<Vec<_>>(),
+                ));
+            }
+            let row = Row::new(cells).height(u16::try_from(row_height).unwrap_or(1));
             if i == app.cursor {
                 row.style(Style::default().add_modifier(Modifier::REVERSED))
             } else {
@@ -693,6 +737,7 @@ pub const HELP: &[&str] = &[
     "c cancel · k terminate (the selection, or the row under the cursor), asked first: y yes · n, Esc or Enter no · ! include protected superuser sessions",
     "Enter details · b blocking tree (every level; k terminates the line under the cursor)",
     "y copy the full query (in the list or the details) to the clipboard · Y its pid (OSC 52: the terminal must allow it)",
+    "v wrap queries over several lines in the list (white space collapsed) · one line again",
     "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys)",
     "p pause · + / - refresh interval (at once; STALE in the header: data over two intervals old)",
     "--pgbouncer: connections holding no backend are rows of their own (pid -), after the backends; k ends an application where it is (its backend in session pooling, else KILL_CLIENT at the pooler, PgBouncer 1.24+), as `pgkill kill --pgbouncer` does",
@@ -1034,8 +1079,16 @@ fn draw_confirm(
     lines.push(Line::from(if go == 0 {
         "nothing to signal: n / Esc to go back"
     } else {
-        "y: yes   n / Esc: no"
+        "y: yes   n / Esc / Enter: no"
     }));
+    // The question and the answer always show: what does not fit between them is cut.
+    let fits = usize::from(area.height.saturating_sub(2));
+    if lines.len() > fits && fits >= 4 {
+        let tail = lines.split_off(lines.len() - 2);
+        lines.truncate(fits - 3);
+        lines.push(Line::from("… (more than fits: a larger window shows all)"));
+        lines.extend(tail);
+    }
     let width = area.width.saturating_sub(4).min(100);
     let height = (lines.len() as u16 + 2).min(area.height);
     let dialog = Rect {
@@ -1462,6 +1515,27 @@ mod tests {
             "{screen}"
         );
         insta::assert_snapshot!("broken_filter_120x40", screen);
+    }
+
+    #[test]
+    fn wrap_mode() {
+        let mut app = lock_chain();
+        let mut snap = crate::app::tests::sample();
+        snap.sessions[3].query = Some(
+            "SELECT o.id,\n       o.customer_id, o.total, o.created_at, o.note\n  FROM orders o\n  JOIN customers c ON c.id = o.customer_id\n WHERE o.created_at > now() - interval '1 day'\n ORDER BY o.created_at DESC".into(),
+        );
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        assert!(!app.wrap);
+        keys_for_tests(&mut app, "v");
+        assert!(app.wrap);
+        both("wrap", &app);
+        let screen = render(&app, 80, 24);
+        assert!(
+            screen.contains("JOIN"),
+            "the rest of the query on the next lines: {screen}"
+        );
+        keys_for_tests(&mut app, "v");
+        assert!(!app.wrap);
     }
 
     #[test]
