@@ -399,6 +399,9 @@ pub struct App {
     pub show_health: bool,
     /// Wrap queries over several lines in the list (`v`).
     pub wrap: bool,
+    /// List every kind of backend (autovacuum, walsenders, parallel and background
+    /// workers), not only client sessions (`A`); they are shown, never signalled.
+    pub all_kinds: bool,
     /// The last health reading.
     pub health: Option<Health>,
     /// Rates between the last two health readings.
@@ -474,6 +477,7 @@ impl App {
             locks: Vec::new(),
             show_health: true,
             wrap: false,
+            all_kinds: false,
             health: None,
             rates: None,
             pooled: Vec::new(),
@@ -483,7 +487,11 @@ impl App {
             filter_cursor: 0,
             filter_error: None,
             applied_filter: String::new(),
-            filter: Filter::default(),
+            // What the server listed decides the kinds of backend (`A`).
+            filter: Filter {
+                all_backends: true,
+                ..Filter::default()
+            },
             contains: Vec::new(),
             mode: Mode::Normal,
             selected: BTreeSet::new(),
@@ -612,8 +620,20 @@ impl App {
         };
         let caller = self.caller.as_ref().unwrap_or(&nobody);
         if self.pooler_states.is_empty() && pooled.is_empty() {
+            let mut backends = Plan::build(signal, sessions, &filter, caller);
+            // `A` lists other backends; signalling them stays the CLI's, with
+            // `--all-backends`.
+            for t in &mut backends.targets {
+                if t.refused.is_none() && !t.session.is_client() {
+                    t.refused = Some(format!(
+                        "not a client session ({}): top signals client sessions only; pgkill kill --all-backends --pid {} does",
+                        t.session.backend_type.as_deref().unwrap_or("?"),
+                        t.session.pid
+                    ));
+                }
+            }
             return Decision {
-                backends: Plan::build(signal, sessions, &filter, caller),
+                backends,
                 at_pooler: Vec::new(),
                 left_alone: Vec::new(),
             };
@@ -1149,6 +1169,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                         RowKey::Backend(pid) => app.session(*pid).cloned(),
                         RowKey::Pooled { .. } => None,
                     })
+                    .filter(Session::is_client)
                     .collect();
                 let pooled: Vec<_> = rows
                     .iter()
@@ -1357,6 +1378,15 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
             }
         }
         Key::Char('v') => app.wrap = !app.wrap,
+        Key::Char('A') => {
+            app.all_kinds = !app.all_kinds;
+            app.note = Some(if app.all_kinds {
+                "every kind of backend listed (autovacuum, walsenders, parallel and background workers): top signals client sessions only (pgkill kill --all-backends signals the others)".into()
+            } else {
+                "client sessions only".into()
+            });
+            return vec![Effect::Refresh];
+        }
         Key::Char('H') => {
             app.show_health = !app.show_health;
             if app.show_health {
@@ -2059,6 +2089,36 @@ pub(crate) mod tests {
         snap.caller.superuser = true;
         update(&mut app, Event::Snapshot(Ok(snap)));
         assert_eq!(app.doctor(), None);
+    }
+
+    #[test]
+    fn capital_a_lists_every_kind_and_signals_clients_only() {
+        let mut snap = sample();
+        let mut av = session(150, "shop", "postgres", "active", 30);
+        av.backend_type = Some("autovacuum worker".into());
+        av.query = Some("autovacuum: VACUUM public.orders (to prevent wraparound)".into());
+        snap.sessions.push(av);
+        let mut app = App::new(Duration::from_secs(1));
+        assert_eq!(keys(&mut app, "A"), vec![Effect::Refresh]);
+        assert!(app.all_kinds);
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        keys(&mut app, "ak");
+        let Mode::Confirm { signal, rows, .. } = app.mode.clone() else {
+            panic!("{:?}", app.mode)
+        };
+        let plan = app.plan(signal, &rows, false).backends;
+        assert!(plan
+            .targets
+            .iter()
+            .any(|t| t.session.pid == 150 && t.refused.as_deref().is_some_and(|r| !r.is_empty())));
+        match &keys(&mut app, "y")[..] {
+            [Effect::Signal { targets, .. }] => {
+                assert!(targets.iter().all(|t| t.pid != 150));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(keys(&mut app, "A"), vec![Effect::Refresh]);
+        assert!(!app.all_kinds);
     }
 
     #[test]

@@ -31,7 +31,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 enum Request {
     /// Read sessions again (and the health header's views when it is shown).
-    Refresh { health: bool },
+    Refresh {
+        health: bool,
+        /// Every kind of backend, not only client sessions (`A`).
+        all_kinds: bool,
+    },
     /// Signal the sessions shown (and end the pooled application connections shown),
     /// re-checking the typed filter; with protected superuser sessions too when asked.
     Signal(Signal, Vec<Session>, Vec<Pooled>, Box<Filter>, bool),
@@ -123,6 +127,7 @@ pub async fn run(
     let result = async {
         let _ = req_tx.send(Request::Refresh {
             health: app.show_health,
+            all_kinds: app.all_kinds,
         });
         let mut in_flight = true;
         let mut next_tick = tokio::time::Instant::now() + app.interval;
@@ -180,6 +185,7 @@ pub async fn run(
                         in_flight = true;
                         let _ = req_tx.send(Request::Refresh {
                             health: app.show_health,
+                            all_kinds: app.all_kinds,
                         });
                     }
                     Effect::Refresh => {}
@@ -259,11 +265,22 @@ async fn database_task(
             continue;
         };
         let event = match request {
-            Request::Refresh { health } => Event::Snapshot(
-                snapshot(client, caps, &filter, &poolers, &mut consoles, health)
-                    .await
-                    .inspect(|s| states.clone_from(&s.pooler_states))
-                    .map_err(|e| format!("{e:#}")),
+            Request::Refresh { health, all_kinds } => Event::Snapshot(
+                snapshot(
+                    client,
+                    caps,
+                    // Listing only: signalling keeps the command line's filter.
+                    &Filter {
+                        all_backends: filter.all_backends || all_kinds,
+                        ..filter.clone()
+                    },
+                    &poolers,
+                    &mut consoles,
+                    health,
+                )
+                .await
+                .inspect(|s| states.clone_from(&s.pooler_states))
+                .map_err(|e| format!("{e:#}")),
             ),
             Request::Signal(signal, targets, pooled, typed, include_superusers) => {
                 // The same path as `pgkill kill`: the command line's filters and the one
@@ -543,7 +560,12 @@ mod tests {
         ));
         let mut events = Vec::new();
         for _ in 0..n {
-            req_tx.send(Request::Refresh { health: true }).unwrap();
+            req_tx
+                .send(Request::Refresh {
+                    health: true,
+                    all_kinds: false,
+                })
+                .unwrap();
             events.push(ev_rx.recv().await.unwrap());
         }
         task.abort();

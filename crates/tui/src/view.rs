@@ -737,6 +737,7 @@ pub const HELP: &[&str] = &[
     "c cancel · k terminate (the selection, or the row under the cursor), asked first: y yes · n, Esc or Enter no · ! include protected superuser sessions",
     "Enter details · b blocking tree (every level; k terminates the line under the cursor)",
     "y copy the full query (in the list or the details) to the clipboard · Y its pid (OSC 52: the terminal must allow it)",
+    "A every kind of backend too (autovacuum, walsenders, parallel and background workers), listed only: top signals client sessions only",
     "v wrap queries over several lines in the list (white space collapsed) · one line again",
     "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys)",
     "p pause · + / - refresh interval (at once; STALE in the header: data over two intervals old)",
