@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use pgkill_core::horizon::XminHorizon;
 use pgkill_core::plan::{Outcome, Plan};
 use pgkill_core::planner::{self, Signal};
 use pgkill_core::pooler::{AppOutcome, Pooled, PoolerState};
@@ -28,6 +29,8 @@ pub type Connector =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<Client>> + Send>> + Send + Sync>;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the health header reads the xmin horizon's holders.
+const HORIZON_EVERY: Duration = Duration::from_secs(10);
 
 enum Request {
     /// Read sessions again (and the health header's views when it is shown).
@@ -233,6 +236,9 @@ async fn database_task(
     // Once logging in again fails, it stays failed: the same password will not start
     // working, and asking for another on this screen would fight the key reader.
     let mut auth_failed: Option<String> = None;
+    // The xmin horizon's holders, read at most every HORIZON_EVERY (the costliest of the
+    // health header's statements, and the horizon moves slowly).
+    let mut horizon: Option<(tokio::time::Instant, XminHorizon)> = None;
     while let Some(request) = requests.recv().await {
         if let Some(e) = &auth_failed {
             if events.send(Event::AuthFailed(e.clone())).is_err() {
@@ -276,7 +282,7 @@ async fn database_task(
                     },
                     &poolers,
                     &mut consoles,
-                    health,
+                    health.then_some(&mut horizon),
                 )
                 .await
                 .inspect(|s| states.clone_from(&s.pooler_states))
@@ -393,7 +399,7 @@ async fn snapshot(
     filter: &Filter,
     poolers: &[Pooler],
     consoles: &mut [Option<Client>],
-    with_health: bool,
+    with_health: Option<&mut Option<(tokio::time::Instant, XminHorizon)>>,
 ) -> anyhow::Result<Snapshot> {
     let row = pgkill_pg::exec::query_opt(client, &planner::server_summary())
         .await?
@@ -439,10 +445,9 @@ async fn snapshot(
         pooler_states = states;
         sessions
     };
-    let health = if with_health {
-        Some(Box::new(health(client, caps).await?))
-    } else {
-        None
+    let health = match with_health {
+        Some(horizon) => Some(Box::new(health(client, caps, horizon).await?)),
+        None => None,
     };
     Ok(Snapshot {
         health,
@@ -474,7 +479,11 @@ async fn snapshot(
 /// The health header's readings: one statement over `pg_stat_database` and
 /// `pg_stat_activity`, one over `pg_stat_replication`, and the xmin horizon's holders
 /// (what `--holding-xmin` reports), all under the connection's statement timeout.
-async fn health(client: &Client, caps: &Capabilities) -> anyhow::Result<Health> {
+async fn health(
+    client: &Client,
+    caps: &Capabilities,
+    cached: &mut Option<(tokio::time::Instant, XminHorizon)>,
+) -> anyhow::Result<Health> {
     let row = pgkill_pg::exec::query_opt(client, &planner::health())
         .await?
         .ok_or_else(|| anyhow::anyhow!("the health query returned no row"))?;
@@ -495,7 +504,18 @@ async fn health(client: &Client, caps: &Capabilities) -> anyhow::Result<Health> 
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let horizon = sessions::xmin_horizon(client, caps).await?;
+    let fresh = cached
+        .as_ref()
+        .is_some_and(|(at, _)| at.elapsed() < HORIZON_EVERY);
+    if !fresh {
+        *cached = Some((
+            tokio::time::Instant::now(),
+            sessions::xmin_horizon(client, caps).await?,
+        ));
+    }
+    let Some((_, horizon)) = cached.as_ref() else {
+        anyhow::bail!("the xmin horizon was not read");
+    };
     let xmin = horizon.age.map(|age| {
         let who = match (horizon.held_by.first(), &horizon.oldest_session) {
             (Some(h), _) => format!(
