@@ -22,5 +22,5 @@ pub use duration::{format_duration, parse_duration};
 pub use filter::{ClientMatch, Filter, State};
 pub use printable::printable;
 pub use quote::{quote_ident, quote_literal, QuoteError};
-pub use session::Session;
+pub use session::{LockWait, Session};
 pub use version::{ServerVersion, VersionError};

@@ -480,6 +480,77 @@ pub fn server_summary() -> Query {
     }
 }
 
+/// The lock each of the sessions `pids` waits for (`top`'s blocking tree): one row per
+/// waiter with `pid, locktype, mode, database, relid, nspname, relname, waitstart`. Only the
+/// waiters' ungranted locks are read. The relation is named only when it is in the
+/// database pgkill is connected to (`pg_class` is per database: an oid from another
+/// database could name an unrelated table here). `waitstart` exists from PostgreSQL 14;
+/// before, it is NULL (the caller falls back to the waiter's `state_change`).
+pub fn lock_waits(v: ServerVersion, pids: &[i32]) -> Query {
+    let waitstart = if v.major >= 14 {
+        "l.waitstart"
+    } else {
+        "NULL::timestamptz"
+    };
+    let sql = format!(
+        "SELECT DISTINCT ON (l.pid) l.pid, l.locktype, l.mode, d.datname::text AS database,
+       l.relation::int8 AS relid, n.nspname::text AS nspname, c.relname::text AS relname, {waitstart} AS waitstart
+FROM pg_catalog.pg_locks l
+LEFT JOIN pg_catalog.pg_database d ON d.oid = l.database
+LEFT JOIN pg_catalog.pg_class c ON c.oid = l.relation
+  AND l.database = (SELECT o.oid FROM pg_catalog.pg_database o WHERE o.datname = pg_catalog.current_database())
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT l.granted AND l.pid = ANY($1::int[])
+ORDER BY l.pid"
+    );
+    Query {
+        sql,
+        params: vec![Param::IntArray(pids.to_vec())],
+    }
+}
+
+/// `top`'s health header, from cheap views only, in one statement: the cumulative
+/// counters of `pg_stat_database` summed over databases (`commits, rollbacks, blks_hit,
+/// blks_read, temp_files, temp_bytes`: `top` turns two refreshes into rates), the oldest
+/// client transaction's age (not counting this statement's own) in seconds (`oldest_xact`), the autovacuum workers running
+/// and `autovacuum_max_workers`, and the server's clock (`now`). `pg_stat_activity` is
+/// read once, its timestamps and types only.
+pub fn health() -> Query {
+    Query {
+        sql: "SELECT d.commits, d.rollbacks, d.blks_hit, d.blks_read, d.temp_files, d.temp_bytes,
+       a.oldest_xact, a.autovacuum,
+       pg_catalog.current_setting('autovacuum_max_workers'::text)::int8 AS autovacuum_max,
+       pg_catalog.clock_timestamp() AS now
+FROM (SELECT pg_catalog.sum(s.xact_commit)::int8 AS commits, pg_catalog.sum(s.xact_rollback)::int8 AS rollbacks,
+             pg_catalog.sum(s.blks_hit)::int8 AS blks_hit, pg_catalog.sum(s.blks_read)::int8 AS blks_read,
+             pg_catalog.sum(s.temp_files)::int8 AS temp_files, pg_catalog.sum(s.temp_bytes)::int8 AS temp_bytes
+      FROM pg_catalog.pg_stat_database s) AS d,
+     (SELECT extract(epoch FROM pg_catalog.max(pg_catalog.clock_timestamp() - x.xact_start)
+                     FILTER (WHERE x.backend_type = 'client backend'::text
+                               AND x.pid <> pg_catalog.pg_backend_pid()))::float8 AS oldest_xact,
+             pg_catalog.count(*) FILTER (WHERE x.backend_type = 'autovacuum worker'::text)::int8 AS autovacuum
+      FROM pg_catalog.pg_stat_activity x) AS a"
+            .into(),
+        params: Vec::new(),
+    }
+}
+
+/// Each standby streaming from this server (`pg_stat_replication`, 10+): its name,
+/// address, state, `replay_lag` in seconds, and how many bytes of WAL it has yet to
+/// replay (NULL on a standby, which has no current WAL position of its own).
+pub fn replication_lag() -> Query {
+    Query {
+        sql: "SELECT r.application_name, pg_catalog.host(r.client_addr) AS client_addr, r.state,
+       extract(epoch FROM r.replay_lag)::float8 AS replay_lag,
+       CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+            ELSE pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.replay_lsn)::int8 END AS behind
+FROM pg_catalog.pg_stat_replication r
+ORDER BY r.application_name, r.pid"
+            .into(),
+        params: Vec::new(),
+    }
+}
+
 /// Which of the roles `names` are superusers (for the protection of application
 /// connections behind a pooler, which have no backend row to say so).
 pub fn superusers_among(names: Vec<String>) -> Query {
@@ -634,6 +705,8 @@ mod tests {
         let mut all = vec![
             capabilities().sql,
             server_summary().sql,
+            health().sql,
+            replication_lag().sql,
             set_statement_timeout(5000).sql,
             raise_statement_timeout(60_000).sql,
             still_present(std::slice::from_ref(&id)).sql,
@@ -642,6 +715,7 @@ mod tests {
         ];
         for major in 10..=18 {
             all.push(xmin_holders(v(major), &[]).sql);
+            all.push(lock_waits(v(major), &[1, 2]).sql);
             all.push(xmin_holders(v(major), &[1, 2]).sql);
             for f in [Filter::default(), every_filter()] {
                 all.push(list_sessions(v(major), &f, &[1, 2]).sql);
@@ -651,6 +725,19 @@ mod tests {
             }
         }
         all
+    }
+
+    #[test]
+    fn lock_waits_reads_waitstart_from_14_only() {
+        assert!(lock_waits(v(13), &[1])
+            .sql
+            .contains("NULL::timestamptz AS waitstart"));
+        assert!(lock_waits(v(14), &[1])
+            .sql
+            .contains("l.waitstart AS waitstart"));
+        let q = lock_waits(v(18), &[3, 4]);
+        assert!(q.sql.contains("NOT l.granted AND l.pid = ANY($1::int[])"));
+        assert_eq!(q.params, vec![Param::IntArray(vec![3, 4])]);
     }
 
     #[test]

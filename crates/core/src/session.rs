@@ -134,6 +134,48 @@ impl Session {
     }
 }
 
+/// The lock a waiting session asked for and has not got (`pg_locks`, ungranted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockWait {
+    /// The waiting session.
+    pub pid: i32,
+    /// `relation`, `transactionid`, `tuple`, `advisory`, …
+    pub locktype: String,
+    /// `AccessExclusiveLock`, `ShareLock`, …
+    pub mode: String,
+    /// The database of the locked object, if it has one.
+    pub database: Option<String>,
+    /// The locked relation's oid, if the lock is on one.
+    pub relation_oid: Option<i64>,
+    /// The relation's schema and name, when it is in the database pgkill is connected to.
+    pub relation: Option<(String, String)>,
+    /// Since when it waits (`pg_locks.waitstart`, PostgreSQL 14+).
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl LockWait {
+    /// What it waits for, for people: `AccessExclusiveLock on public.t`, `ShareLock on a
+    /// transaction (a row another transaction changed)`.
+    pub fn describe(&self) -> String {
+        let on = match (&self.relation, self.locktype.as_str()) {
+            (Some((n, r)), "relation") => format!("{n}.{r}"),
+            (Some((n, r)), kind) => format!("a {kind} of {n}.{r}"),
+            (None, "transactionid") => "a transaction (a row it changed)".into(),
+            // In another database than pgkill's: only its oid can be known from here.
+            (None, kind) if self.relation_oid.is_some() => format!(
+                "a {kind} (oid {}) in database {}",
+                self.relation_oid.unwrap_or_default(),
+                self.database.as_deref().unwrap_or("?")
+            ),
+            (None, kind) => match &self.database {
+                Some(db) => format!("a {kind} in database {db}"),
+                None => format!("a {kind}"),
+            },
+        };
+        format!("{} on {on}", self.mode)
+    }
+}
+
 #[cfg(test)]
 impl Session {
     /// An idle client session (role `app`, database `shop`, application `web`, over a

@@ -187,6 +187,36 @@ pub async fn xmin_horizon(
     Ok(pgkill_core::horizon::XminHorizon::from_holders(holders))
 }
 
+/// The lock each of the waiting sessions `pids` asked for and has not got (one
+/// statement over `pg_locks`, only for those pids; nothing is read when none waits).
+pub async fn lock_waits(
+    client: &Client,
+    caps: &Capabilities,
+    pids: &[i32],
+) -> Result<Vec<pgkill_core::LockWait>> {
+    if pids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = query(client, &planner::lock_waits(caps.version, pids)).await?;
+    rows.iter()
+        .map(|r| {
+            let nsp: Option<String> = r.try_get("nspname")?;
+            let rel: Option<String> = r.try_get("relname")?;
+            Ok(pgkill_core::LockWait {
+                pid: r.try_get("pid")?,
+                locktype: r
+                    .try_get::<_, Option<String>>("locktype")?
+                    .unwrap_or_default(),
+                mode: r.try_get::<_, Option<String>>("mode")?.unwrap_or_default(),
+                database: r.try_get("database")?,
+                relation_oid: r.try_get("relid")?,
+                relation: nsp.zip(rel),
+                since: r.try_get("waitstart")?,
+            })
+        })
+        .collect()
+}
+
 /// Builds the plan for `signal` over the sessions matching `filter`.
 pub async fn plan(
     client: &Client,

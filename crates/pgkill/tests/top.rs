@@ -17,6 +17,8 @@ fn main() {
         filter_select_terminate_and_quit,
         a_selected_row_that_stops_matching_is_not_signalled,
         the_confirmation_names_protected_sessions_and_bang_includes_them,
+        the_whole_lock_chain_shows_and_proceeds_when_its_root_is_terminated,
+        a_changed_interval_takes_effect_at_once,
     ]);
 }
 
@@ -52,6 +54,161 @@ async fn start_top(sb: &Sandbox, name: &str, args: &str) -> Result<Tmux> {
     tmux.wait_for(&format!("PG {}.", sb.version().major))
         .await?;
     Ok(tmux)
+}
+
+/// Issue 15, defect 1: a reader idle in transaction, an `ALTER TABLE` queued behind it
+/// and three readers queued behind the DDL: `b` shows all three levels (the readers
+/// under the DDL, drawn `├─`/`└─`, with the lock mode and the table), the root counts
+/// all four; terminating the root lets the whole chain through.
+async fn the_whole_lock_chain_shows_and_proceeds_when_its_root_is_terminated(
+    pg: Installation,
+) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("chain", Some(roles::PLAIN)).await?;
+    let config = sb.config("chain", roles::PLAIN);
+    let reader = sim::idle_in_transaction(
+        &config,
+        Some("CREATE TABLE orders (id int); COMMIT; BEGIN; SELECT count(*) FROM orders"),
+    )
+    .await?;
+    let ddl = sim::running(&config, "ALTER TABLE orders ADD COLUMN note text").await?;
+    let mut api = Vec::new();
+    for _ in 0..3 {
+        api.push(sim::running(&config, "SELECT count(*) FROM orders").await?);
+    }
+    let admin = sb.admin("postgres").await?;
+    let began = std::time::Instant::now();
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'chain' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if waiting == 4 {
+            break;
+        }
+        ensure!(
+            began.elapsed() < Duration::from_secs(10),
+            "{waiting} waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Connected to the chain's database: relations are named there.
+    let tmux = start_top(&sb, "chain", "-i 500ms --maintenance-db chain").await?;
+    tmux.keys(&["/", "db:chain", "Enter"])?;
+    tmux.wait_for("shown 5/").await?;
+    tmux.keys(&["b"])?;
+    tmux.wait_for("blocks 4").await?;
+    // The whole tree, checked on one complete frame (a capture can catch a redraw
+    // half way).
+    let whole = |tree: &str| -> std::result::Result<(), String> {
+        let root = format!("> {} {}", reader.pid(), roles::PLAIN);
+        if !tree.contains(&root) {
+            return Err(format!("the reader is not the root:\n{tree}"));
+        }
+        if !(tree.contains(&format!("└─ {} ", ddl.pid()))
+            && tree.contains("for AccessExclusiveLock on public.orders"))
+        {
+            return Err(format!("the DDL is not under the reader:\n{tree}"));
+        }
+        for (i, a) in api.iter().enumerate() {
+            let branch = if i + 1 == api.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            if !tree.lines().any(|l| {
+                l.contains(&format!("   {branch} {} ", a.pid()))
+                    && l.contains("for AccessShareLock on public.orders")
+            }) {
+                return Err(format!(
+                    "{} is not under the DDL as {branch}:\n{tree}",
+                    a.pid()
+                ));
+            }
+        }
+        Ok(())
+    };
+    let began = std::time::Instant::now();
+    let tree = loop {
+        let screen = tmux.screen()?;
+        match whole(&screen) {
+            Ok(()) => break screen,
+            Err(e) if began.elapsed() > Duration::from_secs(10) => anyhow::bail!(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    ensure!(!tree.contains("waiting 1m"), "{tree}");
+    tmux.keys(&["k"])?;
+    tmux.wait_for("Terminate 1 session(s)?").await?;
+    tmux.keys(&["y"])?;
+    ensure!(
+        reader
+            .wait_ended(Duration::from_secs(10))
+            .await
+            .and_then(|e| e.sqlstate)
+            .as_deref()
+            == Some("57P01"),
+        "the root was not terminated"
+    );
+    for s in std::iter::once(&ddl).chain(&api) {
+        let done = s.wait_statement(Duration::from_secs(10)).await;
+        ensure!(
+            matches!(done, sim::Statement::Completed),
+            "{} did not proceed: {done:?}",
+            s.pid()
+        );
+    }
+    tmux.wait_for(&format!("last action: {} terminated", reader.pid()))
+        .await?;
+    tmux.keys(&["b"])?;
+    tmux.wait_for("No session is waiting").await?;
+    tmux.keys(&["q"])?;
+    Ok(())
+}
+
+/// Issue 15, defect 2 (and the health header's statements on every version): `+` up to a minute, `-` down to 250 ms, `+ +` to 1 s: the next
+/// refresh comes within the new interval (it used to wait out the minute), and nothing
+/// says stale.
+async fn a_changed_interval_takes_effect_at_once(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("tick", None).await?;
+    let tmux = start_top(&sb, "tick", "").await?;
+    tmux.keys(&["/", "db:tick", "Enter"])?;
+    tmux.wait_for("shown 0/").await?;
+    // The health header is read on every version (rates from the second refresh on).
+    let header = tmux.wait_for("cache hit").await?;
+    ensure!(
+        header.contains("xact/s ")
+            && header.contains("oldest xact -")
+            && header.contains("autovacuum ")
+            && header.contains("standbys: none"),
+        "{header}"
+    );
+    for _ in 0..6 {
+        tmux.keys(&["+"])?;
+    }
+    tmux.wait_for("refresh 1m00s").await?;
+    for _ in 0..8 {
+        tmux.keys(&["-"])?;
+    }
+    tmux.wait_for("refresh 250ms").await?;
+    tmux.keys(&["+", "+"])?;
+    tmux.wait_for("refresh 1s").await?;
+    let began = std::time::Instant::now();
+    let newcomer = sim::idle(&sb.config("tick", roles::PLAIN)).await?;
+    let screen = tmux.wait_for("shown 1/").await?;
+    ensure!(
+        began.elapsed() < Duration::from_secs(4),
+        "the new session showed only after {:?}:\n{screen}",
+        began.elapsed()
+    );
+    ensure!(screen.contains(&newcomer.pid().to_string()), "{screen}");
+    ensure!(!screen.contains("STALE"), "{screen}");
+    tmux.keys(&["q"])?;
+    Ok(())
 }
 
 /// Regression (issue 9, defect 4): with `state:idle` typed, two idle sessions selected,

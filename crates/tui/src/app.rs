@@ -7,8 +7,10 @@ use pgkill_core::filter::parse_words;
 use pgkill_core::plan::{Caller, Outcome, Plan};
 use pgkill_core::planner::Signal;
 use pgkill_core::pooler::{AppOutcome, AppTarget, Pooled, PoolerState};
-use pgkill_core::{Filter, Session};
+use pgkill_core::{Filter, LockWait, Session};
 use pgkill_pg::through::{CancelPlan, KillPlan};
+
+pub use crate::columns::Column;
 
 /// How many refreshes the history graph keeps.
 pub const HISTORY: usize = 120;
@@ -30,6 +32,87 @@ pub struct ServerInfo {
     pub in_recovery: bool,
 }
 
+/// The server's cumulative counters and gauges for the health header, read at one
+/// refresh (rates come from two of them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// The server's clock when read.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Commits, summed over databases.
+    pub commits: i64,
+    /// Rollbacks.
+    pub rollbacks: i64,
+    /// Blocks found in shared buffers.
+    pub blks_hit: i64,
+    /// Blocks read from outside.
+    pub blks_read: i64,
+    /// Temporary files written.
+    pub temp_files: i64,
+    /// Bytes of temporary files written.
+    pub temp_bytes: i64,
+    /// The oldest client transaction's age.
+    pub oldest_xact: Option<Duration>,
+    /// Autovacuum workers running.
+    pub autovacuum: i64,
+    /// `autovacuum_max_workers`.
+    pub autovacuum_max: i64,
+    /// The xmin horizon's age and what holds it, in a few words.
+    pub xmin: Option<(i32, String)>,
+    /// Each standby: name, address, state, replay lag, bytes behind.
+    pub standbys: Vec<Standby>,
+}
+
+/// A standby streaming from the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standby {
+    /// `application_name`.
+    pub name: String,
+    /// Its address.
+    pub addr: Option<String>,
+    /// `streaming`, `catchup`, …
+    pub state: Option<String>,
+    /// `replay_lag`.
+    pub lag: Option<Duration>,
+    /// WAL bytes it has yet to replay.
+    pub behind: Option<i64>,
+}
+
+/// Rates between two health readings.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Rates {
+    /// Commits per second.
+    pub commits: f64,
+    /// Rollbacks per second.
+    pub rollbacks: f64,
+    /// Share of block reads found in shared buffers over the interval (`None`: no reads).
+    pub cache_hit: Option<f64>,
+    /// Temporary files per second.
+    pub temp_files: f64,
+    /// Temporary bytes per second.
+    pub temp_bytes: f64,
+}
+
+impl Rates {
+    /// The rates from `before` to `now` (`None` when the clock did not move forward or a
+    /// counter went back: statistics were reset).
+    pub fn between(before: &Health, now: &Health) -> Option<Rates> {
+        let secs = (now.at - before.at).to_std().ok()?.as_secs_f64();
+        if secs <= 0.0 {
+            return None;
+        }
+        let d = |a: i64, b: i64| (b >= a).then(|| (b - a) as f64);
+        let hit = d(before.blks_hit, now.blks_hit)?;
+        let read = d(before.blks_read, now.blks_read)?;
+        Some(Rates {
+            commits: d(before.commits, now.commits)? / secs,
+            rollbacks: d(before.rollbacks, now.rollbacks)? / secs,
+            cache_hit: (hit + read > 0.0).then(|| hit / (hit + read)),
+            temp_files: d(before.temp_files, now.temp_files)? / secs,
+            temp_bytes: d(before.temp_bytes, now.temp_bytes)? / secs,
+        })
+    }
+}
+
 /// One refresh's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
@@ -37,8 +120,14 @@ pub struct Snapshot {
     pub server: ServerInfo,
     /// Sessions matching the command-line filters.
     pub sessions: Vec<Session>,
+    /// The lock each waiting session asked for (for the blocking tree).
+    pub locks: Vec<LockWait>,
+    /// The health header's readings (when it is shown).
+    pub health: Option<Box<Health>>,
     /// Who pgkill is connected as (what it may signal).
     pub caller: Caller,
+    /// Whether that role sees every session's details (`pg_read_all_stats`).
+    pub read_all_stats: bool,
     /// `--pgbouncer`: each pooler, one line (`PgBouncer 1.24.1 at …: …`).
     pub poolers: Vec<String>,
     /// `--pgbouncer`: the application connections holding no backend (rows of their own).
@@ -145,15 +234,41 @@ pub enum Key {
     Up,
     /// Arrow down.
     Down,
+    /// Arrow left.
+    Left,
+    /// Arrow right.
+    Right,
+    /// Home.
+    Home,
+    /// End.
+    End,
+    /// Page up.
+    PageUp,
+    /// Page down.
+    PageDown,
+    /// F1 (help).
+    F1,
+    /// A letter with Control held (`Ctrl-U`, `Ctrl-W`, …; `Ctrl-C` quits).
+    Ctrl(char),
 }
 
 /// Something that happened.
+// One event a refresh or a key press, moved once: boxing the snapshot saves nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A key press.
     Key(Key),
     /// The refresh interval elapsed.
     Tick,
+    /// The terminal has this size (at start and on every resize): the table's columns
+    /// and the page size follow it.
+    Resize {
+        /// Columns.
+        width: u16,
+        /// Lines.
+        height: u16,
+    },
     /// A refresh finished (or failed: the server went away).
     Snapshot(Result<Snapshot, String>),
     /// Reconnecting failed to log in (wrong password now, say): trying again with the
@@ -184,6 +299,8 @@ pub enum Effect {
         /// Signal protected superuser sessions too (`!` in the confirmation).
         include_superusers: bool,
     },
+    /// Put `text` on the terminal's clipboard (OSC 52).
+    Copy(String),
     /// Leave.
     Quit,
 }
@@ -209,62 +326,34 @@ pub enum Mode {
     },
     /// Details of one row.
     Detail(RowKey),
-    /// Who blocks whom; the cursor moves over the roots.
+    /// Who blocks whom; the cursor moves over the lines of the tree.
     Blocking {
-        /// Index into the roots.
+        /// Index into [`App::blocking_tree`].
         cursor: usize,
     },
-    /// Key help.
-    Help,
+    /// Key help, scrolled down by `scroll` lines.
+    Help {
+        /// Lines scrolled past.
+        scroll: usize,
+    },
 }
 
-/// Columns to sort by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SortKey {
-    /// Connected the longest first.
-    BackendAge,
-    /// Transaction age.
-    XactAge,
-    /// Running statement age.
-    QueryAge,
-    /// Time in the current state.
-    StateAge,
-    /// Process id.
-    Pid,
-    /// Role.
-    User,
-    /// Database.
-    Database,
-}
+/// What the table is sorted by: one of its columns (see [`Column`]).
+pub type SortKey = Column;
 
-impl SortKey {
-    const ALL: [SortKey; 7] = [
-        SortKey::BackendAge,
-        SortKey::XactAge,
-        SortKey::QueryAge,
-        SortKey::StateAge,
-        SortKey::Pid,
-        SortKey::User,
-        SortKey::Database,
-    ];
-
-    /// The column's label.
-    pub fn label(self) -> &'static str {
-        match self {
-            SortKey::BackendAge => "connected",
-            SortKey::XactAge => "xact",
-            SortKey::QueryAge => "query age",
-            SortKey::StateAge => "state age",
-            SortKey::Pid => "pid",
-            SortKey::User => "user",
-            SortKey::Database => "database",
-        }
-    }
-
-    fn next(self) -> SortKey {
-        let i = SortKey::ALL.iter().position(|k| *k == self).unwrap_or(0);
-        SortKey::ALL[(i + 1) % SortKey::ALL.len()]
-    }
+/// One line of the blocking tree: a session, how deep it is, and how it is drawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeLine {
+    /// The session.
+    pub pid: i32,
+    /// 0 for a root.
+    pub depth: usize,
+    /// The branches drawn before it (`│   ├─ `).
+    pub prefix: String,
+    /// The other sessions it waits for too (it stands under each of them).
+    pub also_waits_for: Vec<i32>,
+    /// For a root: how many sessions wait for it, directly or down the chain.
+    pub total: usize,
 }
 
 /// Whether the database connection works.
@@ -285,8 +374,10 @@ pub struct Counts {
     pub active: u64,
     /// `idle`.
     pub idle: u64,
-    /// `idle in transaction` (aborted too).
+    /// `idle in transaction`.
     pub idle_in_transaction: u64,
+    /// `idle in transaction (aborted)`: a failed statement, waiting for a ROLLBACK.
+    pub aborted: u64,
     /// Waiting on a lock.
     pub waiting: u64,
 }
@@ -302,6 +393,19 @@ pub struct App {
     pub server: Option<ServerInfo>,
     /// Sessions from the last refresh.
     pub sessions: Vec<Session>,
+    /// The lock each waiting session asked for, from the last refresh.
+    pub locks: Vec<LockWait>,
+    /// Show the health header (`H`).
+    pub show_health: bool,
+    /// Wrap queries over several lines in the list (`v`).
+    pub wrap: bool,
+    /// List every kind of backend (autovacuum, walsenders, parallel and background
+    /// workers), not only client sessions (`A`); they are shown, never signalled.
+    pub all_kinds: bool,
+    /// The last health reading.
+    pub health: Option<Health>,
+    /// Rates between the last two health readings.
+    pub rates: Option<Rates>,
     /// `--pgbouncer`: application connections holding no backend, from the last refresh.
     pub pooled: Vec<Pooled>,
     /// `--pgbouncer`: what each pooler said at the last refresh.
@@ -310,6 +414,8 @@ pub struct App {
     pub pooler_superusers: BTreeSet<String>,
     /// The filter being typed or applied (`/`).
     pub filter_text: String,
+    /// Where the cursor is in the filter text, in characters.
+    pub filter_cursor: usize,
     /// Why the filter text is not understood, if so (the last good filter stays applied).
     pub filter_error: Option<String>,
     /// The last filter text that was understood: what the table shows.
@@ -344,11 +450,20 @@ pub struct App {
     pub color: bool,
     /// Who pgkill is connected as (from the last refresh).
     pub caller: Option<Caller>,
+    /// Whether that role sees every session's details (`pg_read_all_stats`).
+    pub read_all_stats: bool,
     /// `top --include-superusers`: superuser sessions may be signalled all along.
     pub include_superusers: bool,
     /// Something to tell the user in the footer (e.g. selected rows the filter now hides
     /// were unselected).
     pub note: Option<String>,
+    /// The terminal's size (columns, lines).
+    pub size: (u16, u16),
+    /// How long ago the shown data was read (set by the loop before each draw): older
+    /// than two intervals, the header says the data is stale.
+    pub data_age: Option<Duration>,
+    /// The local time zone's offset, for times in the details (UTC in tests).
+    pub utc_offset: chrono::FixedOffset,
 }
 
 impl App {
@@ -359,18 +474,29 @@ impl App {
             poolers: Vec::new(),
             server: None,
             sessions: Vec::new(),
+            locks: Vec::new(),
+            show_health: true,
+            wrap: false,
+            all_kinds: false,
+            health: None,
+            rates: None,
             pooled: Vec::new(),
             pooler_states: Vec::new(),
             pooler_superusers: BTreeSet::new(),
             filter_text: String::new(),
+            filter_cursor: 0,
             filter_error: None,
             applied_filter: String::new(),
-            filter: Filter::default(),
+            // What the server listed decides the kinds of backend (`A`).
+            filter: Filter {
+                all_backends: true,
+                ..Filter::default()
+            },
             contains: Vec::new(),
             mode: Mode::Normal,
             selected: BTreeSet::new(),
             cursor: 0,
-            sort: SortKey::BackendAge,
+            sort: Column::StateAge,
             descending: true,
             paused: false,
             interval,
@@ -381,9 +507,84 @@ impl App {
             action_error: None,
             color: true,
             caller: None,
+            read_all_stats: true,
             include_superusers: false,
             note: None,
+            size: (120, 40),
+            data_age: None,
+            utc_offset: chrono::Offset::fix(&chrono::Utc),
         }
+    }
+
+    /// The columns the table shows at the current width.
+    pub fn columns(&self) -> Vec<Column> {
+        crate::columns::layout(self.size.0)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect()
+    }
+
+    /// Whether the data on screen is older than two refresh intervals (and refreshing
+    /// is not paused).
+    pub fn stale(&self) -> bool {
+        !self.paused && self.data_age.is_some_and(|a| a > self.interval * 2)
+    }
+
+    /// The lines inside the body's border (what the header, graph and status leave).
+    pub fn body_height(&self) -> usize {
+        let (width, height) = self.size;
+        let (header, graph) = (
+            header_height(self.show_health && self.health.is_some(), width)
+                + u16::from(self.doctor().is_some()),
+            graph_height(height),
+        );
+        usize::from(height.saturating_sub(header + graph + 3 + 2)).max(1)
+    }
+
+    /// How many table rows fit on a page.
+    pub fn page(&self) -> usize {
+        self.body_height()
+    }
+
+    /// The privilege doctor: when the role cannot see some sessions' details or may not
+    /// signal some sessions, which grant would fix it.
+    pub fn doctor(&self) -> Option<String> {
+        let caller = self.caller.as_ref()?;
+        if caller.superuser {
+            return None;
+        }
+        let hidden = self.sessions.iter().filter(|s| s.state.is_none()).count();
+        let refused = self.sessions.iter().filter(|s| !s.can_signal).count();
+        let mut says = Vec::new();
+        if hidden > 0 && !self.read_all_stats {
+            says.push(format!(
+                "{hidden} session(s) hide their details from {}: GRANT pg_read_all_stats (or pg_monitor) TO it",
+                caller.user
+            ));
+        }
+        if refused > 0 {
+            let supers = self
+                .sessions
+                .iter()
+                .filter(|s| !s.can_signal && s.superuser == Some(true))
+                .count();
+            if caller.signal_backend {
+                says.push(format!(
+                    "{refused} session(s) may not be signalled: {supers} are superusers' (only a superuser may)"
+                ));
+            } else {
+                says.push(format!(
+                    "{refused} session(s) may not be signalled by {}: GRANT pg_signal_backend TO it (superusers' sessions: only a superuser, {supers} here)",
+                    caller.user
+                ));
+            }
+        }
+        (!says.is_empty()).then(|| says.join(" · "))
+    }
+
+    /// The lock `pid` waits for, if it waits for one.
+    pub fn lock_of(&self, pid: i32) -> Option<&LockWait> {
+        self.locks.iter().find(|l| l.pid == pid)
     }
 
     /// The filter typed in the view, as the server evaluates it (`q:` words as
@@ -419,8 +620,20 @@ impl App {
         };
         let caller = self.caller.as_ref().unwrap_or(&nobody);
         if self.pooler_states.is_empty() && pooled.is_empty() {
+            let mut backends = Plan::build(signal, sessions, &filter, caller);
+            // `A` lists other backends; signalling them stays the CLI's, with
+            // `--all-backends`.
+            for t in &mut backends.targets {
+                if t.refused.is_none() && !t.session.is_client() {
+                    t.refused = Some(format!(
+                        "not a client session ({}): top signals client sessions only; pgkill kill --all-backends --pid {} does",
+                        t.session.backend_type.as_deref().unwrap_or("?"),
+                        t.session.pid
+                    ));
+                }
+            }
             return Decision {
-                backends: Plan::build(signal, sessions, &filter, caller),
+                backends,
                 at_pooler: Vec::new(),
                 left_alone: Vec::new(),
             };
@@ -526,13 +739,21 @@ impl App {
         let key = self.sort;
         rows.sort_by(|a, b| {
             let ord = match key {
-                SortKey::BackendAge => a.backend_age().cmp(&b.backend_age()),
-                SortKey::XactAge => a.xact_age().cmp(&b.xact_age()),
-                SortKey::QueryAge => a.query_age().cmp(&b.query_age()),
-                SortKey::StateAge => a.state_age().cmp(&b.state_age()),
-                SortKey::Pid => a.pid.cmp(&b.pid),
-                SortKey::User => a.user.cmp(&b.user),
-                SortKey::Database => a.database.cmp(&b.database),
+                Column::StateAge => a.state_age().cmp(&b.state_age()),
+                Column::Xact => a.xact_age().cmp(&b.xact_age()),
+                Column::Pid => a.pid.cmp(&b.pid),
+                Column::User => a.user.cmp(&b.user),
+                Column::Database => a.database.cmp(&b.database),
+                Column::State => a.state.cmp(&b.state),
+                Column::Wait => shown_wait(a).cmp(&shown_wait(b)),
+                Column::BlockedBy => a.blocked_by.cmp(&b.blocked_by),
+                Column::Application => a.application_name.cmp(&b.application_name),
+                Column::Client => {
+                    (a.client_addr, a.client_port).cmp(&(b.client_addr, b.client_port))
+                }
+                Column::Query => a.visible_query().cmp(&b.visible_query()),
+                Column::XminAge => a.xmin_age.cmp(&b.xmin_age),
+                Column::BackendType => a.backend_type.cmp(&b.backend_type),
             };
             let ord = if self.descending { ord.reverse() } else { ord };
             ord.then(a.pid.cmp(&b.pid))
@@ -587,15 +808,101 @@ impl App {
         }
     }
 
-    /// Sessions that block others but wait for nobody: the roots of the blocking tree.
+    /// Sessions that block others but wait for nobody shown here: the roots of the
+    /// blocking tree, those blocking the most sessions (down the whole chain) first.
     pub fn blocking_roots(&self) -> Vec<&Session> {
-        let mut roots: Vec<&Session> = self
+        let listed = |pid: &i32| self.session(*pid).is_some();
+        let mut roots: Vec<(usize, &Session)> = self
             .sessions
             .iter()
-            .filter(|s| s.blocking > 0 && s.blocked_by.is_empty())
+            .filter(|s| s.blocking > 0 && !s.blocked_by.iter().any(listed))
+            .map(|s| (self.blocked_behind(s.pid), s))
             .collect();
-        roots.sort_by_key(|s| (std::cmp::Reverse(s.blocking), s.pid));
-        roots
+        roots.sort_by_key(|(n, s)| (std::cmp::Reverse(*n), s.pid));
+        roots.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// How many sessions wait for `pid`, directly or behind another waiter.
+    pub fn blocked_behind(&self, pid: i32) -> usize {
+        let mut seen = BTreeSet::from([pid]);
+        let mut todo = vec![pid];
+        while let Some(p) = todo.pop() {
+            for w in self.waiting_for(p) {
+                if seen.insert(w.pid) {
+                    todo.push(w.pid);
+                }
+            }
+        }
+        seen.len() - 1
+    }
+
+    /// The blocking tree, line by line: each root, then the sessions waiting for it and
+    /// those waiting for them, at every level. A session waiting for several stands
+    /// under each of them (and says so); a cycle (a deadlock about to be detected) is
+    /// cut where it comes round.
+    pub fn blocking_tree(&self) -> Vec<TreeLine> {
+        fn walk(app: &App, pid: i32, prefix: &str, path: &mut Vec<i32>, out: &mut Vec<TreeLine>) {
+            let children = app.waiting_for(pid);
+            for (i, w) in children.iter().enumerate() {
+                if path.contains(&w.pid) {
+                    continue;
+                }
+                let last = i + 1 == children.len();
+                out.push(TreeLine {
+                    pid: w.pid,
+                    depth: path.len(),
+                    prefix: format!("{prefix}{}", if last { "└─ " } else { "├─ " }),
+                    also_waits_for: w.blocked_by.iter().copied().filter(|b| *b != pid).collect(),
+                    total: 0,
+                });
+                path.push(w.pid);
+                let deeper = format!("{prefix}{}", if last { "   " } else { "│  " });
+                walk(app, w.pid, &deeper, path, out);
+                path.pop();
+            }
+        }
+        let mut out = Vec::new();
+        let mut roots: Vec<i32> = self.blocking_roots().iter().map(|s| s.pid).collect();
+        // Sessions waiting in a circle have no root: the first of them stands for one.
+        let mut circles: Vec<i32> = self
+            .sessions
+            .iter()
+            .filter(|s| !s.blocked_by.is_empty() && !self.waiting_for(s.pid).is_empty())
+            .map(|s| s.pid)
+            .collect();
+        circles.sort_unstable();
+        let mut i = 0;
+        loop {
+            let root = if let Some(r) = roots.get(i) {
+                *r
+            } else if let Some(c) = circles
+                .iter()
+                .find(|c| !out.iter().any(|l: &TreeLine| l.pid == **c))
+            {
+                roots.push(*c);
+                *c
+            } else {
+                break;
+            };
+            i += 1;
+            let total = self.blocked_behind(root);
+            if total == 0 {
+                continue;
+            }
+            out.push(TreeLine {
+                pid: root,
+                depth: 0,
+                prefix: String::new(),
+                also_waits_for: self
+                    .session(root)
+                    .map(|s| s.blocked_by.clone())
+                    .unwrap_or_default(),
+                total,
+            });
+            let mut path = vec![root];
+            walk(self, root, "", &mut path, &mut out);
+        }
+        out
     }
 
     /// Sessions waiting for `pid`.
@@ -607,6 +914,7 @@ impl App {
     }
 
     fn apply_filter_text(&mut self) {
+        self.filter_cursor = self.filter_cursor.min(self.filter_text.chars().count());
         match parse_words(&self.filter_text) {
             Ok((filter, contains)) => {
                 self.filter = Filter {
@@ -636,6 +944,25 @@ impl App {
     }
 }
 
+/// How many lines the header takes on a screen `width` wide: two, and the health
+/// header's two (wide screens) or three.
+pub fn header_height(show_health: bool, width: u16) -> u16 {
+    match (show_health, width >= 160) {
+        (false, _) => 2,
+        (true, true) => 4,
+        (true, false) => 5,
+    }
+}
+
+/// The history graph's lines: none on a screen under 20 lines (the body needs them).
+pub fn graph_height(height: u16) -> u16 {
+    if height >= 20 {
+        3
+    } else {
+        0
+    }
+}
+
 /// Applies `event` to `app` and says what the loop must do. Pure: no I/O, no clock.
 pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
     match event {
@@ -646,6 +973,14 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
                 vec![Effect::Refresh]
             }
         }
+        Event::Resize { width, height } => {
+            app.size = (width, height);
+            // Sorting follows what is on screen.
+            if !app.columns().contains(&app.sort) {
+                app.sort = Column::Pid;
+            }
+            vec![]
+        }
         Event::Snapshot(Ok(snapshot)) => {
             app.conn = ConnState::Connected;
             app.history.push_back(counts(&snapshot.sessions));
@@ -655,10 +990,18 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
             app.server = Some(snapshot.server);
             app.poolers = snapshot.poolers;
             app.sessions = snapshot.sessions;
+            app.locks = snapshot.locks;
+            if let Some(now) = snapshot.health {
+                if let Some(before) = &app.health {
+                    app.rates = Rates::between(before, &now).or(app.rates);
+                }
+                app.health = Some(*now);
+            }
             app.pooled = snapshot.pooled;
             app.pooler_states = snapshot.pooler_states;
             app.pooler_superusers = snapshot.pooler_superusers;
             app.caller = Some(snapshot.caller);
+            app.read_all_stats = snapshot.read_all_stats;
             // Rows that ended go quietly; rows that stopped matching the filter are said.
             let selected = std::mem::take(&mut app.selected);
             app.selected = selected.into_iter().filter(|k| app.present(k)).collect();
@@ -704,20 +1047,109 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
     }
 }
 
+/// `y`: copies the full query of `pid` (as written, line breaks kept); `Y`: its pid.
+fn copy(app: &mut App, pid: i32, just_the_pid: bool) -> Vec<Effect> {
+    let Some(s) = app.session(pid) else {
+        return vec![];
+    };
+    if just_the_pid {
+        app.note = Some(format!("copied pid {pid} to the clipboard (OSC 52)"));
+        return vec![Effect::Copy(pid.to_string())];
+    }
+    match s.visible_query().map(str::to_owned) {
+        Some(q) => {
+            app.note = Some(format!(
+                "copied the query of {pid} ({} characters) to the clipboard (OSC 52: if nothing arrives, the terminal does not allow it)",
+                q.chars().count()
+            ));
+            vec![Effect::Copy(q)]
+        }
+        None => {
+            app.note = Some(format!(
+                "the query of {pid} is hidden from you (needs pg_read_all_stats): nothing copied"
+            ));
+            vec![]
+        }
+    }
+}
+
+/// What the wait column shows: empty unless the session waits on something other than
+/// its client (`Client:ClientRead` on an idle session is no news).
+pub fn shown_wait(s: &Session) -> String {
+    if s.wait_event_type.as_deref() == Some("Client")
+        && s.wait_event.as_deref() == Some("ClientRead")
+    {
+        String::new()
+    } else {
+        s.wait_text()
+    }
+}
+
+/// Edits the filter line as a shell does: characters go in at the cursor; Backspace,
+/// Left/Right/Home/End, Ctrl-U (everything before the cursor), Ctrl-W (the word before
+/// it), Ctrl-A/Ctrl-E (start/end), Ctrl-K (everything after it). Returns whether the key
+/// was one of these.
+fn edit_line(text: &mut String, cursor: &mut usize, key: Key) -> bool {
+    let mut chars: Vec<char> = text.chars().collect();
+    let at = (*cursor).min(chars.len());
+    let at = match key {
+        Key::Char(c) => {
+            chars.insert(at, c);
+            at + 1
+        }
+        Key::Backspace if at > 0 => {
+            chars.remove(at - 1);
+            at - 1
+        }
+        Key::Backspace => at,
+        Key::Left => at.saturating_sub(1),
+        Key::Right => (at + 1).min(chars.len()),
+        Key::Home | Key::Ctrl('a') => 0,
+        Key::End | Key::Ctrl('e') => chars.len(),
+        Key::Ctrl('u') => {
+            chars.drain(..at);
+            0
+        }
+        Key::Ctrl('k') => {
+            chars.truncate(at);
+            at
+        }
+        Key::Ctrl('w') => {
+            let mut from = at;
+            while from > 0 && chars[from - 1] == ' ' {
+                from -= 1;
+            }
+            while from > 0 && chars[from - 1] != ' ' {
+                from -= 1;
+            }
+            chars.drain(from..at);
+            from
+        }
+        _ => return false,
+    };
+    *text = chars.into_iter().collect();
+    *cursor = at;
+    true
+}
+
 fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
+    if key == Key::Ctrl('c') {
+        return vec![Effect::Quit];
+    }
     match app.mode.clone() {
         Mode::Filtering { previous } => {
             match key {
-                Key::Char(c) => app.filter_text.push(c),
-                Key::Backspace => {
-                    app.filter_text.pop();
-                }
                 Key::Enter => app.mode = Mode::Normal,
                 Key::Esc => {
                     app.filter_text = previous;
+                    app.filter_cursor = app.filter_text.chars().count();
                     app.mode = Mode::Normal;
                 }
-                _ => return vec![],
+                _ => {
+                    if !edit_line(&mut app.filter_text, &mut app.filter_cursor, key) {
+                        return vec![];
+                    }
+                }
             }
             // Filter as you type.
             app.apply_filter_text();
@@ -737,6 +1169,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                         RowKey::Backend(pid) => app.session(*pid).cloned(),
                         RowKey::Pooled { .. } => None,
                     })
+                    .filter(Session::is_client)
                     .collect();
                 let pooled: Vec<_> = rows
                     .iter()
@@ -762,43 +1195,82 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                 };
                 vec![]
             }
-            Key::Char('n') | Key::Char('N') | Key::Esc | Key::Char('q') => {
+            // Enter means no: a `k` typed by reflex (vi's "up") and then Enter signals
+            // nothing.
+            Key::Char('n') | Key::Char('N') | Key::Esc | Key::Char('q') | Key::Enter => {
                 app.mode = Mode::Normal;
                 vec![]
             }
             _ => vec![],
         },
-        Mode::Detail(_) | Mode::Help => {
-            if matches!(key, Key::Esc | Key::Enter | Key::Char('q') | Key::Char('?')) {
-                app.mode = Mode::Normal;
-            }
+        Mode::Help { scroll } => {
+            let (_, last) = crate::view::help_lines(app.size.0, app.body_height());
+            let scroll = match key {
+                Key::Esc | Key::Enter | Key::Char('q' | '?' | 'h') | Key::F1 => {
+                    app.mode = Mode::Normal;
+                    return vec![];
+                }
+                Key::Up => scroll.saturating_sub(1),
+                Key::Down | Key::Char('j' | ' ') => scroll + 1,
+                Key::PageUp => scroll.saturating_sub(app.page()),
+                Key::PageDown => scroll + app.page(),
+                Key::Home => 0,
+                Key::End => last,
+                _ => scroll,
+            };
+            app.mode = Mode::Help {
+                scroll: scroll.min(last),
+            };
             vec![]
         }
+        Mode::Detail(row) => {
+            if matches!(key, Key::Esc | Key::Enter | Key::Char('q' | '?') | Key::F1) {
+                app.mode = Mode::Normal;
+            }
+            match (key, row) {
+                (Key::Char(c @ ('y' | 'Y')), RowKey::Backend(pid)) => copy(app, pid, c == 'Y'),
+                _ => vec![],
+            }
+        }
         Mode::Blocking { cursor } => {
-            let roots: Vec<i32> = app.blocking_roots().iter().map(|s| s.pid).collect();
-            match key {
-                Key::Esc | Key::Char('q') | Key::Char('b') => app.mode = Mode::Normal,
-                Key::Up => {
-                    app.mode = Mode::Blocking {
-                        cursor: cursor.saturating_sub(1),
-                    }
+            let tree = app.blocking_tree();
+            let last = tree.len().saturating_sub(1);
+            let cursor = match key {
+                Key::Esc | Key::Char('q' | 'b') => {
+                    app.mode = Mode::Normal;
+                    return vec![];
                 }
-                Key::Down => {
-                    app.mode = Mode::Blocking {
-                        cursor: (cursor + 1).min(roots.len().saturating_sub(1)),
-                    }
-                }
-                Key::Char('k') => {
-                    if let Some(pid) = roots.get(cursor) {
+                Key::Up => cursor.saturating_sub(1),
+                Key::Down | Key::Char('j') => cursor + 1,
+                Key::PageUp => cursor.saturating_sub(app.page()),
+                Key::PageDown => cursor + app.page(),
+                Key::Home => 0,
+                Key::End => last,
+                Key::Char(c @ ('k' | 'c')) => {
+                    if let Some(line) = tree.get(cursor) {
                         app.mode = Mode::Confirm {
-                            signal: Signal::Terminate,
-                            rows: vec![RowKey::Backend(*pid)],
+                            signal: if c == 'k' {
+                                Signal::Terminate
+                            } else {
+                                Signal::Cancel
+                            },
+                            rows: vec![RowKey::Backend(line.pid)],
                             include_superusers: false,
                         };
                     }
+                    return vec![];
                 }
-                _ => {}
-            }
+                Key::Enter => {
+                    if let Some(line) = tree.get(cursor) {
+                        app.mode = Mode::Detail(RowKey::Backend(line.pid));
+                    }
+                    return vec![];
+                }
+                _ => cursor,
+            };
+            app.mode = Mode::Blocking {
+                cursor: cursor.min(last),
+            };
             vec![]
         }
         Mode::Normal => normal_key(app, key),
@@ -812,17 +1284,36 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
             app.mode = Mode::Filtering {
                 previous: app.filter_text.clone(),
             };
+            app.filter_cursor = app.filter_text.chars().count();
         }
         Key::Char('s') => {
-            app.sort = app.sort.next();
+            // Only the columns on screen.
+            let shown = app.columns();
+            let i = shown.iter().position(|c| *c == app.sort);
+            app.sort = match i {
+                Some(i) => shown[(i + 1) % shown.len()],
+                None => shown.first().copied().unwrap_or(Column::Pid),
+            };
             app.cursor = 0;
         }
         Key::Char('S') => app.descending = !app.descending,
         Key::Up => app.cursor = app.cursor.saturating_sub(1),
-        Key::Down => {
+        Key::Down | Key::Char('j') => {
             app.cursor += 1;
             app.clamp_cursor();
         }
+        Key::PageUp => app.cursor = app.cursor.saturating_sub(app.page()),
+        Key::PageDown => {
+            app.cursor += app.page();
+            app.clamp_cursor();
+        }
+        Key::Home => app.cursor = 0,
+        Key::End => {
+            app.cursor = usize::MAX;
+            app.clamp_cursor();
+        }
+        // Space selects the row and moves down, so that several rows are selected by
+        // holding it.
         Key::Char(' ') => {
             if let Some(key) = app.current().map(|r| r.key()) {
                 if !app.selected.remove(&key) {
@@ -870,9 +1361,41 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
                 return vec![Effect::Refresh];
             }
         }
-        Key::Char('+') => app.interval = (app.interval * 2).min(MAX_INTERVAL),
-        Key::Char('-') => app.interval = (app.interval / 2).max(MIN_INTERVAL),
-        Key::Char('?') => app.mode = Mode::Help,
+        // A new interval takes effect at once (the loop restarts its timer).
+        Key::Char('+') => {
+            app.interval = (app.interval * 2).min(MAX_INTERVAL);
+            return vec![Effect::Refresh];
+        }
+        Key::Char('-') => {
+            app.interval = (app.interval / 2).max(MIN_INTERVAL);
+            return vec![Effect::Refresh];
+        }
+        Key::Char('?' | 'h') | Key::F1 => app.mode = Mode::Help { scroll: 0 },
+        Key::Char(c @ ('y' | 'Y')) => {
+            if let Some(Row::Backend(s)) = app.current() {
+                let pid = s.pid;
+                return copy(app, pid, c == 'Y');
+            }
+        }
+        Key::Char('v') => app.wrap = !app.wrap,
+        Key::Char('A') => {
+            app.all_kinds = !app.all_kinds;
+            app.note = Some(if app.all_kinds {
+                "every kind of backend listed (autovacuum, walsenders, parallel and background workers): top signals client sessions only (pgkill kill --all-backends signals the others)".into()
+            } else {
+                "client sessions only".into()
+            });
+            return vec![Effect::Refresh];
+        }
+        Key::Char('H') => {
+            app.show_health = !app.show_health;
+            if app.show_health {
+                // Rates need two readings from now on.
+                app.health = None;
+                app.rates = None;
+                return vec![Effect::Refresh];
+            }
+        }
         _ => {}
     }
     vec![]
@@ -884,7 +1407,8 @@ fn counts(sessions: &[Session]) -> Counts {
         match s.state.as_deref() {
             Some("active") => c.active += 1,
             Some("idle") => c.idle += 1,
-            Some(st) if st.starts_with("idle in transaction") => c.idle_in_transaction += 1,
+            Some("idle in transaction") => c.idle_in_transaction += 1,
+            Some("idle in transaction (aborted)") => c.aborted += 1,
             _ => {}
         }
         if s.wait_event_type.as_deref() == Some("Lock") {
@@ -949,6 +1473,8 @@ pub(crate) mod tests {
         w2.pid = 103;
         w2.backend_start = at(-90);
         Snapshot {
+            locks: Vec::new(),
+            health: None,
             poolers: Vec::new(),
             pooled: Vec::new(),
             pooler_states: Vec::new(),
@@ -965,6 +1491,7 @@ pub(crate) mod tests {
                 superuser: true,
                 signal_backend: false,
             },
+            read_all_stats: true,
             sessions: vec![
                 holder,
                 w1,
@@ -1080,12 +1607,56 @@ pub(crate) mod tests {
     #[test]
     fn sort_cycles_and_reverses() {
         let mut app = loaded();
-        assert_eq!(pid(app.visible()[0]), 104, "connected the longest first");
+        update(
+            &mut app,
+            Event::Resize {
+                width: 200,
+                height: 50,
+            },
+        );
+        assert_eq!(
+            pid(app.visible()[0]),
+            104,
+            "longest in its state first (a shown column)"
+        );
         keys(&mut app, "S");
         assert_eq!(pid(app.visible()[0]), 106);
-        keys(&mut app, "ssss");
-        assert_eq!(app.sort, SortKey::Pid);
-        assert_eq!(pid(app.visible()[0]), 101);
+        // `s` goes through the columns on screen only, and every one of them.
+        let shown = app.columns();
+        assert!(shown.contains(&Column::Application) && shown.contains(&Column::Wait));
+        let mut seen = vec![app.sort];
+        for _ in 1..shown.len() {
+            keys(&mut app, "s");
+            seen.push(app.sort);
+        }
+        seen.sort();
+        let mut all = shown.clone();
+        all.sort();
+        assert_eq!(seen, all);
+        keys(&mut app, "s");
+        assert_eq!(app.sort, Column::StateAge, "and round again");
+        while app.sort != Column::Pid {
+            keys(&mut app, "s");
+        }
+        assert_eq!(pid(app.visible()[0]), 101, "ascending still");
+        keys(&mut app, "S");
+        assert_eq!(pid(app.visible()[0]), 106);
+        // At 80 columns fewer columns are shown: sorting by one that went away falls
+        // back to one on screen.
+        while app.sort != Column::Application {
+            keys(&mut app, "s");
+        }
+        update(
+            &mut app,
+            Event::Resize {
+                width: 80,
+                height: 24,
+            },
+        );
+        assert!(!app.columns().contains(&Column::Application));
+        assert_eq!(app.sort, Column::Pid);
+        keys(&mut app, "s");
+        assert!(app.columns().contains(&app.sort));
     }
 
     #[test]
@@ -1153,7 +1724,7 @@ pub(crate) mod tests {
         assert_eq!(app.mode, Mode::Detail(RowKey::Backend(104)));
         update(&mut app, Event::Key(Key::Esc));
         keys(&mut app, "?");
-        assert_eq!(app.mode, Mode::Help);
+        assert_eq!(app.mode, Mode::Help { scroll: 0 });
         keys(&mut app, "q");
         assert_eq!(app.mode, Mode::Normal, "q leaves help, it does not quit");
         keys(&mut app, "b");
@@ -1360,6 +1931,267 @@ pub(crate) mod tests {
             .refused
             .as_deref()
             .is_some_and(|r| r.contains("only a superuser"))));
+    }
+
+    fn press(app: &mut App, ks: &[Key]) {
+        for k in ks {
+            update(app, Event::Key(*k));
+        }
+    }
+
+    #[test]
+    fn the_filter_line_edits_like_a_shell() {
+        let mut app = loaded();
+        keys(&mut app, "/db:shop user:web");
+        press(&mut app, &[Key::Ctrl('w')]);
+        assert_eq!(app.filter_text, "db:shop ");
+        keys(&mut app, "user:worker");
+        assert_eq!(app.visible().len(), 1, "filtered as typed: 106");
+        press(&mut app, &[Key::Home]);
+        keys(&mut app, "-");
+        assert_eq!(app.filter_text, "-db:shop user:worker");
+        press(&mut app, &[Key::Right, Key::Right, Key::Backspace]);
+        assert_eq!(app.filter_text, "-d:shop user:worker");
+        press(&mut app, &[Key::Left, Key::Left]);
+        assert_eq!(app.filter_cursor, 0);
+        press(&mut app, &[Key::Left]);
+        assert_eq!(app.filter_cursor, 0, "no further than the start");
+        press(&mut app, &[Key::End]);
+        assert_eq!(app.filter_cursor, app.filter_text.chars().count());
+        press(&mut app, &[Key::Left; 6]);
+        press(&mut app, &[Key::Ctrl('u')]);
+        assert_eq!(app.filter_text, "worker", "Ctrl-U clears before the cursor");
+        assert!(
+            !app.filter_text.contains('u') || app.filter_text == "worker",
+            "Ctrl-U is no literal u"
+        );
+        press(&mut app, &[Key::End, Key::Ctrl('u')]);
+        assert_eq!(app.filter_text, "");
+        keys(&mut app, "db:reports");
+        press(&mut app, &[Key::Enter]);
+        assert_eq!(app.mode, Mode::Normal);
+        assert_eq!(app.applied_filter, "db:reports");
+        // Esc puts back the filter from before editing.
+        keys(&mut app, "/");
+        press(&mut app, &[Key::Ctrl('u'), Key::Esc]);
+        assert_eq!(app.filter_text, "db:reports");
+        // Ctrl-C quits from anywhere, even while typing.
+        keys(&mut app, "/");
+        assert_eq!(
+            update(&mut app, Event::Key(Key::Ctrl('c'))),
+            vec![Effect::Quit]
+        );
+    }
+
+    #[test]
+    fn page_keys_home_end_j_and_help_keys() {
+        let mut snap = sample();
+        for i in 0..40 {
+            snap.sessions
+                .push(session(300 + i, "shop", "web", "idle", 10 + i64::from(i)));
+        }
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        update(
+            &mut app,
+            Event::Resize {
+                width: 80,
+                height: 24,
+            },
+        );
+        let n = app.visible().len();
+        keys(&mut app, "j");
+        assert_eq!(app.cursor, 1, "j moves down");
+        press(&mut app, &[Key::PageDown]);
+        assert_eq!(app.cursor, 1 + app.page());
+        press(&mut app, &[Key::PageUp, Key::PageUp]);
+        assert_eq!(app.cursor, 0);
+        press(&mut app, &[Key::End]);
+        assert_eq!(app.cursor, n - 1);
+        press(&mut app, &[Key::PageDown]);
+        assert_eq!(app.cursor, n - 1);
+        press(&mut app, &[Key::Home]);
+        assert_eq!(app.cursor, 0);
+        // Space selects and moves down (documented in the help).
+        keys(&mut app, " ");
+        assert_eq!((app.selected.len(), app.cursor), (1, 1));
+        for open in [Key::F1, Key::Char('h'), Key::Char('?')] {
+            press(&mut app, &[open]);
+            assert_eq!(app.mode, Mode::Help { scroll: 0 }, "{open:?}");
+            press(&mut app, &[Key::Down, Key::PageDown]);
+            assert!(matches!(app.mode, Mode::Help { scroll } if scroll > 1));
+            press(&mut app, &[Key::Home]);
+            assert_eq!(app.mode, Mode::Help { scroll: 0 });
+            press(&mut app, &[Key::Esc]);
+            assert_eq!(app.mode, Mode::Normal);
+        }
+    }
+
+    #[test]
+    fn y_copies_the_query_and_capital_y_the_pid() {
+        let mut snap = sample();
+        snap.sessions[3].query = Some("SELECT 1\n-- two lines".into());
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        assert_eq!(app.current().map(|r| r.key()), Some(RowKey::Backend(104)));
+        assert_eq!(
+            keys(&mut app, "y"),
+            vec![Effect::Copy("SELECT 1\n-- two lines".into())]
+        );
+        assert_eq!(keys(&mut app, "Y"), vec![Effect::Copy("104".into())]);
+        update(&mut app, Event::Key(Key::Enter));
+        assert_eq!(keys(&mut app, "Y"), vec![Effect::Copy("104".into())]);
+        assert_eq!(app.mode, Mode::Detail(RowKey::Backend(104)));
+        // A hidden query is not copied, and the note says why.
+        let mut snap = sample();
+        snap.sessions[3].query = Some(pgkill_core::session::INSUFFICIENT_PRIVILEGE.into());
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        assert!(keys(&mut app, "y").is_empty());
+        assert!(app
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("pg_read_all_stats")));
+    }
+
+    #[test]
+    fn the_privilege_doctor_names_the_grant() {
+        let mut snap = sample();
+        snap.caller = Caller {
+            user: "bob".into(),
+            superuser: false,
+            signal_backend: false,
+        };
+        snap.read_all_stats = false;
+        snap.sessions[3].state = None;
+        snap.sessions[3].can_signal = false;
+        snap.sessions[4].can_signal = false;
+        snap.sessions[4].superuser = Some(true);
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap.clone())));
+        let doctor = app.doctor().unwrap_or_default();
+        assert!(
+            doctor.contains("1 session(s) hide their details from bob: GRANT pg_read_all_stats"),
+            "{doctor}"
+        );
+        assert!(
+            doctor.contains("2 session(s) may not be signalled by bob: GRANT pg_signal_backend"),
+            "{doctor}"
+        );
+        snap.caller.signal_backend = true;
+        snap.read_all_stats = true;
+        update(&mut app, Event::Snapshot(Ok(snap.clone())));
+        let doctor = app.doctor().unwrap_or_default();
+        assert!(
+            !doctor.contains("pg_read_all_stats") && doctor.contains("1 are superusers'"),
+            "{doctor}"
+        );
+        snap.caller.superuser = true;
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        assert_eq!(app.doctor(), None);
+    }
+
+    #[test]
+    fn capital_a_lists_every_kind_and_signals_clients_only() {
+        let mut snap = sample();
+        let mut av = session(150, "shop", "postgres", "active", 30);
+        av.backend_type = Some("autovacuum worker".into());
+        av.query = Some("autovacuum: VACUUM public.orders (to prevent wraparound)".into());
+        snap.sessions.push(av);
+        let mut app = App::new(Duration::from_secs(1));
+        assert_eq!(keys(&mut app, "A"), vec![Effect::Refresh]);
+        assert!(app.all_kinds);
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        keys(&mut app, "ak");
+        let Mode::Confirm { signal, rows, .. } = app.mode.clone() else {
+            panic!("{:?}", app.mode)
+        };
+        let plan = app.plan(signal, &rows, false).backends;
+        assert!(plan
+            .targets
+            .iter()
+            .any(|t| t.session.pid == 150 && t.refused.as_deref().is_some_and(|r| !r.is_empty())));
+        match &keys(&mut app, "y")[..] {
+            [Effect::Signal { targets, .. }] => {
+                assert!(targets.iter().all(|t| t.pid != 150));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(keys(&mut app, "A"), vec![Effect::Refresh]);
+        assert!(!app.all_kinds);
+    }
+
+    #[test]
+    fn enter_in_the_question_means_no() {
+        let mut app = loaded();
+        keys(&mut app, "k");
+        assert!(matches!(app.mode, Mode::Confirm { .. }));
+        assert!(update(&mut app, Event::Key(Key::Enter)).is_empty());
+        assert_eq!(app.mode, Mode::Normal);
+    }
+
+    #[test]
+    fn aborted_transactions_are_counted_apart() {
+        let mut snap = sample();
+        snap.sessions[5].state = Some("idle in transaction (aborted)".into());
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        let c = app.history.back().copied().unwrap_or_default();
+        assert_eq!((c.idle_in_transaction, c.aborted), (1, 1));
+    }
+
+    #[test]
+    fn a_new_interval_refreshes_at_once_and_old_data_is_stale() {
+        let mut app = loaded();
+        for _ in 0..10 {
+            assert_eq!(keys(&mut app, "+"), vec![Effect::Refresh]);
+        }
+        assert_eq!(app.interval, MAX_INTERVAL);
+        assert_eq!(keys(&mut app, "-"), vec![Effect::Refresh]);
+        app.interval = Duration::from_secs(1);
+        app.data_age = Some(Duration::from_millis(1500));
+        assert!(!app.stale());
+        app.data_age = Some(Duration::from_millis(2500));
+        assert!(app.stale());
+        keys(&mut app, "p");
+        assert!(!app.stale(), "paused data is not stale");
+    }
+
+    #[test]
+    fn the_blocking_tree_survives_a_cycle_and_blockers_not_shown() {
+        let mut snap = sample();
+        // 102 and 103 wait for each other (a deadlock the server is about to break),
+        // 105 waits for a session the command-line filter hides.
+        snap.sessions[1].blocked_by = vec![103];
+        snap.sessions[2].blocked_by = vec![102];
+        snap.sessions[1].blocking = 1;
+        snap.sessions[2].blocking = 1;
+        snap.sessions[4].blocked_by = vec![999];
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        let tree: Vec<(i32, usize)> = app
+            .blocking_tree()
+            .iter()
+            .map(|l| (l.pid, l.depth))
+            .collect();
+        assert_eq!(
+            tree,
+            [(102, 0), (103, 1)],
+            "the circle once, cut where it closes"
+        );
+        keys(&mut app, "b");
+        press(
+            &mut app,
+            &[Key::Down, Key::End, Key::PageUp, Key::Char('k')],
+        );
+        assert_eq!(
+            app.mode,
+            Mode::Confirm {
+                signal: Signal::Terminate,
+                rows: vec![RowKey::Backend(102)],
+                include_superusers: false
+            }
+        );
     }
 
     #[test]

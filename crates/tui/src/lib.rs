@@ -5,9 +5,12 @@
 //! events, a refresh tick and database results.
 
 mod app;
+mod columns;
 mod run;
 mod view;
 
-pub use app::{update, App, ConnState, Effect, Event, Key, Mode, ServerInfo, Snapshot, SortKey};
+pub use app::{
+    update, App, Column, ConnState, Effect, Event, Key, Mode, ServerInfo, Snapshot, SortKey,
+};
 pub use run::{run, Connector};
 pub use view::view;

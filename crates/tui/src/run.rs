@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use pgkill_core::horizon::XminHorizon;
 use pgkill_core::plan::{Outcome, Plan};
 use pgkill_core::planner::{self, Signal};
 use pgkill_core::pooler::{AppOutcome, Pooled, PoolerState};
@@ -19,7 +20,7 @@ use ratatui::crossterm::event::{
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::app::{update, App, Effect, Event, Key, ServerInfo, Snapshot};
+use crate::app::{update, App, Effect, Event, Health, Key, ServerInfo, Snapshot, Standby};
 use crate::view::view;
 
 /// Opens a connection to the server (called again to reconnect). It must never prompt:
@@ -28,9 +29,16 @@ pub type Connector =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<Client>> + Send>> + Send + Sync>;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the health header reads the xmin horizon's holders.
+const HORIZON_EVERY: Duration = Duration::from_secs(10);
 
 enum Request {
-    Refresh,
+    /// Read sessions again (and the health header's views when it is shown).
+    Refresh {
+        health: bool,
+        /// Every kind of backend, not only client sessions (`A`).
+        all_kinds: bool,
+    },
     /// Signal the sessions shown (and end the pooled application connections shown),
     /// re-checking the typed filter; with protected superuser sessions too when asked.
     Signal(Signal, Vec<Session>, Vec<Pooled>, Box<Filter>, bool),
@@ -68,15 +76,22 @@ pub async fn run(
     ));
 
     // Terminal events are read on a thread of their own (crossterm's read blocks).
-    let (key_tx, mut key_rx) = mpsc::unbounded_channel::<Option<Key>>();
+    let (key_tx, mut key_rx) = mpsc::unbounded_channel::<Option<Event>>();
     std::thread::spawn(move || loop {
         match ct::read() {
             Ok(CtEvent::Key(k)) if k.kind != KeyEventKind::Release => {
                 let key = match k.code {
-                    KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
-                        Some(Key::Char('q'))
+                    KeyCode::Char(c) if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                        Some(Key::Ctrl(c.to_ascii_lowercase()))
                     }
                     KeyCode::Char(c) => Some(Key::Char(c)),
+                    KeyCode::Left => Some(Key::Left),
+                    KeyCode::Right => Some(Key::Right),
+                    KeyCode::Home => Some(Key::Home),
+                    KeyCode::End => Some(Key::End),
+                    KeyCode::PageUp => Some(Key::PageUp),
+                    KeyCode::PageDown => Some(Key::PageDown),
+                    KeyCode::F(1) => Some(Key::F1),
                     KeyCode::Enter => Some(Key::Enter),
                     KeyCode::Esc => Some(Key::Esc),
                     KeyCode::Backspace => Some(Key::Backspace),
@@ -84,13 +99,14 @@ pub async fn run(
                     KeyCode::Down => Some(Key::Down),
                     _ => None,
                 };
-                if key.is_some() && key_tx.send(key).is_err() {
-                    return;
+                if let Some(key) = key {
+                    if key_tx.send(Some(Event::Key(key))).is_err() {
+                        return;
+                    }
                 }
             }
-            // A resize only needs a redraw.
-            Ok(CtEvent::Resize(..)) => {
-                if key_tx.send(None).is_err() {
+            Ok(CtEvent::Resize(width, height)) => {
+                if key_tx.send(Some(Event::Resize { width, height })).is_err() {
                     return;
                 }
             }
@@ -101,15 +117,34 @@ pub async fn run(
 
     // Also installs a panic hook that gives the terminal back before the message.
     let mut terminal = ratatui::try_init()?;
+    app.utc_offset = *chrono::Local::now().offset();
+    if let Ok(size) = terminal.size() {
+        update(
+            &mut app,
+            Event::Resize {
+                width: size.width,
+                height: size.height,
+            },
+        );
+    }
     let result = async {
-        let _ = req_tx.send(Request::Refresh);
+        let _ = req_tx.send(Request::Refresh {
+            health: app.show_health,
+            all_kinds: app.all_kinds,
+        });
         let mut in_flight = true;
         let mut next_tick = tokio::time::Instant::now() + app.interval;
+        // When the data on screen was read: older than two intervals, it is marked stale.
+        let mut last_data = tokio::time::Instant::now();
+        // Redraw at least this often, so that "stale" shows while nothing else happens.
+        let redraw = Duration::from_millis(500);
         loop {
+            app.data_age = Some(last_data.elapsed());
             terminal.draw(|f| view(&app, f))?;
+            let interval = app.interval;
             let event = tokio::select! {
                 key = key_rx.recv() => match key {
-                    Some(Some(k)) => Event::Key(k),
+                    Some(Some(ev)) => ev,
                     Some(None) => continue,
                     None => return Ok(()),
                 },
@@ -118,6 +153,9 @@ pub async fn run(
                         if matches!(ev, Event::Snapshot(_) | Event::AuthFailed(_)) {
                             in_flight = false;
                         }
+                        if matches!(ev, Event::Snapshot(Ok(_))) {
+                            last_data = tokio::time::Instant::now();
+                        }
                         ev
                     }
                     None => return Ok(()),
@@ -125,15 +163,33 @@ pub async fn run(
                 _ = tokio::time::sleep_until(next_tick) => {
                     next_tick = tokio::time::Instant::now() + app.interval;
                     Event::Tick
-                }
+                },
+                _ = tokio::time::sleep(redraw) => continue,
             };
-            for effect in update(&mut app, event) {
+            let effects = update(&mut app, event);
+            // A changed interval takes effect at once: the timer is restarted with it
+            // (waiting out the old one froze the screen for up to a minute).
+            if app.interval != interval {
+                next_tick = tokio::time::Instant::now() + app.interval;
+            }
+            for effect in effects {
                 match effect {
                     Effect::Quit => return Ok(()),
+                    Effect::Copy(text) => {
+                        use std::io::Write;
+                        // Base64 inside the sequence: the text itself never reaches
+                        // the terminal.
+                        let mut out = std::io::stdout();
+                        let _ = write!(out, "{}", osc52(&text));
+                        let _ = out.flush();
+                    }
                     // At most one refresh at a time: a slow server is not piled on.
                     Effect::Refresh if !in_flight => {
                         in_flight = true;
-                        let _ = req_tx.send(Request::Refresh);
+                        let _ = req_tx.send(Request::Refresh {
+                            health: app.show_health,
+                            all_kinds: app.all_kinds,
+                        });
                     }
                     Effect::Refresh => {}
                     Effect::Signal {
@@ -180,6 +236,9 @@ async fn database_task(
     // Once logging in again fails, it stays failed: the same password will not start
     // working, and asking for another on this screen would fight the key reader.
     let mut auth_failed: Option<String> = None;
+    // The xmin horizon's holders, read at most every HORIZON_EVERY (the costliest of the
+    // health header's statements, and the horizon moves slowly).
+    let mut horizon: Option<(tokio::time::Instant, XminHorizon)> = None;
     while let Some(request) = requests.recv().await {
         if let Some(e) = &auth_failed {
             if events.send(Event::AuthFailed(e.clone())).is_err() {
@@ -212,11 +271,22 @@ async fn database_task(
             continue;
         };
         let event = match request {
-            Request::Refresh => Event::Snapshot(
-                snapshot(client, caps, &filter, &poolers, &mut consoles)
-                    .await
-                    .inspect(|s| states.clone_from(&s.pooler_states))
-                    .map_err(|e| format!("{e:#}")),
+            Request::Refresh { health, all_kinds } => Event::Snapshot(
+                snapshot(
+                    client,
+                    caps,
+                    // Listing only: signalling keeps the command line's filter.
+                    &Filter {
+                        all_backends: filter.all_backends || all_kinds,
+                        ..filter.clone()
+                    },
+                    &poolers,
+                    &mut consoles,
+                    health.then_some(&mut horizon),
+                )
+                .await
+                .inspect(|s| states.clone_from(&s.pooler_states))
+                .map_err(|e| format!("{e:#}")),
             ),
             Request::Signal(signal, targets, pooled, typed, include_superusers) => {
                 // The same path as `pgkill kill`: the command line's filters and the one
@@ -283,6 +353,27 @@ async fn signal_rows(
     }
 }
 
+/// The OSC 52 sequence that puts `text` on the terminal's clipboard (base64-encoded,
+/// so no byte of `text` is sent to the terminal as it is).
+fn osc52(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(text.len().div_ceil(3) * 4);
+    for chunk in text.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    format!("\x1b]52;c;{b64}\x07")
+}
+
 /// Whether connecting failed to log in in a way retrying cannot fix (see
 /// [`ConnectError::is_authentication_failure`]).
 fn is_authentication_failure(e: &anyhow::Error) -> bool {
@@ -308,6 +399,7 @@ async fn snapshot(
     filter: &Filter,
     poolers: &[Pooler],
     consoles: &mut [Option<Client>],
+    with_health: Option<&mut Option<(tokio::time::Instant, XminHorizon)>>,
 ) -> anyhow::Result<Snapshot> {
     let row = pgkill_pg::exec::query_opt(client, &planner::server_summary())
         .await?
@@ -353,12 +445,18 @@ async fn snapshot(
         pooler_states = states;
         sessions
     };
+    let health = match with_health {
+        Some(horizon) => Some(Box::new(health(client, caps, horizon).await?)),
+        None => None,
+    };
     Ok(Snapshot {
+        health,
         poolers: lines,
         pooled,
         pooler_states,
         pooler_superusers: superusers,
         caller: caps.caller.clone(),
+        read_all_stats: caps.read_all_stats,
         server: ServerInfo {
             version: caps.version.to_string(),
             max_connections: row.try_get(0)?,
@@ -366,7 +464,89 @@ async fn snapshot(
             uptime: Duration::from_secs_f64(row.try_get::<_, f64>(2)?.max(0.0)),
             in_recovery: caps.in_recovery,
         },
+        locks: {
+            let waiting: Vec<i32> = sessions
+                .iter()
+                .filter(|s| !s.blocked_by.is_empty())
+                .map(|s| s.pid)
+                .collect();
+            sessions::lock_waits(client, caps, &waiting).await?
+        },
         sessions,
+    })
+}
+
+/// The health header's readings: one statement over `pg_stat_database` and
+/// `pg_stat_activity`, one over `pg_stat_replication`, and the xmin horizon's holders
+/// (what `--holding-xmin` reports), all under the connection's statement timeout.
+async fn health(
+    client: &Client,
+    caps: &Capabilities,
+    cached: &mut Option<(tokio::time::Instant, XminHorizon)>,
+) -> anyhow::Result<Health> {
+    let row = pgkill_pg::exec::query_opt(client, &planner::health())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the health query returned no row"))?;
+    let count =
+        |i: &str| -> anyhow::Result<i64> { Ok(row.try_get::<_, Option<i64>>(i)?.unwrap_or(0)) };
+    let standbys = pgkill_pg::exec::query(client, &planner::replication_lag())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Standby {
+                name: r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
+                addr: r.try_get(1)?,
+                state: r.try_get(2)?,
+                lag: r
+                    .try_get::<_, Option<f64>>(3)?
+                    .map(|s| Duration::from_secs_f64(s.max(0.0))),
+                behind: r.try_get(4)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let fresh = cached
+        .as_ref()
+        .is_some_and(|(at, _)| at.elapsed() < HORIZON_EVERY);
+    if !fresh {
+        *cached = Some((
+            tokio::time::Instant::now(),
+            sessions::xmin_horizon(client, caps).await?,
+        ));
+    }
+    let Some((_, horizon)) = cached.as_ref() else {
+        anyhow::bail!("the xmin horizon was not read");
+    };
+    let xmin = horizon.age.map(|age| {
+        let who = match (horizon.held_by.first(), &horizon.oldest_session) {
+            (Some(h), _) => format!(
+                "{} {}",
+                h.kind.replace('_', " "),
+                h.name.as_deref().unwrap_or("?")
+            ),
+            (None, Some(s)) => format!(
+                "session {} ({})",
+                s.pid.unwrap_or(0),
+                s.name.as_deref().unwrap_or("?")
+            ),
+            (None, None) => "?".into(),
+        };
+        (age, who)
+    });
+    Ok(Health {
+        at: row.try_get("now")?,
+        commits: count("commits")?,
+        rollbacks: count("rollbacks")?,
+        blks_hit: count("blks_hit")?,
+        blks_read: count("blks_read")?,
+        temp_files: count("temp_files")?,
+        temp_bytes: count("temp_bytes")?,
+        oldest_xact: row
+            .try_get::<_, Option<f64>>("oldest_xact")?
+            .map(|s| Duration::from_secs_f64(s.max(0.0))),
+        autovacuum: count("autovacuum")?,
+        autovacuum_max: count("autovacuum_max")?,
+        xmin,
+        standbys,
     })
 }
 
@@ -400,11 +580,29 @@ mod tests {
         ));
         let mut events = Vec::new();
         for _ in 0..n {
-            req_tx.send(Request::Refresh).unwrap();
+            req_tx
+                .send(Request::Refresh {
+                    health: true,
+                    all_kinds: false,
+                })
+                .unwrap();
             events.push(ev_rx.recv().await.unwrap());
         }
         task.abort();
         events
+    }
+
+    #[test]
+    fn osc52_is_base64_and_nothing_else() {
+        assert_eq!(osc52(""), "\x1b]52;c;\x07");
+        assert_eq!(osc52("f"), "\x1b]52;c;Zg==\x07");
+        assert_eq!(osc52("fo"), "\x1b]52;c;Zm8=\x07");
+        assert_eq!(osc52("foo"), "\x1b]52;c;Zm9v\x07");
+        assert_eq!(osc52("SELECT 1\n"), "\x1b]52;c;U0VMRUNUIDEK\x07");
+        let hostile = osc52("\x1b]0;pwned\x07");
+        assert!(!hostile[7..hostile.len() - 1]
+            .chars()
+            .any(|c| c.is_control()));
     }
 
     #[tokio::test]

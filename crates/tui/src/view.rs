@@ -12,7 +12,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
 use ratatui::Frame;
 
-use crate::app::{App, ConnState, Mode, RowKey};
+use crate::app::{shown_wait, App, Column, ConnState, Mode, RowKey};
 
 fn style(app: &App, color: Color) -> Style {
     if app.color {
@@ -42,20 +42,24 @@ fn line(s: &str) -> String {
 
 /// Draws the whole screen.
 pub fn view(app: &App, frame: &mut Frame) {
+    let area = frame.area();
     let [header, graph, body, status] = Layout::vertical([
-        Constraint::Length(2),
-        Constraint::Length(3),
+        Constraint::Length(
+            crate::app::header_height(app.show_health && app.health.is_some(), area.width)
+                + u16::from(app.doctor().is_some()),
+        ),
+        Constraint::Length(crate::app::graph_height(area.height)),
         Constraint::Min(3),
-        Constraint::Length(2),
+        Constraint::Length(3),
     ])
-    .areas(frame.area());
+    .areas(area);
     draw_header(app, frame, header);
     draw_graph(app, frame, graph);
     match &app.mode {
         Mode::Detail(RowKey::Backend(pid)) => draw_detail(app, frame, body, *pid),
         Mode::Detail(key) => draw_pooled_detail(app, frame, body, key),
         Mode::Blocking { cursor } => draw_blocking(app, frame, body, *cursor),
-        Mode::Help => draw_help(frame, body),
+        Mode::Help { scroll } => draw_help(frame, body, *scroll),
         _ => draw_table(app, frame, body),
     }
     draw_status(app, frame, status);
@@ -89,6 +93,15 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
         ))),
         None => first.push(Span::raw(" · connecting…")),
     }
+    if app.stale() && app.conn == ConnState::Connected {
+        first.push(Span::styled(
+            format!(
+                " · STALE: data {} old",
+                format_duration(app.data_age.unwrap_or_default())
+            ),
+            style(app, Color::Red).add_modifier(Modifier::BOLD),
+        ));
+    }
     if app.include_superusers {
         first.push(Span::styled(
             " · SUPERUSERS INCLUDED",
@@ -109,15 +122,35 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
         )),
         ConnState::Connected => {
             let c = app.history.back().copied().unwrap_or_default();
+            // Shorter words where the line is narrow.
+            let word = |narrow: &'static str, wide: &'static str| {
+                if area.width < 100 {
+                    narrow
+                } else {
+                    wide
+                }
+            };
             Line::from(vec![
                 Span::styled(format!("active {}", c.active), style(app, Color::Green)),
                 Span::raw(format!("  idle {}", c.idle)),
                 Span::styled(
-                    format!("  idle in transaction {}", c.idle_in_transaction),
+                    format!(
+                        "  {} {}",
+                        word("idle in tx", "idle in transaction"),
+                        c.idle_in_transaction
+                    ),
                     style(app, Color::Yellow),
                 ),
                 Span::styled(
-                    format!("  waiting on locks {}", c.waiting),
+                    format!(
+                        "  {} {}",
+                        word("aborted tx", "idle in transaction (aborted)"),
+                        c.aborted
+                    ),
+                    style(app, Color::Red),
+                ),
+                Span::styled(
+                    format!("  {} {}", word("lock waits", "waiting on locks"), c.waiting),
                     style(app, Color::Red),
                 ),
                 Span::raw(format!(
@@ -134,7 +167,123 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
             ])
         }
     };
-    frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
+    let mut lines = vec![Line::from(first), second];
+    if let Some(doctor) = app.doctor() {
+        lines.push(Line::from(Span::styled(
+            format!("privileges: {}", line(&doctor)),
+            style(app, Color::Yellow),
+        )));
+    }
+    if app.show_health && app.health.is_some() {
+        lines.extend(health_lines(app, area.width >= 160));
+    }
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+/// `1.2 MB`, `340 kB`, `12 B`.
+fn bytes(n: f64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n.max(0.0);
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} {}", units[u])
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// The health header (`H` hides it): rates between the last two refreshes, the oldest
+/// transaction, the xmin horizon and its holder, autovacuum, and each standby's lag.
+fn health_lines(app: &App, wide: bool) -> Vec<Line<'static>> {
+    let Some(h) = &app.health else {
+        return vec![Line::from(Span::styled(
+            "health: reading… (H hides it)",
+            style(app, Color::DarkGray),
+        ))];
+    };
+    let rate = |v: f64| {
+        if v >= 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.1}")
+        }
+    };
+    let mut first = Vec::new();
+    match &app.rates {
+        Some(r) => {
+            first.push(Span::raw(format!(
+                "xact/s {} · rollback/s ",
+                rate(r.commits + r.rollbacks)
+            )));
+            first.push(Span::styled(
+                rate(r.rollbacks),
+                if r.rollbacks > 0.0 {
+                    style(app, Color::Yellow)
+                } else {
+                    Style::default()
+                },
+            ));
+            first.push(Span::raw(format!(
+                " · cache hit {} · temp {}/s ({} files/s)",
+                r.cache_hit
+                    .map_or_else(|| "-".to_owned(), |c| format!("{:.1}%", c * 100.0)),
+                bytes(r.temp_bytes),
+                rate(r.temp_files)
+            )));
+        }
+        None => first.push(Span::raw("xact/s … (two refreshes needed)")),
+    }
+    let mut second = Vec::new();
+    second.push(Span::raw(format!(
+        "{}oldest xact {}",
+        if wide { " · " } else { "" },
+        h.oldest_xact
+            .map_or_else(|| "-".to_owned(), pgkill_core::format_duration)
+    )));
+    second.push(Span::raw(match &h.xmin {
+        Some((age, who)) => format!(" · xmin age {age} ({})", line(who)),
+        None => " · xmin age -".into(),
+    }));
+    second.push(Span::styled(
+        format!(" · autovacuum {}/{}", h.autovacuum, h.autovacuum_max),
+        if h.autovacuum_max > 0 && h.autovacuum >= h.autovacuum_max {
+            style(app, Color::Yellow)
+        } else {
+            Style::default()
+        },
+    ));
+    let standbys = if h.standbys.is_empty() {
+        "standbys: none streaming from here".to_owned()
+    } else {
+        let each: Vec<String> = h
+            .standbys
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {} lag {}{}",
+                    line(&s.name),
+                    line(s.addr.as_deref().unwrap_or("local")),
+                    line(s.state.as_deref().unwrap_or("?")),
+                    s.lag
+                        .map_or_else(|| "-".to_owned(), pgkill_core::format_duration),
+                    s.behind
+                        .map(|b| format!(" ({} behind)", bytes(b as f64)))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        format!("standbys: {}", each.join(" · "))
+    };
+    if wide {
+        first.extend(second);
+        vec![Line::from(first), Line::from(standbys)]
+    } else {
+        vec![Line::from(first), Line::from(second), Line::from(standbys)]
+    }
 }
 
 fn draw_graph(app: &App, frame: &mut Frame, area: Rect) {
@@ -160,101 +309,183 @@ fn draw_graph(app: &App, frame: &mut Frame, area: Rect) {
     );
 }
 
-fn session_cells(app: &App, s: &Session) -> Vec<Cell<'static>> {
+/// The state as the table shows it: `idle in transaction (aborted)` told apart from a
+/// healthy one, in fewer letters where the column is narrow.
+fn state_text(state: Option<&str>, narrow: bool) -> String {
+    match (state, narrow) {
+        (Some("idle in transaction"), true) => "idle in tx".into(),
+        (Some("idle in transaction (aborted)"), true) => "aborted tx".into(),
+        (Some("idle in transaction (aborted)"), false) => "idle in tx (aborted)".into(),
+        (Some("fastpath function call"), _) => "fastpath".into(),
+        (s, _) => unknown(s),
+    }
+}
+
+fn state_style(app: &App, state: Option<&str>) -> Style {
+    match state {
+        Some("active") => style(app, Color::Green),
+        Some("idle in transaction (aborted)") => style(app, Color::Red),
+        Some(st) if st.starts_with("idle in transaction") => style(app, Color::Yellow),
+        _ => Style::default(),
+    }
+}
+
+fn session_cells(app: &App, s: &Session, columns: &[(Column, u16)]) -> Vec<Cell<'static>> {
     let mark = if app.selected.contains(&RowKey::Backend(s.pid)) {
         "*"
     } else {
         " "
     };
-    let state = unknown(s.state.as_deref());
-    let state_style = match state.as_str() {
-        "active" => style(app, Color::Green),
-        st if st.starts_with("idle in transaction") => style(app, Color::Yellow),
-        _ => Style::default(),
-    };
-    let wait = line(&s.wait_text());
-    // Behind a pooler: the application linked to the backend right now.
-    let (application, client) = match &s.pooler {
-        Some(link) => match &link.client {
+    let mut cells = vec![Cell::from(mark)];
+    for (column, width) in columns {
+        cells.push(match column {
+            Column::Pid => Cell::from(s.pid.to_string()),
+            Column::User => Cell::from(unknown(s.user.as_deref())),
+            Column::Database => Cell::from(unknown(s.database.as_deref())),
+            Column::State => Cell::from(state_text(s.state.as_deref(), *width < 19))
+                .style(state_style(app, s.state.as_deref())),
+            Column::StateAge => Cell::from(age(s.state_age())),
+            Column::Wait => Cell::from(line(&shown_wait(s))),
+            Column::Xact => Cell::from(age(s.xact_age())),
+            Column::BlockedBy => Cell::from(
+                s.blocked_by
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            // Behind a pooler: the application linked to the backend right now.
+            Column::Application => Cell::from(match s.pooler.as_ref().map(|l| &l.client) {
+                Some(Some(c)) => unknown(c.application_name.as_deref()),
+                _ => unknown(s.application_name.as_deref()),
+            }),
             // `pgb:`: through PgBouncer (the header says which, and its pool mode).
-            Some(c) => (
-                unknown(c.application_name.as_deref()),
-                line(&format!(
+            Column::Client => Cell::from(match s.pooler.as_ref().map(|l| &l.client) {
+                Some(Some(c)) => line(&format!(
                     "pgb:{}",
                     c.addr.map_or_else(|| "local".to_owned(), |a| a.to_string())
                 )),
-            ),
-            None => (
-                unknown(s.application_name.as_deref()),
-                "pgb:(pool)".to_owned(),
-            ),
-        },
-        None => (
-            unknown(s.application_name.as_deref()),
-            line(&s.client_text()),
-        ),
-    };
-    vec![
-        Cell::from(mark),
-        Cell::from(s.pid.to_string()),
-        Cell::from(unknown(s.user.as_deref())),
-        Cell::from(unknown(s.database.as_deref())),
-        Cell::from(application),
-        Cell::from(client),
-        Cell::from(state).style(state_style),
-        Cell::from(wait),
-        Cell::from(age(s.xact_age())),
-        Cell::from(age(s.query_age().or(s.state_age()))),
-        Cell::from(line(s.visible_query().unwrap_or("?"))),
-    ]
+                Some(None) => "pgb:(pool)".to_owned(),
+                None => line(&s.client_text()),
+            }),
+            Column::Query => Cell::from(one_line(s.visible_query().unwrap_or("?"))),
+            Column::XminAge => Cell::from(s.xmin_age.map(|a| a.to_string()).unwrap_or_default())
+                .style(if s.holds_xmin {
+                    style(app, Color::Yellow)
+                } else {
+                    Style::default()
+                }),
+            Column::BackendType => Cell::from(unknown(s.backend_type.as_deref())),
+        });
+    }
+    cells
+}
+
+/// A query on one line: runs of white space (line breaks too) collapsed to one space.
+fn one_line(q: &str) -> String {
+    line(&q.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// An application connection at a pooler holding no backend: no pid, no times; its
 /// client is the application itself (`pgb:` says it is behind PgBouncer).
-fn pooled_cells(app: &App, p: &pgkill_core::pooler::Pooled) -> Vec<Cell<'static>> {
+fn pooled_cells(
+    app: &App,
+    p: &pgkill_core::pooler::Pooled,
+    columns: &[(Column, u16)],
+) -> Vec<Cell<'static>> {
     let mark = if app.selected.contains(&RowKey::of_pooled(p)) {
         "*"
     } else {
         " "
     };
-    // As for a pooler backend's application: the port is in the details (Enter).
-    let client = p
-        .client
-        .addr
-        .map_or_else(|| "pgb:local".to_owned(), |a| format!("pgb:{a}"));
-    vec![
-        Cell::from(mark),
-        Cell::from("-"),
-        Cell::from(line(&p.client.user)),
-        Cell::from(line(&p.database)),
-        Cell::from(unknown(p.client.application_name.as_deref())),
-        Cell::from(line(&client)),
-        Cell::from(line(&format!("{} (pooled)", p.state))).style(style(app, Color::Cyan)),
-        Cell::from(if p.state == "waiting" { "pooler" } else { "" }),
-        Cell::from(""),
-        Cell::from(""),
-        Cell::from(line(&format!(
-            "(no backend: {} pooling at {})",
-            p.pool_mode, p.pooler
-        ))),
-    ]
+    let mut cells = vec![Cell::from(mark)];
+    for (column, _) in columns {
+        cells.push(match column {
+            Column::Pid => Cell::from("-"),
+            Column::User => Cell::from(line(&p.client.user)),
+            Column::Database => Cell::from(line(&p.database)),
+            Column::State => {
+                Cell::from(line(&format!("{} (pooled)", p.state))).style(style(app, Color::Cyan))
+            }
+            Column::Wait => Cell::from(if p.state == "waiting" { "pooler" } else { "" }),
+            Column::Application => Cell::from(unknown(p.client.application_name.as_deref())),
+            // As for a pooler backend's application: the port is in the details (Enter).
+            Column::Client => Cell::from(line(
+                &p.client
+                    .addr
+                    .map_or_else(|| "pgb:local".to_owned(), |a| format!("pgb:{a}")),
+            )),
+            Column::Query => Cell::from(line(&format!(
+                "(no backend: {} pooling at {})",
+                p.pool_mode, p.pooler
+            ))),
+            Column::BackendType => Cell::from("pooled"),
+            Column::StateAge | Column::Xact | Column::BlockedBy | Column::XminAge => Cell::from(""),
+        });
+    }
+    cells
 }
 
 fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
     let rows = app.visible();
+    let columns = crate::columns::layout(area.width);
     let height = area.height.saturating_sub(1) as usize;
-    // Keep the cursor on screen.
-    let first = app.cursor.saturating_sub(height.saturating_sub(1));
+    // `v`: the query over several lines (at most a third of the table), white space
+    // collapsed; else one line.
+    let query_width = columns.last().map_or(10, |(_, w)| usize::from(*w).max(10));
+    let most = (height / 3).max(1);
+    let wrapped: Vec<Option<Vec<String>>> = rows
+        .iter()
+        .map(|r| match r {
+            crate::app::Row::Backend(s) if app.wrap => {
+                let mut lines =
+                    wrap_words(&one_line(s.visible_query().unwrap_or("?")), query_width);
+                if lines.len() > most {
+                    lines.truncate(most);
+                    if let Some(last) = lines.last_mut() {
+                        last.push('…');
+                    }
+                }
+                Some(lines)
+            }
+            _ => None,
+        })
+        .collect();
+    let tall = |i: usize| wrapped[i].as_ref().map_or(1, |l| l.len().max(1));
+    // Keep the cursor on screen: the first row shown is the earliest from which the
+    // cursor's row still fits.
+    let mut first = app.cursor.min(rows.len().saturating_sub(1));
+    let mut used = if rows.is_empty() { 0 } else { tall(first) };
+    while first > 0 && used + tall(first - 1) <= height {
+        first -= 1;
+        used += tall(first);
+    }
+    let mut room = height;
     let body: Vec<Row> = rows
         .iter()
         .enumerate()
         .skip(first)
-        .take(height)
+        .take_while(|(i, _)| {
+            let fits = tall(*i) <= room;
+            room = room.saturating_sub(tall(*i));
+            fits
+        })
         .map(|(i, s)| {
-            let row = Row::new(match s {
-                crate::app::Row::Backend(s) => session_cells(app, s),
-                crate::app::Row::Pooled(p) => pooled_cells(app, p),
-            });
+            let mut cells = match s {
+                crate::app::Row::Backend(s) => session_cells(app, s, &columns),
+                crate::app::Row::Pooled(p) => pooled_cells(app, p, &columns),
+            };
+            let mut row_height = 1;
+            if let (Some(lines), Some(last)) = (&wrapped[i], cells.last_mut()) {
+                row_height = lines.len().max(1);
+                *last = Cell::from(ratatui::text::Text::from(
+                    lines
+                        .iter()
+                        .map(|l| Line::from(l.clone()))
+                        .collect::<Vec<_>>(),
+                ));
+            }
+            let row = Row::new(cells).height(u16::try_from(row_height).unwrap_or(1));
             if i == app.cursor {
                 row.style(Style::default().add_modifier(Modifier::REVERSED))
             } else {
@@ -262,49 +493,37 @@ fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
             }
         })
         .collect();
-    let sorted = |label: &str| {
-        if label == app.sort.label() {
-            format!("{label}{}", if app.descending { "▼" } else { "▲" })
-        } else {
-            label.to_owned()
-        }
-    };
     let header = Row::new(
-        [
-            "",
-            "pid",
-            "user",
-            "database",
-            "application",
-            "client",
-            "state",
-            "wait",
-            "xact",
-            "query age",
-            "query",
-        ]
-        .map(|h| Cell::from(sorted(h))),
+        std::iter::once(Cell::from("")).chain(columns.iter().map(|(c, w)| {
+            let label = c.label();
+            // The order mark only where it fits: a header never runs into the next.
+            Cell::from(
+                if *c == app.sort && usize::from(*w) > label.chars().count() {
+                    format!("{label}{}", if app.descending { "▼" } else { "▲" })
+                } else {
+                    label.to_owned()
+                },
+            )
+        })),
     )
     .style(bold());
-    let wide = area.width >= 120;
-    let widths = [
-        Constraint::Length(1),
-        Constraint::Length(7),
-        Constraint::Length(if wide { 14 } else { 9 }),
-        Constraint::Length(if wide { 12 } else { 8 }),
-        Constraint::Length(if wide { 16 } else { 0 }),
-        Constraint::Length(if wide { 15 } else { 0 }),
-        Constraint::Length(if wide { 19 } else { 10 }),
-        Constraint::Length(if wide { 16 } else { 0 }),
-        Constraint::Length(7),
-        Constraint::Length(if wide { 9 } else { 6 }),
-        Constraint::Min(10),
-    ];
+    let widths: Vec<Constraint> = std::iter::once(Constraint::Length(1))
+        .chain(columns.iter().map(|(c, w)| {
+            if *c == Column::Query {
+                Constraint::Min(*w)
+            } else {
+                Constraint::Length(*w)
+            }
+        }))
+        .collect();
     frame.render_widget(
         Table::new(body, widths).header(header).column_spacing(1),
         area,
     );
 }
+
+/// Why a field is empty for a plain role: the server hides other roles' details.
+const HIDDEN: &str = "hidden*";
 
 fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
     let Some(s) = app.session(pid) else {
@@ -314,15 +533,47 @@ fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
         );
         return;
     };
-    let t = |v: Option<chrono::DateTime<chrono::Utc>>| {
-        v.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or_else(|| "-".into())
+    let hidden = s.state.is_none();
+    // Local time first (what the person reading knows), UTC after it (what logs say).
+    let t = |v: Option<chrono::DateTime<chrono::Utc>>| match v {
+        Some(t) => format!(
+            "{} ({} UTC)",
+            t.with_timezone(&app.utc_offset)
+                .format("%Y-%m-%d %H:%M:%S %:z"),
+            t.format("%H:%M:%S")
+        ),
+        None if hidden => HIDDEN.into(),
+        None => "-".into(),
     };
+    let since =
+        |at: Option<chrono::DateTime<chrono::Utc>>, d: Option<std::time::Duration>| match (at, d) {
+            (Some(_), Some(d)) => format!("{}, {} ago", t(at), format_duration(d)),
+            _ => t(at),
+        };
     let waits: Vec<String> = app
         .waiting_for(pid)
         .iter()
         .map(|w| w.pid.to_string())
         .collect();
+    let client = match (s.client_addr, s.client_port, &s.client_hostname) {
+        (Some(a), p, h) => format!(
+            "{a}{}{}",
+            p.map(|p| format!(":{p}")).unwrap_or_default(),
+            h.as_deref()
+                .map(|h| format!(" ({})", line(h)))
+                .unwrap_or_default()
+        ),
+        (None, Some(-1), _) => "local (Unix socket)".into(),
+        (None, _, _) if hidden => HIDDEN.into(),
+        (None, _, _) => "-".into(),
+    };
+    let or_hidden = |v: Option<&str>| {
+        if hidden {
+            HIDDEN.to_owned()
+        } else {
+            unknown(v)
+        }
+    };
     let mut lines = vec![
         Line::from(format!(
             "pid {}  user {}  database {}  application {}",
@@ -332,47 +583,66 @@ fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
             unknown(s.application_name.as_deref())
         )),
         Line::from(format!(
-            "state {}  wait {}  backend {}",
-            unknown(s.state.as_deref()),
+            "client {client}  backend {}",
+            or_hidden(s.backend_type.as_deref())
+        )),
+        Line::from(format!(
+            "state {}  wait {}",
+            or_hidden(s.state.as_deref()),
             match (&s.wait_event_type, &s.wait_event) {
                 (Some(t), Some(e)) => line(&format!("{t}:{e}")),
-                _ if s.state.is_none() => "?".into(),
+                _ if hidden => HIDDEN.into(),
                 _ => "none".into(),
             },
-            unknown(s.backend_type.as_deref())
         )),
         Line::from(format!(
-            "connected {} ({})  transaction {}  query {}  state since {}",
-            t(s.backend_start),
-            age(s.backend_age()),
-            t(s.xact_start),
-            t(s.query_start),
-            t(s.state_change)
+            "connected    {}",
+            since(s.backend_start, s.backend_age())
         )),
         Line::from(format!(
-            "blocked by: {}   blocks: {}",
-            if s.blocked_by.is_empty() {
-                "nobody".into()
-            } else {
-                s.blocked_by
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
-            if waits.is_empty() {
-                "nobody".into()
-            } else {
-                waits.join(", ")
-            }
+            "transaction  {}",
+            since(s.xact_start, s.xact_age())
         )),
-        Line::from(""),
+        Line::from(format!("query start  {}", since(s.query_start, None))),
+        Line::from(format!(
+            "state since  {}",
+            since(s.state_change, s.state_age())
+        )),
     ];
+    if let Some(l) = app.lock_of(pid) {
+        lines.push(Line::from(format!("waits for    {}", line(&l.describe()))));
+    }
+    lines.push(Line::from(format!(
+        "blocked by: {}   blocks: {}",
+        if s.blocked_by.is_empty() {
+            "nobody".into()
+        } else {
+            s.blocked_by
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        if waits.is_empty() {
+            "nobody".into()
+        } else {
+            waits.join(", ")
+        }
+    )));
+    if hidden {
+        lines.push(Line::from(Span::styled(
+            "* hidden: another role's session, whose details the server shows only to roles with pg_read_all_stats (or pg_monitor): a superuser can GRANT it to your role.",
+            style(app, Color::Yellow),
+        )));
+    }
+    lines.push(Line::from(""));
     // The full query, line by line as it was written.
-    let query = s.visible_query().unwrap_or("(query not visible to you)");
+    let query = s
+        .visible_query()
+        .unwrap_or("(query hidden: another role's session; needs pg_read_all_stats)");
     lines.extend(
         query
-            .split('\n')
+            .lines()
             .map(|l| Line::from(pgkill_core::printable(&l.replace('\t', "    ")).into_owned())),
     );
     frame.render_widget(
@@ -384,62 +654,94 @@ fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
 }
 
 fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
-    let roots = app.blocking_roots();
+    let tree = app.blocking_tree();
     let mut lines = Vec::new();
-    if roots.is_empty() {
+    if tree.is_empty() {
         lines.push(Line::from(
             "No session is waiting for a lock held by another.",
         ));
     }
-    for (i, root) in roots.iter().enumerate() {
+    // Keep the cursor on screen.
+    let height = area.height.saturating_sub(2) as usize;
+    let first = cursor.saturating_sub(height.saturating_sub(1));
+    for (i, node) in tree.iter().enumerate().skip(first).take(height) {
+        let Some(s) = app.session(node.pid) else {
+            continue;
+        };
         let mark = if i == cursor { "> " } else { "  " };
-        lines.push(Line::from(Span::styled(
+        let query = one_line(s.visible_query().unwrap_or("?"));
+        let text = if node.depth == 0 {
+            let xact = age(s.xact_age());
             format!(
-                "{mark}{} {} {} {} — blocks {}: {}",
-                root.pid,
-                unknown(root.user.as_deref()),
-                unknown(root.state.as_deref()),
-                age(root.xact_age()),
-                root.blocking,
-                line(root.visible_query().unwrap_or("?"))
-            ),
+                "{mark}{} {} {} xact {} · blocks {} · {}",
+                s.pid,
+                unknown(s.user.as_deref()),
+                unknown(s.state.as_deref()),
+                if xact.is_empty() { "-".into() } else { xact },
+                node.total,
+                query
+            )
+        } else {
+            let lock = app.lock_of(s.pid);
+            // Since when: pg_locks.waitstart (14+), else the waiter's state change.
+            let since = lock.and_then(|l| l.since).or(s.state_change);
+            let waited = since
+                .and_then(|at| s.now.signed_duration_since(at).to_std().ok())
+                .map(format_duration)
+                .unwrap_or_else(|| "?".into());
+            let what = lock.map_or_else(|| "a lock".to_owned(), |l| line(&l.describe()));
+            let also = if node.also_waits_for.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " [also waits for {}]",
+                    node.also_waits_for
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            format!(
+                "{mark}{}{} {} waiting {waited} for {what}{also} · its query: {query}",
+                node.prefix,
+                s.pid,
+                unknown(s.user.as_deref()),
+            )
+        };
+        lines.push(Line::from(Span::styled(
+            text,
             if i == cursor {
                 Style::default().add_modifier(Modifier::REVERSED)
             } else {
                 Style::default()
             },
         )));
-        for w in app.waiting_for(root.pid) {
-            lines.push(Line::from(format!(
-                "    └─ {} {} waiting {} on {}",
-                w.pid,
-                unknown(w.user.as_deref()),
-                age(w.state_age()),
-                line(w.visible_query().unwrap_or("?"))
-            )));
-        }
     }
     frame.render_widget(
-        Paragraph::new(lines).block(
-            Block::bordered().title("blocking tree (k: terminate the selected root, Esc: back)"),
-        ),
+        Paragraph::new(lines).block(Block::bordered().title(
+            "blocking tree, roots blocking the most first (↑↓ move · k terminate · c cancel · Enter details · Esc back)",
+        )),
         area,
     );
 }
 
-const HELP: &[&str] = &[
-    "q quit · ? help",
-    "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N",
-    "  idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking blocking-for:DUR holding-xmin",
-    "  exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local  (an exclusion always wins;",
-    "  same kinds OR-ed, others AND-ed; holding-xmin: the sessions that are the xmin horizon)",
-    "s / S sort column / order · ↑ ↓ move",
-    "space select · a select all shown · Esc clear selection",
-    "c cancel · k terminate (the selection, or the row under the cursor), after confirmation",
-    "Enter details · b blocking tree · p pause · + / - refresh interval",
-    "--pgbouncer: connections holding no backend are rows of their own (pid -), after the",
-    "  backends; k ends an application where it is (its backend in session pooling, else",
-    "  KILL_CLIENT at the pooler, PgBouncer 1.24+), as `pgkill kill --pgbouncer` does",
+/// The help screen's lines (scrolled with ↑ ↓ PgUp PgDn Home End on small screens).
+pub const HELP: &[&str] = &[
+    "q quit · ? h F1 help (↑ ↓ PgUp PgDn Home End scroll it; Esc back)",
+    "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking blocking-for:DUR holding-xmin; exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local (an exclusion always wins; same kinds OR-ed, others AND-ed; holding-xmin: the sessions that are the xmin horizon)",
+    "  editing: ← → Home End move · Backspace · Ctrl-U clear before the cursor · Ctrl-W delete a word · Ctrl-K clear after · Enter keep · Esc back to the previous filter",
+    "s / S sort by the next column on screen / reverse the order",
+    "↑ ↓ (or j) move · PgUp PgDn page · Home End first / last row",
+    "space select the row and move down · a select all shown · Esc clear selection",
+    "c cancel · k terminate (the selection, or the row under the cursor), asked first: y yes · n, Esc or Enter no · ! include protected superuser sessions",
+    "Enter details · b blocking tree (every level; k terminates the line under the cursor)",
+    "y copy the full query (in the list or the details) to the clipboard · Y its pid (OSC 52: the terminal must allow it)",
+    "A every kind of backend too (autovacuum, walsenders, parallel and background workers), listed only: top signals client sessions only",
+    "v wrap queries over several lines in the list (white space collapsed) · one line again",
+    "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys)",
+    "p pause · + / - refresh interval (at once; STALE in the header: data over two intervals old)",
+    "--pgbouncer: connections holding no backend are rows of their own (pid -), after the backends; k ends an application where it is (its backend in session pooling, else KILL_CLIENT at the pooler, PgBouncer 1.24+), as `pgkill kill --pgbouncer` does",
 ];
 
 fn draw_pooled_detail(app: &App, frame: &mut Frame, area: Rect, key: &RowKey) {
@@ -485,24 +787,82 @@ fn draw_pooled_detail(app: &App, frame: &mut Frame, area: Rect, key: &RowKey) {
     );
 }
 
-fn draw_help(frame: &mut Frame, area: Rect) {
-    let lines: Vec<Line> = HELP.iter().map(|l| Line::from(*l)).collect();
+/// The help's lines wrapped to a screen `width` columns wide (inside its border), and
+/// how far it can be scrolled on a screen `height` lines high.
+pub fn help_lines(width: u16, room: usize) -> (Vec<String>, usize) {
+    let inner = usize::from(width.saturating_sub(2)).max(20);
+    let lines: Vec<String> = HELP
+        .iter()
+        .flat_map(|l| {
+            let indent = l.len() - l.trim_start().len();
+            let mut wrapped = wrap_words(l.trim_start(), inner - indent - 2);
+            for (i, w) in wrapped.iter_mut().enumerate() {
+                let pad = if i == 0 { indent } else { indent + 2 };
+                *w = format!("{}{w}", " ".repeat(pad));
+            }
+            wrapped
+        })
+        .collect();
+    let room = room.max(1);
+    let last = lines.len().saturating_sub(room);
+    (lines, last)
+}
+
+fn draw_help(frame: &mut Frame, area: Rect, scroll: usize) {
+    let room = area.height.saturating_sub(2) as usize;
+    let (all, _) = help_lines(area.width, room);
+    let scroll = scroll.min(all.len().saturating_sub(room));
+    let lines: Vec<Line> = all
+        .iter()
+        .skip(scroll)
+        .take(room)
+        .map(|l| Line::from(l.clone()))
+        .collect();
+    let more = if scroll + room < all.len() {
+        format!(
+            " · lines {}-{} of {}, ↓ PgDn for more",
+            scroll + 1,
+            scroll + room,
+            all.len()
+        )
+    } else if scroll > 0 {
+        format!(" · lines {}-{} of {}", scroll + 1, all.len(), all.len())
+    } else {
+        String::new()
+    };
     frame.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title("keys (Esc: back)")),
+        Paragraph::new(lines).block(Block::bordered().title(format!("keys (Esc: back){more}"))),
         area,
     );
 }
 
 fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
-    let first = if let Mode::Filtering { .. } = app.mode {
+    // The filter in effect, always (its own line: an action's outcome never hides it).
+    let applied = if app.applied_filter.trim().is_empty() {
+        "none (every session)".to_owned()
+    } else {
+        line(app.applied_filter.trim())
+    };
+    let filter = if let Mode::Filtering { .. } = app.mode {
+        let chars: Vec<char> = app.filter_text.chars().collect();
+        let at = app.filter_cursor.min(chars.len());
+        let before: String = chars[..at].iter().collect();
+        let under: String = chars.get(at).map_or(" ".into(), |c| c.to_string());
+        let after: String = chars
+            .get(at + 1..)
+            .map_or(String::new(), |r| r.iter().collect());
         let mut spans = vec![
             Span::styled("filter: ", bold()),
-            Span::raw(line(&app.filter_text)),
-            Span::raw("█"),
+            Span::raw(line(&before)),
+            Span::styled(
+                line(&under),
+                Style::default().add_modifier(Modifier::REVERSED),
+            ),
+            Span::raw(line(&after)),
         ];
-        if app.filter_error.is_some() {
+        if let Some(e) = &app.filter_error {
             spans.push(Span::styled(
-                "  (not understood yet: showing the last valid filter)",
+                format!("  applying: {applied} · not understood: {}", line(e)),
                 style(app, Color::Red),
             ));
         }
@@ -510,17 +870,21 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
     } else if let Some(e) = &app.filter_error {
         Line::from(Span::styled(
             format!(
-                "filter not understood: {} — showing the last valid filter ({})",
-                line(e),
-                if app.applied_filter.is_empty() {
-                    "none: every session".to_owned()
-                } else {
-                    line(&app.applied_filter)
-                }
+                "filter \"{}\" not understood, applying: {applied} · {}",
+                line(&app.filter_text),
+                line(e)
             ),
             style(app, Color::Red),
         ))
-    } else if let Some(note) = &app.note {
+    } else if !app.applied_filter.trim().is_empty() {
+        Line::from(format!("filter: {applied}"))
+    } else {
+        Line::from(Span::styled(
+            "filter: none (every session) · / to type one",
+            style(app, Color::DarkGray),
+        ))
+    };
+    let news = if let Some(note) = &app.note {
         Line::from(Span::styled(line(note), style(app, Color::Yellow)))
     } else if let Some(e) = &app.action_error {
         Line::from(Span::styled(
@@ -541,8 +905,6 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
             }))
             .collect();
         Line::from(format!("last action: {}", parts.join(", ")))
-    } else if !app.filter_text.is_empty() {
-        Line::from(format!("filter: {}", line(&app.filter_text)))
     } else {
         Line::from("")
     };
@@ -553,7 +915,7 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
         ),
         style(app, Color::DarkGray),
     ));
-    frame.render_widget(Paragraph::new(vec![first, keys]), area);
+    frame.render_widget(Paragraph::new(vec![filter, news, keys]), area);
 }
 
 /// `text` in lines of at most `width` characters, broken at spaces (a longer word is a
@@ -718,8 +1080,16 @@ fn draw_confirm(
     lines.push(Line::from(if go == 0 {
         "nothing to signal: n / Esc to go back"
     } else {
-        "y: yes   n / Esc: no"
+        "y: yes   n / Esc / Enter: no"
     }));
+    // The question and the answer always show: what does not fit between them is cut.
+    let fits = usize::from(area.height.saturating_sub(2));
+    if lines.len() > fits && fits >= 4 {
+        let tail = lines.split_off(lines.len() - 2);
+        lines.truncate(fits - 3);
+        lines.push(Line::from("… (more than fits: a larger window shows all)"));
+        lines.extend(tail);
+    }
     let width = area.width.saturating_sub(4).min(100);
     let height = (lines.len() as u16 + 2).min(area.height);
     let dialog = Rect {
@@ -778,19 +1148,149 @@ mod tests {
     }
 
     fn render(app: &App, w: u16, h: u16) -> String {
+        let mut app = app.clone();
+        update(
+            &mut app,
+            Event::Resize {
+                width: w,
+                height: h,
+            },
+        );
         let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
-        terminal.draw(|f| view(app, f)).unwrap();
+        terminal.draw(|f| view(&app, f)).unwrap();
         terminal.backend().to_string()
     }
 
+    /// At 80×24, 120×40 and 200×50.
     fn both(name: &str, app: &App) {
         insta::assert_snapshot!(format!("{name}_80x24"), render(app, 80, 24));
-        insta::assert_snapshot!(format!("{name}_160x48"), render(app, 160, 48));
+        insta::assert_snapshot!(format!("{name}_120x40"), render(app, 120, 40));
+        insta::assert_snapshot!(format!("{name}_200x50"), render(app, 200, 50));
+    }
+
+    /// A three-level chain with a double blocker: 201 and 202 (idle in transaction)
+    /// both hold a lock 203's ALTER TABLE waits for; 204 and 205 queue behind 203; 206
+    /// waits for 205's row.
+    pub(crate) fn lock_chain() -> App {
+        use crate::app::tests::{at, sample, session};
+        use pgkill_core::LockWait;
+        let mut snap = sample();
+        let mut r1 = session(201, "shop", "reader", "idle in transaction", 900);
+        r1.query = Some("SELECT *\n  FROM orders\n -- for the report".into());
+        let mut r2 = session(202, "shop", "reader", "idle in transaction", 800);
+        r2.query = Some("SELECT count(*) FROM orders".into());
+        let mut ddl = session(203, "shop", "migrations", "active", 120);
+        ddl.query = Some("ALTER TABLE orders ADD COLUMN note text".into());
+        ddl.blocked_by = vec![201, 202];
+        let waiter = |pid: i32, blocked_by: Vec<i32>, q: &str| {
+            let mut w = session(pid, "shop", "api", "active", 60);
+            w.wait_event_type = Some("Lock".into());
+            w.wait_event = Some("relation".into());
+            w.blocked_by = blocked_by;
+            w.query = Some(q.into());
+            w
+        };
+        ddl.wait_event_type = Some("Lock".into());
+        ddl.wait_event = Some("relation".into());
+        let mut api0 = waiter(204, vec![203], "SELECT * FROM orders WHERE id = $1");
+        api0.state_change = at(-50);
+        let mut api1 = waiter(205, vec![203], "UPDATE orders SET n = n + 1 WHERE id = 7");
+        api1.blocking = 1;
+        let mut api2 = waiter(206, vec![205], "UPDATE orders SET n = 0 WHERE id = 7");
+        api2.wait_event = Some("transactionid".into());
+        r1.blocking = 1;
+        r2.blocking = 1;
+        ddl.blocking = 2;
+        snap.sessions = vec![r1, r2, ddl, api0, api1, api2];
+        snap.health = None;
+        let rel = |pid: i32, mode: &str, since: i64| LockWait {
+            pid,
+            locktype: "relation".into(),
+            mode: mode.into(),
+            database: Some("shop".into()),
+            relation_oid: Some(16384),
+            relation: Some(("public".into(), "orders".into())),
+            since: at(since),
+        };
+        snap.locks = vec![
+            rel(203, "AccessExclusiveLock", -64),
+            rel(204, "AccessShareLock", -50),
+            rel(205, "RowExclusiveLock", -40),
+            LockWait {
+                pid: 206,
+                locktype: "transactionid".into(),
+                mode: "ShareLock".into(),
+                database: None,
+                relation_oid: None,
+                relation: None,
+                since: None,
+            },
+        ];
+        let mut app = App::new(std::time::Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        app
+    }
+
+    #[test]
+    fn three_level_lock_tree_with_a_double_blocker() {
+        let mut app = lock_chain();
+        let tree: Vec<(i32, usize, String)> = app
+            .blocking_tree()
+            .into_iter()
+            .map(|l| (l.pid, l.depth, l.prefix))
+            .collect();
+        assert_eq!(
+            tree,
+            [
+                (201, 0, "".into()),
+                (203, 1, "└─ ".into()),
+                (204, 2, "   ├─ ".into()),
+                (205, 2, "   └─ ".into()),
+                (206, 3, "      └─ ".into()),
+                (202, 0, "".into()),
+                (203, 1, "└─ ".into()),
+                (204, 2, "   ├─ ".into()),
+                (205, 2, "   └─ ".into()),
+                (206, 3, "      └─ ".into()),
+            ]
+        );
+        assert_eq!(app.blocking_tree()[0].total, 4);
+        assert_eq!(app.blocking_tree()[1].also_waits_for, [202]);
+        keys_for_tests(&mut app, "b");
+        both("lock_tree", &app);
+        let screen = render(&app, 200, 50);
+        assert!(
+            screen.contains(
+                "waiting 1m04s for AccessExclusiveLock on public.orders [also waits for 202]"
+            ),
+            "{screen}"
+        );
+        assert!(screen.contains("blocks 4"), "{screen}");
+        // Terminate the root under the cursor, or any line of the tree.
+        update(&mut app, Event::Key(Key::Down));
+        keys_for_tests(&mut app, "k");
+        assert_eq!(
+            app.mode,
+            Mode::Confirm {
+                signal: pgkill_core::planner::Signal::Terminate,
+                rows: vec![RowKey::Backend(203)],
+                include_superusers: false,
+            }
+        );
+        update(&mut app, Event::Key(Key::Enter));
+        assert_eq!(app.mode, Mode::Normal, "Enter in the question means no");
     }
 
     #[test]
     fn default_view() {
         both("default", &loaded());
+        // Wide enough for the xmin age and backend type columns too.
+        let wide = render(&loaded(), 300, 20);
+        assert!(
+            wide.contains("xmin age") && wide.contains("backend type"),
+            "{wide}"
+        );
+        insta::assert_snapshot!("default_300x20", wide);
     }
 
     #[test]
@@ -840,7 +1340,7 @@ mod tests {
         snap.sessions[3].superuser = Some(true); // 104
         update(&mut app, Event::Snapshot(Ok(snap)));
         keys_for_tests(&mut app, "ak");
-        let screen = render(&app, 160, 48);
+        let screen = render(&app, 200, 50);
         assert!(screen.contains("Terminate 5 session(s)?"), "{screen}");
         assert!(screen.contains("1 will NOT be signalled"), "{screen}");
         assert!(
@@ -848,12 +1348,12 @@ mod tests {
             "{screen}"
         );
         keys_for_tests(&mut app, "!");
-        let screen = render(&app, 160, 48);
+        let screen = render(&app, 200, 50);
         assert!(screen.contains("Terminate 6 session(s)?"), "{screen}");
         assert!(screen.contains("including superuser sessions"), "{screen}");
-        assert!(!render(&app, 160, 48).contains("SUPERUSERS INCLUDED"));
+        assert!(!render(&app, 200, 50).contains("SUPERUSERS INCLUDED"));
         app.include_superusers = true;
-        assert!(render(&app, 160, 48).contains("SUPERUSERS INCLUDED"));
+        assert!(render(&app, 200, 50).contains("SUPERUSERS INCLUDED"));
     }
 
     #[test]
@@ -864,6 +1364,179 @@ mod tests {
         update(&mut app, Event::Key(Key::Down));
         update(&mut app, Event::Key(Key::Enter));
         both("detail", &app);
+    }
+
+    #[test]
+    fn details_of_a_multi_line_query_and_of_a_hidden_session() {
+        let mut app = lock_chain();
+        while app.current().map(|r| r.key()) != Some(RowKey::Backend(201)) {
+            update(&mut app, Event::Key(Key::Down));
+        }
+        update(&mut app, Event::Key(Key::Enter));
+        let screen = render(&app, 120, 40);
+        assert!(screen.contains("│SELECT *  "), "{screen}");
+        assert!(screen.contains("│  FROM orders"), "{screen}");
+        assert!(screen.contains("│ -- for the report"), "{screen}");
+        app.utc_offset = chrono::FixedOffset::east_opt(3600).unwrap();
+        let screen = render(&app, 120, 40);
+        assert!(screen.contains("+01:00 ("), "local time and UTC: {screen}");
+        // Another role's session, seen by a plain role: every hidden field says why.
+        let mut snap = crate::app::tests::sample();
+        let s = &mut snap.sessions[3];
+        s.state = None;
+        s.backend_start = None;
+        s.xact_start = None;
+        s.query_start = None;
+        s.state_change = None;
+        s.client_addr = None;
+        s.client_port = None;
+        s.wait_event_type = None;
+        s.wait_event = None;
+        s.backend_type = None;
+        s.query = Some(pgkill_core::session::INSUFFICIENT_PRIVILEGE.into());
+        let mut app = App::new(std::time::Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        while app.current().map(|r| r.key()) != Some(RowKey::Backend(104)) {
+            update(&mut app, Event::Key(Key::Down));
+        }
+        update(&mut app, Event::Key(Key::Enter));
+        both("detail_hidden", &app);
+        // The privilege doctor in the header says which grant shows them.
+        let mut plain = crate::app::tests::sample();
+        plain.caller.superuser = false;
+        plain.read_all_stats = false;
+        plain.sessions[3].state = None;
+        let mut app = App::new(std::time::Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(plain)));
+        both("privilege_notice", &app);
+    }
+
+    /// Two health readings a second apart on a primary with a standby.
+    fn healthy() -> App {
+        use crate::app::{Health, Standby};
+        let mut app = loaded();
+        let reading = |secs: i64, commits: i64, rollbacks: i64, hit: i64, read: i64| Health {
+            at: crate::app::tests::at(secs).unwrap(),
+            commits,
+            rollbacks,
+            blks_hit: hit,
+            blks_read: read,
+            temp_files: secs,
+            temp_bytes: secs * 2_500_000,
+            oldest_xact: Some(std::time::Duration::from_secs(300)),
+            autovacuum: 1,
+            autovacuum_max: 3,
+            xmin: Some((50, "session 101 (migrations)".into())),
+            standbys: vec![Standby {
+                name: "replica1".into(),
+                addr: Some("10.0.0.2".into()),
+                state: Some("streaming".into()),
+                lag: Some(std::time::Duration::from_millis(1500)),
+                behind: Some(123_456),
+            }],
+        };
+        let mut snap = crate::app::tests::sample();
+        snap.health = Some(Box::new(reading(0, 1000, 10, 9000, 1000)));
+        update(&mut app, Event::Snapshot(Ok(snap.clone())));
+        snap.health = Some(Box::new(reading(2, 1400, 14, 9990, 1010)));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        app
+    }
+
+    #[test]
+    fn the_health_header() {
+        let mut app = healthy();
+        let r = app.rates.unwrap();
+        assert_eq!((r.commits, r.rollbacks), (200.0, 2.0));
+        assert_eq!(r.cache_hit, Some(0.99));
+        both("health", &app);
+        let screen = render(&app, 200, 50);
+        assert!(screen.contains("xact/s 202 · rollback/s 2.0 · cache hit 99.0% · temp 2.5 MB/s (1.0 files/s) · oldest xact 5m00s · xmin age 50 (session 101 (migrations)) · autovacuum 1/3"), "{screen}");
+        assert!(
+            screen.contains("standbys: replica1 10.0.0.2 streaming lag 1s (123.5 kB behind)"),
+            "{screen}"
+        );
+        // H hides it (and the refresh stops reading it); showing it again refreshes.
+        assert!(keys_for_tests(&mut app, "H").is_empty());
+        assert!(!render(&app, 200, 50).contains("xact/s"));
+        assert_eq!(
+            keys_for_tests(&mut app, "H"),
+            vec![crate::app::Effect::Refresh]
+        );
+        assert!(app.rates.is_none(), "new rates from two new readings");
+    }
+
+    #[test]
+    fn help_scrolls_on_a_small_screen() {
+        let mut app = loaded();
+        update(
+            &mut app,
+            Event::Resize {
+                width: 80,
+                height: 15,
+            },
+        );
+        keys_for_tests(&mut app, "?");
+        let top = render(&app, 80, 15);
+        assert!(top.contains("↓ PgDn for more"), "{top}");
+        update(&mut app, Event::Key(Key::End));
+        let bottom = render(&app, 80, 15);
+        assert!(bottom.contains("PgBouncer 1.24+"), "{bottom}");
+        insta::assert_snapshot!("help_80x15_end", bottom);
+        update(&mut app, Event::Key(Key::F1));
+        assert_eq!(app.mode, Mode::Normal);
+    }
+
+    #[test]
+    fn the_filter_stays_visible_after_an_action_and_when_broken() {
+        let mut app = loaded();
+        keys_for_tests(&mut app, "/db:shop");
+        update(&mut app, Event::Key(Key::Enter));
+        let t = pgkill_core::plan::Target {
+            session: app.session(104).unwrap().clone(),
+            reason: String::new(),
+            refused: None,
+        };
+        let o = pgkill_core::plan::Outcome::new(
+            &t,
+            pgkill_core::plan::OutcomeKind::Terminated,
+            "session ended",
+        );
+        update(&mut app, Event::Outcomes(Ok((vec![o], Vec::new()))));
+        let screen = render(&app, 80, 24);
+        assert!(screen.contains("filter: db:shop"), "{screen}");
+        assert!(screen.contains("last action: 104 terminated"), "{screen}");
+        keys_for_tests(&mut app, "/ foo:bar");
+        update(&mut app, Event::Key(Key::Enter));
+        let screen = render(&app, 120, 40);
+        assert!(
+            screen.contains(
+                "filter \"db:shop foo:bar\" not understood, applying: db:shop · unknown filter key"
+            ),
+            "{screen}"
+        );
+        insta::assert_snapshot!("broken_filter_120x40", screen);
+    }
+
+    #[test]
+    fn wrap_mode() {
+        let mut app = lock_chain();
+        let mut snap = crate::app::tests::sample();
+        snap.sessions[3].query = Some(
+            "SELECT o.id,\n       o.customer_id, o.total, o.created_at, o.note\n  FROM orders o\n  JOIN customers c ON c.id = o.customer_id\n WHERE o.created_at > now() - interval '1 day'\n ORDER BY o.created_at DESC".into(),
+        );
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        assert!(!app.wrap);
+        keys_for_tests(&mut app, "v");
+        assert!(app.wrap);
+        both("wrap", &app);
+        let screen = render(&app, 80, 24);
+        assert!(
+            screen.contains("JOIN"),
+            "the rest of the query on the next lines: {screen}"
+        );
+        keys_for_tests(&mut app, "v");
+        assert!(!app.wrap);
     }
 
     #[test]
@@ -888,21 +1561,21 @@ mod tests {
             s.query = Some(format!("SELECT 1\n-- {hostile}"));
         }
         update(&mut app, Event::Snapshot(Ok(snapshot)));
-        let mut screens = vec![render(&app, 160, 48)];
+        let mut screens = vec![render(&app, 200, 50)];
         update(&mut app, Event::Key(Key::Enter));
-        screens.push(render(&app, 160, 48));
+        screens.push(render(&app, 200, 50));
         update(&mut app, Event::Key(Key::Esc));
         keys_for_tests(&mut app, "b");
-        screens.push(render(&app, 160, 48));
+        screens.push(render(&app, 200, 50));
         update(&mut app, Event::Key(Key::Esc));
         keys_for_tests(&mut app, " k");
-        screens.push(render(&app, 160, 48));
+        screens.push(render(&app, 200, 50));
         update(&mut app, Event::Key(Key::Esc));
         update(
             &mut app,
             Event::Snapshot(Err(format!("role {hostile} is gone"))),
         );
-        screens.push(render(&app, 160, 48));
+        screens.push(render(&app, 200, 50));
         for screen in &screens {
             assert!(screen.contains("x\\x1b]0;pwned\\x07"), "{screen}");
             assert!(

@@ -1,0 +1,136 @@
+//! Which columns the session table shows at a given width, and how wide each is.
+//!
+//! pid, user, database and state come first, always; the query takes what is left, and
+//! the other columns join (in order of use) only while the query keeps a fair share of
+//! the width. Every column is at least as wide as its header, so headers never run into
+//! each other. The update function uses the same layout, so that `s` cycles only
+//! through the columns on screen.
+
+/// A column of the session table (each one can be sorted on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Column {
+    /// Process id.
+    Pid,
+    /// Role.
+    User,
+    /// Database.
+    Database,
+    /// `state` (aborted transactions told apart).
+    State,
+    /// Time in the current state (for an active session, the running statement's age).
+    StateAge,
+    /// What it waits for (empty unless it waits on something else than the client).
+    Wait,
+    /// Transaction age.
+    Xact,
+    /// The sessions it waits for.
+    BlockedBy,
+    /// `application_name`.
+    Application,
+    /// Client address.
+    Client,
+    /// Transaction ids behind the current one of the session's snapshot or xid.
+    XminAge,
+    /// `backend_type`.
+    BackendType,
+    /// The query text.
+    Query,
+}
+
+impl Column {
+    /// The header.
+    pub fn label(self) -> &'static str {
+        match self {
+            Column::Pid => "pid",
+            Column::User => "user",
+            Column::Database => "database",
+            Column::State => "state",
+            Column::StateAge => "in state",
+            Column::Wait => "wait",
+            Column::Xact => "xact",
+            Column::BlockedBy => "blocked by",
+            Column::Application => "application",
+            Column::Client => "client",
+            Column::XminAge => "xmin age",
+            Column::BackendType => "backend type",
+            Column::Query => "query",
+        }
+    }
+}
+
+/// The columns shown at `width` terminal columns, in screen order, each with its width
+/// (the query's is what is left). One column of spacing separates them, and one column
+/// before the first is the selection mark.
+pub fn layout(width: u16) -> Vec<(Column, u16)> {
+    let w = usize::from(width);
+    let (user, database, state) = match w {
+        0..=99 => (9, 9, 10),
+        100..=159 => (10, 10, 20),
+        _ => (14, 14, 20),
+    };
+    let mut shown = vec![
+        (Column::Pid, 7),
+        (Column::User, user),
+        (Column::Database, database),
+        (Column::State, state),
+    ];
+    // Selection mark and the spaces between columns.
+    let used = |cols: &[(Column, usize)]| 2 + cols.iter().map(|(_, w)| w + 1).sum::<usize>();
+    let query_floor = (w * 3 / 10).max(24);
+    let optional = [
+        (Column::StateAge, 8),
+        (Column::Wait, if w >= 160 { 17 } else { 13 }),
+        (Column::Xact, 7),
+        (Column::BlockedBy, 10),
+        (Column::Application, if w >= 180 { 16 } else { 12 }),
+        (Column::Client, 15),
+        (Column::XminAge, 8),
+        (Column::BackendType, 14),
+    ];
+    for col in optional {
+        let mut with = shown.clone();
+        with.push(col);
+        if w.saturating_sub(used(&with)) >= query_floor {
+            shown = with;
+        }
+    }
+    // Screen order: the optional columns in a fixed order after state.
+    shown.sort_by_key(|(c, _)| *c);
+    let query = w.saturating_sub(used(&shown)).max(5);
+    shown.push((Column::Query, query));
+    shown
+        .into_iter()
+        .map(|(c, w)| (c, u16::try_from(w).unwrap_or(u16::MAX)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_takes_what_is_left_and_headers_fit() {
+        for width in [40u16, 60, 80, 100, 120, 160, 200, 300] {
+            let cols = layout(width);
+            let names: Vec<Column> = cols.iter().map(|(c, _)| *c).collect();
+            assert_eq!(
+                &names[..4],
+                [Column::Pid, Column::User, Column::Database, Column::State],
+                "{width}"
+            );
+            assert_eq!(names.last(), Some(&Column::Query));
+            for (c, w) in &cols {
+                assert!(usize::from(*w) >= c.label().len(), "{width}: {c:?} {w}");
+            }
+            let total: u16 = 1 + cols.iter().map(|(_, w)| w + 1).sum::<u16>();
+            assert!(total <= width.max(46), "{width}: {total}");
+        }
+        let query = |w: u16| layout(w).last().map(|(_, q)| *q).unwrap_or(0);
+        assert!(query(120) >= 36, "{}", query(120));
+        assert!(query(80) >= 24);
+        assert!(layout(200).len() > layout(120).len());
+        assert!(layout(120).len() > layout(80).len());
+        let wide: Vec<Column> = layout(300).into_iter().map(|(c, _)| c).collect();
+        assert!(wide.contains(&Column::XminAge) && wide.contains(&Column::BackendType));
+    }
+}
