@@ -112,6 +112,18 @@ pub async fn primary_hint(connected: &Connected) -> Option<String> {
     })
 }
 
+/// The command line's connection options and `conninfo`, as libpq-style arguments.
+pub fn connect_args(args: &ConnArgs, conninfo: Option<&str>) -> ConnectArgs {
+    ConnectArgs {
+        host: args.host.clone(),
+        port: args.port.clone(),
+        user: args.user.clone(),
+        force_password_prompt: args.password_prompt,
+        maintenance_db: args.maintenance_db.clone(),
+        conninfo: conninfo.map(str::to_owned),
+    }
+}
+
 /// Connects like [`connect`] without printing anything.
 pub async fn connect_quietly(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Connected> {
     connect_with(args, conninfo, &TerminalPrompt).await
@@ -124,15 +136,7 @@ pub async fn connect_with(
     conninfo: Option<&str>,
     prompt: &dyn connect::PasswordPrompt,
 ) -> anyhow::Result<Connected> {
-    let connect_args = ConnectArgs {
-        host: args.host.clone(),
-        port: args.port.clone(),
-        user: args.user.clone(),
-        force_password_prompt: args.password_prompt,
-        maintenance_db: args.maintenance_db.clone(),
-        conninfo: conninfo.map(str::to_owned),
-    };
-    let mut settings = connect::resolve(&connect_args, &SystemEnv)?;
+    let mut settings = connect::resolve(&connect_args(args, conninfo), &SystemEnv)?;
     // `--statement-timeout` as a startup option: in force from the first statement, on
     // every connection made with these settings (reconnects, other databases), at no
     // round trip of its own.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use pgkill_core::plan::{exit_code, Outcome, Plan};
 use pgkill_core::planner::Signal;
-use pgkill_pg::connect::{self, ConnectArgs, NoPrompt, SystemEnv};
+use pgkill_pg::connect::{self, NoPrompt, SystemEnv};
 use pgkill_pg::sessions::{self, Capabilities};
 use serde::Deserialize;
 
@@ -99,18 +99,8 @@ pub fn targets(args: &ConnArgs) -> anyhow::Result<Vec<Target>> {
 /// (with `-h`/`-p` and the environment as defaults). A connection string that cannot be
 /// read is a usage error.
 fn name_of(args: &ConnArgs, conninfo: &str) -> anyhow::Result<String> {
-    let settings = connect::resolve(
-        &ConnectArgs {
-            host: args.host.clone(),
-            port: args.port.clone(),
-            user: args.user.clone(),
-            force_password_prompt: false,
-            maintenance_db: args.maintenance_db.clone(),
-            conninfo: Some(conninfo.to_owned()),
-        },
-        &SystemEnv,
-    )
-    .map_err(|e| UsageError(format!("--target: {e}")))?;
+    let settings = connect::resolve(&conn::connect_args(args, Some(conninfo)), &SystemEnv)
+        .map_err(|e| UsageError(format!("--target: {e}")))?;
     Ok(service_of(conninfo).unwrap_or_else(|| settings.host_port()))
 }
 

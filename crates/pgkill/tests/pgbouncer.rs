@@ -116,13 +116,7 @@ async fn app(bouncer: &Bouncer, alias: &str, name: &str) -> Result<(Client, u16)
 
 /// `pgkill --pgbouncer … ls --json`, as the bootstrap superuser, on the server itself.
 fn ls(sb: &Sandbox, bouncer: &Bouncer, args: &[&str]) -> Result<Value> {
-    let console = format!(
-        "host={} port={} user={} password={}",
-        bouncer.host(),
-        bouncer.port(),
-        roles::ADMIN,
-        sb.password(roles::ADMIN).unwrap_or_default()
-    );
+    let console = console(sb, bouncer);
     let mut all = vec!["--pgbouncer", &console, "ls", "--json"];
     all.extend_from_slice(args);
     let (code, out, err) = support::run(support::pgkill(sb, roles::ADMIN, &all))?;
@@ -220,13 +214,7 @@ async fn ls_shows_the_applications_behind_the_pooler(pg: Installation) -> Result
             "{pool_rows} pooler backend rows, the server has {backends}: {doc}"
         );
         // The table for people says so too.
-        let console = format!(
-            "host={} port={} user={} password={}",
-            bouncer.host(),
-            bouncer.port(),
-            roles::ADMIN,
-            sb.password(roles::ADMIN).unwrap_or_default()
-        );
+        let console = console(&sb, &bouncer);
         let (code, table, err) = support::run(support::pgkill(
             &sb,
             roles::ADMIN,
@@ -1209,13 +1197,7 @@ async fn drop_and_rename_through_the_pooler(pg: Installation) -> Result<()> {
 
         sb.create_database("shop_db", None).await?;
         let bouncer = Bouncer::start(&sb, &options)?;
-        let console = format!(
-            "host={} port={} user={} password={}",
-            bouncer.host(),
-            bouncer.port(),
-            roles::ADMIN,
-            sb.password(roles::ADMIN).unwrap_or_default()
-        );
+        let console = crate::console(&sb, &bouncer);
         let (app2, _) = app(&bouncer, "shop", "web-2").await?;
         app2.simple_query("SELECT 1").await?;
         let (code, out, err) = support::run(support::pgkill(
