@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+pub mod tmux;
+
 /// Median of a set of durations (zero when empty).
 pub fn median(samples: &mut [Duration]) -> Duration {
     samples.sort_unstable();
@@ -36,6 +38,8 @@ pub struct Measured {
     pub status: ExitStatus,
     /// Its peak resident set size in KiB (`ru_maxrss`).
     pub max_rss_kib: u64,
+    /// The CPU time it used, user and system (`ru_utime + ru_stime`).
+    pub cpu: Duration,
     /// Bytes it wrote to stdout.
     pub stdout_bytes: u64,
     /// Lines it wrote to stdout.
@@ -126,13 +130,14 @@ pub fn measure(cmd: &Command, limit: Duration) -> anyhow::Result<Measured> {
     let stderr = errors.join().unwrap_or_default();
     let text = std::fs::read_to_string(report.path()).unwrap_or_default();
     let fields: Vec<&str> = text.split_whitespace().collect();
-    let (wall, status, max_rss_kib) = match fields[..] {
-        [wall, status, rss] => (
+    let (wall, status, max_rss_kib, cpu) = match fields[..] {
+        [wall, status, rss, cpu] => (
             Duration::from_nanos(wall.parse().context("launcher report")?),
             std::os::unix::process::ExitStatusExt::from_raw(
                 status.parse().context("launcher report")?,
             ),
             rss.parse().context("launcher report")?,
+            Duration::from_micros(cpu.parse().context("launcher report")?),
         ),
         _ => anyhow::bail!(
             "running {program} through the launcher failed ({launcher_status}): {}",
@@ -143,6 +148,7 @@ pub fn measure(cmd: &Command, limit: Duration) -> anyhow::Result<Measured> {
         wall,
         status,
         max_rss_kib,
+        cpu,
         stdout_bytes,
         stdout_lines,
         stderr,
@@ -166,7 +172,7 @@ pub fn launcher_main() -> Option<i32> {
 }
 
 /// `REPORT LIMIT_MS -- PROGRAM ARGS…`: runs the program with this process's stdout and
-/// stderr, then writes `wall_ns raw_wait_status max_rss_kib` to REPORT.
+/// stderr, then writes `wall_ns raw_wait_status max_rss_kib cpu_us` to REPORT.
 fn launch(args: &[OsString]) -> anyhow::Result<()> {
     let [report, limit, dashes, program, rest @ ..] = args else {
         anyhow::bail!("usage: {LAUNCHER_ARG} REPORT LIMIT_MS -- PROGRAM [ARGS...]");
@@ -241,10 +247,18 @@ fn launch(args: &[OsString]) -> anyhow::Result<()> {
     drop(child); // already reaped: std's `Child` neither waits nor kills on drop
     let _ = done.send(());
     let _ = watchdog.join();
+    let micros = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
+    let cpu_us = micros(rusage.ru_utime) + micros(rusage.ru_stime);
     // Linux reports ru_maxrss in KiB.
     std::fs::write(
         &report,
-        format!("{} {} {}\n", wall.as_nanos(), status, rusage.ru_maxrss),
+        format!(
+            "{} {} {} {}\n",
+            wall.as_nanos(),
+            status,
+            rusage.ru_maxrss,
+            cpu_us
+        ),
     )
     .with_context(|| format!("writing {}", report.display()))
 }
@@ -313,4 +327,125 @@ pub fn output_of(cmd: &mut Command) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("running {:?}", cmd.get_program()))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Starts `n` sandbox servers of `inst` with `options`, `parallel` at a time, sorted by
+/// port (so that names and order are the same from run to run of one setup).
+pub fn start_sandboxes(
+    inst: &pgkill_sandbox::Installation,
+    options: &pgkill_sandbox::Options,
+    n: usize,
+    parallel: usize,
+) -> anyhow::Result<Vec<pgkill_sandbox::Sandbox>> {
+    use pgkill_sandbox::Sandbox;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    anyhow::ensure!(n > 0, "no servers to start");
+    let first = Sandbox::start(inst, options).context("starting the first server")?;
+    let rest = n - 1;
+    let next = AtomicUsize::new(0);
+    let started: Mutex<Vec<Sandbox>> = Mutex::new(Vec::with_capacity(rest));
+    let failed: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel.max(1).min(rest) {
+            scope.spawn(|| {
+                while next.fetch_add(1, Ordering::Relaxed) < rest {
+                    match Sandbox::start(inst, options) {
+                        Ok(sb) => started.lock().unwrap_or_else(|p| p.into_inner()).push(sb),
+                        Err(e) => failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(format!("{e:#}")),
+                    }
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut all = vec![first];
+    all.extend(started.into_inner().unwrap_or_else(|p| p.into_inner()));
+    if let Some(e) = failed.first() {
+        anyhow::bail!(
+            "{} of {n} servers did not start; the first: {e}",
+            failed.len()
+        );
+    }
+    all.sort_by_key(Sandbox::port);
+    Ok(all)
+}
+
+/// A mix of client sessions (see [`open_mix`]).
+#[derive(Debug, Clone)]
+pub struct Mix {
+    /// How many.
+    pub sessions: usize,
+    /// One in this many holds an open transaction (idle in transaction); 0: none.
+    pub in_transaction_every: usize,
+    /// One in this many runs `pg_sleep` for `sleep`; 0: none.
+    pub active_every: usize,
+    /// How long the active ones sleep.
+    pub sleep: Duration,
+}
+
+/// Sessions opened at once by [`open_mix`].
+const OPEN_BATCH: usize = 100;
+
+/// Opens `mix` with `config` and application name `app`, [`OPEN_BATCH`] at a time; the
+/// rest of the sessions are idle.
+pub fn open_mix(
+    rt: &tokio::runtime::Runtime,
+    config: &tokio_postgres::Config,
+    app: &str,
+    mix: &Mix,
+) -> anyhow::Result<Vec<pgkill_sandbox::sim::Session>> {
+    use pgkill_sandbox::sim;
+    let mut config = config.clone();
+    config.application_name(app);
+    let (every_tx, every_active) = (mix.in_transaction_every, mix.active_every);
+    rt.block_on(async {
+        let mut sessions = Vec::with_capacity(mix.sessions);
+        for first in (0..mix.sessions).step_by(OPEN_BATCH) {
+            let mut batch = tokio::task::JoinSet::new();
+            for i in first..(first + OPEN_BATCH).min(mix.sessions) {
+                let config = config.clone();
+                let sleep = mix.sleep;
+                batch.spawn(async move {
+                    if every_active > 0 && i % every_active == 0 {
+                        sim::active(&config, sleep).await
+                    } else if every_tx > 0 && i % every_tx == every_tx - 1 {
+                        sim::idle_in_transaction(&config, None).await
+                    } else {
+                        sim::idle(&config).await
+                    }
+                });
+            }
+            while let Some(session) = batch.join_next().await {
+                sessions.push(session.context("opening a session")??);
+            }
+        }
+        anyhow::Ok(sessions)
+    })
+}
+
+/// Creates database `db` and `pg_stat_statements` on `sb` (started with it in
+/// `shared_preload_libraries`), and returns the benchmark's own connection: as
+/// `sandbox_superuser`, so that the tools' statements (as `postgres`) can be told
+/// apart in pg_stat_statements.
+pub fn with_stat_statements(
+    rt: &tokio::runtime::Runtime,
+    sb: &pgkill_sandbox::Sandbox,
+    db: &str,
+) -> anyhow::Result<tokio_postgres::Client> {
+    rt.block_on(async {
+        sb.create_database(db, None).await?;
+        let admin = sb.admin("postgres").await?;
+        admin
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .await
+            .context("CREATE EXTENSION pg_stat_statements")?;
+        drop(admin);
+        anyhow::Ok(
+            sb.connect("postgres", pgkill_sandbox::roles::SUPERUSER)
+                .await?,
+        )
+    })
 }

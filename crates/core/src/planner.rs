@@ -66,15 +66,19 @@ struct Predicate {
     first: usize,
     /// The placeholder of pgkill's own pids (`int[]`), when there are any.
     own: Option<String>,
+    /// Where subqueries read pg_stat_activity: the view, or the statement's CTE of it
+    /// (reading the view again would build every backend's row again).
+    activity: &'static str,
 }
 
 impl Predicate {
-    fn new(first: usize) -> Self {
+    fn new(first: usize, activity: &'static str) -> Self {
         Predicate {
             clauses: Vec::new(),
             params: Vec::new(),
             first,
             own: None,
+            activity,
         }
     }
     fn bind(&mut self, p: Param) -> String {
@@ -100,12 +104,17 @@ pub(crate) const CAN_SIGNAL: &str =
       ELSE pg_catalog.pg_has_role(s.usesysid, 'USAGE'::text)
         OR pg_catalog.pg_has_role('pg_signal_backend'::name, 'USAGE'::text) END)";
 
-/// Pids that some session waiting on a lock waits for (`pg_blocking_pids` is only
-/// called for sessions that wait on a lock).
-const BLOCKERS: &str = "SELECT b.pid, pg_catalog.count(*)::int AS waiters
-  FROM pg_catalog.pg_stat_activity w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) AS b(pid)
+/// Pids that some session waiting on a lock waits for, read from `activity`
+/// (pg_stat_activity, or a CTE of it); `pg_blocking_pids` is only called for sessions
+/// that wait on a lock.
+fn blockers(activity: &str) -> String {
+    format!(
+        "SELECT b.pid, pg_catalog.count(*)::int AS waiters
+  FROM {activity} w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) AS b(pid)
   WHERE w.wait_event_type = 'Lock'::text
-  GROUP BY b.pid";
+  GROUP BY b.pid"
+    )
+}
 
 /// How many transaction ids the snapshot or transaction id of the backend `alias` is
 /// behind the current one (`age(xid)` exists on every version; NULL when it has neither).
@@ -160,8 +169,16 @@ fn client_alternatives(p: &mut Predicate, clients: &[ClientMatch]) -> String {
     format!("({})", alternatives.join(" OR "))
 }
 
-fn predicate(v: ServerVersion, f: &Filter, own: &[i32], first: usize) -> Predicate {
-    let mut p = Predicate::new(first);
+/// The selection of `f` for the row `s`, placeholders numbered from `first`; subqueries
+/// read pg_stat_activity from `activity` (see [`Predicate`]).
+fn predicate(
+    v: ServerVersion,
+    f: &Filter,
+    own: &[i32],
+    first: usize,
+    activity: &'static str,
+) -> Predicate {
+    let mut p = Predicate::new(first, activity);
     // Never pgkill's own connections: known by their backend pids, never by a name any
     // client can choose (other pgkill processes' sessions are sessions like any other).
     p.clauses
@@ -248,7 +265,8 @@ fn add_filter(p: &mut Predicate, v: ServerVersion, f: &Filter) {
     }
     if f.blocking {
         p.clauses.push(format!(
-            "s.pid IN (SELECT pid FROM ({BLOCKERS}) AS blockers)"
+            "s.pid IN (SELECT pid FROM ({}) AS blockers)",
+            blockers(p.activity)
         ));
     }
     if let Some(d) = f.blocking_for {
@@ -256,12 +274,13 @@ fn add_filter(p: &mut Predicate, v: ServerVersion, f: &Filter) {
         let waited = older(p, "w.state_change", d);
         p.clauses.push(format!(
             "s.pid IN (SELECT b.pid
-  FROM pg_catalog.pg_stat_activity w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) AS b(pid)
-  WHERE w.wait_event_type = 'Lock'::text AND {waited})"
+  FROM {} w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) AS b(pid)
+  WHERE w.wait_event_type = 'Lock'::text AND {waited})",
+            p.activity
         ));
     }
     if f.holding_xmin {
-        let horizon = horizon_age("pg_catalog.pg_stat_activity", p.own.as_deref());
+        let horizon = horizon_age(p.activity, p.own.as_deref());
         p.clauses.push(format!("{} >= {horizon}", xmin_age("s")));
     }
     // Exclusions win: a session they name is out whatever else matches (`IS NOT TRUE`:
@@ -285,46 +304,122 @@ fn add_filter(p: &mut Predicate, v: ServerVersion, f: &Filter) {
 /// Lists the sessions matching `filter` (before `--newest/--oldest`, which the caller
 /// applies to the ordered result), with the columns `pgkill_pg::sessions` reads by name.
 pub fn list_sessions(v: ServerVersion, filter: &Filter, own: &[i32]) -> Query {
-    let pred = predicate(v, filter, own, 1);
-    let leader = if v.major >= 13 {
-        "s.leader_pid"
-    } else {
-        "NULL::int"
-    };
-    let horizon = horizon_age("s", pred.own.as_deref());
-    let age = xmin_age("s");
-    // `s` reads pg_stat_activity once (a CTE used twice is materialized on every
-    // version); `waits` calls pg_blocking_pids once per session waiting on a lock, and
-    // both who a session waits for and how many wait for it come from it, counted over
-    // all sessions, not only the selected ones.
+    let pred = predicate(v, filter, own, 1, "s");
+    let listing = Listing::new(v, pred.own.as_deref(), "", "");
     let sql = format!(
-        "WITH s AS (SELECT * FROM pg_catalog.pg_stat_activity), waits AS (
-  SELECT w.pid, w.state_change, pg_catalog.pg_blocking_pids(w.pid) AS blockers
-  FROM s w WHERE w.wait_event_type = 'Lock'::text
-), blockers AS (
-  SELECT b.pid, pg_catalog.count(*)::int AS waiters, pg_catalog.min(waits.state_change) AS waited_on_since
-  FROM waits, pg_catalog.unnest(waits.blockers) AS b(pid) GROUP BY b.pid
-), horizon AS (SELECT {horizon} AS age)
-SELECT s.pid, s.backend_start, s.datname::text AS datname, s.usename::text AS usename,
-       s.application_name, pg_catalog.host(s.client_addr) AS client_addr, s.client_hostname,
-       s.client_port, s.state, s.wait_event_type, s.wait_event, s.backend_type,
-       s.xact_start, s.query_start, s.state_change, s.query, {leader} AS leader_pid,
-       r.rolsuper, wt.blockers AS blocked_by, coalesce(bl.waiters, 0) AS blocking,
-       bl.waited_on_since, {age} AS xmin_age, coalesce({age} >= horizon.age, false) AS holds_xmin,
-       {CAN_SIGNAL} AS can_signal, pg_catalog.clock_timestamp() AS now
-FROM s
-CROSS JOIN horizon
-LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.usesysid
-LEFT JOIN waits wt ON wt.pid = s.pid
-LEFT JOIN blockers bl ON bl.pid = s.pid
-WHERE {where_}
-ORDER BY s.backend_start, s.pid",
-        where_ = pred.sql()
+        "WITH {}\n{}\nWHERE {}\nORDER BY s.backend_start, s.pid",
+        listing.ctes,
+        listing.select,
+        pred.sql()
     );
     Query {
         sql,
         params: pred.params,
     }
+}
+
+/// A session listing in two parts: the common table expressions (`s`, pg_stat_activity
+/// read once, then what the columns need) and the `SELECT … FROM s …` of the columns
+/// `pgkill_pg::sessions` reads by name, without its `WHERE`.
+struct Listing {
+    ctes: String,
+    select: String,
+}
+
+impl Listing {
+    /// `own` is the placeholder of pgkill's own pids (left out of the xmin horizon);
+    /// `extra` more columns (`, expr AS name…`), `join` more of `FROM` (` JOIN …`).
+    fn new(v: ServerVersion, own: Option<&str>, extra: &str, join: &str) -> Listing {
+        let leader = if v.major >= 13 {
+            "s.leader_pid"
+        } else {
+            "NULL::int"
+        };
+        let horizon = horizon_age("s", own);
+        let age = xmin_age("s");
+        // `s` reads pg_stat_activity once (a CTE used twice is materialized on every
+        // version); `waits` calls pg_blocking_pids once per session waiting on a lock,
+        // and both who a session waits for and how many wait for it come from it,
+        // counted over all sessions, not only the selected ones.
+        let ctes = format!(
+            "s AS (SELECT * FROM pg_catalog.pg_stat_activity), waits AS (
+  SELECT w.pid, w.state_change, pg_catalog.pg_blocking_pids(w.pid) AS blockers
+  FROM s w WHERE w.wait_event_type = 'Lock'::text
+), blockers AS (
+  SELECT b.pid, pg_catalog.count(*)::int AS waiters, pg_catalog.min(waits.state_change) AS waited_on_since
+  FROM waits, pg_catalog.unnest(waits.blockers) AS b(pid) GROUP BY b.pid
+), horizon AS (SELECT {horizon} AS age)"
+        );
+        let select = format!(
+            "SELECT s.pid, s.backend_start, s.datname::text AS datname, s.usename::text AS usename,
+       s.application_name, pg_catalog.host(s.client_addr) AS client_addr, s.client_hostname,
+       s.client_port, s.state, s.wait_event_type, s.wait_event, s.backend_type,
+       s.xact_start, s.query_start, s.state_change, s.query, {leader} AS leader_pid,
+       r.rolsuper, wt.blockers AS blocked_by, coalesce(bl.waiters, 0) AS blocking,
+       bl.waited_on_since, {age} AS xmin_age, coalesce({age} >= horizon.age, false) AS holds_xmin,
+       {CAN_SIGNAL} AS can_signal, pg_catalog.clock_timestamp() AS now{extra}
+FROM s{join}
+CROSS JOIN horizon
+LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.usesysid
+LEFT JOIN waits wt ON wt.pid = s.pid
+LEFT JOIN blockers bl ON bl.pid = s.pid"
+        );
+        Listing { ctes, select }
+    }
+}
+
+/// One evaluation of `pgkill watch`'s rules, in one statement: the sessions some rule
+/// matches, each with `rule`, the index in `rules` of the first rule that matches it
+/// (the columns of [`list_sessions`] besides); and on every row (also on the one row
+/// with every session column NULL when nothing matches) `count_states` and `counts`:
+/// the client sessions by state (`unknown` when the state is hidden), pgkill's own left
+/// out. pg_stat_activity is read once, so the counts and the matches are one snapshot.
+pub fn rule_matches(v: ServerVersion, rules: &[&Filter], own: &[i32]) -> Query {
+    let mut params = Vec::new();
+    let mut cases = Vec::new();
+    let mut own_at = None;
+    for (i, rule) in rules.iter().enumerate() {
+        let pred = predicate(v, rule, own, params.len() + 1, "s");
+        own_at = own_at.or(pred.own.clone());
+        cases.push(format!("WHEN {} THEN {i}", pred.sql()));
+        params.extend(pred.params);
+    }
+    let own_out = own_at
+        .as_deref()
+        .map_or_else(String::new, |x| format!(" AND c.pid <> ALL({x}::int[])"));
+    let rule = if cases.is_empty() {
+        "NULL::int".to_owned()
+    } else {
+        format!("CASE {} END", cases.join("\n  "))
+    };
+    // The rules are decided first, on pg_stat_activity's own columns; the listing's
+    // columns are then computed only for the sessions some rule matched.
+    let listing = Listing::new(
+        v,
+        own_at.as_deref(),
+        ", matched.rule",
+        " JOIN matched ON matched.pid = s.pid",
+    );
+    let sql = format!(
+        "WITH {ctes}, matched AS (
+  SELECT r.pid, r.rule FROM (SELECT s.pid, {rule} AS rule FROM s) AS r WHERE r.rule IS NOT NULL
+), listed AS (
+{select}
+), counts AS (
+  SELECT pg_catalog.array_agg(n.state) AS count_states, pg_catalog.array_agg(n.n) AS counts
+  FROM (SELECT coalesce(c.state, 'unknown'::text) AS state, pg_catalog.count(*)::int8 AS n
+        FROM s c
+        WHERE coalesce(c.backend_type, 'client backend'::text) = 'client backend'::text
+          AND c.pid <> pg_catalog.pg_backend_pid(){own_out}
+        GROUP BY 1) AS n
+)
+SELECT counts.count_states, counts.counts, m.*
+FROM counts LEFT JOIN listed AS m ON true
+ORDER BY m.backend_start, m.pid",
+        ctes = listing.ctes,
+        select = listing.select,
+    );
+    Query { sql, params }
 }
 
 /// What holds the server's xmin horizon back, for `--holding-xmin`'s report (see
@@ -422,7 +517,7 @@ pub fn signal(
 ) -> Query {
     let mut params = identity_params(targets);
     params.push(Param::Bool(filter.include_superusers));
-    let pred = predicate(v, filter, own, 6);
+    let pred = predicate(v, filter, own, 6, "pg_catalog.pg_stat_activity");
     params.extend(pred.params.iter().cloned());
     let sql = format!(
         "WITH c AS (
@@ -717,6 +812,8 @@ mod tests {
             all.push(xmin_holders(v(major), &[]).sql);
             all.push(lock_waits(v(major), &[1, 2]).sql);
             all.push(xmin_holders(v(major), &[1, 2]).sql);
+            all.push(rule_matches(v(major), &[&Filter::default(), &every_filter()], &[1, 2]).sql);
+            all.push(rule_matches(v(major), &[], &[]).sql);
             for f in [Filter::default(), every_filter()] {
                 all.push(list_sessions(v(major), &f, &[1, 2]).sql);
                 for s in [Signal::Cancel, Signal::Terminate] {
@@ -738,6 +835,38 @@ mod tests {
         let q = lock_waits(v(18), &[3, 4]);
         assert!(q.sql.contains("NOT l.granted AND l.pid = ANY($1::int[])"));
         assert_eq!(q.params, vec![Param::IntArray(vec![3, 4])]);
+    }
+
+    #[test]
+    fn rule_matches_numbers_each_rules_values_and_keeps_their_order() {
+        let a = Filter {
+            databases: vec!["a".into()],
+            ..Filter::default()
+        };
+        let b = Filter {
+            users: vec!["u".into()],
+            ..Filter::default()
+        };
+        let q = rule_matches(v(15), &[&a, &b], &[9]);
+        assert_eq!(
+            q.params,
+            vec![
+                Param::IntArray(vec![9]),
+                Param::TextArray(vec!["a".into()]),
+                Param::IntArray(vec![9]),
+                Param::TextArray(vec!["u".into()]),
+            ]
+        );
+        let first = q.sql.find("s.datname::text = ANY($2::text[])").unwrap();
+        let second = q.sql.find("s.usename::text = ANY($4::text[])").unwrap();
+        assert!(first < second, "{}", q.sql);
+        assert!(q.sql.contains("THEN 0") && q.sql.contains("THEN 1"));
+        // Only rows some rule matches, and pgkill's own left out of the counts.
+        assert!(q.sql.contains("WHERE r.rule IS NOT NULL"));
+        assert!(q.sql.contains("c.pid <> ALL($1::int[])"));
+        // pg_stat_activity is read once.
+        assert_eq!(q.sql.matches("pg_catalog.pg_stat_activity").count(), 1);
+        assert_eq!(rule_matches(v(15), &[], &[]).params, vec![]);
     }
 
     #[test]

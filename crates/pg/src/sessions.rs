@@ -165,6 +165,51 @@ pub async fn list(client: &Client, caps: &Capabilities, filter: &Filter) -> Resu
     Ok(filter.limit(sessions))
 }
 
+/// One evaluation of several rules ([`rule_matches`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleMatches {
+    /// Each session some rule matches, with the index of the first rule that matches it,
+    /// oldest first.
+    pub sessions: Vec<(usize, Session)>,
+    /// The client sessions by state (`unknown` when hidden), pgkill's own left out.
+    pub states: Vec<(String, i64)>,
+}
+
+/// Lists, in one statement, the sessions matched by any of `rules` (each taken by the
+/// first rule that matches it), and counts the client sessions by state.
+pub async fn rule_matches(
+    client: &Client,
+    caps: &Capabilities,
+    rules: &[&Filter],
+) -> Result<RuleMatches> {
+    let rows = query(
+        client,
+        &planner::rule_matches(caps.version, rules, &caps.own_pids),
+    )
+    .await?;
+    let mut out = RuleMatches::default();
+    if let Some(first) = rows.first() {
+        let states: Vec<String> = first
+            .try_get::<_, Option<Vec<String>>>("count_states")?
+            .unwrap_or_default();
+        let counts: Vec<i64> = first
+            .try_get::<_, Option<Vec<i64>>>("counts")?
+            .unwrap_or_default();
+        out.states = states.into_iter().zip(counts).collect();
+    }
+    for row in &rows {
+        let Some(rule) = row.try_get::<_, Option<i32>>("rule")? else {
+            continue; // the row that only carries the counts
+        };
+        let rule = usize::try_from(rule).map_err(|_| Error::Protocol("negative rule index"))?;
+        if rule >= rules.len() {
+            return Err(Error::Protocol("rule index out of range"));
+        }
+        out.sessions.push((rule, session_from_row(row)?));
+    }
+    Ok(out)
+}
+
 /// What holds the server's xmin horizon back (`--holding-xmin`'s report).
 pub async fn xmin_horizon(
     client: &Client,

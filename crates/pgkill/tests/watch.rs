@@ -30,6 +30,7 @@ fn main() {
         two_watchers_exactly_one_acts,
         a_target_down_never_stops_the_others_and_a_lost_connection_comes_back,
         sighup_changes_the_targets,
+        a_session_belongs_to_the_first_rule_that_matches_it,
     ]);
 }
 
@@ -711,7 +712,7 @@ async fn two_watchers_exactly_one_acts(pg: Installation) -> Result<()> {
     let policy = write_file(
         dir.path(),
         "policy.toml",
-        &format!("name = \"ha\"\ninterval = \"200ms\"\n{IDLE_IN_TRANSACTION}"),
+        &format!("name = \"ha\"\ninterval = \"1s\"\n{IDLE_IN_TRANSACTION}"),
     )?;
     let logs = [dir.path().join("a.log"), dir.path().join("b.log")];
     let mut a = Daemon::start(
@@ -763,15 +764,44 @@ async fn two_watchers_exactly_one_acts(pg: Installation) -> Result<()> {
         "a: {la:#?}\nb: {lb:#?}"
     );
     ensure!(!b.stderr().contains("leading"), "{}", b.stderr());
-    // The leader dies: the other takes over.
+    // The leader dies (kill -9): the other takes over within 2 intervals of the
+    // server's releasing the dead leader's lock.
+    let admin = sb.admin("postgres").await?;
+    let holder = |admin: tokio_postgres::Client| async move {
+        let row = admin
+            .query_one(
+                "SELECT pg_catalog.max(pid) FROM pg_catalog.pg_locks
+                  WHERE locktype = 'advisory' AND granted",
+                &[],
+            )
+            .await?;
+        Ok::<_, anyhow::Error>((admin, row.get::<_, Option<i32>>(0)))
+    };
+    let (admin, leader) = holder(admin).await?;
+    let leader = leader.ok_or_else(|| anyhow!("nobody holds the leader lock"))?;
     a.child.kill()?;
     a.child.wait()?;
+    let mut admin = admin;
+    let released = loop {
+        let (back, now) = holder(admin).await?;
+        admin = back;
+        if now != Some(leader) {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     ensure!(
         eventually(Duration::from_secs(10), || Ok(b
             .stderr()
             .contains("leading")))
         .await?,
         "no hand-over:\n{}",
+        b.stderr()
+    );
+    let took = released.elapsed();
+    ensure!(
+        took <= Duration::from_secs(2),
+        "the standby took over {took:?} after the leader's lock was released (interval 1 s):\n{}",
         b.stderr()
     );
     let late = sim::idle_in_transaction(&config(&sb, "app", roles::PLAIN, "web"), None).await?;
@@ -956,6 +986,68 @@ async fn sighup_changes_the_targets(pg: Installation) -> Result<()> {
     ensure!(
         lines.len() == 1 && lines[0]["target"] == "two",
         "{lines:#?}"
+    );
+    Ok(())
+}
+
+async fn a_session_belongs_to_the_first_rule_that_matches_it(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("app", None).await?;
+    let web = sim::idle_in_transaction(&config(&sb, "app", roles::PLAIN, "web-1"), None).await?;
+    let api = sim::idle_in_transaction(&config(&sb, "app", roles::PLAIN, "api"), None).await?;
+    let idle = sim::idle(&config(&sb, "app", roles::PLAIN, "web-2")).await?;
+    let dir = tempfile::tempdir()?;
+    // `web-1` matches both rules: the first, which only audits, takes it, so the second
+    // never terminates it; `api` matches only the second.
+    let policy = write_file(
+        dir.path(),
+        "policy.toml",
+        r#"
+[[rule]]
+name = "web-first"
+match = { app = ["web-*"], state = ["idle-in-transaction"] }
+action = "terminate"
+dry_run = true
+[[rule]]
+name = "any-idle-in-transaction"
+match = { db = "app", state = ["idle-in-transaction"] }
+action = "terminate"
+"#,
+    )?;
+    let audit = dir.path().join("audit.log");
+    let (code, out, err) = watch(
+        &sb,
+        &[
+            "--policy",
+            text(&policy)?,
+            "--once",
+            "--audit",
+            text(&audit)?,
+        ],
+    )?;
+    ensure!(code == 0, "exit {code}:\n{out}\n{err}");
+    ensure!(
+        ended_with(&api).await.as_deref() == Some("57P01"),
+        "the second rule did not end api"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ensure!(web.is_connected(), "web-1 was ended: {:?}", web.ended());
+    ensure!(idle.is_connected(), "an idle session was ended");
+    let lines = audit_lines(&audit)?;
+    ensure!(lines.len() == 2, "{lines:#?}");
+    for l in &lines {
+        check_fields(l)?;
+    }
+    let by_pid = |pid: i32| lines.iter().find(|l| l["pid"] == pid);
+    let w = by_pid(web.pid()).ok_or_else(|| anyhow!("no line for web-1: {lines:#?}"))?;
+    ensure!(
+        w["rule"] == "web-first" && w["decision"] == "dry_run" && w["dry_run"] == true,
+        "{w}"
+    );
+    let a = by_pid(api.pid()).ok_or_else(|| anyhow!("no line for api: {lines:#?}"))?;
+    ensure!(
+        a["rule"] == "any-idle-in-transaction" && a["outcome"] == "terminated",
+        "{a}"
     );
     Ok(())
 }

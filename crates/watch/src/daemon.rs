@@ -523,20 +523,24 @@ async fn watch_target(
                         say(&format!("target {:?}: leading (lock {key})", target.name));
                     }
                 }
+                caps.own_pids = sessions::own_pids();
+                let cx = Context {
+                    target: &target.name,
+                    dry_run: shared.dry_run,
+                    audit: &shared.audit,
+                    metrics: m,
+                    origin: &shared.origin,
+                };
                 if leading {
-                    caps.own_pids = sessions::own_pids();
-                    let cx = Context {
-                        target: &target.name,
-                        dry_run: shared.dry_run,
-                        audit: &shared.audit,
-                        metrics: m,
-                        origin: &shared.origin,
-                    };
                     pass::evaluate(&client, &caps, &policy, &mut state, cx).await?;
-                    m.evaluation_seconds
-                        .get_or_create(&labels)
-                        .observe(began.elapsed().as_secs_f64());
+                } else {
+                    // Standing by: the same evaluation (one statement) for the session
+                    // gauges, acting on nothing; decisions are the leader's.
+                    pass::stand_by(&client, &caps, &policy, cx).await?;
                 }
+                m.evaluation_seconds
+                    .get_or_create(&labels)
+                    .observe(began.elapsed().as_secs_f64());
                 Ok(())
             }
             .await;

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use pgkill_core::plan::{self, OutcomeKind, Plan};
-use pgkill_core::planner::{Param, Query, Signal};
+use pgkill_core::planner::Signal;
 use pgkill_core::{Session, State};
 use pgkill_pg::sessions::{self, Capabilities};
 use tokio_postgres::Client;
@@ -119,7 +119,13 @@ pub async fn evaluate(
     let now = Instant::now();
     let mut report = Report::default();
     let mut claimed: HashSet<Key> = HashSet::new();
-    for rule in &policy.rules {
+    let matches = sessions::rule_matches(client, caps, &policy.filters()).await?;
+    count_sessions(&matches.states, cx);
+    let mut by_rule: Vec<Vec<Session>> = vec![Vec::new(); policy.rules.len()];
+    for (i, s) in matches.sessions {
+        by_rule[i].push(s);
+    }
+    for (rule, listed) in policy.rules.iter().zip(by_rule) {
         let about = About {
             origin: cx.origin,
             policy: &policy.name,
@@ -128,14 +134,11 @@ pub async fn evaluate(
             query_chars: policy.audit_query_chars,
         };
         let dry = cx.dry_run || rule.dry_run;
-        let listed = sessions::list(client, caps, &rule.filter).await?;
         let mut cancel: Vec<Session> = Vec::new();
         let mut terminate: Vec<(Session, bool)> = Vec::new();
         for s in listed {
             let key = (s.pid, s.backend_start);
-            if !claimed.insert(key) {
-                continue; // an earlier rule has it
-            }
+            claimed.insert(key);
             report.matched += 1;
             if let Some(why) = plan::refusal(&s, &rule.filter, &caps.caller) {
                 report.failed += 1;
@@ -250,8 +253,20 @@ pub async fn evaluate(
         }
     }
     state.retain(&claimed);
-    count_sessions(client, caps.own_pids.clone(), cx).await?;
     Ok(report)
+}
+
+/// A standby's pass: the leader's evaluation statement, for `pgkill_sessions` only;
+/// nothing is signalled or audited.
+pub async fn stand_by(
+    client: &Client,
+    caps: &Capabilities,
+    policy: &Policy,
+    cx: Context<'_>,
+) -> anyhow::Result<()> {
+    let matches = sessions::rule_matches(client, caps, &policy.filters()).await?;
+    count_sessions(&matches.states, cx);
+    Ok(())
 }
 
 fn why(s: &Session, rule: &Rule) -> String {
@@ -354,23 +369,8 @@ async fn act(
     Ok(())
 }
 
-/// `pgkill_sessions{target,state}`: client sessions by state (one small aggregate).
-async fn count_sessions(
-    client: &Client,
-    own_pids: Vec<i32>,
-    cx: Context<'_>,
-) -> anyhow::Result<()> {
-    let q = Query {
-        sql: "SELECT coalesce(state, 'unknown') AS state,
-                     pg_catalog.count(*)::pg_catalog.int8 AS n
-                FROM pg_catalog.pg_stat_activity
-               WHERE coalesce(backend_type, 'client backend') = 'client backend'
-                 AND pid <> ALL ($1::pg_catalog.int4[])
-               GROUP BY 1"
-            .to_owned(),
-        params: vec![Param::IntArray(own_pids)],
-    };
-    let rows = pgkill_pg::exec::query(client, &q).await?;
+/// `pgkill_sessions{target,state}`: client sessions by state, from the evaluation.
+pub fn count_sessions(states: &[(String, i64)], cx: Context<'_>) {
     let mut names: Vec<String> = State::ALL
         .iter()
         .map(|s| s.server_name().to_owned())
@@ -385,18 +385,15 @@ async fn count_sessions(
             })
             .set(0);
     }
-    for row in rows {
-        let state: String = row.try_get("state")?;
-        let n: i64 = row.try_get("n")?;
+    for (state, n) in states {
         cx.metrics
             .sessions
             .get_or_create(&StateLabels {
                 target: cx.target.to_owned(),
-                state,
+                state: state.clone(),
             })
-            .set(n);
+            .set(*n);
     }
-    Ok(())
 }
 
 #[cfg(test)]

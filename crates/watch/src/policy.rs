@@ -350,6 +350,11 @@ fn has_password(conninfo: &str) -> bool {
 }
 
 impl Policy {
+    /// The rules' filters, in order.
+    pub fn filters(&self) -> Vec<&Filter> {
+        self.rules.iter().map(|r| &r.filter).collect()
+    }
+
     /// Parses and checks a policy file's text.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError {

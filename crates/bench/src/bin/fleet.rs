@@ -26,8 +26,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -136,7 +135,12 @@ fn main() -> anyhow::Result<()> {
     let max_connections = u32::try_from(args.sessions)
         .unwrap_or(u32::MAX)
         .saturating_add(SPARE_CONNECTIONS);
-    let sandboxes = start_servers(&inst, &args, max_connections)?;
+    let sandboxes = pgkill_bench::start_sandboxes(
+        &inst,
+        &Options::default().max_connections(max_connections),
+        args.servers,
+        args.start_parallel,
+    )?;
     let servers_took = began.elapsed();
     let rt = Runtime::new().context("starting the tokio runtime")?;
     let files = tempfile::tempdir().context("creating the targets' directory")?;
@@ -192,47 +196,6 @@ fn main() -> anyhow::Result<()> {
 
 /// Starts the servers, `--start-parallel` at a time (the first one alone, so that the
 /// version's template is built once).
-fn start_servers(
-    inst: &Installation,
-    args: &Args,
-    max_connections: u32,
-) -> anyhow::Result<Vec<Sandbox>> {
-    let options = Options::default().max_connections(max_connections);
-    let first = Sandbox::start(inst, &options).context("starting the first server")?;
-    let rest = args.servers - 1;
-    let next = AtomicUsize::new(0);
-    let started: Mutex<Vec<Sandbox>> = Mutex::new(Vec::with_capacity(rest));
-    let failed: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..args.start_parallel.min(rest) {
-            scope.spawn(|| {
-                while next.fetch_add(1, Ordering::Relaxed) < rest {
-                    match Sandbox::start(inst, &options) {
-                        Ok(sb) => started.lock().unwrap_or_else(|p| p.into_inner()).push(sb),
-                        Err(e) => failed
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(format!("{e:#}")),
-                    }
-                }
-            });
-        }
-    });
-    let failed = failed.into_inner().unwrap_or_else(|p| p.into_inner());
-    let mut all = vec![first];
-    all.extend(started.into_inner().unwrap_or_else(|p| p.into_inner()));
-    if let Some(e) = failed.first() {
-        anyhow::bail!(
-            "{} of {} servers did not start; the first: {e}",
-            failed.len(),
-            args.servers
-        );
-    }
-    // By port, so that target names and order are the same from run to run of one setup.
-    all.sort_by_key(Sandbox::port);
-    Ok(all)
-}
-
 /// The bench's own connections to every server, and how to open client sessions there.
 struct Fleet {
     admins: Vec<Arc<Client>>,

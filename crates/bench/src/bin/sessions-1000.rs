@@ -22,11 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use pgkill_bench::{find_psql, measure, median, output_of, Measured};
 use pgkill_sandbox::{roles, sim, Installation, Options, Sandbox};
-use tokio::task::JoinSet;
 
 const DB: &str = "bench";
-/// Sessions opened at once while setting up.
-const BATCH: usize = 100;
 /// Every tenth session holds an open transaction; the others are idle.
 const IN_TRANSACTION_EVERY: usize = 10;
 /// A measured program is killed after this long.
@@ -318,32 +315,18 @@ impl Bench<'_> {
         }
     }
 
-    /// Opens the sessions in `bench` (as a plain role: pgkill protects superusers' sessions),
-    /// `BATCH` at a time, and waits until the server shows them all.
+    /// Opens the sessions in `bench` (as a plain role: pgkill protects superusers' sessions)
+    /// and waits until the server shows them all.
     fn open_sessions(&self, admin: &tokio_postgres::Client) -> anyhow::Result<Vec<sim::Session>> {
-        let mut config = self.sandbox.config(DB, roles::PLAIN);
-        config.application_name("bench-client");
         let n = self.sessions;
-        let sessions = self.rt.block_on(async {
-            let mut sessions = Vec::with_capacity(n);
-            for first in (0..n).step_by(BATCH) {
-                let mut batch = JoinSet::new();
-                for i in first..(first + BATCH).min(n) {
-                    let config = config.clone();
-                    batch.spawn(async move {
-                        if i % IN_TRANSACTION_EVERY == IN_TRANSACTION_EVERY - 1 {
-                            sim::idle_in_transaction(&config, None).await
-                        } else {
-                            sim::idle(&config).await
-                        }
-                    });
-                }
-                while let Some(session) = batch.join_next().await {
-                    sessions.push(session.context("opening a session")??);
-                }
-            }
-            anyhow::Ok(sessions)
-        })?;
+        let mix = pgkill_bench::Mix {
+            sessions: n,
+            in_transaction_every: IN_TRANSACTION_EVERY,
+            active_every: 0,
+            sleep: Duration::ZERO,
+        };
+        let config = self.sandbox.config(DB, roles::PLAIN);
+        let sessions = pgkill_bench::open_mix(self.rt, &config, "bench-client", &mix)?;
         self.wait_clients(admin, n)?;
         Ok(sessions)
     }

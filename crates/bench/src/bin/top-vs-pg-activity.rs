@@ -23,26 +23,20 @@
 //! cargo run --release -p pgkill-bench --bin top-vs-pg-activity [-- --sessions 1000 --seconds 60 --pg-version 15]
 //! ```
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pgkill_sandbox::{roles, sim, Installation, Options, Sandbox};
-use tokio::task::JoinSet;
 
 const DB: &str = "bench";
-/// Sessions opened at once while setting up.
-const BATCH: usize = 100;
 /// Every tenth session holds an open transaction.
 const IN_TRANSACTION_EVERY: usize = 10;
 /// One session in this many runs `pg_sleep`.
 const ACTIVE_EVERY: usize = 200;
 const CPU_RATIO_TARGET: f64 = 0.2;
 const RSS_TARGET_MB: f64 = 25.0;
-/// How long a tool may take to quit after `q`.
-const QUIT_LIMIT: Duration = Duration::from_secs(10);
 const POLL_LIMIT: Duration = Duration::from_secs(60);
 
 const CLIENTS: &str = "SELECT count(*) FROM pg_stat_activity \
@@ -189,16 +183,7 @@ fn run(
     let n = args.sessions;
     // The benchmark's own connection: another superuser, so that the tools' statements
     // (role `postgres`) can be told apart in pg_stat_statements.
-    let own = rt.block_on(async {
-        sandbox.create_database(DB, None).await?;
-        let admin = sandbox.admin("postgres").await?;
-        admin
-            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            .await
-            .context("CREATE EXTENSION pg_stat_statements")?;
-        drop(admin);
-        anyhow::Ok(sandbox.connect("postgres", roles::SUPERUSER).await?)
-    })?;
+    let own = pgkill_bench::with_stat_statements(rt, sandbox, DB)?;
 
     let began = Instant::now();
     let sessions = open_sessions(sandbox, rt, &own, n, args.seconds)?;
@@ -323,8 +308,6 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Opens the sessions in `bench` (as a plain role), `BATCH` at a time, and waits until
-/// the server shows them all.
 fn open_sessions(
     sandbox: &Sandbox,
     rt: &tokio::runtime::Runtime,
@@ -332,32 +315,15 @@ fn open_sessions(
     n: usize,
     seconds: u64,
 ) -> anyhow::Result<Vec<sim::Session>> {
-    let mut config = sandbox.config(DB, roles::PLAIN);
-    config.application_name("bench-client");
-    // Active sessions sleep well past both runs.
-    let sleep = Duration::from_secs(seconds * 4 + 600);
-    let sessions = rt.block_on(async {
-        let mut sessions = Vec::with_capacity(n);
-        for first in (0..n).step_by(BATCH) {
-            let mut batch = JoinSet::new();
-            for i in first..(first + BATCH).min(n) {
-                let config = config.clone();
-                batch.spawn(async move {
-                    if i % ACTIVE_EVERY == 0 {
-                        sim::active(&config, sleep).await
-                    } else if i % IN_TRANSACTION_EVERY == IN_TRANSACTION_EVERY - 1 {
-                        sim::idle_in_transaction(&config, None).await
-                    } else {
-                        sim::idle(&config).await
-                    }
-                });
-            }
-            while let Some(session) = batch.join_next().await {
-                sessions.push(session.context("opening a session")??);
-            }
-        }
-        anyhow::Ok(sessions)
-    })?;
+    let mix = pgkill_bench::Mix {
+        sessions: n,
+        in_transaction_every: IN_TRANSACTION_EVERY,
+        active_every: ACTIVE_EVERY,
+        // Active sessions sleep well past both runs.
+        sleep: Duration::from_secs(seconds * 4 + 600),
+    };
+    let config = sandbox.config(DB, roles::PLAIN);
+    let sessions = pgkill_bench::open_mix(rt, &config, "bench-client", &mix)?;
     let began = Instant::now();
     loop {
         let now = count_clients(rt, own)?;
@@ -394,83 +360,20 @@ fn run_tool(
 ) -> anyhow::Result<Figures> {
     rt.block_on(own.batch_execute("SELECT pg_stat_statements_reset()"))
         .context("pg_stat_statements_reset()")?;
-    let socket = format!("pgkill-bench-{}-{name}", std::process::id());
-    let tmux = |args: &[&str]| -> anyhow::Result<std::process::Output> {
-        let mut cmd = Command::new("tmux");
-        cmd.arg("-L").arg(&socket).args(args);
-        // Only the connection settings given on the command line.
-        for (var, _) in std::env::vars_os() {
-            if var.to_string_lossy().starts_with("PG") {
-                cmd.env_remove(var);
-            }
-        }
-        cmd.output().context("running tmux")
-    };
-    let out = tmux(&[
-        "-f",
-        "/dev/null",
-        "new-session",
-        "-d",
-        "-x",
-        "200",
-        "-y",
-        "50",
-        command,
-        ";",
-        // Keep the pane (and its last screen) when the tool exits early.
-        "set-option",
-        "-g",
-        "remain-on-exit",
-        "on",
-    ])?;
-    anyhow::ensure!(
-        out.status.success(),
-        "tmux new-session for {name} failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let result = measure_pane(&tmux, name, seconds, problems);
-    let _ = tmux(&["kill-server"]);
-    let (cpu, rss_kib) = result?;
-
-    let statements = rt
-        .block_on(own.query(
-            "SELECT s.calls, s.total_exec_time, s.query FROM pg_stat_statements s \
-             JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = $1 ORDER BY 2 DESC",
-            &[&roles::ADMIN],
-        ))
-        .or_else(|_| {
-            rt.block_on(own.query(
-                "SELECT s.calls, s.total_time, s.query FROM pg_stat_statements s \
-                 JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = $1 ORDER BY 2 DESC",
-                &[&roles::ADMIN],
-            ))
-        })
-        .context("reading pg_stat_statements")?;
-    let statements: Vec<(i64, f64, String, bool)> = statements
-        .iter()
-        .map(|r| {
-            let query: String = r.get(2);
-            let short: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
-            let activity = query.contains("pg_stat_activity");
-            (
-                r.get(0),
-                r.get(1),
-                short.chars().take(100).collect(),
-                activity,
-            )
-        })
-        .collect();
-    let server_ms = statements.iter().map(|s| s.1).sum();
+    let (cpu, rss_kib) =
+        pgkill_bench::tmux::run_in_tmux(name, command, (200, 50), seconds, problems)?;
+    let statements = pgkill_bench::tmux::statements_of(rt, own, roles::ADMIN, "")?;
+    let server_ms = statements.iter().map(|s| s.ms).sum();
     // The number of refreshes: calls of the most-called statement on pg_stat_activity.
     let refreshes = statements
         .iter()
-        .filter(|s| s.3)
-        .map(|s| s.0)
+        .filter(|s| s.on_activity)
+        .map(|s| s.calls)
         .max()
         .unwrap_or(0);
     let statements = statements
         .into_iter()
-        .map(|(calls, ms, query, _)| (calls, ms, query))
+        .map(|s| (s.calls, s.ms, s.query))
         .collect();
     if refreshes == 0 {
         problems.push(format!("{name}: no statement on pg_stat_activity recorded"));
@@ -482,128 +385,4 @@ fn run_tool(
         server_ms,
         statements,
     })
-}
-
-type Tmux<'a> = dyn Fn(&[&str]) -> anyhow::Result<std::process::Output> + 'a;
-
-/// Waits `seconds`, samples the tool's CPU time and peak RSS, then quits it.
-fn measure_pane(
-    tmux: &Tmux<'_>,
-    name: &str,
-    seconds: u64,
-    problems: &mut Vec<String>,
-) -> anyhow::Result<(Duration, u64)> {
-    let out = tmux(&["list-panes", "-F", "#{pane_pid}"])?;
-    let pane_pid: u32 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .with_context(|| format!("pane pid of {name}"))?;
-    std::thread::sleep(Duration::from_secs(seconds));
-    let dead = tmux(&["list-panes", "-F", "#{pane_dead}"])?;
-    let screen = tmux(&["capture-pane", "-p"])?;
-    let screen = String::from_utf8_lossy(&screen.stdout).into_owned();
-    anyhow::ensure!(
-        String::from_utf8_lossy(&dead.stdout).trim() != "1",
-        "{name} exited before the end of the run; its screen:\n{screen}"
-    );
-    // The tool: the pane's process, or its only child when the pane runs a shell.
-    let tool = match comm(pane_pid).as_deref() {
-        Some("sh" | "bash" | "dash") => descendants(pane_pid).first().copied().unwrap_or(pane_pid),
-        _ => pane_pid,
-    };
-    let mut cpu_ticks = 0u64;
-    let mut rss_kib = 0u64;
-    for (i, pid) in std::iter::once(tool).chain(descendants(tool)).enumerate() {
-        let (own_ticks, reaped_ticks) = cpu_ticks_of(pid)?;
-        cpu_ticks += own_ticks + if i == 0 { reaped_ticks } else { 0 };
-        rss_kib = rss_kib.max(hwm_kib(pid)?);
-    }
-    if screen.trim().is_empty() {
-        problems.push(format!("{name}: empty screen at the end of the run"));
-    }
-    tmux(&["send-keys", "q"])?;
-    let began = Instant::now();
-    loop {
-        let dead = tmux(&["list-panes", "-F", "#{pane_dead}"])?;
-        if !dead.status.success() || String::from_utf8_lossy(&dead.stdout).trim() == "1" {
-            break;
-        }
-        if began.elapsed() > QUIT_LIMIT {
-            problems.push(format!("{name} did not quit within {QUIT_LIMIT:?} of `q`"));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((Duration::from_secs_f64(cpu_ticks as f64 / hz), rss_kib))
-}
-
-fn comm(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim().to_owned())
-}
-
-/// Fields of `/proc/PID/stat` after the command name (field 3 is index 0).
-fn stat_fields(pid: u32) -> anyhow::Result<Vec<u64>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/PID/stat")?;
-    Ok(rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect())
-}
-
-/// (utime + stime, cutime + cstime) in clock ticks.
-fn cpu_ticks_of(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let f = stat_fields(pid)?;
-    // utime=14, stime=15, cutime=16, cstime=17 (1-based) → indexes 11..=14.
-    let get = |i: usize| f.get(i).copied().unwrap_or(0);
-    Ok((get(11) + get(12), get(13) + get(14)))
-}
-
-fn hwm_kib(pid: u32) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0))
-}
-
-/// Every live descendant of `root` (children first).
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parent_of: HashMap<u32, u32> = HashMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        if let Ok(f) = stat_fields(pid) {
-            // ppid is field 4 → index 1.
-            if let Some(&ppid) = f.get(1) {
-                parent_of.insert(pid, ppid as u32);
-            }
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let p = found[i];
-        let mut kids: Vec<u32> = parent_of
-            .iter()
-            .filter(|(_, &pp)| pp == p)
-            .map(|(&c, _)| c)
-            .collect();
-        kids.sort_unstable();
-        found.extend(kids);
-        i += 1;
-    }
-    found.remove(0);
-    found
 }
