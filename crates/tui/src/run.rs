@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 use crate::app::{update, App, Effect, Event, Health, Key, ServerInfo, Snapshot, Standby};
+use crate::record::Recorder;
 use crate::view::view;
 
 /// Opens a connection to the server (called again to reconnect). It must never prompt:
@@ -54,6 +55,7 @@ pub async fn run(
     statement_timeout: Duration,
     target: String,
     poolers: Vec<Pooler>,
+    mut record: Option<Recorder>,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     anyhow::ensure!(
@@ -138,6 +140,8 @@ pub async fn run(
         let mut last_data = tokio::time::Instant::now();
         // Redraw at least this often, so that "stale" shows while nothing else happens.
         let redraw = Duration::from_millis(500);
+        // The action sent and not yet answered, for `--record` (one at a time).
+        let mut pending: Option<(Signal, Vec<Session>)> = None;
         loop {
             app.data_age = Some(last_data.elapsed());
             terminal.draw(|f| view(&app, f))?;
@@ -155,6 +159,9 @@ pub async fn run(
                         }
                         if matches!(ev, Event::Snapshot(Ok(_))) {
                             last_data = tokio::time::Instant::now();
+                        }
+                        if let Some(r) = record.as_mut() {
+                            write_record(r, &app, &mut pending, &ev)?;
                         }
                         ev
                     }
@@ -199,6 +206,9 @@ pub async fn run(
                         filter,
                         include_superusers,
                     } => {
+                        if record.is_some() {
+                            pending = Some((signal, targets.clone()));
+                        }
                         let _ = req_tx.send(Request::Signal(
                             signal,
                             targets,
@@ -215,6 +225,31 @@ pub async fn run(
     ratatui::restore();
     db.abort();
     result
+}
+
+/// Appends what `ev` brings to the record: a refresh's rows, or the outcome of the
+/// action sent.
+fn write_record(
+    record: &mut Recorder,
+    app: &App,
+    pending: &mut Option<(Signal, Vec<Session>)>,
+    ev: &Event,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    match ev {
+        Event::Snapshot(Ok(snap)) => record.refresh(&snap.sessions),
+        Event::Outcomes(result) => match pending.take() {
+            Some((signal, targets)) => record.action(
+                app.caller.as_ref().map(|c| c.user.as_str()),
+                signal,
+                &targets,
+                result,
+            ),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+    .context("writing the --record file")
 }
 
 async fn database_task(
