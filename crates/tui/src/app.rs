@@ -1759,6 +1759,10 @@ pub(crate) mod tests {
         assert_eq!(shown("blocking-for:1m"), Vec::<i32>::new());
         assert_eq!(shown("holding-xmin"), [101]);
         assert_eq!(shown("holding-xmin -user:migrations"), Vec::<i32>::new());
+        // `waiting`: the two sessions queued on the holder's lock, not the holder.
+        assert_eq!(shown("waiting"), [102, 103]);
+        assert_eq!(shown("waiting pid:103"), [103]);
+        assert_eq!(shown("waiting user:migrations"), Vec::<i32>::new());
         let app = loaded();
         let not_web: Vec<i32> = app
             .visible()

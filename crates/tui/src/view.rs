@@ -729,7 +729,7 @@ fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
 /// The help screen's lines (scrolled with ↑ ↓ PgUp PgDn Home End on small screens).
 pub const HELP: &[&str] = &[
     "q quit · ? h F1 help (↑ ↓ PgUp PgDn Home End scroll it; Esc back)",
-    "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking blocking-for:DUR holding-xmin; exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local (an exclusion always wins; same kinds OR-ed, others AND-ed; holding-xmin: the sessions that are the xmin horizon)",
+    "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking waiting blocking-for:DUR holding-xmin; exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local (an exclusion always wins; same kinds OR-ed, others AND-ed; waiting: sessions waiting on a lock; holding-xmin: the sessions that are the xmin horizon)",
     "  editing: ← → Home End move · Backspace · Ctrl-U clear before the cursor · Ctrl-W delete a word · Ctrl-K clear after · Enter keep · Esc back to the previous filter",
     "s / S sort by the next column on screen / reverse the order",
     "↑ ↓ (or j) move · PgUp PgDn page · Home End first / last row",
@@ -1121,7 +1121,7 @@ mod tests {
             .map(|k| k.trim_matches('`'))
             .filter(|k| !k.is_empty() && !["exclude", "or", "the", "words"].contains(k));
         for key in keys {
-            let word = if ["blocking", "holding-xmin"].contains(&key) {
+            let word = if ["blocking", "waiting", "holding-xmin"].contains(&key) {
                 format!(" {key}")
             } else {
                 format!("{key}:")
