@@ -300,7 +300,17 @@ struct TopArgs {
     /// written through a symbolic link.
     #[arg(long = "record", value_name = "FILE", help_heading = "Options")]
     record: Option<std::path::PathBuf>,
+    /// The columns to show, comma-separated (pid and query are always shown): pid, user,
+    /// database, state, in-state, wait, xact, blocked-by, application, client,
+    /// xmin-age, backend-type, query. `C` hides or shows columns on screen.
+    #[arg(long = "columns", value_name = "LIST", help_heading = "Options",
+          value_parser = |s: &str| pgkill_tui::Column::hidden_by(s).map(HiddenColumns))]
+    columns: Option<HiddenColumns>,
 }
+
+/// The columns `--columns` leaves out (one value: clap would take a `Vec` as repeats).
+#[derive(Debug, Clone)]
+struct HiddenColumns(Vec<pgkill_tui::Column>);
 
 /// The OS user running pgkill, for `top --record` (the login name, else the uid).
 fn os_user() -> String {
@@ -362,7 +372,10 @@ async fn top(
         statement_timeout,
         target,
         poolers,
-        record,
+        pgkill_tui::Options {
+            record,
+            hidden_columns: args.columns.clone().map(|h| h.0).unwrap_or_default(),
+        },
     )
     .await?;
     Ok(Outcome::Ok)

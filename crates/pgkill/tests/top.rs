@@ -20,6 +20,7 @@ fn main() {
         the_whole_lock_chain_shows_and_proceeds_when_its_root_is_terminated,
         a_changed_interval_takes_effect_at_once,
         record_appends_refreshes_and_the_action_with_its_outcome,
+        chosen_columns_show_and_a_bad_list_is_exit_2,
     ]);
 }
 
@@ -459,5 +460,33 @@ async fn record_appends_refreshes_and_the_action_with_its_outcome(pg: Installati
     ensure!(action["outcomes"][0]["pid"] == pid, "{action}");
     ensure!(action["outcomes"][0]["outcome"] == "terminated", "{action}");
     ensure!(!text.contains("password"), "{text}");
+    Ok(())
+}
+
+/// `--columns`: an unknown name is one clear line and exit 2 (before any screen); a good
+/// list shows only those columns, and `C` on pid shows every column again.
+async fn chosen_columns_show_and_a_bad_list_is_exit_2(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_pgkill"))
+        .args(["top", "--columns", "pid,bogus"])
+        .output()?;
+    ensure!(bad.status.code() == Some(2), "{bad:?}");
+    let said = String::from_utf8_lossy(&bad.stderr);
+    ensure!(
+        said.contains("unknown column \"bogus\"") && said.contains("blocked-by"),
+        "{said}"
+    );
+    ensure!(!said.contains("panicked"), "{said}");
+
+    let tmux = start_top(&sb, "columns", "--columns pid,user,blocked-by,query").await?;
+    let screen = tmux.wait_for("blocked by").await?;
+    ensure!(
+        !screen.contains("database") && !screen.contains("in state"),
+        "{screen}"
+    );
+    tmux.keys(&["C"])?;
+    tmux.wait_for("in state").await?;
+    tmux.keys(&["q"])?;
+    tmux.wait_for("PGKILL_TOP_EXIT=0").await?;
     Ok(())
 }

@@ -399,6 +399,8 @@ pub struct App {
     pub show_health: bool,
     /// Wrap queries over several lines in the list (`v`).
     pub wrap: bool,
+    /// Columns not shown (`--columns`, `C`).
+    pub hidden: Vec<Column>,
     /// List every kind of backend (autovacuum, walsenders, parallel and background
     /// workers), not only client sessions (`A`); they are shown, never signalled.
     pub all_kinds: bool,
@@ -477,6 +479,7 @@ impl App {
             locks: Vec::new(),
             show_health: true,
             wrap: false,
+            hidden: Vec::new(),
             all_kinds: false,
             health: None,
             rates: None,
@@ -518,7 +521,7 @@ impl App {
 
     /// The columns the table shows at the current width.
     pub fn columns(&self) -> Vec<Column> {
-        crate::columns::layout(self.size.0)
+        crate::columns::layout(self.size.0, &self.hidden)
             .into_iter()
             .map(|(c, _)| c)
             .collect()
@@ -1296,6 +1299,24 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
             };
             app.cursor = 0;
         }
+        Key::Char('C') => {
+            // Hide the column sorted on (sorting moves to the next one shown); on one
+            // that cannot be hidden, show every column again.
+            if app.sort.hideable() {
+                let shown = app.columns();
+                let next = shown
+                    .iter()
+                    .position(|c| *c == app.sort)
+                    .and_then(|i| shown.get(i + 1))
+                    .copied()
+                    .unwrap_or(Column::Pid);
+                app.hidden.push(app.sort);
+                app.sort = next;
+            } else {
+                app.hidden.clear();
+            }
+            app.cursor = 0;
+        }
         Key::Char('S') => app.descending = !app.descending,
         Key::Up => app.cursor = app.cursor.saturating_sub(1),
         Key::Down | Key::Char('j') => {
@@ -1656,6 +1677,48 @@ pub(crate) mod tests {
         assert!(!app.columns().contains(&Column::Application));
         assert_eq!(app.sort, Column::Pid);
         keys(&mut app, "s");
+        assert!(app.columns().contains(&app.sort));
+    }
+
+    fn resize(app: &mut App, width: u16, height: u16) {
+        update(app, Event::Resize { width, height });
+    }
+
+    #[test]
+    fn capital_c_hides_the_sorted_column_and_s_skips_it() {
+        let mut app = loaded();
+        resize(&mut app, 200, 50);
+        while app.sort != Column::Wait {
+            keys(&mut app, "s");
+        }
+        keys(&mut app, "C");
+        assert_eq!(app.hidden, [Column::Wait]);
+        assert!(!app.columns().contains(&Column::Wait));
+        assert_eq!(
+            app.sort,
+            Column::Xact,
+            "sorting moves to the next one shown"
+        );
+        keys(&mut app, "C");
+        assert_eq!(app.hidden, [Column::Wait, Column::Xact]);
+        // `s` cycles through the shown columns only.
+        let shown = app.columns();
+        for _ in 0..2 * shown.len() {
+            keys(&mut app, "s");
+            assert!(shown.contains(&app.sort), "{:?}", app.sort);
+        }
+        // On pid (never hidden): every column again.
+        while app.sort != Column::Pid {
+            keys(&mut app, "s");
+        }
+        keys(&mut app, "C");
+        assert!(app.hidden.is_empty());
+        assert!(app.columns().contains(&Column::Wait));
+        // Hiding the sort column that `--columns` left out: falls back on resize.
+        let mut app = loaded();
+        app.hidden = Column::hidden_by("pid,user,query").unwrap_or_default();
+        resize(&mut app, 120, 40);
+        assert_eq!(app.columns(), [Column::Pid, Column::User, Column::Query]);
         assert!(app.columns().contains(&app.sort));
     }
 

@@ -14,5 +14,5 @@ pub use app::{
     update, App, Column, ConnState, Effect, Event, Key, Mode, ServerInfo, Snapshot, SortKey,
 };
 pub use record::Recorder;
-pub use run::{run, Connector};
+pub use run::{run, Connector, Options};
 pub use view::view;

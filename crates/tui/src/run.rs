@@ -33,6 +33,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the health header reads the xmin horizon's holders.
 const HORIZON_EVERY: Duration = Duration::from_secs(10);
 
+/// What `pgkill top` starts with beyond the connection and the filter.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// `--record FILE`: where refreshes and actions are appended.
+    pub record: Option<Recorder>,
+    /// The columns `--columns` leaves out.
+    pub hidden_columns: Vec<crate::app::Column>,
+}
+
 enum Request {
     /// Read sessions again (and the health header's views when it is shown).
     Refresh {
@@ -55,7 +64,7 @@ pub async fn run(
     statement_timeout: Duration,
     target: String,
     poolers: Vec<Pooler>,
-    mut record: Option<Recorder>,
+    options: Options,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     anyhow::ensure!(
@@ -63,6 +72,8 @@ pub async fn run(
         "pgkill top needs a terminal; for scripts use `pgkill ls --json`"
     );
     let mut app = App::new(interval);
+    app.hidden = options.hidden_columns;
+    let mut record = options.record;
     app.target = Some(target);
     app.include_superusers = filter.include_superusers;
     app.color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

@@ -428,7 +428,7 @@ fn pooled_cells(
 
 fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
     let rows = app.visible();
-    let columns = crate::columns::layout(area.width);
+    let columns = crate::columns::layout(area.width, &app.hidden);
     let height = area.height.saturating_sub(1) as usize;
     // `v`: the query over several lines (at most a third of the table), white space
     // collapsed; else one line.
@@ -731,7 +731,7 @@ pub const HELP: &[&str] = &[
     "q quit · ? h F1 help (↑ ↓ PgUp PgDn Home End scroll it; Esc back)",
     "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking waiting blocking-for:DUR holding-xmin; exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local (an exclusion always wins; same kinds OR-ed, others AND-ed; waiting: sessions waiting on a lock; holding-xmin: the sessions that are the xmin horizon)",
     "  editing: ← → Home End move · Backspace · Ctrl-U clear before the cursor · Ctrl-W delete a word · Ctrl-K clear after · Enter keep · Esc back to the previous filter",
-    "s / S sort by the next column on screen / reverse the order",
+    "s / S sort by the next column on screen / reverse the order · C hide the sorted column (on pid or query: show every column again; --columns LIST at start)",
     "↑ ↓ (or j) move · PgUp PgDn page · Home End first / last row",
     "space select the row and move down · a select all shown · Esc clear selection",
     "c cancel · k terminate (the selection, or the row under the cursor), asked first: y yes · n, Esc or Enter no · ! include protected superuser sessions",
@@ -1537,6 +1537,15 @@ mod tests {
         );
         keys_for_tests(&mut app, "v");
         assert!(!app.wrap);
+    }
+
+    /// `--columns pid,user,state,blocked-by,query`: only those, the query taking the rest.
+    #[test]
+    fn chosen_columns() {
+        let mut app = loaded();
+        app.hidden =
+            crate::app::Column::hidden_by("pid,user,state,blocked-by,query").unwrap_or_default();
+        both("columns", &app);
     }
 
     #[test]
