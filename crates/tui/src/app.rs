@@ -399,6 +399,8 @@ pub struct App {
     pub show_health: bool,
     /// Wrap queries over several lines in the list (`v`).
     pub wrap: bool,
+    /// Lines the details pane is scrolled past.
+    pub detail_scroll: usize,
     /// Columns not shown (`--columns`, `C`).
     pub hidden: Vec<Column>,
     /// List every kind of backend (autovacuum, walsenders, parallel and background
@@ -480,6 +482,7 @@ impl App {
             show_health: true,
             wrap: false,
             hidden: Vec::new(),
+            detail_scroll: 0,
             all_kinds: false,
             health: None,
             rates: None,
@@ -966,6 +969,21 @@ pub fn graph_height(height: u16) -> u16 {
     }
 }
 
+/// Where ↑ ↓ j PgUp PgDn Home End move a scrolled pane (`page` lines a page), never past
+/// `last`; other keys leave it where it is.
+fn scroll_with(key: Key, at: usize, page: usize, last: usize) -> usize {
+    match key {
+        Key::Up => at.saturating_sub(1),
+        Key::Down | Key::Char('j') => at + 1,
+        Key::PageUp => at.saturating_sub(page),
+        Key::PageDown => at + page,
+        Key::Home => 0,
+        Key::End => last,
+        _ => at,
+    }
+    .min(last)
+}
+
 /// Applies `event` to `app` and says what the loop must do. Pure: no I/O, no clock.
 pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
     match event {
@@ -1213,23 +1231,23 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                     app.mode = Mode::Normal;
                     return vec![];
                 }
-                Key::Up => scroll.saturating_sub(1),
-                Key::Down | Key::Char('j' | ' ') => scroll + 1,
-                Key::PageUp => scroll.saturating_sub(app.page()),
-                Key::PageDown => scroll + app.page(),
-                Key::Home => 0,
-                Key::End => last,
-                _ => scroll,
+                Key::Char(' ') => scroll_with(Key::Down, scroll, app.page(), last),
+                key => scroll_with(key, scroll, app.page(), last),
             };
-            app.mode = Mode::Help {
-                scroll: scroll.min(last),
-            };
+            app.mode = Mode::Help { scroll };
             vec![]
         }
         Mode::Detail(row) => {
             if matches!(key, Key::Esc | Key::Enter | Key::Char('q' | '?') | Key::F1) {
                 app.mode = Mode::Normal;
             }
+            let last = match row {
+                RowKey::Backend(pid) => {
+                    crate::view::detail_lines(app, pid).map_or(0, |l| l.len().saturating_sub(1))
+                }
+                _ => 0,
+            };
+            app.detail_scroll = scroll_with(key, app.detail_scroll, app.page(), last);
             match (key, row) {
                 (Key::Char(c @ ('y' | 'Y')), RowKey::Backend(pid)) => copy(app, pid, c == 'Y'),
                 _ => vec![],
@@ -1266,6 +1284,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                 Key::Enter => {
                     if let Some(line) = tree.get(cursor) {
                         app.mode = Mode::Detail(RowKey::Backend(line.pid));
+                        app.detail_scroll = 0;
                     }
                     return vec![];
                 }
@@ -1373,6 +1392,7 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
         Key::Enter => {
             if let Some(key) = app.current().map(|r| r.key()) {
                 app.mode = Mode::Detail(key);
+                app.detail_scroll = 0;
             }
         }
         Key::Char('b') => app.mode = Mode::Blocking { cursor: 0 },
@@ -1680,7 +1700,7 @@ pub(crate) mod tests {
         assert!(app.columns().contains(&app.sort));
     }
 
-    fn resize(app: &mut App, width: u16, height: u16) {
+    pub(crate) fn resize(app: &mut App, width: u16, height: u16) {
         update(app, Event::Resize { width, height });
     }
 

@@ -526,13 +526,33 @@ fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
 const HIDDEN: &str = "hidden*";
 
 fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
-    let Some(s) = app.session(pid) else {
+    let Some(lines) = detail_lines(app, pid) else {
         frame.render_widget(
             Paragraph::new(format!("session {pid} is gone")).block(Block::bordered()),
             area,
         );
         return;
     };
+    // Scrolled with ↑ ↓ PgUp PgDn Home End; never past the last line.
+    let scroll = app.detail_scroll.min(lines.len().saturating_sub(1));
+    let title = if scroll > 0 {
+        format!("session {pid} (Esc: back) · from line {}", scroll + 1)
+    } else {
+        format!("session {pid} (Esc: back)")
+    };
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .scroll((u16::try_from(scroll).unwrap_or(u16::MAX), 0))
+            .block(Block::bordered().title(title)),
+        area,
+    );
+}
+
+/// The details pane's lines for `pid` (the query with its own line breaks), `None` when
+/// the session is gone.
+pub(crate) fn detail_lines(app: &App, pid: i32) -> Option<Vec<Line<'static>>> {
+    let s = app.session(pid)?;
     let hidden = s.state.is_none();
     // Local time first (what the person reading knows), UTC after it (what logs say).
     let t = |v: Option<chrono::DateTime<chrono::Utc>>| match v {
@@ -645,12 +665,7 @@ fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
             .lines()
             .map(|l| Line::from(pgkill_core::printable(&l.replace('\t', "    ")).into_owned())),
     );
-    frame.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: false })
-            .block(Block::bordered().title(format!("session {pid} (Esc: back)"))),
-        area,
-    );
+    Some(lines)
 }
 
 fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
@@ -735,7 +750,7 @@ pub const HELP: &[&str] = &[
     "↑ ↓ (or j) move · PgUp PgDn page · Home End first / last row",
     "space select the row and move down · a select all shown · Esc clear selection",
     "c cancel · k terminate (the selection, or the row under the cursor), asked first: y yes · n, Esc or Enter no · ! include protected superuser sessions",
-    "Enter details · b blocking tree (every level; k terminates the line under the cursor)",
+    "Enter details (↑ ↓ PgUp PgDn Home End scroll them; y copies the query) · b blocking tree (every level; k terminates the line under the cursor)",
     "y copy the full query (in the list or the details) to the clipboard · Y its pid (OSC 52: the terminal must allow it)",
     "A every kind of backend too (autovacuum, walsenders, parallel and background workers), listed only: top signals client sessions only",
     "v wrap queries over several lines in the list (white space collapsed) · one line again",
@@ -1537,6 +1552,49 @@ mod tests {
         );
         keys_for_tests(&mut app, "v");
         assert!(!app.wrap);
+    }
+
+    /// Details keep the query's own lines and scroll: End shows the last line, Home the
+    /// first again.
+    #[test]
+    fn details_scroll_over_a_long_query() {
+        let mut snap = crate::app::tests::sample();
+        snap.sessions[3].query = Some(
+            (1..=40)
+                .map(|i| format!("-- line {i}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+        let mut app = crate::app::App::new(std::time::Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        crate::app::tests::resize(&mut app, 80, 24);
+        while app.current().map(|r| r.key()) != Some(crate::app::RowKey::Backend(104)) {
+            update(&mut app, Event::Key(Key::Down));
+        }
+        update(&mut app, Event::Key(Key::Enter));
+        let top = render(&app, 80, 24);
+        assert!(
+            top.contains("-- line 1 ") && !top.contains("-- line 40"),
+            "{top}"
+        );
+        update(&mut app, Event::Key(Key::Down));
+        assert_eq!(app.detail_scroll, 1);
+        update(&mut app, Event::Key(Key::End));
+        let end = render(&app, 80, 24);
+        assert!(
+            end.contains("-- line 40") && end.contains("from line"),
+            "{end}"
+        );
+        for _ in 0..5 {
+            update(&mut app, Event::Key(Key::Down));
+        }
+        let last = app.detail_scroll;
+        update(&mut app, Event::Key(Key::Up));
+        assert_eq!(app.detail_scroll, last - 1, "never scrolled past the end");
+        update(&mut app, Event::Key(Key::Home));
+        assert_eq!(app.detail_scroll, 0);
+        update(&mut app, Event::Key(Key::Esc));
+        assert_eq!(app.mode, crate::app::Mode::Normal);
     }
 
     /// `--columns pid,user,state,blocked-by,query`: only those, the query taking the rest.
