@@ -165,6 +165,8 @@ impl FilterArgs {
             backend_older: self.backend_older,
             queries: self.queries.clone(),
             blocking: self.blocking,
+            // Only `top`'s filter words have it (not in the CLI contract).
+            waiting: false,
             blocking_for: self.blocking_for,
             holding_xmin: self.holding_xmin,
             exclude_databases: self.exclude_databases.clone(),

@@ -295,6 +295,34 @@ struct TopArgs {
     #[arg(short = 'i', long = "interval", value_name = "DUR", default_value = "1s", help_heading = "Options",
           value_parser = |s: &str| pgkill_core::parse_duration(s).map_err(|e| e.to_string()))]
     interval: std::time::Duration,
+    /// Append each refresh's rows and every action taken (who, when, which sessions and
+    /// queries, the outcome) to FILE as JSON lines; created private (0600), never
+    /// written through a symbolic link.
+    #[arg(long = "record", value_name = "FILE", help_heading = "Options")]
+    record: Option<std::path::PathBuf>,
+    /// The columns to show, comma-separated (pid and query are always shown): pid, user,
+    /// database, state, in-state, wait, xact, blocked-by, application, client,
+    /// xmin-age, backend-type, query. `C` hides or shows columns on screen.
+    #[arg(long = "columns", value_name = "LIST", help_heading = "Options",
+          value_parser = |s: &str| pgkill_tui::Column::hidden_by(s).map(HiddenColumns))]
+    columns: Option<HiddenColumns>,
+}
+
+/// The columns `--columns` leaves out (one value: clap would take a `Vec` as repeats).
+#[derive(Debug, Clone)]
+struct HiddenColumns(Vec<pgkill_tui::Column>);
+
+/// The OS user running pgkill, for `top --record` (the login name, else the uid).
+fn os_user() -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| match std::fs::metadata("/proc/self") {
+            Ok(m) => format!("uid {}", m.uid()),
+            Err(_) => "unknown".into(),
+        })
 }
 
 async fn top(
@@ -302,6 +330,15 @@ async fn top(
     conninfo: Option<&str>,
     args: &TopArgs,
 ) -> anyhow::Result<Outcome> {
+    // The record file first: a symlink or an unwritable path is bad input (exit 2).
+    let record = match &args.record {
+        Some(path) => Some(pgkill_tui::Recorder::new(
+            pgkill_watch::audit::open_private(path)
+                .map_err(|e| UsageError(format!("--record: {e}")))?,
+            os_user(),
+        )),
+        None => None,
+    };
     // Connect once first, before the full screen: a wrong password or host is a plain
     // error, and the password is asked for (if at all) here, once. Reconnects reuse it.
     let connected = inflight::connect(conn_args, conninfo).await?;
@@ -335,6 +372,10 @@ async fn top(
         statement_timeout,
         target,
         poolers,
+        pgkill_tui::Options {
+            record,
+            hidden_columns: args.columns.clone().map(|h| h.0).unwrap_or_default(),
+        },
     )
     .await?;
     Ok(Outcome::Ok)

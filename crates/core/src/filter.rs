@@ -190,6 +190,8 @@ pub struct Filter {
     pub queries: Vec<String>,
     /// `--blocking`: sessions that others wait for.
     pub blocking: bool,
+    /// `top`'s `waiting` word: sessions waiting on a lock (`wait_event_type = 'Lock'`).
+    pub waiting: bool,
     /// `--blocking-for`: sessions on whose locks some session has been waiting for at
     /// least this long (the waiter's time since its `state_change`: its waiting statement
     /// started then, and it waits on a lock).
@@ -276,6 +278,7 @@ impl Filter {
                 || (s.state.as_deref() == Some("active") && older(s.query_start, self.query_older)))
             && older(s.backend_start, self.backend_older)
             && (!self.blocking || s.blocking > 0)
+            && (!self.waiting || s.wait_event_type.as_deref() == Some("Lock"))
             && (self.blocking_for.is_none() || older(s.waited_on_since, self.blocking_for))
             && (!self.holding_xmin || s.holds_xmin)
             && !self.excludes(s)
@@ -344,12 +347,12 @@ impl Filter {
 }
 
 /// The keys of `top`'s filter language, for help texts and error messages.
-pub const FILTER_KEYS: &str = "db, user, app, client, state, pid, idle, xact, query-age, backend, blocking-for, q; -db, -user, -app, -client exclude; or the words `blocking`, `holding-xmin`";
+pub const FILTER_KEYS: &str = "db, user, app, client, state, pid, idle, xact, query-age, backend, blocking-for, q; -db, -user, -app, -client exclude; or the words `blocking`, `waiting`, `holding-xmin`";
 
 /// Parses the filter language of `pgkill top` (the CLI flags as `key:value` words):
 /// `db:shop user:app app:web-* client:10.0.0.0/8 state:idle-in-transaction pid:42
 /// idle:5m xact:5m query-age:30s backend:1h blocking-for:30s q:TEXT blocking
-/// holding-xmin`, and the exclusions `-db:NAME -user:ROLE -app:GLOB -client:CIDR`
+/// waiting holding-xmin`, and the exclusions `-db:NAME -user:ROLE -app:GLOB -client:CIDR`
 /// (`--exclude-*`: an exclusion wins over every inclusion). Words of one key are OR-ed,
 /// different keys AND-ed, as on the command line. `q:` values are returned separately:
 /// the live view matches them as case-insensitive substrings of the query text.
@@ -360,6 +363,10 @@ pub fn parse_words(text: &str) -> Result<(Filter, Vec<String>), String> {
         match word {
             "blocking" => {
                 f.blocking = true;
+                continue;
+            }
+            "waiting" => {
+                f.waiting = true;
                 continue;
             }
             "holding-xmin" => {
@@ -434,6 +441,23 @@ mod tests {
     }
 
     #[test]
+    fn the_waiting_word_selects_sessions_waiting_on_a_lock() {
+        let (f, q) = parse_words("waiting db:shop").unwrap();
+        assert!(f.waiting && !f.blocking && q.is_empty());
+        assert_eq!(f.databases, ["shop"]);
+        assert!(parse_words("waiting:yes").is_err());
+        let mut s = row();
+        s.database = Some("shop".into());
+        assert!(!f.matches_row(&s), "not waiting");
+        s.wait_event_type = Some("IO".into());
+        assert!(!f.matches_row(&s), "waiting, but not on a lock");
+        s.wait_event_type = Some("Lock".into());
+        assert!(f.matches_row(&s));
+        s.database = Some("other".into());
+        assert!(!f.matches_row(&s), "the other words still apply");
+    }
+
+    #[test]
     fn filter_words_for_exclusions_xmin_and_blocking_for() {
         let (f, _) = parse_words(
             "db:shop -db:other -user:batch -app:cron-* -client:10.0.0.0/8 -client:local blocking-for:30s holding-xmin",
@@ -451,7 +475,7 @@ mod tests {
             ]
         );
         assert_eq!(f.blocking_for, Some(Duration::from_secs(30)));
-        assert!(f.holding_xmin && !f.blocking);
+        assert!(f.holding_xmin && !f.blocking && !f.waiting);
         for bad in [
             "-db:",
             "-client:nonsense",

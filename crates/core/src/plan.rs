@@ -167,6 +167,9 @@ fn reason(s: &Session, f: &Filter) -> String {
     if f.blocking {
         why.push(format!("blocks {} session(s)", s.blocking));
     }
+    if f.waiting {
+        why.push("waits on a lock".into());
+    }
     if f.blocking_for.is_some() {
         why.push(age(
             "waited on for",

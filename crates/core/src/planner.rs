@@ -269,6 +269,9 @@ fn add_filter(p: &mut Predicate, v: ServerVersion, f: &Filter) {
             blockers(p.activity)
         ));
     }
+    if f.waiting {
+        p.clauses.push("s.wait_event_type = 'Lock'::text".into());
+    }
     if let Some(d) = f.blocking_for {
         // Only waiters that have waited that long get pg_blocking_pids called for them.
         let waited = older(p, "w.state_change", d);
@@ -878,6 +881,23 @@ mod tests {
                 "in:\n{sql}"
             );
         }
+    }
+
+    #[test]
+    fn the_waiting_word_is_checked_on_the_server_too() {
+        let f = Filter {
+            waiting: true,
+            ..Filter::default()
+        };
+        let clause = "s.wait_event_type = 'Lock'::text";
+        assert!(list_sessions(v(10), &f, &[]).sql.contains(clause));
+        // The signalling statement re-checks it: a session no longer waiting is not hit.
+        assert!(signal(v(18), &f, Signal::Terminate, &[], &[])
+            .sql
+            .contains(clause));
+        assert!(!list_sessions(v(18), &Filter::default(), &[])
+            .sql
+            .contains(clause));
     }
 
     #[test]

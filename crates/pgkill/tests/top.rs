@@ -19,6 +19,8 @@ fn main() {
         the_confirmation_names_protected_sessions_and_bang_includes_them,
         the_whole_lock_chain_shows_and_proceeds_when_its_root_is_terminated,
         a_changed_interval_takes_effect_at_once,
+        record_appends_refreshes_and_the_action_with_its_outcome,
+        chosen_columns_show_and_a_bad_list_is_exit_2,
     ]);
 }
 
@@ -376,5 +378,115 @@ async fn filter_select_terminate_and_quit(pg: Installation) -> Result<()> {
         !screen.contains("pgkill top ·"),
         "the view was left on screen:\n{screen}"
     );
+    Ok(())
+}
+
+/// Issue 15, recording: `top --record FILE` appends a JSON line per refresh (the rows,
+/// with the victim's query) and one for the action (who, the signal, the sessions and
+/// each outcome); the file is private (0600), and a symlink at FILE is refused (exit 2)
+/// without writing through it.
+async fn record_appends_refreshes_and_the_action_with_its_outcome(pg: Installation) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("victims", None).await?;
+    let victim = sim::idle(&sb.config("victims", roles::PLAIN)).await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("top.jsonl");
+
+    // A symlink at FILE: refused before the screen, nothing written through it.
+    let aim = dir.path().join("aim");
+    std::fs::write(&aim, "")?;
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&aim, &link)?;
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_pgkill"))
+        .args(["-h", sb.host(), "-U", roles::ADMIN, "-p"])
+        .arg(sb.port().to_string())
+        .arg("top")
+        .arg("--record")
+        .arg(&link)
+        .env("PGPASSFILE", sb.passfile())
+        .env_remove("PGHOST")
+        .env_remove("PGPORT")
+        .env_remove("PGUSER")
+        .output()?;
+    ensure!(refused.status.code() == Some(2), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    ensure!(said.contains("symbolic link"), "{said}");
+    ensure!(
+        std::fs::read(&aim)?.is_empty(),
+        "written through the symlink"
+    );
+
+    let tmux = start_top(&sb, "record", &format!("--record {}", file.display())).await?;
+    tmux.keys(&["/", "db:victims", "Enter"])?;
+    tmux.wait_for("shown 1/").await?;
+    tmux.keys(&["a", "k"])?;
+    tmux.wait_for("Terminate 1 session(s)?").await?;
+    tmux.keys(&["y"])?;
+    tmux.wait_for("last action:").await?;
+    victim
+        .wait_ended(Duration::from_secs(10))
+        .await
+        .ok_or_else(|| anyhow!("{} survived", victim.pid()))?;
+    tmux.keys(&["q"])?;
+    tmux.wait_for("PGKILL_TOP_EXIT=0").await?;
+
+    let mode = std::fs::metadata(&file)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "mode {mode:o}");
+    let text = std::fs::read_to_string(&file)?;
+    let lines = text
+        .lines()
+        .map(serde_json::from_str::<serde_json::Value>)
+        .collect::<Result<Vec<_>, _>>()?;
+    let pid = i64::from(victim.pid());
+    let refreshes: Vec<_> = lines.iter().filter(|l| l["type"] == "refresh").collect();
+    ensure!(
+        refreshes.iter().any(|l| l["rows"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["pid"] == pid && r["db"] == "victims"))),
+        "no refresh line shows {pid}:\n{text}"
+    );
+    let actions: Vec<_> = lines.iter().filter(|l| l["type"] == "action").collect();
+    ensure!(actions.len() == 1, "{text}");
+    let action = actions[0];
+    ensure!(action["signal"] == "terminate", "{action}");
+    ensure!(action["role"] == roles::ADMIN, "{action}");
+    ensure!(
+        action["os_user"].as_str().is_some_and(|u| !u.is_empty()),
+        "{action}"
+    );
+    ensure!(action["sessions"][0]["pid"] == pid, "{action}");
+    ensure!(action["sessions"][0]["query"].is_string(), "{action}");
+    ensure!(action["outcomes"][0]["pid"] == pid, "{action}");
+    ensure!(action["outcomes"][0]["outcome"] == "terminated", "{action}");
+    ensure!(!text.contains("password"), "{text}");
+    Ok(())
+}
+
+/// `--columns`: an unknown name is one clear line and exit 2 (before any screen); a good
+/// list shows only those columns, and `C` on pid shows every column again.
+async fn chosen_columns_show_and_a_bad_list_is_exit_2(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_pgkill"))
+        .args(["top", "--columns", "pid,bogus"])
+        .output()?;
+    ensure!(bad.status.code() == Some(2), "{bad:?}");
+    let said = String::from_utf8_lossy(&bad.stderr);
+    ensure!(
+        said.contains("unknown column \"bogus\"") && said.contains("blocked-by"),
+        "{said}"
+    );
+    ensure!(!said.contains("panicked"), "{said}");
+
+    let tmux = start_top(&sb, "columns", "--columns pid,user,blocked-by,query").await?;
+    let screen = tmux.wait_for("blocked by").await?;
+    ensure!(
+        !screen.contains("database") && !screen.contains("in state"),
+        "{screen}"
+    );
+    tmux.keys(&["C"])?;
+    tmux.wait_for("in state").await?;
+    tmux.keys(&["q"])?;
+    tmux.wait_for("PGKILL_TOP_EXIT=0").await?;
     Ok(())
 }

@@ -399,6 +399,10 @@ pub struct App {
     pub show_health: bool,
     /// Wrap queries over several lines in the list (`v`).
     pub wrap: bool,
+    /// Lines the details pane is scrolled past.
+    pub detail_scroll: usize,
+    /// Columns not shown (`--columns`, `C`).
+    pub hidden: Vec<Column>,
     /// List every kind of backend (autovacuum, walsenders, parallel and background
     /// workers), not only client sessions (`A`); they are shown, never signalled.
     pub all_kinds: bool,
@@ -477,6 +481,8 @@ impl App {
             locks: Vec::new(),
             show_health: true,
             wrap: false,
+            hidden: Vec::new(),
+            detail_scroll: 0,
             all_kinds: false,
             health: None,
             rates: None,
@@ -518,7 +524,7 @@ impl App {
 
     /// The columns the table shows at the current width.
     pub fn columns(&self) -> Vec<Column> {
-        crate::columns::layout(self.size.0)
+        crate::columns::layout(self.size.0, &self.hidden)
             .into_iter()
             .map(|(c, _)| c)
             .collect()
@@ -963,6 +969,21 @@ pub fn graph_height(height: u16) -> u16 {
     }
 }
 
+/// Where ↑ ↓ j PgUp PgDn Home End move a scrolled pane (`page` lines a page), never past
+/// `last`; other keys leave it where it is.
+fn scroll_with(key: Key, at: usize, page: usize, last: usize) -> usize {
+    match key {
+        Key::Up => at.saturating_sub(1),
+        Key::Down | Key::Char('j') => at + 1,
+        Key::PageUp => at.saturating_sub(page),
+        Key::PageDown => at + page,
+        Key::Home => 0,
+        Key::End => last,
+        _ => at,
+    }
+    .min(last)
+}
+
 /// Applies `event` to `app` and says what the loop must do. Pure: no I/O, no clock.
 pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
     match event {
@@ -1210,23 +1231,23 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                     app.mode = Mode::Normal;
                     return vec![];
                 }
-                Key::Up => scroll.saturating_sub(1),
-                Key::Down | Key::Char('j' | ' ') => scroll + 1,
-                Key::PageUp => scroll.saturating_sub(app.page()),
-                Key::PageDown => scroll + app.page(),
-                Key::Home => 0,
-                Key::End => last,
-                _ => scroll,
+                Key::Char(' ') => scroll_with(Key::Down, scroll, app.page(), last),
+                key => scroll_with(key, scroll, app.page(), last),
             };
-            app.mode = Mode::Help {
-                scroll: scroll.min(last),
-            };
+            app.mode = Mode::Help { scroll };
             vec![]
         }
         Mode::Detail(row) => {
             if matches!(key, Key::Esc | Key::Enter | Key::Char('q' | '?') | Key::F1) {
                 app.mode = Mode::Normal;
             }
+            let last = match row {
+                RowKey::Backend(pid) => {
+                    crate::view::detail_lines(app, pid).map_or(0, |l| l.len().saturating_sub(1))
+                }
+                _ => 0,
+            };
+            app.detail_scroll = scroll_with(key, app.detail_scroll, app.page(), last);
             match (key, row) {
                 (Key::Char(c @ ('y' | 'Y')), RowKey::Backend(pid)) => copy(app, pid, c == 'Y'),
                 _ => vec![],
@@ -1263,6 +1284,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                 Key::Enter => {
                     if let Some(line) = tree.get(cursor) {
                         app.mode = Mode::Detail(RowKey::Backend(line.pid));
+                        app.detail_scroll = 0;
                     }
                     return vec![];
                 }
@@ -1294,6 +1316,24 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
                 Some(i) => shown[(i + 1) % shown.len()],
                 None => shown.first().copied().unwrap_or(Column::Pid),
             };
+            app.cursor = 0;
+        }
+        Key::Char('C') => {
+            // Hide the column sorted on (sorting moves to the next one shown); on one
+            // that cannot be hidden, show every column again.
+            if app.sort.hideable() {
+                let shown = app.columns();
+                let next = shown
+                    .iter()
+                    .position(|c| *c == app.sort)
+                    .and_then(|i| shown.get(i + 1))
+                    .copied()
+                    .unwrap_or(Column::Pid);
+                app.hidden.push(app.sort);
+                app.sort = next;
+            } else {
+                app.hidden.clear();
+            }
             app.cursor = 0;
         }
         Key::Char('S') => app.descending = !app.descending,
@@ -1352,6 +1392,7 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
         Key::Enter => {
             if let Some(key) = app.current().map(|r| r.key()) {
                 app.mode = Mode::Detail(key);
+                app.detail_scroll = 0;
             }
         }
         Key::Char('b') => app.mode = Mode::Blocking { cursor: 0 },
@@ -1659,6 +1700,48 @@ pub(crate) mod tests {
         assert!(app.columns().contains(&app.sort));
     }
 
+    pub(crate) fn resize(app: &mut App, width: u16, height: u16) {
+        update(app, Event::Resize { width, height });
+    }
+
+    #[test]
+    fn capital_c_hides_the_sorted_column_and_s_skips_it() {
+        let mut app = loaded();
+        resize(&mut app, 200, 50);
+        while app.sort != Column::Wait {
+            keys(&mut app, "s");
+        }
+        keys(&mut app, "C");
+        assert_eq!(app.hidden, [Column::Wait]);
+        assert!(!app.columns().contains(&Column::Wait));
+        assert_eq!(
+            app.sort,
+            Column::Xact,
+            "sorting moves to the next one shown"
+        );
+        keys(&mut app, "C");
+        assert_eq!(app.hidden, [Column::Wait, Column::Xact]);
+        // `s` cycles through the shown columns only.
+        let shown = app.columns();
+        for _ in 0..2 * shown.len() {
+            keys(&mut app, "s");
+            assert!(shown.contains(&app.sort), "{:?}", app.sort);
+        }
+        // On pid (never hidden): every column again.
+        while app.sort != Column::Pid {
+            keys(&mut app, "s");
+        }
+        keys(&mut app, "C");
+        assert!(app.hidden.is_empty());
+        assert!(app.columns().contains(&Column::Wait));
+        // Hiding the sort column that `--columns` left out: falls back on resize.
+        let mut app = loaded();
+        app.hidden = Column::hidden_by("pid,user,query").unwrap_or_default();
+        resize(&mut app, 120, 40);
+        assert_eq!(app.columns(), [Column::Pid, Column::User, Column::Query]);
+        assert!(app.columns().contains(&app.sort));
+    }
+
     #[test]
     fn select_confirm_and_signal() {
         let mut app = loaded();
@@ -1759,6 +1842,10 @@ pub(crate) mod tests {
         assert_eq!(shown("blocking-for:1m"), Vec::<i32>::new());
         assert_eq!(shown("holding-xmin"), [101]);
         assert_eq!(shown("holding-xmin -user:migrations"), Vec::<i32>::new());
+        // `waiting`: the two sessions queued on the holder's lock, not the holder.
+        assert_eq!(shown("waiting"), [102, 103]);
+        assert_eq!(shown("waiting pid:103"), [103]);
+        assert_eq!(shown("waiting user:migrations"), Vec::<i32>::new());
         let app = loaded();
         let not_web: Vec<i32> = app
             .visible()

@@ -37,7 +37,56 @@ pub enum Column {
     Query,
 }
 
+/// Every column, in screen order.
+pub const ALL: [Column; 13] = [
+    Column::Pid,
+    Column::User,
+    Column::Database,
+    Column::State,
+    Column::StateAge,
+    Column::Wait,
+    Column::Xact,
+    Column::BlockedBy,
+    Column::Application,
+    Column::Client,
+    Column::XminAge,
+    Column::BackendType,
+    Column::Query,
+];
+
 impl Column {
+    /// Whether the column can be hidden (`--columns`, `C`): all but pid and the query.
+    pub fn hideable(self) -> bool {
+        !matches!(self, Column::Pid | Column::Query)
+    }
+
+    /// The name `--columns` takes: the header with `-` for spaces (`blocked-by`).
+    pub fn name(self) -> String {
+        self.label().replace(' ', "-")
+    }
+
+    /// The columns to hide for `--columns LIST` (comma-separated names; pid and the
+    /// query are always shown).
+    pub fn hidden_by(list: &str) -> Result<Vec<Column>, String> {
+        let mut shown = Vec::new();
+        for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let c = ALL.into_iter().find(|c| c.name() == word).ok_or_else(|| {
+                let names: Vec<String> = ALL.iter().map(|c| c.name()).collect();
+                format!("unknown column {word:?}: use {}", names.join(", "))
+            })?;
+            shown.push(c);
+        }
+        if shown.is_empty() {
+            return Err(
+                "no column named: use a comma-separated list such as pid,user,state,query".into(),
+            );
+        }
+        Ok(ALL
+            .into_iter()
+            .filter(|c| c.hideable() && !shown.contains(c))
+            .collect())
+    }
+
     /// The header.
     pub fn label(self) -> &'static str {
         match self {
@@ -60,8 +109,9 @@ impl Column {
 
 /// The columns shown at `width` terminal columns, in screen order, each with its width
 /// (the query's is what is left). One column of spacing separates them, and one column
-/// before the first is the selection mark.
-pub fn layout(width: u16) -> Vec<(Column, u16)> {
+/// before the first is the selection mark. `hidden` columns are left out (their width
+/// goes to the query).
+pub fn layout(width: u16, hidden: &[Column]) -> Vec<(Column, u16)> {
     let w = usize::from(width);
     let (user, database, state) = match w {
         0..=99 => (9, 9, 10),
@@ -74,6 +124,7 @@ pub fn layout(width: u16) -> Vec<(Column, u16)> {
         (Column::Database, database),
         (Column::State, state),
     ];
+    shown.retain(|(c, _)| !hidden.contains(c));
     // Selection mark and the spaces between columns.
     let used = |cols: &[(Column, usize)]| 2 + cols.iter().map(|(_, w)| w + 1).sum::<usize>();
     let query_floor = (w * 3 / 10).max(24);
@@ -87,7 +138,7 @@ pub fn layout(width: u16) -> Vec<(Column, u16)> {
         (Column::XminAge, 8),
         (Column::BackendType, 14),
     ];
-    for col in optional {
+    for col in optional.into_iter().filter(|(c, _)| !hidden.contains(c)) {
         let mut with = shown.clone();
         with.push(col);
         if w.saturating_sub(used(&with)) >= query_floor {
@@ -111,7 +162,7 @@ mod tests {
     #[test]
     fn the_query_takes_what_is_left_and_headers_fit() {
         for width in [40u16, 60, 80, 100, 120, 160, 200, 300] {
-            let cols = layout(width);
+            let cols = layout(width, &[]);
             let names: Vec<Column> = cols.iter().map(|(c, _)| *c).collect();
             assert_eq!(
                 &names[..4],
@@ -125,12 +176,33 @@ mod tests {
             let total: u16 = 1 + cols.iter().map(|(_, w)| w + 1).sum::<u16>();
             assert!(total <= width.max(46), "{width}: {total}");
         }
-        let query = |w: u16| layout(w).last().map(|(_, q)| *q).unwrap_or(0);
+        let query = |w: u16| layout(w, &[]).last().map(|(_, q)| *q).unwrap_or(0);
         assert!(query(120) >= 36, "{}", query(120));
         assert!(query(80) >= 24);
-        assert!(layout(200).len() > layout(120).len());
-        assert!(layout(120).len() > layout(80).len());
-        let wide: Vec<Column> = layout(300).into_iter().map(|(c, _)| c).collect();
+        assert!(layout(200, &[]).len() > layout(120, &[]).len());
+        assert!(layout(120, &[]).len() > layout(80, &[]).len());
+        let wide: Vec<Column> = layout(300, &[]).into_iter().map(|(c, _)| c).collect();
         assert!(wide.contains(&Column::XminAge) && wide.contains(&Column::BackendType));
+    }
+
+    #[test]
+    fn columns_option_names_what_is_shown() {
+        let hidden = Column::hidden_by("pid,user,blocked-by,query").unwrap();
+        assert!(hidden.contains(&Column::Database) && hidden.contains(&Column::State));
+        assert!(!hidden.contains(&Column::BlockedBy) && !hidden.contains(&Column::Pid));
+        let names: Vec<Column> = layout(200, &hidden).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(
+            names,
+            [Column::Pid, Column::User, Column::BlockedBy, Column::Query]
+        );
+        // pid and the query are always there.
+        assert!(Column::hidden_by("user")
+            .unwrap()
+            .iter()
+            .all(|c| c.hideable()));
+        for bad in ["", ",", "pid,bogus", "blocked by"] {
+            let e = Column::hidden_by(bad).unwrap_err();
+            assert!(e.contains("pid") && e.contains("query"), "{bad}: {e}");
+        }
     }
 }

@@ -6,11 +6,13 @@
 
 mod app;
 mod columns;
+mod record;
 mod run;
 mod view;
 
 pub use app::{
     update, App, Column, ConnState, Effect, Event, Key, Mode, ServerInfo, Snapshot, SortKey,
 };
-pub use run::{run, Connector};
+pub use record::Recorder;
+pub use run::{run, Connector, Options};
 pub use view::view;

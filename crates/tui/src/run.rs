@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 use crate::app::{update, App, Effect, Event, Health, Key, ServerInfo, Snapshot, Standby};
+use crate::record::Recorder;
 use crate::view::view;
 
 /// Opens a connection to the server (called again to reconnect). It must never prompt:
@@ -31,6 +32,15 @@ pub type Connector =
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the health header reads the xmin horizon's holders.
 const HORIZON_EVERY: Duration = Duration::from_secs(10);
+
+/// What `pgkill top` starts with beyond the connection and the filter.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// `--record FILE`: where refreshes and actions are appended.
+    pub record: Option<Recorder>,
+    /// The columns `--columns` leaves out.
+    pub hidden_columns: Vec<crate::app::Column>,
+}
 
 enum Request {
     /// Read sessions again (and the health header's views when it is shown).
@@ -54,6 +64,7 @@ pub async fn run(
     statement_timeout: Duration,
     target: String,
     poolers: Vec<Pooler>,
+    options: Options,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     anyhow::ensure!(
@@ -61,6 +72,8 @@ pub async fn run(
         "pgkill top needs a terminal; for scripts use `pgkill ls --json`"
     );
     let mut app = App::new(interval);
+    app.hidden = options.hidden_columns;
+    let mut record = options.record;
     app.target = Some(target);
     app.include_superusers = filter.include_superusers;
     app.color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -138,6 +151,8 @@ pub async fn run(
         let mut last_data = tokio::time::Instant::now();
         // Redraw at least this often, so that "stale" shows while nothing else happens.
         let redraw = Duration::from_millis(500);
+        // The action sent and not yet answered, for `--record` (one at a time).
+        let mut pending: Option<(Signal, Vec<Session>)> = None;
         loop {
             app.data_age = Some(last_data.elapsed());
             terminal.draw(|f| view(&app, f))?;
@@ -155,6 +170,9 @@ pub async fn run(
                         }
                         if matches!(ev, Event::Snapshot(Ok(_))) {
                             last_data = tokio::time::Instant::now();
+                        }
+                        if let Some(r) = record.as_mut() {
+                            write_record(r, &app, &mut pending, &ev)?;
                         }
                         ev
                     }
@@ -199,6 +217,9 @@ pub async fn run(
                         filter,
                         include_superusers,
                     } => {
+                        if record.is_some() {
+                            pending = Some((signal, targets.clone()));
+                        }
                         let _ = req_tx.send(Request::Signal(
                             signal,
                             targets,
@@ -215,6 +236,31 @@ pub async fn run(
     ratatui::restore();
     db.abort();
     result
+}
+
+/// Appends what `ev` brings to the record: a refresh's rows, or the outcome of the
+/// action sent.
+fn write_record(
+    record: &mut Recorder,
+    app: &App,
+    pending: &mut Option<(Signal, Vec<Session>)>,
+    ev: &Event,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    match ev {
+        Event::Snapshot(Ok(snap)) => record.refresh(&snap.sessions),
+        Event::Outcomes(result) => match pending.take() {
+            Some((signal, targets)) => record.action(
+                app.caller.as_ref().map(|c| c.user.as_str()),
+                signal,
+                &targets,
+                result,
+            ),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+    .context("writing the --record file")
 }
 
 async fn database_task(

@@ -428,7 +428,7 @@ fn pooled_cells(
 
 fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
     let rows = app.visible();
-    let columns = crate::columns::layout(area.width);
+    let columns = crate::columns::layout(area.width, &app.hidden);
     let height = area.height.saturating_sub(1) as usize;
     // `v`: the query over several lines (at most a third of the table), white space
     // collapsed; else one line.
@@ -526,13 +526,33 @@ fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
 const HIDDEN: &str = "hidden*";
 
 fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
-    let Some(s) = app.session(pid) else {
+    let Some(lines) = detail_lines(app, pid) else {
         frame.render_widget(
             Paragraph::new(format!("session {pid} is gone")).block(Block::bordered()),
             area,
         );
         return;
     };
+    // Scrolled with ↑ ↓ PgUp PgDn Home End; never past the last line.
+    let scroll = app.detail_scroll.min(lines.len().saturating_sub(1));
+    let title = if scroll > 0 {
+        format!("session {pid} (Esc: back) · from line {}", scroll + 1)
+    } else {
+        format!("session {pid} (Esc: back)")
+    };
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .scroll((u16::try_from(scroll).unwrap_or(u16::MAX), 0))
+            .block(Block::bordered().title(title)),
+        area,
+    );
+}
+
+/// The details pane's lines for `pid` (the query with its own line breaks), `None` when
+/// the session is gone.
+pub(crate) fn detail_lines(app: &App, pid: i32) -> Option<Vec<Line<'static>>> {
+    let s = app.session(pid)?;
     let hidden = s.state.is_none();
     // Local time first (what the person reading knows), UTC after it (what logs say).
     let t = |v: Option<chrono::DateTime<chrono::Utc>>| match v {
@@ -645,12 +665,7 @@ fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
             .lines()
             .map(|l| Line::from(pgkill_core::printable(&l.replace('\t', "    ")).into_owned())),
     );
-    frame.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: false })
-            .block(Block::bordered().title(format!("session {pid} (Esc: back)"))),
-        area,
-    );
+    Some(lines)
 }
 
 fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
@@ -729,13 +744,13 @@ fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
 /// The help screen's lines (scrolled with ↑ ↓ PgUp PgDn Home End on small screens).
 pub const HELP: &[&str] = &[
     "q quit · ? h F1 help (↑ ↓ PgUp PgDn Home End scroll it; Esc back)",
-    "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking blocking-for:DUR holding-xmin; exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local (an exclusion always wins; same kinds OR-ed, others AND-ed; holding-xmin: the sessions that are the xmin horizon)",
+    "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking waiting blocking-for:DUR holding-xmin; exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local (an exclusion always wins; same kinds OR-ed, others AND-ed; waiting: sessions waiting on a lock; holding-xmin: the sessions that are the xmin horizon)",
     "  editing: ← → Home End move · Backspace · Ctrl-U clear before the cursor · Ctrl-W delete a word · Ctrl-K clear after · Enter keep · Esc back to the previous filter",
-    "s / S sort by the next column on screen / reverse the order",
+    "s / S sort by the next column on screen / reverse the order · C hide the sorted column (on pid or query: show every column again; --columns LIST at start)",
     "↑ ↓ (or j) move · PgUp PgDn page · Home End first / last row",
     "space select the row and move down · a select all shown · Esc clear selection",
     "c cancel · k terminate (the selection, or the row under the cursor), asked first: y yes · n, Esc or Enter no · ! include protected superuser sessions",
-    "Enter details · b blocking tree (every level; k terminates the line under the cursor)",
+    "Enter details (↑ ↓ PgUp PgDn Home End scroll them; y copies the query) · b blocking tree (every level; k terminates the line under the cursor)",
     "y copy the full query (in the list or the details) to the clipboard · Y its pid (OSC 52: the terminal must allow it)",
     "A every kind of backend too (autovacuum, walsenders, parallel and background workers), listed only: top signals client sessions only",
     "v wrap queries over several lines in the list (white space collapsed) · one line again",
@@ -1121,7 +1136,7 @@ mod tests {
             .map(|k| k.trim_matches('`'))
             .filter(|k| !k.is_empty() && !["exclude", "or", "the", "words"].contains(k));
         for key in keys {
-            let word = if ["blocking", "holding-xmin"].contains(&key) {
+            let word = if ["blocking", "waiting", "holding-xmin"].contains(&key) {
                 format!(" {key}")
             } else {
                 format!("{key}:")
@@ -1537,6 +1552,58 @@ mod tests {
         );
         keys_for_tests(&mut app, "v");
         assert!(!app.wrap);
+    }
+
+    /// Details keep the query's own lines and scroll: End shows the last line, Home the
+    /// first again.
+    #[test]
+    fn details_scroll_over_a_long_query() {
+        let mut snap = crate::app::tests::sample();
+        snap.sessions[3].query = Some(
+            (1..=40)
+                .map(|i| format!("-- line {i}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+        let mut app = crate::app::App::new(std::time::Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        crate::app::tests::resize(&mut app, 80, 24);
+        while app.current().map(|r| r.key()) != Some(crate::app::RowKey::Backend(104)) {
+            update(&mut app, Event::Key(Key::Down));
+        }
+        update(&mut app, Event::Key(Key::Enter));
+        let top = render(&app, 80, 24);
+        assert!(
+            top.contains("-- line 1 ") && !top.contains("-- line 40"),
+            "{top}"
+        );
+        update(&mut app, Event::Key(Key::Down));
+        assert_eq!(app.detail_scroll, 1);
+        update(&mut app, Event::Key(Key::End));
+        let end = render(&app, 80, 24);
+        assert!(
+            end.contains("-- line 40") && end.contains("from line"),
+            "{end}"
+        );
+        for _ in 0..5 {
+            update(&mut app, Event::Key(Key::Down));
+        }
+        let last = app.detail_scroll;
+        update(&mut app, Event::Key(Key::Up));
+        assert_eq!(app.detail_scroll, last - 1, "never scrolled past the end");
+        update(&mut app, Event::Key(Key::Home));
+        assert_eq!(app.detail_scroll, 0);
+        update(&mut app, Event::Key(Key::Esc));
+        assert_eq!(app.mode, crate::app::Mode::Normal);
+    }
+
+    /// `--columns pid,user,state,blocked-by,query`: only those, the query taking the rest.
+    #[test]
+    fn chosen_columns() {
+        let mut app = loaded();
+        app.hidden =
+            crate::app::Column::hidden_by("pid,user,state,blocked-by,query").unwrap_or_default();
+        both("columns", &app);
     }
 
     #[test]

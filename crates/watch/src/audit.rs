@@ -188,8 +188,8 @@ impl std::fmt::Debug for Audit {
 }
 
 /// Opens `path` for appending: created 0600 if missing, refused if it is a symlink
-/// (`O_NOFOLLOW`) or not a regular file.
-fn open_private(path: &Path) -> io::Result<File> {
+/// (`O_NOFOLLOW`) or not a regular file. Also `top --record`'s file.
+pub fn open_private(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .append(true)
         .create(true)
