@@ -25,13 +25,7 @@ pub fn run_in_tmux(
     let tmux = |args: &[&str]| -> anyhow::Result<std::process::Output> {
         let mut cmd = Command::new("tmux");
         cmd.arg("-L").arg(&socket).args(args);
-        // Only the connection settings given on the command line.
-        for (var, _) in std::env::vars_os() {
-            if var.to_string_lossy().starts_with("PG") {
-                cmd.env_remove(var);
-            }
-        }
-        cmd.output().context("running tmux")
+        without_pg_env(&mut cmd).output().context("running tmux")
     };
     let (w, h) = (width.to_string(), height.to_string());
     let out = tmux(&[
@@ -59,6 +53,22 @@ pub fn run_in_tmux(
     let result = measure_pane(&tmux, name, seconds, problems);
     let _ = tmux(&["kill-server"]);
     result
+}
+
+/// `s` quoted for a POSIX shell (the command line tmux runs).
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Removes every `PG*` variable from `cmd`'s environment: only the connection settings
+/// given on its command line count.
+pub fn without_pg_env(cmd: &mut Command) -> &mut Command {
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd
 }
 
 /// One statement a role ran, from `pg_stat_statements`.

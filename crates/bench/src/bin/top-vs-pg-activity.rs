@@ -193,15 +193,15 @@ fn run(
     let host = sandbox.host();
     let mut problems = Vec::new();
     // Both log in with the sandbox's password file.
-    let passfile = shell_quote(&sandbox.passfile().to_string_lossy());
+    let passfile = pgkill_bench::tmux::shell_quote(&sandbox.passfile().to_string_lossy());
     let pgkill_cmd = format!(
         "exec env PGPASSFILE={passfile} {} -h {host} -p {port} -U {} top -i 1s",
-        shell_quote(&pgkill.to_string_lossy()),
+        pgkill_bench::tmux::shell_quote(&pgkill.to_string_lossy()),
         roles::ADMIN
     );
     let pg_activity_cmd = format!(
         "exec env PGPASSFILE={passfile} {} -h {host} -p {port} -U {} -d postgres --refresh 1",
-        shell_quote(&pg_activity.to_string_lossy()),
+        pgkill_bench::tmux::shell_quote(&pg_activity.to_string_lossy()),
         roles::ADMIN
     );
     let a = run_tool(rt, &own, "pgkill", &pgkill_cmd, args.seconds, &mut problems)?;
@@ -302,10 +302,6 @@ fn row(name: &str, a: &str, b: &str, ratio: f64, target: &str, ok: Option<bool>)
         None => "",
     };
     println!("| {name} | {a} | {b} | {ratio:.2}x | {target} | {verdict} |");
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 fn open_sessions(

@@ -29,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use pgkill_bench::tmux::{run_in_tmux, statements_of, Statement};
+use pgkill_bench::tmux::{run_in_tmux, statements_of, without_pg_env, Statement};
 use pgkill_bench::{measure, Mix};
 use pgkill_sandbox::{roles, sim, Installation, Options, Sandbox};
 
@@ -119,10 +119,6 @@ fn sample_policy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/policy.toml")
 }
 
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -130,12 +126,8 @@ fn toml_string(s: &str) -> String {
 /// `pgkill -h … -p … -U admin` with the sandbox's password file and no other `PG*`.
 fn pgkill_command(pgkill: &Path, sb: &Sandbox) -> Command {
     let mut cmd = Command::new(pgkill);
-    for (var, _) in std::env::vars_os() {
-        if var.to_string_lossy().starts_with("PG") {
-            cmd.env_remove(var);
-        }
-    }
-    cmd.env("PGPASSFILE", sb.passfile())
+    without_pg_env(&mut cmd)
+        .env("PGPASSFILE", sb.passfile())
         .args(["-h", sb.host(), "-p", &sb.port().to_string()])
         .args(["-U", roles::ADMIN]);
     cmd
@@ -220,8 +212,8 @@ fn cost(
     rt.block_on(own.batch_execute("SELECT pg_stat_statements_reset()"))?;
     let top_cmd = format!(
         "exec env PGPASSFILE={} {} -h {} -p {} -U {} top -i 1s",
-        shell_quote(&sb.passfile().to_string_lossy()),
-        shell_quote(&pgkill.to_string_lossy()),
+        pgkill_bench::tmux::shell_quote(&sb.passfile().to_string_lossy()),
+        pgkill_bench::tmux::shell_quote(&pgkill.to_string_lossy()),
         sb.host(),
         sb.port(),
         roles::ADMIN
@@ -328,12 +320,8 @@ fn fleet(
     std::fs::write(&path, policy)?;
     let audit = dir.path().join("audit.log");
     let mut cmd = Command::new(pgkill);
-    for (var, _) in std::env::vars_os() {
-        if var.to_string_lossy().starts_with("PG") {
-            cmd.env_remove(var);
-        }
-    }
-    cmd.arg("watch")
+    without_pg_env(&mut cmd)
+        .arg("watch")
         .arg("--policy")
         .arg(&path)
         .arg("--dry-run")
