@@ -101,6 +101,14 @@ fn watch(sb: &Sandbox, args: &[&str]) -> Result<(i32, String, String)> {
     support::run(support::pgkill(sb, roles::ADMIN, &all))
 }
 
+/// `pgkill watch --policy POLICY --once --audit AUDIT`: exit code, stdout, stderr.
+fn once(sb: &Sandbox, policy: &Path, audit: &Path) -> Result<(i32, String, String)> {
+    watch(
+        sb,
+        &["--policy", text(policy)?, "--once", "--audit", text(audit)?],
+    )
+}
+
 /// The SQLSTATE `s` saw when it ended (within 10 s), if it did.
 async fn ended_with(s: &sim::Session) -> Option<String> {
     s.wait_ended(Duration::from_secs(10))
@@ -248,16 +256,7 @@ async fn an_idle_in_transaction_rule_ends_the_right_session(pg: Installation) ->
     let dir = tempfile::tempdir()?;
     let policy = write_file(dir.path(), "policy.toml", IDLE_IN_TRANSACTION)?;
     let audit = dir.path().join("audit.log");
-    let (code, out, err) = watch(
-        &sb,
-        &[
-            "--policy",
-            text(&policy)?,
-            "--once",
-            "--audit",
-            text(&audit)?,
-        ],
-    )?;
+    let (code, out, err) = once(&sb, &policy, &audit)?;
     ensure!(code == 0, "exit {code}:\n{out}\n{err}");
     ensure!(
         ended_with(&victim).await.as_deref() == Some("57P01"),
@@ -291,16 +290,7 @@ async fn an_idle_in_transaction_rule_ends_the_right_session(pg: Installation) ->
         "{l}"
     );
     // Nothing matches any more: exit 1, as `kill`.
-    let (code, _, err) = watch(
-        &sb,
-        &[
-            "--policy",
-            text(&policy)?,
-            "--once",
-            "--audit",
-            text(&audit)?,
-        ],
-    )?;
+    let (code, _, err) = once(&sb, &policy, &audit)?;
     ensure!(code == 1, "exit {code}: {err}");
     Ok(())
 }
@@ -370,16 +360,7 @@ async fn the_rate_limit_skips_and_audits(pg: Installation) -> Result<()> {
         ),
     )?;
     let audit = dir.path().join("audit.log");
-    let (code, out, err) = watch(
-        &sb,
-        &[
-            "--policy",
-            text(&policy)?,
-            "--once",
-            "--audit",
-            text(&audit)?,
-        ],
-    )?;
+    let (code, out, err) = once(&sb, &policy, &audit)?;
     // Some matched sessions were not acted on: exit 3, as `kill` with refusals.
     ensure!(code == 3, "exit {code}:\n{out}\n{err}");
     let lines = audit_lines(&audit)?;
@@ -477,16 +458,7 @@ action = "terminate"
     )?;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let audit = dir.path().join("audit.log");
-    let (code, out, err) = watch(
-        &sb,
-        &[
-            "--policy",
-            text(&policy)?,
-            "--once",
-            "--audit",
-            text(&audit)?,
-        ],
-    )?;
+    let (code, out, err) = once(&sb, &policy, &audit)?;
     ensure!(code == 0, "exit {code}:\n{out}\n{err}");
     ensure!(
         ended_with(&chain.holder).await.as_deref() == Some("57P01"),
@@ -1015,16 +987,7 @@ action = "terminate"
 "#,
     )?;
     let audit = dir.path().join("audit.log");
-    let (code, out, err) = watch(
-        &sb,
-        &[
-            "--policy",
-            text(&policy)?,
-            "--once",
-            "--audit",
-            text(&audit)?,
-        ],
-    )?;
+    let (code, out, err) = once(&sb, &policy, &audit)?;
     ensure!(code == 0, "exit {code}:\n{out}\n{err}");
     ensure!(
         ended_with(&api).await.as_deref() == Some("57P01"),
