@@ -564,20 +564,6 @@ pub fn capabilities() -> Query {
     }
 }
 
-/// What `top`'s header shows of the server: `max_connections`, backends connected, and
-/// seconds since the server started. Counts backend ids only: counting rows of
-/// `pg_stat_activity` would read the whole view (query texts, role and database names) a
-/// second time per refresh.
-pub fn server_summary() -> Query {
-    Query {
-        sql: "SELECT pg_catalog.current_setting('max_connections'::text)::int8,
-       (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_get_backend_idset())::int8,
-       extract(epoch FROM pg_catalog.now() - pg_catalog.pg_postmaster_start_time())::float8"
-            .into(),
-        params: Vec::new(),
-    }
-}
-
 /// The lock each of the sessions `pids` waits for (`top`'s blocking tree): one row per
 /// waiter with `pid, locktype, mode, database, relid, nspname, relname, waitstart`. Only the
 /// waiters' ungranted locks are read. The relation is named only when it is in the
@@ -607,44 +593,174 @@ ORDER BY l.pid"
     }
 }
 
-/// `top`'s health header, from cheap views only, in one statement: the cumulative
-/// counters of `pg_stat_database` summed over databases (`commits, rollbacks, blks_hit,
-/// blks_read, temp_files, temp_bytes`: `top` turns two refreshes into rates), the oldest
-/// client transaction's age (not counting this statement's own) in seconds (`oldest_xact`), the autovacuum workers running
-/// and `autovacuum_max_workers`, and the server's clock (`now`). `pg_stat_activity` is
-/// read once, its timestamps and types only.
-pub fn health() -> Query {
-    Query {
-        sql: "SELECT d.commits, d.rollbacks, d.blks_hit, d.blks_read, d.temp_files, d.temp_bytes,
-       a.oldest_xact, a.autovacuum,
-       pg_catalog.current_setting('autovacuum_max_workers'::text)::int8 AS autovacuum_max,
-       pg_catalog.clock_timestamp() AS now
-FROM (SELECT pg_catalog.sum(s.xact_commit)::int8 AS commits, pg_catalog.sum(s.xact_rollback)::int8 AS rollbacks,
-             pg_catalog.sum(s.blks_hit)::int8 AS blks_hit, pg_catalog.sum(s.blks_read)::int8 AS blks_read,
-             pg_catalog.sum(s.temp_files)::int8 AS temp_files, pg_catalog.sum(s.temp_bytes)::int8 AS temp_bytes
-      FROM pg_catalog.pg_stat_database s) AS d,
-     (SELECT extract(epoch FROM pg_catalog.max(pg_catalog.clock_timestamp() - x.xact_start)
-                     FILTER (WHERE x.backend_type = 'client backend'::text
-                               AND x.pid <> pg_catalog.pg_backend_pid()))::float8 AS oldest_xact,
-             pg_catalog.count(*) FILTER (WHERE x.backend_type = 'autovacuum worker'::text)::int8 AS autovacuum
-      FROM pg_catalog.pg_stat_activity x) AS a"
-            .into(),
-        params: Vec::new(),
+/// What `top` reads of the server at each refresh besides the sessions, as CTEs over
+/// `s` (the statement's one read of pg_stat_activity) and the columns they give:
+///
+/// - always `max_connections`, `connections` (backends, from `s`) and `uptime` (seconds
+///   since the server started);
+/// - with `health`, the health header's readings, from cheap views: the cumulative
+///   counters of `pg_stat_database` summed over databases (`commits, rollbacks,
+///   blks_hit, blks_read, temp_files, temp_bytes`: `top` turns two refreshes into
+///   rates), the oldest client transaction's age in seconds (`oldest_xact`, not counting
+///   pgkill's), the autovacuum workers running and `autovacuum_max_workers`
+///   (`autovacuum`, `autovacuum_max`), the server's clock (`health_at`), and each
+///   standby streaming from this server as arrays in one order (`standby_names`,
+///   `standby_addrs`, `standby_states`, `standby_lags`: `replay_lag` in seconds,
+///   `standby_behind`: bytes of WAL yet to replay, NULL on a standby). The standbys come
+///   from `pg_stat_get_wal_senders()` joined with `s`, which is what
+///   `pg_stat_replication` is, without building every backend's row again.
+struct Readings {
+    ctes: String,
+    columns: &'static str,
+    from: &'static str,
+}
+
+impl Readings {
+    fn new(health: bool) -> Readings {
+        let mut ctes = String::from(
+            "summary AS (
+  SELECT pg_catalog.current_setting('max_connections'::text)::int8 AS max_connections,
+         (SELECT pg_catalog.count(*) FROM s)::int8 AS connections,
+         extract(epoch FROM pg_catalog.now() - pg_catalog.pg_postmaster_start_time())::float8 AS uptime
+)",
+        );
+        if !health {
+            return Readings {
+                ctes,
+                columns: "summary.*",
+                from: "summary",
+            };
+        }
+        ctes.push_str(
+            ", health AS (
+  SELECT d.commits, d.rollbacks, d.blks_hit, d.blks_read, d.temp_files, d.temp_bytes,
+         a.oldest_xact, a.autovacuum,
+         pg_catalog.current_setting('autovacuum_max_workers'::text)::int8 AS autovacuum_max,
+         pg_catalog.clock_timestamp() AS health_at
+  FROM (SELECT pg_catalog.sum(x.xact_commit)::int8 AS commits, pg_catalog.sum(x.xact_rollback)::int8 AS rollbacks,
+               pg_catalog.sum(x.blks_hit)::int8 AS blks_hit, pg_catalog.sum(x.blks_read)::int8 AS blks_read,
+               pg_catalog.sum(x.temp_files)::int8 AS temp_files, pg_catalog.sum(x.temp_bytes)::int8 AS temp_bytes
+        FROM pg_catalog.pg_stat_database x) AS d,
+       (SELECT extract(epoch FROM pg_catalog.max(pg_catalog.clock_timestamp() - x.xact_start)
+                       FILTER (WHERE x.backend_type = 'client backend'::text
+                                 AND x.pid <> pg_catalog.pg_backend_pid()))::float8 AS oldest_xact,
+               pg_catalog.count(*) FILTER (WHERE x.backend_type = 'autovacuum worker'::text)::int8 AS autovacuum
+        FROM s x) AS a
+), standbys AS (
+  SELECT pg_catalog.array_agg(r.name ORDER BY r.name, r.pid) AS standby_names,
+         pg_catalog.array_agg(r.addr ORDER BY r.name, r.pid) AS standby_addrs,
+         pg_catalog.array_agg(r.state ORDER BY r.name, r.pid) AS standby_states,
+         pg_catalog.array_agg(r.lag ORDER BY r.name, r.pid) AS standby_lags,
+         pg_catalog.array_agg(r.behind ORDER BY r.name, r.pid) AS standby_behind
+  FROM (SELECT w.pid, x.application_name AS name, pg_catalog.host(x.client_addr) AS addr, w.state,
+               extract(epoch FROM w.replay_lag)::float8 AS lag,
+               CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+                    ELSE pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), w.replay_lsn)::int8 END AS behind
+        FROM pg_catalog.pg_stat_get_wal_senders() AS w JOIN s x ON x.pid = w.pid) AS r
+)",
+        );
+        Readings {
+            ctes,
+            columns: "summary.*, health.*, standbys.*",
+            from: "summary CROSS JOIN health CROSS JOIN standbys",
+        }
     }
 }
 
-/// Each standby streaming from this server (`pg_stat_replication`, 10+): its name,
-/// address, state, `replay_lag` in seconds, and how many bytes of WAL it has yet to
-/// replay (NULL on a standby, which has no current WAL position of its own).
-pub fn replication_lag() -> Query {
+/// The commands `pg_stat_progress_*` reports on, for `top`: `pid, progress_command,
+/// progress_phase, progress_done, progress_total` (blocks, or bytes for a base backup
+/// and COPY; `total` NULL or 0 when unknown). VACUUM from 10, CREATE INDEX and CLUSTER
+/// from 12, ANALYZE and BASE_BACKUP from 13, COPY from 14.
+fn progress(v: ServerVersion) -> String {
+    // (from which major version, the view's rows in the columns above)
+    const VIEWS: [(u32, &str); 6] = [
+        (
+            10,
+            "SELECT p.pid, 'VACUUM'::text AS progress_command, p.phase AS progress_phase,
+       p.heap_blks_scanned::int8 AS progress_done, p.heap_blks_total::int8 AS progress_total
+FROM pg_catalog.pg_stat_progress_vacuum p",
+        ),
+        (
+            12,
+            "SELECT p.pid, p.command, p.phase, p.blocks_done::int8, p.blocks_total::int8
+FROM pg_catalog.pg_stat_progress_create_index p",
+        ),
+        (
+            12,
+            "SELECT p.pid, p.command, p.phase, p.heap_blks_scanned::int8, p.heap_blks_total::int8
+FROM pg_catalog.pg_stat_progress_cluster p",
+        ),
+        (
+            13,
+            "SELECT p.pid, 'ANALYZE'::text, p.phase, p.sample_blks_scanned::int8, p.sample_blks_total::int8
+FROM pg_catalog.pg_stat_progress_analyze p",
+        ),
+        (
+            13,
+            "SELECT p.pid, 'BASE_BACKUP'::text, p.phase, p.backup_streamed::int8, p.backup_total::int8
+FROM pg_catalog.pg_stat_progress_basebackup p",
+        ),
+        (
+            14,
+            "SELECT p.pid, p.command, p.type, p.bytes_processed::int8, p.bytes_total::int8
+FROM pg_catalog.pg_stat_progress_copy p",
+        ),
+    ];
+    VIEWS
+        .iter()
+        .filter(|(from, _)| v.major >= *from)
+        .map(|(_, sql)| *sql)
+        .collect::<Vec<_>>()
+        .join("\nUNION ALL\n")
+}
+
+/// One refresh of `top`, in one statement that reads pg_stat_activity once: the sessions
+/// matching `filter` (the columns of [`list_sessions`], in its order), each with what
+/// `pg_stat_progress_*` says of it (see [`progress`]), and on one row (the one with a
+/// non-NULL `max_connections`; every session column NULL on it when nothing matches)
+/// the server's readings (see [`Readings`]).
+pub fn top_refresh(v: ServerVersion, filter: &Filter, own: &[i32], health: bool) -> Query {
+    let pred = predicate(v, filter, own, 1, "s");
+    let listing = Listing::new(
+        v,
+        pred.own.as_deref(),
+        ", p.progress_command, p.progress_phase, p.progress_done, p.progress_total",
+        &format!(" LEFT JOIN ({}) AS p ON p.pid = s.pid", progress(v)),
+    );
+    let readings = Readings::new(health);
+    // The readings ride on one row only (the first session's, or a row of their own
+    // when nothing matches): repeated on every row they would cost more to send than
+    // to read.
+    let sql = format!(
+        "WITH {ctes}, {readings}, listed AS (
+{select}
+WHERE {pred}
+), readings AS (SELECT 1::int8 AS k, {columns} FROM {from})
+SELECT r.*, m.*
+FROM readings AS r FULL JOIN (SELECT pg_catalog.row_number() OVER () AS k, l.* FROM listed AS l) AS m ON m.k = r.k
+ORDER BY m.backend_start, m.pid",
+        ctes = listing.ctes,
+        readings = readings.ctes,
+        select = listing.select,
+        pred = pred.sql(),
+        columns = readings.columns,
+        from = readings.from,
+    );
     Query {
-        sql: "SELECT r.application_name, pg_catalog.host(r.client_addr) AS client_addr, r.state,
-       extract(epoch FROM r.replay_lag)::float8 AS replay_lag,
-       CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
-            ELSE pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.replay_lsn)::int8 END AS behind
-FROM pg_catalog.pg_stat_replication r
-ORDER BY r.application_name, r.pid"
-            .into(),
+        sql,
+        params: pred.params,
+    }
+}
+
+/// The server's readings of [`top_refresh`] alone (when the sessions are listed another
+/// way: through PgBouncer): one row.
+pub fn top_readings(health: bool) -> Query {
+    let readings = Readings::new(health);
+    Query {
+        sql: format!(
+            "WITH s AS (SELECT * FROM pg_catalog.pg_stat_activity), {}\nSELECT {} FROM {}",
+            readings.ctes, readings.columns, readings.from
+        ),
         params: Vec::new(),
     }
 }
@@ -802,9 +918,8 @@ mod tests {
         };
         let mut all = vec![
             capabilities().sql,
-            server_summary().sql,
-            health().sql,
-            replication_lag().sql,
+            top_readings(false).sql,
+            top_readings(true).sql,
             set_statement_timeout(5000).sql,
             raise_statement_timeout(60_000).sql,
             still_present(std::slice::from_ref(&id)).sql,
@@ -817,6 +932,8 @@ mod tests {
             all.push(xmin_holders(v(major), &[1, 2]).sql);
             all.push(rule_matches(v(major), &[&Filter::default(), &every_filter()], &[1, 2]).sql);
             all.push(rule_matches(v(major), &[], &[]).sql);
+            all.push(top_refresh(v(major), &every_filter(), &[1, 2], true).sql);
+            all.push(top_refresh(v(major), &Filter::default(), &[], false).sql);
             for f in [Filter::default(), every_filter()] {
                 all.push(list_sessions(v(major), &f, &[1, 2]).sql);
                 for s in [Signal::Cancel, Signal::Terminate] {
@@ -838,6 +955,46 @@ mod tests {
         let q = lock_waits(v(18), &[3, 4]);
         assert!(q.sql.contains("NOT l.granted AND l.pid = ANY($1::int[])"));
         assert_eq!(q.params, vec![Param::IntArray(vec![3, 4])]);
+    }
+
+    #[test]
+    fn top_refresh_reads_pg_stat_activity_once_with_each_versions_progress_views() {
+        for major in 10..=18 {
+            for health in [false, true] {
+                let q = top_refresh(v(major), &every_filter(), &[1, 2], health);
+                assert_eq!(
+                    q.sql.matches("pg_catalog.pg_stat_activity").count(),
+                    1,
+                    "{major}: {}",
+                    q.sql
+                );
+                assert!(!q.sql.contains("pg_stat_replication"), "{}", q.sql);
+                assert_eq!(q.sql.contains("pg_stat_get_wal_senders"), health);
+                assert_eq!(q.sql.contains("pg_stat_database"), health);
+                // The same values as the listing, in the same order.
+                assert_eq!(
+                    q.params,
+                    list_sessions(v(major), &every_filter(), &[1, 2]).params
+                );
+            }
+            let sql = top_refresh(v(major), &Filter::default(), &[], false).sql;
+            for (view, from) in [
+                ("vacuum", 10),
+                ("create_index", 12),
+                ("cluster", 12),
+                ("analyze", 13),
+                ("basebackup", 13),
+                ("copy", 14),
+            ] {
+                assert_eq!(
+                    sql.contains(&format!("pg_catalog.pg_stat_progress_{view} ")),
+                    major >= from,
+                    "{major} {view}"
+                );
+            }
+        }
+        let readings = top_readings(true).sql;
+        assert_eq!(readings.matches("pg_catalog.pg_stat_activity").count(), 1);
     }
 
     #[test]

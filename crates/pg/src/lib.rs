@@ -12,5 +12,6 @@ pub mod journal;
 pub mod pgbouncer;
 pub mod sessions;
 pub mod through;
+pub mod top;
 
 pub use error::{Error, Result};

@@ -113,7 +113,7 @@ pub async fn capabilities(client: &Client) -> Result<Capabilities> {
 }
 
 /// Reads one row of [`planner::list_sessions`] (by column name).
-fn session_from_row(row: &Row) -> Result<Session> {
+pub(crate) fn session_from_row(row: &Row) -> Result<Session> {
     let addr: Option<String> = row.try_get("client_addr")?;
     Ok(Session {
         pid: row.try_get("pid")?,

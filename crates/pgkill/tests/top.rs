@@ -21,6 +21,8 @@ fn main() {
         a_changed_interval_takes_effect_at_once,
         record_appends_refreshes_and_the_action_with_its_outcome,
         chosen_columns_show_and_a_bad_list_is_exit_2,
+        every_kind_shows_progress_and_workers_under_their_leader,
+        the_health_header_shows_a_streaming_standby_and_its_lag,
     ]);
 }
 
@@ -488,5 +490,150 @@ async fn chosen_columns_show_and_a_bad_list_is_exit_2(pg: Installation) -> Resul
     tmux.wait_for("in state").await?;
     tmux.keys(&["q"])?;
     tmux.wait_for("PGKILL_TOP_EXIT=0").await?;
+    Ok(())
+}
+
+/// Issue 15, every session kind: with `A`, a VACUUM (slowed down by its cost delay)
+/// shows its `pg_stat_progress_vacuum` phase in the query column and its numbers in the
+/// details, and (PostgreSQL 13+, where `leader_pid` exists) a parallel query's workers
+/// are listed right under their leader, each saying whose worker it is.
+async fn every_kind_shows_progress_and_workers_under_their_leader(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    sb.create_database("kinds", Some(roles::PLAIN)).await?;
+    let plain = sb.config("kinds", roles::PLAIN);
+    let admin = sb.admin("kinds").await?;
+    admin
+        .batch_execute(
+            "CREATE TABLE big (id int, pad text) WITH (autovacuum_enabled = false);
+             INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 50000) g;
+             ANALYZE big;
+             GRANT SELECT ON big TO sandbox_plain;",
+        )
+        .await?;
+    // Each page read sleeps 100 ms: the VACUUM scans the heap for minutes.
+    let mut slow = sb.config("kinds", roles::ADMIN);
+    slow.options("-c vacuum_cost_delay=100 -c vacuum_cost_limit=1");
+    let vacuum = sim::running(&slow, "VACUUM big").await?;
+    let mut parallel = plain.clone();
+    parallel.options(
+        "-c max_parallel_workers_per_gather=2 -c parallel_setup_cost=0 -c parallel_tuple_cost=0 -c min_parallel_table_scan_size=0",
+    );
+    let leader = sim::running(
+        &parallel,
+        "SELECT count(*) FROM big WHERE pg_sleep(0.2) IS NOT NULL",
+    )
+    .await?;
+    let tmux = start_top(&sb, "kinds", "-i 500ms").await?;
+    let progress = "[VACUUM scanning heap".to_owned();
+    tmux.keys(&["A"])?;
+    tmux.wait_for(&progress).await?;
+    let vacuum_row = tmux
+        .screen()?
+        .lines()
+        .find(|l| l.contains(&progress))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    ensure!(
+        vacuum_row.contains(&vacuum.pid().to_string()) && vacuum_row.contains("VACUUM big"),
+        "{vacuum_row}"
+    );
+    if pg.version.major >= 13 {
+        // Youngest first: unless grouped, the workers (started after their leader)
+        // would come before it.
+        tmux.keys(&["S"])?;
+        let worker = format!("└─ worker of {}: ", leader.pid());
+        // Both workers, each on the line after the leader's or after the other worker's.
+        let grouped = |screen: &str| -> std::result::Result<(), String> {
+            let lines: Vec<&str> = screen.lines().collect();
+            let at = lines
+                .iter()
+                .position(|l| l.contains(&format!(" {} ", leader.pid())) && !l.contains(&worker))
+                .ok_or_else(|| format!("no leader row:\n{screen}"))?;
+            let under = lines[at + 1..]
+                .iter()
+                .take_while(|l| l.contains(&worker))
+                .count();
+            if under == 2 {
+                Ok(())
+            } else {
+                Err(format!("{under} worker(s) under the leader:\n{screen}"))
+            }
+        };
+        let began = std::time::Instant::now();
+        loop {
+            let screen = tmux.screen()?;
+            match grouped(&screen) {
+                Ok(()) => break,
+                Err(e) if began.elapsed() > Duration::from_secs(10) => anyhow::bail!(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    } else {
+        // Before 13 the server does not say whose worker a worker is: they are listed
+        // as backends of their own.
+        tmux.wait_for(if pg.version.major >= 11 {
+            "parallel worker"
+        } else {
+            "background worker"
+        })
+        .await?;
+    }
+    // The details of the VACUUM: its progress with the numbers behind the percentage.
+    tmux.keys(&["/", &format!("pid:{}", vacuum.pid()), "Enter"])?;
+    tmux.wait_for("shown 1/").await?;
+    tmux.keys(&["Enter"])?;
+    let details = tmux.wait_for("progress     VACUUM scanning heap").await?;
+    ensure!(
+        details
+            .lines()
+            .any(|l| l.contains("progress     VACUUM scanning heap") && l.contains(" of ")),
+        "{details}"
+    );
+    tmux.keys(&["Escape", "q"])?;
+    drop(leader);
+    drop(vacuum);
+    Ok(())
+}
+
+/// Issue 15, the health header's replication line (read from `pg_stat_get_wal_senders()`
+/// in the refresh's one statement): on a primary with a streaming standby it names the
+/// standby, says it streams and shows its lag and the bytes it has yet to replay; on the
+/// standby itself, none streams from there.
+async fn the_health_header_shows_a_streaming_standby_and_its_lag(pg: Installation) -> Result<()> {
+    let primary = Sandbox::start(&pg, &Options::default())?;
+    let standby = primary.start_standby(&Options::default())?;
+    let admin = primary.admin("postgres").await?;
+    let began = std::time::Instant::now();
+    let name: String = loop {
+        if let Some(row) = admin
+            .query_opt(
+                "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await?
+        {
+            break row.get(0);
+        }
+        ensure!(
+            began.elapsed() < Duration::from_secs(20),
+            "the standby does not stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let tmux = start_top(&primary, "standby-primary", "-i 500ms").await?;
+    let screen = tmux.wait_for(&format!("standbys: {name} ")).await?;
+    let line = screen
+        .lines()
+        .find(|l| l.contains("standbys: "))
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        line.contains(" streaming lag ") && line.contains(" behind)"),
+        "{line}"
+    );
+    tmux.keys(&["q"])?;
+    let tmux = start_top(&standby, "standby-standby", "-i 500ms").await?;
+    tmux.wait_for("standbys: none streaming from here").await?;
+    tmux.keys(&["q"])?;
     Ok(())
 }

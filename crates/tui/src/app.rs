@@ -1,6 +1,6 @@
 //! The state of `pgkill top` and the pure function that updates it.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use pgkill_core::filter::parse_words;
@@ -36,46 +36,13 @@ pub struct ServerInfo {
 /// refresh (rates come from two of them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
-    /// The server's clock when read.
-    pub at: chrono::DateTime<chrono::Utc>,
-    /// Commits, summed over databases.
-    pub commits: i64,
-    /// Rollbacks.
-    pub rollbacks: i64,
-    /// Blocks found in shared buffers.
-    pub blks_hit: i64,
-    /// Blocks read from outside.
-    pub blks_read: i64,
-    /// Temporary files written.
-    pub temp_files: i64,
-    /// Bytes of temporary files written.
-    pub temp_bytes: i64,
-    /// The oldest client transaction's age.
-    pub oldest_xact: Option<Duration>,
-    /// Autovacuum workers running.
-    pub autovacuum: i64,
-    /// `autovacuum_max_workers`.
-    pub autovacuum_max: i64,
+    /// The refresh's counters and gauges.
+    pub counters: Counters,
     /// The xmin horizon's age and what holds it, in a few words.
     pub xmin: Option<(i32, String)>,
-    /// Each standby: name, address, state, replay lag, bytes behind.
-    pub standbys: Vec<Standby>,
 }
 
-/// A standby streaming from the server.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Standby {
-    /// `application_name`.
-    pub name: String,
-    /// Its address.
-    pub addr: Option<String>,
-    /// `streaming`, `catchup`, …
-    pub state: Option<String>,
-    /// `replay_lag`.
-    pub lag: Option<Duration>,
-    /// WAL bytes it has yet to replay.
-    pub behind: Option<i64>,
-}
+pub use pgkill_pg::top::{Counters, Progress};
 
 /// Rates between two health readings.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -96,6 +63,7 @@ impl Rates {
     /// The rates from `before` to `now` (`None` when the clock did not move forward or a
     /// counter went back: statistics were reset).
     pub fn between(before: &Health, now: &Health) -> Option<Rates> {
+        let (before, now) = (&before.counters, &now.counters);
         let secs = (now.at - before.at).to_std().ok()?.as_secs_f64();
         if secs <= 0.0 {
             return None;
@@ -122,6 +90,8 @@ pub struct Snapshot {
     pub sessions: Vec<Session>,
     /// The lock each waiting session asked for (for the blocking tree).
     pub locks: Vec<LockWait>,
+    /// What `pg_stat_progress_*` says of the sessions, by pid (VACUUM, CREATE INDEX, …).
+    pub progress: BTreeMap<i32, Progress>,
     /// The health header's readings (when it is shown).
     pub health: Option<Box<Health>>,
     /// Who pgkill is connected as (what it may signal).
@@ -395,6 +365,8 @@ pub struct App {
     pub sessions: Vec<Session>,
     /// The lock each waiting session asked for, from the last refresh.
     pub locks: Vec<LockWait>,
+    /// What `pg_stat_progress_*` said of the sessions at the last refresh, by pid.
+    pub progress: BTreeMap<i32, Progress>,
     /// Show the health header (`H`).
     pub show_health: bool,
     /// Wrap queries over several lines in the list (`v`).
@@ -479,6 +451,7 @@ impl App {
             server: None,
             sessions: Vec::new(),
             locks: Vec::new(),
+            progress: BTreeMap::new(),
             show_health: true,
             wrap: false,
             hidden: Vec::new(),
@@ -785,6 +758,7 @@ impl App {
                 b.client.port,
             ))
         });
+        under_their_leaders(&mut rows);
         rows.into_iter()
             .map(Row::Backend)
             .chain(pooled.into_iter().map(Row::Pooled))
@@ -950,6 +924,28 @@ impl App {
     }
 }
 
+/// Moves each parallel worker (`leader_pid` another session's, PostgreSQL 13+) to just
+/// after its leader, in pid order, when its leader is listed; the others keep their
+/// place in the sort.
+fn under_their_leaders(rows: &mut Vec<&Session>) {
+    let leaders: BTreeSet<i32> = rows.iter().map(|s| s.pid).collect();
+    let is_worker = |s: &Session| {
+        s.leader_pid
+            .is_some_and(|l| l != s.pid && leaders.contains(&l))
+    };
+    if !rows.iter().any(|s| is_worker(s)) {
+        return;
+    }
+    let mut workers: Vec<&Session> = rows.iter().copied().filter(|s| is_worker(s)).collect();
+    workers.sort_by_key(|s| s.pid);
+    let others: Vec<&Session> = rows.iter().copied().filter(|s| !is_worker(s)).collect();
+    rows.clear();
+    for s in others {
+        rows.push(s);
+        rows.extend(workers.iter().filter(|w| w.leader_pid == Some(s.pid)));
+    }
+}
+
 /// How many lines the header takes on a screen `width` wide: two, and the health
 /// header's two (wide screens) or three.
 pub fn header_height(show_health: bool, width: u16) -> u16 {
@@ -1012,6 +1008,7 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
             app.poolers = snapshot.poolers;
             app.sessions = snapshot.sessions;
             app.locks = snapshot.locks;
+            app.progress = snapshot.progress;
             if let Some(now) = snapshot.health {
                 if let Some(before) = &app.health {
                     app.rates = Rates::between(before, &now).or(app.rates);
@@ -1515,6 +1512,7 @@ pub(crate) mod tests {
         w2.backend_start = at(-90);
         Snapshot {
             locks: Vec::new(),
+            progress: BTreeMap::new(),
             health: None,
             poolers: Vec::new(),
             pooled: Vec::new(),
@@ -2176,6 +2174,47 @@ pub(crate) mod tests {
         snap.caller.superuser = true;
         update(&mut app, Event::Snapshot(Ok(snap)));
         assert_eq!(app.doctor(), None);
+    }
+
+    #[test]
+    fn parallel_workers_come_right_after_their_leader_whatever_the_sort() {
+        let mut snap = sample();
+        let mut leader = session(300, "shop", "app", "active", 50);
+        leader.query = Some("SELECT count(*) FROM big".into());
+        let mut workers = Vec::new();
+        for pid in [302, 301] {
+            let mut w = session(pid, "shop", "app", "active", 1);
+            w.backend_type = Some("parallel worker".into());
+            w.leader_pid = Some(300);
+            workers.push(w);
+        }
+        // A worker whose leader is not listed keeps its place.
+        let mut orphan = session(400, "shop", "app", "active", 2);
+        orphan.leader_pid = Some(399);
+        snap.sessions.extend([leader, orphan]);
+        snap.sessions.extend(workers);
+        let mut app = App::new(Duration::from_secs(1));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        let order = |app: &App| -> Vec<i32> {
+            app.visible()
+                .iter()
+                .filter_map(|r| match r {
+                    Row::Backend(s) => Some(s.pid),
+                    Row::Pooled(_) => None,
+                })
+                .collect()
+        };
+        for _ in 0..2 {
+            let pids = order(&app);
+            let at = pids
+                .iter()
+                .position(|p| *p == 300)
+                .expect("the leader is listed");
+            assert_eq!(&pids[at..at + 3], &[300, 301, 302], "{pids:?}");
+            assert!(pids.contains(&400), "{pids:?}");
+            // Youngest first: the workers would sort before their leader.
+            keys(&mut app, "S");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pgkill_core::horizon::XminHorizon;
 use pgkill_core::plan::{Outcome, Plan};
-use pgkill_core::planner::{self, Signal};
+use pgkill_core::planner::Signal;
 use pgkill_core::pooler::{AppOutcome, Pooled, PoolerState};
 use pgkill_core::{Filter, Session};
 use pgkill_pg::connect::ConnectError;
@@ -20,7 +20,7 @@ use ratatui::crossterm::event::{
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::app::{update, App, Effect, Event, Health, Key, ServerInfo, Snapshot, Standby};
+use crate::app::{update, App, Effect, Event, Health, Key, ServerInfo, Snapshot};
 use crate::record::Recorder;
 use crate::view::view;
 
@@ -447,15 +447,13 @@ async fn snapshot(
     consoles: &mut [Option<Client>],
     with_health: Option<&mut Option<(tokio::time::Instant, XminHorizon)>>,
 ) -> anyhow::Result<Snapshot> {
-    let row = pgkill_pg::exec::query_opt(client, &planner::server_summary())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the server summary returned no row"))?;
     let mut lines = Vec::new();
     let mut pooled = Vec::new();
     let mut pooler_states = Vec::new();
     let mut superusers = std::collections::BTreeSet::new();
-    let sessions = if poolers.is_empty() {
-        sessions::list(client, caps, filter).await?
+    let (sessions, progress, readings) = if poolers.is_empty() {
+        let r = pgkill_pg::top::refresh(client, caps, filter, with_health.is_some()).await?;
+        (r.sessions, r.progress, r.readings)
     } else {
         let mut states = Vec::new();
         for (p, console) in poolers.iter().zip(consoles.iter_mut()) {
@@ -489,11 +487,14 @@ async fn snapshot(
             ));
         }
         pooler_states = states;
-        sessions
+        let readings = pgkill_pg::top::readings(client, with_health.is_some()).await?;
+        (sessions, Default::default(), readings)
     };
-    let health = match with_health {
-        Some(horizon) => Some(Box::new(health(client, caps, horizon).await?)),
-        None => None,
+    let health = match (with_health, readings.counters) {
+        (Some(horizon), Some(counters)) => {
+            Some(Box::new(health(client, caps, counters, horizon).await?))
+        }
+        _ => None,
     };
     Ok(Snapshot {
         health,
@@ -505,11 +506,12 @@ async fn snapshot(
         read_all_stats: caps.read_all_stats,
         server: ServerInfo {
             version: caps.version.to_string(),
-            max_connections: row.try_get(0)?,
-            connections: row.try_get(1)?,
-            uptime: Duration::from_secs_f64(row.try_get::<_, f64>(2)?.max(0.0)),
+            max_connections: readings.max_connections,
+            connections: readings.connections,
+            uptime: readings.uptime,
             in_recovery: caps.in_recovery,
         },
+        progress,
         locks: {
             let waiting: Vec<i32> = sessions
                 .iter()
@@ -522,34 +524,15 @@ async fn snapshot(
     })
 }
 
-/// The health header's readings: one statement over `pg_stat_database` and
-/// `pg_stat_activity`, one over `pg_stat_replication`, and the xmin horizon's holders
-/// (what `--holding-xmin` reports), all under the connection's statement timeout.
+/// The health header: the refresh's counters (see [`pgkill_pg::top::Counters`]) and
+/// the xmin horizon's holders (what `--holding-xmin` reports), read at most every
+/// [`HORIZON_EVERY`], under the connection's statement timeout.
 async fn health(
     client: &Client,
     caps: &Capabilities,
+    counters: pgkill_pg::top::Counters,
     cached: &mut Option<(tokio::time::Instant, XminHorizon)>,
 ) -> anyhow::Result<Health> {
-    let row = pgkill_pg::exec::query_opt(client, &planner::health())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the health query returned no row"))?;
-    let count =
-        |i: &str| -> anyhow::Result<i64> { Ok(row.try_get::<_, Option<i64>>(i)?.unwrap_or(0)) };
-    let standbys = pgkill_pg::exec::query(client, &planner::replication_lag())
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Standby {
-                name: r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
-                addr: r.try_get(1)?,
-                state: r.try_get(2)?,
-                lag: r
-                    .try_get::<_, Option<f64>>(3)?
-                    .map(|s| Duration::from_secs_f64(s.max(0.0))),
-                behind: r.try_get(4)?,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let fresh = cached
         .as_ref()
         .is_some_and(|(at, _)| at.elapsed() < HORIZON_EVERY);
@@ -578,22 +561,7 @@ async fn health(
         };
         (age, who)
     });
-    Ok(Health {
-        at: row.try_get("now")?,
-        commits: count("commits")?,
-        rollbacks: count("rollbacks")?,
-        blks_hit: count("blks_hit")?,
-        blks_read: count("blks_read")?,
-        temp_files: count("temp_files")?,
-        temp_bytes: count("temp_bytes")?,
-        oldest_xact: row
-            .try_get::<_, Option<f64>>("oldest_xact")?
-            .map(|s| Duration::from_secs_f64(s.max(0.0))),
-        autovacuum: count("autovacuum")?,
-        autovacuum_max: count("autovacuum_max")?,
-        xmin,
-        standbys,
-    })
+    Ok(Health { counters, xmin })
 }
 
 #[cfg(test)]

@@ -241,7 +241,8 @@ fn health_lines(app: &App, wide: bool) -> Vec<Line<'static>> {
     second.push(Span::raw(format!(
         "{}oldest xact {}",
         if wide { " · " } else { "" },
-        h.oldest_xact
+        h.counters
+            .oldest_xact
             .map_or_else(|| "-".to_owned(), pgkill_core::format_duration)
     )));
     second.push(Span::raw(match &h.xmin {
@@ -249,17 +250,21 @@ fn health_lines(app: &App, wide: bool) -> Vec<Line<'static>> {
         None => " · xmin age -".into(),
     }));
     second.push(Span::styled(
-        format!(" · autovacuum {}/{}", h.autovacuum, h.autovacuum_max),
-        if h.autovacuum_max > 0 && h.autovacuum >= h.autovacuum_max {
+        format!(
+            " · autovacuum {}/{}",
+            h.counters.autovacuum, h.counters.autovacuum_max
+        ),
+        if h.counters.autovacuum_max > 0 && h.counters.autovacuum >= h.counters.autovacuum_max {
             style(app, Color::Yellow)
         } else {
             Style::default()
         },
     ));
-    let standbys = if h.standbys.is_empty() {
+    let standbys = if h.counters.standbys.is_empty() {
         "standbys: none streaming from here".to_owned()
     } else {
         let each: Vec<String> = h
+            .counters
             .standbys
             .iter()
             .map(|s| {
@@ -368,7 +373,7 @@ fn session_cells(app: &App, s: &Session, columns: &[(Column, u16)]) -> Vec<Cell<
                 Some(None) => "pgb:(pool)".to_owned(),
                 None => line(&s.client_text()),
             }),
-            Column::Query => Cell::from(one_line(s.visible_query().unwrap_or("?"))),
+            Column::Query => Cell::from(query_text(app, s)),
             Column::XminAge => Cell::from(s.xmin_age.map(|a| a.to_string()).unwrap_or_default())
                 .style(if s.holds_xmin {
                     style(app, Color::Yellow)
@@ -379,6 +384,29 @@ fn session_cells(app: &App, s: &Session, columns: &[(Column, u16)]) -> Vec<Cell<
         });
     }
     cells
+}
+
+/// The query column of a session: its query on one line, after what the row is when
+/// that is not plain from the query (`A` lists these): a parallel worker says whose
+/// (`└─ worker of 4242:`), a command `pg_stat_progress_*` reports on says how far it is
+/// (`[VACUUM scanning heap 42%]`), and an autovacuum run to prevent wraparound says so
+/// first (`[wraparound]`; at the query's end it would be cut off).
+fn query_text(app: &App, s: &Session) -> String {
+    let mut text = String::new();
+    if let Some(leader) = s.leader_pid.filter(|l| *l != s.pid) {
+        text.push_str(&format!("└─ worker of {leader}: "));
+    }
+    let query = s.visible_query().unwrap_or("?");
+    if s.backend_type.as_deref() == Some("autovacuum worker")
+        && query.contains("(to prevent wraparound)")
+    {
+        text.push_str("[wraparound] ");
+    }
+    if let Some(p) = app.progress.get(&s.pid) {
+        text.push_str(&format!("[{}] ", line(&p.describe())));
+    }
+    text.push_str(&one_line(query));
+    text
 }
 
 /// A query on one line: runs of white space (line breaks too) collapsed to one space.
@@ -438,8 +466,7 @@ fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
         .iter()
         .map(|r| match r {
             crate::app::Row::Backend(s) if app.wrap => {
-                let mut lines =
-                    wrap_words(&one_line(s.visible_query().unwrap_or("?")), query_width);
+                let mut lines = wrap_words(&query_text(app, s), query_width);
                 if lines.len() > most {
                     lines.truncate(most);
                     if let Some(last) = lines.last_mut() {
@@ -632,6 +659,31 @@ pub(crate) fn detail_lines(app: &App, pid: i32) -> Option<Vec<Line<'static>>> {
     if let Some(l) = app.lock_of(pid) {
         lines.push(Line::from(format!("waits for    {}", line(&l.describe()))));
     }
+    if let Some(p) = app.progress.get(&pid) {
+        let of = match (p.done, p.total) {
+            (Some(d), Some(t)) if t > 0 => format!(" ({d} of {t})"),
+            _ => String::new(),
+        };
+        lines.push(Line::from(format!(
+            "progress     {}{of}",
+            line(&p.describe())
+        )));
+    }
+    if let Some(leader) = s.leader_pid.filter(|l| *l != pid) {
+        lines.push(Line::from(format!("parallel worker of {leader}")));
+    }
+    let workers: Vec<String> = app
+        .sessions
+        .iter()
+        .filter(|w| w.leader_pid == Some(pid) && w.pid != pid)
+        .map(|w| w.pid.to_string())
+        .collect();
+    if !workers.is_empty() {
+        lines.push(Line::from(format!(
+            "parallel workers: {}",
+            workers.join(", ")
+        )));
+    }
     lines.push(Line::from(format!(
         "blocked by: {}   blocks: {}",
         if s.blocked_by.is_empty() {
@@ -752,7 +804,7 @@ pub const HELP: &[&str] = &[
     "c cancel · k terminate (the selection, or the row under the cursor), asked first: y yes · n, Esc or Enter no · ! include protected superuser sessions",
     "Enter details (↑ ↓ PgUp PgDn Home End scroll them; y copies the query) · b blocking tree (every level; k terminates the line under the cursor)",
     "y copy the full query (in the list or the details) to the clipboard · Y its pid (OSC 52: the terminal must allow it)",
-    "A every kind of backend too (autovacuum, walsenders, parallel and background workers), listed only: top signals client sessions only",
+    "A every kind of backend too (autovacuum, marked [wraparound] when it runs to prevent wraparound; walsenders; parallel workers right under their leader, PostgreSQL 13+), listed only: top signals client sessions only. A command pg_stat_progress_* reports on (VACUUM, CREATE INDEX, CLUSTER, ANALYZE, BASE_BACKUP, COPY) shows its phase and how far it is, [VACUUM scanning heap 42%], before its query",
     "v wrap queries over several lines in the list (white space collapsed) · one line again",
     "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys)",
     "p pause · + / - refresh interval (at once; STALE in the header: data over two intervals old)",
@@ -1428,27 +1480,30 @@ mod tests {
 
     /// Two health readings a second apart on a primary with a standby.
     fn healthy() -> App {
-        use crate::app::{Health, Standby};
+        use crate::app::{Counters, Health};
+        use pgkill_pg::top::Standby;
         let mut app = loaded();
         let reading = |secs: i64, commits: i64, rollbacks: i64, hit: i64, read: i64| Health {
-            at: crate::app::tests::at(secs).unwrap(),
-            commits,
-            rollbacks,
-            blks_hit: hit,
-            blks_read: read,
-            temp_files: secs,
-            temp_bytes: secs * 2_500_000,
-            oldest_xact: Some(std::time::Duration::from_secs(300)),
-            autovacuum: 1,
-            autovacuum_max: 3,
+            counters: Counters {
+                at: crate::app::tests::at(secs).unwrap(),
+                commits,
+                rollbacks,
+                blks_hit: hit,
+                blks_read: read,
+                temp_files: secs,
+                temp_bytes: secs * 2_500_000,
+                oldest_xact: Some(std::time::Duration::from_secs(300)),
+                autovacuum: 1,
+                autovacuum_max: 3,
+                standbys: vec![Standby {
+                    name: "replica1".into(),
+                    addr: Some("10.0.0.2".into()),
+                    state: Some("streaming".into()),
+                    lag: Some(std::time::Duration::from_millis(1500)),
+                    behind: Some(123_456),
+                }],
+            },
             xmin: Some((50, "session 101 (migrations)".into())),
-            standbys: vec![Standby {
-                name: "replica1".into(),
-                addr: Some("10.0.0.2".into()),
-                state: Some("streaming".into()),
-                lag: Some(std::time::Duration::from_millis(1500)),
-                behind: Some(123_456),
-            }],
         };
         let mut snap = crate::app::tests::sample();
         snap.health = Some(Box::new(reading(0, 1000, 10, 9000, 1000)));
@@ -1556,6 +1611,47 @@ mod tests {
 
     /// Details keep the query's own lines and scroll: End shows the last line, Home the
     /// first again.
+    #[test]
+    fn progress_wraparound_and_workers_say_so_in_the_query_column() {
+        let mut snap = crate::app::tests::sample();
+        let mut av = crate::app::tests::session(150, "shop", "postgres", "active", 30);
+        av.backend_type = Some("autovacuum worker".into());
+        av.query = Some("autovacuum: VACUUM public.orders (to prevent wraparound)".into());
+        let mut worker = crate::app::tests::session(151, "shop", "app", "active", 1);
+        worker.backend_type = Some("parallel worker".into());
+        worker.leader_pid = Some(150);
+        snap.sessions.extend([av, worker]);
+        snap.progress.insert(
+            150,
+            crate::app::Progress {
+                command: "VACUUM".into(),
+                phase: Some("scanning heap".into()),
+                done: Some(420),
+                total: Some(1000),
+            },
+        );
+        let mut app = App::new(std::time::Duration::from_secs(1));
+        update(&mut app, Event::Key(Key::Char('A')));
+        update(&mut app, Event::Snapshot(Ok(snap)));
+        let screen = render(&app, 200, 50);
+        assert!(
+            screen.contains("[wraparound] [VACUUM scanning heap 42%] autovacuum: VAC"),
+            "{screen}"
+        );
+        assert!(screen.contains("└─ worker of 150: "), "{screen}");
+        let details = detail_lines(&app, 150)
+            .unwrap_or_default()
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            details.contains("progress     VACUUM scanning heap 42% (420 of 1000)")
+                && details.contains("parallel workers: 151"),
+            "{details}"
+        );
+    }
+
     #[test]
     fn details_scroll_over_a_long_query() {
         let mut snap = crate::app::tests::sample();
