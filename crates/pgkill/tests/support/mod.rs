@@ -211,3 +211,19 @@ pub async fn wait_fenced(admin: &Client, name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Custom settings that must survive: a connection limit, CONNECT revoked from PUBLIC and
+/// granted to one role, a comment.
+pub async fn customise(admin: &Client, name: &str) -> Result<()> {
+    let q = pgkill_core::quote_ident(name)?;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {q} CONNECTION LIMIT 70; REVOKE CONNECT ON DATABASE {q} FROM PUBLIC;
+             GRANT CONNECT ON DATABASE {q} TO {}; GRANT CONNECT, TEMP ON DATABASE {q} TO {};
+             COMMENT ON DATABASE {q} IS 'the team''s data'",
+            pgkill_sandbox::roles::PLAIN,
+            pgkill_sandbox::roles::SUPERUSER
+        ))
+        .await?;
+    Ok(())
+}
