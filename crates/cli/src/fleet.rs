@@ -26,7 +26,7 @@ use crate::conn::{self, Connected};
 use crate::database_cmd::{self, Job, UnfenceArgs};
 use crate::inflight::{self, Signals};
 use crate::output;
-use crate::sessions_cmd::{self, LsArgs, SignalArgs};
+use crate::sessions_cmd::{self, FreeSlotArgs, LsArgs, SignalArgs};
 use crate::{Outcome as Exit, UsageError};
 
 /// A server to work on.
@@ -125,10 +125,10 @@ fn service_of(conninfo: &str) -> Option<String> {
 pub fn check(args: &ConnArgs, command: &str, targets: &[Target]) -> anyhow::Result<()> {
     if !matches!(
         command,
-        "ls" | "kill" | "cancel" | "drain" | "unfence" | "drop" | "rename"
+        "ls" | "kill" | "cancel" | "drain" | "unfence" | "drop" | "rename" | "free-slot"
     ) {
         anyhow::bail!(UsageError(format!(
-            "`pgkill {command}` works on one server so far: --target/--targets are taken by ls, kill, cancel, drain, unfence, drop and rename"
+            "`pgkill {command}` works on one server so far: --target/--targets are taken by every command but top, watch and demo"
         )));
     }
     if !args.pgbouncer.is_empty()
@@ -310,15 +310,11 @@ pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Res
         output::per_target_sessions_csv(&mut out, &per, output::stdout_is_terminal())?;
     } else {
         let mut people = output::for_people();
-        let per: Vec<(&str, Vec<Vec<String>>)> = targets
-            .iter()
-            .zip(&results)
-            .filter_map(|(t, r)| {
-                r.as_ref()
-                    .ok()
-                    .map(|(_, list)| (t.name.as_str(), output::session_rows(list, &[])))
-            })
-            .collect();
+        let per = per_target(targets, &results, |r| {
+            r.as_ref()
+                .ok()
+                .map(|(_, list)| output::session_rows(list, &[]))
+        });
         output::per_target_table(
             &mut people,
             &output::SESSION_HEADER,
@@ -422,15 +418,9 @@ pub async fn signal(
                     .filter(|p| p.as_ref().is_ok_and(|p| !p.plan.targets.is_empty()))
                     .count()
             )?;
-            let per: Vec<(&str, Vec<Vec<String>>)> = targets
-                .iter()
-                .zip(&planned)
-                .filter_map(|(t, p)| {
-                    p.as_ref()
-                        .ok()
-                        .map(|p| (t.name.as_str(), output::plan_rows(&p.plan)))
-                })
-                .collect();
+            let per = per_target(targets, &planned, |p| {
+                p.as_ref().ok().map(|p| output::plan_rows(&p.plan))
+            });
             output::per_target_table(&mut out, &output::PLAN_HEADER, &per, sessions_cmd::width())?;
         }
     }
@@ -499,16 +489,10 @@ pub async fn signal(
     if sig.json {
         targets_json(&mut out, targets, docs(&outcomes, false))?;
     } else {
-        let per: Vec<(&str, Vec<Vec<String>>)> = targets
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|(t, o)| match o {
-                Some(Ok(outcomes)) if !outcomes.is_empty() => {
-                    Some((t.name.as_str(), output::outcome_rows(outcomes)))
-                }
-                _ => None,
-            })
-            .collect();
+        let per = per_target(targets, &outcomes, |o| match o {
+            Some(Ok(outcomes)) if !outcomes.is_empty() => Some(output::outcome_rows(outcomes)),
+            _ => None,
+        });
         output::per_target_table(
             &mut out,
             &output::OUTCOME_HEADER,
@@ -580,6 +564,25 @@ async fn connect_only(args: &ConnArgs, target: &Target) -> anyhow::Result<Connec
     Ok(connected)
 }
 
+/// Connects to every target (`--parallel` at a time) and runs `work` on each connection,
+/// unless Ctrl-C / SIGTERM comes first (exit 2: this is for work that changes nothing).
+async fn connected_each<'a, T, F, Fut>(
+    args: &'a ConnArgs,
+    targets: &'a [Target],
+    stop: &Stop,
+    work: &'a F,
+) -> anyhow::Result<Vec<Result<T, String>>>
+where
+    F: Fn(&'a Target, Connected) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>> + 'a,
+{
+    stop.until(on_each(targets, args.parallel, |t| async move {
+        let connected = connect_only(args, t).await?;
+        work(t, connected).await
+    }))
+    .await
+}
+
 /// A line on stderr about one target.
 fn say(target: &Target, line: &str) {
     eprintln!(
@@ -597,11 +600,38 @@ fn message(e: &anyhow::Error) -> String {
 /// `doc` with `"error": {"message": ...}` added: the target was left untouched, or its
 /// operation failed (and its database was put back).
 fn with_error(doc: impl serde::Serialize, message: &str) -> Result<serde_json::Value, String> {
-    let mut doc = serde_json::to_value(doc).map_err(|e| e.to_string())?;
+    let mut doc = to_json(doc)?;
     if let serde_json::Value::Object(map) = &mut doc {
         map.insert("error".into(), serde_json::json!({ "message": message }));
     }
     Ok(doc)
+}
+
+/// Any document as JSON, or why it cannot be.
+fn to_json(doc: impl serde::Serialize) -> Result<serde_json::Value, String> {
+    serde_json::to_value(doc).map_err(|e| e.to_string())
+}
+
+/// The rows `rows_of` gives for each target's result (none: the target is left out),
+/// each under the target's name, for [`output::per_target_table`].
+fn per_target<'a, T>(
+    targets: &'a [Target],
+    results: &'a [T],
+    rows_of: impl Fn(&'a T) -> Option<Vec<Vec<String>>>,
+) -> Vec<(&'a str, Vec<Vec<String>>)> {
+    targets
+        .iter()
+        .zip(results)
+        .filter_map(|(t, r)| rows_of(r).map(|rows| (t.name.as_str(), rows)))
+        .collect()
+}
+
+/// Each line of `text` (one target's, for people) after `Target NAME: `.
+fn lines_of(out: &mut dyn Write, target: &Target, text: &[u8]) -> std::io::Result<()> {
+    for line in String::from_utf8_lossy(text).lines() {
+        writeln!(out, "Target {}: {line}", target.name)?;
+    }
+    Ok(())
 }
 
 /// Each line of `text` as a row of one column.
@@ -695,7 +725,7 @@ pub async fn database(args: &ConnArgs, targets: &[Target], job: &Job<'_>) -> any
                     let doc = job.doc(&e.caps, &e.connected, &e.pre);
                     match &e.refused {
                         Some(why) => with_error(doc, why),
-                        None => serde_json::to_value(doc).map_err(|e| e.to_string()),
+                        None => to_json(doc),
                     }
                 })
                 .collect();
@@ -827,13 +857,7 @@ pub async fn database(args: &ConnArgs, targets: &[Target], job: &Job<'_>) -> any
                     }
                     (Some((_, Ok(report))), None) => {
                         let result = Ok(report.clone());
-                        serde_json::to_value(job.outcome_doc(
-                            &e.caps,
-                            &e.connected,
-                            &e.pre,
-                            &result,
-                        ))
-                        .map_err(|e| e.to_string())
+                        to_json(job.outcome_doc(&e.caps, &e.connected, &e.pre, &result))
                     }
                     (None, None) => Err("not carried out".into()),
                 }
@@ -883,16 +907,14 @@ pub async fn unfence(
     unfence: &UnfenceArgs,
 ) -> anyhow::Result<Exit> {
     let stop = Stop::listen()?;
-    let results = stop
-        .until(on_each(targets, args.parallel, |t| async move {
-            let connected = connect_only(args, t).await?;
-            let mut text = Vec::new();
-            let mut tell = |line: &str| say(t, line);
-            let code =
-                database_cmd::unfence_on(&connected, unfence, &mut text, &mut tell, false).await?;
-            Ok((code, text))
-        }))
-        .await?;
+    let results = connected_each(args, targets, &stop, &|t, connected| async move {
+        let mut text = Vec::new();
+        let mut tell = |line: &str| say(t, line);
+        let code =
+            database_cmd::unfence_on(&connected, unfence, &mut text, &mut tell, false).await?;
+        Ok((code, text))
+    })
+    .await?;
     tell_failures(targets, &results);
     let codes: Vec<Exit> = results
         .iter()
@@ -909,18 +931,143 @@ pub async fn unfence(
             .collect();
         targets_json(&mut out, targets, docs)?;
     } else {
-        let per: Vec<(&str, Vec<Vec<String>>)> = targets
+        let per = per_target(targets, &results, |r| {
+            Some(rows(&match r {
+                Ok((_, text)) => String::from_utf8_lossy(text).into_owned(),
+                Err(why) => format!("failed: {why}"),
+            }))
+        });
+        output::per_target_table(&mut out, &["result"], &per, None)?;
+    }
+    out.flush()?;
+    Ok(combined(&codes))
+}
+
+/// `pgkill --target … free-slot ROLE`: every target's plan first (the role's sessions and
+/// limit there, the idle sessions to end), one table and one confirmation, then the same
+/// ending and watching for a pool that takes the slot back as on one server, on every
+/// target concurrently.
+pub async fn free_slot(
+    args: &ConnArgs,
+    targets: &[Target],
+    slot_args: &FreeSlotArgs,
+) -> anyhow::Result<Exit> {
+    slot_args.check()?;
+    let stop = Stop::listen()?;
+    let planned = connected_each(args, targets, &stop, &|_, connected| async move {
+        let slot = sessions_cmd::plan_free_slot(&connected, slot_args).await?;
+        Ok((connected, slot))
+    })
+    .await?;
+    tell_failures(targets, &planned);
+    let count: usize = planned
+        .iter()
+        .flatten()
+        .map(|(_, s)| s.plan.to_signal().count())
+        .sum();
+    let listed: usize = planned
+        .iter()
+        .flatten()
+        .map(|(_, s)| s.plan.targets.len())
+        .sum();
+    let mut out = output::for_people();
+    if !slot_args.json() {
+        for (t, p) in targets.iter().zip(&planned) {
+            if let Ok((_, slot)) = p {
+                let mut text = Vec::new();
+                sessions_cmd::tell_role(&mut text, slot_args, slot)?;
+                lines_of(&mut out, t, &text)?;
+            }
+        }
+        if listed == 0 {
+            writeln!(
+                out,
+                "No idle session of {} to end on any target.",
+                slot_args.role()
+            )?;
+            out.flush()?;
+            return Ok(combined(
+                &planned
+                    .iter()
+                    .map(|p| {
+                        if p.is_ok() {
+                            Exit::NothingMatched
+                        } else {
+                            Exit::Error
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        let per = per_target(targets, &planned, |p| {
+            p.as_ref().ok().map(|(_, s)| output::plan_rows(&s.plan))
+        });
+        output::per_target_table(&mut out, &output::PLAN_HEADER, &per, sessions_cmd::width())?;
+    }
+    if !slot_args.yes()
+        && !stop
+            .until(crate::confirm::ask(
+                &mut out,
+                &format!("Terminate {count} session(s) on these targets?"),
+            ))
+            .await??
+    {
+        return Ok(Exit::Error);
+    }
+    let freed: Vec<Result<sessions_cmd::Freed, String>> = stop
+        .until(
+            stream::iter(planned.iter().map(|p| async move {
+                let (connected, slot) = p.as_ref().map_err(Clone::clone)?;
+                sessions_cmd::carry_out_free_slot(connected, slot)
+                    .await
+                    .map_err(|e| message(&e))
+            }))
+            .buffered(usize::from(args.parallel))
+            .collect::<Vec<_>>(),
+        )
+        .await?;
+    for (t, (p, f)) in targets.iter().zip(planned.iter().zip(&freed)) {
+        if let (Ok(_), Err(why)) = (p, f) {
+            say(t, why);
+        }
+    }
+    let codes: Vec<Exit> = freed
+        .iter()
+        .map(|f| f.as_ref().map_or(Exit::Error, |f| f.code))
+        .collect();
+    if slot_args.json() {
+        let docs = planned
             .iter()
-            .zip(&results)
-            .map(|(t, r)| {
-                let text = match r {
-                    Ok((_, text)) => String::from_utf8_lossy(text).into_owned(),
-                    Err(why) => format!("failed: {why}"),
-                };
-                (t.name.as_str(), rows(&text))
+            .zip(&freed)
+            .map(|(p, f)| {
+                let (connected, slot) = p.as_ref().map_err(Clone::clone)?;
+                let freed = f.as_ref().map_err(Clone::clone)?;
+                to_json(sessions_cmd::free_slot_doc(
+                    connected, slot_args, slot, freed,
+                ))
             })
             .collect();
-        output::per_target_table(&mut out, &["result"], &per, None)?;
+        targets_json(&mut out, targets, docs)?;
+    } else {
+        let per = per_target(targets, &freed, |f| {
+            f.as_ref()
+                .ok()
+                .filter(|f| !f.outcomes.is_empty())
+                .map(|f| output::outcome_rows(&f.outcomes))
+        });
+        output::per_target_table(
+            &mut out,
+            &output::OUTCOME_HEADER,
+            &per,
+            sessions_cmd::width(),
+        )?;
+        for (t, (p, f)) in targets.iter().zip(planned.iter().zip(&freed)) {
+            if let (Ok((_, slot)), Ok(freed)) = (p, f) {
+                let mut text = Vec::new();
+                sessions_cmd::tell_freed(&mut text, slot_args, slot, freed)?;
+                lines_of(&mut out, t, &text)?;
+            }
+        }
     }
     out.flush()?;
     Ok(combined(&codes))

@@ -226,6 +226,7 @@ fn run_async(
                 Command::Drop(a) => fleet::database(&conn, &targets, &a.job()).await,
                 Command::Rename(a) => fleet::database(&conn, &targets, &a.job()).await,
                 Command::Unfence(a) => fleet::unfence(&conn, &targets, a).await,
+                Command::FreeSlot(a) => fleet::free_slot(&conn, &targets, a).await,
                 _ => Ok(Outcome::Error),
             }
         });

@@ -22,6 +22,7 @@ fn main() {
         drain_and_unfence_across_servers_restore_each_exactly,
         drop_across_servers_under_pools_and_a_failure_on_one,
         rename_across_servers_keeps_settings,
+        free_slot_across_servers,
         bad_input_changes_nothing_anywhere,
         interrupt_restores_every_server,
     ]);
@@ -457,12 +458,13 @@ async fn drop_across_servers_under_pools_and_a_failure_on_one(pg: Installation) 
 
     let admins = everywhere(&servers, "z").await?;
     // An open transaction that updated z's row in pg_database: the fence's ALTER DATABASE
-    // on that server waits for it, and `--statement-timeout` stops the wait.
+    // on that server waits for it until the time limit of changes (60s at least) stops
+    // the wait, and that server's run fails while the other two drop z.
     let holder = servers[1].admin("postgres").await?;
     holder
         .batch_execute("BEGIN; ALTER DATABASE z CONNECTION LIMIT 70")
         .await?;
-    let run = pgkill(&targets, &["--statement-timeout", "2s", "drop", "z", "-y"])?;
+    let run = pgkill(&targets, &["drop", "z", "-y"])?;
     holder.batch_execute("ROLLBACK").await?;
     failed_on_one(&servers, &admins, "z", 1, run, "drop z failed").await?;
     Ok(())
@@ -577,5 +579,59 @@ async fn interrupt_restores_every_server(pg: Installation) -> Result<()> {
             "{err}"
         );
     }
+    Ok(())
+}
+
+/// `free-slot ROLE -y` on three servers where the role is at its limit: on each, the
+/// session idle the longest ends (57P01), the one inside a transaction stays, and a new
+/// login fits (exit 0, one document per target); with nothing idle left anywhere, exit 1.
+async fn free_slot_across_servers(pg: Installation) -> Result<()> {
+    let servers = three(&pg)?;
+    let targets: Vec<String> = servers.iter().map(conninfo).collect();
+    let mut idle = Vec::new();
+    let mut busy = Vec::new();
+    for sb in &servers {
+        sb.admin("postgres")
+            .await?
+            .batch_execute(&format!("ALTER ROLE {} CONNECTION LIMIT 2", roles::PLAIN))
+            .await?;
+        let cfg = sb.config("postgres", roles::PLAIN);
+        idle.push(sim::idle(&cfg).await?);
+        busy.push(sim::idle_in_transaction(&cfg, None).await?);
+        ensure!(sim::idle(&cfg).await.is_err(), "a third login got in");
+    }
+    let (code, out, err) = pgkill(&targets, &["free-slot", roles::PLAIN, "-y", "--json"])?;
+    ensure!(code == 0, "free-slot: exit {code}\n{out}\n{err}");
+    let docs = targets_of(&out)?;
+    ensure!(docs.len() == 3, "{out}");
+    for (doc, sb) in docs.iter().zip(&servers) {
+        let outcomes = doc["outcomes"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            doc["target"] == name(sb).as_str()
+                && doc["connection_limit"] == 2
+                && outcomes.len() == 1
+                && outcomes[0]["outcome"] == "terminated",
+            "{doc}"
+        );
+    }
+    all_terminated(&idle).await?;
+    ensure!(
+        busy.iter().all(|b| b.is_connected()),
+        "a transaction was ended"
+    );
+    for sb in &servers {
+        let newcomer = sim::idle(&sb.config("postgres", roles::PLAIN))
+            .await
+            .context("the new login still does not fit")?;
+        drop(newcomer);
+        // Gone again: only the transaction is left, and it is not idle.
+        let admin = sb.admin("postgres").await?;
+        support::wait_sessions(&admin, "usename", roles::PLAIN, 1).await?;
+    }
+    let (code, out, err) = pgkill(&targets, &["free-slot", roles::PLAIN, "-y"])?;
+    ensure!(
+        code == 1 && out.contains("No idle session of") && out.contains("on any target"),
+        "nothing idle: exit {code}\n{out}\n{err}"
+    );
     Ok(())
 }
