@@ -1,12 +1,24 @@
 //! Many servers at once: `--target CONNINFO` (repeatable) and `--targets FILE` name the
-//! servers, and `ls`, `kill` and `cancel` run on all of them, `--parallel N` at a time.
+//! servers, and `ls`, `kill`, `cancel`, `free-slot`, `drain`, `unfence`, `drop` and
+//! `rename` run on all of them, `--parallel N` at a time (`top` and `watch` refuse
+//! several targets here).
 //!
 //! Each server is worked on exactly as a single one is (the same plan, re-checking
-//! statement and verification, per server); what changes is the output (a first column
-//! `target`, a `target` CSV field, `{"targets": [...]}` in JSON), one plan and one
-//! confirmation for all servers, and the exit code: 0 acted on (or listed) at least one
-//! session and no server failed, 1 nothing matched anywhere, 3 a server failed or was
-//! partly done while others worked, 2 every server failed.
+//! statement and verification, per server; for the database commands the same
+//! `databases::preflight` and `databases::run` as `database_cmd`, with the fence record,
+//! the standby refusal and the restore on failure of each server); what changes is the
+//! output (a first column `target`, a `target` CSV field, `{"targets": [...]}` in JSON),
+//! one plan and one confirmation for all servers, and the exit code: 0 acted on (or
+//! listed) at least one session and no server failed, 1 nothing matched anywhere, 3 a
+//! server failed or was partly done while others worked, 2 every server failed.
+//!
+//! A server whose preflight refuses (or that cannot be reached) is shown with the reason
+//! and left untouched while the others go ahead, as `kill` goes ahead on the servers it
+//! reaches: the plan says which are skipped before the one confirmation. Ctrl-C or
+//! SIGTERM is heard once ([`Stop`]) and reaches every server's work: before anything
+//! changed it only stops (exit 2); while carrying out, each server cancels its statement
+//! in flight and `databases::run` restores its database. With several servers the drain
+//! progress line on a terminal is one line for all of them (the sums).
 
 use std::future::Future;
 use std::io::{IsTerminal, Write};
