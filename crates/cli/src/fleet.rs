@@ -215,6 +215,12 @@ fn combined(per_target: &[Exit]) -> Exit {
     }
 }
 
+/// Flushes what was written and combines the targets' exit codes.
+fn finish(out: &mut dyn Write, codes: &[Exit]) -> anyhow::Result<Exit> {
+    out.flush()?;
+    Ok(combined(codes))
+}
+
 /// `{"targets": [{"target": NAME, ...the single-server document...}, {"target": NAME,
 /// "error": {"message": ...}}]}`.
 fn targets_json(
@@ -342,8 +348,7 @@ pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Res
         )?;
         people.flush()?;
     }
-    out.flush()?;
-    Ok(combined(&codes))
+    finish(&mut out, &codes)
 }
 
 /// One target's part of `kill`/`cancel`: its connection, what it can do and its plan.
@@ -512,8 +517,7 @@ pub async fn signal(
             sessions_cmd::width(),
         )?;
     }
-    out.flush()?;
-    Ok(combined(&codes))
+    finish(&mut out, &codes)
 }
 
 /// Ctrl-C or SIGTERM, heard once for every target: each target's work watches it (and a
@@ -576,23 +580,26 @@ async fn connect_only(args: &ConnArgs, target: &Target) -> anyhow::Result<Connec
     Ok(connected)
 }
 
-/// Connects to every target (`--parallel` at a time) and runs `work` on each connection,
-/// unless Ctrl-C / SIGTERM comes first (exit 2: this is for work that changes nothing).
+/// Starts listening for Ctrl-C / SIGTERM, then connects to every target (`--parallel` at
+/// a time) and runs `work` on each connection, unless the signal comes first (exit 2:
+/// this is for work that changes nothing). The listener goes on for what follows.
 async fn connected_each<'a, T, F, Fut>(
     args: &'a ConnArgs,
     targets: &'a [Target],
-    stop: &Stop,
     work: &'a F,
-) -> anyhow::Result<Vec<Result<T, String>>>
+) -> anyhow::Result<(Stop, Vec<Result<T, String>>)>
 where
     F: Fn(&'a Target, Connected) -> Fut,
     Fut: Future<Output = anyhow::Result<T>> + 'a,
 {
-    stop.until(on_each(targets, args.parallel, |t| async move {
-        let connected = connect_only(args, t).await?;
-        work(t, connected).await
-    }))
-    .await
+    let stop = Stop::listen()?;
+    let results = stop
+        .until(on_each(targets, args.parallel, |t| async move {
+            let connected = connect_only(args, t).await?;
+            work(t, connected).await
+        }))
+        .await?;
+    Ok((stop, results))
 }
 
 /// A line on stderr about one target.
@@ -906,8 +913,7 @@ pub async fn database(args: &ConnArgs, targets: &[Target], job: &Job<'_>) -> any
             targets.len() - ok
         )?;
     }
-    out.flush()?;
-    Ok(combined(&codes))
+    finish(&mut out, &codes)
 }
 
 /// `pgkill --target … unfence DB`: the same restore as on one server, on every target
@@ -918,8 +924,7 @@ pub async fn unfence(
     targets: &[Target],
     unfence: &UnfenceArgs,
 ) -> anyhow::Result<Exit> {
-    let stop = Stop::listen()?;
-    let results = connected_each(args, targets, &stop, &|t, connected| async move {
+    let (_stop, results) = connected_each(args, targets, &|t, connected| async move {
         let mut text = Vec::new();
         let mut tell = |line: &str| say(t, line);
         let code =
@@ -951,8 +956,7 @@ pub async fn unfence(
         });
         output::per_target_table(&mut out, &["result"], &per, None)?;
     }
-    out.flush()?;
-    Ok(combined(&codes))
+    finish(&mut out, &codes)
 }
 
 /// `pgkill --target … free-slot ROLE`: every target's plan first (the role's sessions and
@@ -965,8 +969,7 @@ pub async fn free_slot(
     slot_args: &FreeSlotArgs,
 ) -> anyhow::Result<Exit> {
     slot_args.check()?;
-    let stop = Stop::listen()?;
-    let planned = connected_each(args, targets, &stop, &|_, connected| async move {
+    let (stop, planned) = connected_each(args, targets, &|_, connected| async move {
         let slot = sessions_cmd::plan_free_slot(&connected, slot_args).await?;
         Ok((connected, slot))
     })
@@ -1081,6 +1084,5 @@ pub async fn free_slot(
             }
         }
     }
-    out.flush()?;
-    Ok(combined(&codes))
+    finish(&mut out, &codes)
 }
