@@ -25,6 +25,7 @@ fn main() {
         free_slot_across_servers,
         bad_input_changes_nothing_anywhere,
         interrupt_restores_every_server,
+        a_standby_target_refuses_while_the_primary_is_drained,
     ]);
 }
 
@@ -519,6 +520,22 @@ async fn bad_input_changes_nothing_anywhere(pg: Installation) -> Result<()> {
                 .all(|sb| out.contains(&format!("Target {}:", name(sb)))),
         "dry run: exit {code}\n{out}\n{err}"
     );
+    // One question for every target; "n" changes nothing anywhere.
+    let (code, shown) = support::on_terminal(&command(&targets, &["drop", "t"]), "n\n")?;
+    let shown = String::from_utf8_lossy(&shown);
+    ensure!(
+        code == 2
+            && shown.matches("[y/N]").count() == 1
+            && shown.contains("Drop t on 3 target(s)")
+            && shown.contains("Nothing was changed."),
+        "declined: exit {code}\n{shown}"
+    );
+    for (admin, before) in &admins {
+        ensure!(
+            db_row(admin, "t").await?.as_ref() == Some(before),
+            "a declined drop changed t"
+        );
+    }
     for (admin, _) in &admins {
         admin
             .batch_execute("ALTER DATABASE t IS_TEMPLATE true")
@@ -633,5 +650,37 @@ async fn free_slot_across_servers(pg: Installation) -> Result<()> {
         code == 1 && out.contains("No idle session of") && out.contains("on any target"),
         "nothing idle: exit {code}\n{out}\n{err}"
     );
+    Ok(())
+}
+
+/// With a primary and its standby as targets, the standby refuses `drain` with the reason
+/// (nothing changed there) while the primary is drained and, with --then-unfence, put
+/// back exactly: exit 3.
+async fn a_standby_target_refuses_while_the_primary_is_drained(pg: Installation) -> Result<()> {
+    let primary = Sandbox::start(&pg, &Options::default())?;
+    let admin = primary.admin("postgres").await?;
+    primary.create_database("app", None).await?;
+    customise(&admin, "app").await?;
+    let before = db_row(&admin, "app").await?.context("no app")?;
+    let standby = primary.start_standby(&Options::default())?;
+    let victim = sim::idle(&primary.config("app", roles::PLAIN)).await?;
+    let reader = sim::idle(&standby.config("app", roles::PLAIN)).await?;
+    let targets = [conninfo(&standby), conninfo(&primary)];
+    let (code, out, err) = pgkill(&targets, &["drain", "app", "-y", "--then-unfence"])?;
+    ensure!(code == 3, "exit {code}\n{out}\n{err}");
+    ensure!(
+        err.contains(&format!(
+            "pgkill: target {}: refusing to drain app",
+            name(&standby)
+        )) && err.contains("standby"),
+        "{err}"
+    );
+    ensure!(row_says(&out, &primary, "Drained app"), "{out}");
+    all_terminated(std::slice::from_ref(&victim)).await?;
+    ensure!(
+        db_row(&admin, "app").await?.as_ref() == Some(&before),
+        "app not put back on the primary"
+    );
+    ensure!(reader.is_connected(), "a session on the standby was ended");
     Ok(())
 }
