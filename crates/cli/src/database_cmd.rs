@@ -90,6 +90,45 @@ pub struct DrainArgs {
     pub(crate) op: OpArgs,
 }
 
+impl DropArgs {
+    /// What the command line asks for.
+    pub fn job(&self) -> Job<'_> {
+        Job {
+            op: Operation::Drop,
+            name: &self.db,
+            new_name: None,
+            args: &self.op,
+            then_unfence: false,
+        }
+    }
+}
+
+impl RenameArgs {
+    /// What the command line asks for (`then_unfence` is --resume).
+    pub fn job(&self) -> Job<'_> {
+        Job {
+            op: Operation::Rename,
+            name: &self.old,
+            new_name: Some(&self.new),
+            args: &self.op,
+            then_unfence: self.resume,
+        }
+    }
+}
+
+impl DrainArgs {
+    /// What the command line asks for.
+    pub fn job(&self) -> Job<'_> {
+        Job {
+            op: Operation::Drain,
+            name: &self.db,
+            new_name: None,
+            args: &self.op,
+            then_unfence: self.then_unfence,
+        }
+    }
+}
+
 /// `pgkill unfence DB`.
 #[derive(Debug, clap::Args)]
 pub struct UnfenceArgs {
@@ -101,32 +140,288 @@ pub struct UnfenceArgs {
     pub(crate) json: bool,
 }
 
-/// Runs drop / rename / drain.
+/// What one `drop`, `rename` or `drain` is asked to do: the command line's part, the same
+/// on every server it runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    /// The operation.
+    pub op: Operation,
+    /// The database.
+    pub name: &'a str,
+    /// The new name (rename).
+    pub new_name: Option<&'a str>,
+    /// Its options.
+    pub args: &'a OpArgs,
+    /// `drain --then-unfence`, or rename's `--resume`.
+    pub then_unfence: bool,
+}
+
+impl Job<'_> {
+    /// `drop`, `rename` or `drain`.
+    pub fn verb(&self) -> &'static str {
+        match self.op {
+            Operation::Drop => "drop",
+            Operation::Rename => "rename",
+            Operation::Drain => "drain",
+        }
+    }
+
+    /// Whether `--json` and the confirmation go together (a question would mix with the
+    /// JSON), and whether anyone can confirm: refused before connecting (exit 2).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let (args, verb) = (self.args, self.verb());
+        if args.json && !args.yes && !args.dry_run {
+            anyhow::bail!(UsageError(format!(
+                "{verb} --json needs -y (or --dry-run): a question would mix with the JSON"
+            )));
+        }
+        crate::confirm::ensure_possible(
+            args.yes,
+            args.dry_run,
+            &format!("{verb} {}", self.name),
+            Some("preflight"),
+        )
+    }
+
+    fn resolve(&self) -> Resolve {
+        Resolve {
+            rollback_prepared: self.args.rollback_prepared,
+            terminate_walsenders: self.args.terminate_walsenders,
+            allow_template: self.args.allow_template,
+        }
+    }
+
+    /// The request `databases::run` carries out on one server.
+    pub fn request(&self, poolers: Vec<pgkill_pg::pgbouncer::PoolerPlan>) -> Request {
+        Request {
+            op: self.op,
+            name: self.name.to_owned(),
+            new_name: self.new_name.map(str::to_owned),
+            grace: self.args.grace,
+            resolve: self.resolve(),
+            then_unfence: self.op == Operation::Drain && self.then_unfence,
+            deadline: Duration::from_secs(60),
+            poolers,
+            // `then_unfence` is rename's --resume (see lib.rs).
+            resume: self.op == Operation::Rename && self.then_unfence,
+        }
+    }
+
+    /// `--json`.
+    pub fn json(&self) -> bool {
+        self.args.json
+    }
+
+    /// `--dry-run`.
+    pub fn dry_run(&self) -> bool {
+        self.args.dry_run
+    }
+
+    /// `-y`.
+    pub fn yes(&self) -> bool {
+        self.args.yes
+    }
+
+    /// What the one confirmation asks about, after the preflights of several servers
+    /// (each printed above it): on which of them, and the prepared transactions lost.
+    pub fn question_on(&self, targets: &[&str], prepared: usize) -> String {
+        format!(
+            "{} {} on {} target(s) ({})?{}",
+            capitalised(self.verb()),
+            self.name,
+            targets.len(),
+            targets.join(", "),
+            self.prepared_warning(prepared)
+        )
+    }
+
+    /// The JSON document of this job on one server, with what the preflight found.
+    pub fn doc<'a>(
+        &'a self,
+        caps: &sessions::Capabilities,
+        connected: &conn::Connected,
+        pre: &'a Preflight,
+    ) -> OpDoc<'a> {
+        OpDoc::new(
+            caps,
+            &connected.settings,
+            self.verb(),
+            self.name,
+            self.new_name,
+            self.args.dry_run,
+            Some(pre),
+        )
+    }
+
+    /// The JSON document after carrying out: what was done, or why it failed.
+    pub fn outcome_doc<'a>(
+        &'a self,
+        caps: &sessions::Capabilities,
+        connected: &conn::Connected,
+        pre: &'a Preflight,
+        result: &'a pgkill_pg::Result<databases::Report>,
+    ) -> OpDoc<'a> {
+        let mut d = self.doc(caps, connected, pre);
+        match result {
+            Ok(report) => d.result = Some(ResultJson::of(self.op, self.then_unfence, report)),
+            Err(e) => d.error = Some(e.to_string()),
+        }
+        d
+    }
+
+    /// What the confirmation asks about, after the preflight of one server.
+    pub fn question(&self, pre: &Preflight) -> String {
+        let mut question = format!(
+            "{} {}? {}.",
+            capitalised(self.verb()),
+            self.name,
+            capitalised(&pre.ending.describe())
+        );
+        question.push_str(&self.prepared_warning(pre.blockers.prepared.len()));
+        question
+    }
+
+    /// The warning the confirmation adds when prepared transactions are rolled back.
+    pub fn prepared_warning(&self, prepared: usize) -> String {
+        if self.args.rollback_prepared && prepared > 0 {
+            format!(" This ROLLS BACK {prepared} prepared transaction(s): their changes are lost.")
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// One server's look before anything changes: what it can do, the legacy records of
+/// older pgkill versions adopted (each line said through `tell`), and the preflight.
+pub async fn examine(
+    connected: &conn::Connected,
+    job: &Job<'_>,
+    tell: &mut (dyn FnMut(&str) + Send),
+) -> anyhow::Result<(sessions::Capabilities, Preflight)> {
+    let client = &connected.client;
+    let caps = sessions::capabilities(client).await?;
+    // A standby cannot take a record (it is read-only); the preflight refuses there.
+    if !caps.in_recovery {
+        for line in fences::adopt_legacy(client, &connected.server, job.name).await? {
+            tell(&line);
+        }
+    }
+    let pre =
+        databases::preflight(client, &caps, job.op, job.name, job.new_name, job.resolve()).await?;
+    Ok((caps, pre))
+}
+
+/// Why the preflight refuses the job on this server (nothing was changed), as the error
+/// to report; `None` when it may go ahead.
+pub async fn refusal(
+    connected: &conn::Connected,
+    caps: &sessions::Capabilities,
+    pre: &Preflight,
+    job: &Job<'_>,
+) -> Option<anyhow::Error> {
+    if pre.refusals.is_empty() {
+        return None;
+    }
+    let mut refusals = pre.refusals.clone();
+    if caps.in_recovery {
+        refusals.extend(conn::primary_hint(connected).await);
+    }
+    Some(
+        UsageError(format!(
+            "refusing to {} {}; nothing was changed:\n  - {}",
+            job.verb(),
+            job.name,
+            refusals.join("\n  - ")
+        ))
+        .into(),
+    )
+}
+
+/// The progress line of a drain (`\r… session(s) left`), for a terminal.
+pub fn progress_line(p: Progress) -> String {
+    format!(
+        "\r{} session(s) left, {} in a transaction, {} of grace left   ",
+        p.sessions,
+        p.in_transaction,
+        format_duration(p.grace_left)
+    )
+}
+
+/// Carries out `req` on one server whose preflight passed, through `databases::run`
+/// (fence, drain, act; on failure or `interrupt`, the database is put back as it was).
+pub async fn carry_out(
+    connected: &conn::Connected,
+    caps: &sessions::Capabilities,
+    pre: &Preflight,
+    req: &Request,
+    show: &(dyn Fn(Progress) + Sync),
+    interrupt: databases::Interrupt<'_>,
+) -> pgkill_pg::Result<databases::Report> {
+    // The settings carry `--statement-timeout` as a startup option.
+    let settings = connected.settings.clone();
+    let connect_to = move |db: String| {
+        let s = settings.clone();
+        Box::pin(async move { conn::connect_to(&s, db).await })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+    };
+    databases::run(
+        &connected.client,
+        caps,
+        pre,
+        req,
+        &connect_to,
+        show,
+        interrupt,
+    )
+    .await
+}
+
+/// The error to report when carrying out failed: what happened, and how the database was
+/// left (`run` has put it back as it was before, or says why it could not).
+pub fn failure(
+    job: &Job<'_>,
+    pre: &Preflight,
+    req: &Request,
+    e: pgkill_pg::Error,
+    statement_timeout: Duration,
+) -> anyhow::Error {
+    let (verb, name, op) = (job.verb(), job.name, job.op);
+    match e {
+        e @ (pgkill_pg::Error::StillFenced { .. } | pgkill_pg::Error::PoolersLeft { .. }) => {
+            anyhow::anyhow!("{verb} {name} failed: {e}")
+        }
+        e => anyhow::anyhow!(
+            "{verb} {name} failed: {e}{}; {}{}",
+            if matches!(e, pgkill_pg::Error::Cancelled(_)) {
+                format!(" ({})", inflight::timeout_hint(statement_timeout))
+            } else {
+                String::new()
+            },
+            if pre.fence().is_some() {
+                "it stays fenced as it was before"
+            } else {
+                "the database's settings were restored"
+            },
+            if req.poolers.is_empty() {
+                ""
+            } else if op == Operation::Drop {
+                ", and its aliases at PgBouncer enabled and resumed"
+            } else {
+                ", and its aliases at PgBouncer resumed"
+            }
+        ),
+    }
+}
+
+/// Runs drop / rename / drain on one server.
 pub async fn run(
     conn_args: &ConnArgs,
     conninfo: Option<&str>,
-    op: Operation,
-    name: &str,
-    new_name: Option<&str>,
-    args: &OpArgs,
-    then_unfence: bool,
+    job: &Job<'_>,
 ) -> anyhow::Result<Exit> {
-    let verb = match op {
-        Operation::Drop => "drop",
-        Operation::Rename => "rename",
-        Operation::Drain => "drain",
-    };
-    if args.json && !args.yes && !args.dry_run {
-        anyhow::bail!(UsageError(format!(
-            "{verb} --json needs -y (or --dry-run): a question would mix with the JSON"
-        )));
-    }
-    crate::confirm::ensure_possible(
-        args.yes,
-        args.dry_run,
-        &format!("{verb} {name}"),
-        Some("preflight"),
-    )?;
+    let (op, name, args, then_unfence) = (job.op, job.name, job.args, job.then_unfence);
+    let verb = job.verb();
+    job.check()?;
     let connected = inflight::connect(conn_args, conninfo).await?;
     let client = &connected.client;
     // Before anything changes: every pooler named must answer, let this user pause, and
@@ -158,50 +453,21 @@ pub async fn run(
         )?;
     }
     let mut signals = Signals::listen()?;
-    let resolve = Resolve {
-        rollback_prepared: args.rollback_prepared,
-        terminate_walsenders: args.terminate_walsenders,
-        allow_template: args.allow_template,
-    };
     let mut out = crate::output::lines_for_people();
     // Until the go-ahead nothing is changed: Ctrl-C only cancels the statement in flight.
     let ready = inflight::guard(&connected, &mut signals, async {
-        let caps = sessions::capabilities(client).await?;
-        // A standby cannot take a record (it is read-only); the preflight refuses there.
-        if !caps.in_recovery {
-            for line in fences::adopt_legacy(client, &connected.server, name).await? {
-                eprintln!("pgkill: {}", pgkill_core::printable(&line));
-            }
-        }
-        let pre = databases::preflight(client, &caps, op, name, new_name, resolve).await?;
+        let mut tell = |line: &str| eprintln!("pgkill: {}", pgkill_core::printable(line));
+        let (caps, pre) = examine(&connected, job, &mut tell).await?;
         if args.json {
             if !pre.refusals.is_empty() || args.dry_run {
-                crate::output::json(
-                    &mut out,
-                    &OpDoc::new(
-                        &caps,
-                        &connected.settings,
-                        verb,
-                        name,
-                        new_name,
-                        args.dry_run,
-                        Some(&pre),
-                    ),
-                )?;
+                crate::output::json(&mut out, &job.doc(&caps, &connected, &pre))?;
             }
         } else {
             print_preflight(&mut out, &pre, verb)?;
         }
-        if !pre.refusals.is_empty() {
+        if let Some(refused) = refusal(&connected, &caps, &pre, job).await {
             out.flush()?;
-            let mut refusals = pre.refusals.clone();
-            if caps.in_recovery {
-                refusals.extend(conn::primary_hint(&connected).await);
-            }
-            anyhow::bail!(UsageError(format!(
-                "refusing to {verb} {name}; nothing was changed:\n  - {}",
-                refusals.join("\n  - ")
-            )));
+            return Err(refused);
         }
         if args.dry_run {
             if !args.json {
@@ -209,21 +475,8 @@ pub async fn run(
             }
             return Ok(Err(Exit::Ok));
         }
-        if !args.yes {
-            let mut question = format!(
-                "{} {name}? {}.",
-                capitalised(verb),
-                capitalised(&pre.ending.describe())
-            );
-            if args.rollback_prepared && !pre.blockers.prepared.is_empty() {
-                question.push_str(&format!(
-                    " This ROLLS BACK {} prepared transaction(s): their changes are lost.",
-                    pre.blockers.prepared.len()
-                ));
-            }
-            if !crate::confirm::ask(&mut out, &question).await? {
-                return Ok(Err(Exit::Error));
-            }
+        if !args.yes && !crate::confirm::ask(&mut out, &job.question(&pre)).await? {
+            return Ok(Err(Exit::Error));
         }
         Ok(Ok((caps, pre)))
     })
@@ -232,35 +485,12 @@ pub async fn run(
         Ok(ready) => ready,
         Err(exit) => return Ok(exit),
     };
-    let req = Request {
-        op,
-        name: name.to_owned(),
-        new_name: new_name.map(str::to_owned),
-        grace: args.grace,
-        resolve,
-        then_unfence: op == Operation::Drain && then_unfence,
-        deadline: Duration::from_secs(60),
-        poolers,
-        // `then_unfence` is rename's --resume (see lib.rs).
-        resume: op == Operation::Rename && then_unfence,
-    };
+    let req = job.request(poolers);
     let tty = std::io::stderr().is_terminal();
     let show = move |p: Progress| {
         if tty {
-            eprint!(
-                "\r{} session(s) left, {} in a transaction, {} of grace left   ",
-                p.sessions,
-                p.in_transaction,
-                format_duration(p.grace_left)
-            );
+            eprint!("{}", progress_line(p));
         }
-    };
-    // The settings carry `--statement-timeout` as a startup option.
-    let settings = connected.settings.clone();
-    let connect_to = move |db: String| {
-        let s = settings.clone();
-        Box::pin(async move { conn::connect_to(&s, db).await })
-            as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
     };
     let connected_ref = &connected;
     let interrupt = async move {
@@ -270,34 +500,12 @@ pub async fn run(
         why.to_owned()
     };
     tokio::pin!(interrupt);
-    let result = databases::run(
-        client,
-        &caps,
-        &pre,
-        &req,
-        &connect_to,
-        &show,
-        interrupt.as_mut(),
-    )
-    .await;
+    let result = carry_out(&connected, &caps, &pre, &req, &show, interrupt.as_mut()).await;
     if tty {
         eprintln!();
     }
     if args.json {
-        let mut d = OpDoc::new(
-            &caps,
-            &connected.settings,
-            verb,
-            name,
-            new_name,
-            args.dry_run,
-            Some(&pre),
-        );
-        match &result {
-            Ok(report) => d.result = Some(ResultJson::of(op, then_unfence, report)),
-            Err(e) => d.error = Some(e.to_string()),
-        }
-        crate::output::json(&mut out, &d)?;
+        crate::output::json(&mut out, &job.outcome_doc(&caps, &connected, &pre, &result))?;
         out.flush()?;
     }
     let report = match result {
@@ -306,31 +514,20 @@ pub async fn run(
             return Ok(Exit::Ok);
         }
         Ok(report) => report,
-        // `run` has put the database back as it was before (or says why it could not).
-        Err(e @ (pgkill_pg::Error::StillFenced { .. } | pgkill_pg::Error::PoolersLeft { .. })) => {
-            anyhow::bail!("{verb} {name} failed: {e}")
-        }
-        Err(e) => anyhow::bail!(
-            "{verb} {name} failed: {e}{}; {}{}",
-            if matches!(e, pgkill_pg::Error::Cancelled(_)) {
-                format!(" ({})", inflight::timeout_hint(conn_args.statement_timeout))
-            } else {
-                String::new()
-            },
-            if pre.fence().is_some() {
-                "it stays fenced as it was before"
-            } else {
-                "the database's settings were restored"
-            },
-            if req.poolers.is_empty() {
-                ""
-            } else if op == Operation::Drop {
-                ", and its aliases at PgBouncer enabled and resumed"
-            } else {
-                ", and its aliases at PgBouncer resumed"
-            }
-        ),
+        Err(e) => return Err(failure(job, &pre, &req, e, conn_args.statement_timeout)),
     };
+    tell_report(&mut out, job, &report)?;
+    out.flush()?;
+    Ok(Exit::Ok)
+}
+
+/// What was done on one server, for people (text after a success).
+pub fn tell_report(
+    out: &mut dyn Write,
+    job: &Job<'_>,
+    report: &databases::Report,
+) -> std::io::Result<()> {
+    let (op, name, new_name) = (job.op, job.name, job.new_name);
     if !report.paused.is_empty() {
         writeln!(
             out,
@@ -459,8 +656,7 @@ pub async fn run(
                 .unwrap_or_default()
         )?,
     }
-    out.flush()?;
-    Ok(Exit::Ok)
+    Ok(())
 }
 
 fn capitalised(verb: &str) -> String {
@@ -484,7 +680,7 @@ fn describe_restore(name: &str, plan: &RestorePlan) -> String {
     s
 }
 
-fn print_preflight(out: &mut dyn Write, pre: &Preflight, verb: &str) -> std::io::Result<()> {
+pub fn print_preflight(out: &mut dyn Write, pre: &Preflight, verb: &str) -> std::io::Result<()> {
     let s = &pre.info.settings;
     writeln!(
         out,
@@ -537,10 +733,26 @@ pub async fn unfence(
     let connected = conn::connect_quietly(conn_args, conninfo).await?;
     conn::tell(&connected.settings);
     let mut signals = Signals::listen()?;
-    inflight::guard(&connected, &mut signals, unfence_on(&connected, args)).await
+    let mut out = crate::output::lines_for_people();
+    let mut tell = |line: &str| eprintln!("pgkill: {}", pgkill_core::printable(line));
+    inflight::guard(
+        &connected,
+        &mut signals,
+        unfence_on(&connected, args, &mut out, &mut tell, true),
+    )
+    .await
 }
 
-async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::Result<Exit> {
+/// `unfence` on one server, writing what it did (text, or the JSON document) to `out`,
+/// and the adopted legacy records through `tell`; `notice`: also say on stderr which
+/// other databases of the server are fenced.
+pub async fn unfence_on(
+    connected: &conn::Connected,
+    args: &UnfenceArgs,
+    out: &mut dyn Write,
+    tell: &mut dyn FnMut(&str),
+    notice: bool,
+) -> anyhow::Result<Exit> {
     let client = &connected.client;
     let db = &args.db;
     let caps = sessions::capabilities(client).await?;
@@ -558,18 +770,19 @@ async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::
         )));
     }
     for line in fences::adopt_legacy(client, &connected.server, db).await? {
-        eprintln!("pgkill: {}", pgkill_core::printable(&line));
+        tell(&line);
     }
-    fences::notice(client, Some(db)).await;
+    if notice {
+        fences::notice(client, Some(db)).await;
+    }
     let Some(info) = databases::info(client, db).await? else {
         anyhow::bail!(UsageError(format!("database {db:?} does not exist")));
     };
-    let mut out = crate::output::lines_for_people();
     let record = match info.comment.as_deref().and_then(pgkill_core::fence::FenceRecord::from_comment) {
         None if args.json => {
             let mut d = OpDoc::new(&caps, &connected.settings, "unfence", db, None, false, None);
             d.result = Some(ResultJson::unfence(None, None, !info.settings.allow_connections));
-            crate::output::json(&mut out, &d)?;
+            crate::output::json(out, &d)?;
             return Ok(Exit::Ok);
         }
         None => {
@@ -628,7 +841,7 @@ async fn unfence_on(connected: &conn::Connected, args: &UnfenceArgs) -> anyhow::
     if args.json {
         let mut d = OpDoc::new(&caps, &connected.settings, "unfence", db, None, false, None);
         d.result = Some(ResultJson::unfence(Some(&record), Some(&plan), false));
-        crate::output::json(&mut out, &d)?;
+        crate::output::json(out, &d)?;
     } else {
         writeln!(
             out,

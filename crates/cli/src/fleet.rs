@@ -1,15 +1,27 @@
 //! Many servers at once: `--target CONNINFO` (repeatable) and `--targets FILE` name the
-//! servers, and `ls`, `kill` and `cancel` run on all of them, `--parallel N` at a time.
+//! servers, and `ls`, `kill`, `cancel`, `free-slot`, `drain`, `unfence`, `drop` and
+//! `rename` run on all of them, `--parallel N` at a time (`top` and `watch` refuse
+//! several targets here).
 //!
 //! Each server is worked on exactly as a single one is (the same plan, re-checking
-//! statement and verification, per server); what changes is the output (a first column
-//! `target`, a `target` CSV field, `{"targets": [...]}` in JSON), one plan and one
-//! confirmation for all servers, and the exit code: 0 acted on (or listed) at least one
-//! session and no server failed, 1 nothing matched anywhere, 3 a server failed or was
-//! partly done while others worked, 2 every server failed.
+//! statement and verification, per server; for the database commands the same
+//! `databases::preflight` and `databases::run` as `database_cmd`, with the fence record,
+//! the standby refusal and the restore on failure of each server); what changes is the
+//! output (a first column `target`, a `target` CSV field, `{"targets": [...]}` in JSON),
+//! one plan and one confirmation for all servers, and the exit code: 0 acted on (or
+//! listed) at least one session and no server failed, 1 nothing matched anywhere, 3 a
+//! server failed or was partly done while others worked, 2 every server failed.
+//!
+//! A server whose preflight refuses (or that cannot be reached) is shown with the reason
+//! and left untouched while the others go ahead, as `kill` goes ahead on the servers it
+//! reaches: the plan says which are skipped before the one confirmation. Ctrl-C or
+//! SIGTERM is heard once ([`Stop`]) and reaches every server's work: before anything
+//! changed it only stops (exit 2); while carrying out, each server cancels its statement
+//! in flight and `databases::run` restores its database. With several servers the drain
+//! progress line on a terminal is one line for all of them (the sums).
 
 use std::future::Future;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
@@ -19,11 +31,14 @@ use pgkill_pg::connect::{self, NoPrompt, SystemEnv};
 use pgkill_pg::sessions::{self, Capabilities};
 use serde::Deserialize;
 
+use pgkill_pg::databases::{self, Preflight, Progress, Request};
+
 use crate::args::ConnArgs;
 use crate::conn::{self, Connected};
-use crate::inflight::Signals;
+use crate::database_cmd::{self, Job, UnfenceArgs};
+use crate::inflight::{self, Signals};
 use crate::output;
-use crate::sessions_cmd::{self, LsArgs, SignalArgs};
+use crate::sessions_cmd::{self, FreeSlotArgs, LsArgs, SignalArgs};
 use crate::{Outcome as Exit, UsageError};
 
 /// A server to work on.
@@ -120,9 +135,12 @@ fn service_of(conninfo: &str) -> Option<String> {
 /// What may be combined with several targets: refused up front, before connecting
 /// anywhere (exit 2).
 pub fn check(args: &ConnArgs, command: &str, targets: &[Target]) -> anyhow::Result<()> {
-    if !matches!(command, "ls" | "kill" | "cancel") {
+    if !matches!(
+        command,
+        "ls" | "kill" | "cancel" | "drain" | "unfence" | "drop" | "rename" | "free-slot"
+    ) {
         anyhow::bail!(UsageError(format!(
-            "`pgkill {command}` works on one server so far: --target/--targets are taken by ls, kill and cancel"
+            "`pgkill {command}` works on one server so far: --target/--targets are taken by every command but top, watch and demo"
         )));
     }
     if !args.pgbouncer.is_empty()
@@ -195,6 +213,12 @@ fn combined(per_target: &[Exit]) -> Exit {
     } else {
         Exit::NothingMatched
     }
+}
+
+/// Flushes what was written and combines the targets' exit codes.
+fn finish(out: &mut dyn Write, codes: &[Exit]) -> anyhow::Result<Exit> {
+    out.flush()?;
+    Ok(combined(codes))
 }
 
 /// `{"targets": [{"target": NAME, ...the single-server document...}, {"target": NAME,
@@ -304,15 +328,11 @@ pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Res
         output::per_target_sessions_csv(&mut out, &per, output::stdout_is_terminal())?;
     } else {
         let mut people = output::for_people();
-        let per: Vec<(&str, Vec<Vec<String>>)> = targets
-            .iter()
-            .zip(&results)
-            .filter_map(|(t, r)| {
-                r.as_ref()
-                    .ok()
-                    .map(|(_, list)| (t.name.as_str(), output::session_rows(list, &[])))
-            })
-            .collect();
+        let per = per_target(targets, &results, |r| {
+            r.as_ref()
+                .ok()
+                .map(|(_, list)| output::session_rows(list, &[]))
+        });
         output::per_target_table(
             &mut people,
             &output::SESSION_HEADER,
@@ -328,8 +348,7 @@ pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Res
         )?;
         people.flush()?;
     }
-    out.flush()?;
-    Ok(combined(&codes))
+    finish(&mut out, &codes)
 }
 
 /// One target's part of `kill`/`cancel`: its connection, what it can do and its plan.
@@ -416,15 +435,9 @@ pub async fn signal(
                     .filter(|p| p.as_ref().is_ok_and(|p| !p.plan.targets.is_empty()))
                     .count()
             )?;
-            let per: Vec<(&str, Vec<Vec<String>>)> = targets
-                .iter()
-                .zip(&planned)
-                .filter_map(|(t, p)| {
-                    p.as_ref()
-                        .ok()
-                        .map(|p| (t.name.as_str(), output::plan_rows(&p.plan)))
-                })
-                .collect();
+            let per = per_target(targets, &planned, |p| {
+                p.as_ref().ok().map(|p| output::plan_rows(&p.plan))
+            });
             output::per_target_table(&mut out, &output::PLAN_HEADER, &per, sessions_cmd::width())?;
         }
     }
@@ -493,16 +506,10 @@ pub async fn signal(
     if sig.json {
         targets_json(&mut out, targets, docs(&outcomes, false))?;
     } else {
-        let per: Vec<(&str, Vec<Vec<String>>)> = targets
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|(t, o)| match o {
-                Some(Ok(outcomes)) if !outcomes.is_empty() => {
-                    Some((t.name.as_str(), output::outcome_rows(outcomes)))
-                }
-                _ => None,
-            })
-            .collect();
+        let per = per_target(targets, &outcomes, |o| match o {
+            Some(Ok(outcomes)) if !outcomes.is_empty() => Some(output::outcome_rows(outcomes)),
+            _ => None,
+        });
         output::per_target_table(
             &mut out,
             &output::OUTCOME_HEADER,
@@ -510,6 +517,572 @@ pub async fn signal(
             sessions_cmd::width(),
         )?;
     }
-    out.flush()?;
-    Ok(combined(&codes))
+    finish(&mut out, &codes)
+}
+
+/// Ctrl-C or SIGTERM, heard once for every target: each target's work watches it (and a
+/// database command restores its own database when it fires).
+struct Stop {
+    heard: tokio::sync::watch::Receiver<Option<&'static str>>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Stop {
+    fn listen() -> anyhow::Result<Stop> {
+        let mut signals = Signals::listen()?;
+        let (tell, heard) = tokio::sync::watch::channel(None);
+        let listener = tokio::spawn(async move {
+            let why = signals.recv().await;
+            let _ = tell.send(Some(why));
+        });
+        Ok(Stop { heard, listener })
+    }
+
+    /// The signal, if it has come.
+    fn heard(&self) -> Option<&'static str> {
+        *self.heard.borrow()
+    }
+
+    /// Waits for the signal (returns at once when it has come already).
+    async fn wait(&self) -> &'static str {
+        let mut heard = self.heard.clone();
+        loop {
+            if let Some(why) = *heard.borrow_and_update() {
+                return why;
+            }
+            if heard.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Runs `work` (that changes nothing) unless the signal comes first: then exit 2.
+    async fn until<T>(&self, work: impl Future<Output = T>) -> anyhow::Result<T> {
+        tokio::select! {
+            r = work => Ok(r),
+            why = self.wait() => Err(UsageError(format!("{why}: stopped on every target; nothing was changed")).into()),
+        }
+    }
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Connects to one target without asking anything (see [`connect_to`]).
+async fn connect_only(args: &ConnArgs, target: &Target) -> anyhow::Result<Connected> {
+    let connected = conn::connect_with(args, Some(&target.conninfo), &NoPrompt).await?;
+    for warning in &connected.settings.warnings {
+        say(target, &format!("warning: {warning}"));
+    }
+    Ok(connected)
+}
+
+/// Starts listening for Ctrl-C / SIGTERM, then connects to every target (`--parallel` at
+/// a time) and runs `work` on each connection, unless the signal comes first (exit 2:
+/// this is for work that changes nothing). The listener goes on for what follows.
+async fn connected_each<'a, T, F, Fut>(
+    args: &'a ConnArgs,
+    targets: &'a [Target],
+    work: &'a F,
+) -> anyhow::Result<(Stop, Vec<Result<T, String>>)>
+where
+    F: Fn(&'a Target, Connected) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>> + 'a,
+{
+    let stop = Stop::listen()?;
+    let results = stop
+        .until(on_each(targets, args.parallel, |t| async move {
+            let connected = connect_only(args, t).await?;
+            work(t, connected).await
+        }))
+        .await?;
+    Ok((stop, results))
+}
+
+/// A line on stderr about one target.
+fn say(target: &Target, line: &str) {
+    eprintln!(
+        "pgkill: target {}: {}",
+        pgkill_core::printable(&target.name),
+        pgkill_core::printable(line)
+    );
+}
+
+/// An error as one target's message.
+fn message(e: &anyhow::Error) -> String {
+    pgkill_core::printable(&format!("{e:#}")).into_owned()
+}
+
+/// `doc` with `"error": {"message": ...}` added: the target was left untouched, or its
+/// operation failed (and its database was put back).
+fn with_error(doc: impl serde::Serialize, message: &str) -> Result<serde_json::Value, String> {
+    let mut doc = to_json(doc)?;
+    if let serde_json::Value::Object(map) = &mut doc {
+        map.insert("error".into(), serde_json::json!({ "message": message }));
+    }
+    Ok(doc)
+}
+
+/// Any document as JSON, or why it cannot be.
+fn to_json(doc: impl serde::Serialize) -> Result<serde_json::Value, String> {
+    serde_json::to_value(doc).map_err(|e| e.to_string())
+}
+
+/// The rows `rows_of` gives for each target's result (none: the target is left out),
+/// each under the target's name, for [`output::per_target_table`].
+fn per_target<'a, T>(
+    targets: &'a [Target],
+    results: &'a [T],
+    rows_of: impl Fn(&'a T) -> Option<Vec<Vec<String>>>,
+) -> Vec<(&'a str, Vec<Vec<String>>)> {
+    targets
+        .iter()
+        .zip(results)
+        .filter_map(|(t, r)| rows_of(r).map(|rows| (t.name.as_str(), rows)))
+        .collect()
+}
+
+/// Each line of `text` (one target's, for people) after `Target NAME: `.
+fn lines_of(out: &mut dyn Write, target: &Target, text: &[u8]) -> std::io::Result<()> {
+    for line in String::from_utf8_lossy(text).lines() {
+        writeln!(out, "Target {}: {line}", target.name)?;
+    }
+    Ok(())
+}
+
+/// Each line of `text` as a row of one column.
+fn rows(text: &str) -> Vec<Vec<String>> {
+    text.lines().map(|l| vec![l.to_owned()]).collect()
+}
+
+/// One target's look before a database command: its connection, its preflight, and why
+/// the preflight refuses there (the target is then left untouched).
+struct Examined {
+    connected: Connected,
+    caps: Capabilities,
+    pre: Preflight,
+    /// The preflight for people.
+    text: String,
+    refused: Option<String>,
+}
+
+/// `pgkill --target … drain|drop|rename`: every target's preflight first (concurrently,
+/// shown in the targets' order), one confirmation, then on every target whose preflight
+/// passed, concurrently, the same `databases::run` as on one server (its own fence
+/// record, its own restore on failure). A target that refuses or cannot be reached is
+/// reported and left untouched; the others go ahead. Ctrl-C / SIGTERM stops every
+/// target: each cancels its statement in flight and restores its database.
+pub async fn database(args: &ConnArgs, targets: &[Target], job: &Job<'_>) -> anyhow::Result<Exit> {
+    job.check()?;
+    let stop = Stop::listen()?;
+    let verb = job.verb();
+    let examined = stop
+        .until(on_each(targets, args.parallel, |t| async move {
+            let connected = connect_only(args, t).await?;
+            let mut tell = |line: &str| say(t, line);
+            let (caps, pre) = database_cmd::examine(&connected, job, &mut tell).await?;
+            let mut text = Vec::new();
+            database_cmd::print_preflight(&mut text, &pre, verb)?;
+            let refused = database_cmd::refusal(&connected, &caps, &pre, job)
+                .await
+                .map(|e| message(&e));
+            Ok(Examined {
+                connected,
+                caps,
+                pre,
+                text: String::from_utf8_lossy(&text).into_owned(),
+                refused,
+            })
+        }))
+        .await?;
+    tell_failures(targets, &examined);
+    for (t, e) in targets.iter().zip(&examined) {
+        if let Ok(Examined {
+            refused: Some(why), ..
+        }) = e
+        {
+            say(t, why);
+        }
+    }
+    let ready = |e: &Result<Examined, String>| e.as_ref().is_ok_and(|e| e.refused.is_none());
+    let mut out = output::for_people();
+    if !job.json() {
+        for (t, e) in targets.iter().zip(&examined) {
+            match e {
+                Ok(e) => {
+                    writeln!(out, "Target {}:", t.name)?;
+                    for line in e.text.lines() {
+                        writeln!(out, "  {line}")?;
+                    }
+                    if let Some(why) = &e.refused {
+                        writeln!(out, "  Left untouched: {}", why.replace('\n', "\n  "))?;
+                    }
+                }
+                Err(why) => writeln!(out, "Target {}: left untouched: {why}", t.name)?,
+            }
+        }
+    }
+    let planned: Vec<Exit> = examined
+        .iter()
+        .map(|e| if ready(e) { Exit::Ok } else { Exit::Error })
+        .collect();
+    let chosen: Vec<&str> = targets
+        .iter()
+        .zip(&examined)
+        .filter(|(_, e)| ready(e))
+        .map(|(t, _)| t.name.as_str())
+        .collect();
+    if chosen.is_empty() || job.dry_run() {
+        if job.json() {
+            let docs = examined
+                .iter()
+                .map(|e| {
+                    let e = e.as_ref().map_err(Clone::clone)?;
+                    let doc = job.doc(&e.caps, &e.connected, &e.pre);
+                    match &e.refused {
+                        Some(why) => with_error(doc, why),
+                        None => to_json(doc),
+                    }
+                })
+                .collect();
+            targets_json(&mut out, targets, docs)?;
+        } else if chosen.is_empty() {
+            writeln!(
+                out,
+                "No target to {verb} {} on: nothing was changed.",
+                job.name
+            )?;
+        } else {
+            writeln!(out, "Dry run: nothing was changed.")?;
+        }
+        out.flush()?;
+        return Ok(combined(&planned));
+    }
+    if !job.yes() {
+        let prepared = examined
+            .iter()
+            .filter(|e| ready(e))
+            .flatten()
+            .map(|e| e.pre.blockers.prepared.len())
+            .sum();
+        let question = job.question_on(&chosen, prepared);
+        if !stop
+            .until(crate::confirm::ask(&mut out, &question))
+            .await??
+        {
+            return Ok(Exit::Error);
+        }
+    }
+    // One progress line for all targets: the sum of what is left on each.
+    let tty = std::io::stderr().is_terminal();
+    let progress: std::sync::Mutex<Vec<Option<Progress>>> =
+        std::sync::Mutex::new(vec![None; targets.len()]);
+    let shown = std::sync::atomic::AtomicBool::new(false);
+    let show_all = |i: usize, p: Option<Progress>| {
+        let Ok(mut all) = progress.lock() else {
+            return;
+        };
+        all[i] = p;
+        if tty && p.is_some() {
+            let seen = all.iter().flatten();
+            let sum = seen.fold(
+                Progress {
+                    sessions: 0,
+                    in_transaction: 0,
+                    grace_left: Duration::ZERO,
+                },
+                |s, p| Progress {
+                    sessions: s.sessions + p.sessions,
+                    in_transaction: s.in_transaction + p.in_transaction,
+                    grace_left: s.grace_left.max(p.grace_left),
+                },
+            );
+            eprint!("{}", database_cmd::progress_line(sum));
+            shown.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let (stop, show_all) = (&stop, &show_all);
+    let done: Vec<Option<(Request, Result<databases::Report, String>)>> =
+        stream::iter(examined.iter().enumerate().map(|(i, e)| async move {
+            let e = e.as_ref().ok().filter(|e| e.refused.is_none())?;
+            let req = job.request(Vec::new());
+            if let Some(why) = stop.heard() {
+                return Some((
+                    req,
+                    Err(format!("{why} before it began: nothing was changed")),
+                ));
+            }
+            let show = move |p: Progress| show_all(i, Some(p));
+            let connected = &e.connected;
+            let interrupt = async move {
+                let why = stop.wait().await;
+                // Stop what the server is doing for us (a DROP waiting on sessions) first.
+                inflight::cancel(connected).await;
+                why.to_owned()
+            };
+            tokio::pin!(interrupt);
+            let result = database_cmd::carry_out(
+                connected,
+                &e.caps,
+                &e.pre,
+                &req,
+                &show,
+                interrupt.as_mut(),
+            )
+            .await;
+            show_all(i, None);
+            let result = result.map_err(|err| {
+                message(&database_cmd::failure(
+                    job,
+                    &e.pre,
+                    &req,
+                    err,
+                    args.statement_timeout,
+                ))
+            });
+            Some((req, result))
+        }))
+        .buffered(usize::from(args.parallel))
+        .collect()
+        .await;
+    if shown.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!();
+    }
+    let codes: Vec<Exit> = done
+        .iter()
+        .map(|d| match d {
+            Some((_, Ok(_))) => Exit::Ok,
+            _ => Exit::Error,
+        })
+        .collect();
+    for (t, d) in targets.iter().zip(&done) {
+        if let Some((_, Err(why))) = d {
+            say(t, why);
+        }
+    }
+    if job.json() {
+        let docs = examined
+            .iter()
+            .zip(&done)
+            .map(|(e, d)| {
+                let e = e.as_ref().map_err(Clone::clone)?;
+                match (d, &e.refused) {
+                    (_, Some(why)) => with_error(job.doc(&e.caps, &e.connected, &e.pre), why),
+                    (Some((_, Err(why))), None) => {
+                        with_error(job.doc(&e.caps, &e.connected, &e.pre), why)
+                    }
+                    (Some((_, Ok(report))), None) => {
+                        let result = Ok(report.clone());
+                        to_json(job.outcome_doc(&e.caps, &e.connected, &e.pre, &result))
+                    }
+                    (None, None) => Err("not carried out".into()),
+                }
+            })
+            .collect();
+        targets_json(&mut out, targets, docs)?;
+    } else {
+        let mut per: Vec<(&str, Vec<Vec<String>>)> = Vec::new();
+        for ((t, e), d) in targets.iter().zip(&examined).zip(&done) {
+            let text = match (e, d) {
+                (Err(why), _) => format!("left untouched: {why}"),
+                (
+                    Ok(Examined {
+                        refused: Some(_), ..
+                    }),
+                    _,
+                ) => "left untouched: its preflight refuses (see above)".to_owned(),
+                (Ok(_), Some((_, Err(why)))) => why.clone(),
+                (Ok(_), Some((_, Ok(report)))) => {
+                    let mut text = Vec::new();
+                    database_cmd::tell_report(&mut text, job, report)?;
+                    String::from_utf8_lossy(&text).into_owned()
+                }
+                (Ok(_), None) => "not carried out".to_owned(),
+            };
+            per.push((t.name.as_str(), rows(&text)));
+        }
+        output::per_target_table(&mut out, &["result"], &per, None)?;
+        let ok = codes.iter().filter(|c| **c == Exit::Ok).count();
+        writeln!(
+            out,
+            "({ok} of {} target(s) done, {} failed or left untouched)",
+            targets.len(),
+            targets.len() - ok
+        )?;
+    }
+    finish(&mut out, &codes)
+}
+
+/// `pgkill --target … unfence DB`: the same restore as on one server, on every target
+/// concurrently; a target where it fails (or that cannot be reached) is reported while
+/// the others are unfenced.
+pub async fn unfence(
+    args: &ConnArgs,
+    targets: &[Target],
+    unfence: &UnfenceArgs,
+) -> anyhow::Result<Exit> {
+    let (_stop, results) = connected_each(args, targets, &|t, connected| async move {
+        let mut text = Vec::new();
+        let mut tell = |line: &str| say(t, line);
+        let code =
+            database_cmd::unfence_on(&connected, unfence, &mut text, &mut tell, false).await?;
+        Ok((code, text))
+    })
+    .await?;
+    tell_failures(targets, &results);
+    let codes: Vec<Exit> = results
+        .iter()
+        .map(|r| r.as_ref().map_or(Exit::Error, |(code, _)| *code))
+        .collect();
+    let mut out = output::for_people();
+    if unfence.json {
+        let docs = results
+            .into_iter()
+            .map(|r| {
+                let (_, text) = r?;
+                serde_json::from_slice(&text).map_err(|e| e.to_string())
+            })
+            .collect();
+        targets_json(&mut out, targets, docs)?;
+    } else {
+        let per = per_target(targets, &results, |r| {
+            Some(rows(&match r {
+                Ok((_, text)) => String::from_utf8_lossy(text).into_owned(),
+                Err(why) => format!("failed: {why}"),
+            }))
+        });
+        output::per_target_table(&mut out, &["result"], &per, None)?;
+    }
+    finish(&mut out, &codes)
+}
+
+/// `pgkill --target … free-slot ROLE`: every target's plan first (the role's sessions and
+/// limit there, the idle sessions to end), one table and one confirmation, then the same
+/// ending and watching for a pool that takes the slot back as on one server, on every
+/// target concurrently.
+pub async fn free_slot(
+    args: &ConnArgs,
+    targets: &[Target],
+    slot_args: &FreeSlotArgs,
+) -> anyhow::Result<Exit> {
+    slot_args.check()?;
+    let (stop, planned) = connected_each(args, targets, &|_, connected| async move {
+        let slot = sessions_cmd::plan_free_slot(&connected, slot_args).await?;
+        Ok((connected, slot))
+    })
+    .await?;
+    tell_failures(targets, &planned);
+    let count: usize = planned
+        .iter()
+        .flatten()
+        .map(|(_, s)| s.plan.to_signal().count())
+        .sum();
+    let listed: usize = planned
+        .iter()
+        .flatten()
+        .map(|(_, s)| s.plan.targets.len())
+        .sum();
+    let mut out = output::for_people();
+    if !slot_args.json() {
+        for (t, p) in targets.iter().zip(&planned) {
+            if let Ok((_, slot)) = p {
+                let mut text = Vec::new();
+                sessions_cmd::tell_role(&mut text, slot_args, slot)?;
+                lines_of(&mut out, t, &text)?;
+            }
+        }
+        if listed == 0 {
+            writeln!(
+                out,
+                "No idle session of {} to end on any target.",
+                slot_args.role()
+            )?;
+            out.flush()?;
+            return Ok(combined(
+                &planned
+                    .iter()
+                    .map(|p| {
+                        if p.is_ok() {
+                            Exit::NothingMatched
+                        } else {
+                            Exit::Error
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        let per = per_target(targets, &planned, |p| {
+            p.as_ref().ok().map(|(_, s)| output::plan_rows(&s.plan))
+        });
+        output::per_target_table(&mut out, &output::PLAN_HEADER, &per, sessions_cmd::width())?;
+    }
+    if !slot_args.yes()
+        && !stop
+            .until(crate::confirm::ask(
+                &mut out,
+                &format!("Terminate {count} session(s) on these targets?"),
+            ))
+            .await??
+    {
+        return Ok(Exit::Error);
+    }
+    let freed: Vec<Result<sessions_cmd::Freed, String>> = stop
+        .until(
+            stream::iter(planned.iter().map(|p| async move {
+                let (connected, slot) = p.as_ref().map_err(Clone::clone)?;
+                sessions_cmd::carry_out_free_slot(connected, slot)
+                    .await
+                    .map_err(|e| message(&e))
+            }))
+            .buffered(usize::from(args.parallel))
+            .collect::<Vec<_>>(),
+        )
+        .await?;
+    for (t, (p, f)) in targets.iter().zip(planned.iter().zip(&freed)) {
+        if let (Ok(_), Err(why)) = (p, f) {
+            say(t, why);
+        }
+    }
+    let codes: Vec<Exit> = freed
+        .iter()
+        .map(|f| f.as_ref().map_or(Exit::Error, |f| f.code))
+        .collect();
+    if slot_args.json() {
+        let docs = planned
+            .iter()
+            .zip(&freed)
+            .map(|(p, f)| {
+                let (connected, slot) = p.as_ref().map_err(Clone::clone)?;
+                let freed = f.as_ref().map_err(Clone::clone)?;
+                to_json(sessions_cmd::free_slot_doc(
+                    connected, slot_args, slot, freed,
+                ))
+            })
+            .collect();
+        targets_json(&mut out, targets, docs)?;
+    } else {
+        let per = per_target(targets, &freed, |f| {
+            f.as_ref()
+                .ok()
+                .filter(|f| !f.outcomes.is_empty())
+                .map(|f| output::outcome_rows(&f.outcomes))
+        });
+        output::per_target_table(
+            &mut out,
+            &output::OUTCOME_HEADER,
+            &per,
+            sessions_cmd::width(),
+        )?;
+        for (t, (p, f)) in targets.iter().zip(planned.iter().zip(&freed)) {
+            if let (Ok((_, slot)), Ok(freed)) = (p, f) {
+                let mut text = Vec::new();
+                sessions_cmd::tell_freed(&mut text, slot_args, slot, freed)?;
+                lines_of(&mut out, t, &text)?;
+            }
+        }
+    }
+    finish(&mut out, &codes)
 }

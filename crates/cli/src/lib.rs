@@ -19,7 +19,6 @@ mod output;
 mod sessions_cmd;
 
 use clap::{Parser, Subcommand};
-use pgkill_core::database::Operation;
 use pgkill_core::planner::Signal;
 
 /// Exit code for errors (bad input, connection failures, refused privileges).
@@ -223,6 +222,11 @@ fn run_async(
                     )
                     .await
                 }
+                Command::Drain(a) => fleet::database(&conn, &targets, &a.job()).await,
+                Command::Drop(a) => fleet::database(&conn, &targets, &a.job()).await,
+                Command::Rename(a) => fleet::database(&conn, &targets, &a.job()).await,
+                Command::Unfence(a) => fleet::unfence(&conn, &targets, a).await,
+                Command::FreeSlot(a) => fleet::free_slot(&conn, &targets, a).await,
                 _ => Ok(Outcome::Error),
             }
         });
@@ -246,34 +250,9 @@ fn run_async(
                 )
                 .await
             }
-            Command::Drain(a) => {
-                database_cmd::run(
-                    &conn,
-                    conninfo,
-                    Operation::Drain,
-                    &a.db,
-                    None,
-                    &a.op,
-                    a.then_unfence,
-                )
-                .await
-            }
-            Command::Drop(a) => {
-                database_cmd::run(&conn, conninfo, Operation::Drop, &a.db, None, &a.op, false).await
-            }
-            Command::Rename(a) => {
-                // For rename the last argument is --resume (of the pooler aliases).
-                database_cmd::run(
-                    &conn,
-                    conninfo,
-                    Operation::Rename,
-                    &a.old,
-                    Some(&a.new),
-                    &a.op,
-                    a.resume,
-                )
-                .await
-            }
+            Command::Drain(a) => database_cmd::run(&conn, conninfo, &a.job()).await,
+            Command::Drop(a) => database_cmd::run(&conn, conninfo, &a.job()).await,
+            Command::Rename(a) => database_cmd::run(&conn, conninfo, &a.job()).await,
             Command::Unfence(a) => database_cmd::unfence(&conn, conninfo, a).await,
             Command::FreeSlot(a) => sessions_cmd::free_slot(&conn, conninfo, a).await,
             Command::Top(a) => top(&conn, conninfo, a).await,

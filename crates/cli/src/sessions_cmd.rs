@@ -670,12 +670,7 @@ pub async fn free_slot(
     conninfo: Option<&str>,
     args: &FreeSlotArgs,
 ) -> anyhow::Result<Exit> {
-    if args.json && !args.yes {
-        anyhow::bail!(crate::UsageError(
-            "free-slot --json needs -y: a question would mix with the JSON".into()
-        ));
-    }
-    crate::confirm::ensure_possible(args.yes, false, "end sessions", None)?;
+    args.check()?;
     let connected = inflight::connect(conn_args, conninfo).await?;
     let mut signals = Signals::listen()?;
     inflight::guard(&connected, &mut signals, async {
@@ -684,7 +679,88 @@ pub async fn free_slot(
     .await
 }
 
+impl FreeSlotArgs {
+    /// `--json` needs -y, and someone must be able to confirm: refused before connecting.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.json && !self.yes {
+            anyhow::bail!(crate::UsageError(
+                "free-slot --json needs -y: a question would mix with the JSON".into()
+            ));
+        }
+        crate::confirm::ensure_possible(self.yes, false, "end sessions", None)
+    }
+
+    /// `--json`.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// `-y`.
+    pub fn yes(&self) -> bool {
+        self.yes
+    }
+
+    /// The role.
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+}
+
 async fn end_idle_sessions(connected: &Connected, args: &FreeSlotArgs) -> anyhow::Result<Exit> {
+    let slot = plan_free_slot(connected, args).await?;
+    let mut out = output::for_people();
+    if !args.json {
+        tell_role(&mut out, args, &slot)?;
+        if slot.plan.targets.is_empty() {
+            writeln!(out, "No idle session of {} to end.", args.role)?;
+            out.flush()?;
+            return Ok(Exit::NothingMatched);
+        }
+        output::plan_table(&mut out, &slot.plan, width())?;
+    }
+    if !args.yes
+        && !crate::confirm::ask(
+            &mut out,
+            &format!("Terminate {} session(s)?", slot.plan.to_signal().count()),
+        )
+        .await?
+    {
+        return Ok(Exit::Error);
+    }
+    let freed = carry_out_free_slot(connected, &slot).await?;
+    if args.json {
+        output::json(&mut out, &free_slot_doc(connected, args, &slot, &freed))?;
+        out.flush()?;
+        return Ok(freed.code);
+    }
+    output::outcomes_table(&mut out, &freed.outcomes, width())?;
+    tell_freed(&mut out, args, &slot, &freed)?;
+    out.flush()?;
+    Ok(freed.code)
+}
+
+/// Which of a role's sessions free-slot would end on one server, and what it saw.
+pub struct SlotPlan {
+    caps: Capabilities,
+    /// `rolconnlimit` (-1: none).
+    limit: i32,
+    filter: pgkill_core::Filter,
+    /// The role's sessions before.
+    before: usize,
+    /// The server's clock when they were read.
+    began: Option<chrono::DateTime<chrono::Utc>>,
+    /// The idle sessions to end.
+    pub plan: pgkill_core::plan::Plan,
+    /// Idle backends of transaction pools serving an application, left alone.
+    left_alone: usize,
+}
+
+/// Reads the role's limit and sessions on one server and plans which to end (nothing is
+/// changed).
+pub async fn plan_free_slot(
+    connected: &Connected,
+    args: &FreeSlotArgs,
+) -> anyhow::Result<SlotPlan> {
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
     if let Err(why) = pgkill_core::database::check_name("role", &args.role, caps.max_name_bytes) {
@@ -722,19 +798,6 @@ async fn end_idle_sessions(connected: &Connected, args: &FreeSlotArgs) -> anyhow
     // The server's clock when the role's sessions were read: a session that starts after
     // it logged in while free-slot ran.
     let began = all.iter().map(|s| s.now).min();
-    let mut out = output::for_people();
-    let limit_text = if limit < 0 {
-        "no limit".to_owned()
-    } else {
-        format!("limit {limit}")
-    };
-    if !args.json {
-        writeln!(
-            out,
-            "Role {} has {before} session(s) ({limit_text}).",
-            args.role
-        )?;
-    }
     // Idle the longest first: those are the ones a pool can best spare; behind a pooler
     // its server connections serving nobody before anything else.
     let (mut idle, left_alone) = pgkill_core::pooler::spare_first(
@@ -759,53 +822,72 @@ async fn end_idle_sessions(connected: &Connected, args: &FreeSlotArgs) -> anyhow
             };
         }
     }
-    if !left_alone.is_empty() && !args.json {
+    Ok(SlotPlan {
+        caps,
+        limit,
+        filter,
+        before,
+        began,
+        plan,
+        left_alone: left_alone.len(),
+    })
+}
+
+/// The role's sessions and limit, and the pool backends left alone, for people.
+pub fn tell_role(out: &mut dyn Write, args: &FreeSlotArgs, slot: &SlotPlan) -> std::io::Result<()> {
+    let limit_text = if slot.limit < 0 {
+        "no limit".to_owned()
+    } else {
+        format!("limit {}", slot.limit)
+    };
+    writeln!(
+        out,
+        "Role {} has {} session(s) ({limit_text}).",
+        args.role, slot.before
+    )?;
+    if slot.left_alone > 0 {
         writeln!(
             out,
             "({} idle backend(s) of transaction pools serving an application right now left alone: ending one would hit whichever application it serves next)",
-            left_alone.len()
+            slot.left_alone
         )?;
     }
-    if plan.targets.is_empty() && !args.json {
-        writeln!(out, "No idle session of {} to end.", args.role)?;
-        out.flush()?;
-        return Ok(Exit::NothingMatched);
-    }
-    if !args.json {
-        output::plan_table(&mut out, &plan, width())?;
-    }
-    if !args.yes
-        && !crate::confirm::ask(
-            &mut out,
-            &format!("Terminate {} session(s)?", plan.to_signal().count()),
-        )
-        .await?
-    {
-        return Ok(Exit::Error);
-    }
+    Ok(())
+}
+
+/// What free-slot did on one server.
+pub struct Freed {
+    /// Per session ended.
+    pub outcomes: Vec<Outcome>,
+    /// The role's sessions afterwards.
+    after: Vec<pgkill_core::Session>,
+    /// The role is at its connection limit again.
+    full_again: bool,
+    /// The exit code of this server's part.
+    pub code: Exit,
+}
+
+/// Ends the planned sessions on one server, then watches a moment for the role's pool to
+/// take the freed slot back.
+pub async fn carry_out_free_slot(connected: &Connected, slot: &SlotPlan) -> anyhow::Result<Freed> {
+    let client = &connected.client;
+    let (caps, filter, plan, limit) = (&slot.caps, &slot.filter, &slot.plan, slot.limit);
     let outcomes = if plan.targets.is_empty() {
         Vec::new()
     } else {
-        sessions::execute(client, &caps, &filter, &plan, Duration::from_secs(5)).await?
+        sessions::execute(client, caps, filter, plan, Duration::from_secs(5)).await?
     };
     // A pool that refills can take the freed slot before the user's own login: watch a
     // moment for the role's sessions to come back, and say so.
     let watch_until = tokio::time::Instant::now() + RECONNECT_WATCH;
     let after = loop {
-        let now = sessions::list(client, &caps, &filter).await?;
+        let now = sessions::list(client, caps, filter).await?;
         let full = limit >= 0 && now.len() >= usize::try_from(limit).unwrap_or(0);
         if plan.targets.is_empty() || full || tokio::time::Instant::now() >= watch_until {
             break now;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let arrived: Vec<&pgkill_core::Session> = after
-        .iter()
-        .filter(|s| match (began, s.backend_start) {
-            (Some(began), Some(start)) => start > began,
-            _ => false,
-        })
-        .collect();
     let full_again = limit >= 0 && after.len() >= usize::try_from(limit).unwrap_or(0);
     let code = if plan.targets.is_empty() {
         Exit::NothingMatched
@@ -814,32 +896,65 @@ async fn end_idle_sessions(connected: &Connected, args: &FreeSlotArgs) -> anyhow
     } else {
         Exit::from_code(exit_code(&outcomes))
     };
-    if args.json {
-        let d = FreeSlotDoc {
-            server: server_json(&caps, &connected.settings),
-            action: "free_slot",
-            role: &args.role,
-            connection_limit: limit,
-            sessions_before: before,
-            plan: plan_entries(&plan),
-            outcomes: &outcomes,
-            reconnected: arrived
-                .iter()
-                .map(|s| Arrival {
-                    pid: s.pid,
-                    backend_start: s.backend_start.map(rfc3339),
-                    application_name: s.application_name.as_deref(),
-                    client_addr: s.client_addr.map(|a| a.to_string()),
-                })
-                .collect(),
-            sessions_after: after.len(),
-            full_again,
-        };
-        output::json(&mut out, &d)?;
-        out.flush()?;
-        return Ok(code);
+    Ok(Freed {
+        outcomes,
+        after,
+        full_again,
+        code,
+    })
+}
+
+impl Freed {
+    /// The sessions of the role that logged in while free-slot ran (a pool refilling).
+    fn arrived<'a>(&'a self, slot: &SlotPlan) -> Vec<&'a pgkill_core::Session> {
+        self.after
+            .iter()
+            .filter(|s| match (slot.began, s.backend_start) {
+                (Some(began), Some(start)) => start > began,
+                _ => false,
+            })
+            .collect()
     }
-    output::outcomes_table(&mut out, &outcomes, width())?;
+}
+
+/// The `--json` document of free-slot on one server.
+pub fn free_slot_doc<'a>(
+    connected: &Connected,
+    args: &'a FreeSlotArgs,
+    slot: &'a SlotPlan,
+    freed: &'a Freed,
+) -> impl Serialize + 'a {
+    FreeSlotDoc {
+        server: server_json(&slot.caps, &connected.settings),
+        action: "free_slot",
+        role: &args.role,
+        connection_limit: slot.limit,
+        sessions_before: slot.before,
+        plan: plan_entries(&slot.plan),
+        outcomes: &freed.outcomes,
+        reconnected: freed
+            .arrived(slot)
+            .iter()
+            .map(|s| Arrival {
+                pid: s.pid,
+                backend_start: s.backend_start.map(rfc3339),
+                application_name: s.application_name.as_deref(),
+                client_addr: s.client_addr.map(|a| a.to_string()),
+            })
+            .collect(),
+        sessions_after: freed.after.len(),
+        full_again: freed.full_again,
+    }
+}
+
+/// After the outcomes: who logged in meanwhile, and whether the role is full again.
+pub fn tell_freed(
+    out: &mut dyn Write,
+    args: &FreeSlotArgs,
+    slot: &SlotPlan,
+    freed: &Freed,
+) -> std::io::Result<()> {
+    let arrived = freed.arrived(slot);
     if !arrived.is_empty() {
         let who: Vec<String> = arrived
             .iter()
@@ -865,14 +980,14 @@ async fn end_idle_sessions(connected: &Connected, args: &FreeSlotArgs) -> anyhow
             who.join(", ")
         )?;
     }
-    if full_again {
+    if freed.full_again {
         writeln!(
             out,
-            "{} is at its connection limit again ({}/{limit}): the freed slot(s) were taken.",
+            "{} is at its connection limit again ({}/{}): the freed slot(s) were taken.",
             args.role,
-            after.len()
+            freed.after.len(),
+            slot.limit
         )?;
     }
-    out.flush()?;
-    Ok(code)
+    Ok(())
 }

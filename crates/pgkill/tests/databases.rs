@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure, Result};
 use pgkill_sandbox::sim::{self, PoolOptions, WriterOptions};
 use pgkill_sandbox::{cases, roles, Installation, Options, Sandbox};
-use tokio_postgres::Client;
 
 mod support;
 
-use support::{db_row, recvlogical, wait_fenced, wait_no_sessions};
+use support::{customise, db_row, recvlogical, wait_fenced, wait_no_sessions};
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -61,22 +60,6 @@ impl Cli {
     fn local_files(&self) -> Result<usize> {
         Ok(std::fs::read_dir(self.state.path())?.count())
     }
-}
-
-/// Custom settings that must survive: a connection limit, CONNECT revoked from PUBLIC and
-/// granted to one role, a comment.
-async fn customise(admin: &Client, name: &str) -> Result<()> {
-    let q = pgkill_core::quote_ident(name)?;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {q} CONNECTION LIMIT 70; REVOKE CONNECT ON DATABASE {q} FROM PUBLIC;
-             GRANT CONNECT ON DATABASE {q} TO {}; GRANT CONNECT, TEMP ON DATABASE {q} TO {};
-             COMMENT ON DATABASE {q} IS 'the team''s data'",
-            roles::PLAIN,
-            roles::SUPERUSER
-        ))
-        .await?;
-    Ok(())
 }
 
 fn storm() -> PoolOptions {

@@ -101,19 +101,17 @@ pub fn run(mut cmd: Command) -> Result<(i32, String, String)> {
 
 /// Waits until the sessions of `db` that a test dropped have left.
 pub async fn wait_no_sessions(admin: &Client, db: &str) -> Result<()> {
+    wait_sessions(admin, "datname", db, 0).await
+}
+
+/// Waits until at most `n` sessions have `column` (`datname`, `usename`) = `value`.
+pub async fn wait_sessions(admin: &Client, column: &str, value: &str, n: i64) -> Result<()> {
     let began = Instant::now();
-    while admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
-            &[&db],
-        )
-        .await?
-        .get::<_, i64>(0)
-        > 0
-    {
+    let query = format!("SELECT count(*) FROM pg_stat_activity WHERE {column} = $1");
+    while admin.query_one(&query, &[&value]).await?.get::<_, i64>(0) > n {
         ensure!(
             began.elapsed() < Duration::from_secs(10),
-            "sessions of {db} did not leave"
+            "sessions with {column} {value} did not leave"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -209,5 +207,21 @@ pub async fn wait_fenced(admin: &Client, name: &str) -> Result<()> {
         ensure!(began.elapsed() < Duration::from_secs(20), "never fenced");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+/// Custom settings that must survive: a connection limit, CONNECT revoked from PUBLIC and
+/// granted to one role, a comment.
+pub async fn customise(admin: &Client, name: &str) -> Result<()> {
+    let q = pgkill_core::quote_ident(name)?;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {q} CONNECTION LIMIT 70; REVOKE CONNECT ON DATABASE {q} FROM PUBLIC;
+             GRANT CONNECT ON DATABASE {q} TO {}; GRANT CONNECT, TEMP ON DATABASE {q} TO {};
+             COMMENT ON DATABASE {q} IS 'the team''s data'",
+            pgkill_sandbox::roles::PLAIN,
+            pgkill_sandbox::roles::SUPERUSER
+        ))
+        .await?;
     Ok(())
 }
