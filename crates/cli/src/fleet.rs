@@ -158,9 +158,25 @@ pub fn check(args: &ConnArgs, command: &str, targets: &[Target]) -> anyhow::Resu
     Ok(())
 }
 
-/// Runs `work` on every target, `parallel` at a time, and keeps the results in the
-/// targets' order. A target's error (it is down, refuses the login, times out) is its
-/// own: the others go on.
+/// Runs `work` on every target, `parallel` at a time, and yields the results in the
+/// targets' order as they are ready. A target's error (it is down, refuses the login,
+/// times out) is its own: the others go on.
+fn each<'a, T, F, Fut>(
+    targets: &'a [Target],
+    parallel: u16,
+    work: F,
+) -> impl stream::Stream<Item = Result<T, String>> + 'a
+where
+    F: Fn(&'a Target) -> Fut + 'a,
+    Fut: Future<Output = anyhow::Result<T>> + 'a,
+    T: 'a,
+{
+    stream::iter(targets.iter().map(work))
+        .buffered(usize::from(parallel))
+        .map(|r| r.map_err(|e| pgkill_core::printable(&format!("{e:#}")).into_owned()))
+}
+
+/// [`each`], all results at once.
 async fn on_each<'a, T, F, Fut>(
     targets: &'a [Target],
     parallel: u16,
@@ -263,27 +279,19 @@ async fn interruptible<T>(work: impl Future<Output = T>) -> anyhow::Result<T> {
 /// `pgkill --target … ls`.
 pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Result<Exit> {
     let filter = ls.filters.to_filter(ls.all_backends);
-    let results = interruptible(on_each(targets, args.parallel, |t| {
+    let list_on = |t| {
         let filter = &filter;
         async move {
             let (connected, caps) = connect_to(args, t).await?;
             let list = sessions::list(&connected.client, &caps, filter).await?;
             Ok((sessions_cmd::server_json(&caps, &connected.settings), list))
         }
-    }))
-    .await?;
-    tell_failures(targets, &results);
-    let codes: Vec<Exit> = results
-        .iter()
-        .map(|r| match r {
-            Ok((_, list)) if !list.is_empty() => Exit::Ok,
-            Ok(_) => Exit::NothingMatched,
-            Err(_) => Exit::Error,
-        })
-        .collect();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout());
     if ls.json {
-        // Written straight from the sessions: no copy of the document but its text.
+        // Each target's document is written as soon as it and those before it are
+        // ready, straight from its sessions, which are then let go: only the targets
+        // still in flight are held.
         #[derive(serde::Serialize)]
         struct Item<'a> {
             target: &'a str,
@@ -292,26 +300,42 @@ pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Res
             #[serde(skip_serializing_if = "Option::is_none")]
             error: Option<serde_json::Value>,
         }
-        let items: Vec<Item<'_>> = targets
-            .iter()
-            .zip(&results)
-            .map(|(t, r)| match r {
-                Ok((server, list)) => Item {
-                    target: &t.name,
-                    doc: Some(output::sessions_doc(server, list, &[], None)),
-                    error: None,
-                },
-                Err(e) => Item {
-                    target: &t.name,
-                    doc: None,
-                    error: Some(serde_json::json!({ "message": e })),
-                },
-            })
-            .collect();
-        output::json(&mut out, &serde_json::json!({ "targets": items }))?;
-        out.flush()?;
-        return Ok(combined(&codes));
-    } else if ls.csv {
+        let codes = interruptible(async {
+            let mut doc = output::JsonTargets::start(&mut out)?;
+            let mut codes = Vec::with_capacity(targets.len());
+            let mut results = std::pin::pin!(each(targets, args.parallel, list_on));
+            for t in targets {
+                let Some(r) = results.next().await else {
+                    break;
+                };
+                codes.push(listed_code(&r));
+                let item = match &r {
+                    Ok((server, list)) => Item {
+                        target: &t.name,
+                        doc: Some(output::sessions_doc(server, list, &[], None)),
+                        error: None,
+                    },
+                    Err(e) => {
+                        eprintln!("pgkill: target {}: {e}", pgkill_core::printable(&t.name));
+                        Item {
+                            target: &t.name,
+                            doc: None,
+                            error: Some(serde_json::json!({ "message": e })),
+                        }
+                    }
+                };
+                doc.item(&item)?;
+            }
+            doc.end()?;
+            anyhow::Ok(codes)
+        })
+        .await??;
+        return finish(&mut out, &codes);
+    }
+    let results = interruptible(on_each(targets, args.parallel, list_on)).await?;
+    tell_failures(targets, &results);
+    let codes: Vec<Exit> = results.iter().map(listed_code).collect();
+    if ls.csv {
         let per: Vec<(
             &str,
             &[pgkill_core::Session],
@@ -349,6 +373,15 @@ pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Res
         people.flush()?;
     }
     finish(&mut out, &codes)
+}
+
+/// A target's exit code for `ls`: what it listed, or its failure.
+fn listed_code<S>(r: &Result<(S, Vec<pgkill_core::Session>), String>) -> Exit {
+    match r {
+        Ok((_, list)) if !list.is_empty() => Exit::Ok,
+        Ok(_) => Exit::NothingMatched,
+        Err(_) => Exit::Error,
+    }
 }
 
 /// One target's part of `kill`/`cancel`: its connection, what it can do and its plan.

@@ -484,19 +484,64 @@ fn rows_json<'a>(
 /// written as `\u` escapes too: the same JSON value, safe on a terminal.
 pub fn json(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(json_error)?;
-    // Outside strings JSON text is ASCII punctuation and whitespace: escaping any char
-    // of the text is escaping it inside a string. Written run by run (no second copy of
-    // a large document).
+    write_escaped_json(out, &text, "")?;
+    out.write_all(b"\n")
+}
+
+/// Writes pretty JSON `text`, each line after the first indented by `indent`, with the
+/// characters a terminal would act on escaped. Outside strings JSON text is ASCII
+/// punctuation and whitespace: escaping any char of the text is escaping it inside a
+/// string. Written run by run (no second copy of a large document).
+fn write_escaped_json(out: &mut dyn Write, text: &str, indent: &str) -> io::Result<()> {
     let mut start = 0;
     for (at, c) in text.char_indices() {
         if is_unsafe(c) {
             out.write_all(&text.as_bytes()[start..at])?;
             write!(out, "\\u{:04x}", u32::from(c))?;
             start = at + c.len_utf8();
+        } else if c == '\n' && !indent.is_empty() {
+            out.write_all(&text.as_bytes()[start..=at])?;
+            out.write_all(indent.as_bytes())?;
+            start = at + 1;
         }
     }
-    out.write_all(&text.as_bytes()[start..])?;
-    out.write_all(b"\n")
+    out.write_all(&text.as_bytes()[start..])
+}
+
+/// `{"targets": [ITEM, ...]}` written one item at a time, as each is ready, so that only
+/// the items not yet written are held (the same text as [`json`] of the whole document).
+pub struct JsonTargets<'a> {
+    out: &'a mut dyn Write,
+    items: usize,
+}
+
+impl<'a> JsonTargets<'a> {
+    /// Starts the document.
+    pub fn start(out: &'a mut dyn Write) -> io::Result<Self> {
+        out.write_all(b"{\n  \"targets\": [")?;
+        Ok(JsonTargets { out, items: 0 })
+    }
+
+    /// Writes the next item.
+    pub fn item(&mut self, value: &impl Serialize) -> io::Result<()> {
+        let text = serde_json::to_string_pretty(value).map_err(json_error)?;
+        self.out.write_all(if self.items == 0 {
+            b"\n    "
+        } else {
+            b",\n    "
+        })?;
+        self.items += 1;
+        write_escaped_json(self.out, &text, "    ")
+    }
+
+    /// Ends the document.
+    pub fn end(self) -> io::Result<()> {
+        if self.items == 0 {
+            self.out.write_all(b"]\n}\n")
+        } else {
+            self.out.write_all(b"\n  ]\n}\n")
+        }
+    }
 }
 
 /// Keeps the I/O error kind (a closed pipe must stay recognisable) of a JSON write.
@@ -896,6 +941,29 @@ pub fn outcome_rows(outcomes: &[Outcome]) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_written_one_by_one_are_the_whole_documents_text() {
+        let items = [
+            serde_json::json!({"target": "a", "sessions": [{"pid": 1, "query": "SELECT 1\n\u{1b}[2J"}]}),
+            serde_json::json!({"target": "b", "error": {"message": "down"}}),
+            serde_json::json!({"target": "c", "sessions": []}),
+        ];
+        for n in 0..=items.len() {
+            let mut whole = Vec::new();
+            json(&mut whole, &serde_json::json!({ "targets": items[..n] })).unwrap();
+            let mut streamed = Vec::new();
+            let mut doc = JsonTargets::start(&mut streamed).unwrap();
+            for item in &items[..n] {
+                doc.item(item).unwrap();
+            }
+            doc.end().unwrap();
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                String::from_utf8(whole).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn table_is_aligned_and_cut_to_width() {

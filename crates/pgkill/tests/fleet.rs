@@ -15,18 +15,25 @@ mod support;
 use support::{customise, db_row, wait_fenced, DbRow};
 
 fn main() {
-    pgkill_sandbox::matrix::main(cases![
-        ls_and_kill_across_servers,
-        a_server_that_is_down_is_reported_while_the_others_act,
-        targets_file_names_and_csv,
-        drain_and_unfence_across_servers_restore_each_exactly,
-        drop_across_servers_under_pools_and_a_failure_on_one,
-        rename_across_servers_keeps_settings,
-        free_slot_across_servers,
-        bad_input_changes_nothing_anywhere,
-        interrupt_restores_every_server,
-        a_standby_target_refuses_while_the_primary_is_drained,
-    ]);
+    pgkill_sandbox::matrix::main_with(
+        cases![
+            ls_and_kill_across_servers,
+            a_server_that_is_down_is_reported_while_the_others_act,
+            targets_file_names_and_csv,
+            drain_and_unfence_across_servers_restore_each_exactly,
+            drop_across_servers_under_pools_and_a_failure_on_one,
+            rename_across_servers_keeps_settings,
+            free_slot_across_servers,
+            bad_input_changes_nothing_anywhere,
+            interrupt_restores_every_server,
+            a_standby_target_refuses_while_the_primary_is_drained,
+        ],
+        vec![pgkill_sandbox::matrix::Mixed {
+            name: "six_servers_of_mixed_versions",
+            versions: &[10, 12, 14, 16, 17, 18],
+            run: |pgs| Box::pin(six_servers_of_mixed_versions(pgs)),
+        }],
+    );
 }
 
 /// Three servers: `pg` and the next two versions of those selected (cycling).
@@ -91,6 +98,16 @@ fn targets_of(out: &str) -> Result<Vec<Value>> {
     Ok(doc["targets"].as_array().cloned().unwrap_or_default())
 }
 
+/// The pids of a target's `sessions` in a `--json` document.
+fn pids_of(doc: &Value) -> Vec<i64> {
+    doc["sessions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["pid"].as_i64())
+        .collect()
+}
+
 /// Every one of `victims` ends, told 57P01 (terminated).
 async fn all_terminated(victims: &[sim::Session]) -> Result<()> {
     for v in victims {
@@ -124,12 +141,7 @@ async fn ls_and_kill_across_servers(pg: Installation) -> Result<()> {
         let name = format!("{}:{}", sb.host(), sb.port());
         ensure!(doc["target"] == name.as_str(), "target name: {doc}");
         ensure!(doc["server"]["port"] == sb.port(), "{doc}");
-        let pids: Vec<i64> = doc["sessions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s["pid"].as_i64())
-            .collect();
+        let pids = pids_of(doc);
         ensure!(pids == [i64::from(victim.pid())], "{name}: {pids:?}");
     }
     let (code, out, err) = pgkill(&targets, &["ls", "--db", "x"])?;
@@ -710,5 +722,128 @@ async fn a_standby_target_refuses_while_the_primary_is_drained(pg: Installation)
         "app not put back on the primary"
     );
     ensure!(reader.is_connected(), "a session on the standby was ended");
+    Ok(())
+}
+
+/// Issue 14's fleet in one run: six servers of mixed versions (10, 12, 14, 16, 17 and 18
+/// when selected), two of them named through a service file (`service=NAME`, the target's
+/// name). `ls --db x` lists each server's session of x under its target with its own
+/// version; `kill --db x -y` ends exactly those (57P01) and leaves the other databases'
+/// sessions; then, while `drain x --then-unfence` waits out its grace period on every
+/// server, one server is stopped: it is reported with its error, the five others are
+/// drained and put back exactly (exit 3).
+async fn six_servers_of_mixed_versions(pgs: Vec<Installation>) -> Result<()> {
+    ensure!(pgs.len() == 6, "six servers wanted, got {}", pgs.len());
+    let mut servers = Vec::new();
+    for pg in &pgs {
+        servers.push(Sandbox::start(pg, &Options::default())?);
+    }
+    let dir = tempfile::tempdir()?;
+    let services = dir.path().join("pg_service.conf");
+    let mut text = String::new();
+    for (i, sb) in servers.iter().enumerate().take(2) {
+        text.push_str(&format!(
+            "[shard-{i}]\nhost={}\nport={}\nuser={}\npassword={}\ndbname=postgres\n\n",
+            sb.host(),
+            sb.port(),
+            roles::ADMIN,
+            sb.password(roles::ADMIN).unwrap_or_default()
+        ));
+    }
+    std::fs::write(&services, text)?;
+    // (name, --target) of each server.
+    let (names, targets): (Vec<String>, Vec<String>) = servers
+        .iter()
+        .enumerate()
+        .map(|(i, sb)| {
+            if i < 2 {
+                (format!("shard-{i}"), format!("service=shard-{i}"))
+            } else {
+                (name(sb), conninfo(sb))
+            }
+        })
+        .unzip();
+    let run = |args: &[&str]| {
+        let mut cmd = command(&targets, args);
+        cmd.env("PGSERVICEFILE", &services);
+        support::run(cmd)
+    };
+    let admins = everywhere(&servers, "x").await?;
+    let mut victims = Vec::new();
+    let mut bystanders = Vec::new();
+    for sb in &servers {
+        victims.push(sim::idle(&sb.config("x", roles::PLAIN)).await?);
+        bystanders.push(sim::idle(&sb.config("postgres", roles::PLAIN)).await?);
+    }
+    let (code, out, err) = run(&["ls", "--db", "x", "--json"])?;
+    ensure!(code == 0, "ls: exit {code}\n{out}\n{err}");
+    let docs = targets_of(&out)?;
+    ensure!(docs.len() == 6, "{out}");
+    for (((doc, sb), victim), name) in docs.iter().zip(&servers).zip(&victims).zip(&names) {
+        let version = doc["server"]["version"].as_str().unwrap_or_default();
+        ensure!(
+            doc["target"] == name.as_str()
+                && doc["server"]["port"] == sb.port()
+                && version.starts_with(&format!("{}.", sb.version().major)),
+            "{name}: {doc}"
+        );
+        let pids = pids_of(doc);
+        ensure!(pids == [i64::from(victim.pid())], "{name}: {pids:?}");
+    }
+    let (code, out, err) = run(&["kill", "--db", "x", "-y"])?;
+    ensure!(
+        code == 0
+            && out.contains("Plan: terminate 6 session(s) on 6 target(s)")
+            && names.iter().all(|n| out
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{n} ")) && l.contains("terminated"))),
+        "kill: exit {code}\n{out}\n{err}"
+    );
+    all_terminated(&victims).await?;
+    ensure!(
+        bystanders.iter().all(|b| b.is_connected()),
+        "a session of another database was ended"
+    );
+    // An open transaction in x on each server holds every drain in its grace period.
+    let mut open = Vec::new();
+    for sb in &servers {
+        open.push(sim::idle_in_transaction(&sb.config("x", roles::PLAIN), None).await?);
+    }
+    let mut cmd = command(
+        &targets,
+        &["drain", "x", "--grace", "5s", "--then-unfence", "-y"],
+    );
+    cmd.env("PGSERVICEFILE", &services)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn()?;
+    for (admin, _) in &admins {
+        wait_fenced(admin, "x").await?;
+    }
+    let stopped = servers.pop().context("six servers")?;
+    let stopped_name = names[5].clone();
+    stopped.stop();
+    let out = child.wait_with_output()?;
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    );
+    ensure!(
+        out.status.code() == Some(3),
+        "drain with a server stopped: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    ensure!(
+        stderr.contains(&format!("pgkill: target {stopped_name}: ")),
+        "the stopped server is not named:\n{stderr}"
+    );
+    all_terminated(&open[..5]).await?;
+    for ((sb, (admin, before)), name) in servers.iter().zip(&admins).zip(&names) {
+        ensure!(
+            db_row(admin, "x").await?.as_ref() == Some(before),
+            "{name} ({}): x not drained and put back exactly",
+            sb.version().major
+        );
+    }
     Ok(())
 }

@@ -30,6 +30,18 @@ pub struct Case {
     pub run: fn(Installation) -> CaseFuture,
 }
 
+/// One integration test run once with servers of several versions at a time.
+#[derive(Debug, Clone, Copy)]
+pub struct Mixed {
+    /// The test's name.
+    pub name: &'static str,
+    /// The majors it wants, one server each; those not selected are replaced by the
+    /// selected ones, in turn (the test's name says which it got).
+    pub versions: &'static [u32],
+    /// The test body, given one installation per server.
+    pub run: fn(Vec<Installation>) -> CaseFuture,
+}
+
 /// Builds a list of [`Case`]s from `async fn name(pg: Installation) -> anyhow::Result<()>`.
 #[macro_export]
 macro_rules! cases {
@@ -104,6 +116,32 @@ pub fn selected_versions() -> (Vec<Installation>, Vec<(String, String)>) {
 
 /// Runs `cases` on every selected version and exits with the harness's status.
 pub fn main(cases: Vec<Case>) -> ! {
+    main_with(cases, Vec::new())
+}
+
+/// The installations of a [`Mixed`] test: each wanted major if selected, else the
+/// selected ones in turn (none when nothing is selected).
+pub fn mixed_versions(wanted: &[u32], selected: &[Installation]) -> Vec<Installation> {
+    let mut others = selected
+        .iter()
+        .filter(|i| !wanted.contains(&i.version.major))
+        .chain(selected.iter())
+        .cycle();
+    wanted
+        .iter()
+        .filter_map(|m| {
+            selected
+                .iter()
+                .find(|i| i.version.major == *m)
+                .or_else(|| others.next())
+                .cloned()
+        })
+        .collect()
+}
+
+/// [`main`], with tests that each run once over servers of several versions, named
+/// `name::pg10+12+…` after the versions they got.
+pub fn main_with(cases: Vec<Case>, mixed: Vec<Mixed>) -> ! {
     let args = Arguments::from_args();
     crate::sim::raise_fd_limit();
     let (versions, missing) = selected_versions();
@@ -118,16 +156,28 @@ pub fn main(cases: Vec<Case>) -> ! {
             trials.push(Trial::test(name, move || run_case(case, inst)));
         }
     }
+    if !versions.is_empty() {
+        for m in mixed {
+            let got = mixed_versions(m.versions, &versions);
+            let majors: Vec<String> = got.iter().map(|i| i.version.major.to_string()).collect();
+            let name = format!("{}::pg{}", m.name, majors.join("+"));
+            trials.push(Trial::test(name, move || run_future((m.run)(got))));
+        }
+    }
     libtest_mimic::run(&args, trials).exit()
 }
 
 fn run_case(case: Case, inst: Installation) -> Result<(), Failed> {
+    run_future((case.run)(inst))
+}
+
+fn run_future(future: CaseFuture) -> Result<(), Failed> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| Failed::from(format!("cannot start a tokio runtime: {e}")))?;
-    let result = runtime.block_on((case.run)(inst));
+    let result = runtime.block_on(future);
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result.map_err(|e| Failed::from(format!("{e:#}")))
 }
