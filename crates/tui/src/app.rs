@@ -2811,4 +2811,243 @@ pub(crate) mod tests {
         update(&mut app, Event::Snapshot(Ok(later)));
         assert!(app.selected.is_empty(), "it closed");
     }
+
+    /// `--target db-a:5432 --target db-b:5432 --target db-c:5432`, none refreshed yet.
+    pub(crate) fn fleet_of(names: &[&str]) -> App {
+        let mut app = App::new(Duration::from_secs(1));
+        app.fleet = names
+            .iter()
+            .map(|n| TargetState {
+                name: (*n).into(),
+                conn: ConnState::Connected,
+                snapshot: None,
+            })
+            .collect();
+        app
+    }
+
+    pub(crate) fn from(target: usize, event: Event) -> Event {
+        Event::From {
+            target,
+            event: Box::new(event),
+        }
+    }
+
+    /// Two servers with a session of the same pid (4242) each, and a third server.
+    pub(crate) fn fleet() -> App {
+        let mut app = fleet_of(&["db-a:5432", "db-b:5432", "db-c:5432"]);
+        let mut a = sample();
+        a.sessions = vec![
+            session(4242, "shop", "web", "active", 60),
+            session(7, "shop", "analyst", "idle", 10),
+        ];
+        let mut b = sample();
+        b.sessions = vec![session(4242, "shop", "web", "active", 30)];
+        b.server.connections = 8;
+        b.server.max_connections = 200;
+        let mut c = sample();
+        c.sessions = vec![session(99, "reports", "etl", "idle in transaction", 300)];
+        for (i, snap) in [a, b, c].into_iter().enumerate() {
+            update(&mut app, from(i, Event::Snapshot(Ok(snap))));
+        }
+        app
+    }
+
+    fn keys_of(app: &App) -> Vec<RowKey> {
+        app.visible().iter().map(Row::key).collect()
+    }
+
+    fn cursor_to(app: &mut App, key: &RowKey) {
+        update(app, Event::Key(Key::Home));
+        while app.current().map(|r| r.key()).as_ref() != Some(key) {
+            let before = app.cursor;
+            update(app, Event::Key(Key::Down));
+            assert_ne!(before, app.cursor, "{key:?} is not shown");
+        }
+    }
+
+    #[test]
+    fn the_same_pid_on_two_targets_is_two_rows() {
+        let app = fleet();
+        let keys = keys_of(&app);
+        assert_eq!(keys.len(), 4, "{keys:?}");
+        assert!(keys.contains(&RowKey::Backend(0, 4242)));
+        assert!(keys.contains(&RowKey::Backend(1, 4242)));
+        assert_eq!(
+            app.session(1, 4242).and_then(|s| s.backend_start),
+            at(-30),
+            "each target's own session"
+        );
+        assert_eq!(app.session(0, 4242).and_then(|s| s.backend_start), at(-60));
+        assert!(app.columns().first() == Some(&Column::Target));
+        // With one server there is no target column.
+        assert!(!loaded().columns().contains(&Column::Target));
+    }
+
+    #[test]
+    fn terminating_a_selected_row_signals_its_target_only() {
+        let mut app = fleet();
+        cursor_to(&mut app, &RowKey::Backend(1, 4242));
+        keys_for_tests(&mut app, " ");
+        assert_eq!(
+            app.selected,
+            BTreeSet::from([RowKey::Backend(1, 4242)]),
+            "the other server's 4242 is not selected"
+        );
+        let effects = keys_for_tests(&mut app, "ky");
+        match effects.as_slice() {
+            [Effect::Signal {
+                target: 1,
+                signal: Signal::Terminate,
+                targets,
+                pooled,
+                ..
+            }] => {
+                assert_eq!(targets.len(), 1);
+                assert_eq!(targets[0].pid, 4242);
+                assert_eq!(targets[0].backend_start, at(-30), "db-b's session");
+                assert!(pooled.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_selection_over_targets_is_one_signal_per_target_and_outcomes_combine() {
+        let mut app = fleet();
+        keys_for_tests(&mut app, "a");
+        let effects = keys_for_tests(&mut app, "cy");
+        let sent: Vec<(usize, Vec<i32>)> = effects
+            .iter()
+            .map(|e| match e {
+                Effect::Signal {
+                    target,
+                    signal: Signal::Cancel,
+                    targets,
+                    ..
+                } => (*target, targets.iter().map(|s| s.pid).collect()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![(0, vec![7, 4242]), (1, vec![4242]), (2, vec![99])],
+            "grouped by server, each pid under its own"
+        );
+        let outcome = |pid: i32| Outcome {
+            pid,
+            backend_start: None,
+            database: None,
+            user: None,
+            application_name: None,
+            outcome: pgkill_core::plan::OutcomeKind::Cancelled,
+            detail: String::new(),
+        };
+        let e = update(
+            &mut app,
+            from(1, Event::Outcomes(Ok((vec![outcome(4242)], vec![])))),
+        );
+        assert_eq!(e, vec![Effect::Refresh]);
+        assert!(!app.selected.contains(&RowKey::Backend(1, 4242)));
+        assert!(
+            app.selected.contains(&RowKey::Backend(0, 4242)),
+            "db-a's 4242 stays selected until db-a answers"
+        );
+        update(
+            &mut app,
+            from(0, Event::Outcomes(Ok((vec![outcome(4242)], vec![])))),
+        );
+        update(
+            &mut app,
+            from(2, Event::Outcomes(Err("permission denied".into()))),
+        );
+        assert_eq!(app.outcome_targets, vec![1, 0]);
+        assert_eq!(app.outcomes.len(), 2);
+        assert_eq!(
+            app.action_error.as_deref(),
+            Some("db-c:5432: permission denied")
+        );
+    }
+
+    #[test]
+    fn target_filter_shows_one_server_and_is_not_sent_to_any() {
+        let mut app = fleet();
+        keys_for_tests(&mut app, "/target:db-b:5432 user:web");
+        update(&mut app, Event::Key(Key::Enter));
+        assert_eq!(app.filter_error, None);
+        assert_eq!(keys_of(&app), vec![RowKey::Backend(1, 4242)]);
+        // What a server re-checks has no trace of the target word.
+        let mut plain = fleet();
+        keys_for_tests(&mut plain, "/user:web");
+        update(&mut plain, Event::Key(Key::Enter));
+        assert_eq!(app.typed_filter(), plain.typed_filter());
+        // Several target words: either server.
+        keys_for_tests(&mut app, "/");
+        update(&mut app, Event::Key(Key::Ctrl('u')));
+        keys_for_tests(&mut app, "target:db-c:5432 target:db-a:5432");
+        update(&mut app, Event::Key(Key::Enter));
+        let keys = keys_of(&app);
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert!(!keys.contains(&RowKey::Backend(1, 4242)));
+        // An empty name is not understood (the last good filter stays).
+        keys_for_tests(&mut app, "/ target:");
+        update(&mut app, Event::Key(Key::Enter));
+        assert!(app.filter_error.is_some());
+        // An unknown name shows nothing.
+        let mut none = fleet();
+        keys_for_tests(&mut none, "/target:db-z:1");
+        update(&mut none, Event::Key(Key::Enter));
+        assert!(none.visible().is_empty());
+    }
+
+    #[test]
+    fn a_disconnected_target_keeps_the_others_rows() {
+        let mut app = fleet();
+        keys_for_tests(&mut app, "a");
+        update(
+            &mut app,
+            from(0, Event::Snapshot(Err("connection refused".into()))),
+        );
+        assert_eq!(
+            app.fleet[0].conn,
+            ConnState::Lost("connection refused".into())
+        );
+        assert_eq!(app.conn, ConnState::Connected, "the others still refresh");
+        let keys = keys_of(&app);
+        assert_eq!(
+            keys,
+            vec![RowKey::Backend(2, 99), RowKey::Backend(1, 4242)]
+                .into_iter()
+                .filter(|k| keys.contains(k))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(keys.len(), 2);
+        assert!(keys.iter().all(|k| !matches!(k, RowKey::Backend(0, _))));
+        assert!(
+            app.selected
+                .iter()
+                .all(|k| !matches!(k, RowKey::Backend(0, _))),
+            "its rows are unselected"
+        );
+        assert_eq!(app.selected.len(), 2);
+        // The others go on refreshing; it comes back when it answers again.
+        let mut b = sample();
+        b.sessions = vec![session(5, "shop", "web", "idle", 5)];
+        update(&mut app, from(1, Event::Snapshot(Ok(b))));
+        assert!(app.session(1, 5).is_some() && app.session(1, 4242).is_none());
+        update(&mut app, from(0, Event::Snapshot(Ok(sample()))));
+        assert_eq!(app.fleet[0].conn, ConnState::Connected);
+        assert!(app.session(0, 101).is_some());
+    }
+
+    #[test]
+    fn the_blocking_tree_stays_with_one_server() {
+        let mut app = fleet();
+        keys_for_tests(&mut app, "b");
+        assert_eq!(app.mode, Mode::Normal);
+        assert!(app
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("one server")));
+    }
 }

@@ -849,7 +849,7 @@ fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
 /// The help screen's lines (scrolled with ↑ ↓ PgUp PgDn Home End on small screens).
 pub const HELP: &[&str] = &[
     "q quit · ? h F1 help (↑ ↓ PgUp PgDn Home End scroll it; Esc back)",
-    "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking waiting blocking-for:DUR holding-xmin; exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local (an exclusion always wins; same kinds OR-ed, others AND-ed; waiting: sessions waiting on a lock; holding-xmin: the sessions that are the xmin horizon)",
+    "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking waiting blocking-for:DUR holding-xmin target:NAME; exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local (an exclusion always wins; same kinds OR-ed, others AND-ed; waiting: sessions waiting on a lock; holding-xmin: the sessions that are the xmin horizon; target:NAME: with several --target, that server's rows, as the header and the target column name it)",
     "  editing: ← → Home End move · Backspace · Ctrl-U clear before the cursor · Ctrl-W delete a word · Ctrl-K clear after · Enter keep · Esc back to the previous filter",
     "s / S sort by the next column on screen / reverse the order · C hide the sorted column (on pid or query: show every column again; --columns LIST at start)",
     "↑ ↓ (or j) move · PgUp PgDn page · Home End first / last row",
@@ -859,7 +859,7 @@ pub const HELP: &[&str] = &[
     "y copy the full query (in the list or the details) to the clipboard · Y its pid (OSC 52: the terminal must allow it)",
     "A every kind of backend too (autovacuum, marked [wraparound] when it runs to prevent wraparound; walsenders; parallel workers right under their leader, PostgreSQL 13+), listed only: top signals client sessions only. A command pg_stat_progress_* reports on (VACUUM, CREATE INDEX, CLUSTER, ANALYZE, BASE_BACKUP, COPY) shows its phase and how far it is, [VACUUM scanning heap 42%], before its query",
     "v wrap queries over several lines in the list (white space collapsed) · one line again",
-    "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys)",
+    "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys); with several --target it is off (the header sums connections per target instead) and the blocking tree (b) needs one server",
     "p pause · + / - refresh interval (at once; STALE in the header: data over two intervals old)",
     "--pgbouncer: connections holding no backend are rows of their own (pid -), after the backends; k ends an application where it is (its backend in session pooling, else KILL_CLIENT at the pooler, PgBouncer 1.24+), as `pgkill kill --pgbouncer` does",
 ];
@@ -1847,5 +1847,44 @@ mod tests {
             Event::AuthFailed("password authentication failed for user \"bob\"".into()),
         );
         both("authentication_failed", &app);
+    }
+
+    #[test]
+    fn several_targets_merged_with_one_disconnected() {
+        use crate::app::tests::{fleet, from};
+        let mut app = fleet();
+        update(
+            &mut app,
+            from(2, Event::Snapshot(Err("connection refused".into()))),
+        );
+        let screen = render(&app, 120, 40);
+        assert!(screen.contains("3 targets · 20/300 conns"), "{screen}");
+        assert!(
+            screen.contains("db-c:5432: disconnected (retrying)"),
+            "{screen}"
+        );
+        insta::assert_snapshot!("several_targets_120x40", screen);
+        // The confirmation names each session's server.
+        keys_for_tests(&mut app, "ak");
+        insta::assert_snapshot!("several_targets_confirm_120x40", render(&app, 120, 40));
+    }
+
+    #[test]
+    fn hostile_target_names_show_escaped() {
+        use crate::app::tests::{fleet, from};
+        let mut app = fleet();
+        app.fleet[1].name = "evil\u{1b}]0;pwned\u{7}".into();
+        update(
+            &mut app,
+            from(1, Event::Snapshot(Err("connection refused".into()))),
+        );
+        keys_for_tests(&mut app, "/target:x");
+        for screen in [render(&app, 120, 40), render(&app, 200, 50)] {
+            assert!(
+                !screen.contains('\u{1b}') && !screen.contains('\u{7}'),
+                "{screen}"
+            );
+            assert!(screen.contains("evil"), "{screen}");
+        }
     }
 }
