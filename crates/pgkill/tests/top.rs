@@ -24,6 +24,7 @@ fn main() {
         every_kind_shows_progress_and_workers_under_their_leader,
         the_health_header_shows_a_streaming_standby_and_its_lag,
         three_targets_merge_filter_by_target_and_terminate_on_one,
+        top_over_targets_refuses_pgbouncer_record_and_a_target_it_cannot_reach,
     ]);
 }
 
@@ -779,5 +780,69 @@ async fn three_targets_merge_filter_by_target_and_terminate_on_one(pg: Installat
     tmux.keys(&["q"])?;
     let screen = tmux.wait_for("PGKILL_TOP_EXIT=").await?;
     ensure!(screen.contains("PGKILL_TOP_EXIT=0"), "{screen}");
+    Ok(())
+}
+
+/// `top` over several targets, refused before any screen (exit 2): with `--pgbouncer`
+/// (a pooler stands in front of one server), with `--record` (one server so far, and
+/// the file is not created), and when a target cannot be reached at start (named).
+async fn top_over_targets_refuses_pgbouncer_record_and_a_target_it_cannot_reach(
+    pg: Installation,
+) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let good = format!(
+        "host={} port={} user={} password={} dbname=postgres",
+        sb.host(),
+        sb.port(),
+        roles::ADMIN,
+        sb.password(roles::ADMIN).unwrap_or_default()
+    );
+    // Nothing listens on port 1.
+    let down = "host=127.0.0.1 port=1 user=nobody connect_timeout=2";
+    let dir = tempfile::tempdir()?;
+    let record = dir.path().join("top.jsonl");
+    let run = |extra: &[&str], after: &[&str]| -> Result<(Option<i32>, String)> {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgkill"));
+        for var in [
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGPASSWORD",
+            "PGKILL_PGBOUNCER",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = cmd
+            .args(["--target", &good, "--target", down])
+            .args(extra)
+            .arg("top")
+            .args(after)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, err) = run(&["--pgbouncer", "host=127.0.0.1 port=2"], &[])?;
+    ensure!(
+        code == Some(2) && err.contains("--pgbouncer"),
+        "{code:?} {err}"
+    );
+    let (code, err) = run(&[], &["--record", &record.display().to_string()])?;
+    ensure!(
+        code == Some(2) && err.contains("top --record works on one server"),
+        "{code:?} {err}"
+    );
+    ensure!(!record.exists(), "--record was created");
+    let (code, err) = run(&[], &[])?;
+    ensure!(
+        code == Some(2) && err.contains("target 127.0.0.1:1"),
+        "{code:?} {err}"
+    );
+    ensure!(
+        !err.contains(&sb.password(roles::ADMIN).unwrap_or_default()),
+        "{err}"
+    );
     Ok(())
 }
