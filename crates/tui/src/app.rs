@@ -3050,4 +3050,53 @@ pub(crate) mod tests {
             .as_deref()
             .is_some_and(|n| n.contains("one server")));
     }
+
+    #[test]
+    fn s_sorts_on_the_target_column_and_each_server_plans_with_its_own_role() {
+        let mut app = fleet();
+        while app.sort != Column::Target {
+            keys_for_tests(&mut app, "s");
+        }
+        keys_for_tests(&mut app, "S");
+        let order: Vec<usize> = app
+            .visible()
+            .iter()
+            .map(|r| match r {
+                Row::Backend(t, _) => *t,
+                Row::Pooled(_) => usize::MAX,
+            })
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert!(!app.descending);
+        assert_eq!(order, sorted, "by target name, ascending");
+        // On db-b pgkill is a plain role: a superuser's session there is refused, and `!`
+        // is not offered while one server would refuse it.
+        let mut b = sample();
+        let mut su = session(4242, "shop", "postgres", "active", 30);
+        su.superuser = Some(true);
+        b.sessions = vec![su];
+        b.caller = Caller {
+            user: "ops".into(),
+            superuser: false,
+            signal_backend: true,
+        };
+        update(&mut app, from(1, Event::Snapshot(Ok(b))));
+        let decision = app.plan(
+            Signal::Terminate,
+            &[RowKey::Backend(0, 4242), RowKey::Backend(1, 4242)],
+            true,
+        );
+        let refused: Vec<(usize, Option<&str>)> = decision
+            .backends
+            .targets
+            .iter()
+            .zip(&decision.origins)
+            .map(|(t, o)| (*o, t.refused.as_deref()))
+            .collect();
+        assert_eq!(refused.len(), 2);
+        assert!(refused[0] == (0, None), "{refused:?}");
+        assert!(refused[1].0 == 1 && refused[1].1.is_some(), "{refused:?}");
+        assert!(!app.may_include_superusers());
+    }
 }
