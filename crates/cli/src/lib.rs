@@ -199,6 +199,18 @@ fn run_async(
     }
     // Several servers: `--target` / `--targets` (see `fleet`).
     let targets = fleet::targets(&conn)?;
+    if let (Command::Top(a), false) = (&command, targets.is_empty()) {
+        // `top` merges the targets into one live table (see `top_fleet`); the refusals
+        // `fleet::check` makes of the one-shot commands' options apply to it alike.
+        fleet::check(&conn, "ls", &targets)?;
+        if conninfo.is_some() {
+            anyhow::bail!(UsageError(
+                "a connection string and --target/--targets together: give that server as a --target too".into()
+            ));
+        }
+        let outcome = runtime.block_on(top_fleet(&conn, &targets, a));
+        return Ok(outcome?.code());
+    }
     if !targets.is_empty() {
         fleet::check(&conn, command.name(), &targets)?;
         if conninfo.is_some() {
@@ -279,7 +291,8 @@ struct TopArgs {
     /// written through a symbolic link.
     #[arg(long = "record", value_name = "FILE", help_heading = "Options")]
     record: Option<std::path::PathBuf>,
-    /// The columns to show, comma-separated (pid and query are always shown): pid, user,
+    /// The columns to show, comma-separated (pid and query are always shown): target
+    /// (with several --target), pid, user,
     /// database, state, in-state, wait, xact, blocked-by, application, client,
     /// xmin-age, backend-type, query. `C` hides or shows columns on screen.
     #[arg(long = "columns", value_name = "LIST", help_heading = "Options",
@@ -304,20 +317,25 @@ fn os_user() -> String {
         })
 }
 
-async fn top(
-    conn_args: &args::ConnArgs,
-    conninfo: Option<&str>,
-    args: &TopArgs,
-) -> anyhow::Result<Outcome> {
-    // The record file first: a symlink or an unwritable path is bad input (exit 2).
-    let record = match &args.record {
+/// `top --record FILE`, opened first: a symlink or an unwritable path is bad input
+/// (exit 2).
+fn open_record(args: &TopArgs) -> anyhow::Result<Option<pgkill_tui::Recorder>> {
+    Ok(match &args.record {
         Some(path) => Some(pgkill_tui::Recorder::new(
             pgkill_watch::audit::open_private(path)
                 .map_err(|e| UsageError(format!("--record: {e}")))?,
             os_user(),
         )),
         None => None,
-    };
+    })
+}
+
+async fn top(
+    conn_args: &args::ConnArgs,
+    conninfo: Option<&str>,
+    args: &TopArgs,
+) -> anyhow::Result<Outcome> {
+    let record = open_record(args)?;
     // Connect once first, before the full screen: a wrong password or host is a plain
     // error, and the password is asked for (if at all) here, once. Reconnects reuse it.
     let connected = inflight::connect(conn_args, conninfo).await?;
@@ -345,12 +363,63 @@ async fn top(
         Box::pin(async move { conn::reconnect(&settings).await })
     });
     pgkill_tui::run(
-        connector,
+        vec![pgkill_tui::Target {
+            name: target,
+            connect: connector,
+        }],
         args.filters.to_filter(false),
         args.interval,
         statement_timeout,
-        target,
         poolers,
+        pgkill_tui::Options {
+            record,
+            hidden_columns: args.columns.clone().map(|h| h.0).unwrap_or_default(),
+        },
+    )
+    .await?;
+    Ok(Outcome::Ok)
+}
+
+/// `pgkill --target A --target B … top`: one live table over every target. Each target
+/// is connected to once first, before the full screen and never asking for a password
+/// (several prompts would mix): one that cannot be reached or logged in to is a plain
+/// error naming it. Afterwards each reconnects on its own, and one that goes away is
+/// shown disconnected while the others keep refreshing.
+async fn top_fleet(
+    conn_args: &args::ConnArgs,
+    targets: &[fleet::Target],
+    args: &TopArgs,
+) -> anyhow::Result<Outcome> {
+    if targets.len() > 1 && args.record.is_some() {
+        anyhow::bail!(UsageError(
+            "top --record works on one server so far: run it without --target/--targets, or with one".into()
+        ));
+    }
+    let record = open_record(args)?;
+    let connected = futures_util::future::join_all(targets.iter().map(|t| async move {
+        conn::connect_with(conn_args, Some(&t.conninfo), &pgkill_pg::connect::NoPrompt)
+            .await
+            .map_err(|e| e.context(format!("target {}", t.name)))
+    }))
+    .await;
+    let mut shown = Vec::new();
+    for (t, c) in targets.iter().zip(connected) {
+        let settings = c?.settings;
+        let connect: pgkill_tui::Connector = Box::new(move || {
+            let settings = settings.clone();
+            Box::pin(async move { conn::reconnect(&settings).await })
+        });
+        shown.push(pgkill_tui::Target {
+            name: t.name.clone(),
+            connect,
+        });
+    }
+    pgkill_tui::run(
+        shown,
+        args.filters.to_filter(false),
+        args.interval,
+        conn_args.statement_timeout,
+        Vec::new(),
         pgkill_tui::Options {
             record,
             hidden_columns: args.columns.clone().map(|h| h.0).unwrap_or_default(),

@@ -23,19 +23,14 @@ fn main() {
         chosen_columns_show_and_a_bad_list_is_exit_2,
         every_kind_shows_progress_and_workers_under_their_leader,
         the_health_header_shows_a_streaming_standby_and_its_lag,
+        three_targets_merge_filter_by_target_and_terminate_on_one,
+        top_over_targets_refuses_pgbouncer_record_and_a_target_it_cannot_reach,
     ]);
 }
 
 /// `pgkill top ARGS` as the bootstrap superuser in a tmux of the test's own, once it shows
 /// the server.
 async fn start_top(sb: &Sandbox, name: &str, args: &str) -> Result<Tmux> {
-    let tmux = Tmux {
-        socket: format!(
-            "pgkill-top-{name}-{}-{}",
-            std::process::id(),
-            sb.version().major
-        ),
-    };
     let line = format!(
         "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD TERM=xterm PGPASSFILE={} {} -h {} -p {} -U {} top {args}; echo PGKILL_TOP_EXIT=$?; sleep 60",
         sb.passfile().display(),
@@ -44,6 +39,17 @@ async fn start_top(sb: &Sandbox, name: &str, args: &str) -> Result<Tmux> {
         sb.port(),
         roles::ADMIN
     );
+    let tmux = tmux_running(&format!("{name}-{}", sb.version().major), &line)?;
+    tmux.wait_for(&format!("PG {}.", sb.version().major))
+        .await?;
+    Ok(tmux)
+}
+
+/// `line` (a shell command) in a tmux of the test's own, 160×40, session `top`.
+fn tmux_running(name: &str, line: &str) -> Result<Tmux> {
+    let tmux = Tmux {
+        socket: format!("pgkill-top-{name}-{}", std::process::id()),
+    };
     tmux.cmd(&[
         "new-session",
         "-d",
@@ -53,10 +59,8 @@ async fn start_top(sb: &Sandbox, name: &str, args: &str) -> Result<Tmux> {
         "160",
         "-y",
         "40",
-        &line,
+        line,
     ])?;
-    tmux.wait_for(&format!("PG {}.", sb.version().major))
-        .await?;
     Ok(tmux)
 }
 
@@ -635,5 +639,210 @@ async fn the_health_header_shows_a_streaming_standby_and_its_lag(pg: Installatio
     let tmux = start_top(&standby, "standby-standby", "-i 500ms").await?;
     tmux.wait_for("standbys: none streaming from here").await?;
     tmux.keys(&["q"])?;
+    Ok(())
+}
+
+/// `pg` and the next versions of those selected (cycling), `n` servers in all.
+fn mixed(pg: &Installation, n: usize) -> Result<Vec<Sandbox>> {
+    let (selected, _) = pgkill_sandbox::matrix::selected_versions();
+    let first = selected
+        .iter()
+        .position(|i| i.version.major == pg.version.major)
+        .unwrap_or(0);
+    selected
+        .iter()
+        .cycle()
+        .skip(first)
+        .take(n)
+        .map(|i| Sandbox::start(i, &Options::default()).map_err(Into::into))
+        .collect()
+}
+
+/// Issue 14, `top` across targets: three servers of mixed versions in one table, each
+/// session under its server's name (`host:port`); `/target:NAME` shows that server's
+/// alone; terminating the session selected there ends exactly it (57P01) while the
+/// same role's sessions of the same database on the other servers live on; a server
+/// that stops is said to be disconnected while the others keep refreshing.
+async fn three_targets_merge_filter_by_target_and_terminate_on_one(pg: Installation) -> Result<()> {
+    let mut servers = mixed(&pg, 3)?;
+    let mut victims = Vec::new();
+    for sb in &servers {
+        sb.create_database("app", None).await?;
+        victims.push(sim::idle(&sb.config("app", roles::PLAIN)).await?);
+    }
+    let names: Vec<String> = servers
+        .iter()
+        .map(|sb| format!("{}:{}", sb.host(), sb.port()))
+        .collect();
+    let targets: String = servers
+        .iter()
+        .map(|sb| {
+            format!(
+                "--target 'host={} port={} user={} password={} dbname=postgres' ",
+                sb.host(),
+                sb.port(),
+                roles::ADMIN,
+                sb.password(roles::ADMIN).unwrap_or_default()
+            )
+        })
+        .collect();
+    let line = format!(
+        "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD -u PGPASSFILE TERM=xterm {} {targets} top -i 500ms; echo PGKILL_TOP_EXIT=$?; sleep 60",
+        env!("CARGO_BIN_EXE_pgkill"),
+    );
+    let tmux = tmux_running(&format!("fleet-{}", pg.version.major), &line)?;
+    tmux.wait_for("3 targets ·").await?;
+    tmux.keys(&["/", "db:app", "Enter"])?;
+    // Every server's session under its own name, on one frame.
+    let row = |screen: &str, name: &str, pid: i32| {
+        screen
+            .lines()
+            .any(|l| l.contains(name) && l.contains(&format!(" {pid} ")))
+    };
+    let began = std::time::Instant::now();
+    loop {
+        let screen = tmux.screen()?;
+        let all = screen.contains("shown 3/")
+            && names
+                .iter()
+                .zip(&victims)
+                .all(|(n, v)| row(&screen, n, v.pid()));
+        if all {
+            ensure!(
+                screen.contains("target") && !screen.contains("disconnected"),
+                "{screen}"
+            );
+            break;
+        }
+        ensure!(
+            began.elapsed() < Duration::from_secs(20),
+            "not every server's session shows under its name:\n{screen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One server's rows only.
+    tmux.keys(&["/", &format!(" target:{}", names[1]), "Enter"])?;
+    let screen = tmux.wait_for("shown 1/").await?;
+    ensure!(row(&screen, &names[1], victims[1].pid()), "{screen}");
+    for other in [&names[0], &names[2]] {
+        ensure!(!screen.contains(other.as_str()), "{other} shows:\n{screen}");
+    }
+    tmux.keys(&[" ", "k"])?;
+    let dialog = tmux.wait_for("Terminate 1 session(s)?").await?;
+    ensure!(
+        dialog.contains(&format!("{}: {} ", names[1], victims[1].pid())),
+        "the confirmation does not name the server and session:\n{dialog}"
+    );
+    tmux.keys(&["y"])?;
+    let ended = victims[1]
+        .wait_ended(Duration::from_secs(10))
+        .await
+        .ok_or_else(|| anyhow!("{} on {} survived", victims[1].pid(), names[1]))?;
+    ensure!(ended.sqlstate.as_deref() == Some("57P01"), "{ended:?}");
+    tmux.wait_for(&format!(
+        "last action: {} {} terminated",
+        names[1],
+        victims[1].pid()
+    ))
+    .await?;
+    for i in [0, 2] {
+        ensure!(
+            victims[i].is_connected(),
+            "{} on {} was hit",
+            victims[i].pid(),
+            names[i]
+        );
+        let admin = servers[i].admin("postgres").await?;
+        let alive: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND pid = $1",
+                &[&victims[i].pid()],
+            )
+            .await?
+            .get(0);
+        ensure!(alive == 1, "{} is gone from {}", victims[i].pid(), names[i]);
+    }
+    // The third server stops: it is said to be disconnected, the first one's session
+    // still shows and refreshes.
+    drop(victims.pop());
+    servers
+        .pop()
+        .ok_or_else(|| anyhow!("three servers"))?
+        .stop();
+    tmux.wait_for(&format!("{}: disconnected (retrying)", names[2]))
+        .await?;
+    tmux.keys(&["/", "C-u", "db:app", "Enter"])?;
+    let screen = tmux.wait_for("shown 1/").await?;
+    ensure!(row(&screen, &names[0], victims[0].pid()), "{screen}");
+    let again = sim::idle(&servers[0].config("app", roles::PLAIN)).await?;
+    let screen = tmux.wait_for("shown 2/").await?;
+    ensure!(row(&screen, &names[0], again.pid()), "{screen}");
+    tmux.keys(&["q"])?;
+    let screen = tmux.wait_for("PGKILL_TOP_EXIT=").await?;
+    ensure!(screen.contains("PGKILL_TOP_EXIT=0"), "{screen}");
+    Ok(())
+}
+
+/// `top` over several targets, refused before any screen (exit 2): with `--pgbouncer`
+/// (a pooler stands in front of one server), with `--record` (one server so far, and
+/// the file is not created), and when a target cannot be reached at start (named).
+async fn top_over_targets_refuses_pgbouncer_record_and_a_target_it_cannot_reach(
+    pg: Installation,
+) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let good = format!(
+        "host={} port={} user={} password={} dbname=postgres",
+        sb.host(),
+        sb.port(),
+        roles::ADMIN,
+        sb.password(roles::ADMIN).unwrap_or_default()
+    );
+    // Nothing listens on port 1.
+    let down = "host=127.0.0.1 port=1 user=nobody connect_timeout=2";
+    let dir = tempfile::tempdir()?;
+    let record = dir.path().join("top.jsonl");
+    let run = |extra: &[&str], after: &[&str]| -> Result<(Option<i32>, String)> {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgkill"));
+        for var in [
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGPASSWORD",
+            "PGKILL_PGBOUNCER",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = cmd
+            .args(["--target", &good, "--target", down])
+            .args(extra)
+            .arg("top")
+            .args(after)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, err) = run(&["--pgbouncer", "host=127.0.0.1 port=2"], &[])?;
+    ensure!(
+        code == Some(2) && err.contains("--pgbouncer"),
+        "{code:?} {err}"
+    );
+    let (code, err) = run(&[], &["--record", &record.display().to_string()])?;
+    ensure!(
+        code == Some(2) && err.contains("top --record works on one server"),
+        "{code:?} {err}"
+    );
+    ensure!(!record.exists(), "--record was created");
+    let (code, err) = run(&[], &[])?;
+    ensure!(
+        code == Some(2) && err.contains("target 127.0.0.1:1"),
+        "{code:?} {err}"
+    );
+    ensure!(
+        !err.contains(&sb.password(roles::ADMIN).unwrap_or_default()),
+        "{err}"
+    );
     Ok(())
 }

@@ -110,13 +110,27 @@ pub struct Snapshot {
     pub pooler_superusers: BTreeSet<String>,
 }
 
-/// What identifies a row across refreshes: a backend by its pid; an application
+/// One server of `pgkill --target A --target B … top`: its name, whether it answers, and
+/// what its last refresh said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetState {
+    /// What the command line or the targets file calls it.
+    pub name: String,
+    /// Whether its refreshes succeed (each target reconnects on its own).
+    pub conn: ConnState,
+    /// Its last refresh (`None` before the first and while it is disconnected: its rows
+    /// are gone from the table then).
+    pub snapshot: Option<Snapshot>,
+}
+
+/// What identifies a row across refreshes: a backend by its server (the index into
+/// [`App::fleet`], 0 with one server) and pid; an application
 /// connection at a pooler that holds no backend by the pooler, its handle there (`id`
 /// from PgBouncer 1.24, else `ptr`) and its address and port.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RowKey {
-    /// A backend.
-    Backend(i32),
+    /// A backend: its server (index into [`App::fleet`]; 0 with one server) and pid.
+    Backend(usize, i32),
     /// An application connection at a pooler, holding no backend.
     Pooled {
         /// The pooler (`host=… port=…`).
@@ -149,8 +163,8 @@ impl RowKey {
 /// no backend (listed after the backends).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Row<'a> {
-    /// A backend.
-    Backend(&'a Session),
+    /// A backend, with its server (index into [`App::fleet`]; 0 with one server).
+    Backend(usize, &'a Session),
     /// An application connection at a pooler.
     Pooled(&'a Pooled),
 }
@@ -159,7 +173,7 @@ impl Row<'_> {
     /// What identifies it across refreshes.
     pub fn key(&self) -> RowKey {
         match self {
-            Row::Backend(s) => RowKey::Backend(s.pid),
+            Row::Backend(target, s) => RowKey::Backend(*target, s.pid),
             Row::Pooled(p) => RowKey::of_pooled(p),
         }
     }
@@ -175,6 +189,8 @@ pub struct Decision {
     pub at_pooler: Vec<AppTarget>,
     /// What is left alone and why (no row of its own).
     pub left_alone: Vec<String>,
+    /// The server of each of `backends.targets` (index into [`App::fleet`]).
+    pub origins: Vec<usize>,
 }
 
 impl Decision {
@@ -247,6 +263,14 @@ pub enum Event {
     /// A cancel / terminate finished: what happened to each backend, and to each
     /// application ended at a pooler.
     Outcomes(Result<(Vec<Outcome>, Vec<AppOutcome>), String>),
+    /// With several targets: `event` (a refresh, a failed login or an action's outcomes)
+    /// came from this server (index into [`App::fleet`]).
+    From {
+        /// The server.
+        target: usize,
+        /// What it sent.
+        event: Box<Event>,
+    },
 }
 
 /// Something the loop must do.
@@ -257,6 +281,9 @@ pub enum Effect {
     /// Cancel or terminate these sessions (verified, as `pgkill kill` does: through the
     /// same re-checking statement, with the command line's filters and `filter`).
     Signal {
+        /// The server they are on (index into [`App::fleet`]; 0 with one server): one
+        /// effect per server, each sent to that server's connection.
+        target: usize,
         /// Cancel or terminate.
         signal: Signal,
         /// The sessions as they were shown when confirmed.
@@ -357,6 +384,17 @@ pub struct Counts {
 pub struct App {
     /// The server pgkill is connected to (`host:port`), for the header.
     pub target: Option<String>,
+    /// With several targets (`--target A --target B`): each server, in the command
+    /// line's order; empty with one server. The table then merges their rows
+    /// (`sessions`, with `origins`).
+    pub fleet: Vec<TargetState>,
+    /// The server of each of `sessions` (index into `fleet`; all 0 with one server).
+    pub origins: Vec<usize>,
+    /// `target:NAME` words of the filter: only these servers' rows are shown (never
+    /// sent to a server).
+    pub target_filter: Vec<String>,
+    /// The server of each of `outcomes` (with several targets).
+    pub outcome_targets: Vec<usize>,
     /// `--pgbouncer`: a line per pooler, from the last refresh.
     pub poolers: Vec<String>,
     /// Server facts from the last refresh.
@@ -447,6 +485,10 @@ impl App {
     pub fn new(interval: Duration) -> App {
         App {
             target: None,
+            fleet: Vec::new(),
+            origins: Vec::new(),
+            target_filter: Vec::new(),
+            outcome_targets: Vec::new(),
             poolers: Vec::new(),
             server: None,
             sessions: Vec::new(),
@@ -497,7 +539,7 @@ impl App {
 
     /// The columns the table shows at the current width.
     pub fn columns(&self) -> Vec<Column> {
-        crate::columns::layout(self.size.0, &self.hidden)
+        crate::columns::layout(self.size.0, &self.hidden, self.several_targets())
             .into_iter()
             .map(|(c, _)| c)
             .collect()
@@ -561,9 +603,74 @@ impl App {
         (!says.is_empty()).then(|| says.join(" · "))
     }
 
-    /// The lock `pid` waits for, if it waits for one.
-    pub fn lock_of(&self, pid: i32) -> Option<&LockWait> {
-        self.locks.iter().find(|l| l.pid == pid)
+    /// Whether the view merges several servers (`--target A --target B … top`).
+    pub fn several_targets(&self) -> bool {
+        self.fleet.len() > 1
+    }
+
+    /// The name of server `target` (index into `fleet`; with one server, `target`).
+    pub fn target_name(&self, target: usize) -> &str {
+        match self.fleet.get(target) {
+            Some(t) => &t.name,
+            None => self.target.as_deref().unwrap_or(""),
+        }
+    }
+
+    /// The lock `pid` on server `target` waits for, if it waits for one.
+    pub fn lock_of(&self, target: usize, pid: i32) -> Option<&LockWait> {
+        match self.fleet.get(target) {
+            Some(t) => t.snapshot.as_ref()?.locks.iter().find(|l| l.pid == pid),
+            None => self.locks.iter().find(|l| l.pid == pid),
+        }
+    }
+
+    /// What `pg_stat_progress_*` said of `pid` on server `target`.
+    pub fn progress_of(&self, target: usize, pid: i32) -> Option<&Progress> {
+        match self.fleet.get(target) {
+            Some(t) => t.snapshot.as_ref()?.progress.get(&pid),
+            None => self.progress.get(&pid),
+        }
+    }
+
+    /// Who pgkill is connected to server `target` as.
+    fn caller_of(&self, target: usize) -> Option<&Caller> {
+        match self.fleet.get(target) {
+            Some(t) => t.snapshot.as_ref().map(|s| &s.caller),
+            None => self.caller.as_ref(),
+        }
+    }
+
+    /// The merged table of several servers from each one's last refresh: the rows of the
+    /// connected ones (a disconnected server's rows are gone), each with its server.
+    fn merge_fleet(&mut self) {
+        self.sessions.clear();
+        self.origins.clear();
+        self.locks.clear();
+        self.progress.clear();
+        for (i, t) in self.fleet.iter().enumerate() {
+            if let Some(snap) = &t.snapshot {
+                self.sessions.extend(snap.sessions.iter().cloned());
+                self.origins
+                    .extend(std::iter::repeat_n(i, snap.sessions.len()));
+            }
+        }
+        let mut connected = self.fleet.iter().filter_map(|t| t.snapshot.as_ref());
+        // The privilege doctor and `!` go by the first server that answers.
+        if let Some(first) = connected.next() {
+            self.caller = Some(first.caller.clone());
+            self.read_all_stats = first.read_all_stats;
+        }
+        // `!` only where pgkill is a superuser on every server shown.
+        if self
+            .fleet
+            .iter()
+            .filter_map(|t| t.snapshot.as_ref())
+            .any(|s| !s.caller.superuser)
+        {
+            if let Some(c) = self.caller.as_mut() {
+                c.superuser = false;
+            }
+        }
     }
 
     /// The filter typed in the view, as the server evaluates it (`q:` words as
@@ -577,13 +684,15 @@ impl App {
     /// What confirming `signal` of `rows` would do: who is signalled or ended at a
     /// pooler, who is refused and why (the decisions `pgkill kill`/`cancel` make).
     pub fn plan(&self, signal: Signal, rows: &[RowKey], include_superusers: bool) -> Decision {
-        let sessions: Vec<Session> = rows
+        let (origins, sessions): (Vec<usize>, Vec<Session>) = rows
             .iter()
             .filter_map(|k| match k {
-                RowKey::Backend(pid) => self.session(*pid).cloned(),
+                RowKey::Backend(target, pid) => {
+                    self.session(*target, *pid).map(|s| (*target, s.clone()))
+                }
                 RowKey::Pooled { .. } => None,
             })
-            .collect();
+            .unzip();
         let pooled: Vec<Pooled> = rows
             .iter()
             .filter_map(|k| self.pooled_row(k).cloned())
@@ -599,7 +708,25 @@ impl App {
         };
         let caller = self.caller.as_ref().unwrap_or(&nobody);
         if self.pooler_states.is_empty() && pooled.is_empty() {
-            let mut backends = Plan::build(signal, sessions, &filter, caller);
+            // Each server's sessions are decided with who pgkill is on that server.
+            let mut backends = Plan {
+                signal,
+                targets: Vec::new(),
+            };
+            let servers: BTreeSet<usize> = origins.iter().copied().collect();
+            let mut plan_origins = Vec::new();
+            for target in servers {
+                let group: Vec<Session> = sessions
+                    .iter()
+                    .zip(&origins)
+                    .filter(|(_, o)| **o == target)
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                let caller = self.caller_of(target).unwrap_or(&nobody);
+                let plan = Plan::build(signal, group, &filter, caller);
+                plan_origins.extend(std::iter::repeat_n(target, plan.targets.len()));
+                backends.targets.extend(plan.targets);
+            }
             // `A` lists other backends; signalling them stays the CLI's, with
             // `--all-backends`.
             for t in &mut backends.targets {
@@ -615,6 +742,7 @@ impl App {
                 backends,
                 at_pooler: Vec::new(),
                 left_alone: Vec::new(),
+                origins: plan_origins,
             };
         }
         let idle = |n: usize| {
@@ -632,8 +760,10 @@ impl App {
                     &self.pooler_states,
                     &self.pooler_superusers,
                 );
+                let backends = kill.backends();
                 Decision {
-                    backends: kill.backends(),
+                    origins: vec![0; backends.targets.len()],
+                    backends,
                     left_alone: idle(kill.idle_pool_connections).into_iter().collect(),
                     at_pooler: kill.at_pooler,
                 }
@@ -648,8 +778,10 @@ impl App {
                         cancel.pooled
                     ));
                 }
+                let backends = cancel.backends();
                 Decision {
-                    backends: cancel.backends(),
+                    origins: vec![0; backends.targets.len()],
+                    backends,
                     at_pooler: Vec::new(),
                     left_alone,
                 }
@@ -698,17 +830,27 @@ impl App {
     /// connections at poolers that hold no backend (filtered as `ls --pgbouncer` does:
     /// filters that need a backend select none of them).
     pub fn visible(&self) -> Vec<Row<'_>> {
-        let mut rows: Vec<&Session> = self
+        let origin = |i: usize| self.origins.get(i).copied().unwrap_or(0);
+        let mut rows: Vec<(usize, &Session)> = self
             .sessions
             .iter()
-            .filter(|s| match &s.pooler {
+            .enumerate()
+            .map(|(i, s)| (origin(i), s))
+            .filter(|(t, _)| {
+                self.target_filter.is_empty()
+                    || self
+                        .target_filter
+                        .iter()
+                        .any(|name| name == self.target_name(*t))
+            })
+            .filter(|(_, s)| match &s.pooler {
                 // Behind a pooler `app:` and `client:` are the application's, as in `ls`.
                 Some(_) => self
                     .filter
                     .matches_row(&pgkill_core::pooler::as_seen_by_the_application(s)),
                 None => self.filter.matches_row(s),
             })
-            .filter(|s| {
+            .filter(|(_, s)| {
                 self.contains.iter().all(|needle| {
                     s.visible_query()
                         .is_some_and(|q| q.to_lowercase().contains(needle.as_str()))
@@ -716,8 +858,9 @@ impl App {
             })
             .collect();
         let key = self.sort;
-        rows.sort_by(|a, b| {
+        rows.sort_by(|(ta, a), (tb, b)| {
             let ord = match key {
+                Column::Target => self.target_name(*ta).cmp(self.target_name(*tb)),
                 Column::StateAge => a.state_age().cmp(&b.state_age()),
                 Column::Xact => a.xact_age().cmp(&b.xact_age()),
                 Column::Pid => a.pid.cmp(&b.pid),
@@ -735,9 +878,11 @@ impl App {
                 Column::BackendType => a.backend_type.cmp(&b.backend_type),
             };
             let ord = if self.descending { ord.reverse() } else { ord };
-            ord.then(a.pid.cmp(&b.pid))
+            ord.then(a.pid.cmp(&b.pid)).then(ta.cmp(tb))
         });
-        let mut pooled: Vec<&Pooled> = if self.contains.is_empty() {
+        // Pooled rows exist with one server only (`--pgbouncer` refuses several).
+        let mut pooled: Vec<&Pooled> = if self.contains.is_empty() && self.target_filter.is_empty()
+        {
             let now = self
                 .sessions
                 .first()
@@ -760,7 +905,7 @@ impl App {
         });
         under_their_leaders(&mut rows);
         rows.into_iter()
-            .map(Row::Backend)
+            .map(|(t, s)| Row::Backend(t, s))
             .chain(pooled.into_iter().map(Row::Pooled))
             .collect()
     }
@@ -770,9 +915,14 @@ impl App {
         self.visible().get(self.cursor).copied()
     }
 
-    /// The session with this pid.
-    pub fn session(&self, pid: i32) -> Option<&Session> {
-        self.sessions.iter().find(|s| s.pid == pid)
+    /// The session with this pid on server `target` (index into `fleet`; 0 with one
+    /// server).
+    pub fn session(&self, target: usize, pid: i32) -> Option<&Session> {
+        self.sessions
+            .iter()
+            .enumerate()
+            .find(|(i, s)| s.pid == pid && self.origins.get(*i).copied().unwrap_or(0) == target)
+            .map(|(_, s)| s)
     }
 
     /// The pooled application connection with this key.
@@ -783,7 +933,7 @@ impl App {
     /// Whether the row with this key is in the last refresh.
     pub fn present(&self, key: &RowKey) -> bool {
         match key {
-            RowKey::Backend(pid) => self.session(*pid).is_some(),
+            RowKey::Backend(target, pid) => self.session(*target, *pid).is_some(),
             RowKey::Pooled { .. } => self.pooled_row(key).is_some(),
         }
     }
@@ -791,7 +941,7 @@ impl App {
     /// Sessions that block others but wait for nobody shown here: the roots of the
     /// blocking tree, those blocking the most sessions (down the whole chain) first.
     pub fn blocking_roots(&self) -> Vec<&Session> {
-        let listed = |pid: &i32| self.session(*pid).is_some();
+        let listed = |pid: &i32| self.session(0, *pid).is_some();
         let mut roots: Vec<(usize, &Session)> = self
             .sessions
             .iter()
@@ -874,7 +1024,7 @@ impl App {
                 depth: 0,
                 prefix: String::new(),
                 also_waits_for: self
-                    .session(root)
+                    .session(0, root)
                     .map(|s| s.blocked_by.clone())
                     .unwrap_or_default(),
                 total,
@@ -895,13 +1045,29 @@ impl App {
 
     fn apply_filter_text(&mut self) {
         self.filter_cursor = self.filter_cursor.min(self.filter_text.chars().count());
-        match parse_words(&self.filter_text) {
+        // `target:NAME` picks servers of the merged table: the view's alone, never part
+        // of the filter a server evaluates.
+        let (targets, words): (Vec<&str>, Vec<&str>) = self
+            .filter_text
+            .split_whitespace()
+            .partition(|w| w.starts_with("target:"));
+        let targets: Vec<String> = targets
+            .iter()
+            .filter_map(|w| w.strip_prefix("target:"))
+            .map(str::to_owned)
+            .collect();
+        let parsed = match targets.iter().find(|t| t.is_empty()) {
+            Some(_) => Err("\"target:\": use target:NAME (a name the header shows)".to_owned()),
+            None => parse_words(&words.join(" ")),
+        };
+        match parsed {
             Ok((filter, contains)) => {
                 self.filter = Filter {
                     all_backends: true,
                     ..filter
                 };
                 self.contains = contains;
+                self.target_filter = targets;
                 self.filter_error = None;
                 self.applied_filter = self.filter_text.clone();
             }
@@ -927,22 +1093,26 @@ impl App {
 /// Moves each parallel worker (`leader_pid` another session's, PostgreSQL 13+) to just
 /// after its leader, in pid order, when its leader is listed; the others keep their
 /// place in the sort.
-fn under_their_leaders(rows: &mut Vec<&Session>) {
-    let leaders: BTreeSet<i32> = rows.iter().map(|s| s.pid).collect();
-    let is_worker = |s: &Session| {
+fn under_their_leaders(rows: &mut Vec<(usize, &Session)>) {
+    let leaders: BTreeSet<(usize, i32)> = rows.iter().map(|(t, s)| (*t, s.pid)).collect();
+    let is_worker = |(t, s): &(usize, &Session)| {
         s.leader_pid
-            .is_some_and(|l| l != s.pid && leaders.contains(&l))
+            .is_some_and(|l| l != s.pid && leaders.contains(&(*t, l)))
     };
-    if !rows.iter().any(|s| is_worker(s)) {
+    if !rows.iter().any(is_worker) {
         return;
     }
-    let mut workers: Vec<&Session> = rows.iter().copied().filter(|s| is_worker(s)).collect();
-    workers.sort_by_key(|s| s.pid);
-    let others: Vec<&Session> = rows.iter().copied().filter(|s| !is_worker(s)).collect();
+    let mut workers: Vec<(usize, &Session)> = rows.iter().copied().filter(is_worker).collect();
+    workers.sort_by_key(|(t, s)| (*t, s.pid));
+    let others: Vec<(usize, &Session)> = rows.iter().copied().filter(|r| !is_worker(r)).collect();
     rows.clear();
-    for s in others {
-        rows.push(s);
-        rows.extend(workers.iter().filter(|w| w.leader_pid == Some(s.pid)));
+    for (t, s) in others {
+        rows.push((t, s));
+        rows.extend(
+            workers
+                .iter()
+                .filter(|(wt, w)| *wt == t && w.leader_pid == Some(s.pid)),
+        );
     }
 }
 
@@ -1039,7 +1209,7 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
             match result {
                 Ok((outcomes, app_outcomes)) => {
                     for o in &outcomes {
-                        app.selected.remove(&RowKey::Backend(o.pid));
+                        app.selected.remove(&RowKey::Backend(0, o.pid));
                     }
                     for o in &app_outcomes {
                         app.selected.retain(|k| match k {
@@ -1050,7 +1220,7 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
                                     && *ptr == o.client.ptr
                                     && *port == o.client.port)
                             }
-                            RowKey::Backend(pid) => o.backend != Some(*pid),
+                            RowKey::Backend(_, pid) => o.backend != Some(*pid),
                         });
                     }
                     app.outcomes = outcomes;
@@ -1061,13 +1231,72 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
             }
             vec![Effect::Refresh]
         }
+        Event::From { target, event } => from_target(app, target, *event),
         Event::Key(key) => on_key(app, key),
     }
 }
 
+/// What server `target` of several sent: its refresh replaces its rows in the merged
+/// table (a failed one takes them away and the header says it is disconnected, while
+/// the others' rows stay); an action's outcomes are added to the last action's.
+fn from_target(app: &mut App, target: usize, event: Event) -> Vec<Effect> {
+    let Some(t) = app.fleet.get_mut(target) else {
+        return vec![];
+    };
+    match event {
+        Event::Snapshot(Ok(snapshot)) => {
+            t.conn = ConnState::Connected;
+            t.snapshot = Some(snapshot);
+        }
+        Event::Snapshot(Err(e)) => {
+            t.conn = ConnState::Lost(e);
+            t.snapshot = None;
+        }
+        Event::AuthFailed(e) => {
+            t.conn = ConnState::AuthFailed(e);
+            t.snapshot = None;
+        }
+        Event::Outcomes(result) => {
+            match result {
+                Ok((outcomes, _)) => {
+                    for o in &outcomes {
+                        app.selected.remove(&RowKey::Backend(target, o.pid));
+                    }
+                    app.outcome_targets
+                        .extend(std::iter::repeat_n(target, outcomes.len()));
+                    app.outcomes.extend(outcomes);
+                }
+                Err(e) => {
+                    let e = format!("{}: {e}", app.target_name(target));
+                    app.action_error = Some(match app.action_error.take() {
+                        Some(before) => format!("{before} · {e}"),
+                        None => e,
+                    });
+                }
+            }
+            return vec![Effect::Refresh];
+        }
+        // Only refreshes, failed logins and outcomes come from a server.
+        _ => return vec![],
+    }
+    app.merge_fleet();
+    // The graph follows the first server's refreshes (one point a refresh round).
+    if app.fleet.iter().position(|t| t.snapshot.is_some()) == Some(target) {
+        app.history.push_back(counts(&app.sessions));
+        while app.history.len() > HISTORY {
+            app.history.pop_front();
+        }
+    }
+    let selected = std::mem::take(&mut app.selected);
+    app.selected = selected.into_iter().filter(|k| app.present(k)).collect();
+    app.prune_selection();
+    app.clamp_cursor();
+    vec![]
+}
+
 /// `y`: copies the full query of `pid` (as written, line breaks kept); `Y`: its pid.
-fn copy(app: &mut App, pid: i32, just_the_pid: bool) -> Vec<Effect> {
-    let Some(s) = app.session(pid) else {
+fn copy(app: &mut App, target: usize, pid: i32, just_the_pid: bool) -> Vec<Effect> {
+    let Some(s) = app.session(target, pid) else {
         return vec![];
     };
     if just_the_pid {
@@ -1181,29 +1410,47 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
         } => match key {
             Key::Char('y') | Key::Char('Y') => {
                 app.mode = Mode::Normal;
-                let targets: Vec<_> = rows
-                    .iter()
-                    .filter_map(|k| match k {
-                        RowKey::Backend(pid) => app.session(*pid).cloned(),
-                        RowKey::Pooled { .. } => None,
-                    })
-                    .filter(Session::is_client)
-                    .collect();
+                // One action per server, each through that server's connection.
+                let mut by_target: BTreeMap<usize, Vec<Session>> = BTreeMap::new();
+                for k in &rows {
+                    if let RowKey::Backend(target, pid) = k {
+                        if let Some(s) = app.session(*target, *pid).filter(|s| s.is_client()) {
+                            by_target.entry(*target).or_default().push(s.clone());
+                        }
+                    }
+                }
+                // Pooled rows exist with one server only.
                 let pooled: Vec<_> = rows
                     .iter()
                     .filter_map(|k| app.pooled_row(k).cloned())
                     .collect();
-                if targets.is_empty() && pooled.is_empty() {
-                    vec![]
-                } else {
-                    vec![Effect::Signal {
+                if !pooled.is_empty() {
+                    by_target.entry(0).or_default();
+                }
+                if app.several_targets() && !by_target.is_empty() {
+                    // The outcomes of every server's part make up the last action.
+                    app.outcomes.clear();
+                    app.outcome_targets.clear();
+                    app.action_error = None;
+                }
+                let filter = app.typed_filter();
+                let include_superusers = include_superusers || app.include_superusers;
+                let mut pooled = Some(pooled);
+                by_target
+                    .into_iter()
+                    .map(|(target, targets)| Effect::Signal {
+                        target,
                         signal,
                         targets,
-                        pooled,
-                        filter: Box::new(app.typed_filter()),
-                        include_superusers: include_superusers || app.include_superusers,
-                    }]
-                }
+                        pooled: if target == 0 {
+                            pooled.take().unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
+                        filter: Box::new(filter.clone()),
+                        include_superusers,
+                    })
+                    .collect()
             }
             Key::Char('!') if app.may_include_superusers() => {
                 app.mode = Mode::Confirm {
@@ -1239,14 +1486,15 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                 app.mode = Mode::Normal;
             }
             let last = match row {
-                RowKey::Backend(pid) => {
-                    crate::view::detail_lines(app, pid).map_or(0, |l| l.len().saturating_sub(1))
-                }
+                RowKey::Backend(target, pid) => crate::view::detail_lines(app, target, pid)
+                    .map_or(0, |l| l.len().saturating_sub(1)),
                 _ => 0,
             };
             app.detail_scroll = scroll_with(key, app.detail_scroll, app.page(), last);
             match (key, row) {
-                (Key::Char(c @ ('y' | 'Y')), RowKey::Backend(pid)) => copy(app, pid, c == 'Y'),
+                (Key::Char(c @ ('y' | 'Y')), RowKey::Backend(target, pid)) => {
+                    copy(app, target, pid, c == 'Y')
+                }
                 _ => vec![],
             }
         }
@@ -1272,7 +1520,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                             } else {
                                 Signal::Cancel
                             },
-                            rows: vec![RowKey::Backend(line.pid)],
+                            rows: vec![RowKey::Backend(0, line.pid)],
                             include_superusers: false,
                         };
                     }
@@ -1280,7 +1528,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                 }
                 Key::Enter => {
                     if let Some(line) = tree.get(cursor) {
-                        app.mode = Mode::Detail(RowKey::Backend(line.pid));
+                        app.mode = Mode::Detail(RowKey::Backend(0, line.pid));
                         app.detail_scroll = 0;
                     }
                     return vec![];
@@ -1392,6 +1640,12 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
                 app.detail_scroll = 0;
             }
         }
+        // The tree follows pids, which only one server's are unique among.
+        Key::Char('b') if app.several_targets() => {
+            app.note = Some(
+                "the blocking tree shows one server: filter the table with blocking or waiting, or run top on that target alone".into(),
+            );
+        }
         Key::Char('b') => app.mode = Mode::Blocking { cursor: 0 },
         Key::Char('p') => {
             app.paused = !app.paused;
@@ -1410,9 +1664,9 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
         }
         Key::Char('?' | 'h') | Key::F1 => app.mode = Mode::Help { scroll: 0 },
         Key::Char(c @ ('y' | 'Y')) => {
-            if let Some(Row::Backend(s)) = app.current() {
+            if let Some(Row::Backend(target, s)) = app.current() {
                 let pid = s.pid;
-                return copy(app, pid, c == 'Y');
+                return copy(app, target, pid, c == 'Y');
             }
         }
         Key::Char('v') => app.wrap = !app.wrap,
@@ -1546,7 +1800,7 @@ pub(crate) mod tests {
     fn pids<'a>(rows: impl IntoIterator<Item = &'a RowKey>) -> Vec<i32> {
         rows.into_iter()
             .filter_map(|k| match k {
-                RowKey::Backend(pid) => Some(*pid),
+                RowKey::Backend(_, pid) => Some(*pid),
                 RowKey::Pooled { .. } => None,
             })
             .collect()
@@ -1555,7 +1809,7 @@ pub(crate) mod tests {
     /// The pid of a backend row.
     fn pid(row: Row<'_>) -> i32 {
         match row {
-            Row::Backend(s) => s.pid,
+            Row::Backend(_, s) => s.pid,
             Row::Pooled(_) => -1,
         }
     }
@@ -1802,7 +2056,7 @@ pub(crate) mod tests {
     fn detail_help_and_blocking_tree() {
         let mut app = loaded();
         update(&mut app, Event::Key(Key::Enter));
-        assert_eq!(app.mode, Mode::Detail(RowKey::Backend(104)));
+        assert_eq!(app.mode, Mode::Detail(RowKey::Backend(0, 104)));
         update(&mut app, Event::Key(Key::Esc));
         keys(&mut app, "?");
         assert_eq!(app.mode, Mode::Help { scroll: 0 });
@@ -1821,7 +2075,7 @@ pub(crate) mod tests {
             app.mode,
             Mode::Confirm {
                 signal: Signal::Terminate,
-                rows: vec![RowKey::Backend(101)],
+                rows: vec![RowKey::Backend(0, 101)],
                 include_superusers: false,
             }
         );
@@ -1848,7 +2102,7 @@ pub(crate) mod tests {
         let not_web: Vec<i32> = app
             .visible()
             .into_iter()
-            .filter(|r| matches!(r, Row::Backend(s) if s.user.as_deref() != Some("web")))
+            .filter(|r| matches!(r, Row::Backend(_, s) if s.user.as_deref() != Some("web")))
             .map(pid)
             .collect();
         let without_web = shown("-user:web");
@@ -1926,7 +2180,7 @@ pub(crate) mod tests {
         later.sessions[4].state = Some("idle".into()); // 105 finished its query
         update(&mut app, Event::Snapshot(Ok(later)));
         assert!(
-            !app.selected.contains(&RowKey::Backend(105)),
+            !app.selected.contains(&RowKey::Backend(0, 105)),
             "{:?}",
             app.selected
         );
@@ -2118,7 +2372,10 @@ pub(crate) mod tests {
         snap.sessions[3].query = Some("SELECT 1\n-- two lines".into());
         let mut app = App::new(Duration::from_secs(1));
         update(&mut app, Event::Snapshot(Ok(snap)));
-        assert_eq!(app.current().map(|r| r.key()), Some(RowKey::Backend(104)));
+        assert_eq!(
+            app.current().map(|r| r.key()),
+            Some(RowKey::Backend(0, 104))
+        );
         assert_eq!(
             keys(&mut app, "y"),
             vec![Effect::Copy("SELECT 1\n-- two lines".into())]
@@ -2126,7 +2383,7 @@ pub(crate) mod tests {
         assert_eq!(keys(&mut app, "Y"), vec![Effect::Copy("104".into())]);
         update(&mut app, Event::Key(Key::Enter));
         assert_eq!(keys(&mut app, "Y"), vec![Effect::Copy("104".into())]);
-        assert_eq!(app.mode, Mode::Detail(RowKey::Backend(104)));
+        assert_eq!(app.mode, Mode::Detail(RowKey::Backend(0, 104)));
         // A hidden query is not copied, and the note says why.
         let mut snap = sample();
         snap.sessions[3].query = Some(pgkill_core::session::INSUFFICIENT_PRIVILEGE.into());
@@ -2199,7 +2456,7 @@ pub(crate) mod tests {
             app.visible()
                 .iter()
                 .filter_map(|r| match r {
-                    Row::Backend(s) => Some(s.pid),
+                    Row::Backend(_, s) => Some(s.pid),
                     Row::Pooled(_) => None,
                 })
                 .collect()
@@ -2314,7 +2571,7 @@ pub(crate) mod tests {
             app.mode,
             Mode::Confirm {
                 signal: Signal::Terminate,
-                rows: vec![RowKey::Backend(102)],
+                rows: vec![RowKey::Backend(0, 102)],
                 include_superusers: false
             }
         );
@@ -2341,7 +2598,7 @@ pub(crate) mod tests {
         keys(&mut app, " ");
         let pid = pids(&app.selected)[0];
         let t = pgkill_core::plan::Target {
-            session: app.session(pid).unwrap().clone(),
+            session: app.session(0, pid).unwrap().clone(),
             reason: String::new(),
             refused: None,
         };
@@ -2443,7 +2700,7 @@ pub(crate) mod tests {
             .iter()
             .filter_map(|r| match r {
                 Row::Pooled(p) => p.client.application_name.as_deref(),
-                Row::Backend(_) => None,
+                Row::Backend(..) => None,
             })
             .collect();
         assert_eq!(names, ["web-idle"]);
@@ -2456,7 +2713,7 @@ pub(crate) mod tests {
             keys(&mut app, needs_a_backend);
             update(&mut app, Event::Key(Key::Enter));
             assert!(
-                app.visible().iter().all(|r| matches!(r, Row::Backend(_))),
+                app.visible().iter().all(|r| matches!(r, Row::Backend(..))),
                 "{needs_a_backend}"
             );
         }
@@ -2553,5 +2810,293 @@ pub(crate) mod tests {
         later.pooled.retain(|p| p.client.user != "web");
         update(&mut app, Event::Snapshot(Ok(later)));
         assert!(app.selected.is_empty(), "it closed");
+    }
+
+    /// `--target db-a:5432 --target db-b:5432 --target db-c:5432`, none refreshed yet.
+    pub(crate) fn fleet_of(names: &[&str]) -> App {
+        let mut app = App::new(Duration::from_secs(1));
+        app.fleet = names
+            .iter()
+            .map(|n| TargetState {
+                name: (*n).into(),
+                conn: ConnState::Connected,
+                snapshot: None,
+            })
+            .collect();
+        app
+    }
+
+    pub(crate) fn from(target: usize, event: Event) -> Event {
+        Event::From {
+            target,
+            event: Box::new(event),
+        }
+    }
+
+    /// Two servers with a session of the same pid (4242) each, and a third server.
+    pub(crate) fn fleet() -> App {
+        let mut app = fleet_of(&["db-a:5432", "db-b:5432", "db-c:5432"]);
+        let mut a = sample();
+        a.sessions = vec![
+            session(4242, "shop", "web", "active", 60),
+            session(7, "shop", "analyst", "idle", 10),
+        ];
+        let mut b = sample();
+        b.sessions = vec![session(4242, "shop", "web", "active", 30)];
+        b.server.connections = 8;
+        b.server.max_connections = 200;
+        let mut c = sample();
+        c.sessions = vec![session(99, "reports", "etl", "idle in transaction", 300)];
+        for (i, snap) in [a, b, c].into_iter().enumerate() {
+            update(&mut app, from(i, Event::Snapshot(Ok(snap))));
+        }
+        app
+    }
+
+    fn keys_of(app: &App) -> Vec<RowKey> {
+        app.visible().iter().map(Row::key).collect()
+    }
+
+    fn cursor_to(app: &mut App, key: &RowKey) {
+        update(app, Event::Key(Key::Home));
+        while app.current().map(|r| r.key()).as_ref() != Some(key) {
+            let before = app.cursor;
+            update(app, Event::Key(Key::Down));
+            assert_ne!(before, app.cursor, "{key:?} is not shown");
+        }
+    }
+
+    #[test]
+    fn the_same_pid_on_two_targets_is_two_rows() {
+        let app = fleet();
+        let keys = keys_of(&app);
+        assert_eq!(keys.len(), 4, "{keys:?}");
+        assert!(keys.contains(&RowKey::Backend(0, 4242)));
+        assert!(keys.contains(&RowKey::Backend(1, 4242)));
+        assert_eq!(
+            app.session(1, 4242).and_then(|s| s.backend_start),
+            at(-30),
+            "each target's own session"
+        );
+        assert_eq!(app.session(0, 4242).and_then(|s| s.backend_start), at(-60));
+        assert!(app.columns().first() == Some(&Column::Target));
+        // With one server there is no target column.
+        assert!(!loaded().columns().contains(&Column::Target));
+    }
+
+    #[test]
+    fn terminating_a_selected_row_signals_its_target_only() {
+        let mut app = fleet();
+        cursor_to(&mut app, &RowKey::Backend(1, 4242));
+        keys_for_tests(&mut app, " ");
+        assert_eq!(
+            app.selected,
+            BTreeSet::from([RowKey::Backend(1, 4242)]),
+            "the other server's 4242 is not selected"
+        );
+        let effects = keys_for_tests(&mut app, "ky");
+        match effects.as_slice() {
+            [Effect::Signal {
+                target: 1,
+                signal: Signal::Terminate,
+                targets,
+                pooled,
+                ..
+            }] => {
+                assert_eq!(targets.len(), 1);
+                assert_eq!(targets[0].pid, 4242);
+                assert_eq!(targets[0].backend_start, at(-30), "db-b's session");
+                assert!(pooled.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_selection_over_targets_is_one_signal_per_target_and_outcomes_combine() {
+        let mut app = fleet();
+        keys_for_tests(&mut app, "a");
+        let effects = keys_for_tests(&mut app, "cy");
+        let sent: Vec<(usize, Vec<i32>)> = effects
+            .iter()
+            .map(|e| match e {
+                Effect::Signal {
+                    target,
+                    signal: Signal::Cancel,
+                    targets,
+                    ..
+                } => (*target, targets.iter().map(|s| s.pid).collect()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![(0, vec![7, 4242]), (1, vec![4242]), (2, vec![99])],
+            "grouped by server, each pid under its own"
+        );
+        let outcome = |pid: i32| Outcome {
+            pid,
+            backend_start: None,
+            database: None,
+            user: None,
+            application_name: None,
+            outcome: pgkill_core::plan::OutcomeKind::Cancelled,
+            detail: String::new(),
+        };
+        let e = update(
+            &mut app,
+            from(1, Event::Outcomes(Ok((vec![outcome(4242)], vec![])))),
+        );
+        assert_eq!(e, vec![Effect::Refresh]);
+        assert!(!app.selected.contains(&RowKey::Backend(1, 4242)));
+        assert!(
+            app.selected.contains(&RowKey::Backend(0, 4242)),
+            "db-a's 4242 stays selected until db-a answers"
+        );
+        update(
+            &mut app,
+            from(0, Event::Outcomes(Ok((vec![outcome(4242)], vec![])))),
+        );
+        update(
+            &mut app,
+            from(2, Event::Outcomes(Err("permission denied".into()))),
+        );
+        assert_eq!(app.outcome_targets, vec![1, 0]);
+        assert_eq!(app.outcomes.len(), 2);
+        assert_eq!(
+            app.action_error.as_deref(),
+            Some("db-c:5432: permission denied")
+        );
+    }
+
+    #[test]
+    fn target_filter_shows_one_server_and_is_not_sent_to_any() {
+        let mut app = fleet();
+        keys_for_tests(&mut app, "/target:db-b:5432 user:web");
+        update(&mut app, Event::Key(Key::Enter));
+        assert_eq!(app.filter_error, None);
+        assert_eq!(keys_of(&app), vec![RowKey::Backend(1, 4242)]);
+        // What a server re-checks has no trace of the target word.
+        let mut plain = fleet();
+        keys_for_tests(&mut plain, "/user:web");
+        update(&mut plain, Event::Key(Key::Enter));
+        assert_eq!(app.typed_filter(), plain.typed_filter());
+        // Several target words: either server.
+        keys_for_tests(&mut app, "/");
+        update(&mut app, Event::Key(Key::Ctrl('u')));
+        keys_for_tests(&mut app, "target:db-c:5432 target:db-a:5432");
+        update(&mut app, Event::Key(Key::Enter));
+        let keys = keys_of(&app);
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert!(!keys.contains(&RowKey::Backend(1, 4242)));
+        // An empty name is not understood (the last good filter stays).
+        keys_for_tests(&mut app, "/ target:");
+        update(&mut app, Event::Key(Key::Enter));
+        assert!(app.filter_error.is_some());
+        // An unknown name shows nothing.
+        let mut none = fleet();
+        keys_for_tests(&mut none, "/target:db-z:1");
+        update(&mut none, Event::Key(Key::Enter));
+        assert!(none.visible().is_empty());
+    }
+
+    #[test]
+    fn a_disconnected_target_keeps_the_others_rows() {
+        let mut app = fleet();
+        keys_for_tests(&mut app, "a");
+        update(
+            &mut app,
+            from(0, Event::Snapshot(Err("connection refused".into()))),
+        );
+        assert_eq!(
+            app.fleet[0].conn,
+            ConnState::Lost("connection refused".into())
+        );
+        assert_eq!(app.conn, ConnState::Connected, "the others still refresh");
+        let keys = keys_of(&app);
+        assert_eq!(
+            keys,
+            vec![RowKey::Backend(2, 99), RowKey::Backend(1, 4242)]
+                .into_iter()
+                .filter(|k| keys.contains(k))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(keys.len(), 2);
+        assert!(keys.iter().all(|k| !matches!(k, RowKey::Backend(0, _))));
+        assert!(
+            app.selected
+                .iter()
+                .all(|k| !matches!(k, RowKey::Backend(0, _))),
+            "its rows are unselected"
+        );
+        assert_eq!(app.selected.len(), 2);
+        // The others go on refreshing; it comes back when it answers again.
+        let mut b = sample();
+        b.sessions = vec![session(5, "shop", "web", "idle", 5)];
+        update(&mut app, from(1, Event::Snapshot(Ok(b))));
+        assert!(app.session(1, 5).is_some() && app.session(1, 4242).is_none());
+        update(&mut app, from(0, Event::Snapshot(Ok(sample()))));
+        assert_eq!(app.fleet[0].conn, ConnState::Connected);
+        assert!(app.session(0, 101).is_some());
+    }
+
+    #[test]
+    fn the_blocking_tree_stays_with_one_server() {
+        let mut app = fleet();
+        keys_for_tests(&mut app, "b");
+        assert_eq!(app.mode, Mode::Normal);
+        assert!(app
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("one server")));
+    }
+
+    #[test]
+    fn s_sorts_on_the_target_column_and_each_server_plans_with_its_own_role() {
+        let mut app = fleet();
+        while app.sort != Column::Target {
+            keys_for_tests(&mut app, "s");
+        }
+        keys_for_tests(&mut app, "S");
+        let order: Vec<usize> = app
+            .visible()
+            .iter()
+            .map(|r| match r {
+                Row::Backend(t, _) => *t,
+                Row::Pooled(_) => usize::MAX,
+            })
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert!(!app.descending);
+        assert_eq!(order, sorted, "by target name, ascending");
+        // On db-b pgkill is a plain role: a superuser's session there is refused, and `!`
+        // is not offered while one server would refuse it.
+        let mut b = sample();
+        let mut su = session(4242, "shop", "postgres", "active", 30);
+        su.superuser = Some(true);
+        b.sessions = vec![su];
+        b.caller = Caller {
+            user: "ops".into(),
+            superuser: false,
+            signal_backend: true,
+        };
+        update(&mut app, from(1, Event::Snapshot(Ok(b))));
+        let decision = app.plan(
+            Signal::Terminate,
+            &[RowKey::Backend(0, 4242), RowKey::Backend(1, 4242)],
+            true,
+        );
+        let refused: Vec<(usize, Option<&str>)> = decision
+            .backends
+            .targets
+            .iter()
+            .zip(&decision.origins)
+            .map(|(t, o)| (*o, t.refused.as_deref()))
+            .collect();
+        assert_eq!(refused.len(), 2);
+        assert!(refused[0] == (0, None), "{refused:?}");
+        assert!(refused[1].0 == 1 && refused[1].1.is_some(), "{refused:?}");
+        assert!(!app.may_include_superusers());
     }
 }

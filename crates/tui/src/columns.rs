@@ -9,6 +9,8 @@
 /// A column of the session table (each one can be sorted on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Column {
+    /// The server the row is on (shown only with several targets).
+    Target,
     /// Process id.
     Pid,
     /// Role.
@@ -38,7 +40,8 @@ pub enum Column {
 }
 
 /// Every column, in screen order.
-pub const ALL: [Column; 13] = [
+pub const ALL: [Column; 14] = [
+    Column::Target,
     Column::Pid,
     Column::User,
     Column::Database,
@@ -90,6 +93,7 @@ impl Column {
     /// The header.
     pub fn label(self) -> &'static str {
         match self {
+            Column::Target => "target",
             Column::Pid => "pid",
             Column::User => "user",
             Column::Database => "database",
@@ -110,20 +114,25 @@ impl Column {
 /// The columns shown at `width` terminal columns, in screen order, each with its width
 /// (the query's is what is left). One column of spacing separates them, and one column
 /// before the first is the selection mark. `hidden` columns are left out (their width
-/// goes to the query).
-pub fn layout(width: u16, hidden: &[Column]) -> Vec<(Column, u16)> {
+/// goes to the query). With `several_targets` the target column comes first (unless
+/// hidden); with one server it is never shown.
+pub fn layout(width: u16, hidden: &[Column], several_targets: bool) -> Vec<(Column, u16)> {
     let w = usize::from(width);
     let (user, database, state) = match w {
         0..=99 => (9, 9, 10),
         100..=159 => (10, 10, 20),
         _ => (14, 14, 20),
     };
-    let mut shown = vec![
+    let mut shown = Vec::new();
+    if several_targets {
+        shown.push((Column::Target, if w >= 160 { 20 } else { 14 }));
+    }
+    shown.extend([
         (Column::Pid, 7),
         (Column::User, user),
         (Column::Database, database),
         (Column::State, state),
-    ];
+    ]);
     shown.retain(|(c, _)| !hidden.contains(c));
     // Selection mark and the spaces between columns.
     let used = |cols: &[(Column, usize)]| 2 + cols.iter().map(|(_, w)| w + 1).sum::<usize>();
@@ -162,7 +171,7 @@ mod tests {
     #[test]
     fn the_query_takes_what_is_left_and_headers_fit() {
         for width in [40u16, 60, 80, 100, 120, 160, 200, 300] {
-            let cols = layout(width, &[]);
+            let cols = layout(width, &[], false);
             let names: Vec<Column> = cols.iter().map(|(c, _)| *c).collect();
             assert_eq!(
                 &names[..4],
@@ -176,12 +185,15 @@ mod tests {
             let total: u16 = 1 + cols.iter().map(|(_, w)| w + 1).sum::<u16>();
             assert!(total <= width.max(46), "{width}: {total}");
         }
-        let query = |w: u16| layout(w, &[]).last().map(|(_, q)| *q).unwrap_or(0);
+        let query = |w: u16| layout(w, &[], false).last().map(|(_, q)| *q).unwrap_or(0);
         assert!(query(120) >= 36, "{}", query(120));
         assert!(query(80) >= 24);
-        assert!(layout(200, &[]).len() > layout(120, &[]).len());
-        assert!(layout(120, &[]).len() > layout(80, &[]).len());
-        let wide: Vec<Column> = layout(300, &[]).into_iter().map(|(c, _)| c).collect();
+        assert!(layout(200, &[], false).len() > layout(120, &[], false).len());
+        assert!(layout(120, &[], false).len() > layout(80, &[], false).len());
+        let wide: Vec<Column> = layout(300, &[], false)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
         assert!(wide.contains(&Column::XminAge) && wide.contains(&Column::BackendType));
     }
 
@@ -190,7 +202,10 @@ mod tests {
         let hidden = Column::hidden_by("pid,user,blocked-by,query").unwrap();
         assert!(hidden.contains(&Column::Database) && hidden.contains(&Column::State));
         assert!(!hidden.contains(&Column::BlockedBy) && !hidden.contains(&Column::Pid));
-        let names: Vec<Column> = layout(200, &hidden).into_iter().map(|(c, _)| c).collect();
+        let names: Vec<Column> = layout(200, &hidden, false)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
         assert_eq!(
             names,
             [Column::Pid, Column::User, Column::BlockedBy, Column::Query]

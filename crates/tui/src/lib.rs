@@ -12,7 +12,8 @@ mod view;
 
 pub use app::{
     update, App, Column, ConnState, Effect, Event, Key, Mode, ServerInfo, Snapshot, SortKey,
+    TargetState,
 };
 pub use record::Recorder;
-pub use run::{run, Connector, Options};
+pub use run::{run, Connector, Options, Target};
 pub use view::view;

@@ -33,6 +33,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the health header reads the xmin horizon's holders.
 const HORIZON_EVERY: Duration = Duration::from_secs(10);
 
+/// A server `pgkill top` shows: what to call it and how to connect to it.
+pub struct Target {
+    /// Its name (the header's with one server; the `target` column's with several).
+    pub name: String,
+    /// Opens a connection to it (again, to reconnect).
+    pub connect: Connector,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("name", &self.name).finish()
+    }
+}
+
 /// What `pgkill top` starts with beyond the connection and the filter.
 #[derive(Debug, Default)]
 pub struct Options {
@@ -57,12 +71,16 @@ enum Request {
 /// Runs `pgkill top` until `q`: takes over the terminal and always gives it back (also
 /// on error or panic). Every statement runs under `statement_timeout` (a slow server
 /// shows an error, it does not pile refreshes up).
+///
+/// With several `targets` each one has a database task of its own (its connection,
+/// refreshes, reconnects and backoff), all refreshing at once; their results come to
+/// the loop as [`Event::From`], and each action goes to the task of its server. The
+/// health header, `--record` and `poolers` need one server.
 pub async fn run(
-    connect: Connector,
+    targets: Vec<Target>,
     filter: Filter,
     interval: Duration,
     statement_timeout: Duration,
-    target: String,
     poolers: Vec<Pooler>,
     options: Options,
 ) -> anyhow::Result<()> {
@@ -71,22 +89,68 @@ pub async fn run(
         std::io::stdout().is_terminal() && std::io::stdin().is_terminal(),
         "pgkill top needs a terminal; for scripts use `pgkill ls --json`"
     );
+    let several = targets.len() > 1;
+    anyhow::ensure!(!targets.is_empty(), "pgkill top needs a server");
+    anyhow::ensure!(
+        !several || (poolers.is_empty() && options.record.is_none()),
+        "pgkill top with several targets takes neither --pgbouncer nor --record yet"
+    );
     let mut app = App::new(interval);
     app.hidden = options.hidden_columns;
     let mut record = options.record;
-    app.target = Some(target);
+    if several {
+        app.fleet = targets
+            .iter()
+            .map(|t| crate::app::TargetState {
+                name: t.name.clone(),
+                conn: crate::app::ConnState::Connected,
+                snapshot: None,
+            })
+            .collect();
+    } else {
+        app.target = targets.first().map(|t| t.name.clone());
+    }
     app.include_superusers = filter.include_superusers;
     app.color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let (req_tx, req_rx) = mpsc::unbounded_channel::<Request>();
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
-    let db = tokio::spawn(database_task(
-        connect,
-        statement_timeout,
-        filter,
-        poolers,
-        req_rx,
-        ev_tx.clone(),
-    ));
+    let mut req_txs = Vec::new();
+    let mut tasks = Vec::new();
+    let mut poolers = Some(poolers);
+    for (i, t) in targets.into_iter().enumerate() {
+        let (req_tx, req_rx) = mpsc::unbounded_channel::<Request>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        tasks.push(tokio::spawn(database_task(
+            t.connect,
+            statement_timeout,
+            filter.clone(),
+            poolers.take().unwrap_or_default(),
+            req_rx,
+            tx,
+        )));
+        // Says which server an event is from (with several).
+        let ev_tx = ev_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let event = if several {
+                    Event::From {
+                        target: i,
+                        event: Box::new(event),
+                    }
+                } else {
+                    event
+                };
+                if ev_tx.send(event).is_err() {
+                    return;
+                }
+            }
+        }));
+        req_txs.push(req_tx);
+    }
+    // The health header reads one server's views.
+    let refresh = |app: &App| Request::Refresh {
+        health: app.show_health && !several,
+        all_kinds: app.all_kinds,
+    };
 
     // Terminal events are read on a thread of their own (crossterm's read blocks).
     let (key_tx, mut key_rx) = mpsc::unbounded_channel::<Option<Event>>();
@@ -141,11 +205,11 @@ pub async fn run(
         );
     }
     let result = async {
-        let _ = req_tx.send(Request::Refresh {
-            health: app.show_health,
-            all_kinds: app.all_kinds,
-        });
-        let mut in_flight = true;
+        for tx in &req_txs {
+            let _ = tx.send(refresh(&app));
+        }
+        // Per server: at most one refresh at a time.
+        let mut in_flight = vec![true; req_txs.len()];
         let mut next_tick = tokio::time::Instant::now() + app.interval;
         // When the data on screen was read: older than two intervals, it is marked stale.
         let mut last_data = tokio::time::Instant::now();
@@ -165,10 +229,16 @@ pub async fn run(
                 },
                 ev = ev_rx.recv() => match ev {
                     Some(ev) => {
-                        if matches!(ev, Event::Snapshot(_) | Event::AuthFailed(_)) {
-                            in_flight = false;
+                        let (from, inner) = match &ev {
+                            Event::From { target, event } => (*target, &**event),
+                            ev => (0, ev),
+                        };
+                        if matches!(inner, Event::Snapshot(_) | Event::AuthFailed(_)) {
+                            if let Some(f) = in_flight.get_mut(from) {
+                                *f = false;
+                            }
                         }
-                        if matches!(ev, Event::Snapshot(Ok(_))) {
+                        if matches!(inner, Event::Snapshot(Ok(_))) {
                             last_data = tokio::time::Instant::now();
                         }
                         if let Some(r) = record.as_mut() {
@@ -201,16 +271,18 @@ pub async fn run(
                         let _ = write!(out, "{}", osc52(&text));
                         let _ = out.flush();
                     }
-                    // At most one refresh at a time: a slow server is not piled on.
-                    Effect::Refresh if !in_flight => {
-                        in_flight = true;
-                        let _ = req_tx.send(Request::Refresh {
-                            health: app.show_health,
-                            all_kinds: app.all_kinds,
-                        });
+                    // At most one refresh at a time: a slow server is not piled on (nor
+                    // holds up the others).
+                    Effect::Refresh => {
+                        for (tx, busy) in req_txs.iter().zip(in_flight.iter_mut()) {
+                            if !*busy {
+                                *busy = true;
+                                let _ = tx.send(refresh(&app));
+                            }
+                        }
                     }
-                    Effect::Refresh => {}
                     Effect::Signal {
+                        target,
                         signal,
                         targets,
                         pooled,
@@ -220,13 +292,15 @@ pub async fn run(
                         if record.is_some() {
                             pending = Some((signal, targets.clone()));
                         }
-                        let _ = req_tx.send(Request::Signal(
-                            signal,
-                            targets,
-                            pooled,
-                            filter,
-                            include_superusers,
-                        ));
+                        if let Some(tx) = req_txs.get(target) {
+                            let _ = tx.send(Request::Signal(
+                                signal,
+                                targets,
+                                pooled,
+                                filter,
+                                include_superusers,
+                            ));
+                        }
                     }
                 }
             }
@@ -234,7 +308,9 @@ pub async fn run(
     }
     .await;
     ratatui::restore();
-    db.abort();
+    for task in tasks {
+        task.abort();
+    }
     result
 }
 

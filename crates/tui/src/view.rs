@@ -56,7 +56,7 @@ pub fn view(app: &App, frame: &mut Frame) {
     draw_header(app, frame, header);
     draw_graph(app, frame, graph);
     match &app.mode {
-        Mode::Detail(RowKey::Backend(pid)) => draw_detail(app, frame, body, *pid),
+        Mode::Detail(RowKey::Backend(target, pid)) => draw_detail(app, frame, body, *target, *pid),
         Mode::Detail(key) => draw_pooled_detail(app, frame, body, key),
         Mode::Blocking { cursor } => draw_blocking(app, frame, body, *cursor),
         Mode::Help { scroll } => draw_help(frame, body, *scroll),
@@ -73,12 +73,49 @@ pub fn view(app: &App, frame: &mut Frame) {
     }
 }
 
+/// The first header line with several targets: how many, the connections summed over
+/// those that answer, and which do not.
+fn fleet_header(app: &App) -> Vec<Span<'static>> {
+    let up: Vec<&crate::app::ServerInfo> = app
+        .fleet
+        .iter()
+        .filter_map(|t| t.snapshot.as_ref().map(|s| &s.server))
+        .collect();
+    let mut first = vec![
+        Span::styled("pgkill top", bold()),
+        Span::raw(format!(
+            " · {} targets · {}/{} conns · refresh {} · sort {}{}{}",
+            app.fleet.len(),
+            up.iter().map(|s| s.connections).sum::<i64>(),
+            up.iter().map(|s| s.max_connections).sum::<i64>(),
+            format_duration(app.interval),
+            app.sort.label(),
+            if app.descending { "▼" } else { "▲" },
+            if app.paused { " · PAUSED" } else { "" }
+        )),
+    ];
+    for t in &app.fleet {
+        let why = match (&t.conn, &t.snapshot) {
+            (ConnState::Lost(_), _) => "disconnected (retrying)",
+            (ConnState::AuthFailed(_), _) => "authentication failed (restart top)",
+            (ConnState::Connected, None) => "connecting…",
+            (ConnState::Connected, Some(_)) => continue,
+        };
+        first.push(Span::styled(
+            format!(" · {}: {why}", line(&t.name)),
+            style(app, Color::Red).add_modifier(Modifier::BOLD),
+        ));
+    }
+    first
+}
+
 fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
     let mut first = vec![Span::styled("pgkill top", bold())];
     if let Some(target) = &app.target {
         first.push(Span::raw(format!(" · {}", line(target))));
     }
     match &app.server {
+        _ if app.several_targets() => first = fleet_header(app),
         Some(s) => first.push(Span::raw(format!(
             " · PG {}{} · up {} · {}/{} conns · refresh {} · sort {}{}{}",
             s.version,
@@ -335,8 +372,13 @@ fn state_style(app: &App, state: Option<&str>) -> Style {
     }
 }
 
-fn session_cells(app: &App, s: &Session, columns: &[(Column, u16)]) -> Vec<Cell<'static>> {
-    let mark = if app.selected.contains(&RowKey::Backend(s.pid)) {
+fn session_cells(
+    app: &App,
+    target: usize,
+    s: &Session,
+    columns: &[(Column, u16)],
+) -> Vec<Cell<'static>> {
+    let mark = if app.selected.contains(&RowKey::Backend(target, s.pid)) {
         "*"
     } else {
         " "
@@ -344,6 +386,8 @@ fn session_cells(app: &App, s: &Session, columns: &[(Column, u16)]) -> Vec<Cell<
     let mut cells = vec![Cell::from(mark)];
     for (column, width) in columns {
         cells.push(match column {
+            // From the command line or the targets file: escaped like server text.
+            Column::Target => Cell::from(line(app.target_name(target))),
             Column::Pid => Cell::from(s.pid.to_string()),
             Column::User => Cell::from(unknown(s.user.as_deref())),
             Column::Database => Cell::from(unknown(s.database.as_deref())),
@@ -373,7 +417,7 @@ fn session_cells(app: &App, s: &Session, columns: &[(Column, u16)]) -> Vec<Cell<
                 Some(None) => "pgb:(pool)".to_owned(),
                 None => line(&s.client_text()),
             }),
-            Column::Query => Cell::from(query_text(app, s)),
+            Column::Query => Cell::from(query_text(app, target, s)),
             Column::XminAge => Cell::from(s.xmin_age.map(|a| a.to_string()).unwrap_or_default())
                 .style(if s.holds_xmin {
                     style(app, Color::Yellow)
@@ -391,7 +435,7 @@ fn session_cells(app: &App, s: &Session, columns: &[(Column, u16)]) -> Vec<Cell<
 /// (`└─ worker of 4242:`), a command `pg_stat_progress_*` reports on says how far it is
 /// (`[VACUUM scanning heap 42%]`), and an autovacuum run to prevent wraparound says so
 /// first (`[wraparound]`; at the query's end it would be cut off).
-fn query_text(app: &App, s: &Session) -> String {
+fn query_text(app: &App, target: usize, s: &Session) -> String {
     let mut text = String::new();
     if let Some(leader) = s.leader_pid.filter(|l| *l != s.pid) {
         text.push_str(&format!("└─ worker of {leader}: "));
@@ -402,7 +446,7 @@ fn query_text(app: &App, s: &Session) -> String {
     {
         text.push_str("[wraparound] ");
     }
-    if let Some(p) = app.progress.get(&s.pid) {
+    if let Some(p) = app.progress_of(target, s.pid) {
         text.push_str(&format!("[{}] ", line(&p.describe())));
     }
     text.push_str(&one_line(query));
@@ -429,6 +473,7 @@ fn pooled_cells(
     let mut cells = vec![Cell::from(mark)];
     for (column, _) in columns {
         cells.push(match column {
+            Column::Target => Cell::from(""),
             Column::Pid => Cell::from("-"),
             Column::User => Cell::from(line(&p.client.user)),
             Column::Database => Cell::from(line(&p.database)),
@@ -456,7 +501,7 @@ fn pooled_cells(
 
 fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
     let rows = app.visible();
-    let columns = crate::columns::layout(area.width, &app.hidden);
+    let columns = crate::columns::layout(area.width, &app.hidden, app.several_targets());
     let height = area.height.saturating_sub(1) as usize;
     // `v`: the query over several lines (at most a third of the table), white space
     // collapsed; else one line.
@@ -465,8 +510,8 @@ fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
     let wrapped: Vec<Option<Vec<String>>> = rows
         .iter()
         .map(|r| match r {
-            crate::app::Row::Backend(s) if app.wrap => {
-                let mut lines = wrap_words(&query_text(app, s), query_width);
+            crate::app::Row::Backend(target, s) if app.wrap => {
+                let mut lines = wrap_words(&query_text(app, *target, s), query_width);
                 if lines.len() > most {
                     lines.truncate(most);
                     if let Some(last) = lines.last_mut() {
@@ -499,7 +544,7 @@ fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
         })
         .map(|(i, s)| {
             let mut cells = match s {
-                crate::app::Row::Backend(s) => session_cells(app, s, &columns),
+                crate::app::Row::Backend(target, s) => session_cells(app, *target, s, &columns),
                 crate::app::Row::Pooled(p) => pooled_cells(app, p, &columns),
             };
             let mut row_height = 1;
@@ -552,8 +597,8 @@ fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
 /// Why a field is empty for a plain role: the server hides other roles' details.
 const HIDDEN: &str = "hidden*";
 
-fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
-    let Some(lines) = detail_lines(app, pid) else {
+fn draw_detail(app: &App, frame: &mut Frame, area: Rect, target: usize, pid: i32) {
+    let Some(lines) = detail_lines(app, target, pid) else {
         frame.render_widget(
             Paragraph::new(format!("session {pid} is gone")).block(Block::bordered()),
             area,
@@ -578,8 +623,8 @@ fn draw_detail(app: &App, frame: &mut Frame, area: Rect, pid: i32) {
 
 /// The details pane's lines for `pid` (the query with its own line breaks), `None` when
 /// the session is gone.
-pub(crate) fn detail_lines(app: &App, pid: i32) -> Option<Vec<Line<'static>>> {
-    let s = app.session(pid)?;
+pub(crate) fn detail_lines(app: &App, target: usize, pid: i32) -> Option<Vec<Line<'static>>> {
+    let s = app.session(target, pid)?;
     let hidden = s.state.is_none();
     // Local time first (what the person reading knows), UTC after it (what logs say).
     let t = |v: Option<chrono::DateTime<chrono::Utc>>| match v {
@@ -621,7 +666,14 @@ pub(crate) fn detail_lines(app: &App, pid: i32) -> Option<Vec<Line<'static>>> {
             unknown(v)
         }
     };
-    let mut lines = vec![
+    let mut lines = Vec::new();
+    if app.several_targets() {
+        lines.push(Line::from(format!(
+            "target {}",
+            line(app.target_name(target))
+        )));
+    }
+    lines.extend([
         Line::from(format!(
             "pid {}  user {}  database {}  application {}",
             s.pid,
@@ -655,11 +707,11 @@ pub(crate) fn detail_lines(app: &App, pid: i32) -> Option<Vec<Line<'static>>> {
             "state since  {}",
             since(s.state_change, s.state_age())
         )),
-    ];
-    if let Some(l) = app.lock_of(pid) {
+    ]);
+    if let Some(l) = app.lock_of(target, pid) {
         lines.push(Line::from(format!("waits for    {}", line(&l.describe()))));
     }
-    if let Some(p) = app.progress.get(&pid) {
+    if let Some(p) = app.progress_of(target, pid) {
         let of = match (p.done, p.total) {
             (Some(d), Some(t)) if t > 0 => format!(" ({d} of {t})"),
             _ => String::new(),
@@ -732,7 +784,8 @@ fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
     let height = area.height.saturating_sub(2) as usize;
     let first = cursor.saturating_sub(height.saturating_sub(1));
     for (i, node) in tree.iter().enumerate().skip(first).take(height) {
-        let Some(s) = app.session(node.pid) else {
+        // The tree is shown with one server only (`b` says so with several).
+        let Some(s) = app.session(0, node.pid) else {
             continue;
         };
         let mark = if i == cursor { "> " } else { "  " };
@@ -749,7 +802,7 @@ fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
                 query
             )
         } else {
-            let lock = app.lock_of(s.pid);
+            let lock = app.lock_of(0, s.pid);
             // Since when: pg_locks.waitstart (14+), else the waiter's state change.
             let since = lock.and_then(|l| l.since).or(s.state_change);
             let waited = since
@@ -796,7 +849,7 @@ fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
 /// The help screen's lines (scrolled with ↑ ↓ PgUp PgDn Home End on small screens).
 pub const HELP: &[&str] = &[
     "q quit · ? h F1 help (↑ ↓ PgUp PgDn Home End scroll it; Esc back)",
-    "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking waiting blocking-for:DUR holding-xmin; exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local (an exclusion always wins; same kinds OR-ed, others AND-ed; waiting: sessions waiting on a lock; holding-xmin: the sessions that are the xmin horizon)",
+    "/ filter as you type: db:NAME user:ROLE app:GLOB client:CIDR|local state:STATE pid:N idle:DUR xact:DUR query-age:DUR backend:DUR q:TEXT blocking waiting blocking-for:DUR holding-xmin target:NAME; exclude: -db:NAME -user:ROLE -app:GLOB -client:CIDR|local (an exclusion always wins; same kinds OR-ed, others AND-ed; waiting: sessions waiting on a lock; holding-xmin: the sessions that are the xmin horizon; target:NAME: with several --target, that server's rows, as the header and the target column name it)",
     "  editing: ← → Home End move · Backspace · Ctrl-U clear before the cursor · Ctrl-W delete a word · Ctrl-K clear after · Enter keep · Esc back to the previous filter",
     "s / S sort by the next column on screen / reverse the order · C hide the sorted column (on pid or query: show every column again; --columns LIST at start)",
     "↑ ↓ (or j) move · PgUp PgDn page · Home End first / last row",
@@ -806,7 +859,7 @@ pub const HELP: &[&str] = &[
     "y copy the full query (in the list or the details) to the clipboard · Y its pid (OSC 52: the terminal must allow it)",
     "A every kind of backend too (autovacuum, marked [wraparound] when it runs to prevent wraparound; walsenders; parallel workers right under their leader, PostgreSQL 13+), listed only: top signals client sessions only. A command pg_stat_progress_* reports on (VACUUM, CREATE INDEX, CLUSTER, ANALYZE, BASE_BACKUP, COPY) shows its phase and how far it is, [VACUUM scanning heap 42%], before its query",
     "v wrap queries over several lines in the list (white space collapsed) · one line again",
-    "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys)",
+    "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys); with several --target it is off (the header sums connections per target instead) and the blocking tree (b) needs one server",
     "p pause · + / - refresh interval (at once; STALE in the header: data over two intervals old)",
     "--pgbouncer: connections holding no backend are rows of their own (pid -), after the backends; k ends an application where it is (its backend in session pooling, else KILL_CLIENT at the pooler, PgBouncer 1.24+), as `pgkill kill --pgbouncer` does",
 ];
@@ -962,7 +1015,16 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
         let parts: Vec<String> = app
             .outcomes
             .iter()
-            .map(|o| format!("{} {}", o.pid, o.outcome.as_str()))
+            .enumerate()
+            .map(|(i, o)| match app.outcome_targets.get(i) {
+                Some(t) if app.several_targets() => format!(
+                    "{} {} {}",
+                    line(app.target_name(*t)),
+                    o.pid,
+                    o.outcome.as_str()
+                ),
+                _ => format!("{} {}", o.pid, o.outcome.as_str()),
+            })
             .chain(app.app_outcomes.iter().map(|o| {
                 format!(
                     "{} {} at the pooler",
@@ -1066,8 +1128,19 @@ fn draw_confirm(
             line(&t.pool_mode)
         )
     };
-    for t in plan.to_signal().take(room) {
-        lines.push(Line::from(describe(&t.session)));
+    // With several targets each session says its server.
+    let on = |i: usize| match decision.origins.get(i) {
+        Some(t) if app.several_targets() => format!("{}: ", line(app.target_name(*t))),
+        _ => String::new(),
+    };
+    for (i, t) in plan
+        .targets
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.refused.is_none())
+        .take(room)
+    {
+        lines.push(Line::from(format!("{}{}", on(i), describe(&t.session))));
     }
     let ending: Vec<_> = decision
         .at_pooler
@@ -1105,9 +1178,16 @@ fn draw_confirm(
             ),
             style(app, Color::Yellow).add_modifier(Modifier::BOLD),
         )));
-        for t in refused.iter().take(room.saturating_sub(go).max(2)) {
+        for (i, t) in plan
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.refused.is_some())
+            .take(room.saturating_sub(go).max(2))
+        {
             lines.push(Line::from(format!(
-                "{} {}: {}",
+                "{}{} {}: {}",
+                on(i),
                 t.session.pid,
                 unknown(t.session.user.as_deref()),
                 line(t.refused.as_deref().unwrap_or_default())
@@ -1340,7 +1420,7 @@ mod tests {
             app.mode,
             Mode::Confirm {
                 signal: pgkill_core::planner::Signal::Terminate,
-                rows: vec![RowKey::Backend(203)],
+                rows: vec![RowKey::Backend(0, 203)],
                 include_superusers: false,
             }
         );
@@ -1436,7 +1516,7 @@ mod tests {
     #[test]
     fn details_of_a_multi_line_query_and_of_a_hidden_session() {
         let mut app = lock_chain();
-        while app.current().map(|r| r.key()) != Some(RowKey::Backend(201)) {
+        while app.current().map(|r| r.key()) != Some(RowKey::Backend(0, 201)) {
             update(&mut app, Event::Key(Key::Down));
         }
         update(&mut app, Event::Key(Key::Enter));
@@ -1463,7 +1543,7 @@ mod tests {
         s.query = Some(pgkill_core::session::INSUFFICIENT_PRIVILEGE.into());
         let mut app = App::new(std::time::Duration::from_secs(1));
         update(&mut app, Event::Snapshot(Ok(snap)));
-        while app.current().map(|r| r.key()) != Some(RowKey::Backend(104)) {
+        while app.current().map(|r| r.key()) != Some(RowKey::Backend(0, 104)) {
             update(&mut app, Event::Key(Key::Down));
         }
         update(&mut app, Event::Key(Key::Enter));
@@ -1563,7 +1643,7 @@ mod tests {
         keys_for_tests(&mut app, "/db:shop");
         update(&mut app, Event::Key(Key::Enter));
         let t = pgkill_core::plan::Target {
-            session: app.session(104).unwrap().clone(),
+            session: app.session(0, 104).unwrap().clone(),
             reason: String::new(),
             refused: None,
         };
@@ -1639,7 +1719,7 @@ mod tests {
             "{screen}"
         );
         assert!(screen.contains("└─ worker of 150: "), "{screen}");
-        let details = detail_lines(&app, 150)
+        let details = detail_lines(&app, 0, 150)
             .unwrap_or_default()
             .iter()
             .map(|l| l.to_string())
@@ -1664,7 +1744,7 @@ mod tests {
         let mut app = crate::app::App::new(std::time::Duration::from_secs(1));
         update(&mut app, Event::Snapshot(Ok(snap)));
         crate::app::tests::resize(&mut app, 80, 24);
-        while app.current().map(|r| r.key()) != Some(crate::app::RowKey::Backend(104)) {
+        while app.current().map(|r| r.key()) != Some(crate::app::RowKey::Backend(0, 104)) {
             update(&mut app, Event::Key(Key::Down));
         }
         update(&mut app, Event::Key(Key::Enter));
@@ -1767,5 +1847,44 @@ mod tests {
             Event::AuthFailed("password authentication failed for user \"bob\"".into()),
         );
         both("authentication_failed", &app);
+    }
+
+    #[test]
+    fn several_targets_merged_with_one_disconnected() {
+        use crate::app::tests::{fleet, from};
+        let mut app = fleet();
+        update(
+            &mut app,
+            from(2, Event::Snapshot(Err("connection refused".into()))),
+        );
+        let screen = render(&app, 120, 40);
+        assert!(screen.contains("3 targets · 20/300 conns"), "{screen}");
+        assert!(
+            screen.contains("db-c:5432: disconnected (retrying)"),
+            "{screen}"
+        );
+        insta::assert_snapshot!("several_targets_120x40", screen);
+        // The confirmation names each session's server.
+        keys_for_tests(&mut app, "ak");
+        insta::assert_snapshot!("several_targets_confirm_120x40", render(&app, 120, 40));
+    }
+
+    #[test]
+    fn hostile_target_names_show_escaped() {
+        use crate::app::tests::{fleet, from};
+        let mut app = fleet();
+        app.fleet[1].name = "evil\u{1b}]0;pwned\u{7}".into();
+        update(
+            &mut app,
+            from(1, Event::Snapshot(Err("connection refused".into()))),
+        );
+        keys_for_tests(&mut app, "/target:x");
+        for screen in [render(&app, 120, 40), render(&app, 200, 50)] {
+            assert!(
+                !screen.contains('\u{1b}') && !screen.contains('\u{7}'),
+                "{screen}"
+            );
+            assert!(screen.contains("evil"), "{screen}");
+        }
     }
 }
