@@ -1,6 +1,7 @@
 //! Many servers at once: `--target CONNINFO` (repeatable) and `--targets FILE` name the
 //! servers, and `ls`, `kill`, `cancel`, `free-slot`, `drain`, `unfence`, `drop` and
-//! `rename` run on all of them, `--parallel N` at a time (`top` and `watch` refuse
+//! `rename` run on all of them, `--parallel N` at a time (`top` over several servers is
+//! `pgkill_tui::run` with one connection per target; `watch` and `demo` refuse
 //! several targets here).
 //!
 //! Each server is worked on exactly as a single one is (the same plan, re-checking
@@ -140,7 +141,7 @@ pub fn check(args: &ConnArgs, command: &str, targets: &[Target]) -> anyhow::Resu
         "ls" | "kill" | "cancel" | "drain" | "unfence" | "drop" | "rename" | "free-slot"
     ) {
         anyhow::bail!(UsageError(format!(
-            "`pgkill {command}` works on one server so far: --target/--targets are taken by every command but top, watch and demo"
+            "`pgkill {command}` works on one server so far: --target/--targets are taken by every command but watch (its policy names its targets) and demo"
         )));
     }
     if !args.pgbouncer.is_empty()

@@ -268,10 +268,20 @@ async fn targets_file_names_and_csv(pg: Installation) -> Result<()> {
         code == 2 && err.contains("two targets are called \"shard-0\""),
         "duplicate: exit {code} {err}"
     );
+    // `top` takes the targets (and, without a terminal, says it needs one); `watch`
+    // reads its targets from its policy.
     let (code, _, err) = pgkill(&[], &["--targets", &path, "top"])?;
     ensure!(
-        code == 2 && err.contains("works on one server so far"),
+        code == 2 && err.contains("needs a terminal"),
         "top with targets: exit {code} {err}"
+    );
+    let (code, _, err) = pgkill(
+        &[],
+        &["--targets", &path, "watch", "--policy", &path, "--check"],
+    )?;
+    ensure!(
+        code == 2 && err.contains("works on one server so far"),
+        "watch with targets: exit {code} {err}"
     );
     Ok(())
 }
