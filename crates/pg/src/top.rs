@@ -219,6 +219,9 @@ pub async fn refresh(
         }
         sessions.push(session_from_row(row)?);
     }
+    // Oldest first (hidden start times last), as `sessions::list` returns them
+    // (`--newest/--oldest` count on it).
+    sessions.sort_by_key(|s| (s.backend_start.is_none(), s.backend_start, s.pid));
     let sessions = filter.limit(sessions);
     progress.retain(|pid, _| sessions.iter().any(|s| s.pid == *pid));
     Ok(Refresh {
