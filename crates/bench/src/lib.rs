@@ -55,6 +55,19 @@ impl Measured {
     }
 }
 
+/// Ends a benchmark: each of `problems` printed, then an error saying how many `what`
+/// (`"problem(s) during the run"`) when there were any (a non-zero exit: a run that did not
+/// do its job), else Ok.
+pub fn end(problems: &[String], what: &str) -> anyhow::Result<()> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for p in problems {
+        println!("problem: {p}");
+    }
+    anyhow::bail!("{} {what}", problems.len())
+}
+
 /// Runs `cmd` (program, arguments, environment and directory are taken from it; stdin is
 /// empty, stdout is drained through a pipe and counted) and measures its wall time and
 /// peak RSS. Killed after `limit`.

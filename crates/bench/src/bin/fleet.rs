@@ -432,13 +432,7 @@ impl Bench<'_> {
         }
 
         self.print(&mut ls, &mut kill, reopen);
-        if problems.is_empty() {
-            return Ok(());
-        }
-        for p in &problems {
-            println!("problem: {p}");
-        }
-        anyhow::bail!("{} run(s) did not do what they should", problems.len())
+        pgkill_bench::end(&problems, "run(s) did not do what they should")
     }
 
     fn print(&self, ls: &mut [Samples; 3], kill: &mut [Samples; 3], reopen: Duration) {

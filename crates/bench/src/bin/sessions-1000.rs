@@ -305,14 +305,7 @@ impl Bench<'_> {
             "(times: median (min) in ms; RSS: highest of the runs; ls printed {} lines (table), {} (json), {} (psql))",
             lines.0, lines.1, lines.2
         );
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            for p in &problems {
-                println!("problem: {p}");
-            }
-            anyhow::bail!("{} run(s) did not do what they should", problems.len())
-        }
+        pgkill_bench::end(&problems, "run(s) did not do what they should")
     }
 
     /// Opens the sessions in `bench` (as a plain role: pgkill protects superusers' sessions)

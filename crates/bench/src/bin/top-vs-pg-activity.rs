@@ -285,14 +285,7 @@ fn run(
             println!("  {calls:>6} {ms:>10.1}  {query}");
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        for p in &problems {
-            println!("problem: {p}");
-        }
-        anyhow::bail!("{} problem(s) during the run", problems.len())
-    }
+    pgkill_bench::end(&problems, "problem(s) during the run")
 }
 
 fn row(name: &str, a: &str, b: &str, ratio: f64, target: &str, ok: Option<bool>) {

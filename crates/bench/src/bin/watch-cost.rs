@@ -105,14 +105,7 @@ fn main() -> anyhow::Result<()> {
     if !args.no_fleet {
         fleet(&rt, &inst, &args, &pgkill, &sample, &mut problems)?;
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        for p in &problems {
-            println!("problem: {p}");
-        }
-        anyhow::bail!("{} problem(s) during the run", problems.len())
-    }
+    pgkill_bench::end(&problems, "problem(s) during the run")
 }
 
 fn sample_policy() -> PathBuf {
