@@ -104,6 +104,12 @@ pub(crate) const CAN_SIGNAL: &str =
       ELSE pg_catalog.pg_has_role(s.usesysid, 'USAGE'::text)
         OR pg_catalog.pg_has_role('pg_signal_backend'::name, 'USAGE'::text) END)";
 
+/// Whether the row `s` is a superuser's backend, without a join: the superusers' oids
+/// are read once per statement (an init plan), and a listing of a thousand sessions
+/// does not pass each of them through a join with `pg_roles`. NULL for a role-less
+/// process, false for a role that no longer exists.
+const SUPERUSER: &str = "(s.usesysid = ANY (coalesce((SELECT pg_catalog.array_agg(su.oid) FROM pg_catalog.pg_roles su WHERE su.rolsuper), '{}'::oid[])))";
+
 /// Pids that some session waiting on a lock waits for, read from `activity`
 /// (pg_stat_activity, or a CTE of it); `pg_blocking_pids` is only called for sessions
 /// that wait on a lock.
@@ -308,7 +314,7 @@ fn add_filter(p: &mut Predicate, v: ServerVersion, f: &Filter) {
 /// applies to the ordered result), with the columns `pgkill_pg::sessions` reads by name.
 pub fn list_sessions(v: ServerVersion, filter: &Filter, own: &[i32]) -> Query {
     let pred = predicate(v, filter, own, 1, "s");
-    let listing = Listing::new(v, pred.own.as_deref(), "", "");
+    let listing = Listing::new(v, pred.own.as_deref(), "", "", None);
     let sql = format!(
         "WITH {}\n{}\nWHERE {}\nORDER BY s.backend_start, s.pid",
         listing.ctes,
@@ -331,8 +337,16 @@ struct Listing {
 
 impl Listing {
     /// `own` is the placeholder of pgkill's own pids (left out of the xmin horizon);
-    /// `extra` more columns (`, expr AS name…`), `join` more of `FROM` (` JOIN …`).
-    fn new(v: ServerVersion, own: Option<&str>, extra: &str, join: &str) -> Listing {
+    /// `extra` more columns (`, expr AS name…`), `join` more of `FROM` (` JOIN …`);
+    /// `progress`, the rows of [`progress`] to give each session (`top`): its columns
+    /// are then `lk.progress_*`.
+    fn new(
+        v: ServerVersion,
+        own: Option<&str>,
+        extra: &str,
+        join: &str,
+        progress: Option<&str>,
+    ) -> Listing {
         let leader = if v.major >= 13 {
             "s.leader_pid"
         } else {
@@ -340,10 +354,31 @@ impl Listing {
         };
         let horizon = horizon_age("s", own);
         let age = xmin_age("s");
+        let can_signal = CAN_SIGNAL.replace("r.rolsuper", SUPERUSER);
+        // What only a few sessions have (who they wait for, how many wait for them, the
+        // progress of what they run) is gathered into one relation by pid, joined to
+        // the sessions once: every join is one more pass over each listed row, and the
+        // planner, misled by pg_stat_activity's estimate, hashes the sessions' side.
+        let (progress_cte, extras) = match progress {
+            None => (String::new(), "locks"),
+            Some(rows) => (
+                format!(
+                    ", progress AS (
+{rows}
+), extras AS (
+  SELECT coalesce(l.pid, p.pid) AS pid, l.blockers, l.waiters, l.waited_on_since,
+         p.progress_command, p.progress_phase, p.progress_done, p.progress_total
+  FROM locks l FULL JOIN progress p ON p.pid = l.pid
+)"
+                ),
+                "extras",
+            ),
+        };
         // `s` reads pg_stat_activity once (a CTE used twice is materialized on every
         // version); `waits` calls pg_blocking_pids once per session waiting on a lock,
         // and both who a session waits for and how many wait for it come from it,
-        // counted over all sessions, not only the selected ones.
+        // counted over all sessions, not only the selected ones. The horizon is a value
+        // (an init plan), not a join.
         let ctes = format!(
             "s AS (SELECT * FROM pg_catalog.pg_stat_activity), waits AS (
   SELECT w.pid, w.state_change, pg_catalog.pg_blocking_pids(w.pid) AS blockers
@@ -351,21 +386,22 @@ impl Listing {
 ), blockers AS (
   SELECT b.pid, pg_catalog.count(*)::int AS waiters, pg_catalog.min(waits.state_change) AS waited_on_since
   FROM waits, pg_catalog.unnest(waits.blockers) AS b(pid) GROUP BY b.pid
-), horizon AS (SELECT {horizon} AS age)"
+), locks AS (
+  SELECT coalesce(wt.pid, bl.pid) AS pid, wt.blockers, bl.waiters, bl.waited_on_since
+  FROM waits wt FULL JOIN blockers bl ON bl.pid = wt.pid
+){progress_cte}, horizon AS (SELECT {horizon} AS age)"
         );
         let select = format!(
             "SELECT s.pid, s.backend_start, s.datname::text AS datname, s.usename::text AS usename,
        s.application_name, pg_catalog.host(s.client_addr) AS client_addr, s.client_hostname,
        s.client_port, s.state, s.wait_event_type, s.wait_event, s.backend_type,
        s.xact_start, s.query_start, s.state_change, s.query, {leader} AS leader_pid,
-       r.rolsuper, wt.blockers AS blocked_by, coalesce(bl.waiters, 0) AS blocking,
-       bl.waited_on_since, {age} AS xmin_age, coalesce({age} >= horizon.age, false) AS holds_xmin,
-       {CAN_SIGNAL} AS can_signal, pg_catalog.clock_timestamp() AS now{extra}
+       {SUPERUSER} AS rolsuper, lk.blockers AS blocked_by, coalesce(lk.waiters, 0) AS blocking,
+       lk.waited_on_since, {age} AS xmin_age,
+       coalesce({age} >= (SELECT horizon.age FROM horizon), false) AS holds_xmin,
+       {can_signal} AS can_signal, pg_catalog.clock_timestamp() AS now{extra}
 FROM s{join}
-CROSS JOIN horizon
-LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.usesysid
-LEFT JOIN waits wt ON wt.pid = s.pid
-LEFT JOIN blockers bl ON bl.pid = s.pid"
+LEFT JOIN {extras} lk ON lk.pid = s.pid"
         );
         Listing { ctes, select }
     }
@@ -402,6 +438,7 @@ pub fn rule_matches(v: ServerVersion, rules: &[&Filter], own: &[i32]) -> Query {
         own_at.as_deref(),
         ", matched.rule",
         " JOIN matched ON matched.pid = s.pid",
+        None,
     );
     let sql = format!(
         "WITH {ctes}, matched AS (
@@ -725,20 +762,22 @@ pub fn top_refresh(v: ServerVersion, filter: &Filter, own: &[i32], health: bool)
     let listing = Listing::new(
         v,
         pred.own.as_deref(),
-        ", p.progress_command, p.progress_phase, p.progress_done, p.progress_total",
-        &format!(" LEFT JOIN ({}) AS p ON p.pid = s.pid", progress(v)),
+        ", lk.progress_command, lk.progress_phase, lk.progress_done, lk.progress_total",
+        "",
+        Some(&progress(v)),
     );
     let readings = Readings::new(health);
-    // The readings ride on one row only (the first session's, or a row of their own
-    // when nothing matches): repeated on every row they would cost more to send than
-    // to read.
+    // The readings ride on one row only (the lowest pid's, or a row of their own when
+    // nothing matches): repeated on every row they would cost more to send than to
+    // read. Picking that row is one more pass over the listed rows, no sort or hash.
     let sql = format!(
         "WITH {ctes}, {readings}, listed AS (
 {select}
 WHERE {pred}
-), readings AS (SELECT 1::int8 AS k, {columns} FROM {from})
+), readings AS (SELECT {columns} FROM {from})
 SELECT r.*, m.*
-FROM readings AS r FULL JOIN (SELECT pg_catalog.row_number() OVER () AS k, l.* FROM listed AS l) AS m ON m.k = r.k",
+FROM (SELECT 1) AS one LEFT JOIN listed AS m ON true
+LEFT JOIN readings AS r ON m.pid IS NOT DISTINCT FROM (SELECT pg_catalog.min(f.pid) FROM listed AS f)",
         ctes = listing.ctes,
         readings = readings.ctes,
         select = listing.select,

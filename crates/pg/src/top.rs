@@ -11,7 +11,7 @@ use pgkill_core::planner;
 use pgkill_core::Session;
 use tokio_postgres::{Client, Row};
 
-use crate::exec::{query, query_opt};
+use crate::exec::{prepared, query_opt, Prepared};
 use crate::sessions::{session_from_row, Capabilities};
 use crate::{Error, Result};
 
@@ -183,12 +183,14 @@ fn readings_from_row(row: &Row, health: bool) -> Result<Readings> {
 /// server's readings (the health header's with `health`), in one statement.
 pub async fn refresh(
     client: &Client,
+    kept: &Prepared,
     caps: &Capabilities,
     filter: &Filter,
     health: bool,
 ) -> Result<Refresh> {
-    let rows = query(
+    let rows = prepared(
         client,
+        kept,
         &planner::top_refresh(caps.version, filter, &caps.own_pids, health),
     )
     .await?;

@@ -23,6 +23,7 @@ fn main() {
         killing_blocking_root_releases_waiters,
         plain_role_lists_others_as_unknown,
         filters_select_exactly,
+        top_keeps_its_refresh_prepared_across_reconnects,
     ]);
 }
 
@@ -548,6 +549,69 @@ async fn filters_select_exactly(pg: Installation) -> Result<()> {
         })
         .await?
             == sorted(vec![web2.pid(), fresh.pid()])
+    );
+    Ok(())
+}
+
+/// How many statements of `top`'s refresh are prepared on `client`'s connection.
+async fn refreshes_prepared(client: &Client) -> Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE statement LIKE 'WITH s AS (%'",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// `top`'s refresh is prepared once per connection and run again from there; kept
+/// across a reconnect (a statement the new connection does not know), it is prepared
+/// on the new one and the refresh still lists the sessions; another filter is another
+/// statement, and the one before is let go.
+async fn top_keeps_its_refresh_prepared_across_reconnects(pg: Installation) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let idle = sim::idle(&sb.config("postgres", roles::PLAIN)).await?;
+    let kept = pgkill_pg::exec::Prepared::default();
+    let every = Filter::default();
+    let (first, caps) = pgkill_as(&sb, roles::ADMIN).await?;
+    for _ in 0..3 {
+        let r = pgkill_pg::top::refresh(&first, &kept, &caps, &every, true).await?;
+        ensure!(
+            r.sessions.iter().any(|s| s.pid == idle.pid()),
+            "the idle session is listed"
+        );
+    }
+    ensure!(
+        refreshes_prepared(&first).await? == 1,
+        "three refreshes, one prepared statement"
+    );
+    let (second, caps) = pgkill_as(&sb, roles::ADMIN).await?;
+    let r = pgkill_pg::top::refresh(&second, &kept, &caps, &every, true).await?;
+    ensure!(
+        r.sessions.iter().any(|s| s.pid == idle.pid()),
+        "after a reconnect the refresh still lists the idle session"
+    );
+    ensure!(
+        refreshes_prepared(&second).await? == 1,
+        "prepared on the new connection"
+    );
+    let plain = Filter {
+        users: vec![roles::PLAIN.to_owned()],
+        ..Filter::default()
+    };
+    let r = pgkill_pg::top::refresh(&second, &kept, &caps, &plain, false).await?;
+    ensure!(
+        r.sessions
+            .iter()
+            .all(|s| s.user.as_deref() == Some(roles::PLAIN))
+            && r.sessions.iter().any(|s| s.pid == idle.pid()),
+        "the new filter's statement lists only {}'s sessions",
+        roles::PLAIN
+    );
+    // The statement before is closed by the time the server answers the next one.
+    ensure!(
+        refreshes_prepared(&second).await? == 1,
+        "the statement of the filter before was let go"
     );
     Ok(())
 }

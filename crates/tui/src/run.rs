@@ -348,6 +348,8 @@ async fn database_task(
     events: mpsc::UnboundedSender<Event>,
 ) {
     let mut conn: Option<(Client, Capabilities)> = None;
+    // The refresh statement, kept prepared on `conn`.
+    let kept = pgkill_pg::exec::Prepared::default();
     // One console connection per pooler, kept across refreshes (opened again when lost).
     let mut consoles: Vec<Option<Client>> = poolers.iter().map(|_| None).collect();
     // What the poolers said at the last refresh: their versions and pool modes decide
@@ -372,6 +374,7 @@ async fn database_task(
             match open(&connect, statement_timeout).await {
                 Ok(c) => {
                     conn = Some(c);
+                    kept.clear().await;
                     backoff = Duration::from_millis(500);
                 }
                 Err(e) if is_authentication_failure(&e) => {
@@ -396,6 +399,7 @@ async fn database_task(
             Request::Refresh { health, all_kinds } => Event::Snapshot(
                 snapshot(
                     client,
+                    &kept,
                     caps,
                     // Listing only: signalling keeps the command line's filter.
                     &Filter {
@@ -517,6 +521,7 @@ async fn open(
 
 async fn snapshot(
     client: &Client,
+    kept: &pgkill_pg::exec::Prepared,
     caps: &Capabilities,
     filter: &Filter,
     poolers: &[Pooler],
@@ -528,7 +533,7 @@ async fn snapshot(
     let mut pooler_states = Vec::new();
     let mut superusers = std::collections::BTreeSet::new();
     let (sessions, progress, readings) = if poolers.is_empty() {
-        let r = pgkill_pg::top::refresh(client, caps, filter, with_health.is_some()).await?;
+        let r = pgkill_pg::top::refresh(client, kept, caps, filter, with_health.is_some()).await?;
         (r.sessions, r.progress, r.readings)
     } else {
         let mut states = Vec::new();
