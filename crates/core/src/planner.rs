@@ -105,10 +105,10 @@ pub(crate) const CAN_SIGNAL: &str =
         OR pg_catalog.pg_has_role('pg_signal_backend'::name, 'USAGE'::text) END)";
 
 /// Whether the row `s` is a superuser's backend, without a join: the superusers' oids
-/// are read once per statement (an init plan), and a listing of a thousand sessions
-/// does not pass each of them through a join with `pg_roles`. NULL for a role-less
-/// process, false for a role that no longer exists.
-const SUPERUSER: &str = "(s.usesysid = ANY (coalesce((SELECT pg_catalog.array_agg(su.oid) FROM pg_catalog.pg_roles su WHERE su.rolsuper), '{}'::oid[])))";
+/// are read once per statement (the CTE `supers` of a [`Listing`]), and a listing of a
+/// thousand sessions does not pass each of them through a join with `pg_roles`. NULL
+/// for a role-less process, false for a role that no longer exists.
+const SUPERUSER: &str = "(s.usesysid = ANY ((SELECT supers.oids FROM supers)::oid[]))";
 
 /// Pids that some session waiting on a lock waits for, read from `activity`
 /// (pg_stat_activity, or a CTE of it); `pg_blocking_pids` is only called for sessions
@@ -389,7 +389,10 @@ impl Listing {
 ), locks AS (
   SELECT coalesce(wt.pid, bl.pid) AS pid, wt.blockers, bl.waiters, bl.waited_on_since
   FROM waits wt FULL JOIN blockers bl ON bl.pid = wt.pid
-){progress_cte}, horizon AS (SELECT {horizon} AS age)"
+){progress_cte}, horizon AS (SELECT {horizon} AS age), supers AS (
+  SELECT coalesce(pg_catalog.array_agg(su.oid), '{{}}'::oid[]) AS oids
+  FROM pg_catalog.pg_roles su WHERE su.rolsuper
+)"
         );
         let select = format!(
             "SELECT s.pid, s.backend_start, s.datname::text AS datname, s.usename::text AS usename,
