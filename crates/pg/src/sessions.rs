@@ -112,42 +112,114 @@ pub async fn capabilities(client: &Client) -> Result<Capabilities> {
     })
 }
 
-/// Reads one row of [`planner::list_sessions`] (by column name).
-pub(crate) fn session_from_row(row: &Row) -> Result<Session> {
-    let addr: Option<String> = row.try_get("client_addr")?;
+/// Where each column of a session listing ([`planner::list_sessions`] and the
+/// statements built on it) is in its rows: found by name once per statement, then
+/// read by position (by name it is a search of every row's columns for each field).
+pub(crate) struct SessionColumns {
+    pub(crate) pid: usize,
+    backend_start: usize,
+    database: usize,
+    user: usize,
+    application_name: usize,
+    client_addr: usize,
+    client_hostname: usize,
+    client_port: usize,
+    state: usize,
+    wait_event_type: usize,
+    wait_event: usize,
+    backend_type: usize,
+    xact_start: usize,
+    query_start: usize,
+    state_change: usize,
+    query: usize,
+    leader_pid: usize,
+    superuser: usize,
+    blocked_by: usize,
+    blocking: usize,
+    xmin_age: usize,
+    holds_xmin: usize,
+    waited_on_since: usize,
+    can_signal: usize,
+    now: usize,
+}
+
+impl SessionColumns {
+    /// The positions in `row` (any row of the statement: they all have its columns).
+    pub(crate) fn of(row: &Row) -> Result<SessionColumns> {
+        let at = |name: &str| {
+            row.columns()
+                .iter()
+                .position(|c| c.name() == name)
+                .ok_or(Error::Protocol(
+                    "a session listing lacks one of its columns",
+                ))
+        };
+        Ok(SessionColumns {
+            pid: at("pid")?,
+            backend_start: at("backend_start")?,
+            database: at("datname")?,
+            user: at("usename")?,
+            application_name: at("application_name")?,
+            client_addr: at("client_addr")?,
+            client_hostname: at("client_hostname")?,
+            client_port: at("client_port")?,
+            state: at("state")?,
+            wait_event_type: at("wait_event_type")?,
+            wait_event: at("wait_event")?,
+            backend_type: at("backend_type")?,
+            xact_start: at("xact_start")?,
+            query_start: at("query_start")?,
+            state_change: at("state_change")?,
+            query: at("query")?,
+            leader_pid: at("leader_pid")?,
+            superuser: at("rolsuper")?,
+            blocked_by: at("blocked_by")?,
+            blocking: at("blocking")?,
+            xmin_age: at("xmin_age")?,
+            holds_xmin: at("holds_xmin")?,
+            waited_on_since: at("waited_on_since")?,
+            can_signal: at("can_signal")?,
+            now: at("now")?,
+        })
+    }
+}
+
+/// Reads one row of [`planner::list_sessions`], its columns at `at`.
+pub(crate) fn session_from_row(row: &Row, at: &SessionColumns) -> Result<Session> {
+    let addr: Option<String> = row.try_get(at.client_addr)?;
     Ok(Session {
-        pid: row.try_get("pid")?,
-        backend_start: row.try_get("backend_start")?,
-        database: row.try_get("datname")?,
-        user: row.try_get("usename")?,
-        application_name: row.try_get("application_name")?,
+        pid: row.try_get(at.pid)?,
+        backend_start: row.try_get(at.backend_start)?,
+        database: row.try_get(at.database)?,
+        user: row.try_get(at.user)?,
+        application_name: row.try_get(at.application_name)?,
         client_addr: addr.and_then(|a| a.parse::<IpAddr>().ok()),
-        client_hostname: row.try_get("client_hostname")?,
-        client_port: row.try_get("client_port")?,
-        state: row.try_get("state")?,
-        wait_event_type: row.try_get("wait_event_type")?,
-        wait_event: row.try_get("wait_event")?,
-        backend_type: row.try_get("backend_type")?,
-        xact_start: row.try_get("xact_start")?,
-        query_start: row.try_get("query_start")?,
-        state_change: row.try_get("state_change")?,
-        query: row.try_get("query")?,
-        leader_pid: row.try_get("leader_pid")?,
-        superuser: row.try_get("rolsuper")?,
+        client_hostname: row.try_get(at.client_hostname)?,
+        client_port: row.try_get(at.client_port)?,
+        state: row.try_get(at.state)?,
+        wait_event_type: row.try_get(at.wait_event_type)?,
+        wait_event: row.try_get(at.wait_event)?,
+        backend_type: row.try_get(at.backend_type)?,
+        xact_start: row.try_get(at.xact_start)?,
+        query_start: row.try_get(at.query_start)?,
+        state_change: row.try_get(at.state_change)?,
+        query: row.try_get(at.query)?,
+        leader_pid: row.try_get(at.leader_pid)?,
+        superuser: row.try_get(at.superuser)?,
         blocked_by: row
-            .try_get::<_, Option<Vec<i32>>>("blocked_by")?
+            .try_get::<_, Option<Vec<i32>>>(at.blocked_by)?
             .unwrap_or_default(),
-        blocking: row.try_get("blocking")?,
-        xmin_age: row.try_get("xmin_age")?,
+        blocking: row.try_get(at.blocking)?,
+        xmin_age: row.try_get(at.xmin_age)?,
         holds_xmin: row
-            .try_get::<_, Option<bool>>("holds_xmin")?
+            .try_get::<_, Option<bool>>(at.holds_xmin)?
             .unwrap_or(false),
-        waited_on_since: row.try_get("waited_on_since")?,
+        waited_on_since: row.try_get(at.waited_on_since)?,
         can_signal: row
-            .try_get::<_, Option<bool>>("can_signal")?
+            .try_get::<_, Option<bool>>(at.can_signal)?
             .unwrap_or(false),
         pooler: None,
-        now: row.try_get("now")?,
+        now: row.try_get(at.now)?,
     })
 }
 
@@ -158,9 +230,13 @@ pub async fn list(client: &Client, caps: &Capabilities, filter: &Filter) -> Resu
         &planner::list_sessions(caps.version, filter, &caps.own_pids),
     )
     .await?;
+    let Some(first) = rows.first() else {
+        return Ok(Vec::new());
+    };
+    let at = SessionColumns::of(first)?;
     let sessions = rows
         .iter()
-        .map(session_from_row)
+        .map(|row| session_from_row(row, &at))
         .collect::<Result<Vec<_>>>()?;
     Ok(filter.limit(sessions))
 }
@@ -197,6 +273,9 @@ pub async fn rule_matches(
             .unwrap_or_default();
         out.states = states.into_iter().zip(counts).collect();
     }
+    let Some(at) = rows.first().map(SessionColumns::of).transpose()? else {
+        return Ok(out);
+    };
     for row in &rows {
         let Some(rule) = row.try_get::<_, Option<i32>>("rule")? else {
             continue; // the row that only carries the counts
@@ -205,7 +284,7 @@ pub async fn rule_matches(
         if rule >= rules.len() {
             return Err(Error::Protocol("rule index out of range"));
         }
-        out.sessions.push((rule, session_from_row(row)?));
+        out.sessions.push((rule, session_from_row(row, &at)?));
     }
     Ok(out)
 }

@@ -12,7 +12,7 @@ use pgkill_core::Session;
 use tokio_postgres::{Client, Row};
 
 use crate::exec::{prepared, query_opt, Prepared};
-use crate::sessions::{session_from_row, Capabilities};
+use crate::sessions::{session_from_row, Capabilities, SessionColumns};
 use crate::{Error, Result};
 
 /// A command's progress (`pg_stat_progress_*`).
@@ -194,9 +194,21 @@ pub async fn refresh(
         &planner::top_refresh(caps.version, filter, &caps.own_pids, health),
     )
     .await?;
+    let Some(first) = rows.first() else {
+        return Err(Error::Protocol("top's refresh returned no readings"));
+    };
+    let at = SessionColumns::of(first)?;
+    let column = |name: &str| {
+        first
+            .columns()
+            .iter()
+            .position(|c| c.name() == name)
+            .ok_or(Error::Protocol("top's refresh lacks one of its columns"))
+    };
+    let (max_connections, command) = (column("max_connections")?, column("progress_command")?);
     let mut readings = None;
     for row in &rows {
-        if row.try_get::<_, Option<i64>>("max_connections")?.is_some() {
+        if row.try_get::<_, Option<i64>>(max_connections)?.is_some() {
             readings = Some(readings_from_row(row, health)?);
             break;
         }
@@ -205,10 +217,10 @@ pub async fn refresh(
     let mut sessions = Vec::with_capacity(rows.len());
     let mut progress = BTreeMap::new();
     for row in &rows {
-        let Some(pid) = row.try_get::<_, Option<i32>>("pid")? else {
+        let Some(pid) = row.try_get::<_, Option<i32>>(at.pid)? else {
             continue; // the row that only carries the readings: nothing matched
         };
-        if let Some(command) = row.try_get::<_, Option<String>>("progress_command")? {
+        if let Some(command) = row.try_get::<_, Option<String>>(command)? {
             progress.insert(
                 pid,
                 Progress {
@@ -219,7 +231,7 @@ pub async fn refresh(
                 },
             );
         }
-        sessions.push(session_from_row(row)?);
+        sessions.push(session_from_row(row, &at)?);
     }
     // Oldest first (hidden start times last), as `sessions::list` returns them
     // (`--newest/--oldest` count on it).
