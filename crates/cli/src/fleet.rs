@@ -524,15 +524,7 @@ pub async fn signal(
                     .map(|p| output::app_target_rows(p.plan.at_pooler()))
                     .filter(|rows| !rows.is_empty())
             });
-            if !per.is_empty() {
-                writeln!(out, "At the poolers:")?;
-                output::per_target_table(
-                    &mut out,
-                    &output::APP_TARGET_HEADER,
-                    &per,
-                    sessions_cmd::width(),
-                )?;
-            }
+            at_the_poolers(&mut out, &output::APP_TARGET_HEADER, &per)?;
         }
     }
     let plan_codes: Vec<Exit> = planned
@@ -623,17 +615,23 @@ pub async fn signal(
                 sessions_cmd::width(),
             )?;
         }
-        if !at_poolers.is_empty() {
-            writeln!(out, "At the poolers:")?;
-            output::per_target_table(
-                &mut out,
-                &output::APP_OUTCOME_HEADER,
-                &at_poolers,
-                sessions_cmd::width(),
-            )?;
-        }
+        at_the_poolers(&mut out, &output::APP_OUTCOME_HEADER, &at_poolers)?;
     }
     finish(&mut out, &codes)
+}
+
+/// The rows of the targets' application connections at their poolers (planned or
+/// ended) under `At the poolers:`, when there are any.
+fn at_the_poolers(
+    out: &mut dyn Write,
+    header: &[&str],
+    per: &[(&str, Vec<Vec<String>>)],
+) -> std::io::Result<()> {
+    if per.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "At the poolers:")?;
+    output::per_target_table(out, header, per, sessions_cmd::width())
 }
 
 /// What `kill`/`cancel` did on one target: each backend's outcome, and each

@@ -17,7 +17,7 @@ use tokio_postgres::{Client, NoTls};
 
 mod support;
 
-use support::{customise, db_row};
+use support::{conninfo, console, customise, db_row, shop_is_paused, works};
 
 fn main() {
     pgkill_sandbox::matrix::main(cases![
@@ -26,29 +26,6 @@ fn main() {
         an_unreachable_pooler_fails_its_target_alone,
         pgbouncer_on_the_command_line_with_several_targets_is_refused,
     ]);
-}
-
-/// A connection string for the bootstrap superuser of `sb` (its password in it: pgkill
-/// never shows one).
-fn conninfo(sb: &Sandbox) -> String {
-    format!(
-        "host={} port={} user={} password={} dbname=postgres",
-        sb.host(),
-        sb.port(),
-        roles::ADMIN,
-        sb.password(roles::ADMIN).unwrap_or_default()
-    )
-}
-
-/// The admin console of `bouncer` (in front of `sb`) for the bootstrap superuser.
-fn console(sb: &Sandbox, bouncer: &Bouncer) -> String {
-    format!(
-        "host={} port={} user={} password={}",
-        bouncer.host(),
-        bouncer.port(),
-        roles::ADMIN,
-        sb.password(roles::ADMIN).unwrap_or_default()
-    )
 }
 
 /// Two servers: `pooled` (shop_db behind a PgBouncer 1.24.1 in transaction pooling,
@@ -129,11 +106,6 @@ async fn direct(sb: &Sandbox, name: &str) -> Result<Client> {
     tokio::spawn(connection);
     client.simple_query("SELECT 1").await?;
     Ok(client)
-}
-
-/// Whether a connection still works.
-async fn works(client: &Client) -> bool {
-    client.simple_query("SELECT 1").await.is_ok()
 }
 
 /// The application names behind a pooler in a target's `ls --json` document (rows with a
@@ -273,19 +245,6 @@ async fn ls_and_kill_through_the_pooler_of_one_target(pg: Installation) -> Resul
     Ok(())
 }
 
-/// Whether alias `shop` is paused at `bouncer`.
-async fn shop_paused(bouncer: &Bouncer) -> Result<bool> {
-    Ok(bouncer
-        .admin(roles::ADMIN)
-        .await?
-        .simple_query("SHOW DATABASES")
-        .await?
-        .into_iter()
-        .find(|r| r.get("name") == Some("shop"))
-        .and_then(|r| r.get("paused").map(|p| p == "1"))
-        .unwrap_or(false))
-}
-
 /// An application querying through the pooler every 20 ms until stopped: how many
 /// queries worked and the errors it saw.
 fn querying(
@@ -366,7 +325,7 @@ async fn drain_and_unfence_pause_and_resume_the_pooler_of_one_target(
         !works(&plain_session).await,
         "plain's session survived the drain"
     );
-    ensure!(!shop_paused(&two.bouncer).await?, "shop is still paused");
+    ensure!(!shop_is_paused(&two.bouncer).await?, "shop is still paused");
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, errors) = running.await?;
@@ -396,7 +355,7 @@ async fn drain_and_unfence_pause_and_resume_the_pooler_of_one_target(
         "held drain: exit {code}\n{out}\n{err}"
     );
     ensure!(
-        shop_paused(&two.bouncer).await?,
+        shop_is_paused(&two.bouncer).await?,
         "shop not paused after a held drain"
     );
     for a in &admins {
@@ -411,7 +370,7 @@ async fn drain_and_unfence_pause_and_resume_the_pooler_of_one_target(
         "unfence: exit {code}\n{out}\n{err}"
     );
     ensure!(
-        !shop_paused(&two.bouncer).await?,
+        !shop_is_paused(&two.bouncer).await?,
         "shop still paused after unfence"
     );
     for (a, was) in admins.iter().zip(&before) {
