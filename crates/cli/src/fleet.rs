@@ -13,6 +13,12 @@
 //! listed) at least one session and no server failed, 1 nothing matched anywhere, 3 a
 //! server failed or was partly done while others worked, 2 every server failed.
 //!
+//! A target's poolers (the `pgbouncer` key of its `[[target]]` table, or `--pgbouncer`
+//! with one target) ride on its connection (`Connected::poolers`), so the single-server
+//! code sees and acts through them on that server alone: `sessions_cmd::list_through`
+//! and `SignalPlan` for `ls`/`kill`/`cancel`/`free-slot`, `database_cmd::poolers_for`
+//! for the pauses of `drain`/`drop`/`rename`, `unfence_on` for the resumes.
+//!
 //! A server whose preflight refuses (or that cannot be reached) is shown with the reason
 //! and left untouched while the others go ahead, as `kill` goes ahead on the servers it
 //! reaches: the plan says which are skipped before the one confirmation. Ctrl-C or
