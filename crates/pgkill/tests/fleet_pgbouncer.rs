@@ -23,6 +23,7 @@ fn main() {
     pgkill_sandbox::matrix::main(cases![
         ls_and_kill_through_the_pooler_of_one_target,
         drain_and_unfence_pause_and_resume_the_pooler_of_one_target,
+        drop_disables_and_kills_at_the_pooler_of_one_target,
         an_unreachable_pooler_fails_its_target_alone,
         pgbouncer_on_the_command_line_with_several_targets_is_refused,
     ]);
@@ -387,6 +388,56 @@ async fn drain_and_unfence_pause_and_resume_the_pooler_of_one_target(
     Ok(())
 }
 
+/// Whether database `name` exists on `sb`.
+async fn exists(sb: &Sandbox, name: &str) -> Result<bool> {
+    Ok(sb
+        .admin("postgres")
+        .await?
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await?
+        .is_some())
+}
+
+/// `drop shop_db` over both targets: at `pooled`'s pooler the alias is disabled and its
+/// connections dropped first (the application's connection is closed there, told the
+/// database is gone) and pgkill says which `[databases]` entry to remove; `plain` has no
+/// pooler; shop_db is gone from both.
+async fn drop_disables_and_kills_at_the_pooler_of_one_target(pg: Installation) -> Result<()> {
+    let two = Two::start(&pg).await?;
+    let web = app(&two.bouncer, "web").await?;
+    let batch = direct(&two.plain, "batch").await?;
+    let dir = tempfile::tempdir()?;
+    let file = two.targets_file(&dir, &console(&two.pooled, &two.bouncer))?;
+    let (code, out, err) = pgkill(&["--targets", &file, "drop", "shop_db", "-y"])?;
+    let row = |name: &str, what: &str| {
+        out.lines()
+            .any(|l| l.trim_start().starts_with(name) && l.contains(what))
+    };
+    ensure!(
+        code == 0
+            && out.contains("  PgBouncer at host=127.0.0.1 port=")
+            && row("pooled", "Disabled and dropped at PgBouncer: shop (")
+            && row("pooled", "Remove these [databases] entries")
+            && row("pooled", "Dropped shop_db")
+            && row("plain", "Dropped shop_db")
+            && !row("plain", "PgBouncer"),
+        "drop: exit {code}\n{out}\n{err}"
+    );
+    ensure!(
+        !works(&web).await,
+        "the application's connection survived the drop"
+    );
+    ensure!(!works(&batch).await, "plain's session survived the drop");
+    ensure!(
+        !exists(&two.pooled, "shop_db").await? && !exists(&two.plain, "shop_db").await?,
+        "shop_db was not dropped everywhere"
+    );
+    Ok(())
+}
+
 /// A `pgbouncer` key naming a console where nothing listens: that target fails with the
 /// error the single server gives (`--pgbouncer` on it alone), the other acts, exit 3;
 /// `drain` leaves the target with the dead pooler untouched and drains the other.
@@ -525,6 +576,36 @@ async fn pgbouncer_on_the_command_line_with_several_targets_is_refused(
         ensure!(works(a).await, "a refused kill ended a session");
     }
     let dir = tempfile::tempdir()?;
+    // One target with a pgbouncer key, and --pgbouncer too: which is it?
+    let one = dir.path().join("one.toml");
+    std::fs::write(
+        &one,
+        format!("[[target]]\nname = \"pooled\"\nconninfo = \"{a}\"\npgbouncer = [\"{console}\"]\n"),
+    )?;
+    let one = one.display().to_string();
+    let (code, out, err) = pgkill(&["--targets", &one, "--pgbouncer", &console, "ls"])?;
+    ensure!(
+        code == 2
+            && out.is_empty()
+            && err.contains("--pgbouncer and the pgbouncer key of target \"pooled\""),
+        "both: exit {code}\n{out}\n{err}"
+    );
+    // top on one target takes its pooler key: one that cannot be reached is a plain error
+    // before any screen.
+    let dead = dir.path().join("dead.toml");
+    std::fs::write(
+        &dead,
+        format!(
+            "[[target]]\nname = \"pooled\"\nconninfo = \"{a}\"\npgbouncer = [\"host=127.0.0.1 port=1 user=postgres connect_timeout=2\"]\n"
+        ),
+    )?;
+    let (code, out, err) = pgkill(&["--targets", &dead.display().to_string(), "top"])?;
+    ensure!(
+        code == 2
+            && out.is_empty()
+            && err.contains("PgBouncer host=127.0.0.1 port=1: cannot connect"),
+        "top, one target with a dead pooler: exit {code}\n{out}\n{err}"
+    );
     let file = two.targets_file(&dir, &console)?;
     let (code, out, err) = pgkill(&["--targets", &file, "top"])?;
     ensure!(
