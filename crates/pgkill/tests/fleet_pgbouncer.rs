@@ -24,6 +24,7 @@ fn main() {
         ls_and_kill_through_the_pooler_of_one_target,
         drain_and_unfence_pause_and_resume_the_pooler_of_one_target,
         drop_disables_and_kills_at_the_pooler_of_one_target,
+        cancel_and_free_slot_through_the_pooler_of_one_target,
         an_unreachable_pooler_fails_its_target_alone,
         pgbouncer_on_the_command_line_with_several_targets_is_refused,
     ]);
@@ -435,6 +436,115 @@ async fn drop_disables_and_kills_at_the_pooler_of_one_target(pg: Installation) -
         !exists(&two.pooled, "shop_db").await? && !exists(&two.plain, "shop_db").await?,
         "shop_db was not dropped everywhere"
     );
+    Ok(())
+}
+
+/// `cancel --app report` over both targets cancels the statement of the application
+/// behind `pooled`'s pooler (it sees 57014 and keeps its connection) and nothing on
+/// `plain`; `free-slot plain_role --count 2` ends, on `pooled`, the two pool server
+/// connections that serve no application (ending them ends nobody's connection) before
+/// the role's own session, and on `plain` the role's two idle sessions.
+async fn cancel_and_free_slot_through_the_pooler_of_one_target(pg: Installation) -> Result<()> {
+    let two = Two::start(&pg).await?;
+    let dir = tempfile::tempdir()?;
+    let file = two.targets_file(&dir, &console(&two.pooled, &two.bouncer))?;
+    let report = app(&two.bouncer, "report").await?;
+    let query = tokio::spawn(async move {
+        let r = report.simple_query("SELECT pg_sleep(30)").await.map(drop);
+        (r, report)
+    });
+    let admin = two.pooled.admin("postgres").await?;
+    let began = std::time::Instant::now();
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = 'shop_db' AND state = 'active'",
+            &[],
+        )
+        .await?
+        .get::<_, i64>(0)
+        < 1
+    {
+        ensure!(began.elapsed() < Duration::from_secs(10), "the statement never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, out, err) = pgkill(&[
+        "--targets",
+        &file,
+        "cancel",
+        "--app",
+        "report",
+        "-y",
+        "--json",
+    ])?;
+    let doc: Value =
+        serde_json::from_str(&out).with_context(|| format!("exit {code}\n{out}\n{err}"))?;
+    ensure!(
+        code == 0
+            && target(&doc, "pooled").is_some_and(|t| t["outcomes"]
+                .as_array()
+                .is_some_and(|o| o.len() == 1 && o[0]["outcome"] == "cancelled"))
+            && target(&doc, "plain")
+                .is_some_and(|t| t["outcomes"].as_array().is_some_and(Vec::is_empty)),
+        "cancel: exit {code}\n{doc}\n{err}"
+    );
+    let (result, report) = query.await?;
+    let sqlstate = result
+        .err()
+        .and_then(|e| e.code().map(|c| c.code().to_owned()));
+    ensure!(
+        sqlstate.as_deref() == Some("57014"),
+        "report saw {sqlstate:?}"
+    );
+    ensure!(
+        works(&report).await,
+        "report lost its connection to a cancel"
+    );
+
+    // Two pool server connections of the role, each serving nobody once idle.
+    let apps = [
+        app(&two.bouncer, "web-0").await?,
+        app(&two.bouncer, "web-1").await?,
+    ];
+    let sleep = "SELECT pg_sleep(0.3)";
+    let (a, b) = tokio::join!(apps[0].simple_query(sleep), apps[1].simple_query(sleep));
+    a?;
+    b?;
+    let own = direct(&two.pooled, "own").await?;
+    let plain = [
+        direct(&two.plain, "p-0").await?,
+        direct(&two.plain, "p-1").await?,
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, out, err) = pgkill(&[
+        "--targets",
+        &file,
+        "free-slot",
+        roles::PLAIN,
+        "--count",
+        "2",
+        "-y",
+    ])?;
+    ensure!(
+        code == 0
+            && out
+                .lines()
+                .filter(|l| l.trim_start().starts_with("pooled")
+                    && l.contains("serving no application"))
+                .count()
+                == 2,
+        "free-slot: exit {code}\n{out}\n{err}"
+    );
+    ensure!(
+        works(&own).await,
+        "the role's own session on pooled was ended first"
+    );
+    for p in &plain {
+        ensure!(!works(p).await, "a session of the role on plain was left");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, a) in apps.iter().enumerate() {
+        ensure!(works(a).await, "application web-{i} lost its connection");
+    }
     Ok(())
 }
 
