@@ -19,7 +19,7 @@ use tokio_postgres::{Client, NoTls};
 
 mod support;
 
-use support::{console, shop_is_paused, works};
+use support::{console, shop_is_paused, shop_state, works};
 #[path = "support/tmux.rs"]
 mod tmux;
 
@@ -1097,22 +1097,6 @@ async fn kill_9_during_a_pooler_drain_then_unfence(pg: Installation) -> Result<(
             .await?;
     }
     Ok(())
-}
-
-/// The state of alias `shop`: (paused, disabled).
-async fn shop_state(bouncer: &Bouncer) -> Result<(bool, bool)> {
-    let row = bouncer
-        .admin(roles::ADMIN)
-        .await?
-        .simple_query("SHOW DATABASES")
-        .await?
-        .into_iter()
-        .find(|r| r.get("name") == Some("shop"))
-        .ok_or_else(|| anyhow!("no alias shop"))?;
-    Ok((
-        row.get("paused") == Some("1"),
-        row.get("disabled") == Some("1"),
-    ))
 }
 
 /// `drop --pgbouncer`: the aliases are disabled and their connections dropped at the

@@ -257,13 +257,21 @@ pub async fn works(client: &Client) -> bool {
 
 /// Whether alias `shop` is paused at `bouncer`.
 pub async fn shop_is_paused(bouncer: &Bouncer) -> Result<bool> {
-    Ok(bouncer
+    Ok(shop_state(bouncer).await?.0)
+}
+
+/// The state of alias `shop` at `bouncer`: (paused, disabled).
+pub async fn shop_state(bouncer: &Bouncer) -> Result<(bool, bool)> {
+    let row = bouncer
         .admin(roles::ADMIN)
         .await?
         .simple_query("SHOW DATABASES")
         .await?
         .into_iter()
         .find(|r| r.get("name") == Some("shop"))
-        .and_then(|r| r.get("paused").map(|p| p == "1"))
-        .unwrap_or(false))
+        .ok_or_else(|| anyhow!("no alias shop"))?;
+    Ok((
+        row.get("paused") == Some("1"),
+        row.get("disabled") == Some("1"),
+    ))
 }
