@@ -30,7 +30,8 @@ pub struct ConnArgs {
     pub statement_timeout: Duration,
     /// A PgBouncer admin console in front of this server (a connection string; database
     /// `pgbouncer` unless named; repeat for several poolers; default: PGKILL_PGBOUNCER).
-    /// `ls` then shows the applications behind the pooler.
+    /// `ls` then shows the applications behind the pooler. With several targets, give
+    /// each server its own in the `pgbouncer` key of its `[[target]]` in `--targets FILE`.
     #[arg(long = "pgbouncer", global = true, value_name = "CONNINFO")]
     pub pgbouncer: Vec<String>,
     /// A server to work on (a connection string, URI or `service=NAME`; repeat for several:
@@ -38,7 +39,8 @@ pub struct ConnArgs {
     /// variables are the defaults each one falls back on.
     #[arg(long = "target", global = true, value_name = "CONNINFO")]
     pub targets: Vec<String>,
-    /// Servers to work on, from a TOML file of `[[target]]` tables (`name`, `conninfo`).
+    /// Servers to work on, from a TOML file of `[[target]]` tables (`name`, `conninfo`,
+    /// optionally `pgbouncer = ["CONNINFO", ...]`: the poolers in front of that server).
     #[arg(long = "targets", global = true, value_name = "FILE")]
     pub targets_file: Option<std::path::PathBuf>,
     /// How many of the targets are worked on at a time.

@@ -413,44 +413,56 @@ pub fn failure(
     }
 }
 
+/// Before anything changes on one server: every pooler in front of it
+/// (`connected.poolers`) must answer, let this user pause, and say which of its aliases
+/// lead to the database (an error otherwise: nothing has changed yet). The plans, and a
+/// line for people per pooler saying what will be done there.
+pub async fn poolers_for(
+    connected: &conn::Connected,
+    job: &Job<'_>,
+) -> anyhow::Result<(Vec<pgkill_pg::pgbouncer::PoolerPlan>, Vec<String>)> {
+    let (op, name, then_unfence) = (job.op, job.name, job.then_unfence);
+    let (pooler_args, _) = &connected.poolers;
+    if pooler_args.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let server =
+        pgkill_pg::pgbouncer::server_identity(&connected.client, &connected.settings).await?;
+    let poolers = pooler_plans(pooler_args, name, &server).await?;
+    let lines = poolers
+        .iter()
+        .map(|plan| {
+            let aliases = if plan.aliases.is_empty() {
+                "nothing (no alias leads to this database)".to_owned()
+            } else {
+                plan.aliases.join(", ")
+            };
+            let what = match op {
+                Operation::Drain if then_unfence => format!("will pause {aliases} first (queries queue there while {name} is drained), and resume them when it is unfenced"),
+                Operation::Drain => format!("will pause {aliases} first (queries queue there while {name} is drained), and resume them at `pgkill unfence`"),
+                Operation::Rename if then_unfence => format!("will pause {aliases} first, and resume them once renamed (--resume)"),
+                Operation::Rename => format!("will pause {aliases} first; they stay paused until their [databases] entries lead to the new name"),
+                Operation::Drop => format!("will disable {aliases} and drop their connections (DISABLE, KILL) first"),
+            };
+            format!("PgBouncer at {}: {what}", plan.pooler.name)
+        })
+        .collect();
+    Ok((poolers, lines))
+}
+
 /// Runs drop / rename / drain on one server.
 pub async fn run(
     conn_args: &ConnArgs,
     conninfo: Option<&str>,
     job: &Job<'_>,
 ) -> anyhow::Result<Exit> {
-    let (op, name, args, then_unfence) = (job.op, job.name, job.args, job.then_unfence);
+    let args = job.args;
     let verb = job.verb();
     job.check()?;
     let connected = inflight::connect(conn_args, conninfo).await?;
-    let client = &connected.client;
-    // Before anything changes: every pooler named must answer, let this user pause, and
-    // say which of its aliases lead to the database.
-    let (pooler_args, _) = connected.poolers.clone();
-    let poolers = if pooler_args.is_empty() {
-        Vec::new()
-    } else {
-        let server = pgkill_pg::pgbouncer::server_identity(client, &connected.settings).await?;
-        pooler_plans(&pooler_args, name, &server).await?
-    };
-    for plan in &poolers {
-        let aliases = if plan.aliases.is_empty() {
-            "nothing (no alias leads to this database)".to_owned()
-        } else {
-            plan.aliases.join(", ")
-        };
-        let what = match op {
-            Operation::Drain if then_unfence => format!("will pause {aliases} first (queries queue there while {name} is drained), and resume them when it is unfenced"),
-            Operation::Drain => format!("will pause {aliases} first (queries queue there while {name} is drained), and resume them at `pgkill unfence`"),
-            Operation::Rename if then_unfence => format!("will pause {aliases} first, and resume them once renamed (--resume)"),
-            Operation::Rename => format!("will pause {aliases} first; they stay paused until their [databases] entries lead to the new name"),
-            Operation::Drop => format!("will disable {aliases} and drop their connections (DISABLE, KILL) first"),
-        };
-        writeln!(
-            crate::output::lines_for_people(),
-            "PgBouncer at {}: {what}",
-            plan.pooler.name
-        )?;
+    let (poolers, lines) = poolers_for(&connected, job).await?;
+    for line in lines {
+        writeln!(crate::output::lines_for_people(), "{line}")?;
     }
     let mut signals = Signals::listen()?;
     let mut out = crate::output::lines_for_people();

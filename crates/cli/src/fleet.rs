@@ -13,6 +13,12 @@
 //! listed) at least one session and no server failed, 1 nothing matched anywhere, 3 a
 //! server failed or was partly done while others worked, 2 every server failed.
 //!
+//! A target's poolers (the `pgbouncer` key of its `[[target]]` table, or `--pgbouncer`
+//! with one target) ride on its connection (`Connected::poolers`), so the single-server
+//! code sees and acts through them on that server alone: `sessions_cmd::list_through`
+//! and `SignalPlan` for `ls`/`kill`/`cancel`/`free-slot`, `database_cmd::poolers_for`
+//! for the pauses of `drain`/`drop`/`rename`, `unfence_on` for the resumes.
+//!
 //! A server whose preflight refuses (or that cannot be reached) is shown with the reason
 //! and left untouched while the others go ahead, as `kill` goes ahead on the servers it
 //! reaches: the plan says which are skipped before the one confirmation. Ctrl-C or
@@ -26,7 +32,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
-use pgkill_core::plan::{exit_code, Outcome, Plan};
+use pgkill_core::plan::Outcome;
 use pgkill_core::planner::Signal;
 use pgkill_pg::connect::{self, NoPrompt, SystemEnv};
 use pgkill_pg::sessions::{self, Capabilities};
@@ -50,6 +56,10 @@ pub struct Target {
     pub name: String,
     /// How to connect (may hold a password: never shown).
     pub conninfo: String,
+    /// The PgBouncer admin consoles in front of this server (the `pgbouncer` key of its
+    /// `[[target]]` table; with one target, `--pgbouncer`): every command sees and acts
+    /// through them on this server, as `--pgbouncer` does on one server.
+    pub pgbouncer: Vec<String>,
 }
 
 /// `--targets FILE`: `[[target]]` tables, as in `pgkill watch`'s policy.
@@ -62,23 +72,27 @@ struct TargetsFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct TargetEntry {
     name: String,
     conninfo: String,
-    /// PgBouncer consoles in front of this server (not used with several servers yet).
+    /// PgBouncer admin consoles in front of this server (connection strings, as
+    /// `--pgbouncer` takes them).
     #[serde(default)]
     pgbouncer: Vec<String>,
 }
 
 /// The servers `--target` and `--targets` name (none: the one server of the command
-/// line, as always).
+/// line, as always), each with the poolers in front of it. `--pgbouncer` (or
+/// `PGKILL_PGBOUNCER`) belongs to one server: with exactly one target it is that
+/// target's; with several it is refused (which server is it in front of?), pointing to
+/// the `pgbouncer` key of `--targets FILE`.
 pub fn targets(args: &ConnArgs) -> anyhow::Result<Vec<Target>> {
     let mut all = Vec::new();
     for conninfo in &args.targets {
         all.push(Target {
             name: name_of(args, conninfo)?,
             conninfo: conninfo.clone(),
+            pgbouncer: Vec::new(),
         });
     }
     if let Some(path) = &args.targets_file {
@@ -87,9 +101,9 @@ pub fn targets(args: &ConnArgs) -> anyhow::Result<Vec<Target>> {
         let file: TargetsFile = toml::from_str(&text)
             .map_err(|e| UsageError(format!("--targets {}: {e}", path.display())))?;
         for t in file.target {
-            if !t.pgbouncer.is_empty() {
+            if let Some(empty) = t.pgbouncer.iter().find(|c| c.trim().is_empty()) {
                 anyhow::bail!(UsageError(format!(
-                    "--targets {}: target {:?} names PgBouncer consoles: with several servers pgkill does not see through poolers yet",
+                    "--targets {}: target {:?}: pgbouncer = [{empty:?}] names no console: give each PgBouncer admin console's connection string",
                     path.display(),
                     t.name
                 )));
@@ -97,7 +111,28 @@ pub fn targets(args: &ConnArgs) -> anyhow::Result<Vec<Target>> {
             all.push(Target {
                 name: t.name,
                 conninfo: t.conninfo,
+                pgbouncer: t.pgbouncer,
             });
+        }
+    }
+    let (given, from_env) = args.poolers();
+    if !given.is_empty() {
+        let option = if from_env {
+            "PGKILL_PGBOUNCER"
+        } else {
+            "--pgbouncer"
+        };
+        match all.as_mut_slice() {
+            [] => {}
+            [one] if one.pgbouncer.is_empty() => one.pgbouncer = given,
+            [one] => anyhow::bail!(UsageError(format!(
+                "{option} and the pgbouncer key of target {:?} in --targets both name poolers in front of it: give them in one place",
+                one.name
+            ))),
+            several => anyhow::bail!(UsageError(format!(
+                "{option} names a PgBouncer in front of one server, and {} targets are given: say which server each pooler is in front of with the `pgbouncer = [\"CONNINFO\", ...]` key of its [[target]] table in --targets FILE",
+                several.len()
+            ))),
         }
     }
     for (i, t) in all.iter().enumerate() {
@@ -144,13 +179,6 @@ pub fn check(args: &ConnArgs, command: &str, targets: &[Target]) -> anyhow::Resu
             "`pgkill {command}` works on one server so far: --target/--targets are taken by every command but watch (its policy names its targets) and demo"
         )));
     }
-    if !args.pgbouncer.is_empty()
-        || std::env::var("PGKILL_PGBOUNCER").is_ok_and(|v| !v.trim().is_empty())
-    {
-        anyhow::bail!(UsageError(
-            "--pgbouncer (or PGKILL_PGBOUNCER) names a pooler in front of one server: it cannot be combined with --target/--targets yet".into()
-        ));
-    }
     if args.password_prompt && targets.len() > 1 {
         anyhow::bail!(UsageError(
             "-W asks for one server's password: with several targets give the passwords in .pgpass or PGPASSWORD".into()
@@ -194,17 +222,9 @@ where
         .await
 }
 
-/// Connects to one target: its connection string over the command line's defaults, never
-/// asking for a password (several prompts at once would mix).
+/// Connects to one target (see [`connect_only`]) and reads what it can do.
 async fn connect_to(args: &ConnArgs, target: &Target) -> anyhow::Result<(Connected, Capabilities)> {
-    let connected = conn::connect_with(args, Some(&target.conninfo), &NoPrompt).await?;
-    for warning in &connected.settings.warnings {
-        eprintln!(
-            "pgkill: target {}: warning: {}",
-            pgkill_core::printable(&target.name),
-            pgkill_core::printable(warning)
-        );
-    }
+    let connected = connect_only(args, target).await?;
     let caps = sessions::capabilities(&connected.client).await?;
     Ok((connected, caps))
 }
@@ -284,8 +304,13 @@ pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Res
         let filter = &filter;
         async move {
             let (connected, caps) = connect_to(args, t).await?;
-            let list = sessions::list(&connected.client, &caps, filter).await?;
-            Ok((sessions_cmd::server_json(&caps, &connected.settings), list))
+            let through =
+                sessions_cmd::list_through(&connected.client, &caps, filter, &connected.poolers.0)
+                    .await?;
+            Ok((
+                sessions_cmd::server_json(&caps, &connected.settings),
+                through,
+            ))
         }
     };
     let mut out = std::io::BufWriter::new(std::io::stdout());
@@ -311,9 +336,14 @@ pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Res
                 };
                 codes.push(listed_code(&r));
                 let item = match &r {
-                    Ok((server, list)) => Item {
+                    Ok((server, through)) => Item {
                         target: &t.name,
-                        doc: Some(output::sessions_doc(server, list, &[], None)),
+                        doc: Some(output::sessions_doc(
+                            server,
+                            &through.list,
+                            &through.pooled,
+                            None,
+                        )),
                         error: None,
                     },
                     Err(e) => {
@@ -345,18 +375,32 @@ pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Res
             .iter()
             .zip(&results)
             .filter_map(|(t, r)| {
-                r.as_ref()
-                    .ok()
-                    .map(|(_, list)| (t.name.as_str(), list.as_slice(), &[][..]))
+                r.as_ref().ok().map(|(_, through)| {
+                    (
+                        t.name.as_str(),
+                        through.list.as_slice(),
+                        through.pooled.as_slice(),
+                    )
+                })
             })
             .collect();
         output::per_target_sessions_csv(&mut out, &per, output::stdout_is_terminal())?;
     } else {
         let mut people = output::for_people();
+        for (t, r) in targets.iter().zip(&results) {
+            for p in r.iter().flat_map(|(_, through)| &through.states) {
+                writeln!(
+                    people,
+                    "Target {}: {}",
+                    t.name,
+                    sessions_cmd::pooler_line(p)
+                )?;
+            }
+        }
         let per = per_target(targets, &results, |r| {
             r.as_ref()
                 .ok()
-                .map(|(_, list)| output::session_rows(list, &[]))
+                .map(|(_, through)| output::session_rows(&through.list, &through.pooled))
         });
         output::per_target_table(
             &mut people,
@@ -377,9 +421,9 @@ pub async fn ls(args: &ConnArgs, targets: &[Target], ls: &LsArgs) -> anyhow::Res
 }
 
 /// A target's exit code for `ls`: what it listed, or its failure.
-fn listed_code<S>(r: &Result<(S, Vec<pgkill_core::Session>), String>) -> Exit {
+fn listed_code<S>(r: &Result<(S, sessions_cmd::Through), String>) -> Exit {
     match r {
-        Ok((_, list)) if !list.is_empty() => Exit::Ok,
+        Ok((_, t)) if !t.list.is_empty() || !t.pooled.is_empty() => Exit::Ok,
         Ok(_) => Exit::NothingMatched,
         Err(_) => Exit::Error,
     }
@@ -389,7 +433,7 @@ fn listed_code<S>(r: &Result<(S, Vec<pgkill_core::Session>), String>) -> Exit {
 struct Planned {
     connected: Connected,
     caps: Capabilities,
-    plan: Plan,
+    plan: sessions_cmd::SignalPlan,
 }
 
 /// `pgkill --target … kill` / `cancel`: every target's plan is made first (concurrently),
@@ -417,7 +461,7 @@ pub async fn signal(
         let filter = &filter;
         async move {
             let (connected, caps) = connect_to(args, t).await?;
-            let plan = sessions::plan(&connected.client, &caps, filter, signal).await?;
+            let plan = sessions_cmd::SignalPlan::build(&connected, &caps, filter, signal).await?;
             Ok(Planned {
                 connected,
                 caps,
@@ -427,23 +471,19 @@ pub async fn signal(
     }))
     .await?;
     tell_failures(targets, &planned);
-    let count: usize = planned
-        .iter()
-        .flatten()
-        .map(|p| p.plan.to_signal().count())
-        .sum();
-    let listed: usize = planned.iter().flatten().map(|p| p.plan.targets.len()).sum();
+    let count: usize = planned.iter().flatten().map(|p| p.plan.count()).sum();
+    let listed: usize = planned.iter().flatten().map(|p| p.plan.listed()).sum();
     let mut out = output::for_people();
-    let docs = |outcomes: &[Option<Result<Vec<Outcome>, String>>], dry_run: bool| {
+    let docs = |outcomes: &[Option<Result<Done, String>>], dry_run: bool| {
         planned
             .iter()
             .zip(outcomes)
             .map(|(p, o)| {
                 let p = p.as_ref().map_err(Clone::clone)?;
-                let outcomes = match o {
-                    Some(Ok(outcomes)) => outcomes.as_slice(),
+                let (outcomes, apps) = match o {
+                    Some(Ok((outcomes, apps))) => (outcomes.as_slice(), apps.as_slice()),
                     Some(Err(e)) => return Err(e.clone()),
-                    None => &[],
+                    None => (&[][..], &[][..]),
                 };
                 sessions_cmd::signal_doc(
                     &p.caps,
@@ -452,11 +492,12 @@ pub async fn signal(
                     dry_run,
                     &p.plan,
                     outcomes,
+                    apps,
                 )
             })
             .collect::<Vec<_>>()
     };
-    let nothing: Vec<Option<Result<Vec<Outcome>, String>>> = planned.iter().map(|_| None).collect();
+    let nothing: Vec<Option<Result<Done, String>>> = planned.iter().map(|_| None).collect();
     if !sig.json {
         if listed == 0 {
             writeln!(out, "No session matched on any target.")?;
@@ -466,19 +507,36 @@ pub async fn signal(
                 "Plan: {action} {count} session(s) on {} target(s):",
                 planned
                     .iter()
-                    .filter(|p| p.as_ref().is_ok_and(|p| !p.plan.targets.is_empty()))
+                    .filter(|p| p.as_ref().is_ok_and(|p| p.plan.listed() > 0))
                     .count()
             )?;
             let per = per_target(targets, &planned, |p| {
-                p.as_ref().ok().map(|p| output::plan_rows(&p.plan))
+                p.as_ref()
+                    .ok()
+                    .map(|p| output::plan_rows(&p.plan.backends()))
+                    .filter(|rows| !rows.is_empty())
             });
-            output::per_target_table(&mut out, &output::PLAN_HEADER, &per, sessions_cmd::width())?;
+            if !per.is_empty() {
+                output::per_target_table(
+                    &mut out,
+                    &output::PLAN_HEADER,
+                    &per,
+                    sessions_cmd::width(),
+                )?;
+            }
+            let per = per_target(targets, &planned, |p| {
+                p.as_ref()
+                    .ok()
+                    .map(|p| output::app_target_rows(p.plan.at_pooler()))
+                    .filter(|rows| !rows.is_empty())
+            });
+            at_the_poolers(&mut out, &output::APP_TARGET_HEADER, &per)?;
         }
     }
     let plan_codes: Vec<Exit> = planned
         .iter()
         .map(|p| match p {
-            Ok(p) if p.plan.targets.is_empty() => Exit::NothingMatched,
+            Ok(p) if p.plan.listed() == 0 => Exit::NothingMatched,
             Ok(_) => Exit::Ok,
             Err(_) => Exit::Error,
         })
@@ -506,15 +564,21 @@ pub async fn signal(
             return Ok(Exit::Error);
         }
     }
+    for (t, p) in targets.iter().zip(&planned) {
+        for warning in p.iter().flat_map(|p| p.plan.warnings()) {
+            say(t, &format!("warning: {warning}"));
+        }
+    }
     let filter = &filter;
-    let outcomes: Vec<Option<Result<Vec<Outcome>, String>>> = interruptible(
+    let outcomes: Vec<Option<Result<Done, String>>> = interruptible(
         stream::iter(planned.iter().map(|p| async move {
             let p = p.as_ref().ok()?;
-            if p.plan.targets.is_empty() {
-                return Some(Ok(Vec::new()));
+            if p.plan.listed() == 0 {
+                return Some(Ok((Vec::new(), Vec::new())));
             }
             Some(
-                sessions::execute(&p.connected.client, &p.caps, filter, &p.plan, timeout)
+                p.plan
+                    .execute(&p.connected.client, &p.caps, filter, timeout)
                     .await
                     .map_err(|e| pgkill_core::printable(&e.to_string()).into_owned()),
             )
@@ -531,28 +595,54 @@ pub async fn signal(
     let codes: Vec<Exit> = outcomes
         .iter()
         .zip(&plan_codes)
-        .map(|(o, planned)| match o {
-            None | Some(Err(_)) => Exit::Error,
-            Some(Ok(_)) if *planned == Exit::NothingMatched => Exit::NothingMatched,
-            Some(Ok(outcomes)) => Exit::from_code(exit_code(outcomes)),
+        .zip(&planned)
+        .map(|((o, code), p)| match (o, p) {
+            (None | Some(Err(_)), _) | (_, Err(_)) => Exit::Error,
+            (Some(Ok(_)), _) if *code == Exit::NothingMatched => Exit::NothingMatched,
+            (Some(Ok((outcomes, apps))), Ok(p)) => p.plan.code(outcomes, apps),
         })
         .collect();
     if sig.json {
         targets_json(&mut out, targets, docs(&outcomes, false))?;
     } else {
         let per = per_target(targets, &outcomes, |o| match o {
-            Some(Ok(outcomes)) if !outcomes.is_empty() => Some(output::outcome_rows(outcomes)),
+            Some(Ok((outcomes, _))) if !outcomes.is_empty() => Some(output::outcome_rows(outcomes)),
             _ => None,
         });
-        output::per_target_table(
-            &mut out,
-            &output::OUTCOME_HEADER,
-            &per,
-            sessions_cmd::width(),
-        )?;
+        let at_poolers = per_target(targets, &outcomes, |o| match o {
+            Some(Ok((_, apps))) if !apps.is_empty() => Some(output::app_outcome_rows(apps)),
+            _ => None,
+        });
+        if !per.is_empty() || at_poolers.is_empty() {
+            output::per_target_table(
+                &mut out,
+                &output::OUTCOME_HEADER,
+                &per,
+                sessions_cmd::width(),
+            )?;
+        }
+        at_the_poolers(&mut out, &output::APP_OUTCOME_HEADER, &at_poolers)?;
     }
     finish(&mut out, &codes)
 }
+
+/// The rows of the targets' application connections at their poolers (planned or
+/// ended) under `At the poolers:`, when there are any.
+fn at_the_poolers(
+    out: &mut dyn Write,
+    header: &[&str],
+    per: &[(&str, Vec<Vec<String>>)],
+) -> std::io::Result<()> {
+    if per.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "At the poolers:")?;
+    output::per_target_table(out, header, per, sessions_cmd::width())
+}
+
+/// What `kill`/`cancel` did on one target: each backend's outcome, and each
+/// application's at the poolers.
+type Done = (Vec<Outcome>, Vec<pgkill_core::pooler::AppOutcome>);
 
 /// Ctrl-C or SIGTERM, heard once for every target: each target's work watches it (and a
 /// database command restores its own database when it fires).
@@ -605,9 +695,13 @@ impl Drop for Stop {
     }
 }
 
-/// Connects to one target without asking anything (see [`connect_to`]).
+/// Connects to one target: its connection string over the command line's defaults, never
+/// asking for a password (several prompts at once would mix). The connection carries the
+/// target's own poolers, so the single-server code that takes `connected.poolers` sees
+/// through them on this server alone.
 async fn connect_only(args: &ConnArgs, target: &Target) -> anyhow::Result<Connected> {
-    let connected = conn::connect_with(args, Some(&target.conninfo), &NoPrompt).await?;
+    let mut connected = conn::connect_with(args, Some(&target.conninfo), &NoPrompt).await?;
+    connected.poolers = (target.pgbouncer.clone(), false);
     for warning in &connected.settings.warnings {
         say(target, &format!("warning: {warning}"));
     }
@@ -698,6 +792,8 @@ struct Examined {
     connected: Connected,
     caps: Capabilities,
     pre: Preflight,
+    /// What to pause (or disable and kill) at the target's poolers first.
+    poolers: Vec<pgkill_pg::pgbouncer::PoolerPlan>,
     /// The preflight for people.
     text: String,
     refused: Option<String>,
@@ -716,9 +812,13 @@ pub async fn database(args: &ConnArgs, targets: &[Target], job: &Job<'_>) -> any
     let examined = stop
         .until(on_each(targets, args.parallel, |t| async move {
             let connected = connect_only(args, t).await?;
+            let (poolers, lines) = database_cmd::poolers_for(&connected, job).await?;
             let mut tell = |line: &str| say(t, line);
             let (caps, pre) = database_cmd::examine(&connected, job, &mut tell).await?;
             let mut text = Vec::new();
+            for line in lines {
+                writeln!(text, "{line}")?;
+            }
             database_cmd::print_preflight(&mut text, &pre, verb)?;
             let refused = database_cmd::refusal(&connected, &caps, &pre, job)
                 .await
@@ -727,6 +827,7 @@ pub async fn database(args: &ConnArgs, targets: &[Target], job: &Job<'_>) -> any
                 connected,
                 caps,
                 pre,
+                poolers,
                 text: String::from_utf8_lossy(&text).into_owned(),
                 refused,
             })
@@ -842,7 +943,7 @@ pub async fn database(args: &ConnArgs, targets: &[Target], job: &Job<'_>) -> any
     let done: Vec<Option<(Request, Result<databases::Report, String>)>> =
         stream::iter(examined.iter().enumerate().map(|(i, e)| async move {
             let e = e.as_ref().ok().filter(|e| e.refused.is_none())?;
-            let req = job.request(Vec::new());
+            let req = job.request(e.poolers.clone());
             if let Some(why) = stop.heard() {
                 return Some((
                     req,

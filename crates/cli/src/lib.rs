@@ -339,22 +339,7 @@ async fn top(
     // Connect once first, before the full screen: a wrong password or host is a plain
     // error, and the password is asked for (if at all) here, once. Reconnects reuse it.
     let connected = inflight::connect(conn_args, conninfo).await?;
-    // The poolers are checked here, before the full screen: one that cannot be used is a
-    // plain error.
-    let mut poolers = Vec::new();
-    for c in &connected.poolers.0 {
-        let pooler = pgkill_pg::pgbouncer::Pooler::resolve(c, &pgkill_pg::connect::SystemEnv)
-            .map_err(|e| UsageError(e.to_string()))?;
-        let console = pooler
-            .connect()
-            .await
-            .map_err(|e| UsageError(e.to_string()))?;
-        pooler
-            .read(&console)
-            .await
-            .map_err(|e| UsageError(e.to_string()))?;
-        poolers.push(pooler);
-    }
+    let poolers = usable_poolers(&connected.poolers.0).await?;
     let settings = connected.settings;
     let target = settings.host_port();
     let statement_timeout = conn_args.statement_timeout;
@@ -380,6 +365,26 @@ async fn top(
     Ok(Outcome::Ok)
 }
 
+/// The poolers `top` looks through, checked before the full screen: one that cannot be
+/// reached or read is a plain error.
+async fn usable_poolers(conninfos: &[String]) -> anyhow::Result<Vec<pgkill_pg::pgbouncer::Pooler>> {
+    let mut poolers = Vec::new();
+    for c in conninfos {
+        let pooler = pgkill_pg::pgbouncer::Pooler::resolve(c, &pgkill_pg::connect::SystemEnv)
+            .map_err(|e| UsageError(e.to_string()))?;
+        let console = pooler
+            .connect()
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        pooler
+            .read(&console)
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        poolers.push(pooler);
+    }
+    Ok(poolers)
+}
+
 /// `pgkill --target A --target B … top`: one live table over every target. Each target
 /// is connected to once first, before the full screen and never asking for a password
 /// (several prompts would mix): one that cannot be reached or logged in to is a plain
@@ -395,6 +400,20 @@ async fn top_fleet(
             "top --record works on one server so far: run it without --target/--targets, or with one".into()
         ));
     }
+    // The live table joins one set of poolers to its rows: over several servers it cannot
+    // tell which server a pooler is in front of yet.
+    if let Some(t) = targets.iter().find(|t| !t.pgbouncer.is_empty()) {
+        if targets.len() > 1 {
+            anyhow::bail!(UsageError(format!(
+                "top over several targets does not see through poolers yet (target {:?} names PgBouncer consoles): run `pgkill --pgbouncer CONNINFO top` on that server alone, or use ls/kill/cancel, which take the pgbouncer key of --targets",
+                t.name
+            )));
+        }
+    }
+    let poolers = match targets {
+        [one] => usable_poolers(&one.pgbouncer).await?,
+        _ => Vec::new(),
+    };
     let record = open_record(args)?;
     let connected = futures_util::future::join_all(targets.iter().map(|t| async move {
         conn::connect_with(conn_args, Some(&t.conninfo), &pgkill_pg::connect::NoPrompt)
@@ -419,7 +438,7 @@ async fn top_fleet(
         args.filters.to_filter(false),
         args.interval,
         conn_args.statement_timeout,
-        Vec::new(),
+        poolers,
         pgkill_tui::Options {
             record,
             hidden_columns: args.columns.clone().map(|h| h.0).unwrap_or_default(),

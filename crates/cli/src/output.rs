@@ -829,7 +829,22 @@ pub fn app_targets_table(
     targets: &[pgkill_core::pooler::AppTarget],
     width: Option<usize>,
 ) -> io::Result<()> {
-    let rows: Vec<Vec<String>> = targets
+    table(out, &APP_TARGET_HEADER, &app_target_rows(targets), width)
+}
+
+/// The columns of [`app_targets_table`].
+pub const APP_TARGET_HEADER: [&str; 6] = [
+    "client id",
+    "user",
+    "database",
+    "application",
+    "client",
+    "how",
+];
+
+/// The rows of [`app_targets_table`].
+pub fn app_target_rows(targets: &[pgkill_core::pooler::AppTarget]) -> Vec<Vec<String>> {
+    targets
         .iter()
         .map(|t| {
             vec![
@@ -850,20 +865,7 @@ pub fn app_targets_table(
                 },
             ]
         })
-        .collect();
-    table(
-        out,
-        &[
-            "client id",
-            "user",
-            "database",
-            "application",
-            "client",
-            "how",
-        ],
-        &rows,
-        width,
-    )
+        .collect()
 }
 
 /// What happened to the application connections at a pooler, as a table.
@@ -872,7 +874,22 @@ pub fn app_outcomes_table(
     outcomes: &[pgkill_core::pooler::AppOutcome],
     width: Option<usize>,
 ) -> io::Result<()> {
-    let rows: Vec<Vec<String>> = outcomes
+    table(out, &APP_OUTCOME_HEADER, &app_outcome_rows(outcomes), width)
+}
+
+/// The columns of [`app_outcomes_table`].
+pub const APP_OUTCOME_HEADER: [&str; 6] = [
+    "client id",
+    "user",
+    "application",
+    "client",
+    "outcome",
+    "detail",
+];
+
+/// The rows of [`app_outcomes_table`].
+pub fn app_outcome_rows(outcomes: &[pgkill_core::pooler::AppOutcome]) -> Vec<Vec<String>> {
+    outcomes
         .iter()
         .map(|o| {
             vec![
@@ -886,20 +903,7 @@ pub fn app_outcomes_table(
                 o.detail.clone(),
             ]
         })
-        .collect();
-    table(
-        out,
-        &[
-            "client id",
-            "user",
-            "application",
-            "client",
-            "outcome",
-            "detail",
-        ],
-        &rows,
-        width,
-    )
+        .collect()
 }
 
 /// Outcomes as a table.

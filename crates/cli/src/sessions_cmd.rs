@@ -103,12 +103,12 @@ async fn list_sessions(
 ) -> anyhow::Result<Exit> {
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
-    let poolers = states_of(&read_poolers(poolers).await?);
-    let (list, pooled) = if poolers.is_empty() {
-        (sessions::list(client, &caps, filter).await?, Vec::new())
-    } else {
-        pgkill_pg::pgbouncer::list_through(client, &caps, filter, &poolers).await?
-    };
+    let Through {
+        states: poolers,
+        list,
+        pooled,
+        ..
+    } = list_through(client, &caps, filter, poolers).await?;
     let horizon = say_what_holds_xmin(client, &caps, filter).await?;
     if args.json || args.csv {
         // Data for scripts: exact (JSON escapes what a terminal must not see itself;
@@ -132,15 +132,7 @@ async fn list_sessions(
             writeln!(out, "{}", output::STANDBY_HEADER)?;
         }
         for p in &poolers {
-            writeln!(
-                out,
-                "Pooler: PgBouncer {} at {} (default pool_mode {}): {} application connection(s), {} server connection(s)",
-                p.version,
-                p.name,
-                p.pool_mode,
-                p.clients.len(),
-                p.servers.len()
-            )?;
+            writeln!(out, "{}", pooler_line(p))?;
         }
         if output::colour_stdout() {
             output::sessions_table(out.unescaped(), &list, &pooled, width(), true)?;
@@ -162,6 +154,18 @@ async fn list_sessions(
     } else {
         Exit::Ok
     })
+}
+
+/// The line above `ls`'s table about a pooler it looked through.
+pub(crate) fn pooler_line(p: &pgkill_core::pooler::PoolerState) -> String {
+    format!(
+        "Pooler: PgBouncer {} at {} (default pool_mode {}): {} application connection(s), {} server connection(s)",
+        p.version,
+        p.name,
+        p.pool_mode,
+        p.clients.len(),
+        p.servers.len()
+    )
 }
 
 /// With `--holding-xmin`: reads what holds the server's xmin horizon and, when it is not
@@ -220,23 +224,215 @@ fn states_of(
     poolers.iter().map(|(_, s)| s.clone()).collect()
 }
 
+/// One server's sessions as seen through its poolers (none named: straight from the
+/// server, no pooler): what `ls`, `kill`, `cancel` and `free-slot` work on.
+pub(crate) struct Through {
+    /// The poolers, to act at.
+    pub poolers: Vec<pgkill_pg::pgbouncer::Pooler>,
+    /// What each pooler showed.
+    pub states: Vec<pgkill_core::pooler::PoolerState>,
+    /// The backends the filter selects (each linked to the application it serves).
+    pub list: Vec<pgkill_core::Session>,
+    /// The poolers' application connections no backend serves right now.
+    pub pooled: Vec<pgkill_core::pooler::Pooled>,
+}
+
+/// Lists the sessions `filter` selects on one server through the poolers `conninfos`
+/// names (each read first, see [`read_poolers`]); without poolers, as `ls` lists them.
+pub(crate) async fn list_through(
+    client: &tokio_postgres::Client,
+    caps: &Capabilities,
+    filter: &pgkill_core::Filter,
+    conninfos: &[String],
+) -> anyhow::Result<Through> {
+    if conninfos.is_empty() {
+        return Ok(Through {
+            poolers: Vec::new(),
+            states: Vec::new(),
+            list: sessions::list(client, caps, filter).await?,
+            pooled: Vec::new(),
+        });
+    }
+    let read = read_poolers(conninfos).await?;
+    let states = states_of(&read);
+    let poolers = read.into_iter().map(|(p, _)| p).collect();
+    let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, caps, filter, &states).await?;
+    Ok(Through {
+        poolers,
+        states,
+        list,
+        pooled,
+    })
+}
+
+/// A `kill`/`cancel` planned on one server (nothing changed yet): straight, or through
+/// the server's poolers, as `pgkill kill`/`cancel` plans it on one server.
+pub(crate) enum SignalPlan {
+    /// No pooler: the backends the filter selects.
+    Direct(pgkill_core::plan::Plan),
+    /// `kill` through poolers (see [`kill_through_poolers`]).
+    Kill {
+        plan: pgkill_pg::through::KillPlan,
+        poolers: Vec<pgkill_pg::pgbouncer::Pooler>,
+        states: Vec<pgkill_core::pooler::PoolerState>,
+    },
+    /// `cancel` through poolers (see [`cancel_through_poolers`]).
+    Cancel {
+        plan: pgkill_pg::through::CancelPlan,
+        poolers: Vec<pgkill_pg::pgbouncer::Pooler>,
+    },
+}
+
+impl SignalPlan {
+    /// Plans `signal` on one server, through its poolers (`connected.poolers`) if any.
+    pub(crate) async fn build(
+        connected: &Connected,
+        caps: &Capabilities,
+        filter: &pgkill_core::Filter,
+        signal: Signal,
+    ) -> anyhow::Result<SignalPlan> {
+        let client = &connected.client;
+        let (conninfos, _) = &connected.poolers;
+        if conninfos.is_empty() {
+            return Ok(SignalPlan::Direct(
+                sessions::plan(client, caps, filter, signal).await?,
+            ));
+        }
+        let through = list_through(client, caps, filter, conninfos).await?;
+        Ok(match signal {
+            Signal::Terminate => SignalPlan::Kill {
+                plan: pgkill_pg::through::KillPlan::build(
+                    client,
+                    caps,
+                    filter,
+                    through.list,
+                    through.pooled,
+                    &through.states,
+                )
+                .await?,
+                poolers: through.poolers,
+                states: through.states,
+            },
+            Signal::Cancel => SignalPlan::Cancel {
+                plan: pgkill_pg::through::CancelPlan::build(
+                    &caps.caller,
+                    filter,
+                    through.list,
+                    &through.pooled,
+                ),
+                poolers: through.poolers,
+            },
+        })
+    }
+
+    /// The backends of the plan (for showing).
+    pub(crate) fn backends(&self) -> pgkill_core::plan::Plan {
+        match self {
+            SignalPlan::Direct(plan) => plan.clone(),
+            SignalPlan::Kill { plan, .. } => plan.backends(),
+            SignalPlan::Cancel { plan, .. } => plan.backends(),
+        }
+    }
+
+    /// The application connections ended at a pooler (or refused there, with why).
+    pub(crate) fn at_pooler(&self) -> &[pgkill_core::pooler::AppTarget] {
+        match self {
+            SignalPlan::Kill { plan, .. } => &plan.at_pooler,
+            _ => &[],
+        }
+    }
+
+    /// How many sessions (or application connections) are acted on.
+    pub(crate) fn count(&self) -> usize {
+        match self {
+            SignalPlan::Direct(plan) => plan.to_signal().count(),
+            SignalPlan::Kill { plan, .. } => plan.acting(),
+            SignalPlan::Cancel { plan, .. } => plan.count(),
+        }
+    }
+
+    /// How many were selected, refused ones included.
+    pub(crate) fn listed(&self) -> usize {
+        self.backends().targets.len() + self.at_pooler().len()
+    }
+
+    /// What to warn about before acting (see `KillPlan::warnings`).
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        match self {
+            SignalPlan::Kill { plan, states, .. } => plan.warnings(states),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Carries the plan out, through the same re-checking statements and pooler
+    /// commands as on one server: the backends' outcomes, and the applications' at the
+    /// poolers.
+    pub(crate) async fn execute(
+        &self,
+        client: &tokio_postgres::Client,
+        caps: &Capabilities,
+        filter: &pgkill_core::Filter,
+        timeout: Duration,
+    ) -> pgkill_pg::Result<(Vec<Outcome>, Vec<pgkill_core::pooler::AppOutcome>)> {
+        match self {
+            SignalPlan::Direct(plan) => Ok((
+                sessions::execute(client, caps, filter, plan, timeout).await?,
+                Vec::new(),
+            )),
+            SignalPlan::Kill { plan, poolers, .. } => {
+                plan.execute(client, caps, filter, poolers, timeout).await
+            }
+            SignalPlan::Cancel { plan, poolers } => Ok((
+                plan.execute(client, caps, filter, poolers).await?,
+                Vec::new(),
+            )),
+        }
+    }
+
+    /// The exit code of this server's part after carrying it out.
+    pub(crate) fn code(
+        &self,
+        outcomes: &[Outcome],
+        apps: &[pgkill_core::pooler::AppOutcome],
+    ) -> Exit {
+        match self {
+            SignalPlan::Kill { .. } => through_code(outcomes, apps),
+            _ => Exit::from_code(exit_code(outcomes)),
+        }
+    }
+}
+
+/// The exit code of `kill` through poolers: 3 when a backend or an application was not
+/// ended, else 0.
+fn through_code(outcomes: &[Outcome], apps: &[pgkill_core::pooler::AppOutcome]) -> Exit {
+    let failed = outcomes.iter().any(|o| o.outcome.is_failure())
+        || apps.iter().any(|a| a.outcome.is_failure());
+    if failed {
+        Exit::Partial
+    } else {
+        Exit::Ok
+    }
+}
+
 /// One server's `kill`/`cancel` document (as `--json` prints it), for `--target`.
 pub(crate) fn signal_doc(
     caps: &Capabilities,
     settings: &Settings,
     action: &'static str,
     dry_run: bool,
-    plan: &pgkill_core::plan::Plan,
+    plan: &SignalPlan,
     outcomes: &[Outcome],
+    apps: &[pgkill_core::pooler::AppOutcome],
 ) -> Result<serde_json::Value, String> {
+    let backends = plan.backends();
     serde_json::to_value(SignalDoc {
         server: server_json(caps, settings),
         action,
         dry_run,
-        plan: plan_entries(plan),
+        plan: plan_entries(&backends),
         outcomes,
-        pooler_plan: &[],
-        pooler_outcomes: &[],
+        pooler_plan: plan.at_pooler(),
+        pooler_outcomes: apps,
         xmin_horizon: None,
     })
     .map_err(|e| e.to_string())
@@ -339,10 +535,12 @@ async fn cancel_through_poolers(
 ) -> anyhow::Result<Exit> {
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
-    let read = read_poolers(conninfos).await?;
-    let states = states_of(&read);
-    let poolers: Vec<pgkill_pg::pgbouncer::Pooler> = read.into_iter().map(|(p, _)| p).collect();
-    let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, &caps, filter, &states).await?;
+    let Through {
+        poolers,
+        list,
+        pooled,
+        ..
+    } = list_through(client, &caps, filter, conninfos).await?;
     let horizon = say_what_holds_xmin(client, &caps, filter).await?;
     let plan = pgkill_pg::through::CancelPlan::build(&caps.caller, filter, list, &pooled);
     let mut out = output::for_people();
@@ -426,10 +624,12 @@ async fn kill_through_poolers(
 ) -> anyhow::Result<Exit> {
     let client = &connected.client;
     let caps = sessions::capabilities(client).await?;
-    let read = read_poolers(conninfos).await?;
-    let states = states_of(&read);
-    let poolers: Vec<pgkill_pg::pgbouncer::Pooler> = read.into_iter().map(|(p, _)| p).collect();
-    let (list, pooled) = pgkill_pg::pgbouncer::list_through(client, &caps, filter, &states).await?;
+    let Through {
+        poolers,
+        states,
+        list,
+        pooled,
+    } = list_through(client, &caps, filter, conninfos).await?;
     let horizon = say_what_holds_xmin(client, &caps, filter).await?;
     let plan =
         pgkill_pg::through::KillPlan::build(client, &caps, filter, list, pooled, &states).await?;
@@ -523,9 +723,7 @@ async fn kill_through_poolers(
         }
     }
     out.flush()?;
-    let failed = outcomes.iter().any(|o| o.outcome.is_failure())
-        || apps.iter().any(|a| a.outcome.is_failure());
-    Ok(if failed { Exit::Partial } else { Exit::Ok })
+    Ok(through_code(&outcomes, &apps))
 }
 
 async fn signal_sessions(
@@ -785,15 +983,9 @@ pub async fn plan_free_slot(
         ..pgkill_core::Filter::default()
     };
     // Behind poolers: which backends are their server connections, and whom they serve.
-    let (pooler_args, _) = connected.poolers.clone();
-    let all = if pooler_args.is_empty() {
-        sessions::list(client, &caps, &filter).await?
-    } else {
-        let states = states_of(&read_poolers(&pooler_args).await?);
-        pgkill_pg::pgbouncer::list_through(client, &caps, &filter, &states)
-            .await?
-            .0
-    };
+    let all = list_through(client, &caps, &filter, &connected.poolers.0)
+        .await?
+        .list;
     let before = all.len();
     // The server's clock when the role's sessions were read: a session that starts after
     // it logged in while free-slot ran.

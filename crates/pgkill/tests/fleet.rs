@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 mod support;
 
-use support::{customise, db_row, wait_fenced, DbRow};
+use support::{conninfo, customise, db_row, wait_fenced, DbRow};
 
 fn main() {
     pgkill_sandbox::matrix::main_with(
@@ -49,18 +49,6 @@ fn three(pg: &Installation) -> Result<Vec<Sandbox>> {
             Sandbox::start(install, &Options::default()).map_err(Into::into)
         })
         .collect()
-}
-
-/// A connection string for the bootstrap superuser of `sb` (its password in it: pgkill
-/// never shows one).
-fn conninfo(sb: &Sandbox) -> String {
-    format!(
-        "host={} port={} user={} password={} dbname=postgres",
-        sb.host(),
-        sb.port(),
-        roles::ADMIN,
-        sb.password(roles::ADMIN).unwrap_or_default()
-    )
 }
 
 /// `pgkill --target A --target B ... ARGS` with a clean environment, not run yet.

@@ -18,6 +18,8 @@ use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
 mod support;
+
+use support::{console, shop_is_paused, shop_state, works};
 #[path = "support/tmux.rs"]
 mod tmux;
 
@@ -617,16 +619,6 @@ fn workload(
     (handle, shared)
 }
 
-fn console(sb: &Sandbox, bouncer: &Bouncer) -> String {
-    format!(
-        "host={} port={} user={} password={}",
-        bouncer.host(),
-        bouncer.port(),
-        roles::ADMIN,
-        sb.password(roles::ADMIN).unwrap_or_default()
-    )
-}
-
 /// `drain --pgbouncer DB --grace 5s --then-unfence` under a committing workload through
 /// PgBouncer in transaction mode: the alias is paused first (queries queue), the database
 /// drained and unfenced, the alias resumed: 0 application errors, every acknowledged
@@ -693,17 +685,9 @@ async fn drain_through_the_pooler_costs_the_applications_nothing(pg: Installatio
             code == 0 && out.contains("Paused at PgBouncer: shop ("),
             "drain exit {code}\n{out}\n{err}"
         );
-        let paused = bouncer
-            .admin(roles::ADMIN)
-            .await?
-            .simple_query("SHOW DATABASES")
-            .await?
-            .into_iter()
-            .find(|r| r.get("name") == Some("shop"))
-            .and_then(|r| r.get("paused").map(str::to_owned));
         ensure!(
-            paused.as_deref() == Some("1"),
-            "shop is not paused after a held drain: {paused:?}"
+            shop_is_paused(&bouncer).await?,
+            "shop is not paused after a held drain"
         );
         let before = acks();
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -819,11 +803,6 @@ fn kill(sb: &Sandbox, bouncer: &Bouncer, args: &[&str]) -> Result<(i32, Value, S
     let (code, out, err) = support::run(support::pgkill(sb, roles::ADMIN, &all))?;
     let doc = serde_json::from_str(&out).with_context(|| format!("exit {code}\n{out}\n{err}"))?;
     Ok((code, doc, err))
-}
-
-/// Whether an application connection still works (a query through the pooler).
-async fn works(client: &Client) -> bool {
-    client.simple_query("SELECT 1").await.is_ok()
 }
 
 /// `kill --pgbouncer --app X`: in transaction pooling PgBouncer 1.24 ends exactly X's
@@ -967,18 +946,6 @@ async fn shop_db_is_as_it_was(sb: &Sandbox) -> Result<()> {
         "shop_db was left changed: allow_connections {allow}, comment {comment:?}"
     );
     Ok(())
-}
-
-async fn shop_is_paused(bouncer: &Bouncer) -> Result<bool> {
-    Ok(bouncer
-        .admin(roles::ADMIN)
-        .await?
-        .simple_query("SHOW DATABASES")
-        .await?
-        .into_iter()
-        .find(|r| r.get("name") == Some("shop"))
-        .and_then(|r| r.get("paused").map(|p| p == "1"))
-        .unwrap_or(false))
 }
 
 /// A transaction through the pooler that outlasts `--grace`: PgBouncer 1.24 ends that
@@ -1130,22 +1097,6 @@ async fn kill_9_during_a_pooler_drain_then_unfence(pg: Installation) -> Result<(
             .await?;
     }
     Ok(())
-}
-
-/// The state of alias `shop`: (paused, disabled).
-async fn shop_state(bouncer: &Bouncer) -> Result<(bool, bool)> {
-    let row = bouncer
-        .admin(roles::ADMIN)
-        .await?
-        .simple_query("SHOW DATABASES")
-        .await?
-        .into_iter()
-        .find(|r| r.get("name") == Some("shop"))
-        .ok_or_else(|| anyhow!("no alias shop"))?;
-    Ok((
-        row.get("paused") == Some("1"),
-        row.get("disabled") == Some("1"),
-    ))
 }
 
 /// `drop --pgbouncer`: the aliases are disabled and their connections dropped at the

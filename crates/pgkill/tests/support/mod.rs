@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
-use pgkill_sandbox::Sandbox;
+use pgkill_sandbox::{roles, Bouncer, Sandbox};
 use tokio_postgres::Client;
 
 /// Where and how to reach a sandbox: what [`pgkill`] needs, kept apart from the
@@ -224,4 +224,54 @@ pub async fn customise(admin: &Client, name: &str) -> Result<()> {
         ))
         .await?;
     Ok(())
+}
+
+/// A connection string for the bootstrap superuser of `sb` (its password in it: pgkill
+/// never shows one).
+pub fn conninfo(sb: &Sandbox) -> String {
+    format!(
+        "host={} port={} user={} password={} dbname=postgres",
+        sb.host(),
+        sb.port(),
+        roles::ADMIN,
+        sb.password(roles::ADMIN).unwrap_or_default()
+    )
+}
+
+/// The admin console of `bouncer` (in front of `sb`) for the bootstrap superuser, its
+/// password in it.
+pub fn console(sb: &Sandbox, bouncer: &Bouncer) -> String {
+    format!(
+        "host={} port={} user={} password={}",
+        bouncer.host(),
+        bouncer.port(),
+        roles::ADMIN,
+        sb.password(roles::ADMIN).unwrap_or_default()
+    )
+}
+
+/// Whether a connection still works (a query, through the pooler for an application).
+pub async fn works(client: &Client) -> bool {
+    client.simple_query("SELECT 1").await.is_ok()
+}
+
+/// Whether alias `shop` is paused at `bouncer`.
+pub async fn shop_is_paused(bouncer: &Bouncer) -> Result<bool> {
+    Ok(shop_state(bouncer).await?.0)
+}
+
+/// The state of alias `shop` at `bouncer`: (paused, disabled).
+pub async fn shop_state(bouncer: &Bouncer) -> Result<(bool, bool)> {
+    let row = bouncer
+        .admin(roles::ADMIN)
+        .await?
+        .simple_query("SHOW DATABASES")
+        .await?
+        .into_iter()
+        .find(|r| r.get("name") == Some("shop"))
+        .ok_or_else(|| anyhow!("no alias shop"))?;
+    Ok((
+        row.get("paused") == Some("1"),
+        row.get("disabled") == Some("1"),
+    ))
 }
