@@ -39,55 +39,78 @@ fn verb(op: pgkill_core::database::Operation) -> &'static str {
 /// `unfence` is about to restore), and for local records an older pgkill left. Failing to
 /// read them is not an error for the command that was asked for.
 pub async fn notice(client: &Client, except: Option<&str>) {
+    for line in server_notes(client, except).await {
+        eprintln!("pgkill: {line}");
+    }
+    for line in local_notes() {
+        eprintln!("pgkill: {line}");
+    }
+}
+
+/// What [`notice`] says of the server's fenced databases (but `except`), a line each
+/// (`note: …` or `warning: …`); nothing when they cannot be read.
+pub async fn server_notes(client: &Client, except: Option<&str>) -> Vec<String> {
     let Ok(fenced) = databases::fences(client).await else {
-        return;
+        return Vec::new();
     };
+    let mut lines = Vec::new();
     for f in fenced {
         let name = &f.info.name;
         if Some(name.as_str()) == except {
             continue;
         }
         let quoted = shell_word(name);
-        match f.record {
-            Err(e) => eprintln!(
-                "pgkill: warning: database {quoted} has a pgkill fence record that cannot be read ({e}); its comment holds it"
+        let line = match f.record {
+            Err(e) => format!(
+                "warning: database {quoted} has a pgkill fence record that cannot be read ({e}); its comment holds it"
             ),
             Ok(r) => match (r.state, databases::liveness(&r.by)) {
-                (_, Liveness::ThisProcess) => {}
-                (FenceState::Held, _) => eprintln!(
-                    "pgkill: note: database {quoted} is fenced (no new connections) {}; `pgkill unfence {quoted}` lets clients in again",
+                (_, Liveness::ThisProcess) => continue,
+                (FenceState::Held, _) => format!(
+                    "note: database {quoted} is fenced (no new connections) {}; `pgkill unfence {quoted}` lets clients in again",
                     describe(&r)
                 ),
-                (FenceState::InProgress, Liveness::Running) => eprintln!(
-                    "pgkill: note: database {quoted} is being worked on: fenced {}",
+                (FenceState::InProgress, Liveness::Running) => format!(
+                    "note: database {quoted} is being worked on: fenced {}",
                     describe(&r)
                 ),
-                (FenceState::InProgress, Liveness::Gone) => eprintln!(
-                    "pgkill: warning: database {quoted} was left fenced (connections disallowed) by a pgkill that is gone: fenced {}; run `pgkill unfence {quoted}` to restore its settings",
+                (FenceState::InProgress, Liveness::Gone) => format!(
+                    "warning: database {quoted} was left fenced (connections disallowed) by a pgkill that is gone: fenced {}; run `pgkill unfence {quoted}` to restore its settings",
                     describe(&r)
                 ),
-                (FenceState::InProgress, Liveness::OtherMachine) => eprintln!(
-                    "pgkill: warning: database {quoted} is fenced {}, on another machine; if that pgkill is no longer running, `pgkill unfence {quoted}` restores its settings",
+                (FenceState::InProgress, Liveness::OtherMachine) => format!(
+                    "warning: database {quoted} is fenced {}, on another machine; if that pgkill is no longer running, `pgkill unfence {quoted}` restores its settings",
                     describe(&r)
                 ),
             },
-        }
+        };
+        lines.push(line);
     }
-    if let Some(journal) = Journal::open_default() {
-        let scan = journal.scan();
-        for skipped in &scan.skipped {
-            eprintln!("pgkill: warning: {skipped}");
-        }
-        for (path, r) in &scan.records {
-            eprintln!(
-                "pgkill: note: {} holds a fence of database {:?} on {:?} written by an older pgkill: `pgkill unfence {:?}` on that server adopts and restores it",
-                path.display(),
-                r.name,
-                r.server,
-                r.name
-            );
-        }
+    lines
+}
+
+/// What [`notice`] says of this machine's records older pgkill versions left (and of
+/// files in the journal it skipped), a line each.
+pub fn local_notes() -> Vec<String> {
+    let Some(journal) = Journal::open_default() else {
+        return Vec::new();
+    };
+    let scan = journal.scan();
+    let mut lines: Vec<String> = scan
+        .skipped
+        .iter()
+        .map(|skipped| format!("warning: {skipped}"))
+        .collect();
+    for (path, r) in &scan.records {
+        lines.push(format!(
+            "note: {} holds a fence of database {:?} on {:?} written by an older pgkill: `pgkill unfence {:?}` on that server adopts and restores it",
+            path.display(),
+            r.name,
+            r.server,
+            r.name
+        ));
     }
+    lines
 }
 
 /// Adopts the local records older pgkill versions left for database `name` on this server:

@@ -43,6 +43,7 @@ use pgkill_pg::databases::{self, Preflight, Progress, Request};
 use crate::args::ConnArgs;
 use crate::conn::{self, Connected};
 use crate::database_cmd::{self, Job, UnfenceArgs};
+use crate::fences;
 use crate::inflight::{self, Signals};
 use crate::output;
 use crate::sessions_cmd::{self, FreeSlotArgs, LsArgs, SignalArgs};
@@ -224,7 +225,7 @@ where
 
 /// Connects to one target (see [`connect_only`]) and reads what it can do.
 async fn connect_to(args: &ConnArgs, target: &Target) -> anyhow::Result<(Connected, Capabilities)> {
-    let connected = connect_only(args, target).await?;
+    let connected = connect_only(args, target, None).await?;
     let caps = sessions::capabilities(&connected.client).await?;
     Ok((connected, caps))
 }
@@ -699,11 +700,19 @@ impl Drop for Stop {
 /// asking for a password (several prompts at once would mix). The connection carries the
 /// target's own poolers, so the single-server code that takes `connected.poolers` sees
 /// through them on this server alone.
-async fn connect_only(args: &ConnArgs, target: &Target) -> anyhow::Result<Connected> {
+async fn connect_only(
+    args: &ConnArgs,
+    target: &Target,
+    except: Option<&str>,
+) -> anyhow::Result<Connected> {
     let mut connected = conn::connect_with(args, Some(&target.conninfo), &NoPrompt).await?;
     connected.poolers = (target.pgbouncer.clone(), false);
     for warning in &connected.settings.warnings {
         say(target, &format!("warning: {warning}"));
+    }
+    // What one server's commands say of its fenced databases, under the target's name.
+    for line in fences::server_notes(&connected.client, except).await {
+        say(target, &line);
     }
     Ok(connected)
 }
@@ -711,9 +720,11 @@ async fn connect_only(args: &ConnArgs, target: &Target) -> anyhow::Result<Connec
 /// Starts listening for Ctrl-C / SIGTERM, then connects to every target (`--parallel` at
 /// a time) and runs `work` on each connection, unless the signal comes first (exit 2:
 /// this is for work that changes nothing). The listener goes on for what follows.
+/// `except`: the database not to note as fenced (the one `unfence` restores).
 async fn connected_each<'a, T, F, Fut>(
     args: &'a ConnArgs,
     targets: &'a [Target],
+    except: Option<&'a str>,
     work: &'a F,
 ) -> anyhow::Result<(Stop, Vec<Result<T, String>>)>
 where
@@ -723,7 +734,7 @@ where
     let stop = Stop::listen()?;
     let results = stop
         .until(on_each(targets, args.parallel, |t| async move {
-            let connected = connect_only(args, t).await?;
+            let connected = connect_only(args, t, except).await?;
             work(t, connected).await
         }))
         .await?;
@@ -811,7 +822,7 @@ pub async fn database(args: &ConnArgs, targets: &[Target], job: &Job<'_>) -> any
     let verb = job.verb();
     let examined = stop
         .until(on_each(targets, args.parallel, |t| async move {
-            let connected = connect_only(args, t).await?;
+            let connected = connect_only(args, t, None).await?;
             let (poolers, lines) = database_cmd::poolers_for(&connected, job).await?;
             let mut tell = |line: &str| say(t, line);
             let (caps, pre) = database_cmd::examine(&connected, job, &mut tell).await?;
@@ -1059,7 +1070,8 @@ pub async fn unfence(
     targets: &[Target],
     unfence: &UnfenceArgs,
 ) -> anyhow::Result<Exit> {
-    let (_stop, results) = connected_each(args, targets, &|t, connected| async move {
+    let except = Some(unfence.db.as_str());
+    let (_stop, results) = connected_each(args, targets, except, &|t, connected| async move {
         let mut text = Vec::new();
         let mut tell = |line: &str| say(t, line);
         let code =
@@ -1104,7 +1116,7 @@ pub async fn free_slot(
     slot_args: &FreeSlotArgs,
 ) -> anyhow::Result<Exit> {
     slot_args.check()?;
-    let (stop, planned) = connected_each(args, targets, &|_, connected| async move {
+    let (stop, planned) = connected_each(args, targets, None, &|_, connected| async move {
         let slot = sessions_cmd::plan_free_slot(&connected, slot_args).await?;
         Ok((connected, slot))
     })

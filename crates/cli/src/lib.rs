@@ -218,6 +218,11 @@ fn run_async(
                 "a connection string and --target/--targets together: give that server as a --target too".into()
             ));
         }
+        // This machine's old fence records, once (each server's fences are noted under
+        // its name as it is reached).
+        for line in fences::local_notes() {
+            eprintln!("pgkill: {line}");
+        }
         let outcome = runtime.block_on(async {
             match &command {
                 Command::Ls(a) => fleet::ls(&conn, &targets, a).await,

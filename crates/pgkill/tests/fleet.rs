@@ -335,12 +335,28 @@ async fn drain_and_unfence_across_servers_restore_each_exactly(pg: Installation)
                     name(sb)
                 );
             }
+            // Every command notes each server's fenced databases under its name.
+            let (code, out, err) = pgkill(&targets, &["ls"])?;
+            for sb in &servers {
+                let note = format!(
+                    "pgkill: target {}: note: database x is fenced (no new connections) since",
+                    name(sb)
+                );
+                ensure!(
+                    err.contains(&note),
+                    "ls: exit {code}, no {note:?} in\n{err}\n{out}"
+                );
+            }
             let (code, out, err) = pgkill(&targets, &["unfence", "x"])?;
             ensure!(
                 code == 0
                     && target_column(&out)
                     && servers.iter().all(|sb| row_says(&out, sb, "Unfenced")),
                 "unfence: exit {code}\n{out}\n{err}"
+            );
+            ensure!(
+                !err.contains("is fenced"),
+                "unfence notes the fence it is lifting:\n{err}"
             );
         } else {
             ensure!(
