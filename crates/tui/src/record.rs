@@ -60,6 +60,22 @@ fn row(now: DateTime<Utc>, s: &Session) -> Value {
     })
 }
 
+/// `value` (an object) with `"target": target` added, when there is a target.
+fn on(target: Option<&str>, mut value: Value) -> Value {
+    if let (Some(t), Some(map)) = (target, value.as_object_mut()) {
+        map.insert("target".into(), Value::from(t));
+    }
+    value
+}
+
+/// `line` with its `"target"` (see [`on`]), in place.
+fn on_line<'a>(target: Option<&str>, line: &'a mut Value) -> &'a Value {
+    if let (Some(t), Some(map)) = (target, line.as_object_mut()) {
+        map.insert("target".into(), Value::from(t));
+    }
+    line
+}
+
 impl Recorder {
     /// Records to `file` (already opened for appending) as `os_user`.
     pub fn new(file: File, os_user: String) -> Recorder {
@@ -73,20 +89,24 @@ impl Recorder {
         self.file.flush()
     }
 
-    /// One line for a refresh: every session read (before the view's filter).
-    pub fn refresh(&mut self, sessions: &[Session]) -> io::Result<()> {
+    /// One line for a refresh: every session read (before the view's filter). With
+    /// several targets, `target` names the server (the line's and each row's
+    /// `"target"`).
+    pub fn refresh(&mut self, target: Option<&str>, sessions: &[Session]) -> io::Result<()> {
         let now = Utc::now();
-        self.line(&json!({
+        let mut line = json!({
             "type": "refresh",
             "time": now,
-            "rows": sessions.iter().map(|s| row(now, s)).collect::<Vec<_>>(),
-        }))
+            "rows": sessions.iter().map(|s| on(target, row(now, s))).collect::<Vec<_>>(),
+        });
+        self.line(on_line(target, &mut line))
     }
 
     /// One line for an action: who (the OS user and the role), which sessions with their
     /// query, the signal, and each session's outcome (or the error).
     pub fn action(
         &mut self,
+        target: Option<&str>,
         role: Option<&str>,
         signal: Signal,
         targets: &[Session],
@@ -111,7 +131,7 @@ impl Recorder {
             ),
             Err(e) => (Vec::new(), Some(e.as_str())),
         };
-        self.line(&json!({
+        let mut line = json!({
             "type": "action",
             "time": now,
             "os_user": self.os_user,
@@ -120,9 +140,10 @@ impl Recorder {
                 Signal::Cancel => "cancel",
                 Signal::Terminate => "terminate",
             },
-            "sessions": targets.iter().map(|s| row(now, s)).collect::<Vec<_>>(),
-            "outcomes": outcomes,
+            "sessions": targets.iter().map(|s| on(target, row(now, s))).collect::<Vec<_>>(),
+            "outcomes": outcomes.into_iter().map(|o| on(target, o)).collect::<Vec<_>>(),
             "error": error,
-        }))
+        });
+        self.line(on_line(target, &mut line))
     }
 }
