@@ -290,7 +290,7 @@ fn fleet_health_lines(app: &App) -> Vec<Line<'static>> {
                     .as_ref()
                     .is_none_or(|(b, _)| if lowest { v < *b } else { v > *b });
                 if better {
-                    best = Some((v, cut(&line(name), 12)));
+                    best = Some((v, cut(&line(name), 16)));
                 }
             }
         }
@@ -2100,7 +2100,7 @@ mod tests {
             // A line over all the servers, with the worst of each figure and whose.
             assert!(screen.contains("health of 2: xact/s 232"), "{screen}");
             assert!(
-                screen.contains("oldest xact 1h00m (reporting-r…)"),
+                screen.contains("oldest xact 1h00m (reporting-repli…)"),
                 "{screen}"
             );
             // One line per server that answers, each named.
