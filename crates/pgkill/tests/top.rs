@@ -28,6 +28,7 @@ fn main() {
         a_target_down_at_start_shows_disconnected_then_its_sessions_when_it_starts,
         the_blocking_tree_over_two_targets_terminates_the_root_on_its_server,
         the_health_header_over_two_targets_names_each,
+        a_target_refusing_the_login_at_start_is_shown_and_not_tried_again,
     ]);
 }
 
@@ -67,14 +68,13 @@ fn tmux_running(name: &str, line: &str) -> Result<Tmux> {
     Ok(tmux)
 }
 
-/// Issue 15, defect 1: a reader idle in transaction, an `ALTER TABLE` queued behind it
-/// and three readers queued behind the DDL: `b` shows all three levels (the readers
-/// under the DDL, drawn `├─`/`└─`, with the lock mode and the table), the root counts
-/// all four; terminating the root lets the whole chain through.
-async fn the_whole_lock_chain_shows_and_proceeds_when_its_root_is_terminated(
-    pg: Installation,
-) -> Result<()> {
-    let sb = Sandbox::start(&pg, &Options::default())?;
+/// In a new database `chain` of `sb`: a reader idle in transaction on `orders`, an
+/// `ALTER TABLE` queued behind it and `readers` readers queued behind the DDL, once all
+/// of them wait.
+async fn lock_chain(
+    sb: &Sandbox,
+    readers: usize,
+) -> Result<(sim::Session, sim::Session, Vec<sim::Session>)> {
     sb.create_database("chain", Some(roles::PLAIN)).await?;
     let config = sb.config("chain", roles::PLAIN);
     let reader = sim::idle_in_transaction(
@@ -84,7 +84,7 @@ async fn the_whole_lock_chain_shows_and_proceeds_when_its_root_is_terminated(
     .await?;
     let ddl = sim::running(&config, "ALTER TABLE orders ADD COLUMN note text").await?;
     let mut api = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..readers {
         api.push(sim::running(&config, "SELECT count(*) FROM orders").await?);
     }
     let admin = sb.admin("postgres").await?;
@@ -97,8 +97,8 @@ async fn the_whole_lock_chain_shows_and_proceeds_when_its_root_is_terminated(
             )
             .await?
             .get(0);
-        if waiting == 4 {
-            break;
+        if usize::try_from(waiting)? == readers + 1 {
+            return Ok((reader, ddl, api));
         }
         ensure!(
             began.elapsed() < Duration::from_secs(10),
@@ -106,6 +106,17 @@ async fn the_whole_lock_chain_shows_and_proceeds_when_its_root_is_terminated(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Issue 15, defect 1: a reader idle in transaction, an `ALTER TABLE` queued behind it
+/// and three readers queued behind the DDL: `b` shows all three levels (the readers
+/// under the DDL, drawn `├─`/`└─`, with the lock mode and the table), the root counts
+/// all four; terminating the root lets the whole chain through.
+async fn the_whole_lock_chain_shows_and_proceeds_when_its_root_is_terminated(
+    pg: Installation,
+) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let (reader, ddl, api) = lock_chain(&sb, 3).await?;
     // Connected to the chain's database: relations are named there.
     let tmux = start_top(&sb, "chain", "-i 500ms --maintenance-db chain").await?;
     tmux.keys(&["/", "db:chain", "Enter"])?;
@@ -679,15 +690,7 @@ async fn three_targets_merge_filter_by_target_and_terminate_on_one(pg: Installat
         .collect();
     let targets: String = servers
         .iter()
-        .map(|sb| {
-            format!(
-                "--target 'host={} port={} user={} password={} dbname=postgres' ",
-                sb.host(),
-                sb.port(),
-                roles::ADMIN,
-                sb.password(roles::ADMIN).unwrap_or_default()
-            )
-        })
+        .map(|sb| format!("--target '{}' ", admin_conninfo(sb)))
         .collect();
     let line = format!(
         "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD -u PGPASSFILE TERM=xterm {} {targets} top -i 500ms; echo PGKILL_TOP_EXIT=$?; sleep 60",
@@ -697,11 +700,6 @@ async fn three_targets_merge_filter_by_target_and_terminate_on_one(pg: Installat
     tmux.wait_for("3 targets ·").await?;
     tmux.keys(&["/", "db:app", "Enter"])?;
     // Every server's session under its own name, on one frame.
-    let row = |screen: &str, name: &str, pid: i32| {
-        screen
-            .lines()
-            .any(|l| l.contains(name) && l.contains(&format!(" {pid} ")))
-    };
     let began = std::time::Instant::now();
     loop {
         let screen = tmux.screen()?;
@@ -784,10 +782,7 @@ async fn three_targets_merge_filter_by_target_and_terminate_on_one(pg: Installat
     let again = sim::idle(&servers[0].config("app", roles::PLAIN)).await?;
     let screen = tmux.wait_for("shown 2/").await?;
     ensure!(row(&screen, &names[0], again.pid()), "{screen}");
-    tmux.keys(&["q"])?;
-    let screen = tmux.wait_for("PGKILL_TOP_EXIT=").await?;
-    ensure!(screen.contains("PGKILL_TOP_EXIT=0"), "{screen}");
-    Ok(())
+    quits(&tmux).await
 }
 
 /// `top` over several targets, refused before any screen (exit 2): with `--pgbouncer`
@@ -798,13 +793,7 @@ async fn top_over_targets_refuses_pgbouncer_and_every_target_it_cannot_reach(
     pg: Installation,
 ) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
-    let good = format!(
-        "host={} port={} user={} password={} dbname=postgres",
-        sb.host(),
-        sb.port(),
-        roles::ADMIN,
-        sb.password(roles::ADMIN).unwrap_or_default()
-    );
+    let good = admin_conninfo(&sb);
     // Nothing listens on ports 1 and 2.
     let down = "host=127.0.0.1 port=1 user=nobody connect_timeout=2";
     let down2 = "host=127.0.0.1 port=2 user=nobody connect_timeout=2";
@@ -899,6 +888,14 @@ async fn screen_until(tmux: &Tmux, secs: u64, ok: impl Fn(&str) -> bool) -> Resu
     }
 }
 
+/// `q` leaves `top` (started by [`fleet_top`] or [`tmux_running`]) with exit 0.
+async fn quits(tmux: &Tmux) -> Result<()> {
+    tmux.keys(&["q"])?;
+    let screen = tmux.wait_for("PGKILL_TOP_EXIT=").await?;
+    ensure!(screen.contains("PGKILL_TOP_EXIT=0"), "{screen}");
+    Ok(())
+}
+
 /// Whether a line of `screen` shows server `name`'s session `pid`.
 fn row(screen: &str, name: &str, pid: i32) -> bool {
     screen
@@ -976,10 +973,7 @@ async fn a_target_down_at_start_shows_disconnected_then_its_sessions_when_it_sta
     })
     .await?;
     ensure!(row(&screen, names[0], victims[0].pid()), "{screen}");
-    tmux.keys(&["q"])?;
-    let screen = tmux.wait_for("PGKILL_TOP_EXIT=").await?;
-    ensure!(screen.contains("PGKILL_TOP_EXIT=0"), "{screen}");
-    Ok(())
+    quits(&tmux).await
 }
 
 /// Issue 14, limit 2 (and 5): a lock chain on the second of two servers: `b` shows it
@@ -993,35 +987,8 @@ async fn the_blocking_tree_over_two_targets_terminates_the_root_on_its_server(
 ) -> Result<()> {
     let servers = mixed(&pg, 2)?;
     let calm = sim::idle(&servers[0].config("postgres", roles::PLAIN)).await?;
-    let sb = &servers[1];
-    sb.create_database("chain", Some(roles::PLAIN)).await?;
-    let config = sb.config("chain", roles::PLAIN);
-    let reader = sim::idle_in_transaction(
-        &config,
-        Some("CREATE TABLE orders (id int); COMMIT; BEGIN; SELECT count(*) FROM orders"),
-    )
-    .await?;
-    let ddl = sim::running(&config, "ALTER TABLE orders ADD COLUMN note text").await?;
-    let api = sim::running(&config, "SELECT count(*) FROM orders").await?;
-    let admin = sb.admin("postgres").await?;
-    let began = std::time::Instant::now();
-    loop {
-        let waiting: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'chain' AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await?
-            .get(0);
-        if waiting == 2 {
-            break;
-        }
-        ensure!(
-            began.elapsed() < Duration::from_secs(10),
-            "{waiting} waiting"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (reader, ddl, mut api) = lock_chain(&servers[1], 1).await?;
+    let api = api.pop().ok_or_else(|| anyhow!("one reader"))?;
     let names: Vec<String> = servers
         .iter()
         .map(|sb| format!("{}:{}", sb.host(), sb.port()))
@@ -1149,6 +1116,60 @@ async fn the_health_header_over_two_targets_names_each(pg: Installation) -> Resu
     ensure!(screen.contains("hit "), "{screen}");
     tmux.keys(&["H"])?;
     screen_until(&tmux, 10, |s| !s.contains("health of 2")).await?;
-    tmux.keys(&["q"])?;
-    Ok(())
+    quits(&tmux).await
+}
+
+/// Issue 14, limit 1: a target whose login is refused at start (a wrong password,
+/// 28P01) does not stop `top` over several targets: it is named with
+/// `authentication failed`, the other's sessions show, and no other login is tried
+/// with that password (the server logs one failure, seconds of refreshes later).
+async fn a_target_refusing_the_login_at_start_is_shown_and_not_tried_again(
+    pg: Installation,
+) -> Result<()> {
+    let sb = Sandbox::start(&pg, &Options::default())?;
+    let victim = sim::idle(&sb.config("postgres", roles::PLAIN)).await?;
+    let failed = || -> Result<usize> {
+        Ok(std::fs::read_to_string(sb.log_file())?
+            .matches(&format!(
+                "password authentication failed for user \"{}\"",
+                roles::ADMIN
+            ))
+            .count())
+    };
+    let before = failed()?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("targets.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[target]]\nname = \"good\"\nconninfo = \"{}\"\n\n[[target]]\nname = \"wrong-password\"\nconninfo = \"host={} port={} user={} password=not-it dbname=postgres\"\n",
+            admin_conninfo(&sb),
+            sb.host(),
+            sb.port(),
+            roles::ADMIN
+        ),
+    )?;
+    let tmux = fleet_top(
+        &format!("refused-{}", pg.version.major),
+        &format!("--targets {}", file.display()),
+        "-i 200ms",
+    )?;
+    screen_until(&tmux, 20, |s| {
+        s.contains("wrong-password: authentication failed (restart top)")
+            && row(s, "good", victim.pid())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let screen = tmux.screen()?;
+    ensure!(
+        screen.contains("wrong-password: authentication failed (restart top)")
+            && !screen.contains("Password for user"),
+        "{screen}"
+    );
+    let logins = failed()? - before;
+    ensure!(
+        logins == 1,
+        "{logins} failed logins with the wrong password"
+    );
+    quits(&tmux).await
 }

@@ -674,11 +674,20 @@ mod tests {
     }
 
     async fn refreshes(connector: Connector, n: usize) -> Vec<Event> {
+        refreshes_after(connector, None, n).await
+    }
+
+    /// `n` refreshes of a task whose login before the screen was `refused` (or not).
+    async fn refreshes_after(
+        connector: Connector,
+        refused: Option<String>,
+        n: usize,
+    ) -> Vec<Event> {
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(database_task(
             connector,
-            None,
+            refused,
             Duration::from_secs(5),
             Filter::default(),
             Vec::new(),
@@ -740,6 +749,23 @@ mod tests {
                 assert!(text.contains("reconnecting"), "{text}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_login_refused_before_the_screen_is_never_tried_again() {
+        let (connector, calls) = failing(|| ConnectError::PasswordRequired {
+            user: "bob".into(),
+            target: "host=db".into(),
+            ignored: None,
+        });
+        let events = refreshes_after(connector, Some("target db: refused".into()), 4).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "no login tried");
+        assert!(
+            events
+                .iter()
+                .all(|e| matches!(e, Event::AuthFailed(t) if t == "target db: refused")),
+            "{events:?}"
+        );
     }
 
     #[tokio::test]

@@ -1004,7 +1004,8 @@ pub const HELP: &[&str] = &[
     "y copy the full query (in the list or the details) to the clipboard · Y its pid (OSC 52: the terminal must allow it)",
     "A every kind of backend too (autovacuum, marked [wraparound] when it runs to prevent wraparound; walsenders; parallel workers right under their leader, PostgreSQL 13+), listed only: top signals client sessions only. A command pg_stat_progress_* reports on (VACUUM, CREATE INDEX, CLUSTER, ANALYZE, BASE_BACKUP, COPY) shows its phase and how far it is, [VACUUM scanning heap 42%], before its query",
     "v wrap queries over several lines in the list (white space collapsed) · one line again",
-    "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys); with several --target it is off (the header sums connections per target instead) and the blocking tree (b) needs one server",
+    "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys); with several --target a line over all of them (rates summed; the worst cache hit, oldest xact, xmin age and standby lag, each with its server), then one line per server (as many as a sixth of the screen holds, then +N more)",
+    "with several --target: b builds each server's lock chains apart (a pid is a session of its own server) and ranks every root by how many it blocks; each root names its server, and k / c on a line go to that server only",
     "p pause · + / - refresh interval (at once; STALE in the header: data over two intervals old)",
     "--pgbouncer: connections holding no backend are rows of their own (pid -), after the backends; k ends an application where it is (its backend in session pooling, else KILL_CLIENT at the pooler, PgBouncer 1.24+), as `pgkill kill --pgbouncer` does",
 ];
