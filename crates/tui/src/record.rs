@@ -147,3 +147,60 @@ impl Recorder {
         self.line(on_line(target, &mut line))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(pid: i32) -> Session {
+        crate::app::tests::session(pid, "shop", "web", "idle", 5)
+    }
+
+    #[test]
+    fn with_several_targets_every_line_and_row_names_its_server() {
+        let path = std::env::temp_dir().join(format!("pgkill-record-{}.jsonl", std::process::id()));
+        let file = File::create(&path).unwrap();
+        let mut r = Recorder::new(file, "dba".into());
+        r.refresh(Some("db-b:5432"), &[session(7), session(8)])
+            .unwrap();
+        r.refresh(None, &[session(9)]).unwrap();
+        r.action(
+            Some("db-b:5432"),
+            Some("postgres"),
+            Signal::Terminate,
+            &[session(7)],
+            &Ok((
+                vec![Outcome {
+                    pid: 7,
+                    backend_start: None,
+                    database: None,
+                    user: None,
+                    application_name: None,
+                    outcome: pgkill_core::plan::OutcomeKind::Terminated,
+                    detail: "gone".into(),
+                }],
+                Vec::new(),
+            )),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["target"], "db-b:5432");
+        assert!(lines[0]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["target"] == "db-b:5432"));
+        // One server: as before, no target anywhere.
+        assert!(lines[1].get("target").is_none() && lines[1]["rows"][0].get("target").is_none());
+        assert_eq!(lines[2]["target"], "db-b:5432");
+        assert_eq!(lines[2]["role"], "postgres");
+        assert_eq!(lines[2]["sessions"][0]["target"], "db-b:5432");
+        assert_eq!(lines[2]["outcomes"][0]["target"], "db-b:5432");
+        assert_eq!(lines[2]["outcomes"][0]["outcome"], "terminated");
+    }
+}

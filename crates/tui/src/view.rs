@@ -1180,6 +1180,16 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
             }))
             .collect();
         Line::from(format!("last action: {}", parts.join(", ")))
+    } else if let Some((t, why)) = app.fleet.iter().find_map(|t| match &t.conn {
+        ConnState::Lost(e) | ConnState::AuthFailed(e) => Some((t, e)),
+        ConnState::Connected => None,
+    }) {
+        // With several targets, why the first that does not answer does not (the
+        // header names each).
+        Line::from(Span::styled(
+            format!("{}: {}", line(&t.name), line(why)),
+            style(app, Color::Red),
+        ))
     } else {
         Line::from("")
     };
