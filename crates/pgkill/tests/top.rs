@@ -108,6 +108,31 @@ async fn lock_chain(
     }
 }
 
+/// The root of a lock chain was terminated (57P01) and every one of its `waiters`'
+/// statements then completed.
+async fn root_ended_and_chain_proceeded(
+    root: &sim::Session,
+    waiters: &[&sim::Session],
+) -> Result<()> {
+    ensure!(
+        root.wait_ended(Duration::from_secs(10))
+            .await
+            .and_then(|e| e.sqlstate)
+            .as_deref()
+            == Some("57P01"),
+        "the root was not terminated"
+    );
+    for s in waiters {
+        let done = s.wait_statement(Duration::from_secs(10)).await;
+        ensure!(
+            matches!(done, sim::Statement::Completed),
+            "{} did not proceed: {done:?}",
+            s.pid()
+        );
+    }
+    Ok(())
+}
+
 /// Issue 15, defect 1: a reader idle in transaction, an `ALTER TABLE` queued behind it
 /// and three readers queued behind the DDL: `b` shows all three levels (the readers
 /// under the DDL, drawn `├─`/`└─`, with the lock mode and the table), the root counts
@@ -166,23 +191,8 @@ async fn the_whole_lock_chain_shows_and_proceeds_when_its_root_is_terminated(
     tmux.keys(&["k"])?;
     tmux.wait_for("Terminate 1 session(s)?").await?;
     tmux.keys(&["y"])?;
-    ensure!(
-        reader
-            .wait_ended(Duration::from_secs(10))
-            .await
-            .and_then(|e| e.sqlstate)
-            .as_deref()
-            == Some("57P01"),
-        "the root was not terminated"
-    );
-    for s in std::iter::once(&ddl).chain(&api) {
-        let done = s.wait_statement(Duration::from_secs(10)).await;
-        ensure!(
-            matches!(done, sim::Statement::Completed),
-            "{} did not proceed: {done:?}",
-            s.pid()
-        );
-    }
+    let waiters: Vec<&sim::Session> = std::iter::once(&ddl).chain(&api).collect();
+    root_ended_and_chain_proceeded(&reader, &waiters).await?;
     tmux.wait_for(&format!("last action: {} terminated", reader.pid()))
         .await?;
     tmux.keys(&["b"])?;
@@ -1023,23 +1033,7 @@ async fn the_blocking_tree_over_two_targets_terminates_the_root_on_its_server(
         "the confirmation does not name the server and session:\n{dialog}"
     );
     tmux.keys(&["y"])?;
-    ensure!(
-        reader
-            .wait_ended(Duration::from_secs(10))
-            .await
-            .and_then(|e| e.sqlstate)
-            .as_deref()
-            == Some("57P01"),
-        "the root was not terminated"
-    );
-    for s in [&ddl, &api] {
-        let done = s.wait_statement(Duration::from_secs(10)).await;
-        ensure!(
-            matches!(done, sim::Statement::Completed),
-            "{} did not proceed: {done:?}",
-            s.pid()
-        );
-    }
+    root_ended_and_chain_proceeded(&reader, &[&ddl, &api]).await?;
     ensure!(calm.is_connected(), "the other server's session was hit");
     tmux.wait_for(&format!(
         "last action: {} {} terminated",
