@@ -136,6 +136,24 @@ pub async fn connect_with(
     conninfo: Option<&str>,
     prompt: &dyn connect::PasswordPrompt,
 ) -> anyhow::Result<Connected> {
+    let settings = resolved(args, conninfo)?;
+    let requested = settings.clone();
+    let (client, _task, settings) = connect::connect_reusable(&settings, prompt).await?;
+    let server = server_name(&settings);
+    Ok(Connected {
+        client,
+        settings,
+        requested,
+        poolers: args.poolers(),
+        server,
+    })
+}
+
+/// The settings the arguments, the `PG*` environment and service files give, before
+/// connecting (`--statement-timeout` included): what [`connect_with`] connects with, and
+/// what `top` over several targets retries a target with that it could not reach at
+/// start.
+pub fn resolved(args: &ConnArgs, conninfo: Option<&str>) -> anyhow::Result<Settings> {
     let mut settings = connect::resolve(&connect_args(args, conninfo), &SystemEnv)?;
     // `--statement-timeout` as a startup option: in force from the first statement, on
     // every connection made with these settings (reconnects, other databases), at no
@@ -148,16 +166,7 @@ pub async fn connect_with(
         Some(o) if !o.trim().is_empty() => format!("{o} {limit}"),
         _ => limit,
     });
-    let requested = settings.clone();
-    let (client, _task, settings) = connect::connect_reusable(&settings, prompt).await?;
-    let server = server_name(&settings);
-    Ok(Connected {
-        client,
-        settings,
-        requested,
-        poolers: args.poolers(),
-        server,
-    })
+    Ok(settings)
 }
 
 /// Connects again with the settings a [`connect`] settled, never asking anything: for

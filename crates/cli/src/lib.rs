@@ -356,6 +356,7 @@ async fn top(
         vec![pgkill_tui::Target {
             name: target,
             connect: connector,
+            at_start: pgkill_tui::ConnState::Connected,
         }],
         args.filters.to_filter(false),
         args.interval,
@@ -392,19 +393,18 @@ async fn usable_poolers(conninfos: &[String]) -> anyhow::Result<Vec<pgkill_pg::p
 
 /// `pgkill --target A --target B … top`: one live table over every target. Each target
 /// is connected to once first, before the full screen and never asking for a password
-/// (several prompts would mix): one that cannot be reached or logged in to is a plain
-/// error naming it. Afterwards each reconnects on its own, and one that goes away is
-/// shown disconnected while the others keep refreshing.
+/// (several prompts would mix). With several, one that cannot be reached is shown
+/// disconnected and retried with backoff (its rows appear when it answers), one that
+/// refuses the login is shown with that error and not tried again; only when every
+/// target fails (or the one given does) is it a plain error naming each. Afterwards
+/// each reconnects on its own, and one that goes away is shown disconnected while the
+/// others keep refreshing.
 async fn top_fleet(
     conn_args: &args::ConnArgs,
     targets: &[fleet::Target],
     args: &TopArgs,
 ) -> anyhow::Result<Outcome> {
-    if targets.len() > 1 && args.record.is_some() {
-        anyhow::bail!(UsageError(
-            "top --record works on one server so far: run it without --target/--targets, or with one".into()
-        ));
-    }
+    use pgkill_tui::ConnState;
     // The live table joins one set of poolers to its rows: over several servers it cannot
     // tell which server a pooler is in front of yet.
     if let Some(t) = targets.iter().find(|t| !t.pgbouncer.is_empty()) {
@@ -420,15 +420,34 @@ async fn top_fleet(
         _ => Vec::new(),
     };
     let record = open_record(args)?;
-    let connected = futures_util::future::join_all(targets.iter().map(|t| async move {
-        conn::connect_with(conn_args, Some(&t.conninfo), &pgkill_pg::connect::NoPrompt)
-            .await
-            .map_err(|e| e.context(format!("target {}", t.name)))
+    // A connection string that cannot be understood is bad input, whatever the others.
+    let mut requested = Vec::new();
+    for t in targets {
+        requested.push(
+            conn::resolved(conn_args, Some(&t.conninfo))
+                .map_err(|e| e.context(format!("target {}", t.name)))?,
+        );
+    }
+    let connected = futures_util::future::join_all(requested.iter().map(|settings| async move {
+        pgkill_pg::connect::connect_reusable(settings, &pgkill_pg::connect::NoPrompt).await
     }))
     .await;
     let mut shown = Vec::new();
-    for (t, c) in targets.iter().zip(connected) {
-        let settings = c?.settings;
+    let mut failures = Vec::new();
+    for ((t, requested), c) in targets.iter().zip(requested).zip(connected) {
+        let (settings, at_start) = match c {
+            Ok((_client, _task, settled)) => (settled, ConnState::Connected),
+            Err(e) => {
+                let text = format!("target {}: {e}", t.name);
+                failures.push(text.clone());
+                let state = if login_refused(&e) {
+                    ConnState::AuthFailed(text)
+                } else {
+                    ConnState::Lost(text)
+                };
+                (requested, state)
+            }
+        };
         let connect: pgkill_tui::Connector = Box::new(move || {
             let settings = settings.clone();
             Box::pin(async move { conn::reconnect(&settings).await })
@@ -436,6 +455,14 @@ async fn top_fleet(
         shown.push(pgkill_tui::Target {
             name: t.name.clone(),
             connect,
+            at_start,
+        });
+    }
+    if failures.len() == targets.len() {
+        anyhow::bail!(if failures.len() == 1 {
+            failures.remove(0)
+        } else {
+            format!("no target could be connected to: {}", failures.join("; "))
         });
     }
     pgkill_tui::run(
@@ -451,6 +478,14 @@ async fn top_fleet(
     )
     .await?;
     Ok(Outcome::Ok)
+}
+
+/// Whether connecting failed because the server refused the login (a wrong or missing
+/// password, SQLSTATE 28P01; pg_hba.conf or NOLOGIN, 28000): trying again with the same
+/// settings cannot help.
+fn login_refused(e: &pgkill_pg::connect::ConnectError) -> bool {
+    e.is_authentication_failure()
+        || matches!(e, pgkill_pg::connect::ConnectError::AuthRejected { .. })
 }
 
 /// Arguments of `pgkill watch`.

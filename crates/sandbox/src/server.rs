@@ -73,6 +73,9 @@ pub struct Options {
     /// Where the sandbox's directories go (and which directory its start sweeps);
     /// `None`: `$PGKILL_SANDBOX_DIR`, else `/dev/shm`, else the temp directory.
     pub sandbox_dir: Option<PathBuf>,
+    /// The loopback port to listen on; `None`: a free one. A given port is tried once
+    /// (for a test that names a server's address before starting it).
+    pub port: Option<u16>,
 }
 
 impl Default for Options {
@@ -84,6 +87,7 @@ impl Default for Options {
             settings: Vec::new(),
             data_files: Vec::new(),
             sandbox_dir: None,
+            port: None,
         }
     }
 }
@@ -108,6 +112,11 @@ impl Options {
     /// Puts the sandbox's directories in `dir` instead of the default sandbox root.
     pub fn sandbox_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.sandbox_dir = Some(dir.into());
+        self
+    }
+    /// Listens on `port` (tried once) instead of a free port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
     /// Adds a server setting.
@@ -764,8 +773,16 @@ fn launch_on_a_free_port(
     options: &Options,
 ) -> Result<Started> {
     let mut last_error = None;
-    for _ in 0..PORT_ATTEMPTS {
-        let port = free_port()?;
+    let attempts = if options.port.is_some() {
+        1
+    } else {
+        PORT_ATTEMPTS
+    };
+    for _ in 0..attempts {
+        let port = match options.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let began = Instant::now();
         let record = client_dir.path().join(SERVER_PID_FILE);
         match launch(

@@ -121,6 +121,23 @@ pub struct TargetState {
     /// Its last refresh (`None` before the first and while it is disconnected: its rows
     /// are gone from the table then).
     pub snapshot: Option<Snapshot>,
+    /// Its last health reading (when the health header is shown).
+    pub health: Option<Health>,
+    /// Its rates between its last two health readings.
+    pub rates: Option<Rates>,
+}
+
+impl TargetState {
+    /// A server called `name`, in state `conn`, not refreshed yet.
+    pub fn new(name: String, conn: ConnState) -> TargetState {
+        TargetState {
+            name,
+            conn,
+            snapshot: None,
+            health: None,
+            rates: None,
+        }
+    }
 }
 
 /// What identifies a row across refreshes: a backend by its server (the index into
@@ -341,6 +358,8 @@ pub type SortKey = Column;
 /// One line of the blocking tree: a session, how deep it is, and how it is drawn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeLine {
+    /// The session's server (index into [`App::fleet`]; 0 with one server).
+    pub target: usize,
     /// The session.
     pub pid: i32,
     /// 0 for a root.
@@ -539,7 +558,7 @@ impl App {
 
     /// The columns the table shows at the current width.
     pub fn columns(&self) -> Vec<Column> {
-        crate::columns::layout(self.size.0, &self.hidden, self.several_targets())
+        crate::columns::layout(self.size.0, &self.hidden, self.longest_target_name())
             .into_iter()
             .map(|(c, _)| c)
             .collect()
@@ -553,13 +572,48 @@ impl App {
 
     /// The lines inside the body's border (what the header, graph and status leave).
     pub fn body_height(&self) -> usize {
-        let (width, height) = self.size;
-        let (header, graph) = (
-            header_height(self.show_health && self.health.is_some(), width)
-                + u16::from(self.doctor().is_some()),
-            graph_height(height),
-        );
+        let (_, height) = self.size;
+        let (header, graph) = (self.header_lines(), graph_height(height));
         usize::from(height.saturating_sub(header + graph + 3 + 2)).max(1)
+    }
+
+    /// How many lines the header takes: two, the privilege doctor's, and the health
+    /// header's (with one server two or three; with several a line of the figures over
+    /// all of them, then one line per server, capped, see [`App::fleet_health_shown`]).
+    pub fn header_lines(&self) -> u16 {
+        let (width, _) = self.size;
+        let doctor = u16::from(self.doctor().is_some());
+        if self.several_targets() {
+            let (shown, more) = self.fleet_health_shown();
+            let health = if self.show_health && !shown.is_empty() {
+                1 + shown.len() + usize::from(more > 0)
+            } else {
+                0
+            };
+            return 2 + doctor + u16::try_from(health).unwrap_or(u16::MAX);
+        }
+        header_height(self.show_health && self.health.is_some(), width) + doctor
+    }
+
+    /// With several targets, the servers whose health line the header shows (indexes
+    /// into `fleet`, in the command line's order: those with a reading) and how many
+    /// more have one but no room: at most a sixth of the screen's lines go to them
+    /// (at least one), the last of those then saying `+N more`.
+    pub fn fleet_health_shown(&self) -> (Vec<usize>, usize) {
+        let with: Vec<usize> = self
+            .fleet
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.health.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        let room = usize::from(self.size.1 / 6).max(1);
+        if with.len() <= room {
+            return (with, 0);
+        }
+        let shown = room.saturating_sub(1);
+        let more = with.len() - shown;
+        (with.into_iter().take(shown).collect(), more)
     }
 
     /// How many table rows fit on a page.
@@ -608,6 +662,18 @@ impl App {
         self.fleet.len() > 1
     }
 
+    /// With several targets, the longest target name as the screen shows it (escaped),
+    /// in characters: the target column's width follows it. `None` with one server.
+    pub fn longest_target_name(&self) -> Option<usize> {
+        self.several_targets().then(|| {
+            self.fleet
+                .iter()
+                .map(|t| pgkill_core::printable(&t.name).chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+    }
+
     /// The name of server `target` (index into `fleet`; with one server, `target`).
     pub fn target_name(&self, target: usize) -> &str {
         match self.fleet.get(target) {
@@ -633,7 +699,7 @@ impl App {
     }
 
     /// Who pgkill is connected to server `target` as.
-    fn caller_of(&self, target: usize) -> Option<&Caller> {
+    pub fn caller_of(&self, target: usize) -> Option<&Caller> {
         match self.fleet.get(target) {
             Some(t) => t.snapshot.as_ref().map(|s| &s.caller),
             None => self.caller.as_ref(),
@@ -947,26 +1013,36 @@ impl App {
         }
     }
 
-    /// Sessions that block others but wait for nobody shown here: the roots of the
-    /// blocking tree, those blocking the most sessions (down the whole chain) first.
-    pub fn blocking_roots(&self) -> Vec<&Session> {
-        let listed = |pid: &i32| self.session(0, *pid).is_some();
-        let mut roots: Vec<(usize, &Session)> = self
-            .sessions
+    /// The sessions with their servers (index into `fleet`; 0 with one server).
+    fn with_origins(&self) -> impl Iterator<Item = (usize, &Session)> {
+        self.sessions
             .iter()
-            .filter(|s| s.blocking > 0 && !s.blocked_by.iter().any(listed))
-            .map(|s| (self.blocked_behind(s.pid), s))
-            .collect();
-        roots.sort_by_key(|(n, s)| (std::cmp::Reverse(*n), s.pid));
-        roots.into_iter().map(|(_, s)| s).collect()
+            .enumerate()
+            .map(|(i, s)| (self.origins.get(i).copied().unwrap_or(0), s))
     }
 
-    /// How many sessions wait for `pid`, directly or behind another waiter.
-    pub fn blocked_behind(&self, pid: i32) -> usize {
+    /// Sessions that block others but wait for nobody shown here: the roots of the
+    /// blocking tree, each with its server, those blocking the most sessions (down the
+    /// whole chain) first, over every server. Lock chains never cross servers: a pid
+    /// names a session of its own server only.
+    pub fn blocking_roots(&self) -> Vec<(usize, &Session)> {
+        let listed = |target: usize, pid: &i32| self.session(target, *pid).is_some();
+        let mut roots: Vec<(usize, usize, &Session)> = self
+            .with_origins()
+            .filter(|(t, s)| s.blocking > 0 && !s.blocked_by.iter().any(|p| listed(*t, p)))
+            .map(|(t, s)| (self.blocked_behind(t, s.pid), t, s))
+            .collect();
+        roots.sort_by_key(|(n, t, s)| (std::cmp::Reverse(*n), *t, s.pid));
+        roots.into_iter().map(|(_, t, s)| (t, s)).collect()
+    }
+
+    /// How many sessions of server `target` wait for `pid`, directly or behind another
+    /// waiter.
+    pub fn blocked_behind(&self, target: usize, pid: i32) -> usize {
         let mut seen = BTreeSet::from([pid]);
         let mut todo = vec![pid];
         while let Some(p) = todo.pop() {
-            for w in self.waiting_for(p) {
+            for w in self.waiting_for(target, p) {
                 if seen.insert(w.pid) {
                     todo.push(w.pid);
                 }
@@ -978,16 +1054,25 @@ impl App {
     /// The blocking tree, line by line: each root, then the sessions waiting for it and
     /// those waiting for them, at every level. A session waiting for several stands
     /// under each of them (and says so); a cycle (a deadlock about to be detected) is
-    /// cut where it comes round.
+    /// cut where it comes round. With several targets each server's chains are built
+    /// apart (by server and pid) and the roots of all of them ranked together.
     pub fn blocking_tree(&self) -> Vec<TreeLine> {
-        fn walk(app: &App, pid: i32, prefix: &str, path: &mut Vec<i32>, out: &mut Vec<TreeLine>) {
-            let children = app.waiting_for(pid);
+        fn walk(
+            app: &App,
+            target: usize,
+            pid: i32,
+            prefix: &str,
+            path: &mut Vec<i32>,
+            out: &mut Vec<TreeLine>,
+        ) {
+            let children = app.waiting_for(target, pid);
             for (i, w) in children.iter().enumerate() {
                 if path.contains(&w.pid) {
                     continue;
                 }
                 let last = i + 1 == children.len();
                 out.push(TreeLine {
+                    target,
                     pid: w.pid,
                     depth: path.len(),
                     prefix: format!("{prefix}{}", if last { "└─ " } else { "├─ " }),
@@ -996,27 +1081,30 @@ impl App {
                 });
                 path.push(w.pid);
                 let deeper = format!("{prefix}{}", if last { "   " } else { "│  " });
-                walk(app, w.pid, &deeper, path, out);
+                walk(app, target, w.pid, &deeper, path, out);
                 path.pop();
             }
         }
         let mut out = Vec::new();
-        let mut roots: Vec<i32> = self.blocking_roots().iter().map(|s| s.pid).collect();
-        // Sessions waiting in a circle have no root: the first of them stands for one.
-        let mut circles: Vec<i32> = self
-            .sessions
+        let mut roots: Vec<(usize, i32)> = self
+            .blocking_roots()
             .iter()
-            .filter(|s| !s.blocked_by.is_empty() && !self.waiting_for(s.pid).is_empty())
-            .map(|s| s.pid)
+            .map(|(t, s)| (*t, s.pid))
+            .collect();
+        // Sessions waiting in a circle have no root: the first of them stands for one.
+        let mut circles: Vec<(usize, i32)> = self
+            .with_origins()
+            .filter(|(t, s)| !s.blocked_by.is_empty() && !self.waiting_for(*t, s.pid).is_empty())
+            .map(|(t, s)| (t, s.pid))
             .collect();
         circles.sort_unstable();
         let mut i = 0;
         loop {
-            let root = if let Some(r) = roots.get(i) {
+            let (target, root) = if let Some(r) = roots.get(i) {
                 *r
             } else if let Some(c) = circles
                 .iter()
-                .find(|c| !out.iter().any(|l: &TreeLine| l.pid == **c))
+                .find(|(t, c)| !out.iter().any(|l: &TreeLine| l.target == *t && l.pid == *c))
             {
                 roots.push(*c);
                 *c
@@ -1024,31 +1112,32 @@ impl App {
                 break;
             };
             i += 1;
-            let total = self.blocked_behind(root);
+            let total = self.blocked_behind(target, root);
             if total == 0 {
                 continue;
             }
             out.push(TreeLine {
+                target,
                 pid: root,
                 depth: 0,
                 prefix: String::new(),
                 also_waits_for: self
-                    .session(0, root)
+                    .session(target, root)
                     .map(|s| s.blocked_by.clone())
                     .unwrap_or_default(),
                 total,
             });
             let mut path = vec![root];
-            walk(self, root, "", &mut path, &mut out);
+            walk(self, target, root, "", &mut path, &mut out);
         }
         out
     }
 
-    /// Sessions waiting for `pid`.
-    pub fn waiting_for(&self, pid: i32) -> Vec<&Session> {
-        self.sessions
-            .iter()
-            .filter(|s| s.blocked_by.contains(&pid))
+    /// Sessions of server `target` waiting for `pid`.
+    pub fn waiting_for(&self, target: usize, pid: i32) -> Vec<&Session> {
+        self.with_origins()
+            .filter(|(t, s)| *t == target && s.blocked_by.contains(&pid))
+            .map(|(_, s)| s)
             .collect()
     }
 
@@ -1253,17 +1342,28 @@ fn from_target(app: &mut App, target: usize, event: Event) -> Vec<Effect> {
         return vec![];
     };
     match event {
-        Event::Snapshot(Ok(snapshot)) => {
+        Event::Snapshot(Ok(mut snapshot)) => {
             t.conn = ConnState::Connected;
+            // Each server's rates come from its own two readings.
+            if let Some(now) = snapshot.health.take() {
+                if let Some(before) = &t.health {
+                    t.rates = Rates::between(before, &now).or(t.rates);
+                }
+                t.health = Some(*now);
+            }
             t.snapshot = Some(snapshot);
         }
         Event::Snapshot(Err(e)) => {
             t.conn = ConnState::Lost(e);
             t.snapshot = None;
+            t.health = None;
+            t.rates = None;
         }
         Event::AuthFailed(e) => {
             t.conn = ConnState::AuthFailed(e);
             t.snapshot = None;
+            t.health = None;
+            t.rates = None;
         }
         Event::Outcomes(result) => {
             match result {
@@ -1529,7 +1629,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                             } else {
                                 Signal::Cancel
                             },
-                            rows: vec![RowKey::Backend(0, line.pid)],
+                            rows: vec![RowKey::Backend(line.target, line.pid)],
                             include_superusers: false,
                         };
                     }
@@ -1537,7 +1637,7 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                 }
                 Key::Enter => {
                     if let Some(line) = tree.get(cursor) {
-                        app.mode = Mode::Detail(RowKey::Backend(0, line.pid));
+                        app.mode = Mode::Detail(RowKey::Backend(line.target, line.pid));
                         app.detail_scroll = 0;
                     }
                     return vec![];
@@ -1649,12 +1749,6 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
                 app.detail_scroll = 0;
             }
         }
-        // The tree follows pids, which only one server's are unique among.
-        Key::Char('b') if app.several_targets() => {
-            app.note = Some(
-                "the blocking tree shows one server: filter the table with blocking or waiting, or run top on that target alone".into(),
-            );
-        }
         Key::Char('b') => app.mode = Mode::Blocking { cursor: 0 },
         Key::Char('p') => {
             app.paused = !app.paused;
@@ -1694,6 +1788,10 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
                 // Rates need two readings from now on.
                 app.health = None;
                 app.rates = None;
+                for t in &mut app.fleet {
+                    t.health = None;
+                    t.rates = None;
+                }
                 return vec![Effect::Refresh];
             }
         }
@@ -2075,7 +2173,7 @@ pub(crate) mod tests {
         assert_eq!(
             app.blocking_roots()
                 .iter()
-                .map(|s| s.pid)
+                .map(|(_, s)| s.pid)
                 .collect::<Vec<_>>(),
             vec![101]
         );
@@ -2826,11 +2924,7 @@ pub(crate) mod tests {
         let mut app = App::new(Duration::from_secs(1));
         app.fleet = names
             .iter()
-            .map(|n| TargetState {
-                name: (*n).into(),
-                conn: ConnState::Connected,
-                snapshot: None,
-            })
+            .map(|n| TargetState::new((*n).into(), ConnState::Connected))
             .collect();
         app
     }
@@ -3049,15 +3143,173 @@ pub(crate) mod tests {
         assert!(app.session(0, 101).is_some());
     }
 
+    /// Lock chains on two servers whose pids collide: on db-a 100 holds what 200
+    /// waits for; on db-b 300 holds what 200 waits for, and 400 waits for that 200
+    /// (db-b's 100 blocks nobody).
+    pub(crate) fn two_chains() -> App {
+        let mut app = fleet_of(&["db-a:5432", "db-b:5432"]);
+        let waiter = |pid: i32, on: i32| {
+            let mut s = session(pid, "shop", "web", "active", 20);
+            s.blocked_by = vec![on];
+            s.wait_event_type = Some("Lock".into());
+            s.wait_event = Some("relation".into());
+            s
+        };
+        let holder = |pid: i32, blocking: i32| {
+            let mut s = session(pid, "shop", "migrations", "idle in transaction", 600);
+            s.blocking = blocking;
+            s
+        };
+        let mut a = sample();
+        a.sessions = vec![holder(100, 1), waiter(200, 100)];
+        a.locks = Vec::new();
+        let mut b = sample();
+        let mut b200 = waiter(200, 300);
+        b200.blocking = 1;
+        b.sessions = vec![
+            session(100, "shop", "web", "idle", 5),
+            holder(300, 2),
+            b200,
+            waiter(400, 200),
+        ];
+        b.locks = Vec::new();
+        for (i, snap) in [a, b].into_iter().enumerate() {
+            update(&mut app, from(i, Event::Snapshot(Ok(snap))));
+        }
+        app
+    }
+
     #[test]
-    fn the_blocking_tree_stays_with_one_server() {
-        let mut app = fleet();
+    fn the_blocking_tree_over_targets_keys_by_server_and_pid() {
+        let mut app = two_chains();
         keys_for_tests(&mut app, "b");
-        assert_eq!(app.mode, Mode::Normal);
-        assert!(app
-            .note
-            .as_deref()
-            .is_some_and(|n| n.contains("one server")));
+        assert_eq!(app.mode, Mode::Blocking { cursor: 0 });
+        let tree: Vec<(usize, i32, usize, usize)> = app
+            .blocking_tree()
+            .iter()
+            .map(|l| (l.target, l.pid, l.depth, l.total))
+            .collect();
+        // db-b's root blocks two (across all, it comes first); db-a's 200 has no 400
+        // under it, though db-b's 200 has.
+        assert_eq!(
+            tree,
+            [
+                (1, 300, 0, 2),
+                (1, 200, 1, 0),
+                (1, 400, 2, 0),
+                (0, 100, 0, 1),
+                (0, 200, 1, 0)
+            ]
+        );
+        // Terminating a root goes to its server alone.
+        keys_for_tests(&mut app, "k");
+        assert_eq!(
+            app.mode,
+            Mode::Confirm {
+                signal: Signal::Terminate,
+                rows: vec![RowKey::Backend(1, 300)],
+                include_superusers: false,
+            }
+        );
+        let effects = keys_for_tests(&mut app, "y");
+        let [Effect::Signal {
+            target, targets, ..
+        }] = &effects[..]
+        else {
+            panic!("{effects:?}");
+        };
+        let got: Vec<i32> = targets.iter().map(|s| s.pid).collect();
+        assert_eq!((*target, got), (1, vec![300]));
+        // db-a's root, and its details are db-a's session.
+        keys_for_tests(&mut app, "b");
+        for _ in 0..3 {
+            update(&mut app, Event::Key(Key::Down));
+        }
+        update(&mut app, Event::Key(Key::Enter));
+        assert_eq!(app.mode, Mode::Detail(RowKey::Backend(0, 100)));
+        update(&mut app, Event::Key(Key::Esc));
+        keys_for_tests(&mut app, "b");
+        update(&mut app, Event::Key(Key::End));
+        keys_for_tests(&mut app, "c");
+        let effects = keys_for_tests(&mut app, "y");
+        assert!(
+            matches!(&effects[..], [Effect::Signal { target: 0, signal: Signal::Cancel, targets, .. }] if targets.len() == 1 && targets[0].pid == 200 && targets[0].blocked_by == [100]),
+            "{effects:?}"
+        );
+    }
+
+    /// Health readings of server `target` (cumulative counters at `secs`).
+    fn reading(secs: i64, commits: i64, hit: i64, read: i64, oldest: u64) -> Box<Health> {
+        Box::new(Health {
+            counters: Counters {
+                at: at(secs).unwrap(),
+                commits,
+                rollbacks: 0,
+                blks_hit: hit,
+                blks_read: read,
+                temp_files: 0,
+                temp_bytes: 0,
+                oldest_xact: Some(Duration::from_secs(oldest)),
+                autovacuum: 0,
+                autovacuum_max: 3,
+                standbys: Vec::new(),
+            },
+            xmin: None,
+        })
+    }
+
+    #[test]
+    fn each_target_has_its_health_and_rates_and_the_header_grows_with_them_up_to_a_cap() {
+        let mut app = fleet_of(&["db-a:5432", "db-b:5432", "db-c:5432"]);
+        update(
+            &mut app,
+            Event::Resize {
+                width: 120,
+                height: 40,
+            },
+        );
+        assert_eq!(app.header_lines(), 2, "no reading yet");
+        for (i, commits) in [(0, 100), (1, 1000)] {
+            let mut snap = sample();
+            snap.health = Some(reading(0, 0, 0, 0, 10));
+            update(&mut app, from(i, Event::Snapshot(Ok(snap.clone()))));
+            snap.health = Some(reading(2, commits, 90, 10, 20));
+            update(&mut app, from(i, Event::Snapshot(Ok(snap))));
+        }
+        let rates = |app: &App, i: usize| app.fleet[i].rates.map(|r| r.commits);
+        assert_eq!((rates(&app, 0), rates(&app, 1)), (Some(50.0), Some(500.0)));
+        assert!(app.fleet[2].health.is_none());
+        // A line over all, then one per server with a reading.
+        assert_eq!(app.fleet_health_shown(), (vec![0, 1], 0));
+        assert_eq!(app.header_lines(), 2 + 1 + 2);
+        // A server that goes away takes its reading with it.
+        update(&mut app, from(1, Event::Snapshot(Err("gone".into()))));
+        assert_eq!(app.fleet_health_shown(), (vec![0], 0));
+        // On 24 lines four lines go to the servers: three and `+N more`.
+        let mut many = fleet_of(&["a", "b", "c", "d", "e", "f"]);
+        update(
+            &mut many,
+            Event::Resize {
+                width: 80,
+                height: 24,
+            },
+        );
+        for i in 0..6 {
+            let mut snap = sample();
+            snap.health = Some(reading(0, 0, 0, 0, 10));
+            update(&mut many, from(i, Event::Snapshot(Ok(snap))));
+        }
+        assert_eq!(many.fleet_health_shown(), (vec![0, 1, 2], 3));
+        assert_eq!(many.header_lines(), 2 + 1 + 4);
+        // `H` hides it (the body gets the lines back), and on again it reads anew.
+        keys_for_tests(&mut many, "H");
+        assert_eq!(many.header_lines(), 2);
+        let effects = keys_for_tests(&mut many, "H");
+        assert_eq!(effects, [Effect::Refresh]);
+        assert!(many
+            .fleet
+            .iter()
+            .all(|t| t.health.is_none() && t.rates.is_none()));
     }
 
     #[test]

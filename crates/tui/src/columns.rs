@@ -114,9 +114,11 @@ impl Column {
 /// The columns shown at `width` terminal columns, in screen order, each with its width
 /// (the query's is what is left). One column of spacing separates them, and one column
 /// before the first is the selection mark. `hidden` columns are left out (their width
-/// goes to the query). With `several_targets` the target column comes first (unless
-/// hidden); with one server it is never shown.
-pub fn layout(width: u16, hidden: &[Column], several_targets: bool) -> Vec<(Column, u16)> {
+/// goes to the query). With several targets, `target` is the longest target name (in
+/// characters): the target column comes first (unless hidden), as wide as that name up
+/// to [`target_cap`] and never narrower than its header; with one server (`None`) it is
+/// never shown.
+pub fn layout(width: u16, hidden: &[Column], target: Option<usize>) -> Vec<(Column, u16)> {
     let w = usize::from(width);
     let (user, database, state) = match w {
         0..=99 => (9, 9, 10),
@@ -124,8 +126,9 @@ pub fn layout(width: u16, hidden: &[Column], several_targets: bool) -> Vec<(Colu
         _ => (14, 14, 20),
     };
     let mut shown = Vec::new();
-    if several_targets {
-        shown.push((Column::Target, if w >= 160 { 20 } else { 14 }));
+    if let Some(longest) = target {
+        let header = Column::Target.label().len();
+        shown.push((Column::Target, longest.clamp(header, target_cap(width))));
     }
     shown.extend([
         (Column::Pid, 7),
@@ -164,6 +167,12 @@ pub fn layout(width: u16, hidden: &[Column], several_targets: bool) -> Vec<(Colu
         .collect()
 }
 
+/// The widest the target column gets on a screen `width` wide: a fifth of it, between
+/// 14 and 32 columns (a longer name is cut with `…`; the details name it whole).
+pub fn target_cap(width: u16) -> usize {
+    (usize::from(width) / 5).clamp(14, 32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,7 +180,7 @@ mod tests {
     #[test]
     fn the_query_takes_what_is_left_and_headers_fit() {
         for width in [40u16, 60, 80, 100, 120, 160, 200, 300] {
-            let cols = layout(width, &[], false);
+            let cols = layout(width, &[], None);
             let names: Vec<Column> = cols.iter().map(|(c, _)| *c).collect();
             assert_eq!(
                 &names[..4],
@@ -185,15 +194,12 @@ mod tests {
             let total: u16 = 1 + cols.iter().map(|(_, w)| w + 1).sum::<u16>();
             assert!(total <= width.max(46), "{width}: {total}");
         }
-        let query = |w: u16| layout(w, &[], false).last().map(|(_, q)| *q).unwrap_or(0);
+        let query = |w: u16| layout(w, &[], None).last().map(|(_, q)| *q).unwrap_or(0);
         assert!(query(120) >= 36, "{}", query(120));
         assert!(query(80) >= 24);
-        assert!(layout(200, &[], false).len() > layout(120, &[], false).len());
-        assert!(layout(120, &[], false).len() > layout(80, &[], false).len());
-        let wide: Vec<Column> = layout(300, &[], false)
-            .into_iter()
-            .map(|(c, _)| c)
-            .collect();
+        assert!(layout(200, &[], None).len() > layout(120, &[], None).len());
+        assert!(layout(120, &[], None).len() > layout(80, &[], None).len());
+        let wide: Vec<Column> = layout(300, &[], None).into_iter().map(|(c, _)| c).collect();
         assert!(wide.contains(&Column::XminAge) && wide.contains(&Column::BackendType));
     }
 
@@ -202,7 +208,7 @@ mod tests {
         let hidden = Column::hidden_by("pid,user,blocked-by,query").unwrap();
         assert!(hidden.contains(&Column::Database) && hidden.contains(&Column::State));
         assert!(!hidden.contains(&Column::BlockedBy) && !hidden.contains(&Column::Pid));
-        let names: Vec<Column> = layout(200, &hidden, false)
+        let names: Vec<Column> = layout(200, &hidden, None)
             .into_iter()
             .map(|(c, _)| c)
             .collect();
@@ -218,6 +224,40 @@ mod tests {
         for bad in ["", ",", "pid,bogus", "blocked by"] {
             let e = Column::hidden_by(bad).unwrap_err();
             assert!(e.contains("pid") && e.contains("query"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_target_column_follows_the_longest_name_up_to_a_cap() {
+        let target = |width: u16, longest: usize| {
+            layout(width, &[], Some(longest))
+                .into_iter()
+                .find(|(c, _)| *c == Column::Target)
+                .map(|(_, w)| usize::from(w))
+        };
+        // Never narrower than its header, as wide as the longest name...
+        assert_eq!(target(120, 2), Some(6));
+        assert_eq!(target(120, 17), Some(17));
+        assert_eq!(target(80, 15), Some(15));
+        // ...up to a fifth of the screen (at least 14, at most 32).
+        assert_eq!(target(80, 40), Some(16));
+        assert_eq!(target(120, 40), Some(24));
+        assert_eq!(target(300, 40), Some(32));
+        assert_eq!(target(40, 40), Some(14));
+        // The other headers keep their room: every column at least as wide as its header.
+        for width in [80u16, 120, 200] {
+            for longest in [1, 14, 20, 40, 100] {
+                let cols = layout(width, &[], Some(longest));
+                assert_eq!(cols[0].0, Column::Target);
+                for (c, w) in &cols {
+                    assert!(
+                        usize::from(*w) >= c.label().len(),
+                        "{width} {longest}: {c:?}"
+                    );
+                }
+                let total: u16 = 1 + cols.iter().map(|(_, w)| w + 1).sum::<u16>();
+                assert!(total <= width, "{width} {longest}: {total}");
+            }
         }
     }
 }

@@ -60,6 +60,22 @@ fn row(now: DateTime<Utc>, s: &Session) -> Value {
     })
 }
 
+/// `value` (an object) with `"target": target` added, when there is a target.
+fn on(target: Option<&str>, mut value: Value) -> Value {
+    if let (Some(t), Some(map)) = (target, value.as_object_mut()) {
+        map.insert("target".into(), Value::from(t));
+    }
+    value
+}
+
+/// `line` with its `"target"` (see [`on`]), in place.
+fn on_line<'a>(target: Option<&str>, line: &'a mut Value) -> &'a Value {
+    if let (Some(t), Some(map)) = (target, line.as_object_mut()) {
+        map.insert("target".into(), Value::from(t));
+    }
+    line
+}
+
 impl Recorder {
     /// Records to `file` (already opened for appending) as `os_user`.
     pub fn new(file: File, os_user: String) -> Recorder {
@@ -73,20 +89,24 @@ impl Recorder {
         self.file.flush()
     }
 
-    /// One line for a refresh: every session read (before the view's filter).
-    pub fn refresh(&mut self, sessions: &[Session]) -> io::Result<()> {
+    /// One line for a refresh: every session read (before the view's filter). With
+    /// several targets, `target` names the server (the line's and each row's
+    /// `"target"`).
+    pub fn refresh(&mut self, target: Option<&str>, sessions: &[Session]) -> io::Result<()> {
         let now = Utc::now();
-        self.line(&json!({
+        let mut line = json!({
             "type": "refresh",
             "time": now,
-            "rows": sessions.iter().map(|s| row(now, s)).collect::<Vec<_>>(),
-        }))
+            "rows": sessions.iter().map(|s| on(target, row(now, s))).collect::<Vec<_>>(),
+        });
+        self.line(on_line(target, &mut line))
     }
 
     /// One line for an action: who (the OS user and the role), which sessions with their
     /// query, the signal, and each session's outcome (or the error).
     pub fn action(
         &mut self,
+        target: Option<&str>,
         role: Option<&str>,
         signal: Signal,
         targets: &[Session],
@@ -111,7 +131,7 @@ impl Recorder {
             ),
             Err(e) => (Vec::new(), Some(e.as_str())),
         };
-        self.line(&json!({
+        let mut line = json!({
             "type": "action",
             "time": now,
             "os_user": self.os_user,
@@ -120,9 +140,67 @@ impl Recorder {
                 Signal::Cancel => "cancel",
                 Signal::Terminate => "terminate",
             },
-            "sessions": targets.iter().map(|s| row(now, s)).collect::<Vec<_>>(),
-            "outcomes": outcomes,
+            "sessions": targets.iter().map(|s| on(target, row(now, s))).collect::<Vec<_>>(),
+            "outcomes": outcomes.into_iter().map(|o| on(target, o)).collect::<Vec<_>>(),
             "error": error,
-        }))
+        });
+        self.line(on_line(target, &mut line))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(pid: i32) -> Session {
+        crate::app::tests::session(pid, "shop", "web", "idle", 5)
+    }
+
+    #[test]
+    fn with_several_targets_every_line_and_row_names_its_server() {
+        let path = std::env::temp_dir().join(format!("pgkill-record-{}.jsonl", std::process::id()));
+        let file = File::create(&path).unwrap();
+        let mut r = Recorder::new(file, "dba".into());
+        r.refresh(Some("db-b:5432"), &[session(7), session(8)])
+            .unwrap();
+        r.refresh(None, &[session(9)]).unwrap();
+        r.action(
+            Some("db-b:5432"),
+            Some("postgres"),
+            Signal::Terminate,
+            &[session(7)],
+            &Ok((
+                vec![Outcome {
+                    pid: 7,
+                    backend_start: None,
+                    database: None,
+                    user: None,
+                    application_name: None,
+                    outcome: pgkill_core::plan::OutcomeKind::Terminated,
+                    detail: "gone".into(),
+                }],
+                Vec::new(),
+            )),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["target"], "db-b:5432");
+        assert!(lines[0]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["target"] == "db-b:5432"));
+        // One server: as before, no target anywhere.
+        assert!(lines[1].get("target").is_none() && lines[1]["rows"][0].get("target").is_none());
+        assert_eq!(lines[2]["target"], "db-b:5432");
+        assert_eq!(lines[2]["role"], "postgres");
+        assert_eq!(lines[2]["sessions"][0]["target"], "db-b:5432");
+        assert_eq!(lines[2]["outcomes"][0]["target"], "db-b:5432");
+        assert_eq!(lines[2]["outcomes"][0]["outcome"], "terminated");
     }
 }

@@ -20,7 +20,7 @@ use ratatui::crossterm::event::{
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::app::{update, App, Effect, Event, Health, Key, ServerInfo, Snapshot};
+use crate::app::{update, App, ConnState, Effect, Event, Health, Key, ServerInfo, Snapshot};
 use crate::record::Recorder;
 use crate::view::view;
 
@@ -39,6 +39,11 @@ pub struct Target {
     pub name: String,
     /// Opens a connection to it (again, to reconnect).
     pub connect: Connector,
+    /// How connecting to it before the screen went: [`ConnState::Connected`], or (with
+    /// several targets) [`ConnState::Lost`] for one that could not be reached (retried
+    /// with backoff, its rows appear when it answers) or [`ConnState::AuthFailed`] for
+    /// one that refused the login (shown as its error, never tried again).
+    pub at_start: ConnState,
 }
 
 impl std::fmt::Debug for Target {
@@ -74,8 +79,9 @@ enum Request {
 ///
 /// With several `targets` each one has a database task of its own (its connection,
 /// refreshes, reconnects and backoff), all refreshing at once; their results come to
-/// the loop as [`Event::From`], and each action goes to the task of its server. The
-/// health header, `--record` and `poolers` need one server.
+/// the loop as [`Event::From`], and each action goes to the task of its server; a
+/// target that could not be reached at start is retried as one that went away. With
+/// `--record` every line says its server. `poolers` need one server.
 pub async fn run(
     targets: Vec<Target>,
     filter: Filter,
@@ -92,8 +98,8 @@ pub async fn run(
     let several = targets.len() > 1;
     anyhow::ensure!(!targets.is_empty(), "pgkill top needs a server");
     anyhow::ensure!(
-        !several || (poolers.is_empty() && options.record.is_none()),
-        "pgkill top with several targets takes neither --pgbouncer nor --record yet"
+        !several || poolers.is_empty(),
+        "pgkill top with several targets takes no --pgbouncer yet"
     );
     let mut app = App::new(interval);
     app.hidden = options.hidden_columns;
@@ -101,11 +107,7 @@ pub async fn run(
     if several {
         app.fleet = targets
             .iter()
-            .map(|t| crate::app::TargetState {
-                name: t.name.clone(),
-                conn: crate::app::ConnState::Connected,
-                snapshot: None,
-            })
+            .map(|t| crate::app::TargetState::new(t.name.clone(), t.at_start.clone()))
             .collect();
     } else {
         app.target = targets.first().map(|t| t.name.clone());
@@ -119,8 +121,13 @@ pub async fn run(
     for (i, t) in targets.into_iter().enumerate() {
         let (req_tx, req_rx) = mpsc::unbounded_channel::<Request>();
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let refused = match t.at_start {
+            ConnState::AuthFailed(e) => Some(e),
+            _ => None,
+        };
         tasks.push(tokio::spawn(database_task(
             t.connect,
+            refused,
             statement_timeout,
             filter.clone(),
             poolers.take().unwrap_or_default(),
@@ -146,9 +153,8 @@ pub async fn run(
         }));
         req_txs.push(req_tx);
     }
-    // The health header reads one server's views.
     let refresh = |app: &App| Request::Refresh {
-        health: app.show_health && !several,
+        health: app.show_health,
         all_kinds: app.all_kinds,
     };
 
@@ -215,8 +221,10 @@ pub async fn run(
         let mut last_data = tokio::time::Instant::now();
         // Redraw at least this often, so that "stale" shows while nothing else happens.
         let redraw = Duration::from_millis(500);
-        // The action sent and not yet answered, for `--record` (one at a time).
-        let mut pending: Option<(Signal, Vec<Session>)> = None;
+        // The action sent to each server and not yet answered, for `--record` (one at a
+        // time per server).
+        let mut pending: Vec<Option<(Signal, Vec<Session>)>> =
+            (0..req_txs.len()).map(|_| None).collect();
         loop {
             app.data_age = Some(last_data.elapsed());
             terminal.draw(|f| view(&app, f))?;
@@ -289,8 +297,8 @@ pub async fn run(
                         filter,
                         include_superusers,
                     } => {
-                        if record.is_some() {
-                            pending = Some((signal, targets.clone()));
+                        if let (true, Some(p)) = (record.is_some(), pending.get_mut(target)) {
+                            *p = Some((signal, targets.clone()));
                         }
                         if let Some(tx) = req_txs.get(target) {
                             let _ = tx.send(Request::Signal(
@@ -315,19 +323,25 @@ pub async fn run(
 }
 
 /// Appends what `ev` brings to the record: a refresh's rows, or the outcome of the
-/// action sent.
+/// action sent (with several targets, each line names the server it is about).
 fn write_record(
     record: &mut Recorder,
     app: &App,
-    pending: &mut Option<(Signal, Vec<Session>)>,
+    pending: &mut [Option<(Signal, Vec<Session>)>],
     ev: &Event,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    let (target, ev) = match ev {
+        Event::From { target, event } => (*target, &**event),
+        ev => (0, ev),
+    };
+    let name = app.several_targets().then(|| app.target_name(target));
     match ev {
-        Event::Snapshot(Ok(snap)) => record.refresh(&snap.sessions),
-        Event::Outcomes(result) => match pending.take() {
+        Event::Snapshot(Ok(snap)) => record.refresh(name, &snap.sessions),
+        Event::Outcomes(result) => match pending.get_mut(target).and_then(Option::take) {
             Some((signal, targets)) => record.action(
-                app.caller.as_ref().map(|c| c.user.as_str()),
+                name,
+                app.caller_of(target).map(|c| c.user.as_str()),
                 signal,
                 &targets,
                 result,
@@ -341,6 +355,7 @@ fn write_record(
 
 async fn database_task(
     connect: Connector,
+    refused: Option<String>,
     statement_timeout: Duration,
     filter: Filter,
     poolers: Vec<Pooler>,
@@ -359,7 +374,8 @@ async fn database_task(
     let mut retry_at = tokio::time::Instant::now();
     // Once logging in again fails, it stays failed: the same password will not start
     // working, and asking for another on this screen would fight the key reader.
-    let mut auth_failed: Option<String> = None;
+    // (Also when the login before the screen was refused.)
+    let mut auth_failed: Option<String> = refused;
     // The xmin horizon's holders, read at most every HORIZON_EVERY (the costliest of the
     // health header's statements, and the horizon moves slowly).
     let mut horizon: Option<(tokio::time::Instant, XminHorizon)> = None;
@@ -663,10 +679,20 @@ mod tests {
     }
 
     async fn refreshes(connector: Connector, n: usize) -> Vec<Event> {
+        refreshes_after(connector, None, n).await
+    }
+
+    /// `n` refreshes of a task whose login before the screen was `refused` (or not).
+    async fn refreshes_after(
+        connector: Connector,
+        refused: Option<String>,
+        n: usize,
+    ) -> Vec<Event> {
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(database_task(
             connector,
+            refused,
             Duration::from_secs(5),
             Filter::default(),
             Vec::new(),
@@ -728,6 +754,23 @@ mod tests {
                 assert!(text.contains("reconnecting"), "{text}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_login_refused_before_the_screen_is_never_tried_again() {
+        let (connector, calls) = failing(|| ConnectError::PasswordRequired {
+            user: "bob".into(),
+            target: "host=db".into(),
+            ignored: None,
+        });
+        let events = refreshes_after(connector, Some("target db: refused".into()), 4).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "no login tried");
+        assert!(
+            events
+                .iter()
+                .all(|e| matches!(e, Event::AuthFailed(t) if t == "target db: refused")),
+            "{events:?}"
+        );
     }
 
     #[tokio::test]

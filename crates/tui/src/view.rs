@@ -40,14 +40,22 @@ fn line(s: &str) -> String {
     pgkill_core::printable(&s.replace(['\r', '\n', '\t'], " ")).into_owned()
 }
 
+/// `text` in at most `width` characters: a longer one is cut and ends with `…`.
+fn cut(text: &str, width: u16) -> String {
+    let width = usize::from(width);
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// Draws the whole screen.
 pub fn view(app: &App, frame: &mut Frame) {
     let area = frame.area();
     let [header, graph, body, status] = Layout::vertical([
-        Constraint::Length(
-            crate::app::header_height(app.show_health && app.health.is_some(), area.width)
-                + u16::from(app.doctor().is_some()),
-        ),
+        Constraint::Length(app.header_lines()),
         Constraint::Length(crate::app::graph_height(area.height)),
         Constraint::Min(3),
         Constraint::Length(3),
@@ -84,16 +92,13 @@ fn fleet_header(app: &App) -> Vec<Span<'static>> {
     let mut first = vec![
         Span::styled("pgkill top", bold()),
         Span::raw(format!(
-            " · {} targets · {}/{} conns · refresh {} · sort {}{}{}",
+            " · {} targets · {}/{} conns",
             app.fleet.len(),
             up.iter().map(|s| s.connections).sum::<i64>(),
             up.iter().map(|s| s.max_connections).sum::<i64>(),
-            format_duration(app.interval),
-            app.sort.label(),
-            if app.descending { "▼" } else { "▲" },
-            if app.paused { " · PAUSED" } else { "" }
         )),
     ];
+    // Which servers do not answer, before what a narrow screen may cut.
     for t in &app.fleet {
         let why = match (&t.conn, &t.snapshot) {
             (ConnState::Lost(_), _) => "disconnected (retrying)",
@@ -106,6 +111,13 @@ fn fleet_header(app: &App) -> Vec<Span<'static>> {
             style(app, Color::Red).add_modifier(Modifier::BOLD),
         ));
     }
+    first.push(Span::raw(format!(
+        " · refresh {} · sort {}{}{}",
+        format_duration(app.interval),
+        app.sort.label(),
+        if app.descending { "▼" } else { "▲" },
+        if app.paused { " · PAUSED" } else { "" }
+    )));
     first
 }
 
@@ -211,7 +223,11 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
             style(app, Color::Yellow),
         )));
     }
-    if app.show_health && app.health.is_some() {
+    if app.several_targets() {
+        if app.show_health {
+            lines.extend(fleet_health_lines(app));
+        }
+    } else if app.show_health && app.health.is_some() {
         lines.extend(health_lines(app, area.width >= 160));
     }
     frame.render_widget(Paragraph::new(lines), area);
@@ -231,6 +247,130 @@ fn bytes(n: f64) -> String {
     } else {
         format!("{v:.1} {}", units[u])
     }
+}
+
+/// A rate with one decimal under 100, none from 100.
+fn rate(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// The health header over several targets (`H` hides it): a line of the figures over
+/// every server that answers (rates summed, the worst cache hit, oldest transaction,
+/// xmin horizon age and standby lag, each with its server), then a compact line per
+/// server (as many as [`App::fleet_health_shown`] leaves room for, then `+N more`).
+fn fleet_health_lines(app: &App) -> Vec<Line<'static>> {
+    let (shown, more) = app.fleet_health_shown();
+    if shown.is_empty() {
+        return Vec::new();
+    }
+    let read: Vec<(&str, &crate::app::Health, Option<&crate::app::Rates>)> = app
+        .fleet
+        .iter()
+        .filter_map(|t| {
+            t.health
+                .as_ref()
+                .map(|h| (t.name.as_str(), h, t.rates.as_ref()))
+        })
+        .collect();
+    let lag = |h: &crate::app::Health| h.counters.standbys.iter().filter_map(|s| s.lag).max();
+    // The worst of a figure over the servers, with whose it is.
+    fn worst<T: PartialOrd + Copy>(
+        read: &[(&str, &crate::app::Health, Option<&crate::app::Rates>)],
+        f: impl Fn(&crate::app::Health, Option<&crate::app::Rates>) -> Option<T>,
+        lowest: bool,
+    ) -> Option<(T, String)> {
+        let mut best: Option<(T, String)> = None;
+        for (name, h, r) in read {
+            if let Some(v) = f(h, *r) {
+                let better = best
+                    .as_ref()
+                    .is_none_or(|(b, _)| if lowest { v < *b } else { v > *b });
+                if better {
+                    best = Some((v, cut(&line(name), 16)));
+                }
+            }
+        }
+        best
+    }
+    let rated: Vec<&crate::app::Rates> = read.iter().filter_map(|(_, _, r)| *r).collect();
+    let mut all = format!(
+        "health of {}: xact/s {}",
+        read.len(),
+        if rated.is_empty() {
+            "…".to_owned()
+        } else {
+            rate(rated.iter().map(|r| r.commits + r.rollbacks).sum())
+        },
+    );
+    if let Some((d, on)) = worst(&read, |h, _| h.counters.oldest_xact, false) {
+        all.push_str(&format!(" · oldest xact {} ({on})", format_duration(d)));
+    }
+    if let Some((age, on)) = worst(&read, |h, _| h.xmin.as_ref().map(|(a, _)| *a), false) {
+        all.push_str(&format!(" · xmin age {age} ({on})"));
+    }
+    if let Some((d, on)) = worst(&read, |h, _| lag(h), false) {
+        all.push_str(&format!(" · lag {} ({on})", format_duration(d)));
+    }
+    if let Some((hit, on)) = worst(&read, |_, r| r.and_then(|r| r.cache_hit), true) {
+        all.push_str(&format!(" · cache hit {:.1}% ({on})", hit * 100.0));
+    }
+    if !rated.is_empty() {
+        all.push_str(&format!(
+            " · rollback/s {}",
+            rate(rated.iter().map(|r| r.rollbacks).sum())
+        ));
+    }
+    let mut lines = vec![Line::from(Span::styled(all, bold()))];
+    let width = app
+        .longest_target_name()
+        .unwrap_or(0)
+        .min(crate::columns::target_cap(app.size.0));
+    for i in shown {
+        let Some(t) = app.fleet.get(i) else { continue };
+        let Some(h) = &t.health else { continue };
+        let c = &h.counters;
+        let name = cut(&line(&t.name), u16::try_from(width).unwrap_or(u16::MAX));
+        let mut text = format!("{name:<width$} ");
+        // The figures that say trouble first: a narrow screen cuts the line's end.
+        text.push_str(&format!(
+            "xact/s {} · oldest xact {} · xmin age {} · lag {}",
+            t.rates
+                .as_ref()
+                .map_or_else(|| "…".to_owned(), |r| rate(r.commits + r.rollbacks)),
+            c.oldest_xact
+                .map_or_else(|| "-".to_owned(), format_duration),
+            h.xmin
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |(a, _)| a.to_string()),
+            match lag(h) {
+                Some(d) => format_duration(d),
+                None if c.standbys.is_empty() => "no standby".into(),
+                None => "-".into(),
+            }
+        ));
+        if let Some(r) = &t.rates {
+            text.push_str(&format!(
+                " · hit {} · rb/s {} · temp {}/s",
+                r.cache_hit
+                    .map_or_else(|| "-".to_owned(), |c| format!("{:.1}%", c * 100.0)),
+                rate(r.rollbacks),
+                bytes(r.temp_bytes)
+            ));
+        }
+        text.push_str(&format!(" · av {}/{}", c.autovacuum, c.autovacuum_max));
+        lines.push(Line::from(text));
+    }
+    if more > 0 {
+        lines.push(Line::from(Span::styled(
+            format!("+{more} more servers (the first line has the worst figures of all)"),
+            style(app, Color::DarkGray),
+        )));
+    }
+    lines
 }
 
 /// The health header (`H` hides it): rates between the last two refreshes, the oldest
@@ -387,7 +527,7 @@ fn session_cells(
     for (column, width) in columns {
         cells.push(match column {
             // From the command line or the targets file: escaped like server text.
-            Column::Target => Cell::from(line(app.target_name(target))),
+            Column::Target => Cell::from(cut(&line(app.target_name(target)), *width)),
             Column::Pid => Cell::from(s.pid.to_string()),
             Column::User => Cell::from(unknown(s.user.as_deref())),
             Column::Database => Cell::from(unknown(s.database.as_deref())),
@@ -501,7 +641,7 @@ fn pooled_cells(
 
 fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
     let rows = app.visible();
-    let columns = crate::columns::layout(area.width, &app.hidden, app.several_targets());
+    let columns = crate::columns::layout(area.width, &app.hidden, app.longest_target_name());
     let height = area.height.saturating_sub(1) as usize;
     // `v`: the query over several lines (at most a third of the table), white space
     // collapsed; else one line.
@@ -643,7 +783,7 @@ pub(crate) fn detail_lines(app: &App, target: usize, pid: i32) -> Option<Vec<Lin
             _ => t(at),
         };
     let waits: Vec<String> = app
-        .waiting_for(pid)
+        .waiting_for(target, pid)
         .iter()
         .map(|w| w.pid.to_string())
         .collect();
@@ -784,16 +924,21 @@ fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
     let height = area.height.saturating_sub(2) as usize;
     let first = cursor.saturating_sub(height.saturating_sub(1));
     for (i, node) in tree.iter().enumerate().skip(first).take(height) {
-        // The tree is shown with one server only (`b` says so with several).
-        let Some(s) = app.session(0, node.pid) else {
+        let Some(s) = app.session(node.target, node.pid) else {
             continue;
         };
         let mark = if i == cursor { "> " } else { "  " };
+        // With several targets each root says its server (its chain is all there).
+        let on = if app.several_targets() {
+            format!("{}: ", line(app.target_name(node.target)))
+        } else {
+            String::new()
+        };
         let query = one_line(s.visible_query().unwrap_or("?"));
         let text = if node.depth == 0 {
             let xact = age(s.xact_age());
             format!(
-                "{mark}{} {} {} xact {} · blocks {} · {}",
+                "{mark}{on}{} {} {} xact {} · blocks {} · {}",
                 s.pid,
                 unknown(s.user.as_deref()),
                 unknown(s.state.as_deref()),
@@ -802,7 +947,7 @@ fn draw_blocking(app: &App, frame: &mut Frame, area: Rect, cursor: usize) {
                 query
             )
         } else {
-            let lock = app.lock_of(0, s.pid);
+            let lock = app.lock_of(node.target, s.pid);
             // Since when: pg_locks.waitstart (14+), else the waiter's state change.
             let since = lock.and_then(|l| l.since).or(s.state_change);
             let waited = since
@@ -859,7 +1004,8 @@ pub const HELP: &[&str] = &[
     "y copy the full query (in the list or the details) to the clipboard · Y its pid (OSC 52: the terminal must allow it)",
     "A every kind of backend too (autovacuum, marked [wraparound] when it runs to prevent wraparound; walsenders; parallel workers right under their leader, PostgreSQL 13+), listed only: top signals client sessions only. A command pg_stat_progress_* reports on (VACUUM, CREATE INDEX, CLUSTER, ANALYZE, BASE_BACKUP, COPY) shows its phase and how far it is, [VACUUM scanning heap 42%], before its query",
     "v wrap queries over several lines in the list (white space collapsed) · one line again",
-    "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys); with several --target it is off (the header sums connections per target instead) and the blocking tree (b) needs one server",
+    "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys); with several --target a line over all of them (rates summed; the worst cache hit, oldest xact, xmin age and standby lag, each with its server), then one line per server (as many as a sixth of the screen holds, then +N more)",
+    "with several --target: b builds each server's lock chains apart (a pid is a session of its own server) and ranks every root by how many it blocks; each root names its server, and k / c on a line go to that server only",
     "p pause · + / - refresh interval (at once; STALE in the header: data over two intervals old)",
     "--pgbouncer: connections holding no backend are rows of their own (pid -), after the backends; k ends an application where it is (its backend in session pooling, else KILL_CLIENT at the pooler, PgBouncer 1.24+), as `pgkill kill --pgbouncer` does",
 ];
@@ -1034,6 +1180,16 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
             }))
             .collect();
         Line::from(format!("last action: {}", parts.join(", ")))
+    } else if let Some((t, why)) = app.fleet.iter().find_map(|t| match &t.conn {
+        ConnState::Lost(e) | ConnState::AuthFailed(e) => Some((t, e)),
+        ConnState::Connected => None,
+    }) {
+        // With several targets, why the first that does not answer does not (the
+        // header names each).
+        Line::from(Span::styled(
+            format!("{}: {}", line(&t.name), line(why)),
+            style(app, Color::Red),
+        ))
     } else {
         Line::from("")
     };
@@ -1885,6 +2041,108 @@ mod tests {
                 "{screen}"
             );
             assert!(screen.contains("evil"), "{screen}");
+        }
+    }
+
+    /// Two servers with health readings (two refreshes each: rates), a third that
+    /// answers nothing.
+    fn fleet_with_health() -> App {
+        use crate::app::tests::{at, fleet, from, sample};
+        use crate::app::{Counters, Health};
+        use pgkill_pg::top::Standby;
+        let mut app = fleet();
+        app.fleet[1].name = "reporting-replica-eu-west-1.internal:5432".into();
+        let reading = |secs: i64, commits: i64, hit: i64, oldest: u64, lag: Option<u64>| Health {
+            counters: Counters {
+                at: at(secs).unwrap(),
+                commits,
+                rollbacks: commits / 100,
+                blks_hit: hit,
+                blks_read: hit / 9,
+                temp_files: 0,
+                temp_bytes: secs * 1_000_000,
+                oldest_xact: Some(std::time::Duration::from_secs(oldest)),
+                autovacuum: 1,
+                autovacuum_max: 3,
+                standbys: lag
+                    .map(|l| Standby {
+                        name: "replica1".into(),
+                        addr: Some("10.0.0.2".into()),
+                        state: Some("streaming".into()),
+                        lag: Some(std::time::Duration::from_millis(l)),
+                        behind: Some(123_456),
+                    })
+                    .into_iter()
+                    .collect(),
+            },
+            xmin: Some((
+                i32::try_from(oldest).unwrap_or(0),
+                "session 101 (migrations)".into(),
+            )),
+        };
+        for (i, (commits, hit, oldest, lag)) in
+            [(400, 99_000, 300, Some(1500)), (60, 9_000, 3600, None)]
+                .into_iter()
+                .enumerate()
+        {
+            let mut snap = crate::app::tests::sample();
+            snap.sessions = app.fleet[i]
+                .snapshot
+                .clone()
+                .unwrap_or_else(sample)
+                .sessions;
+            snap.health = Some(Box::new(reading(0, 0, 0, oldest, lag)));
+            update(&mut app, from(i, Event::Snapshot(Ok(snap.clone()))));
+            snap.health = Some(Box::new(reading(2, commits, hit, oldest, lag)));
+            update(&mut app, from(i, Event::Snapshot(Ok(snap))));
+        }
+        update(
+            &mut app,
+            from(2, Event::Snapshot(Err("connection refused".into()))),
+        );
+        app
+    }
+
+    #[test]
+    fn several_targets_with_the_health_header() {
+        let app = fleet_with_health();
+        for (w, h) in [(120, 40), (80, 24)] {
+            let screen = render(&app, w, h);
+            // A line over all the servers, with the worst of each figure and whose.
+            assert!(screen.contains("health of 2: xact/s 232"), "{screen}");
+            assert!(
+                screen.contains("oldest xact 1h00m (reporting-repli…)"),
+                "{screen}"
+            );
+            // One line per server that answers, each named.
+            let named = |n: &str| {
+                screen
+                    .lines()
+                    .any(|l| l.contains(n) && l.contains("xact/s"))
+            };
+            assert!(named("db-a:5432") && named("reporting-"), "{screen}");
+            insta::assert_snapshot!(format!("several_targets_health_{w}x{h}"), screen);
+        }
+        // The target column is as wide as the longest name up to its cap, its header
+        // whole.
+        let screen = render(&app, 120, 40);
+        let header = screen
+            .lines()
+            .find(|l| l.starts_with("\"  target "))
+            .unwrap_or_default();
+        assert!(header.contains("target                   pid"), "{screen}");
+        assert!(screen.contains("reporting-replica-eu-we… "), "{screen}");
+    }
+
+    #[test]
+    fn several_targets_blocking_tree() {
+        let mut app = crate::app::tests::two_chains();
+        keys_for_tests(&mut app, "b");
+        for (w, h) in [(120, 40), (80, 24)] {
+            let screen = render(&app, w, h);
+            assert!(screen.contains("> db-b:5432: 300 migrations"), "{screen}");
+            assert!(screen.contains("  db-a:5432: 100 migrations"), "{screen}");
+            insta::assert_snapshot!(format!("several_targets_blocking_{w}x{h}"), screen);
         }
     }
 }
