@@ -225,7 +225,13 @@ fn add_filter(p: &mut Predicate, v: ServerVersion, f: &Filter) {
     }
     any_text(p, "s.datname::text =", &f.databases, false);
     any_text(p, "s.usename::text =", &f.users, false);
+    // Regular expressions cost the most per row: they are tested after the cheap
+    // comparisons (a rule's `AND`s are evaluated in order and stop at the first false;
+    // `pgkill watch` decides its rules over every session at each pass). Their
+    // parameters keep their numbers.
+    let cheap = p.clauses.len();
     any_text(p, "s.application_name ~", &globs(&f.apps), false);
+    let costly: Vec<String> = p.clauses.drain(cheap..).collect();
     if !f.clients.is_empty() {
         let alternatives = client_alternatives(p, &f.clients);
         p.clauses.push(alternatives);
@@ -265,6 +271,7 @@ fn add_filter(p: &mut Predicate, v: ServerVersion, f: &Filter) {
         let age = older(p, "s.backend_start", d);
         p.clauses.push(age);
     }
+    p.clauses.extend(costly);
     if !f.queries.is_empty() {
         let x = p.bind(Param::TextArray(f.queries.clone()));
         p.clauses.push(format!("s.query ~ ANY({x}::text[])"));
