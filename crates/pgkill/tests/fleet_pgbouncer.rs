@@ -637,8 +637,8 @@ async fn an_unreachable_pooler_fails_its_target_alone(pg: Installation) -> Resul
 
 /// `--pgbouncer` (or `PGKILL_PGBOUNCER`) with two `--target`s: which server is it in front
 /// of? Refused before anything (exit 2), pointing to the `pgbouncer` key of
-/// `--targets FILE`; nothing ended. `top` over several targets refuses pooler keys (it
-/// joins one set of poolers to its rows).
+/// `--targets FILE`; nothing ended (`top` too). `top` over several targets takes each
+/// target's pooler key, checked before the screen.
 async fn pgbouncer_on_the_command_line_with_several_targets_is_refused(
     pg: Installation,
 ) -> Result<()> {
@@ -649,29 +649,23 @@ async fn pgbouncer_on_the_command_line_with_several_targets_is_refused(
     ];
     let console = console(&two.pooled, &two.bouncer);
     let (a, b) = (conninfo(&two.pooled), conninfo(&two.plain));
-    let (code, out, err) = pgkill(&[
-        "--target",
-        &a,
-        "--target",
-        &b,
-        "--pgbouncer",
-        &console,
-        "kill",
-        "--app",
-        "web",
-        "-y",
-    ])?;
-    ensure!(
-        code == 2
-            && out.is_empty()
-            && err.contains(
-                "--pgbouncer names a PgBouncer in front of one server, and 2 targets are given"
-            )
-            && err.contains(
-                "`pgbouncer = [\"CONNINFO\", ...]` key of its [[target]] table in --targets FILE"
-            ),
-        "exit {code}\n{out}\n{err}"
-    );
+    // Ambiguous for every command: which server is the pooler in front of?
+    for command in [&["kill", "--app", "web", "-y"][..], &["top"]] {
+        let mut args = vec!["--target", &a, "--target", &b, "--pgbouncer", &console];
+        args.extend(command);
+        let (code, out, err) = pgkill(&args)?;
+        ensure!(
+            code == 2
+                && out.is_empty()
+                && err.contains(
+                    "--pgbouncer names a PgBouncer in front of one server, and 2 targets are given"
+                )
+                && err.contains(
+                    "`pgbouncer = [\"CONNINFO\", ...]` key of its [[target]] table in --targets FILE"
+                ),
+            "{command:?}: exit {code}\n{out}\n{err}"
+        );
+    }
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgkill"));
     support::clean_env(&mut cmd);
     cmd.env("PGKILL_PGBOUNCER", &console)
@@ -703,50 +697,31 @@ async fn pgbouncer_on_the_command_line_with_several_targets_is_refused(
             && err.contains("--pgbouncer and the pgbouncer key of target \"pooled\""),
         "both: exit {code}\n{out}\n{err}"
     );
-    // top on one target takes its pooler key: one that cannot be reached is a plain error
-    // before any screen.
-    let dead = dir.path().join("dead.toml");
-    std::fs::write(
-        &dead,
-        format!(
-            "[[target]]\nname = \"pooled\"\nconninfo = \"{a}\"\npgbouncer = [\"host=127.0.0.1 port=1 user=postgres connect_timeout=2\"]\n"
-        ),
-    )?;
-    let (code, out, err) = pgkill(&["--targets", &dead.display().to_string(), "top"])?;
+    // top takes each target's pooler key: one that cannot be reached is a plain error
+    // before any screen (`before` is a targets file's text put ahead of that target).
+    let dead_pooler = |file: &str, before: &str| -> Result<(i32, String, String)> {
+        let path = dir.path().join(file);
+        std::fs::write(
+            &path,
+            format!(
+                "{before}[[target]]\nname = \"pooled\"\nconninfo = \"{a}\"\npgbouncer = [\"host=127.0.0.1 port=1 user=postgres connect_timeout=2\"]\n"
+            ),
+        )?;
+        pgkill(&["--targets", &path.display().to_string(), "top"])
+    };
+    let (code, out, err) = dead_pooler("dead.toml", "")?;
     ensure!(
         code == 2
             && out.is_empty()
             && err.contains("PgBouncer host=127.0.0.1 port=1: cannot connect"),
         "top, one target with a dead pooler: exit {code}\n{out}\n{err}"
     );
-    // top over two targets: --pgbouncer on the command line is ambiguous (refused);
-    // the pgbouncer key is each target's, checked before the screen (a dead one is a
-    // plain error naming its target; a live one gets as far as wanting a terminal).
-    let (code, out, err) = pgkill(&[
-        "--target",
-        &a,
-        "--target",
-        &b,
-        "--pgbouncer",
-        &console,
-        "top",
-    ])?;
-    ensure!(
-        code == 2
-            && out.is_empty()
-            && err.contains(
-                "--pgbouncer names a PgBouncer in front of one server, and 2 targets are given"
-            ),
-        "top, --pgbouncer with two targets: exit {code}\n{out}\n{err}"
-    );
-    let dead_of_two = dir.path().join("dead-of-two.toml");
-    std::fs::write(
-        &dead_of_two,
-        format!(
-            "[[target]]\nname = \"plain\"\nconninfo = \"{b}\"\n\n[[target]]\nname = \"pooled\"\nconninfo = \"{a}\"\npgbouncer = [\"host=127.0.0.1 port=1 user=postgres connect_timeout=2\"]\n"
-        ),
+    // top over two targets: the pgbouncer key is each target's (a dead one is a plain
+    // error naming its target; a live one gets as far as wanting a terminal).
+    let (code, out, err) = dead_pooler(
+        "dead-of-two.toml",
+        &format!("[[target]]\nname = \"plain\"\nconninfo = \"{b}\"\n\n"),
     )?;
-    let (code, out, err) = pgkill(&["--targets", &dead_of_two.display().to_string(), "top"])?;
     ensure!(
         code == 2
             && out.is_empty()
@@ -796,17 +771,7 @@ async fn top_over_two_targets_ends_an_application_at_its_targets_pooler(
         env!("CARGO_BIN_EXE_pgkill"),
         file
     );
-    tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "top",
-        "-x",
-        "220",
-        "-y",
-        "40",
-        &line,
-    ])?;
+    tmux.start_sized(&line, 220, 40)?;
     // Both servers' rows, and the pooler's line under its target's name.
     tmux.wait_for("web-plain").await?;
     let screen = tmux

@@ -596,7 +596,8 @@ impl App {
 
     /// How many lines the header takes: two, the privilege doctor's, and the health
     /// header's (with one server two or three; with several a line of the figures over
-    /// all of them, then one line per server, capped, see [`App::fleet_health_shown`]).
+    /// all of them, then one line per server, capped, see [`App::fleet_health_shown`]);
+    /// with several, a line per pooler too (one server's are on the second line).
     pub fn header_lines(&self) -> u16 {
         let (width, _) = self.size;
         let doctor = u16::from(self.doctor().is_some());
@@ -607,7 +608,9 @@ impl App {
             } else {
                 0
             };
-            return 2 + doctor + u16::try_from(health).unwrap_or(u16::MAX);
+            let poolers = u16::try_from(self.poolers.len()).unwrap_or(u16::MAX);
+            return (2 + doctor + poolers)
+                .saturating_add(u16::try_from(health).unwrap_or(u16::MAX));
         }
         header_height(self.show_health && self.health.is_some(), width) + doctor
     }
@@ -3032,7 +3035,7 @@ pub(crate) mod tests {
     /// `--targets FILE` with two servers, each behind its own PgBouncer 1.24.1 that
     /// happens to list the same connections (same console address, ids and ports):
     /// `behind_a_pooler` on both, `ops` a superuser on db-a only.
-    fn two_behind_poolers() -> App {
+    pub(crate) fn two_behind_poolers() -> App {
         let v = pgkill_core::pooler::PoolerVersion::new(1, 24, 1);
         let mut app = fleet_of(&["db-a", "db-b"]);
         let mut a = behind_a_pooler(v);

@@ -207,16 +207,23 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
                     app.visible().len(),
                     app.sessions.len() + app.pooled.len()
                 )),
-                Span::raw(
+                // With several targets each server's poolers have lines of their own.
+                Span::raw(if app.several_targets() {
+                    String::new()
+                } else {
                     app.poolers
                         .iter()
                         .map(|p| format!("  · {}", line(p)))
-                        .collect::<String>(),
-                ),
+                        .collect::<String>()
+                }),
             ])
         }
     };
     let mut lines = vec![Line::from(first), second];
+    if app.several_targets() {
+        // `NAME: PgBouncer … at …`, the target's name first.
+        lines.extend(app.poolers.iter().map(|p| Line::from(line(p))));
+    }
     if let Some(doctor) = app.doctor() {
         lines.push(Line::from(Span::styled(
             format!("privileges: {}", line(&doctor)),
@@ -2043,6 +2050,33 @@ mod tests {
         // The confirmation names each session's server.
         keys_for_tests(&mut app, "ak");
         insta::assert_snapshot!("several_targets_confirm_120x40", render(&app, 120, 40));
+    }
+
+    #[test]
+    fn several_targets_behind_poolers() {
+        use crate::app::tests::two_behind_poolers;
+        let mut app = two_behind_poolers();
+        let screen = render(&app, 200, 50);
+        for name in ["db-a", "db-b"] {
+            assert!(
+                screen.contains(&format!("{name}: PgBouncer 1.24.1 at host=127.0.0.1")),
+                "{screen}"
+            );
+            assert!(
+                screen
+                    .lines()
+                    .any(|l| l.starts_with(&format!("\"  {name} "))
+                        && l.contains("web-idle")
+                        && l.contains("(pooled)")),
+                "{name}'s pooled row: {screen}"
+            );
+        }
+        insta::assert_snapshot!("several_targets_poolers_200x50", screen);
+        // The confirmation names the server behind each application's pooler.
+        keys_for_tests(&mut app, "ak");
+        let dialog = render(&app, 200, 50);
+        assert!(dialog.contains("db-b: web-idle@10.0.0.9:50002"), "{dialog}");
+        insta::assert_snapshot!("several_targets_poolers_confirm_200x50", dialog);
     }
 
     #[test]
