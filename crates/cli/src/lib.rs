@@ -398,7 +398,9 @@ async fn usable_poolers(conninfos: &[String]) -> anyhow::Result<Vec<pgkill_pg::p
 /// refuses the login is shown with that error and not tried again; only when every
 /// target fails (or the one given does) is it a plain error naming each. Afterwards
 /// each reconnects on its own, and one that goes away is shown disconnected while the
-/// others keep refreshing.
+/// others keep refreshing. Each target's `pgbouncer` key is its own poolers (read by
+/// its task, its pooled rows under its name); `--pgbouncer` with several targets is
+/// refused before this (which server would it be in front of?).
 async fn top_fleet(
     conn_args: &args::ConnArgs,
     targets: &[fleet::Target],
