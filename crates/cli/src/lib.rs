@@ -357,11 +357,11 @@ async fn top(
             name: target,
             connect: connector,
             at_start: pgkill_tui::ConnState::Connected,
+            poolers,
         }],
         args.filters.to_filter(false),
         args.interval,
         statement_timeout,
-        poolers,
         pgkill_tui::Options {
             record,
             hidden_columns: args.columns.clone().map(|h| h.0).unwrap_or_default(),
@@ -398,27 +398,27 @@ async fn usable_poolers(conninfos: &[String]) -> anyhow::Result<Vec<pgkill_pg::p
 /// refuses the login is shown with that error and not tried again; only when every
 /// target fails (or the one given does) is it a plain error naming each. Afterwards
 /// each reconnects on its own, and one that goes away is shown disconnected while the
-/// others keep refreshing.
+/// others keep refreshing. Each target's `pgbouncer` key is its own poolers (read by
+/// its task, its pooled rows under its name); `--pgbouncer` with several targets is
+/// refused before this (which server would it be in front of?).
 async fn top_fleet(
     conn_args: &args::ConnArgs,
     targets: &[fleet::Target],
     args: &TopArgs,
 ) -> anyhow::Result<Outcome> {
     use pgkill_tui::ConnState;
-    // The live table joins one set of poolers to its rows: over several servers it cannot
-    // tell which server a pooler is in front of yet.
-    if let Some(t) = targets.iter().find(|t| !t.pgbouncer.is_empty()) {
-        if targets.len() > 1 {
-            anyhow::bail!(UsageError(format!(
-                "top over several targets does not see through poolers yet (target {:?} names PgBouncer consoles): run `pgkill --pgbouncer CONNINFO top` on that server alone, or use ls/kill/cancel, which take the pgbouncer key of --targets",
-                t.name
-            )));
-        }
+    // Each target's poolers (its `pgbouncer` key), checked before the screen: one that
+    // cannot be reached or read is a plain error naming its target.
+    let mut poolers = Vec::new();
+    for t in targets {
+        poolers.push(usable_poolers(&t.pgbouncer).await.map_err(|e| {
+            if targets.len() > 1 {
+                anyhow::Error::new(UsageError(format!("target {}: {e:#}", t.name)))
+            } else {
+                e
+            }
+        })?);
     }
-    let poolers = match targets {
-        [one] => usable_poolers(&one.pgbouncer).await?,
-        _ => Vec::new(),
-    };
     let record = open_record(args)?;
     // A connection string that cannot be understood is bad input, whatever the others.
     let mut requested = Vec::new();
@@ -434,7 +434,8 @@ async fn top_fleet(
     .await;
     let mut shown = Vec::new();
     let mut failures = Vec::new();
-    for ((t, requested), c) in targets.iter().zip(requested).zip(connected) {
+    for (((t, requested), c), poolers) in targets.iter().zip(requested).zip(connected).zip(poolers)
+    {
         let (settings, at_start) = match c {
             Ok((_client, _task, settled)) => (settled, ConnState::Connected),
             Err(e) => {
@@ -456,6 +457,7 @@ async fn top_fleet(
             name: t.name.clone(),
             connect,
             at_start,
+            poolers,
         });
     }
     if failures.len() == targets.len() {
@@ -470,7 +472,6 @@ async fn top_fleet(
         args.filters.to_filter(false),
         args.interval,
         conn_args.statement_timeout,
-        poolers,
         pgkill_tui::Options {
             record,
             hidden_columns: args.columns.clone().map(|h| h.0).unwrap_or_default(),

@@ -16,6 +16,8 @@ use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
 mod support;
+#[path = "support/tmux.rs"]
+mod tmux;
 
 use support::{conninfo, console, customise, db_row, shop_is_paused, works};
 
@@ -27,6 +29,7 @@ fn main() {
         cancel_and_free_slot_through_the_pooler_of_one_target,
         an_unreachable_pooler_fails_its_target_alone,
         pgbouncer_on_the_command_line_with_several_targets_is_refused,
+        top_over_two_targets_ends_an_application_at_its_targets_pooler,
     ]);
 }
 
@@ -634,8 +637,8 @@ async fn an_unreachable_pooler_fails_its_target_alone(pg: Installation) -> Resul
 
 /// `--pgbouncer` (or `PGKILL_PGBOUNCER`) with two `--target`s: which server is it in front
 /// of? Refused before anything (exit 2), pointing to the `pgbouncer` key of
-/// `--targets FILE`; nothing ended. `top` over several targets refuses pooler keys (it
-/// joins one set of poolers to its rows).
+/// `--targets FILE`; nothing ended (`top` too). `top` over several targets takes each
+/// target's pooler key, checked before the screen.
 async fn pgbouncer_on_the_command_line_with_several_targets_is_refused(
     pg: Installation,
 ) -> Result<()> {
@@ -646,29 +649,23 @@ async fn pgbouncer_on_the_command_line_with_several_targets_is_refused(
     ];
     let console = console(&two.pooled, &two.bouncer);
     let (a, b) = (conninfo(&two.pooled), conninfo(&two.plain));
-    let (code, out, err) = pgkill(&[
-        "--target",
-        &a,
-        "--target",
-        &b,
-        "--pgbouncer",
-        &console,
-        "kill",
-        "--app",
-        "web",
-        "-y",
-    ])?;
-    ensure!(
-        code == 2
-            && out.is_empty()
-            && err.contains(
-                "--pgbouncer names a PgBouncer in front of one server, and 2 targets are given"
-            )
-            && err.contains(
-                "`pgbouncer = [\"CONNINFO\", ...]` key of its [[target]] table in --targets FILE"
-            ),
-        "exit {code}\n{out}\n{err}"
-    );
+    // Ambiguous for every command: which server is the pooler in front of?
+    for command in [&["kill", "--app", "web", "-y"][..], &["top"]] {
+        let mut args = vec!["--target", &a, "--target", &b, "--pgbouncer", &console];
+        args.extend(command);
+        let (code, out, err) = pgkill(&args)?;
+        ensure!(
+            code == 2
+                && out.is_empty()
+                && err.contains(
+                    "--pgbouncer names a PgBouncer in front of one server, and 2 targets are given"
+                )
+                && err.contains(
+                    "`pgbouncer = [\"CONNINFO\", ...]` key of its [[target]] table in --targets FILE"
+                ),
+            "{command:?}: exit {code}\n{out}\n{err}"
+        );
+    }
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgkill"));
     support::clean_env(&mut cmd);
     cmd.env("PGKILL_PGBOUNCER", &console)
@@ -700,35 +697,135 @@ async fn pgbouncer_on_the_command_line_with_several_targets_is_refused(
             && err.contains("--pgbouncer and the pgbouncer key of target \"pooled\""),
         "both: exit {code}\n{out}\n{err}"
     );
-    // top on one target takes its pooler key: one that cannot be reached is a plain error
-    // before any screen.
-    let dead = dir.path().join("dead.toml");
-    std::fs::write(
-        &dead,
-        format!(
-            "[[target]]\nname = \"pooled\"\nconninfo = \"{a}\"\npgbouncer = [\"host=127.0.0.1 port=1 user=postgres connect_timeout=2\"]\n"
-        ),
-    )?;
-    let (code, out, err) = pgkill(&["--targets", &dead.display().to_string(), "top"])?;
+    // top takes each target's pooler key: one that cannot be reached is a plain error
+    // before any screen (`before` is a targets file's text put ahead of that target).
+    let dead_pooler = |file: &str, before: &str| -> Result<(i32, String, String)> {
+        let path = dir.path().join(file);
+        std::fs::write(
+            &path,
+            format!(
+                "{before}[[target]]\nname = \"pooled\"\nconninfo = \"{a}\"\npgbouncer = [\"host=127.0.0.1 port=1 user=postgres connect_timeout=2\"]\n"
+            ),
+        )?;
+        pgkill(&["--targets", &path.display().to_string(), "top"])
+    };
+    let (code, out, err) = dead_pooler("dead.toml", "")?;
     ensure!(
         code == 2
             && out.is_empty()
             && err.contains("PgBouncer host=127.0.0.1 port=1: cannot connect"),
         "top, one target with a dead pooler: exit {code}\n{out}\n{err}"
     );
+    // top over two targets: the pgbouncer key is each target's (a dead one is a plain
+    // error naming its target; a live one gets as far as wanting a terminal).
+    let (code, out, err) = dead_pooler(
+        "dead-of-two.toml",
+        &format!("[[target]]\nname = \"plain\"\nconninfo = \"{b}\"\n\n"),
+    )?;
+    ensure!(
+        code == 2
+            && out.is_empty()
+            && err.contains("target pooled: ")
+            && err.contains("PgBouncer host=127.0.0.1 port=1: cannot connect"),
+        "top, two targets, one with a dead pooler: exit {code}\n{out}\n{err}"
+    );
     let file = two.targets_file(&dir, &console)?;
     let (code, out, err) = pgkill(&["--targets", &file, "top"])?;
     ensure!(
         code == 2
             && out.is_empty()
-            && err.contains(
-                "top over several targets does not see through poolers yet (target \"pooled\""
-            ),
-        "top: exit {code}\n{out}\n{err}"
+            && err.contains("pgkill top needs a terminal")
+            && !err.contains("poolers"),
+        "top, two targets, one behind a pooler: exit {code}\n{out}\n{err}"
     );
     ensure!(
         !err.contains(&two.pooled.password(roles::ADMIN).unwrap_or_default()),
         "a password was shown: {err}"
     );
+    Ok(())
+}
+
+/// `pgkill --targets FILE top` over two servers, one behind a real PgBouncer (transaction
+/// pooling) named by its target's `pgbouncer` key: the pooled application's connection
+/// is a row under that target, `k` ends it at that target's pooler (the application
+/// sees its connection closed), and nobody else is touched, on either server.
+async fn top_over_two_targets_ends_an_application_at_its_targets_pooler(
+    pg: Installation,
+) -> Result<()> {
+    let two = Two::start(&pg).await?;
+    let victim = app(&two.bouncer, "web-pooled").await?;
+    let kept = app(&two.bouncer, "web-kept").await?;
+    let beside = direct(&two.pooled, "beside-pooled").await?;
+    let plain = direct(&two.plain, "web-plain").await?;
+    let dir = tempfile::tempdir()?;
+    let file = two.targets_file(&dir, &console(&two.pooled, &two.bouncer))?;
+    let tmux = tmux::Tmux {
+        socket: format!(
+            "pgkill-fleet-pgbouncer-top-{}-{}",
+            std::process::id(),
+            pg.version.major
+        ),
+    };
+    let line = format!(
+        "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD TERM=xterm {} --targets {} top; echo PGKILL_TOP_EXIT=$?; sleep 60",
+        env!("CARGO_BIN_EXE_pgkill"),
+        file
+    );
+    tmux.start_sized(&line, 220, 40)?;
+    // Both servers' rows, and the pooler's line under its target's name.
+    tmux.wait_for("web-plain").await?;
+    let screen = tmux
+        .wait_for(&format!(
+            "pooled: PgBouncer 1.24.1 at host={}",
+            two.bouncer.host()
+        ))
+        .await?;
+    let first = |l: &str| l.split_whitespace().next().map(str::to_owned);
+    ensure!(
+        screen.lines().any(|l| l.contains("web-pooled")
+            && l.contains("(pooled)")
+            && first(l).as_deref() == Some("pooled")),
+        "the pooled application is not a row under its target:\n{screen}"
+    );
+    ensure!(
+        screen
+            .lines()
+            .any(|l| l.contains("web-plain") && first(l).as_deref() == Some("plain")),
+        "the plain server's session is not under its target:\n{screen}"
+    );
+    tmux.keys(&["/", "app:web-pooled", "Enter"])?;
+    tmux.wait_for("shown 1/").await?;
+    tmux.keys(&["k"])?;
+    let dialog = tmux.wait_for("y: yes").await?;
+    ensure!(
+        dialog.contains("Terminate 1 session(s)?")
+            && dialog.contains("ended at the pooler (KILL_CLIENT)")
+            && dialog.contains("pooled: web-pooled@127.0.0.1"),
+        "the confirmation does not name the application at its target's pooler:\n{dialog}"
+    );
+    tmux.keys(&["y"])?;
+    let screen = tmux.wait_for("terminated at the pooler").await?;
+    ensure!(
+        screen.contains("pooled web-pooled@127.0.0.1"),
+        "the outcome does not say whose pooler:\n{screen}"
+    );
+    let began = std::time::Instant::now();
+    while works(&victim).await {
+        ensure!(
+            began.elapsed() < Duration::from_secs(5),
+            "web-pooled was not ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (name, c) in [
+        ("web-kept", &kept),
+        ("beside-pooled", &beside),
+        ("web-plain", &plain),
+    ] {
+        ensure!(works(c).await, "{name} was hit");
+    }
+    tmux.keys(&["Escape", "q"])?;
+    let screen = tmux.wait_for("PGKILL_TOP_EXIT=").await?;
+    ensure!(screen.contains("PGKILL_TOP_EXIT=0"), "{screen}");
     Ok(())
 }

@@ -142,14 +142,17 @@ impl TargetState {
 
 /// What identifies a row across refreshes: a backend by its server (the index into
 /// [`App::fleet`], 0 with one server) and pid; an application
-/// connection at a pooler that holds no backend by the pooler, its handle there (`id`
-/// from PgBouncer 1.24, else `ptr`) and its address and port.
+/// connection at a pooler that holds no backend by the server the pooler is in front of,
+/// the pooler, its handle there (`id` from PgBouncer 1.24, else `ptr`) and its address
+/// and port.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RowKey {
     /// A backend: its server (index into [`App::fleet`]; 0 with one server) and pid.
     Backend(usize, i32),
     /// An application connection at a pooler, holding no backend.
     Pooled {
+        /// The server behind the pooler (index into [`App::fleet`]; 0 with one server).
+        target: usize,
         /// The pooler (`host=… port=…`).
         pooler: String,
         /// Its `id` (1.24+).
@@ -164,9 +167,11 @@ pub enum RowKey {
 }
 
 impl RowKey {
-    /// The key of a pooled application connection.
-    pub fn of_pooled(p: &Pooled) -> RowKey {
+    /// The key of a pooled application connection at a pooler in front of server
+    /// `target`.
+    pub fn of_pooled(target: usize, p: &Pooled) -> RowKey {
         RowKey::Pooled {
+            target,
             pooler: p.pooler.clone(),
             id: p.client.id,
             ptr: p.client.ptr.clone(),
@@ -182,8 +187,9 @@ impl RowKey {
 pub enum Row<'a> {
     /// A backend, with its server (index into [`App::fleet`]; 0 with one server).
     Backend(usize, &'a Session),
-    /// An application connection at a pooler.
-    Pooled(&'a Pooled),
+    /// An application connection at a pooler, with the server the pooler is in front of
+    /// (index into [`App::fleet`]; 0 with one server).
+    Pooled(usize, &'a Pooled),
 }
 
 impl Row<'_> {
@@ -191,7 +197,7 @@ impl Row<'_> {
     pub fn key(&self) -> RowKey {
         match self {
             Row::Backend(target, s) => RowKey::Backend(*target, s.pid),
-            Row::Pooled(p) => RowKey::of_pooled(p),
+            Row::Pooled(target, p) => RowKey::of_pooled(*target, p),
         }
     }
 }
@@ -208,6 +214,8 @@ pub struct Decision {
     pub left_alone: Vec<String>,
     /// The server of each of `backends.targets` (index into [`App::fleet`]).
     pub origins: Vec<usize>,
+    /// The server behind the pooler of each of `at_pooler` (index into [`App::fleet`]).
+    pub at_pooler_origins: Vec<usize>,
 }
 
 impl Decision {
@@ -439,9 +447,14 @@ pub struct App {
     pub health: Option<Health>,
     /// Rates between the last two health readings.
     pub rates: Option<Rates>,
-    /// `--pgbouncer`: application connections holding no backend, from the last refresh.
+    /// `--pgbouncer`: application connections holding no backend, from the last refresh
+    /// (with several targets, every server's).
     pub pooled: Vec<Pooled>,
-    /// `--pgbouncer`: what each pooler said at the last refresh.
+    /// The server behind the pooler of each of `pooled` (index into `fleet`; all 0 with
+    /// one server).
+    pub pooled_origins: Vec<usize>,
+    /// `--pgbouncer`: what each pooler said at the last refresh (with one server; with
+    /// several each target's are in its snapshot, see [`App::pooler_states_of`]).
     pub pooler_states: Vec<PoolerState>,
     /// `--pgbouncer`: the applications' roles that are superusers.
     pub pooler_superusers: BTreeSet<String>,
@@ -477,6 +490,8 @@ pub struct App {
     pub outcomes: Vec<Outcome>,
     /// Outcomes of the last action at the poolers.
     pub app_outcomes: Vec<AppOutcome>,
+    /// The server behind the pooler of each of `app_outcomes` (with several targets).
+    pub app_outcome_targets: Vec<usize>,
     /// The last action failed as a whole.
     pub action_error: Option<String>,
     /// Draw with colours (off with `NO_COLOR`).
@@ -508,6 +523,7 @@ impl App {
             origins: Vec::new(),
             target_filter: Vec::new(),
             outcome_targets: Vec::new(),
+            app_outcome_targets: Vec::new(),
             poolers: Vec::new(),
             server: None,
             sessions: Vec::new(),
@@ -521,6 +537,7 @@ impl App {
             health: None,
             rates: None,
             pooled: Vec::new(),
+            pooled_origins: Vec::new(),
             pooler_states: Vec::new(),
             pooler_superusers: BTreeSet::new(),
             filter_text: String::new(),
@@ -579,7 +596,8 @@ impl App {
 
     /// How many lines the header takes: two, the privilege doctor's, and the health
     /// header's (with one server two or three; with several a line of the figures over
-    /// all of them, then one line per server, capped, see [`App::fleet_health_shown`]).
+    /// all of them, then one line per server, capped, see [`App::fleet_health_shown`]);
+    /// with several, a line per pooler too (one server's are on the second line).
     pub fn header_lines(&self) -> u16 {
         let (width, _) = self.size;
         let doctor = u16::from(self.doctor().is_some());
@@ -590,7 +608,9 @@ impl App {
             } else {
                 0
             };
-            return 2 + doctor + u16::try_from(health).unwrap_or(u16::MAX);
+            let poolers = u16::try_from(self.poolers.len()).unwrap_or(u16::MAX);
+            return (2 + doctor + poolers)
+                .saturating_add(u16::try_from(health).unwrap_or(u16::MAX));
         }
         header_height(self.show_health && self.health.is_some(), width) + doctor
     }
@@ -706,6 +726,24 @@ impl App {
         }
     }
 
+    /// What the poolers in front of server `target` said at its last refresh.
+    pub fn pooler_states_of(&self, target: usize) -> &[PoolerState] {
+        match self.fleet.get(target) {
+            Some(t) => t.snapshot.as_ref().map_or(&[], |s| &s.pooler_states),
+            None => &self.pooler_states,
+        }
+    }
+
+    /// The roles of the applications behind the poolers of server `target` that are
+    /// superusers there.
+    pub fn pooler_superusers_of(&self, target: usize) -> &BTreeSet<String> {
+        static NONE: BTreeSet<String> = BTreeSet::new();
+        match self.fleet.get(target) {
+            Some(t) => t.snapshot.as_ref().map_or(&NONE, |s| &s.pooler_superusers),
+            None => &self.pooler_superusers,
+        }
+    }
+
     /// The merged table of several servers from each one's last refresh: the rows of the
     /// connected ones (a disconnected server's rows are gone), each with its server.
     fn merge_fleet(&mut self) {
@@ -713,11 +751,21 @@ impl App {
         self.origins.clear();
         self.locks.clear();
         self.progress.clear();
+        self.pooled.clear();
+        self.pooled_origins.clear();
+        self.poolers.clear();
         for (i, t) in self.fleet.iter().enumerate() {
             if let Some(snap) = &t.snapshot {
                 self.sessions.extend(snap.sessions.iter().cloned());
                 self.origins
                     .extend(std::iter::repeat_n(i, snap.sessions.len()));
+                // Each server's poolers: their application connections holding no
+                // backend are rows under that server, their lines say whose they are.
+                self.pooled.extend(snap.pooled.iter().cloned());
+                self.pooled_origins
+                    .extend(std::iter::repeat_n(i, snap.pooled.len()));
+                self.poolers
+                    .extend(snap.poolers.iter().map(|l| format!("{}: {l}", t.name)));
             }
         }
         let mut connected = self.fleet.iter().filter_map(|t| t.snapshot.as_ref());
@@ -759,9 +807,12 @@ impl App {
                 RowKey::Pooled { .. } => None,
             })
             .unzip();
-        let pooled: Vec<Pooled> = rows
+        let pooled: Vec<(usize, Pooled)> = rows
             .iter()
-            .filter_map(|k| self.pooled_row(k).cloned())
+            .filter_map(|k| match k {
+                RowKey::Pooled { target, .. } => self.pooled_row(k).map(|p| (*target, p.clone())),
+                RowKey::Backend(..) => None,
+            })
             .collect();
         let filter = Filter {
             include_superusers: include_superusers || self.include_superusers,
@@ -772,45 +823,89 @@ impl App {
             superuser: false,
             signal_backend: false,
         };
-        let caller = self.caller.as_ref().unwrap_or(&nobody);
-        if self.pooler_states.is_empty() && pooled.is_empty() {
-            // Each server's sessions are decided with who pgkill is on that server.
-            let mut backends = Plan {
+        let mut decision = Decision {
+            backends: Plan {
                 signal,
                 targets: Vec::new(),
-            };
-            let servers: BTreeSet<usize> = origins.iter().copied().collect();
-            let mut plan_origins = Vec::new();
-            for target in servers {
-                let group: Vec<Session> = sessions
-                    .iter()
-                    .zip(&origins)
-                    .filter(|(_, o)| **o == target)
-                    .map(|(s, _)| s.clone())
-                    .collect();
-                let caller = self.caller_of(target).unwrap_or(&nobody);
-                let plan = Plan::build(signal, group, &filter, caller);
-                plan_origins.extend(std::iter::repeat_n(target, plan.targets.len()));
-                backends.targets.extend(plan.targets);
-            }
-            // `A` lists other backends; signalling them stays the CLI's, with
-            // `--all-backends`.
-            for t in &mut backends.targets {
-                if t.refused.is_none() && !t.session.is_client() {
-                    t.refused = Some(format!(
-                        "not a client session ({}): top signals client sessions only; pgkill kill --all-backends --pid {} does",
-                        t.session.backend_type.as_deref().unwrap_or("?"),
-                        t.session.pid
-                    ));
+            },
+            at_pooler: Vec::new(),
+            left_alone: Vec::new(),
+            origins: Vec::new(),
+            at_pooler_origins: Vec::new(),
+        };
+        // Each server's part is decided with who pgkill is on that server and the
+        // poolers in front of it.
+        let servers: BTreeSet<usize> = origins
+            .iter()
+            .copied()
+            .chain(pooled.iter().map(|(t, _)| *t))
+            .collect();
+        for target in servers {
+            let group: Vec<Session> = sessions
+                .iter()
+                .zip(&origins)
+                .filter(|(_, o)| **o == target)
+                .map(|(s, _)| s.clone())
+                .collect();
+            let group_pooled: Vec<Pooled> = pooled
+                .iter()
+                .filter(|(t, _)| *t == target)
+                .map(|(_, p)| p.clone())
+                .collect();
+            let caller = self.caller_of(target).unwrap_or(&nobody);
+            let states = self.pooler_states_of(target);
+            let (backends, at_pooler, left_alone) = if states.is_empty() && group_pooled.is_empty()
+            {
+                let mut plan = Plan::build(signal, group, &filter, caller);
+                // `A` lists other backends; signalling them stays the CLI's, with
+                // `--all-backends`.
+                for t in &mut plan.targets {
+                    if t.refused.is_none() && !t.session.is_client() {
+                        t.refused = Some(format!(
+                            "not a client session ({}): top signals client sessions only; pgkill kill --all-backends --pid {} does",
+                            t.session.backend_type.as_deref().unwrap_or("?"),
+                            t.session.pid
+                        ));
+                    }
                 }
-            }
-            return Decision {
-                backends,
-                at_pooler: Vec::new(),
-                left_alone: Vec::new(),
-                origins: plan_origins,
+                (plan, Vec::new(), Vec::new())
+            } else {
+                self.plan_through_poolers(signal, target, caller, &filter, group, group_pooled)
             };
+            decision
+                .origins
+                .extend(std::iter::repeat_n(target, backends.targets.len()));
+            decision.backends.targets.extend(backends.targets);
+            decision
+                .at_pooler_origins
+                .extend(std::iter::repeat_n(target, at_pooler.len()));
+            decision.at_pooler.extend(at_pooler);
+            let named = |l: String| {
+                if self.several_targets() {
+                    format!("{}: {l}", self.target_name(target))
+                } else {
+                    l
+                }
+            };
+            decision
+                .left_alone
+                .extend(left_alone.into_iter().map(named));
         }
+        decision
+    }
+
+    /// Server `target`'s part of an action when poolers are in front of it: the
+    /// decisions `pgkill kill --pgbouncer`/`cancel --pgbouncer` make (the backends, the
+    /// applications ended at the pooler, what is left alone).
+    fn plan_through_poolers(
+        &self,
+        signal: Signal,
+        target: usize,
+        caller: &Caller,
+        filter: &Filter,
+        sessions: Vec<Session>,
+        pooled: Vec<Pooled>,
+    ) -> (Plan, Vec<AppTarget>, Vec<String>) {
         let idle = |n: usize| {
             (n > 0).then(|| {
                 format!("{n} pooler server connection(s) serving no application: left alone")
@@ -820,22 +915,21 @@ impl App {
             Signal::Terminate => {
                 let kill = KillPlan::new(
                     caller,
-                    &filter,
+                    filter,
                     sessions,
                     pooled,
-                    &self.pooler_states,
-                    &self.pooler_superusers,
+                    self.pooler_states_of(target),
+                    self.pooler_superusers_of(target),
                 );
                 let backends = kill.backends();
-                Decision {
-                    origins: vec![0; backends.targets.len()],
+                (
                     backends,
-                    left_alone: idle(kill.idle_pool_connections).into_iter().collect(),
-                    at_pooler: kill.at_pooler,
-                }
+                    kill.at_pooler,
+                    idle(kill.idle_pool_connections).into_iter().collect(),
+                )
             }
             Signal::Cancel => {
-                let cancel = CancelPlan::build(caller, &filter, sessions, &pooled);
+                let cancel = CancelPlan::build(caller, filter, sessions, &pooled);
                 let mut left_alone: Vec<String> =
                     idle(cancel.idle_pool_connections).into_iter().collect();
                 if cancel.pooled > 0 {
@@ -844,13 +938,7 @@ impl App {
                         cancel.pooled
                     ));
                 }
-                let backends = cancel.backends();
-                Decision {
-                    origins: vec![0; backends.targets.len()],
-                    backends,
-                    at_pooler: Vec::new(),
-                    left_alone,
-                }
+                (cancel.backends(), Vec::new(), left_alone)
             }
         }
     }
@@ -897,18 +985,19 @@ impl App {
     /// filters that need a backend select none of them).
     pub fn visible(&self) -> Vec<Row<'_>> {
         let origin = |i: usize| self.origins.get(i).copied().unwrap_or(0);
+        let shown_target = |t: usize| {
+            self.target_filter.is_empty()
+                || self
+                    .target_filter
+                    .iter()
+                    .any(|name| name == self.target_name(t))
+        };
         let rows: Vec<(usize, &Session)> = self
             .sessions
             .iter()
             .enumerate()
             .map(|(i, s)| (origin(i), s))
-            .filter(|(t, _)| {
-                self.target_filter.is_empty()
-                    || self
-                        .target_filter
-                        .iter()
-                        .any(|name| name == self.target_name(*t))
-            })
+            .filter(|(t, _)| shown_target(*t))
             .filter(|(_, s)| match &s.pooler {
                 // Behind a pooler `app:` and `client:` are the application's, as in `ls`.
                 Some(_) => self
@@ -955,23 +1044,23 @@ impl App {
             ord.then(a.pid.cmp(&b.pid)).then(ta.cmp(tb))
         });
         let mut rows: Vec<(usize, &Session)> = keyed.into_iter().map(|(_, row)| row).collect();
-        // Pooled rows exist with one server only (`--pgbouncer` refuses several).
-        let mut pooled: Vec<&Pooled> = if self.contains.is_empty() && self.target_filter.is_empty()
-        {
+        // Each pooled row is under the server its pooler is in front of.
+        let mut pooled: Vec<(usize, &Pooled)> = if self.contains.is_empty() {
             let now = self
                 .sessions
                 .first()
                 .map_or_else(chrono::Utc::now, |s| s.now);
-            self.pooled
-                .iter()
-                .filter(|p| self.filter.matches_row(&p.as_session(now)))
+            self.pooled_with_origins()
+                .filter(|(t, _)| shown_target(*t))
+                .filter(|(_, p)| self.filter.matches_row(&p.as_session(now)))
                 .collect()
         } else {
             // `q:` needs a query: pooled connections run none.
             Vec::new()
         };
-        pooled.sort_by(|a, b| {
-            (&a.pooler, &a.database, &a.client.user, a.client.port).cmp(&(
+        pooled.sort_by(|(ta, a), (tb, b)| {
+            (ta, &a.pooler, &a.database, &a.client.user, a.client.port).cmp(&(
+                tb,
                 &b.pooler,
                 &b.database,
                 &b.client.user,
@@ -981,7 +1070,7 @@ impl App {
         under_their_leaders(&mut rows);
         rows.into_iter()
             .map(|(t, s)| Row::Backend(t, s))
-            .chain(pooled.into_iter().map(Row::Pooled))
+            .chain(pooled.into_iter().map(|(t, p)| Row::Pooled(t, p)))
             .collect()
     }
 
@@ -1002,7 +1091,18 @@ impl App {
 
     /// The pooled application connection with this key.
     pub fn pooled_row(&self, key: &RowKey) -> Option<&Pooled> {
-        self.pooled.iter().find(|p| RowKey::of_pooled(p) == *key)
+        self.pooled_with_origins()
+            .find(|(t, p)| RowKey::of_pooled(*t, p) == *key)
+            .map(|(_, p)| p)
+    }
+
+    /// The pooled application connections with the server behind their pooler (index
+    /// into `fleet`; 0 with one server).
+    fn pooled_with_origins(&self) -> impl Iterator<Item = (usize, &Pooled)> {
+        self.pooled
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (self.pooled_origins.get(i).copied().unwrap_or(0), p))
     }
 
     /// Whether the row with this key is in the last refresh.
@@ -1309,18 +1409,7 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
                     for o in &outcomes {
                         app.selected.remove(&RowKey::Backend(0, o.pid));
                     }
-                    for o in &app_outcomes {
-                        app.selected.retain(|k| match k {
-                            RowKey::Pooled {
-                                pooler, ptr, port, ..
-                            } => {
-                                !(*pooler == o.pooler
-                                    && *ptr == o.client.ptr
-                                    && *port == o.client.port)
-                            }
-                            RowKey::Backend(_, pid) => o.backend != Some(*pid),
-                        });
-                    }
+                    unselect_ended(&mut app.selected, 0, &app_outcomes);
                     app.outcomes = outcomes;
                     app.app_outcomes = app_outcomes;
                     app.action_error = None;
@@ -1331,6 +1420,28 @@ pub fn update(app: &mut App, event: Event) -> Vec<Effect> {
         }
         Event::From { target, event } => from_target(app, target, *event),
         Event::Key(key) => on_key(app, key),
+    }
+}
+
+/// Unselects the rows of server `target` that an action ended at its poolers: the
+/// application connections and the backends they held.
+fn unselect_ended(selected: &mut BTreeSet<RowKey>, target: usize, ended: &[AppOutcome]) {
+    for o in ended {
+        selected.retain(|k| match k {
+            RowKey::Pooled {
+                target: t,
+                pooler,
+                ptr,
+                port,
+                ..
+            } => {
+                !(*t == target
+                    && *pooler == o.pooler
+                    && *ptr == o.client.ptr
+                    && *port == o.client.port)
+            }
+            RowKey::Backend(t, pid) => !(*t == target && o.backend == Some(*pid)),
+        });
     }
 }
 
@@ -1367,13 +1478,17 @@ fn from_target(app: &mut App, target: usize, event: Event) -> Vec<Effect> {
         }
         Event::Outcomes(result) => {
             match result {
-                Ok((outcomes, _)) => {
+                Ok((outcomes, app_outcomes)) => {
                     for o in &outcomes {
                         app.selected.remove(&RowKey::Backend(target, o.pid));
                     }
+                    unselect_ended(&mut app.selected, target, &app_outcomes);
                     app.outcome_targets
                         .extend(std::iter::repeat_n(target, outcomes.len()));
                     app.outcomes.extend(outcomes);
+                    app.app_outcome_targets
+                        .extend(std::iter::repeat_n(target, app_outcomes.len()));
+                    app.app_outcomes.extend(app_outcomes);
                 }
                 Err(e) => {
                     let e = format!("{}: {e}", app.target_name(target));
@@ -1528,34 +1643,31 @@ fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
                         }
                     }
                 }
-                // Pooled rows exist with one server only.
-                let pooled: Vec<_> = rows
-                    .iter()
-                    .filter_map(|k| app.pooled_row(k).cloned())
-                    .collect();
-                if !pooled.is_empty() {
-                    by_target.entry(0).or_default();
+                // Each pooled row goes to the server its pooler is in front of.
+                let mut pooled: BTreeMap<usize, Vec<Pooled>> = BTreeMap::new();
+                for k in &rows {
+                    if let (RowKey::Pooled { target, .. }, Some(p)) = (k, app.pooled_row(k)) {
+                        pooled.entry(*target).or_default().push(p.clone());
+                        by_target.entry(*target).or_default();
+                    }
                 }
                 if app.several_targets() && !by_target.is_empty() {
                     // The outcomes of every server's part make up the last action.
                     app.outcomes.clear();
                     app.outcome_targets.clear();
+                    app.app_outcomes.clear();
+                    app.app_outcome_targets.clear();
                     app.action_error = None;
                 }
                 let filter = app.typed_filter();
                 let include_superusers = include_superusers || app.include_superusers;
-                let mut pooled = Some(pooled);
                 by_target
                     .into_iter()
                     .map(|(target, targets)| Effect::Signal {
                         target,
                         signal,
                         targets,
-                        pooled: if target == 0 {
-                            pooled.take().unwrap_or_default()
-                        } else {
-                            Vec::new()
-                        },
+                        pooled: pooled.remove(&target).unwrap_or_default(),
                         filter: Box::new(filter.clone()),
                         include_superusers,
                     })
@@ -1725,6 +1837,7 @@ fn normal_key(app: &mut App, key: Key) -> Vec<Effect> {
             app.selected.clear();
             app.outcomes.clear();
             app.app_outcomes.clear();
+            app.app_outcome_targets.clear();
             app.action_error = None;
             app.note = None;
         }
@@ -1917,7 +2030,7 @@ pub(crate) mod tests {
     fn pid(row: Row<'_>) -> i32 {
         match row {
             Row::Backend(_, s) => s.pid,
-            Row::Pooled(_) => -1,
+            Row::Pooled(..) => -1,
         }
     }
 
@@ -2564,7 +2677,7 @@ pub(crate) mod tests {
                 .iter()
                 .filter_map(|r| match r {
                     Row::Backend(_, s) => Some(s.pid),
-                    Row::Pooled(_) => None,
+                    Row::Pooled(..) => None,
                 })
                 .collect()
         };
@@ -2798,7 +2911,7 @@ pub(crate) mod tests {
         let rows = app.visible();
         assert_eq!(rows.len(), 8, "6 backends, then 2 pooled connections");
         assert!(
-            matches!(rows[6], Row::Pooled(p) if p.client.application_name.as_deref() == Some("ops"))
+            matches!(rows[6], Row::Pooled(_, p) if p.client.application_name.as_deref() == Some("ops"))
         );
         keys(&mut app, "/app:web-*");
         update(&mut app, Event::Key(Key::Enter));
@@ -2806,7 +2919,7 @@ pub(crate) mod tests {
             .visible()
             .iter()
             .filter_map(|r| match r {
-                Row::Pooled(p) => p.client.application_name.as_deref(),
+                Row::Pooled(_, p) => p.client.application_name.as_deref(),
                 Row::Backend(..) => None,
             })
             .collect();
@@ -2917,6 +3030,213 @@ pub(crate) mod tests {
         later.pooled.retain(|p| p.client.user != "web");
         update(&mut app, Event::Snapshot(Ok(later)));
         assert!(app.selected.is_empty(), "it closed");
+    }
+
+    /// `--targets FILE` with two servers, each behind its own PgBouncer 1.24.1 that
+    /// happens to list the same connections (same console address, ids and ports):
+    /// `behind_a_pooler` on both, `ops` a superuser on db-a only.
+    pub(crate) fn two_behind_poolers() -> App {
+        let v = pgkill_core::pooler::PoolerVersion::new(1, 24, 1);
+        let mut app = fleet_of(&["db-a", "db-b"]);
+        let mut a = behind_a_pooler(v);
+        a.poolers = vec!["PgBouncer 1.24.1 at host=127.0.0.1 port=6432 (transaction): 3 application connection(s), 2 holding no backend (listed after the backends)".into()];
+        let mut b = a.clone();
+        b.pooler_superusers.clear();
+        update(&mut app, from(0, Event::Snapshot(Ok(a))));
+        update(&mut app, from(1, Event::Snapshot(Ok(b))));
+        app
+    }
+
+    #[test]
+    fn pooled_rows_of_two_targets_are_rows_of_each() {
+        let app = two_behind_poolers();
+        let pooled: Vec<RowKey> = keys_of(&app)
+            .into_iter()
+            .filter(|k| matches!(k, RowKey::Pooled { .. }))
+            .collect();
+        assert_eq!(pooled.len(), 4, "two per server: {pooled:?}");
+        let targets: BTreeSet<usize> = pooled
+            .iter()
+            .filter_map(|k| match k {
+                RowKey::Pooled { target, .. } => Some(*target),
+                RowKey::Backend(..) => None,
+            })
+            .collect();
+        assert_eq!(targets, BTreeSet::from([0, 1]));
+        assert_eq!(
+            pooled.iter().collect::<BTreeSet<_>>().len(),
+            4,
+            "the same connection behind each server is two keys"
+        );
+        for k in &pooled {
+            assert!(app.present(k) && app.pooled_row(k).is_some(), "{k:?}");
+        }
+        // The header names each server's pooler.
+        assert_eq!(app.poolers.len(), 2);
+        assert!(
+            app.poolers[0].starts_with("db-a: PgBouncer 1.24.1"),
+            "{:?}",
+            app.poolers
+        );
+        assert!(
+            app.poolers[1].starts_with("db-b: PgBouncer 1.24.1"),
+            "{:?}",
+            app.poolers
+        );
+        // `target:` selects a server's pooled rows too.
+        let mut app = app;
+        keys(&mut app, "/target:db-b");
+        update(&mut app, Event::Key(Key::Enter));
+        assert!(
+            app.visible().iter().all(|r| match r {
+                Row::Pooled(t, _) | Row::Backend(t, _) => *t == 1,
+            }),
+            "db-a's rows are hidden"
+        );
+        assert_eq!(
+            app.visible()
+                .iter()
+                .filter(|r| matches!(r, Row::Pooled(..)))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn ending_a_pooled_row_goes_to_its_target_only() {
+        let mut app = two_behind_poolers();
+        // db-b's web-idle (the same connection as db-a's, as far as the pooler says).
+        let key = keys_of(&app)
+            .into_iter()
+            .find(|k| {
+                matches!(k, RowKey::Pooled { target: 1, .. })
+                    && app
+                        .pooled_row(k)
+                        .is_some_and(|p| p.client.application_name.as_deref() == Some("web-idle"))
+            })
+            .expect("db-b's web-idle");
+        cursor_to(&mut app, &key);
+        keys(&mut app, " ");
+        assert_eq!(app.selected, BTreeSet::from([key.clone()]));
+        keys(&mut app, "k");
+        let d = confirm_plan(&app);
+        assert_eq!(d.at_pooler.len(), 1);
+        assert_eq!(d.at_pooler_origins, [1]);
+        assert!(d.at_pooler[0].refused.is_none());
+        assert_eq!(d.backends.targets.len(), 0);
+        let ended = match &keys(&mut app, "y")[..] {
+            [Effect::Signal {
+                target: 1,
+                signal: Signal::Terminate,
+                targets,
+                pooled,
+                ..
+            }] => {
+                assert!(targets.is_empty());
+                assert_eq!(pooled.len(), 1);
+                assert_eq!(
+                    pooled[0].client.application_name.as_deref(),
+                    Some("web-idle")
+                );
+                pooled[0].clone()
+            }
+            other => panic!("{other:?}"),
+        };
+        // Its outcome unselects db-b's row, not db-a's, and says whose it was.
+        keys(&mut app, "a");
+        let before = app.selected.len();
+        update(
+            &mut app,
+            from(
+                1,
+                Event::Outcomes(Ok((
+                    Vec::new(),
+                    vec![AppOutcome {
+                        pooler: ended.pooler.clone(),
+                        client: ended.client.clone(),
+                        backend: None,
+                        outcome: pgkill_core::plan::OutcomeKind::Terminated,
+                        detail: "gone from SHOW CLIENTS".into(),
+                    }],
+                ))),
+            ),
+        );
+        assert_eq!(app.selected.len(), before - 1);
+        assert!(!app.selected.contains(&key));
+        assert!(app
+            .selected
+            .iter()
+            .any(|k| matches!(k, RowKey::Pooled { target: 0, .. })));
+        assert_eq!(app.app_outcomes.len(), 1);
+        assert_eq!(app.app_outcome_targets, [1]);
+    }
+
+    #[test]
+    fn each_target_decides_its_pooled_rows_with_its_own_facts() {
+        let mut app = two_behind_poolers();
+        // Everything on both servers: each server's backends and applications go to
+        // that server; ops is a superuser's on db-a only.
+        keys(&mut app, "ak");
+        let d = confirm_plan(&app);
+        let ended: Vec<(usize, &str, bool)> = d
+            .at_pooler
+            .iter()
+            .zip(&d.at_pooler_origins)
+            .map(|(t, o)| {
+                (
+                    *o,
+                    t.client.application_name.as_deref().unwrap_or("?"),
+                    t.refused.is_none(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ended,
+            [
+                (0, "web-tx", true),
+                (0, "web-idle", true),
+                (0, "ops", false),
+                (1, "web-tx", true),
+                (1, "web-idle", true),
+                (1, "ops", true),
+            ]
+        );
+        let backends: Vec<(usize, i32)> = d
+            .backends
+            .targets
+            .iter()
+            .zip(&d.origins)
+            .filter(|(t, _)| t.refused.is_none())
+            .map(|(t, o)| (*o, t.session.pid))
+            .collect();
+        assert_eq!(
+            backends,
+            [
+                (0, 101),
+                (0, 102),
+                (0, 103),
+                (0, 105),
+                (1, 101),
+                (1, 102),
+                (1, 103),
+                (1, 105)
+            ]
+        );
+        assert_eq!(d.left_alone.len(), 2, "{:?}", d.left_alone);
+        assert!(d.left_alone[0].starts_with("db-a: 1 pooler server connection"));
+        let sent: Vec<(usize, usize, usize)> = keys(&mut app, "y")
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Signal {
+                    target,
+                    targets,
+                    pooled,
+                    ..
+                } => Some((target, targets.len(), pooled.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, [(0, 6, 2), (1, 6, 2)]);
     }
 
     /// `--target db-a:5432 --target db-b:5432 --target db-c:5432`, none refreshed yet.
@@ -3324,7 +3644,7 @@ pub(crate) mod tests {
             .iter()
             .map(|r| match r {
                 Row::Backend(t, _) => *t,
-                Row::Pooled(_) => usize::MAX,
+                Row::Pooled(..) => usize::MAX,
             })
             .collect();
         let mut sorted = order.clone();

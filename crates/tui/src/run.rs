@@ -44,6 +44,10 @@ pub struct Target {
     /// with backoff, its rows appear when it answers) or [`ConnState::AuthFailed`] for
     /// one that refused the login (shown as its error, never tried again).
     pub at_start: ConnState,
+    /// The PgBouncer consoles in front of it (`--pgbouncer`, or its `pgbouncer` key in
+    /// `--targets FILE`), checked before the screen: its rows are joined to their
+    /// applications, and its actions go through them.
+    pub poolers: Vec<Pooler>,
 }
 
 impl std::fmt::Debug for Target {
@@ -81,13 +85,13 @@ enum Request {
 /// refreshes, reconnects and backoff), all refreshing at once; their results come to
 /// the loop as [`Event::From`], and each action goes to the task of its server; a
 /// target that could not be reached at start is retried as one that went away. With
-/// `--record` every line says its server. `poolers` need one server.
+/// `--record` every line says its server. Each target's poolers are read by its own
+/// task, and actions on its pooled rows go to it.
 pub async fn run(
     targets: Vec<Target>,
     filter: Filter,
     interval: Duration,
     statement_timeout: Duration,
-    poolers: Vec<Pooler>,
     options: Options,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
@@ -97,10 +101,6 @@ pub async fn run(
     );
     let several = targets.len() > 1;
     anyhow::ensure!(!targets.is_empty(), "pgkill top needs a server");
-    anyhow::ensure!(
-        !several || poolers.is_empty(),
-        "pgkill top with several targets takes no --pgbouncer yet"
-    );
     let mut app = App::new(interval);
     app.hidden = options.hidden_columns;
     let mut record = options.record;
@@ -117,7 +117,6 @@ pub async fn run(
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let mut req_txs = Vec::new();
     let mut tasks = Vec::new();
-    let mut poolers = Some(poolers);
     for (i, t) in targets.into_iter().enumerate() {
         let (req_tx, req_rx) = mpsc::unbounded_channel::<Request>();
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
@@ -130,7 +129,7 @@ pub async fn run(
             refused,
             statement_timeout,
             filter.clone(),
-            poolers.take().unwrap_or_default(),
+            t.poolers,
             req_rx,
             tx,
         )));

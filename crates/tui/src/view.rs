@@ -207,16 +207,23 @@ fn draw_header(app: &App, frame: &mut Frame, area: Rect) {
                     app.visible().len(),
                     app.sessions.len() + app.pooled.len()
                 )),
-                Span::raw(
+                // With several targets each server's poolers have lines of their own.
+                Span::raw(if app.several_targets() {
+                    String::new()
+                } else {
                     app.poolers
                         .iter()
                         .map(|p| format!("  · {}", line(p)))
-                        .collect::<String>(),
-                ),
+                        .collect::<String>()
+                }),
             ])
         }
     };
     let mut lines = vec![Line::from(first), second];
+    if app.several_targets() {
+        // `NAME: PgBouncer … at …`, the target's name first.
+        lines.extend(app.poolers.iter().map(|p| Line::from(line(p))));
+    }
     if let Some(doctor) = app.doctor() {
         lines.push(Line::from(Span::styled(
             format!("privileges: {}", line(&doctor)),
@@ -602,18 +609,20 @@ fn one_line(q: &str) -> String {
 /// client is the application itself (`pgb:` says it is behind PgBouncer).
 fn pooled_cells(
     app: &App,
+    target: usize,
     p: &pgkill_core::pooler::Pooled,
     columns: &[(Column, u16)],
 ) -> Vec<Cell<'static>> {
-    let mark = if app.selected.contains(&RowKey::of_pooled(p)) {
+    let mark = if app.selected.contains(&RowKey::of_pooled(target, p)) {
         "*"
     } else {
         " "
     };
     let mut cells = vec![Cell::from(mark)];
-    for (column, _) in columns {
+    for (column, width) in columns {
         cells.push(match column {
-            Column::Target => Cell::from(""),
+            // The server the pooler is in front of.
+            Column::Target => Cell::from(cut(&line(app.target_name(target)), *width)),
             Column::Pid => Cell::from("-"),
             Column::User => Cell::from(line(&p.client.user)),
             Column::Database => Cell::from(line(&p.database)),
@@ -685,7 +694,7 @@ fn draw_table(app: &App, frame: &mut Frame, area: Rect) {
         .map(|(i, s)| {
             let mut cells = match s {
                 crate::app::Row::Backend(target, s) => session_cells(app, *target, s, &columns),
-                crate::app::Row::Pooled(p) => pooled_cells(app, p, &columns),
+                crate::app::Row::Pooled(target, p) => pooled_cells(app, *target, p, &columns),
             };
             let mut row_height = 1;
             if let (Some(lines), Some(last)) = (&wrapped[i], cells.last_mut()) {
@@ -1007,7 +1016,7 @@ pub const HELP: &[&str] = &[
     "H health header on / off (xact/s, rollbacks, cache hit, temp, oldest xact, xmin horizon, autovacuum, standbys); with several --target a line over all of them (rates summed; the worst cache hit, oldest xact, xmin age and standby lag, each with its server), then one line per server (as many as a sixth of the screen holds, then +N more)",
     "with several --target: b builds each server's lock chains apart (a pid is a session of its own server) and ranks every root by how many it blocks; each root names its server, and k / c on a line go to that server only",
     "p pause · + / - refresh interval (at once; STALE in the header: data over two intervals old)",
-    "--pgbouncer: connections holding no backend are rows of their own (pid -), after the backends; k ends an application where it is (its backend in session pooling, else KILL_CLIENT at the pooler, PgBouncer 1.24+), as `pgkill kill --pgbouncer` does",
+    "--pgbouncer (with several targets, each [[target]]'s pgbouncer key): connections holding no backend are rows of their own (pid -), after the backends, under the server their pooler is in front of; k ends an application where it is (its backend in session pooling, else KILL_CLIENT at the pooler, PgBouncer 1.24+), as `pgkill kill --pgbouncer` does",
 ];
 
 fn draw_pooled_detail(app: &App, frame: &mut Frame, area: Rect, key: &RowKey) {
@@ -1020,9 +1029,15 @@ fn draw_pooled_detail(app: &App, frame: &mut Frame, area: Rect, key: &RowKey) {
         return;
     };
     let c = &p.client;
+    let server = match key {
+        RowKey::Pooled { target, .. } if app.several_targets() => {
+            format!("target {}: ", line(app.target_name(*target)))
+        }
+        _ => String::new(),
+    };
     let lines = vec![
         Line::from(format!(
-            "application connection at PgBouncer {} at {} ({} pooling), holding no backend",
+            "{server}application connection at PgBouncer {} at {} ({} pooling), holding no backend",
             line(&p.version),
             line(&p.pooler),
             line(&p.pool_mode)
@@ -1171,9 +1186,13 @@ fn draw_status(app: &App, frame: &mut Frame, area: Rect) {
                 ),
                 _ => format!("{} {}", o.pid, o.outcome.as_str()),
             })
-            .chain(app.app_outcomes.iter().map(|o| {
+            .chain(app.app_outcomes.iter().enumerate().map(|(i, o)| {
+                let on = match app.app_outcome_targets.get(i) {
+                    Some(t) if app.several_targets() => format!("{} ", line(app.target_name(*t))),
+                    _ => String::new(),
+                };
                 format!(
-                    "{} {} at the pooler",
+                    "{on}{} {} at the pooler",
                     line(&app_name(&o.client)),
                     o.outcome.as_str()
                 )
@@ -1255,10 +1274,12 @@ fn draw_confirm(
         .iter()
         .filter(|t| t.refused.is_some())
         .collect();
+    // With several targets each application says the server behind its pooler.
     let apps_refused: Vec<_> = decision
         .at_pooler
         .iter()
-        .filter(|t| t.refused.is_some())
+        .zip(&decision.at_pooler_origins)
+        .filter(|(t, _)| t.refused.is_some())
         .collect();
     let mut lines = vec![Line::from(Span::styled(
         format!("{verb} {go} session(s)?"),
@@ -1275,9 +1296,14 @@ fn draw_confirm(
             line(s.visible_query().unwrap_or("?"))
         )
     };
-    let describe_app = |t: &pgkill_core::pooler::AppTarget| {
+    let describe_app = |t: &pgkill_core::pooler::AppTarget, server: usize| {
+        let on = if app.several_targets() {
+            format!("{}: ", line(app.target_name(server)))
+        } else {
+            String::new()
+        };
         format!(
-            "{} {} {} ({} pooling)",
+            "{on}{} {} {} ({} pooling)",
             line(&app_name(&t.client)),
             line(&t.client.user),
             line(&t.database),
@@ -1301,17 +1327,18 @@ fn draw_confirm(
     let ending: Vec<_> = decision
         .at_pooler
         .iter()
-        .filter(|t| t.refused.is_none())
+        .zip(&decision.at_pooler_origins)
+        .filter(|(t, _)| t.refused.is_none())
         .collect();
     if !ending.is_empty() {
         lines.push(Line::from(
             "ended at the pooler (KILL_CLIENT), verified gone there:",
         ));
-        for t in ending
+        for (t, server) in ending
             .iter()
             .take(room.saturating_sub(plan.to_signal().count()).max(2))
         {
-            lines.push(Line::from(format!("  {}", describe_app(t))));
+            lines.push(Line::from(format!("  {}", describe_app(t, **server))));
         }
     }
     if go > room {
@@ -1351,8 +1378,8 @@ fn draw_confirm(
         }
         // The reasons at a pooler are long (what would work instead): wrapped, indented.
         let inner = area.width.saturating_sub(8).min(96) as usize;
-        for t in apps_refused.iter().take(room.saturating_sub(go).max(2)) {
-            lines.push(Line::from(format!("{}:", describe_app(t))));
+        for (t, server) in apps_refused.iter().take(room.saturating_sub(go).max(2)) {
+            lines.push(Line::from(format!("{}:", describe_app(t, **server))));
             let why = line(t.refused.as_deref().unwrap_or_default());
             lines.extend(
                 wrap_words(&why, inner)
@@ -1367,7 +1394,7 @@ fn draw_confirm(
         .count()
         + apps_refused
             .iter()
-            .filter(|t| app.pooler_superusers.contains(&t.client.user))
+            .filter(|(t, server)| app.pooler_superusers_of(**server).contains(&t.client.user))
             .count();
     if include_superusers {
         lines.push(Line::from(Span::styled(
@@ -2023,6 +2050,33 @@ mod tests {
         // The confirmation names each session's server.
         keys_for_tests(&mut app, "ak");
         insta::assert_snapshot!("several_targets_confirm_120x40", render(&app, 120, 40));
+    }
+
+    #[test]
+    fn several_targets_behind_poolers() {
+        use crate::app::tests::two_behind_poolers;
+        let mut app = two_behind_poolers();
+        let screen = render(&app, 200, 50);
+        for name in ["db-a", "db-b"] {
+            assert!(
+                screen.contains(&format!("{name}: PgBouncer 1.24.1 at host=127.0.0.1")),
+                "{screen}"
+            );
+            assert!(
+                screen
+                    .lines()
+                    .any(|l| l.starts_with(&format!("\"  {name} "))
+                        && l.contains("web-idle")
+                        && l.contains("(pooled)")),
+                "{name}'s pooled row: {screen}"
+            );
+        }
+        insta::assert_snapshot!("several_targets_poolers_200x50", screen);
+        // The confirmation names the server behind each application's pooler.
+        keys_for_tests(&mut app, "ak");
+        let dialog = render(&app, 200, 50);
+        assert!(dialog.contains("db-b: web-idle@10.0.0.9:50002"), "{dialog}");
+        insta::assert_snapshot!("several_targets_poolers_confirm_200x50", dialog);
     }
 
     #[test]

@@ -33,15 +33,21 @@ impl Tmux {
 
     /// Starts the window `top` (120x30) running the shell command `line`.
     pub fn start(&self, line: &str) -> Result<()> {
+        self.start_sized(line, 120, 30)
+    }
+
+    /// Starts the window `top`, `width` by `height`, running the shell command `line`.
+    pub fn start_sized(&self, line: &str, width: u16, height: u16) -> Result<()> {
+        let (width, height) = (width.to_string(), height.to_string());
         self.cmd(&[
             "new-session",
             "-d",
             "-s",
             "top",
             "-x",
-            "120",
+            &width,
             "-y",
-            "30",
+            &height,
             line,
         ])
         .map(drop)
