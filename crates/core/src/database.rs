@@ -371,7 +371,7 @@ pub fn unsignallable_sessions(oid: u32) -> Query {
             "SELECT s.usename::text, coalesce(r.rolsuper, false)
 FROM pg_catalog.pg_stat_activity s LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.usesysid
 WHERE s.datid = $1::int8::oid AND s.pid <> pg_catalog.pg_backend_pid() AND NOT {}",
-            crate::planner::CAN_SIGNAL
+            crate::planner::can_signal("r.rolsuper")
         ),
         params: vec![Param::Int8(i64::from(oid))],
     }

@@ -94,15 +94,19 @@ impl Predicate {
     }
 }
 
-/// Whether the caller may signal the row `s` (joined with `pg_roles r`), as the server
+/// Whether the caller may signal the row `s`, whose role is a superuser when
+/// `superuser` (`r.rolsuper` joined with `pg_roles r`, or [`SUPERUSER`]), as the server
 /// decides: superusers signal anything; nobody else signals a superuser's backend or a
 /// role-less process; others need the privileges of the session's role or
 /// `pg_signal_backend`.
-pub(crate) const CAN_SIGNAL: &str =
-    "(CASE WHEN (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN true
-      WHEN r.rolsuper OR s.usesysid IS NULL THEN false
+pub(crate) fn can_signal(superuser: &str) -> String {
+    format!(
+        "(CASE WHEN (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN true
+      WHEN {superuser} OR s.usesysid IS NULL THEN false
       ELSE pg_catalog.pg_has_role(s.usesysid, 'USAGE'::text)
-        OR pg_catalog.pg_has_role('pg_signal_backend'::name, 'USAGE'::text) END)";
+        OR pg_catalog.pg_has_role('pg_signal_backend'::name, 'USAGE'::text) END)"
+    )
+}
 
 /// Whether the row `s` is a superuser's backend, without a join: the superusers' oids
 /// are read once per statement (the CTE `supers` of a [`Listing`]), and a listing of a
@@ -361,7 +365,7 @@ impl Listing {
         };
         let horizon = horizon_age("s", own);
         let age = xmin_age("s");
-        let can_signal = CAN_SIGNAL.replace("r.rolsuper", SUPERUSER);
+        let can_signal = can_signal(SUPERUSER);
         // What only a few sessions have (who they wait for, how many wait for them, the
         // progress of what they run) is gathered into one relation by pid, joined to
         // the sessions once: every join is one more pass over each listed row, and the
@@ -571,7 +575,7 @@ pub fn signal(
     params.extend(pred.params.iter().cloned());
     let sql = format!(
         "WITH c AS (
-  SELECT s.pid, {CAN_SIGNAL} AND (NOT coalesce(r.rolsuper, false) OR $5::bool) AS allowed,
+  SELECT s.pid, {can_signal} AND (NOT coalesce(r.rolsuper, false) OR $5::bool) AS allowed,
          coalesce(r.rolsuper, false) AS superuser
   FROM pg_catalog.pg_stat_activity s
   {JOIN_TARGETS}
@@ -580,7 +584,8 @@ pub fn signal(
 )
 SELECT pid, allowed, CASE WHEN allowed THEN {func}(pid) END AS signalled, superuser FROM c",
         where_ = pred.sql(),
-        func = signal.function()
+        func = signal.function(),
+        can_signal = can_signal("r.rolsuper"),
     );
     Query { sql, params }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, ensure, Result};
 use pgkill_sandbox::{cases, roles, sim, Installation, Options, Sandbox};
 
+mod support;
 #[path = "support/tmux.rs"]
 mod tmux;
 use tmux::Tmux;
@@ -700,7 +701,7 @@ async fn three_targets_merge_filter_by_target_and_terminate_on_one(pg: Installat
         .collect();
     let targets: String = servers
         .iter()
-        .map(|sb| format!("--target '{}' ", admin_conninfo(sb)))
+        .map(|sb| format!("--target '{}' ", support::conninfo(sb)))
         .collect();
     let line = format!(
         "env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD -u PGPASSFILE TERM=xterm {} {targets} top -i 500ms; echo PGKILL_TOP_EXIT=$?; sleep 60",
@@ -803,7 +804,7 @@ async fn top_over_targets_refuses_pgbouncer_and_every_target_it_cannot_reach(
     pg: Installation,
 ) -> Result<()> {
     let sb = Sandbox::start(&pg, &Options::default())?;
-    let good = admin_conninfo(&sb);
+    let good = support::conninfo(&sb);
     // Nothing listens on ports 1 and 2.
     let down = "host=127.0.0.1 port=1 user=nobody connect_timeout=2";
     let down2 = "host=127.0.0.1 port=2 user=nobody connect_timeout=2";
@@ -871,17 +872,6 @@ fn fleet_top(name: &str, args: &str, top_args: &str) -> Result<Tmux> {
     tmux_running(name, &line)
 }
 
-/// A conninfo for `sb` as the bootstrap superuser, with its password.
-fn admin_conninfo(sb: &Sandbox) -> String {
-    format!(
-        "host={} port={} user={} password={} dbname=postgres",
-        sb.host(),
-        sb.port(),
-        roles::ADMIN,
-        sb.password(roles::ADMIN).unwrap_or_default()
-    )
-}
-
 /// Waits (up to `secs`) until `ok` holds for one whole screen; returns it.
 async fn screen_until(tmux: &Tmux, secs: u64, ok: impl Fn(&str) -> bool) -> Result<String> {
     let began = std::time::Instant::now();
@@ -936,8 +926,8 @@ async fn a_target_down_at_start_shows_disconnected_then_its_sessions_when_it_sta
     let file = dir.path().join("targets.toml");
     let names = ["primary-eu", "primary-us", "late-starter"];
     let conninfos = [
-        admin_conninfo(&servers[0]),
-        admin_conninfo(&servers[1]),
+        support::conninfo(&servers[0]),
+        support::conninfo(&servers[1]),
         format!(
             "host={} port={port} user={} dbname=postgres connect_timeout=2",
             sockets.path().display(),
@@ -1007,7 +997,7 @@ async fn the_blocking_tree_over_two_targets_terminates_the_root_on_its_server(
     let record = dir.path().join("top.jsonl");
     let targets: String = servers
         .iter()
-        .map(|sb| format!("--target '{}' ", admin_conninfo(sb)))
+        .map(|sb| format!("--target '{}' ", support::conninfo(sb)))
         .collect();
     let tmux = fleet_top(
         &format!("fleet-chain-{}", pg.version.major),
@@ -1087,7 +1077,7 @@ async fn the_health_header_over_two_targets_names_each(pg: Installation) -> Resu
         .collect();
     let targets: String = servers
         .iter()
-        .map(|sb| format!("--target '{}' ", admin_conninfo(sb)))
+        .map(|sb| format!("--target '{}' ", support::conninfo(sb)))
         .collect();
     let tmux = fleet_top(
         &format!("fleet-health-{}", pg.version.major),
@@ -1137,7 +1127,7 @@ async fn a_target_refusing_the_login_at_start_is_shown_and_not_tried_again(
         &file,
         format!(
             "[[target]]\nname = \"good\"\nconninfo = \"{}\"\n\n[[target]]\nname = \"wrong-password\"\nconninfo = \"host={} port={} user={} password=not-it dbname=postgres\"\n",
-            admin_conninfo(&sb),
+            support::conninfo(&sb),
             sb.host(),
             sb.port(),
             roles::ADMIN
